@@ -1,0 +1,382 @@
+//! The project's own exposition encoder: Prometheus text 0.0.4 and OpenMetrics 1.0 text, plus a
+//! JSON view for people debugging a mapping.
+//!
+//! Written here rather than taken from the `prometheus` crate because that crate has no
+//! OpenMetrics encoder and formats infinities as `inf`.
+
+use std::fmt::Write as _;
+
+/// The metric type of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Untyped,
+    Info,
+    Stateset,
+    Histogram,
+}
+
+/// The part of a sample name after the family name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suffix {
+    None,
+    Bucket,
+    Count,
+    Sum,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub suffix: Suffix,
+    /// Label pairs in output order; names are validated when the mapping loads.
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// One metric family: every sample of a family is written contiguously under one HELP/TYPE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    /// The OpenMetrics family name: no `_total` for counters, no `_info` for info metrics.
+    pub name: String,
+    /// The name a counter's samples carry in the 0.0.4 text format (what the user wrote).
+    pub text_counter_name: String,
+    pub help: String,
+    pub kind: Kind,
+    pub unit: Option<String>,
+    pub samples: Vec<Sample>,
+}
+
+impl Family {
+    /// Builds a family from the name the user wrote (`foo_total`, `foo_info`, `foo_seconds`).
+    pub fn new(user_name: &str, help: &str, kind: Kind) -> Family {
+        let name = match kind {
+            Kind::Counter => user_name.strip_suffix("_total").unwrap_or(user_name),
+            Kind::Info => user_name.strip_suffix("_info").unwrap_or(user_name),
+            _ => user_name,
+        };
+        Family {
+            name: name.to_string(),
+            text_counter_name: user_name.to_string(),
+            help: help.to_string(),
+            kind,
+            unit: None,
+            samples: Vec::new(),
+        }
+    }
+
+    fn text_type(&self) -> &'static str {
+        match self.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge | Kind::Info | Kind::Stateset => "gauge",
+            Kind::Untyped => "untyped",
+            Kind::Histogram => "histogram",
+        }
+    }
+
+    fn om_type(&self) -> &'static str {
+        match self.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Untyped => "unknown",
+            Kind::Info => "info",
+            Kind::Stateset => "stateset",
+            Kind::Histogram => "histogram",
+        }
+    }
+
+    /// The 0.0.4 name used on HELP/TYPE lines.
+    pub fn text_name(&self) -> String {
+        match self.kind {
+            Kind::Counter => self.text_counter_name.clone(),
+            Kind::Info => format!("{}_info", self.name),
+            _ => self.name.clone(),
+        }
+    }
+
+    fn sample_name(&self, s: &Sample, openmetrics: bool) -> String {
+        let suffix = match s.suffix {
+            Suffix::None => "",
+            Suffix::Bucket => "_bucket",
+            Suffix::Count => "_count",
+            Suffix::Sum => "_sum",
+        };
+        match self.kind {
+            Kind::Counter if openmetrics => format!("{}_total", self.name),
+            Kind::Counter => self.text_counter_name.clone(),
+            Kind::Info => format!("{}_info", self.name),
+            _ => format!("{}{}", self.name, suffix),
+        }
+    }
+}
+
+/// The exposition formats `/metrics` can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text004,
+    OpenMetrics,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text004 => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+
+    /// Picks a format from an `Accept` header: the supported media range with the highest
+    /// q-value wins (earlier wins ties); text 0.0.4 when nothing supported is asked for.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Text004;
+        };
+        let mut best: Option<(f32, Format)> = None;
+        for range in accept.split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let mut q = 1.0f32;
+            let mut version = None;
+            for p in parts {
+                if let Some((k, v)) = p.split_once('=') {
+                    match k.trim() {
+                        "q" => q = v.trim().parse().unwrap_or(0.0),
+                        "version" => version = Some(v.trim().to_string()),
+                        _ => {}
+                    }
+                }
+            }
+            let fmt = match media.as_str() {
+                "application/openmetrics-text"
+                    if version
+                        .as_deref()
+                        .is_none_or(|v| v == "1.0.0" || v == "0.0.1") =>
+                {
+                    Format::OpenMetrics
+                }
+                "text/plain" | "*/*" | "text/*" => Format::Text004,
+                _ => continue,
+            };
+            if q > 0.0 && best.is_none_or(|(bq, _)| q > bq) {
+                best = Some((q, fmt));
+            }
+        }
+        best.map_or(Format::Text004, |(_, f)| f)
+    }
+}
+
+/// Formats a float the way Go's `strconv.FormatFloat(v, 'g', -1, 64)` does, as the Prometheus
+/// ecosystem expects: shortest round-trip digits, exponent form below 1e-4 and from 1e+06 up;
+/// `+Inf`, `-Inf`, `NaN` spelled as both formats require.
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "+Inf".into() } else { "-Inf".into() };
+    }
+    if v == 0.0 {
+        return if v.is_sign_negative() { "-0".into() } else { "0".into() };
+    }
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if !(-4..6).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    } else {
+        format!("{v}")
+    }
+}
+
+fn escape_label_value(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn escape_help(out: &mut String, v: &str, openmetrics: bool) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if openmetrics => out.push_str("\\\""),
+            c => out.push(c),
+        }
+    }
+}
+
+fn write_labels(out: &mut String, labels: &[(String, String)]) {
+    if labels.is_empty() {
+        return;
+    }
+    out.push('{');
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_label_value(out, v);
+        out.push('"');
+    }
+    out.push('}');
+}
+
+/// Writes families in the given format. OpenMetrics output ends with `# EOF`.
+pub fn encode(families: &[&Family], format: Format) -> String {
+    let om = format == Format::OpenMetrics;
+    let mut out = String::with_capacity(families.iter().map(|f| f.samples.len() * 64 + 128).sum());
+    // A family without samples says nothing (and the 0.0.4 format has no way to say "empty").
+    for f in families.iter().filter(|f| !f.samples.is_empty()) {
+        let header_name = if om { f.name.clone() } else { f.text_name() };
+        if !f.help.is_empty() {
+            let _ = write!(out, "# HELP {header_name} ");
+            escape_help(&mut out, &f.help, om);
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "# TYPE {header_name} {}",
+            if om { f.om_type() } else { f.text_type() }
+        );
+        if om && let Some(unit) = &f.unit {
+            let _ = writeln!(out, "# UNIT {header_name} {unit}");
+        }
+        for s in &f.samples {
+            out.push_str(&f.sample_name(s, om));
+            write_labels(&mut out, &s.labels);
+            out.push(' ');
+            out.push_str(&format_value(s.value));
+            out.push('\n');
+        }
+    }
+    if om {
+        out.push_str("# EOF\n");
+    }
+    out
+}
+
+/// The same samples as JSON: one object per sample, named as in the text format.
+pub fn encode_json(families: &[&Family]) -> serde_json::Value {
+    let mut samples = Vec::new();
+    for f in families {
+        for s in &f.samples {
+            let labels: serde_json::Map<String, serde_json::Value> = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            // JSON has no NaN/Inf: those go out as the strings the text format would print.
+            let value = if s.value.is_finite() {
+                serde_json::json!(s.value)
+            } else {
+                serde_json::Value::String(format_value(s.value))
+            };
+            samples.push(serde_json::json!({
+                "name": f.sample_name(s, false),
+                "type": f.text_type(),
+                "help": f.help,
+                "labels": labels,
+                "value": value,
+            }));
+        }
+    }
+    serde_json::Value::Array(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_match_go_formatting() {
+        assert_eq!(format_value(128417.0), "128417");
+        assert_eq!(format_value(1626325868.0), "1.626325868e+09");
+        assert_eq!(format_value(1e6), "1e+06");
+        assert_eq!(format_value(0.01), "0.01");
+        assert_eq!(format_value(0.00001), "1e-05");
+        assert_eq!(format_value(-2.5), "-2.5");
+        assert_eq!(format_value(18446744073709551603u64 as f64), "1.8446744073709552e+19");
+        assert_eq!(format_value(f64::INFINITY), "+Inf");
+        assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(format_value(f64::NAN), "NaN");
+        assert_eq!(format_value(0.0), "0");
+    }
+
+    fn counter() -> Family {
+        let mut f = Family::new("app_requests_total", "Requests \"served\"\\ by\nthe app.", Kind::Counter);
+        f.samples.push(Sample {
+            suffix: Suffix::None,
+            labels: vec![("path".into(), "a\"b\\c\nd é".into())],
+            value: 3.0,
+        });
+        f
+    }
+
+    #[test]
+    fn text_format_escapes_labels_and_help() {
+        let out = encode(&[&counter()], Format::Text004);
+        assert_eq!(
+            out,
+            "# HELP app_requests_total Requests \"served\"\\\\ by\\nthe app.\n\
+             # TYPE app_requests_total counter\n\
+             app_requests_total{path=\"a\\\"b\\\\c\\nd é\"} 3\n"
+        );
+    }
+
+    #[test]
+    fn openmetrics_uses_family_names_and_eof() {
+        let mut info = Family::new("app_build_info", "Build.", Kind::Info);
+        info.samples.push(Sample {
+            suffix: Suffix::None,
+            labels: vec![("version".into(), "1.2".into())],
+            value: 1.0,
+        });
+        let out = encode(&[&counter(), &info], Format::OpenMetrics);
+        assert_eq!(
+            out,
+            "# HELP app_requests Requests \\\"served\\\"\\\\ by\\nthe app.\n\
+             # TYPE app_requests counter\n\
+             app_requests_total{path=\"a\\\"b\\\\c\\nd é\"} 3\n\
+             # HELP app_build Build.\n\
+             # TYPE app_build info\n\
+             app_build_info{version=\"1.2\"} 1\n\
+             # EOF\n"
+        );
+        let text = encode(&[&info], Format::Text004);
+        assert!(text.contains("# TYPE app_build_info gauge\napp_build_info{version=\"1.2\"} 1\n"));
+    }
+
+    #[test]
+    fn negotiation_follows_q_values() {
+        let prom = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert_eq!(Format::negotiate(Some(prom)), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(Some("text/plain;version=0.0.4")), Format::Text004);
+        assert_eq!(Format::negotiate(None), Format::Text004);
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0,text/plain")),
+            Format::Text004
+        );
+        assert_eq!(Format::negotiate(Some("application/json")), Format::Text004);
+    }
+
+    #[test]
+    fn json_keeps_nan_as_text() {
+        let mut g = Family::new("temp", "", Kind::Gauge);
+        g.samples.push(Sample {
+            suffix: Suffix::None,
+            labels: vec![],
+            value: f64::NAN,
+        });
+        let j = encode_json(&[&g]);
+        assert_eq!(j[0]["value"], "NaN");
+        assert_eq!(j[0]["name"], "temp");
+    }
+}

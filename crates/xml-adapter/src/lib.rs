@@ -1,0 +1,8 @@
+//! xml-adapter: reads a legacy application's XML status page and serves it as Prometheus
+//! metrics (text 0.0.4 and OpenMetrics 1.0) and JSON, driven by a YAML mapping.
+
+pub mod encode;
+pub mod engine;
+pub mod mapping;
+pub mod path;
+pub mod transform;
