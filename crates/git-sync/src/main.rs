@@ -1,1 +1,14 @@
-fn main() {}
+use std::process::ExitCode;
+
+use git_sync::{Cli, Config, INFO};
+
+fn main() -> ExitCode {
+    let cli: Cli = sidecar_kit::cli::parse(&INFO);
+    let config = match Config::from_cli(&cli) {
+        Ok(c) => c,
+        Err(e) => return sidecar_kit::config::exit_config_error(&e),
+    };
+    // libgit2's object cache would hold every blob of a large export in memory; each is read once.
+    git2::opts::enable_caching(false);
+    sidecar_kit::run(&INFO, &cli.kit, |sidecar| git_sync::serve(config, sidecar))
+}

@@ -1,0 +1,419 @@
+//! Flags (each also an environment variable `GIT_SYNC_<NAME>`) and their validation.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sidecar_kit::{KitArgs, SidecarInfo};
+
+use crate::command::CommandSpec;
+use crate::credentials::{Credentials, redact_url};
+use crate::git::{RefTarget, Source};
+use crate::notify::{NotifyConfig, SignalTarget, WebhookConfig, parse_signal};
+
+pub const INFO: SidecarInfo = SidecarInfo {
+    name: "git-sync",
+    env_prefix: "GIT_SYNC",
+    admin_port: 9903,
+    version: env!("CARGO_PKG_VERSION"),
+    description: "Keeps a shared volume on the latest good revision of a git repository",
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ForcePushPolicy {
+    /// Publish the rewritten history (counted).
+    Follow,
+    /// Keep the current tree and hold the rewritten revision back until the ref moves (counted).
+    Refuse,
+}
+
+#[derive(clap::Parser, Debug)]
+#[command(name = "git-sync", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub kit: KitArgs,
+
+    /// Repository URL: https://, http://, ssh://, user@host:path, git://, file:// or a path.
+    #[arg(long, env = "REPO", help_heading = "Source")]
+    pub repo: String,
+    /// What to publish: a branch, a tag (annotated tags are peeled), a full 40-hex SHA, or HEAD.
+    #[arg(
+        long = "ref",
+        env = "REF",
+        default_value = "HEAD",
+        help_heading = "Source"
+    )]
+    pub reference: String,
+    /// History depth to fetch (0 = all). Ignored for file:// and paths, which libgit2 cannot fetch shallow.
+    #[arg(long, env = "DEPTH", default_value_t = 1, help_heading = "Source")]
+    pub depth: u32,
+
+    /// Directory holding the link, the published trees and the private repository.
+    #[arg(long, env = "ROOT", help_heading = "Publishing")]
+    pub root: PathBuf,
+    /// Name of the symlink under --root that the app reads.
+    #[arg(
+        long,
+        env = "LINK",
+        default_value = "current",
+        help_heading = "Publishing"
+    )]
+    pub link: String,
+    /// Command run in the staged tree before publishing; a non-zero exit keeps the old tree.
+    #[arg(long, env = "VALIDATE_COMMAND", help_heading = "Publishing")]
+    pub validate_command: Option<String>,
+    #[arg(long, env = "VALIDATE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Publishing")]
+    pub validate_timeout: Duration,
+    /// How long a replaced tree is kept for readers still in it.
+    #[arg(long, env = "GRACE_PERIOD", default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Publishing")]
+    pub grace_period: Duration,
+    /// What to do when the ref's history was rewritten.
+    #[arg(long, env = "FORCE_PUSH", value_enum, default_value_t = ForcePushPolicy::Follow, help_heading = "Publishing")]
+    pub force_push: ForcePushPolicy,
+
+    /// Time between polls.
+    #[arg(long, env = "PERIOD", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Schedule")]
+    pub period: Duration,
+    /// Spread of the period and backoff, as a fraction (0.1 = ±10%).
+    #[arg(long, env = "JITTER", default_value_t = 0.1, help_heading = "Schedule")]
+    pub jitter: f64,
+    /// Longest a sync may take before it is abandoned.
+    #[arg(long, env = "SYNC_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration, help_heading = "Schedule")]
+    pub sync_timeout: Duration,
+    /// Longest wait between retries after failures (backoff doubles from 1s).
+    #[arg(long, env = "BACKOFF_MAX", default_value = "60s", value_parser = humantime::parse_duration, help_heading = "Schedule")]
+    pub backoff_max: Duration,
+    /// Exit non-zero after this many consecutive failures (default: never; 0 in --one-time mode).
+    #[arg(long, env = "MAX_FAILURES", help_heading = "Schedule")]
+    pub max_failures: Option<u32>,
+    /// Sync once, publish, and exit 0 (for init containers); exit non-zero on failure.
+    #[arg(long, env = "ONE_TIME", help_heading = "Schedule")]
+    pub one_time: bool,
+    /// Not ready when the last good sync is older than this and syncs keep failing.
+    #[arg(long, env = "STALE_AFTER", default_value = "10m", value_parser = humantime::parse_duration, help_heading = "Schedule")]
+    pub stale_after: Duration,
+    /// File holding the secret for POST /sync (bearer token or GitHub-style HMAC signature).
+    /// Without it, POST /sync answers loopback callers only.
+    #[arg(long, env = "SYNC_SECRET_FILE", help_heading = "Schedule")]
+    pub sync_secret_file: Option<PathBuf>,
+
+    /// HTTPS username.
+    #[arg(long, env = "USERNAME", help_heading = "Credentials")]
+    pub username: Option<String>,
+    /// File holding the HTTPS password or token; read on every sync.
+    #[arg(long, env = "PASSWORD_FILE", help_heading = "Credentials")]
+    pub password_file: Option<PathBuf>,
+    /// SSH private key file (unencrypted); read on every sync.
+    #[arg(long, env = "SSH_KEY_FILE", help_heading = "Credentials")]
+    pub ssh_key_file: Option<PathBuf>,
+    /// known_hosts file pinning the SSH server's key (required for ssh; HOME is never used).
+    #[arg(long, env = "SSH_KNOWN_HOSTS_FILE", help_heading = "Credentials")]
+    pub ssh_known_hosts_file: Option<PathBuf>,
+
+    /// URL to POST {"old","new","ref","link"} to after a publish.
+    #[arg(long, env = "WEBHOOK_URL", help_heading = "Notifications")]
+    pub webhook_url: Option<String>,
+    #[arg(long, env = "WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Notifications")]
+    pub webhook_timeout: Duration,
+    /// Tries per notification, with backoff between them.
+    #[arg(
+        long,
+        env = "WEBHOOK_ATTEMPTS",
+        default_value_t = 5,
+        help_heading = "Notifications"
+    )]
+    pub webhook_attempts: u32,
+    /// Command run after a publish (cwd = the link; GIT_SYNC_OLD/NEW/REF/LINK in its environment).
+    #[arg(long, env = "NOTIFY_COMMAND", help_heading = "Notifications")]
+    pub notify_command: Option<String>,
+    #[arg(long, env = "NOTIFY_COMMAND_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Notifications")]
+    pub notify_command_timeout: Duration,
+    /// Signal every process of this name after a publish (needs a shared process namespace).
+    #[arg(
+        long,
+        env = "NOTIFY_PROCESS",
+        conflicts_with = "notify_pidfile",
+        help_heading = "Notifications"
+    )]
+    pub notify_process: Option<String>,
+    /// Signal the process whose pid is in this file after a publish.
+    #[arg(long, env = "NOTIFY_PIDFILE", help_heading = "Notifications")]
+    pub notify_pidfile: Option<PathBuf>,
+    /// The signal for --notify-process / --notify-pidfile.
+    #[arg(
+        long,
+        env = "NOTIFY_SIGNAL",
+        default_value = "HUP",
+        help_heading = "Notifications"
+    )]
+    pub notify_signal: String,
+    /// File whose modification time is set after a publish (created if missing).
+    #[arg(long, env = "NOTIFY_TOUCH_FILE", help_heading = "Notifications")]
+    pub notify_touch_file: Option<PathBuf>,
+    /// Publishes closer together than this produce one notification.
+    #[arg(long, env = "NOTIFY_DEBOUNCE", default_value = "1s", value_parser = humantime::parse_duration, help_heading = "Notifications")]
+    pub notify_debounce: Duration,
+}
+
+/// Everything the service needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: Source,
+    pub root: PathBuf,
+    pub link: String,
+    pub validate: Option<CommandSpec>,
+    pub validate_timeout: Duration,
+    pub grace_period: Duration,
+    pub force_push: ForcePushPolicy,
+    pub period: Duration,
+    pub jitter: f64,
+    pub sync_timeout: Duration,
+    pub backoff_max: Duration,
+    pub max_failures: Option<u32>,
+    pub one_time: bool,
+    pub stale_after: Duration,
+    pub sync_secret_file: Option<PathBuf>,
+    pub notify: NotifyConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+fn is_ssh(url: &str) -> bool {
+    url.starts_with("ssh://")
+        || url.starts_with("git+ssh://")
+        || (!url.contains("://") && url.contains('@') && url.contains(':'))
+}
+
+fn has_password_in_url(url: &str) -> bool {
+    redact_url(url) != url
+}
+
+fn readable(flag: &str, path: &std::path::Path) -> Result<(), ConfigError> {
+    match std::fs::File::open(path) {
+        Ok(_) => Ok(()),
+        Err(e) => err(format!("{flag} {}: {e}", path.display())),
+    }
+}
+
+impl Config {
+    pub fn from_cli(cli: &Cli) -> Result<Config, ConfigError> {
+        let url = cli.repo.trim().to_string();
+        if url.is_empty() {
+            return err("--repo must not be empty");
+        }
+        if has_password_in_url(&url) {
+            return err(
+                "--repo holds a password: put it in a file and pass --username and --password-file",
+            );
+        }
+        let target = RefTarget::parse(&cli.reference).map_err(ConfigError)?;
+        if cli.password_file.is_some() != cli.username.is_some() {
+            return err("--username and --password-file go together");
+        }
+        if let Some(f) = &cli.password_file {
+            readable("--password-file", f)?;
+        }
+        if let Some(f) = &cli.ssh_key_file {
+            readable("--ssh-key-file", f)?;
+        }
+        if let Some(f) = &cli.ssh_known_hosts_file {
+            readable("--ssh-known-hosts-file", f)?;
+        }
+        if is_ssh(&url) && cli.ssh_known_hosts_file.is_none() {
+            return err(
+                "an ssh --repo needs --ssh-known-hosts-file to pin the server's key (HOME's known_hosts is never read)",
+            );
+        }
+        if is_ssh(&url) && cli.ssh_key_file.is_none() {
+            return err("an ssh --repo needs --ssh-key-file");
+        }
+        if let Some(f) = &cli.sync_secret_file {
+            readable("--sync-secret-file", f)?;
+        }
+        if !(0.0..=1.0).contains(&cli.jitter) {
+            return err(format!("--jitter {} must be between 0 and 1", cli.jitter));
+        }
+        if cli.period.is_zero() {
+            return err("--period must be more than 0");
+        }
+        if cli.sync_timeout.is_zero() {
+            return err("--sync-timeout must be more than 0");
+        }
+        let validate = cli
+            .validate_command
+            .as_deref()
+            .map(|c| {
+                CommandSpec::parse(c).map_err(|e| ConfigError(format!("--validate-command: {e}")))
+            })
+            .transpose()?;
+        let command = cli
+            .notify_command
+            .as_deref()
+            .map(|c| {
+                CommandSpec::parse(c).map_err(|e| ConfigError(format!("--notify-command: {e}")))
+            })
+            .transpose()?;
+        let signal = parse_signal(&cli.notify_signal)
+            .map_err(|e| ConfigError(format!("--notify-signal: {e}")))?;
+        let signal_target = match (&cli.notify_process, &cli.notify_pidfile) {
+            (Some(name), None) if !name.is_empty() => Some(SignalTarget::Name(name.clone())),
+            (None, Some(file)) => Some(SignalTarget::Pidfile(file.clone())),
+            (None, None) => None,
+            _ => return err("give one of --notify-process or --notify-pidfile"),
+        };
+        let webhook = match &cli.webhook_url {
+            Some(u) => {
+                let parsed = reqwest::Url::parse(u)
+                    .map_err(|e| ConfigError(format!("--webhook-url {u:?}: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return err(format!("--webhook-url {u:?} must be http:// or https://"));
+                }
+                Some(WebhookConfig {
+                    url: u.clone(),
+                    timeout: cli.webhook_timeout,
+                    attempts: cli.webhook_attempts.max(1),
+                    backoff: Duration::from_millis(500),
+                })
+            }
+            None => None,
+        };
+        let root = if cli.root.is_absolute() {
+            cli.root.clone()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| ConfigError(format!("--root: {e}")))?
+                .join(&cli.root)
+        };
+        if cli.link.is_empty()
+            || cli.link.contains('/')
+            || cli.link == "."
+            || cli.link == ".."
+            || cli.link == crate::publish::INTERNAL_DIR
+        {
+            return err(format!(
+                "--link {:?} must be a plain name (the symlink is created inside --root)",
+                cli.link
+            ));
+        }
+        let source = Source {
+            url,
+            target,
+            depth: cli.depth,
+            credentials: Credentials {
+                username: cli.username.clone(),
+                password_file: cli.password_file.clone(),
+                ssh_key_file: cli.ssh_key_file.clone(),
+                ssh_known_hosts: cli.ssh_known_hosts_file.clone(),
+            },
+        };
+        Ok(Config {
+            notify: NotifyConfig {
+                webhook,
+                command,
+                command_timeout: cli.notify_command_timeout,
+                signal: signal_target.map(|t| (t, signal)),
+                touch: cli.notify_touch_file.clone(),
+                debounce: cli.notify_debounce,
+                link: root.join(&cli.link),
+                reference: cli.reference.clone(),
+            },
+            source,
+            root,
+            link: cli.link.clone(),
+            validate,
+            validate_timeout: cli.validate_timeout,
+            grace_period: cli.grace_period,
+            force_push: cli.force_push,
+            period: cli.period,
+            jitter: cli.jitter,
+            sync_timeout: cli.sync_timeout,
+            backoff_max: cli.backoff_max,
+            max_failures: cli
+                .max_failures
+                .or(if cli.one_time { Some(0) } else { None }),
+            one_time: cli.one_time,
+            stale_after: cli.stale_after,
+            sync_secret_file: cli.sync_secret_file.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["git-sync"];
+        all.extend_from_slice(args);
+        let cli: Cli = sidecar_kit::cli::try_parse_from(&INFO, all).map_err(|e| e.to_string())?;
+        Config::from_cli(&cli).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn minimal_config_and_defaults() {
+        let c = parse(&[
+            "--repo",
+            "https://example.invalid/r.git",
+            "--root",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert_eq!(c.source.target, RefTarget::Head);
+        assert_eq!(c.link, "current");
+        assert_eq!(c.max_failures, None);
+        let c = parse(&[
+            "--repo",
+            "https://example.invalid/r.git",
+            "--root",
+            "/tmp/x",
+            "--one-time",
+        ])
+        .unwrap();
+        assert_eq!(c.max_failures, Some(0));
+    }
+
+    #[test]
+    fn refuses_bad_input_naming_the_flag() {
+        let base = ["--root", "/tmp/x"];
+        let with = |extra: &[&str]| {
+            let mut v: Vec<&str> = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v).unwrap_err()
+        };
+        assert!(with(&["--repo", "https://u:pw@h/r"]).contains("--password-file"));
+        assert!(
+            with(&["--repo", "ssh://git@h/r", "--ssh-key-file", "/etc/hostname"])
+                .contains("--ssh-known-hosts-file")
+        );
+        assert!(
+            with(&[
+                "--repo",
+                "https://h/r",
+                "--password-file",
+                "/nonexistent",
+                "--username",
+                "u"
+            ])
+            .contains("--password-file /nonexistent")
+        );
+        assert!(with(&["--repo", "https://h/r", "--jitter", "2"]).contains("--jitter"));
+        assert!(with(&["--repo", "https://h/r", "--link", "a/b"]).contains("--link"));
+        assert!(
+            with(&["--repo", "https://h/r", "--notify-signal", "BOGUS"])
+                .contains("--notify-signal")
+        );
+        assert!(
+            with(&["--repo", "https://h/r", "--webhook-url", "ftp://x"]).contains("--webhook-url")
+        );
+        assert!(with(&["--repo", "https://h/r", "--ref", "abc1234"]).contains("abbreviated"));
+        assert!(
+            with(&["--repo", "https://h/r", "--validate-command", "sh -c 'x"])
+                .contains("--validate-command")
+        );
+    }
+}

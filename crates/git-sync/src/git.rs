@@ -1,0 +1,722 @@
+//! The private repository: what to sync (branch, tag, SHA or HEAD), the remote's
+//! ref advertisement, fetching with git2 and telling fast-forwards from force-pushes.
+//!
+//! Everything here is blocking (libgit2); the service runs it on a blocking thread.
+
+use std::cell::Cell;
+use std::collections::{HashSet, VecDeque};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use git2::{
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, ErrorClass,
+    FetchOptions, ObjectType, Oid, RemoteCallbacks, Repository,
+};
+
+use crate::credentials::{Credentials, redact_url};
+use crate::known_hosts;
+
+/// The local ref a fetch writes the wanted revision to.
+const TARGET_REF: &str = "refs/git-sync/target";
+/// How far a shallow repository is deepened to tell a fast-forward from a force-push
+/// before giving up and fetching the whole history.
+const DEEPEN_STEP: i32 = 64;
+/// libgit2's "unshallow" depth (GIT_FETCH_DEPTH_UNSHALLOW).
+const UNSHALLOW: i32 = i32::MAX;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("{context}: {message}")]
+    Git {
+        context: String,
+        message: String,
+        corrupt: bool,
+    },
+    #[error("ref {0:?} is not advertised by the remote (deleted branch or tag, or a typo)")]
+    RefNotFound(String),
+    #[error("commit {0} is not reachable from any branch or tag of the remote")]
+    ShaNotFound(String),
+    #[error("the sync was cancelled (timeout or shutdown)")]
+    Cancelled,
+    #[error("private repository {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl GitError {
+    /// Errors that mean the private repository itself is damaged: it is re-cloned.
+    pub fn is_corrupt_repo(&self) -> bool {
+        matches!(self, GitError::Git { corrupt: true, .. })
+    }
+
+    fn git(context: impl Into<String>, e: git2::Error, url_to_redact: Option<&str>) -> GitError {
+        let mut message = e.message().to_string();
+        if let Some(url) = url_to_redact {
+            // libgit2 sometimes quotes the URL; never let userinfo reach a log line.
+            message = message.replace(url, &redact_url(url));
+        }
+        let corrupt = matches!(
+            e.class(),
+            ErrorClass::Odb
+                | ErrorClass::Object
+                | ErrorClass::Repository
+                | ErrorClass::Zlib
+                | ErrorClass::Index
+        ) || message.contains("corrupt");
+        GitError::Git {
+            context: context.into(),
+            message,
+            corrupt,
+        }
+    }
+}
+
+/// What the user asked to sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefTarget {
+    /// The remote's HEAD (its default branch).
+    Head,
+    /// A full 40-hex commit id, pinned.
+    Sha(Oid),
+    /// A branch or tag, short (`main`, `v1.2`) or full (`refs/heads/main`).
+    Named(String),
+}
+
+impl RefTarget {
+    pub fn parse(s: &str) -> Result<RefTarget, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("--ref must not be empty".into());
+        }
+        if s == "HEAD" {
+            return Ok(RefTarget::Head);
+        }
+        if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let oid = Oid::from_str(s).map_err(|e| format!("--ref {s:?}: {}", e.message()))?;
+            return Ok(RefTarget::Sha(oid));
+        }
+        if s.len() < 40
+            && s.len() >= 7
+            && s.bytes().all(|b| b.is_ascii_hexdigit())
+            && !s.bytes().all(|b| b.is_ascii_digit())
+        {
+            // An abbreviated SHA cannot be asked of a server; refuse rather than guess.
+            return Err(format!(
+                "--ref {s:?} looks like an abbreviated commit id: give all 40 hex digits"
+            ));
+        }
+        if s.contains("..") || s.contains(' ') || s.ends_with('/') || s.contains("@{") {
+            return Err(format!("--ref {s:?} is not a valid branch or tag name"));
+        }
+        Ok(RefTarget::Named(s.to_string()))
+    }
+
+    /// Full ref names to look for in the advertisement, in order of preference.
+    fn candidates(&self) -> Vec<String> {
+        match self {
+            RefTarget::Head => vec!["HEAD".into()],
+            RefTarget::Sha(_) => vec![],
+            RefTarget::Named(n) if n.starts_with("refs/") => vec![n.clone()],
+            RefTarget::Named(n) => vec![format!("refs/heads/{n}"), format!("refs/tags/{n}")],
+        }
+    }
+}
+
+impl std::fmt::Display for RefTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RefTarget::Head => f.write_str("HEAD"),
+            RefTarget::Sha(o) => write!(f, "{o}"),
+            RefTarget::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+/// Where to fetch from and how.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub url: String,
+    pub target: RefTarget,
+    /// 0 = full history.
+    pub depth: u32,
+    pub credentials: Credentials,
+}
+
+impl Source {
+    /// libgit2 refuses a depth over its local (path / file://) transport.
+    pub fn transport_allows_depth(&self) -> bool {
+        !(self.url.starts_with("file://") || self.url.starts_with('/') || self.url.starts_with('.'))
+    }
+
+    fn effective_depth(&self) -> i32 {
+        if self.depth == 0 || !self.transport_allows_depth() {
+            0
+        } else {
+            i32::try_from(self.depth).unwrap_or(i32::MAX)
+        }
+    }
+}
+
+/// Cancels a running fetch: checked from libgit2's progress callbacks.
+#[derive(Debug, Clone)]
+pub struct Cancel {
+    flag: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+}
+
+impl Cancel {
+    pub fn new(deadline: Option<Instant>) -> Cancel {
+        Cancel {
+            flag: Arc::new(AtomicBool::new(false)),
+            deadline,
+        }
+    }
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst) || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// The result of asking the remote what the target points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertised {
+    /// The ref name to fetch (None for a SHA pin).
+    pub refname: Option<String>,
+    /// The commit id if the advertisement tells it (peeled for annotated tags).
+    pub commit: Option<Oid>,
+}
+
+/// How the new revision relates to the previously published one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ancestry {
+    /// Nothing was published before.
+    First,
+    Same,
+    FastForward,
+    /// The old revision is not an ancestor of the new one (force-push, or a switch to another branch).
+    Rewritten,
+}
+
+/// The private (bare) repository under `--root`.
+pub struct PrivateRepo {
+    path: PathBuf,
+    repo: Repository,
+    /// Bytes received from the network over this repository's life (for metrics and benchmarks).
+    pub received_bytes: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for PrivateRepo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivateRepo")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl PrivateRepo {
+    /// Opens the private repository, or creates it; a repository that cannot be opened or
+    /// whose published revision cannot be read is removed and created anew.
+    pub fn open_or_init(
+        path: &Path,
+        must_have: Option<Oid>,
+    ) -> Result<(PrivateRepo, bool), GitError> {
+        let io = |source| GitError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut recreated = false;
+        if path.exists() {
+            match Repository::open_bare(path) {
+                Ok(repo) if repo_is_healthy(&repo, must_have) => {
+                    return Ok((PrivateRepo::wrap(path, repo), false));
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(path = %path.display(), "private repository is damaged; removing it to clone again");
+                    fs::remove_dir_all(path).map_err(io)?;
+                    recreated = true;
+                }
+            }
+        }
+        fs::create_dir_all(path).map_err(io)?;
+        let repo = Repository::init_bare(path)
+            .map_err(|e| GitError::git("creating the private repository", e, None))?;
+        Ok((PrivateRepo::wrap(path, repo), recreated))
+    }
+
+    /// Removes the repository and creates an empty one (after corruption is detected mid-sync).
+    pub fn reclone(self) -> Result<PrivateRepo, GitError> {
+        let path = self.path.clone();
+        let received = self.received_bytes.clone();
+        drop(self);
+        fs::remove_dir_all(&path).map_err(|source| GitError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let (mut repo, _) = PrivateRepo::open_or_init(&path, None)?;
+        repo.received_bytes = received;
+        Ok(repo)
+    }
+
+    fn wrap(path: &Path, repo: Repository) -> PrivateRepo {
+        PrivateRepo {
+            path: path.to_path_buf(),
+            repo,
+            received_bytes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Asks the remote what the target points at: one ref advertisement, no pack.
+    /// This is all a poll costs when nothing changed.
+    pub fn advertised(&self, source: &Source, cancel: &Cancel) -> Result<Advertised, GitError> {
+        let mut remote = self
+            .repo
+            .remote_anonymous(&source.url)
+            .map_err(|e| GitError::git("remote URL", e, Some(&source.url)))?;
+        let attempts = Cell::new(0u32);
+        let callbacks = self.callbacks(source, cancel, &attempts);
+        let conn = remote
+            .connect_auth(Direction::Fetch, Some(callbacks), None)
+            .map_err(|e| self.net_error("connecting to the remote", e, source, cancel))?;
+        let heads = conn
+            .list()
+            .map_err(|e| self.net_error("listing the remote's refs", e, source, cancel))?;
+        let list: Vec<(String, Oid)> = heads
+            .iter()
+            .map(|h| (h.name().to_string(), h.oid()))
+            .collect();
+        resolve_advertised(&source.target, &list)
+    }
+
+    /// Fetches the target into the private repository and returns its commit id.
+    pub fn fetch(
+        &self,
+        source: &Source,
+        advertised: &Advertised,
+        cancel: &Cancel,
+    ) -> Result<Oid, GitError> {
+        let depth = source.effective_depth();
+        match (&source.target, &advertised.refname) {
+            (RefTarget::Sha(oid), _) => self.fetch_sha(source, *oid, depth, cancel),
+            (_, Some(refname)) => {
+                let spec = format!("+{refname}:{TARGET_REF}");
+                self.fetch_specs(source, &[spec], depth, cancel)?;
+                self.target_commit()
+            }
+            (_, None) => Err(GitError::RefNotFound(source.target.to_string())),
+        }
+    }
+
+    fn fetch_sha(
+        &self,
+        source: &Source,
+        oid: Oid,
+        depth: i32,
+        cancel: &Cancel,
+    ) -> Result<Oid, GitError> {
+        if self.has_commit(oid) {
+            return Ok(oid);
+        }
+        // Servers with uploadpack.allowReachableSHA1InWant (GitHub, GitLab) hand out a commit by id.
+        let spec = format!("+{oid}:{TARGET_REF}");
+        match self.fetch_specs(source, &[spec], depth, cancel) {
+            Ok(()) if self.has_commit(oid) => return Ok(oid),
+            Err(GitError::Cancelled) => return Err(GitError::Cancelled),
+            Ok(()) | Err(_) => {}
+        }
+        // Otherwise fetch every branch and tag with full history and look for it.
+        tracing::info!(sha = %oid, "the server does not serve commits by id; fetching all branches and tags");
+        let specs = [
+            "+refs/heads/*:refs/git-sync/heads/*".to_string(),
+            "+refs/tags/*:refs/git-sync/tags/*".to_string(),
+        ];
+        let full = if self.repo.is_shallow() { UNSHALLOW } else { 0 };
+        self.fetch_specs(source, &specs, full, cancel)?;
+        if self.has_commit(oid) {
+            Ok(oid)
+        } else {
+            Err(GitError::ShaNotFound(oid.to_string()))
+        }
+    }
+
+    fn has_commit(&self, oid: Oid) -> bool {
+        self.repo.find_commit(oid).is_ok()
+    }
+
+    fn target_commit(&self) -> Result<Oid, GitError> {
+        let reference = self
+            .repo
+            .find_reference(TARGET_REF)
+            .map_err(|e| GitError::git("reading the fetched ref", e, None))?;
+        // Annotated tags point at a tag object: peel to the commit.
+        let commit = reference
+            .peel_to_commit()
+            .map_err(|e| GitError::git("peeling the fetched ref to a commit", e, None))?;
+        Ok(commit.id())
+    }
+
+    fn fetch_specs(
+        &self,
+        source: &Source,
+        specs: &[String],
+        depth: i32,
+        cancel: &Cancel,
+    ) -> Result<(), GitError> {
+        let mut remote = self
+            .repo
+            .remote_anonymous(&source.url)
+            .map_err(|e| GitError::git("remote URL", e, Some(&source.url)))?;
+        let attempts = Cell::new(0u32);
+        let mut options = FetchOptions::new();
+        options.remote_callbacks(self.callbacks(source, cancel, &attempts));
+        options.download_tags(AutotagOption::None);
+        options.update_fetchhead(false);
+        if depth != 0 {
+            options.depth(depth);
+        }
+        remote
+            .fetch(specs, Some(&mut options), None)
+            .map_err(|e| self.net_error("fetching", e, source, cancel))?;
+        Ok(())
+    }
+
+    /// Is `old` an ancestor of `new`? In a shallow repository the history is deepened
+    /// (first by a bounded step, then entirely) until the answer is known.
+    pub fn ancestry(
+        &self,
+        source: &Source,
+        advertised: &Advertised,
+        old: Option<Oid>,
+        new: Oid,
+        cancel: &Cancel,
+    ) -> Result<Ancestry, GitError> {
+        let Some(old) = old else {
+            return Ok(Ancestry::First);
+        };
+        if old == new {
+            return Ok(Ancestry::Same);
+        }
+        let mut deepen = [DEEPEN_STEP, UNSHALLOW].into_iter();
+        loop {
+            match self.reaches(new, old)? {
+                Reach::Yes => return Ok(Ancestry::FastForward),
+                Reach::No => return Ok(Ancestry::Rewritten),
+                Reach::Unknown => {}
+            }
+            let (Some(depth), Some(refname)) = (deepen.next(), &advertised.refname) else {
+                return Ok(Ancestry::Rewritten);
+            };
+            if !source.transport_allows_depth() {
+                return Ok(Ancestry::Rewritten);
+            }
+            tracing::debug!(
+                depth,
+                "deepening the shallow history to tell a fast-forward from a force-push"
+            );
+            self.fetch_specs(source, &[format!("+{refname}:{TARGET_REF}")], depth, cancel)?;
+        }
+    }
+
+    /// Walks parent links as written in the commit objects (not the shallow grafts), so a
+    /// depth-1 fetch on top of the previous revision still shows the fast-forward.
+    fn reaches(&self, from: Oid, wanted: Oid) -> Result<Reach, GitError> {
+        let odb = self
+            .repo
+            .odb()
+            .map_err(|e| GitError::git("opening the object database", e, None))?;
+        let mut queue = VecDeque::from([from]);
+        let mut seen = HashSet::from([from]);
+        let mut missing = false;
+        while let Some(oid) = queue.pop_front() {
+            if oid == wanted {
+                return Ok(Reach::Yes);
+            }
+            let Ok(object) = odb.read(oid) else {
+                missing = true;
+                continue;
+            };
+            if object.kind() != ObjectType::Commit {
+                continue;
+            }
+            for parent in raw_parents(object.data()) {
+                if seen.insert(parent) {
+                    queue.push_back(parent);
+                }
+            }
+        }
+        Ok(if missing { Reach::Unknown } else { Reach::No })
+    }
+
+    fn net_error(
+        &self,
+        context: &str,
+        e: git2::Error,
+        source: &Source,
+        cancel: &Cancel,
+    ) -> GitError {
+        if cancel.is_cancelled() && matches!(e.code(), git2::ErrorCode::User)
+            || cancel.is_cancelled()
+        {
+            return GitError::Cancelled;
+        }
+        GitError::git(
+            format!("{context} {}", redact_url(&source.url)),
+            e,
+            Some(&source.url),
+        )
+    }
+
+    fn callbacks<'a>(
+        &self,
+        source: &'a Source,
+        cancel: &'a Cancel,
+        attempts: &'a Cell<u32>,
+    ) -> RemoteCallbacks<'a> {
+        let mut cb = RemoteCallbacks::new();
+        let received = self.received_bytes.clone();
+        let last_seen = Cell::new(0u64);
+        cb.transfer_progress(move |p| {
+            let now = p.received_bytes() as u64;
+            let before = last_seen.replace(now);
+            received.fetch_add(now.saturating_sub(before), Ordering::Relaxed);
+            !cancel.is_cancelled()
+        });
+        cb.sideband_progress(move |_| !cancel.is_cancelled());
+        cb.credentials(move |_url, username_from_url, allowed| {
+            attempts.set(attempts.get() + 1);
+            if attempts.get() > 3 || cancel.is_cancelled() {
+                return Err(git2::Error::from_str(
+                    "the remote refused the configured credentials",
+                ));
+            }
+            source
+                .credentials
+                .git_credential(allowed, username_from_url)
+        });
+        let url = source.url.clone();
+        let known_hosts_file = source.credentials.ssh_known_hosts.clone();
+        cb.certificate_check(move |cert, host| {
+            if cancel.is_cancelled() {
+                return Err(git2::Error::from_str("cancelled"));
+            }
+            let Some(hostkey) = cert.as_hostkey() else {
+                // TLS: let libgit2/OpenSSL verify the chain against the system roots.
+                return Ok(CertificateCheckStatus::CertificatePassthrough);
+            };
+            let Some(key) = hostkey.hostkey() else {
+                return Err(git2::Error::from_str("the ssh server did not present a host key"));
+            };
+            let Some(file) = &known_hosts_file else {
+                return Err(git2::Error::from_str(
+                    "ssh host key not verified: set --ssh-known-hosts-file (HOME's known_hosts is never used)",
+                ));
+            };
+            let port = known_hosts::ssh_port(&url);
+            match known_hosts::verify(file, host, port, key) {
+                Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
+                Err(e) => Err(git2::Error::from_str(&e.to_string())),
+            }
+        });
+        cb
+    }
+}
+
+enum Reach {
+    Yes,
+    No,
+    Unknown,
+}
+
+impl Credentials {
+    fn git_credential(
+        &self,
+        allowed: CredentialType,
+        username_from_url: Option<&str>,
+    ) -> Result<Cred, git2::Error> {
+        let user = self.username.as_deref().or(username_from_url);
+        if allowed.contains(CredentialType::SSH_KEY) {
+            if let Some(key) = &self.ssh_key_file {
+                return Cred::ssh_key(user.unwrap_or("git"), None, key, None);
+            }
+            return Err(git2::Error::from_str(
+                "the ssh server asks for a key: set --ssh-key-file",
+            ));
+        }
+        if allowed.contains(CredentialType::USERNAME) {
+            return Cred::username(user.unwrap_or("git"));
+        }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            let (Some(user), Some(file)) = (user, &self.password_file) else {
+                return Err(git2::Error::from_str(
+                    "the server asks for a username and password: set --username and --password-file",
+                ));
+            };
+            // Read on every sync so a rotated secret is picked up without a restart.
+            let password = self
+                .read_password(file)
+                .map_err(|e| git2::Error::from_str(&e))?;
+            return Cred::userpass_plaintext(user, &password);
+        }
+        Err(git2::Error::from_str(
+            "the server asks for a kind of credential git-sync does not support",
+        ))
+    }
+}
+
+fn repo_is_healthy(repo: &Repository, must_have: Option<Oid>) -> bool {
+    if repo.odb().is_err() {
+        return false;
+    }
+    if let Ok(reference) = repo.find_reference(TARGET_REF) {
+        if reference.peel_to_commit().and_then(|c| c.tree()).is_err() {
+            return false;
+        }
+    }
+    match must_have {
+        Some(oid) => repo.find_commit(oid).and_then(|c| c.tree()).is_ok(),
+        None => true,
+    }
+}
+
+/// Picks the target out of a ref advertisement.
+pub fn resolve_advertised(
+    target: &RefTarget,
+    list: &[(String, Oid)],
+) -> Result<Advertised, GitError> {
+    if let RefTarget::Sha(oid) = target {
+        return Ok(Advertised {
+            refname: None,
+            commit: Some(*oid),
+        });
+    }
+    for name in target.candidates() {
+        if let Some((_, oid)) = list.iter().find(|(n, _)| *n == name) {
+            let peeled = format!("{name}^{{}}");
+            // An annotated tag is advertised twice: the tag object, then `name^{}` for its commit.
+            let commit = list
+                .iter()
+                .find(|(n, _)| *n == peeled)
+                .map(|(_, o)| *o)
+                .unwrap_or(*oid);
+            return Ok(Advertised {
+                refname: Some(name),
+                commit: Some(commit),
+            });
+        }
+    }
+    Err(GitError::RefNotFound(target.to_string()))
+}
+
+/// Parent ids as written in a raw commit object.
+fn raw_parents(data: &[u8]) -> Vec<Oid> {
+    let mut parents = Vec::new();
+    for line in data.split(|b| *b == b'\n') {
+        if line.is_empty() {
+            break; // end of the header
+        }
+        if let Some(hex) = line.strip_prefix(b"parent ") {
+            if let Some(oid) = std::str::from_utf8(hex)
+                .ok()
+                .and_then(|h| Oid::from_str(h).ok())
+            {
+                parents.push(oid);
+            }
+        }
+    }
+    parents
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oid(n: u8) -> Oid {
+        Oid::from_bytes(&[n; 20]).unwrap()
+    }
+
+    #[test]
+    fn ref_target_parsing() {
+        assert_eq!(RefTarget::parse("HEAD").unwrap(), RefTarget::Head);
+        assert_eq!(
+            RefTarget::parse("main").unwrap(),
+            RefTarget::Named("main".into())
+        );
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(
+            RefTarget::parse(sha).unwrap(),
+            RefTarget::Sha(Oid::from_str(sha).unwrap())
+        );
+        assert!(
+            RefTarget::parse("0123abc")
+                .unwrap_err()
+                .contains("abbreviated")
+        );
+        assert!(RefTarget::parse("a..b").is_err());
+        assert!(RefTarget::parse("").is_err());
+        // a release named by digits only is a tag name, not a SHA
+        assert_eq!(
+            RefTarget::parse("20240101").unwrap(),
+            RefTarget::Named("20240101".into())
+        );
+    }
+
+    #[test]
+    fn advertisement_prefers_branch_and_peels_annotated_tags() {
+        let list = vec![
+            ("HEAD".to_string(), oid(1)),
+            ("refs/heads/main".to_string(), oid(1)),
+            ("refs/heads/v1".to_string(), oid(2)),
+            ("refs/tags/v1".to_string(), oid(3)),
+            ("refs/tags/rel".to_string(), oid(4)),
+            ("refs/tags/rel^{}".to_string(), oid(5)),
+        ];
+        let r = resolve_advertised(&RefTarget::Named("v1".into()), &list).unwrap();
+        assert_eq!(
+            r,
+            Advertised {
+                refname: Some("refs/heads/v1".into()),
+                commit: Some(oid(2))
+            }
+        );
+        let r = resolve_advertised(&RefTarget::Named("rel".into()), &list).unwrap();
+        assert_eq!(
+            r,
+            Advertised {
+                refname: Some("refs/tags/rel".into()),
+                commit: Some(oid(5))
+            }
+        );
+        let r = resolve_advertised(&RefTarget::Head, &list).unwrap();
+        assert_eq!(r.commit, Some(oid(1)));
+        assert!(matches!(
+            resolve_advertised(&RefTarget::Named("gone".into()), &list),
+            Err(GitError::RefNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn raw_parents_reads_header_only() {
+        let data = format!(
+            "tree {}\nparent {}\nparent {}\nauthor a <a@b> 0 +0000\n\nparent {}\n",
+            oid(9),
+            oid(1),
+            oid(2),
+            oid(3)
+        );
+        assert_eq!(raw_parents(data.as_bytes()), vec![oid(1), oid(2)]);
+    }
+}

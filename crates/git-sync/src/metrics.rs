@@ -1,0 +1,100 @@
+//! Prometheus metrics. No label ever carries a URL, a username or a secret.
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// result: published, unchanged, held_back, validation_failed, force_push_refused, error, timeout
+    pub syncs: IntCounterVec,
+    pub sync_duration: Histogram,
+    pub last_success: Gauge,
+    /// Info-style: one series with value 1, labelled with the published SHA.
+    pub published_revision: IntGaugeVec,
+    pub validations_refused: IntCounter,
+    /// policy: follow|refuse
+    pub force_pushes: IntCounterVec,
+    /// kind: webhook|command|signal|touch; result: success|failure
+    pub hooks: IntCounterVec,
+    pub consecutive_failures: IntGauge,
+    pub fetched_bytes: IntCounter,
+    /// result: accepted|refused|error
+    pub sync_requests: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
+        let m = Metrics {
+            syncs: IntCounterVec::new(
+                Opts::new("gitsync_syncs_total", "Sync attempts by result"),
+                &["result"],
+            )?,
+            sync_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "gitsync_sync_duration_seconds",
+                    "Time taken by a sync attempt",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0,
+                ]),
+            )?,
+            last_success: Gauge::new(
+                "gitsync_last_success_timestamp_seconds",
+                "Unix time of the last sync that left the published tree on the wanted revision",
+            )?,
+            published_revision: IntGaugeVec::new(
+                Opts::new(
+                    "gitsync_published_revision_info",
+                    "The published revision (value 1, the SHA in a label)",
+                ),
+                &["sha"],
+            )?,
+            validations_refused: IntCounter::new(
+                "gitsync_validations_refused_total",
+                "Revisions the validation command refused (not published)",
+            )?,
+            force_pushes: IntCounterVec::new(
+                Opts::new(
+                    "gitsync_force_pushes_total",
+                    "Rewritten history seen on the synced ref, by policy applied",
+                ),
+                &["policy"],
+            )?,
+            hooks: IntCounterVec::new(
+                Opts::new("gitsync_hooks_total", "Notifications after a publish"),
+                &["kind", "result"],
+            )?,
+            consecutive_failures: IntGauge::new(
+                "gitsync_consecutive_failures",
+                "Failed syncs since the last good one",
+            )?,
+            fetched_bytes: IntCounter::new(
+                "gitsync_fetched_bytes_total",
+                "Bytes received from the remote in packs",
+            )?,
+            sync_requests: IntCounterVec::new(
+                Opts::new("gitsync_sync_requests_total", "POST /sync requests"),
+                &["result"],
+            )?,
+        };
+        registry.register(Box::new(m.syncs.clone()))?;
+        registry.register(Box::new(m.sync_duration.clone()))?;
+        registry.register(Box::new(m.last_success.clone()))?;
+        registry.register(Box::new(m.published_revision.clone()))?;
+        registry.register(Box::new(m.validations_refused.clone()))?;
+        registry.register(Box::new(m.force_pushes.clone()))?;
+        registry.register(Box::new(m.hooks.clone()))?;
+        registry.register(Box::new(m.consecutive_failures.clone()))?;
+        registry.register(Box::new(m.fetched_bytes.clone()))?;
+        registry.register(Box::new(m.sync_requests.clone()))?;
+        Ok(m)
+    }
+
+    pub fn set_published(&self, sha: &str) {
+        self.published_revision.reset();
+        self.published_revision.with_label_values(&[sha]).set(1);
+    }
+}

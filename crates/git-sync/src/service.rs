@@ -1,0 +1,300 @@
+//! The long-running loop: when to sync (period, SIGHUP, POST /sync, backoff), metrics,
+//! readiness, notifications, collection of old trees, one-time mode.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use sidecar_kit::Sidecar;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+
+use crate::config::{Config, ForcePushPolicy};
+use crate::git::Cancel;
+use crate::metrics::Metrics;
+use crate::notify::{self, Published};
+use crate::schedule;
+use crate::syncer::{Outcome, SyncSettings, Syncer};
+
+/// Runs git-sync until shutdown (or, in one-time mode, until the first publish).
+pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
+    let metrics = Metrics::register(sidecar.registry()).context("registering metrics")?;
+    let ready = sidecar.readiness().register("synced");
+    let sync_now = Arc::new(Notify::new());
+    sidecar.add_admin_routes(crate::trigger::routes(
+        sync_now.clone(),
+        config.sync_secret_file.clone(),
+        metrics.sync_requests.clone(),
+    ));
+    let token = sidecar.shutdown().token();
+    let tracker = sidecar.shutdown().tracker();
+
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let hup_notify = sync_now.clone();
+    let hup_token = token.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                got = hup.recv() => {
+                    if got.is_none() { return; }
+                    tracing::info!("SIGHUP: syncing now");
+                    hup_notify.notify_one();
+                }
+                () = hup_token.cancelled() => return,
+            }
+        }
+    });
+
+    let notifier = (!config.notify.is_empty()).then(|| {
+        notify::spawn(
+            config.notify.clone(),
+            metrics.clone(),
+            token.clone(),
+            &tracker,
+        )
+    });
+
+    if !config.source.transport_allows_depth() && config.source.depth != 0 {
+        tracing::info!(
+            "--depth is ignored for a local repository: libgit2 cannot fetch shallow over file://"
+        );
+    }
+    let settings = SyncSettings {
+        source: config.source.clone(),
+        validate: config.validate.clone(),
+        validate_timeout: config.validate_timeout,
+        force_push: config.force_push,
+    };
+    let root = config.root.clone();
+    let link = config.link.clone();
+    let mut syncer = tokio::task::spawn_blocking(move || Syncer::open(&root, &link, settings))
+        .await
+        .context("opening --root")?
+        .with_context(|| format!("preparing {}", config.root.display()))?;
+    if let Some(sha) = syncer.published() {
+        tracing::info!(%sha, "found a published tree");
+        metrics.set_published(&sha.to_string());
+    }
+    tracing::info!(
+        repo = %crate::credentials::redact_url(&config.source.url),
+        reference = %config.source.target,
+        root = %config.root.display(),
+        "git-sync started"
+    );
+
+    let mut failures: u32 = 0;
+    let mut last_success: Option<Instant> = None;
+    let mut fetched_seen = 0u64;
+    loop {
+        let started = Instant::now();
+        let cancel = Cancel::new(Some(started + config.sync_timeout));
+        let cancel_on_shutdown = {
+            let cancel = cancel.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                cancel.cancel();
+            })
+        };
+        let guard = sidecar.shutdown().in_flight();
+        let sync_cancel = cancel.clone();
+        let (returned, result) = tokio::task::spawn_blocking(move || {
+            let result = syncer.sync_once(&sync_cancel);
+            (syncer, result)
+        })
+        .await
+        .context("the sync thread panicked")?;
+        syncer = returned;
+        drop(guard);
+        cancel_on_shutdown.abort();
+        let elapsed = started.elapsed();
+        metrics.sync_duration.observe(elapsed.as_secs_f64());
+        let fetched = syncer.fetched_bytes();
+        metrics
+            .fetched_bytes
+            .inc_by(fetched.saturating_sub(fetched_seen));
+        fetched_seen = fetched;
+
+        if token.is_cancelled() {
+            tracing::info!("stopping: shutdown requested");
+            break;
+        }
+        let mut ok = true;
+        match result {
+            Ok(outcome) => {
+                let label = match &outcome {
+                    Outcome::Unchanged(sha) => {
+                        tracing::debug!(%sha, took = ?elapsed, "unchanged");
+                        "unchanged"
+                    }
+                    Outcome::Published {
+                        old,
+                        new,
+                        force_pushed,
+                    } => {
+                        if *force_pushed {
+                            metrics.force_pushes.with_label_values(&["follow"]).inc();
+                            tracing::warn!(old = ?old.map(|o| o.to_string()), %new, "history was rewritten (force-push); following it");
+                        }
+                        tracing::info!(old = ?old.map(|o| o.to_string()), %new, took = ?elapsed, "published");
+                        metrics.set_published(&new.to_string());
+                        if let Some((tx, _)) = &notifier {
+                            let _ = tx.send(Published {
+                                old: old.map(|o| o.to_string()),
+                                new: new.to_string(),
+                            });
+                        }
+                        "published"
+                    }
+                    Outcome::HeldBack(sha) => {
+                        tracing::debug!(%sha, "the remote is still on a refused revision");
+                        "held_back"
+                    }
+                    Outcome::ValidationFailed { sha, reason } => {
+                        metrics.validations_refused.inc();
+                        tracing::error!(%sha, %reason, "validation refused the revision; keeping the published tree until the ref moves");
+                        "validation_failed"
+                    }
+                    Outcome::ForcePushRefused { old, new } => {
+                        metrics.force_pushes.with_label_values(&["refuse"]).inc();
+                        tracing::error!(%old, %new, "history was rewritten (force-push) and --force-push=refuse: keeping the published tree until the ref moves");
+                        "force_push_refused"
+                    }
+                };
+                metrics.syncs.with_label_values(&[label]).inc();
+                if config.one_time {
+                    return finish_one_time(outcome, notifier).await;
+                }
+                if syncer.published().is_some() {
+                    failures = 0;
+                    last_success = Some(Instant::now());
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0);
+                    metrics.last_success.set(now);
+                    ready.set_ready();
+                }
+            }
+            Err(e) => {
+                ok = false;
+                failures += 1;
+                let label = if cancel.is_cancelled() || e.is_cancelled() {
+                    "timeout"
+                } else {
+                    "error"
+                };
+                metrics.syncs.with_label_values(&[label]).inc();
+                tracing::error!(error = %e, failures, took = ?elapsed, "sync failed; the published tree stays");
+                if config.max_failures.is_some_and(|max| failures > max) {
+                    bail!("giving up after {failures} consecutive failed syncs; last error: {e}");
+                }
+            }
+        }
+        metrics.consecutive_failures.set(i64::from(failures));
+        update_staleness(
+            &ready,
+            ok,
+            last_success,
+            config.stale_after,
+            syncer.published().is_some(),
+        );
+
+        let publisher_collect = {
+            let grace = config.grace_period;
+            match syncer.publisher().collect(grace) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot remove an old tree");
+                    0
+                }
+            }
+        };
+        if publisher_collect > 0 {
+            tracing::debug!(removed = publisher_collect, "collected old trees");
+        }
+
+        let mut wait = if ok {
+            schedule::jittered(config.period, config.jitter)
+        } else {
+            schedule::backoff(
+                failures,
+                config
+                    .backoff_max
+                    .min(config.period.max(Duration::from_secs(1))),
+                config.jitter,
+            )
+        };
+        // Wake up in time to fail readiness when the tree turns stale.
+        if let (false, Some(last)) = (ok, last_success) {
+            let stale_at = last + config.stale_after;
+            wait = wait.min(
+                stale_at
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(50)),
+            );
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = sync_now.notified() => tracing::debug!("sync requested"),
+            () = token.cancelled() => break,
+        }
+    }
+    if let Some((tx, handle)) = notifier {
+        drop(tx);
+        let _ = handle.await;
+    }
+    Ok(())
+}
+
+fn update_staleness(
+    ready: &sidecar_kit::readiness::ReadyCheck,
+    ok: bool,
+    last_success: Option<Instant>,
+    stale_after: Duration,
+    published: bool,
+) {
+    if ok {
+        return;
+    }
+    match last_success {
+        Some(last) if last.elapsed() >= stale_after => {
+            ready.set_not_ready(format!(
+                "no successful sync for {:?} (limit {stale_after:?})",
+                last.elapsed()
+            ));
+        }
+        None if !published => ready.set_not_ready("nothing published yet"),
+        None => ready.set_not_ready("no successful sync since start"),
+        Some(_) => {}
+    }
+}
+
+async fn finish_one_time(
+    outcome: Outcome,
+    notifier: Option<(
+        tokio::sync::mpsc::UnboundedSender<Published>,
+        tokio::task::JoinHandle<()>,
+    )>,
+) -> anyhow::Result<()> {
+    if let Some((tx, handle)) = notifier {
+        drop(tx);
+        let _ = handle.await;
+    }
+    match outcome {
+        Outcome::Published { new, .. } | Outcome::Unchanged(new) => {
+            tracing::info!(sha = %new, "one-time sync done");
+            Ok(())
+        }
+        Outcome::HeldBack(sha) => bail!("revision {sha} was refused earlier; nothing published"),
+        Outcome::ValidationFailed { sha, reason } => {
+            bail!("revision {sha} was refused by the validation command: {reason}")
+        }
+        Outcome::ForcePushRefused { old, new } => {
+            bail!(
+                "history was rewritten from {old} to {new} and --force-push={:?}",
+                ForcePushPolicy::Refuse
+            )
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! One sync, start to finish (blocking): ask the remote, fetch, check for a force-push,
+//! export, validate, publish. The async loop in [`crate::service`] decides when.
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use git2::Oid;
+
+use crate::command::{CommandError, CommandSpec};
+use crate::config::ForcePushPolicy;
+use crate::export::{ExportError, export_commit};
+use crate::git::{Ancestry, Cancel, GitError, PrivateRepo, RefTarget, Source};
+use crate::publish::{PublishError, Publisher, Staged};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("running the validation command: {0}")]
+    ValidationRun(CommandError),
+}
+
+impl SyncError {
+    pub fn is_cancelled(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Git(GitError::Cancelled) | SyncError::Export(ExportError::Cancelled)
+        ) || matches!(
+            self,
+            SyncError::ValidationRun(CommandError::Cancelled { .. })
+        )
+    }
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The published tree already is the wanted revision.
+    Unchanged(Oid),
+    Published {
+        old: Option<Oid>,
+        new: Oid,
+        force_pushed: bool,
+    },
+    /// The remote's revision was refused before (validation or force-push) and has not moved.
+    HeldBack(Oid),
+    /// The validation command refused this revision: nothing published.
+    ValidationFailed { sha: Oid, reason: String },
+    /// History was rewritten and the policy is refuse: nothing published.
+    ForcePushRefused { old: Oid, new: Oid },
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    pub source: Source,
+    pub validate: Option<CommandSpec>,
+    pub validate_timeout: Duration,
+    pub force_push: ForcePushPolicy,
+}
+
+/// The blocking half: owns the private repository and the publisher.
+#[derive(Debug)]
+pub struct Syncer {
+    settings: SyncSettings,
+    repo: Option<PrivateRepo>,
+    publisher: Publisher,
+    published: Option<Oid>,
+    held_back: Option<Oid>,
+    /// The --ref the published tree came from (from the state file); a different one means the
+    /// user switched refs, which is not a force-push.
+    published_ref: Option<String>,
+    state_file: PathBuf,
+}
+
+impl Syncer {
+    /// Opens the root: repairs the published tree and the private repository.
+    pub fn open(
+        root: &std::path::Path,
+        link: &str,
+        settings: SyncSettings,
+    ) -> Result<Syncer, SyncError> {
+        fs::create_dir_all(root).map_err(|source| PublishError::Io {
+            action: "creating",
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let publisher = Publisher::new(root, link)?;
+        let repair = publisher.repair()?;
+        if repair.removed_broken_link || repair.moved_aside || repair.removed_staging > 0 {
+            tracing::warn!(?repair, "repaired the publish directory");
+        }
+        let (repo, recreated) =
+            PrivateRepo::open_or_init(&publisher.repo_path(), repair.published)?;
+        if recreated {
+            tracing::warn!("the private repository was damaged and will be cloned again");
+        }
+        let state_file = root
+            .join(crate::publish::INTERNAL_DIR)
+            .join("published-ref");
+        let published_ref = fs::read_to_string(&state_file)
+            .ok()
+            .map(|s| s.trim().to_string());
+        Ok(Syncer {
+            settings,
+            repo: Some(repo),
+            publisher,
+            published: repair.published,
+            held_back: None,
+            published_ref,
+            state_file,
+        })
+    }
+
+    pub fn published(&self) -> Option<Oid> {
+        self.published
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// Bytes fetched so far.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.repo
+            .as_ref()
+            .map_or(0, |r| r.received_bytes.load(Ordering::Relaxed))
+    }
+
+    pub fn sync_once(&mut self, cancel: &Cancel) -> Result<Outcome, SyncError> {
+        // The link may have been damaged under us (someone deleted the tree): re-check.
+        self.published = self.publisher.current();
+        match self.try_sync(cancel) {
+            Err(SyncError::Git(e)) if e.is_corrupt_repo() => {
+                tracing::warn!(error = %e, "the private repository is corrupt; cloning it again");
+                if let Some(repo) = self.repo.take() {
+                    self.repo = Some(repo.reclone()?);
+                }
+                self.try_sync(cancel)
+            }
+            other => other,
+        }
+    }
+
+    fn repo(&self) -> Result<&PrivateRepo, SyncError> {
+        // Only None while a re-clone failed; open again.
+        self.repo.as_ref().ok_or_else(|| {
+            SyncError::Git(GitError::Io {
+                path: self.publisher.repo_path(),
+                source: std::io::Error::other("the private repository could not be recreated"),
+            })
+        })
+    }
+
+    fn try_sync(&mut self, cancel: &Cancel) -> Result<Outcome, SyncError> {
+        if self.repo.is_none() {
+            let (repo, _) = PrivateRepo::open_or_init(&self.publisher.repo_path(), None)?;
+            self.repo = Some(repo);
+        }
+        let source = &self.settings.source;
+        let same_ref = self.published_ref.as_deref() == Some(source.target.to_string().as_str());
+        if let (RefTarget::Sha(want), Some(have)) = (&source.target, self.published) {
+            if *want == have {
+                return Ok(Outcome::Unchanged(have)); // a pin never moves: no network needed
+            }
+        }
+        let repo = self.repo()?;
+        let advertised = repo.advertised(source, cancel)?;
+        if let Some(commit) = advertised.commit {
+            if Some(commit) == self.published && same_ref {
+                return Ok(Outcome::Unchanged(commit));
+            }
+            if Some(commit) == self.held_back {
+                return Ok(Outcome::HeldBack(commit));
+            }
+        }
+        let new = repo.fetch(source, &advertised, cancel)?;
+        if Some(new) == self.published && same_ref {
+            return Ok(Outcome::Unchanged(new));
+        }
+        if Some(new) == self.held_back {
+            return Ok(Outcome::HeldBack(new));
+        }
+        let checks_history = same_ref && !matches!(source.target, RefTarget::Sha(_));
+        let mut force_pushed = false;
+        if checks_history {
+            if let Ancestry::Rewritten =
+                repo.ancestry(source, &advertised, self.published, new, cancel)?
+            {
+                force_pushed = true;
+                if self.settings.force_push == ForcePushPolicy::Refuse {
+                    self.held_back = Some(new);
+                    let old = self.published.unwrap_or(new);
+                    return Ok(Outcome::ForcePushRefused { old, new });
+                }
+            }
+        }
+
+        let staged = Staged {
+            sha: new,
+            path: self.publisher.staging_path(new),
+        };
+        let cancelled = || cancel.is_cancelled();
+        if let Err(e) = export_commit(repo.repository(), new, &staged.path, &cancelled) {
+            let _ = self.publisher.discard(staged);
+            return Err(e.into());
+        }
+        if let Some(validate) = &self.settings.validate {
+            let env = [
+                ("GIT_SYNC_REV", new.to_string()),
+                ("GIT_SYNC_TREE", staged.path.display().to_string()),
+            ];
+            match validate.run(
+                &staged.path,
+                &env,
+                self.settings.validate_timeout,
+                &cancelled,
+            ) {
+                Ok(()) => {}
+                Err(CommandError::Failed { status, output, .. }) => {
+                    self.publisher.discard(staged)?;
+                    self.held_back = Some(new);
+                    let reason = format!("validation command exited with {status}: {output}");
+                    return Ok(Outcome::ValidationFailed { sha: new, reason });
+                }
+                Err(CommandError::Timeout { timeout, .. }) => {
+                    self.publisher.discard(staged)?;
+                    self.held_back = Some(new);
+                    let reason = format!("validation command timed out after {timeout:?}");
+                    return Ok(Outcome::ValidationFailed { sha: new, reason });
+                }
+                Err(e) => {
+                    self.publisher.discard(staged)?;
+                    return Err(SyncError::ValidationRun(e));
+                }
+            }
+        }
+        let old = self.published;
+        self.publisher.publish(staged)?;
+        self.published = Some(new);
+        self.held_back = None;
+        let reference = source.target.to_string();
+        if self.published_ref.as_deref() != Some(reference.as_str()) {
+            let _ = fs::write(&self.state_file, format!("{reference}\n"));
+            self.published_ref = Some(reference);
+        }
+        Ok(Outcome::Published {
+            old,
+            new,
+            force_pushed,
+        })
+    }
+}
