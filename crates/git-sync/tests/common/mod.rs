@@ -1,0 +1,597 @@
+//! Test harness: fixture repositories built with the git CLI, real git servers on 127.0.0.1
+//! (git daemon, git http-backend behind a small HTTP server with basic auth, sshd), and the
+//! git-sync binary as a child process. Every process is killed on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn require(program: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(found, "this test needs the program `{program}` (apt-get install git openssh-server)");
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    require("git");
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A bare repository on disk (what the servers serve) and a working clone to commit from.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub bare: PathBuf,
+    pub work: PathBuf,
+}
+
+impl Fixture {
+    /// `name` is the bare repo's directory name under the served base path.
+    pub fn new(name: &str) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("srv");
+        std::fs::create_dir_all(&base).unwrap();
+        let bare = base.join(name);
+        git(dir.path(), &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
+        let work = dir.path().join("work");
+        git(dir.path(), &["init", "-q", "-b", "main", work.to_str().unwrap()]);
+        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        Fixture { dir, bare, work }
+    }
+
+    pub fn base(&self) -> PathBuf {
+        self.bare.parent().unwrap().to_path_buf()
+    }
+
+    /// Writes files (path, content), commits everything, pushes the branch; returns the SHA.
+    pub fn commit(&self, branch: &str, files: &[(&str, &str)], message: &str) -> String {
+        let current = git(&self.work, &["symbolic-ref", "--short", "HEAD"]);
+        if current != branch {
+            let exists = Command::new("git")
+                .args(["rev-parse", "--verify", "-q", branch])
+                .current_dir(&self.work)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if exists {
+                git(&self.work, &["checkout", "-q", branch]);
+            } else {
+                git(&self.work, &["checkout", "-q", "-b", branch]);
+            }
+        }
+        for (path, content) in files {
+            let p = self.work.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-q", "--allow-empty", "-m", message]);
+        git(&self.work, &["push", "-q", "origin", branch]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    /// Rewrites the branch's last commit and force-pushes it.
+    pub fn force_push_rewrite(&self, branch: &str, files: &[(&str, &str)]) -> String {
+        git(&self.work, &["checkout", "-q", branch]);
+        git(&self.work, &["reset", "-q", "--hard", "HEAD~1"]);
+        for (path, content) in files {
+            std::fs::write(self.work.join(path), content).unwrap();
+        }
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-q", "-m", "rewritten"]);
+        git(&self.work, &["push", "-q", "-f", "origin", branch]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A child process killed on drop.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `git daemon` serving a base path on a loopback port.
+pub struct GitDaemon {
+    pub port: u16,
+    _child: Guard,
+}
+
+impl GitDaemon {
+    pub fn start(base: &Path) -> GitDaemon {
+        require("git");
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new("git")
+                .args([
+                    "daemon",
+                    "--export-all",
+                    "--reuseaddr",
+                    "--informative-errors",
+                    "--listen=127.0.0.1",
+                    &format!("--port={port}"),
+                    &format!("--base-path={}", base.display()),
+                    &base.display().to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start git daemon");
+            let child = Guard(child);
+            if wait_for_port(port, Duration::from_secs(5)) {
+                return GitDaemon { port, _child: child };
+            }
+        }
+        panic!("git daemon did not start");
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("git://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+/// git's smart HTTP: `git http-backend` as CGI behind a tiny HTTP/1.1 server with basic auth.
+pub struct GitHttp {
+    pub port: u16,
+    pub down: Arc<AtomicBool>,
+    pub requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GitHttp {
+    /// `auth` = Some((user, password)) requires basic auth.
+    pub fn start(base: &Path, auth: Option<(&str, &str)>) -> GitHttp {
+        require("git");
+        let exec_path = git(base, &["--exec-path"]);
+        let backend = PathBuf::from(exec_path).join("git-http-backend");
+        assert!(backend.exists(), "git-http-backend not found at {}", backend.display());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let expected_auth = auth.map(|(u, p)| format!("Basic {}", b64(format!("{u}:{p}").as_bytes())));
+        let base = base.to_path_buf();
+        let (d, r, s) = (down.clone(), requests.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (d, r, base, backend, auth) = (d.clone(), r.clone(), base.clone(), backend.clone(), expected_auth.clone());
+                        std::thread::spawn(move || {
+                            let _ = serve_cgi(stream, &base, &backend, auth.as_deref(), &d, &r);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        GitHttp { port, down, requests, stop, thread: Some(thread) }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for GitHttp {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn read_request(stream: &mut TcpStream) -> std::io::Result<Request> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("").to_string();
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (target, String::new()),
+    };
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let mut req = Request { method, path, query, headers, body: Vec::new() };
+    if let Some(len) = req.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body)?;
+        req.body = body;
+    } else if req.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size_line = String::new();
+            reader.read_line(&mut size_line)?;
+            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk)?;
+            if size == 0 {
+                break;
+            }
+            req.body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    Ok(req)
+}
+
+fn serve_cgi(
+    mut stream: TcpStream,
+    base: &Path,
+    backend: &Path,
+    auth: Option<&str>,
+    down: &AtomicBool,
+    requests: &AtomicUsize,
+) -> std::io::Result<()> {
+    let req = read_request(&mut stream)?;
+    requests.fetch_add(1, Ordering::SeqCst);
+    if down.load(Ordering::SeqCst) {
+        return stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    }
+    if let Some(expected) = auth {
+        if req.header("authorization") != Some(expected) {
+            return stream.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    }
+    let mut child = Command::new(backend)
+        .env_clear()
+        .env("GIT_PROJECT_ROOT", base)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", &req.method)
+        .env("PATH_INFO", &req.path)
+        .env("QUERY_STRING", &req.query)
+        .env("CONTENT_TYPE", req.header("content-type").unwrap_or(""))
+        .env("CONTENT_LENGTH", req.body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", req.header("content-encoding").unwrap_or(""))
+        .env("GIT_PROTOCOL", req.header("git-protocol").unwrap_or(""))
+        .env("REMOTE_USER", "git")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("stdin");
+    let body = req.body.clone();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&body);
+    });
+    let mut out = Vec::new();
+    child.stdout.take().expect("stdout").read_to_end(&mut out)?;
+    let _ = writer.join();
+    child.wait()?;
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4)).or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2)));
+    let (head, body) = match split {
+        Some((p, n)) => (String::from_utf8_lossy(&out[..p]).to_string(), &out[p + n..]),
+        None => (String::new(), &out[..]),
+    };
+    let mut status = "200 OK".to_string();
+    let mut response = Vec::new();
+    let mut header_lines = String::new();
+    for line in head.lines() {
+        if let Some(s) = line.strip_prefix("Status:") {
+            status = s.trim().to_string();
+        } else if !line.is_empty() {
+            header_lines.push_str(line);
+            header_lines.push_str("\r\n");
+        }
+    }
+    response.extend_from_slice(format!("HTTP/1.1 {status}\r\n{header_lines}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes());
+    response.extend_from_slice(body);
+    stream.write_all(&response)
+}
+
+pub fn b64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= c.len() { A[((n >> (18 - 6 * i)) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
+}
+
+/// sshd with key auth on a loopback port; the client key and a known_hosts line pinning it.
+pub struct Sshd {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub client_key: PathBuf,
+    pub known_hosts: PathBuf,
+    _child: Guard,
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        require("ssh-keygen");
+        assert!(Path::new("/usr/sbin/sshd").exists(), "this test needs /usr/sbin/sshd (apt-get install openssh-server)");
+        // sshd insists on its privilege separation directory.
+        std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let keygen = |path: &Path| {
+            let ok = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(path)
+                .status()
+                .expect("ssh-keygen")
+                .success();
+            assert!(ok, "ssh-keygen failed");
+        };
+        keygen(&d.join("host_key"));
+        keygen(&d.join("client_key"));
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let config = format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+                 PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\nPidFile {d}/sshd.pid\nLogLevel ERROR\n",
+                d = d.display()
+            );
+            std::fs::write(d.join("sshd_config"), config).unwrap();
+            let child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(d.join("sshd_config"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start sshd");
+            let child = Guard(child);
+            if wait_for_port(port, Duration::from_secs(5)) {
+                let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
+                let mut fields = host_pub.split_whitespace();
+                let line = format!("[127.0.0.1]:{port} {} {}\n", fields.next().unwrap(), fields.next().unwrap());
+                std::fs::write(d.join("known_hosts"), line).unwrap();
+                return Sshd { port, client_key: d.join("client_key"), known_hosts: d.join("known_hosts"), dir, _child: child };
+            }
+        }
+        panic!("sshd did not start");
+    }
+
+    pub fn url(&self, bare: &Path) -> String {
+        format!("ssh://root@127.0.0.1:{}{}", self.port, bare.display())
+    }
+}
+
+/// The git-sync binary under test.
+pub struct GitSync {
+    pub child: Option<Child>,
+    pub admin_port: u16,
+    pub root: PathBuf,
+    pub log: PathBuf,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_git-sync")
+}
+
+impl GitSync {
+    /// Starts git-sync with `--root root --admin-addr 127.0.0.1:PORT` plus `args`; logs to a file.
+    pub fn start(root: &Path, args: &[&str]) -> GitSync {
+        let admin_port = free_port();
+        let log = root.with_extension(format!("log-{admin_port}"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin())
+            .args(["--root", root.to_str().unwrap(), "--admin-addr", &format!("127.0.0.1:{admin_port}"), "--log-format", "text"])
+            .args(args)
+            .env("HOME", "/nonexistent")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start git-sync");
+        assert!(wait_for_port(admin_port, Duration::from_secs(10)), "git-sync admin port did not open");
+        GitSync { child: Some(child), admin_port, root: root.to_path_buf(), log }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin_port, "/metrics").1
+    }
+
+    pub fn metric(&self, name_and_labels: &str) -> f64 {
+        metric_value(&self.metrics(), name_and_labels)
+    }
+
+    pub fn ready(&self) -> bool {
+        http_get(self.admin_port, "/readyz").0 == 200
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success());
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "git-sync did not exit in {timeout:?}; logs:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GitSync {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs git-sync --one-time to completion; returns (status, logs).
+pub fn one_time(root: &Path, args: &[&str]) -> (ExitStatus, String) {
+    let out = Command::new(bin())
+        .args(["--root", root.to_str().unwrap(), "--admin-addr", "127.0.0.1:0", "--one-time", "--log-format", "text"])
+        .args(args)
+        .env("HOME", "/nonexistent")
+        .output()
+        .expect("run git-sync");
+    let logs = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status, logs)
+}
+
+/// The SHA the link points at, and the published tree's path.
+pub fn published(root: &Path, link: &str) -> Option<String> {
+    let target = std::fs::read_link(root.join(link)).ok()?;
+    Some(target.file_name()?.to_str()?.to_string())
+}
+
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub fn http_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let _ = s.write_all(req.as_bytes());
+    let _ = s.write_all(body);
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_request(port, "GET", path, &[], b"")
+}
+
+/// Sums the samples whose line starts with `name_and_labels` (e.g. `gitsync_syncs_total{result="published"}`).
+pub fn metric_value(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// A tiny HTTP server recording requests (a webhook receiver); answers `statuses` in turn, then 200.
+pub struct Recorder {
+    pub port: u16,
+    pub requests: Arc<Mutex<Vec<Request>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Recorder {
+    pub fn start(statuses: Vec<u16>) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut statuses = statuses.into_iter();
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        if let Ok(req) = read_request(&mut stream) {
+                            let status = statuses.next().unwrap_or(200);
+                            r.lock().unwrap().push(req);
+                            let _ = stream.write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Recorder { port, requests, stop }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
