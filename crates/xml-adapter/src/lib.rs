@@ -6,3 +6,8 @@ pub mod engine;
 pub mod mapping;
 pub mod path;
 pub mod transform;
+pub mod config;
+pub mod fetch;
+pub mod lint;
+pub mod serve;
+pub mod stats;

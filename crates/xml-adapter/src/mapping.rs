@@ -17,8 +17,8 @@ pub enum MappingError {
         path: String,
         source: std::io::Error,
     },
-    #[error("mapping {origin}: {message}")]
-    Yaml { origin: String, message: String },
+    #[error("mapping {0}")]
+    Yaml(sidecar_kit::config::ConfigError),
     #[error("mapping {origin}: rule {rule} (`{name}`): {message}")]
     Rule {
         origin: String,
@@ -263,10 +263,8 @@ impl Mapping {
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Mapping, MappingError> {
-        let spec: MappingSpec = serde_saphyr::from_str(text).map_err(|e| MappingError::Yaml {
-            origin: origin.to_string(),
-            message: e.to_string(),
-        })?;
+        let spec: MappingSpec =
+            sidecar_kit::config::parse_yaml(text, origin).map_err(MappingError::Yaml)?;
         Mapping::compile(spec, origin, text)
     }
 
