@@ -151,6 +151,43 @@ fn is_loopback(peer: &SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use std::time::Duration;
+
+    const INFO: SidecarInfo = SidecarInfo {
+        name: "t",
+        env_prefix: "T",
+        admin_port: 1,
+        version: "0",
+        description: "",
+    };
+
+    async fn post_shutdown_from(peer: &str) -> (StatusCode, bool) {
+        let sidecar = crate::Sidecar::detached(&INFO);
+        let mut request = Request::post("/shutdown").body(Body::empty()).unwrap();
+        let peer: SocketAddr = peer.parse().unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let response = sidecar.admin_router().oneshot(request).await.unwrap();
+        let requested = tokio::time::timeout(
+            Duration::from_millis(100),
+            sidecar.shutdown().wait_for_request(),
+        )
+        .await
+        .is_ok();
+        (response.status(), requested)
+    }
+
+    #[tokio::test]
+    async fn state_changes_are_refused_off_the_loopback() {
+        assert_eq!(
+            post_shutdown_from("192.0.2.7:5000").await,
+            (StatusCode::FORBIDDEN, false)
+        );
+        assert_eq!(
+            post_shutdown_from("127.0.0.1:5000").await,
+            (StatusCode::OK, true)
+        );
+    }
 
     #[test]
     fn loopback_includes_v4_mapped_v6() {

@@ -95,7 +95,11 @@ pub fn parse_yaml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, Co
             .to_owned();
         let field = match field_path.as_str() {
             "" | "." => String::new(),
-            path if message.contains("unknown field") => format!("in `{path}`: "),
+            // The message names the unknown field itself; say where it sits, if nested.
+            path if message.contains("unknown field") => match path.rsplit_once('.') {
+                Some((parent, _)) => format!("in `{parent}`: "),
+                None => String::new(),
+            },
             path => format!("field `{path}`: "),
         };
         ConfigError::Invalid {

@@ -1,0 +1,366 @@
+//! The kit as users meet it: a real sidecar process (the `kit-demo` example) receiving real
+//! signals, answering probes, and refusing bad configuration.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// `cargo test` builds the crate's examples next to the test binaries.
+fn kit_demo() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let bin = dir.join("examples").join("kit-demo");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test -p sidecar-kit`, which builds the examples",
+        bin.display()
+    );
+    bin
+}
+
+fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+struct Demo {
+    child: Child,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Demo {
+    fn start(extra: &[&str]) -> Demo {
+        Self::start_with(Command::new(kit_demo()), extra)
+    }
+
+    fn start_with(mut command: Command, extra: &[&str]) -> Demo {
+        let listen = free_addr();
+        let admin = free_addr();
+        let child = command
+            .args(["--listen", &listen.to_string()])
+            .args(["--admin-addr", &admin.to_string()])
+            .args(["--log-format", "text"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn kit-demo");
+        let demo = Demo {
+            child,
+            listen,
+            admin,
+        };
+        demo.wait_ready();
+        demo
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = get(self.admin, "/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("kit-demo did not become ready");
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A plain HTTP/1.1 request on a new connection: (status, body).
+fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Write;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    request(addr, "GET", path)
+}
+
+#[test]
+fn sigterm_fails_readiness_waits_the_delay_then_drains_and_exits_zero() {
+    let mut demo = Demo::start(&["--shutdown-delay", "800ms", "--shutdown-grace", "6s"]);
+    let listen = demo.listen;
+    let in_flight = std::thread::spawn(move || get(listen, "/slow?ms=2500"));
+    std::thread::sleep(Duration::from_millis(300));
+
+    kill(demo.pid(), Signal::SIGTERM).expect("SIGTERM");
+    let signalled = Instant::now();
+
+    // Readiness fails at once, naming why.
+    std::thread::sleep(Duration::from_millis(100));
+    let (status, body) = get(demo.admin, "/readyz?verbose").expect("readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("[-]shutdown failed: shutting down (SIGTERM)"),
+        "{body}"
+    );
+
+    // During the delay new work is still accepted (load balancers are catching up).
+    let (status, body) = get(demo.listen, "/slow?ms=0").expect("request during the delay");
+    assert_eq!((status, body.as_str()), (200, "hello after 0ms\n"));
+
+    // After the delay the listener is closed: new connections are refused.
+    std::thread::sleep(Duration::from_millis(1100).saturating_sub(signalled.elapsed()));
+    let refused = TcpStream::connect_timeout(&demo.listen, Duration::from_secs(2));
+    assert!(
+        refused.is_err(),
+        "a new connection after the delay was accepted"
+    );
+
+    // The request in flight when the signal came completes.
+    let (status, body) = in_flight
+        .join()
+        .expect("thread")
+        .expect("in-flight request");
+    assert_eq!((status, body.as_str()), (200, "hello after 2500ms\n"));
+
+    let exit = demo.wait_exit(Duration::from_secs(6));
+    assert_eq!(exit.code(), Some(0));
+    assert!(signalled.elapsed() < Duration::from_secs(6));
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut demo = Demo::start(&["--shutdown-grace", "20s"]);
+    let listen = demo.listen;
+    let _in_flight = std::thread::spawn(move || get(listen, "/slow?ms=15000"));
+    std::thread::sleep(Duration::from_millis(300));
+    kill(demo.pid(), Signal::SIGTERM).expect("SIGTERM");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Instant::now();
+    kill(demo.pid(), Signal::SIGINT).expect("SIGINT");
+    let exit = demo.wait_exit(Duration::from_secs(2));
+    assert_eq!(exit.code(), Some(130));
+    assert!(second.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn grace_period_bounds_the_drain() {
+    let mut demo = Demo::start(&["--shutdown-grace", "1s"]);
+    let listen = demo.listen;
+    let _in_flight = std::thread::spawn(move || get(listen, "/slow?ms=30000"));
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    kill(demo.pid(), Signal::SIGTERM).expect("SIGTERM");
+    let exit = demo.wait_exit(Duration::from_secs(3));
+    // Work was abandoned: not a clean exit, and said so.
+    assert_eq!(exit.code(), Some(1));
+    assert!(signalled.elapsed() >= Duration::from_millis(900));
+}
+
+#[test]
+fn works_as_pid_1() {
+    let unshare = ["/usr/bin/unshare", "/bin/unshare"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("unshare (util-linux) is needed for the PID 1 test");
+    let mut command = Command::new(unshare);
+    command
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(kit_demo());
+    let mut demo = Demo::start_with(command, &[]);
+    // The sidecar is unshare's child; inside its namespace it is PID 1.
+    let children = std::fs::read_to_string(format!(
+        "/proc/{}/task/{}/children",
+        demo.child.id(),
+        demo.child.id()
+    ))
+    .expect("children of unshare");
+    let inner: i32 = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the sidecar's pid");
+    let status = std::fs::read_to_string(format!("/proc/{inner}/status")).expect("status");
+    let nspid = status
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .expect("NSpid line");
+    assert!(nspid.trim_end().ends_with("\t1"), "not PID 1: {nspid}");
+
+    let (status, _) = get(demo.listen, "/slow?ms=10").expect("served as PID 1");
+    assert_eq!(status, 200);
+    kill(Pid::from_raw(inner), Signal::SIGTERM).expect("SIGTERM");
+    let exit = demo.wait_exit(Duration::from_secs(5));
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[test]
+fn admin_endpoints_answer_and_metrics_pass_promtool() {
+    let mut demo = Demo::start(&[]);
+    assert_eq!(
+        get(demo.admin, "/livez").expect("livez"),
+        (200, "ok\n".into())
+    );
+    let (status, body) = get(demo.admin, "/readyz?verbose").expect("readyz");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("[+]http ok") && body.contains("[+]shutdown ok"),
+        "{body}"
+    );
+    let (status, body) = get(demo.admin, "/version").expect("version");
+    assert_eq!(status, 200);
+    let version: serde_json::Value = serde_json::from_str(&body).expect("version JSON");
+    assert_eq!(version["name"], "kit-demo");
+
+    let (status, metrics) = get(demo.admin, "/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("sidecar_build_info{"), "{metrics}");
+    assert!(
+        metrics.contains("process_resident_memory_bytes"),
+        "{metrics}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is needed to check /metrics");
+    {
+        use std::io::Write;
+        let mut stdin = promtool.stdin.take().expect("stdin");
+        stdin.write_all(metrics.as_bytes()).expect("write");
+    }
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool refused /metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // State changes are for loopback callers; this one is, so the sidecar drains and exits.
+    let (status, _) = request(demo.admin, "POST", "/shutdown").expect("shutdown");
+    assert_eq!(status, 200);
+    assert_eq!(demo.wait_exit(Duration::from_secs(5)).code(), Some(0));
+}
+
+fn run_expecting_config_error(args: &[&str]) -> String {
+    let out = Command::new(kit_demo())
+        .args(["--admin-addr", &free_addr().to_string()])
+        .args(args)
+        .output()
+        .expect("run kit-demo");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+#[test]
+fn config_errors_exit_64_naming_the_fault() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unknown = dir.path().join("unknown.yaml");
+    std::fs::write(&unknown, "greeting: hi\nmax_delay: 5\n").expect("write");
+    let err = run_expecting_config_error(&["--config", unknown.to_str().expect("utf8")]);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "kit-demo: configuration error: {}: line 2 column 1: unknown field `max_delay`, expected one of greeting, max_delay_ms",
+            unknown.display()
+        )
+    );
+
+    let wrong_type = dir.path().join("type.yaml");
+    std::fs::write(&wrong_type, "greeting: hi\nmax_delay_ms: soon\n").expect("write");
+    let err = run_expecting_config_error(&["--config", wrong_type.to_str().expect("utf8")]);
+    assert!(
+        err.contains(&format!(
+            "{}: line 2 column 15: field `max_delay_ms`: invalid u64",
+            wrong_type.display()
+        )),
+        "{err}"
+    );
+
+    let err = run_expecting_config_error(&["--config", "/nonexistent/demo.yaml"]);
+    assert!(
+        err.contains("cannot read config file /nonexistent/demo.yaml: No such file"),
+        "{err}"
+    );
+
+    let err = run_expecting_config_error(&["--shutdown-grace", "forever"]);
+    assert!(err.contains("--shutdown-grace"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+
+    // Env fallbacks carry the sidecar's prefix, and are validated the same way.
+    let out = Command::new(kit_demo())
+        .env("KIT_DEMO_ADMIN_ADDR", "not-an-address")
+        .output()
+        .expect("run kit-demo");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--admin-addr"));
+}
+
+#[test]
+fn help_and_version_exit_zero() {
+    let out = Command::new(kit_demo())
+        .arg("--help")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("[env: KIT_DEMO_ADMIN_ADDR=]"), "{help}");
+    assert!(help.contains("[default: 0.0.0.0:9909]"), "{help}");
+    let out = Command::new(kit_demo())
+        .arg("--version")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+}
