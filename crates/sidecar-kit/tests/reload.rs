@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 //! Certificate hot reload through a Kubernetes-style `..data` symlink flip, with a real TLS
 //! server rebuilding its config from the reloader: good files are picked up, bad ones refused
 //! while the old credentials keep serving, and the metrics say which happened.
