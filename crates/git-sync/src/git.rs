@@ -3,7 +3,7 @@
 //!
 //! Everything here is blocking (libgit2); the service runs it on a blocking thread.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -287,14 +287,14 @@ impl PrivateRepo {
             .repo
             .remote_anonymous(&source.url)
             .map_err(|e| GitError::git("remote URL", e, Some(&source.url)))?;
-        let attempts = Cell::new(0u32);
-        let callbacks = self.callbacks(source, cancel, &attempts);
+        let state = CallbackState::default();
+        let callbacks = self.callbacks(source, cancel, &state);
         let conn = remote
             .connect_auth(Direction::Fetch, Some(callbacks), None)
-            .map_err(|e| self.net_error("connecting to the remote", e, source, cancel))?;
+            .map_err(|e| self.net_error("connecting to the remote", e, source, cancel, &state))?;
         let heads = conn
             .list()
-            .map_err(|e| self.net_error("listing the remote's refs", e, source, cancel))?;
+            .map_err(|e| self.net_error("listing the remote's refs", e, source, cancel, &state))?;
         let list: Vec<(String, Oid)> = heads
             .iter()
             .map(|h| (h.name().to_string(), h.oid()))
@@ -380,18 +380,17 @@ impl PrivateRepo {
             .repo
             .remote_anonymous(&source.url)
             .map_err(|e| GitError::git("remote URL", e, Some(&source.url)))?;
-        let attempts = Cell::new(0u32);
+        let state = CallbackState::default();
         let mut options = FetchOptions::new();
-        options.remote_callbacks(self.callbacks(source, cancel, &attempts));
+        options.remote_callbacks(self.callbacks(source, cancel, &state));
         options.download_tags(AutotagOption::None);
         options.update_fetchhead(false);
         if depth != 0 {
             options.depth(depth);
         }
-        remote
-            .fetch(specs, Some(&mut options), None)
-            .map_err(|e| self.net_error("fetching", e, source, cancel))?;
-        Ok(())
+        let result = remote.fetch(specs, Some(&mut options), None);
+        drop(options);
+        result.map_err(|e| self.net_error("fetching", e, source, cancel, &state))
     }
 
     /// Is `old` an ancestor of `new`? In a shallow repository the history is deepened
@@ -467,24 +466,24 @@ impl PrivateRepo {
         e: git2::Error,
         source: &Source,
         cancel: &Cancel,
+        state: &CallbackState,
     ) -> GitError {
-        if cancel.is_cancelled() && matches!(e.code(), git2::ErrorCode::User)
-            || cancel.is_cancelled()
-        {
+        if cancel.is_cancelled() {
             return GitError::Cancelled;
         }
-        GitError::git(
-            format!("{context} {}", redact_url(&source.url)),
-            e,
-            Some(&source.url),
-        )
+        let context = format!("{context} {}", redact_url(&source.url));
+        match state.error.borrow_mut().take() {
+            // A refused credential or host key is never a sign of a corrupt private repository.
+            Some(message) => GitError::Git { context, message, corrupt: false },
+            None => GitError::git(context, e, Some(&source.url)),
+        }
     }
 
     fn callbacks<'a>(
         &self,
         source: &'a Source,
         cancel: &'a Cancel,
-        attempts: &'a Cell<u32>,
+        state: &'a CallbackState,
     ) -> RemoteCallbacks<'a> {
         let mut cb = RemoteCallbacks::new();
         let received = self.received_bytes.clone();
@@ -497,15 +496,14 @@ impl PrivateRepo {
         });
         cb.sideband_progress(move |_| !cancel.is_cancelled());
         cb.credentials(move |_url, username_from_url, allowed| {
-            attempts.set(attempts.get() + 1);
-            if attempts.get() > 3 || cancel.is_cancelled() {
-                return Err(git2::Error::from_str(
-                    "the remote refused the configured credentials",
-                ));
+            state.attempts.set(state.attempts.get() + 1);
+            if state.attempts.get() > 3 || cancel.is_cancelled() {
+                return Err(state.fail("the remote refused the configured credentials".into()));
             }
             source
                 .credentials
                 .git_credential(allowed, username_from_url)
+                .map_err(|e| state.fail(e.message().to_string()))
         });
         let url = source.url.clone();
         let known_hosts_file = source.credentials.ssh_known_hosts.clone();
@@ -518,20 +516,36 @@ impl PrivateRepo {
                 return Ok(CertificateCheckStatus::CertificatePassthrough);
             };
             let Some(key) = hostkey.hostkey() else {
-                return Err(git2::Error::from_str("the ssh server did not present a host key"));
+                return Err(state.fail("the ssh server did not present a host key".into()));
             };
             let Some(file) = &known_hosts_file else {
-                return Err(git2::Error::from_str(
-                    "ssh host key not verified: set --ssh-known-hosts-file (HOME's known_hosts is never used)",
+                return Err(state.fail(
+                    "ssh host key not verified: set --ssh-known-hosts-file (HOME's known_hosts is never used)".into(),
                 ));
             };
             let port = known_hosts::ssh_port(&url);
             match known_hosts::verify(file, host, port, key) {
                 Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
-                Err(e) => Err(git2::Error::from_str(&e.to_string())),
+                Err(e) => Err(state.fail(e.to_string())),
             }
         });
         cb
+    }
+}
+
+/// What libgit2's callbacks saw, so an error names the real cause (libgit2 replaces a
+/// callback's message with a generic one).
+#[derive(Default)]
+struct CallbackState {
+    attempts: Cell<u32>,
+    error: RefCell<Option<String>>,
+}
+
+impl CallbackState {
+    fn fail(&self, message: String) -> git2::Error {
+        let e = git2::Error::from_str(&message);
+        *self.error.borrow_mut() = Some(message);
+        e
     }
 }
 
