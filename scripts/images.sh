@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Builds the container images, FROM scratch, with the machine's Docker engine.
+#
+#   scripts/images.sh [--no-build] [--list] [IMAGE...]
+#
+# IMAGE is any of: ambassador xml-adapter git-sync (the sidecars) and demo-app git-server
+# prometheus (the demo and the container tests). Default: all of them.
+#
+# The binaries are built on the host, static (glibc's crt-static), in one cargo invocation;
+# no build stage runs in Docker because no base image (not even rust:*) can be pulled here.
+# --no-build reuses the binaries of the last build. Images are tagged
+# ${IMAGE_REPO:-ghcr.io/sidecars}/NAME:VERSION and :dev. A size table is printed at the end.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+TARGET=x86_64-unknown-linux-gnu
+REPO=${IMAGE_REPO:-ghcr.io/sidecars}
+SIDECARS=(ambassador xml-adapter git-sync)
+RUST_IMAGES=(ambassador xml-adapter git-sync demo-app)
+ALL=(ambassador xml-adapter git-sync demo-app git-server prometheus)
+
+die() { echo "images.sh: $*" >&2; exit 1; }
+
+build=1
+images=()
+for arg in "$@"; do
+    case $arg in
+        --no-build) build=0 ;;
+        --list) printf '%s\n' "${ALL[@]}"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) die "unknown option $arg" ;;
+        *) [[ " ${ALL[*]} " == *" $arg "* ]] || die "unknown image $arg (one of: ${ALL[*]})"
+           images+=("$arg") ;;
+    esac
+done
+[[ ${#images[@]} -gt 0 ]] || images=("${ALL[@]}")
+
+command -v docker >/dev/null || die "docker is not installed"
+docker info >/dev/null 2>&1 || die "no Docker engine is reachable (docker info failed)"
+
+VERSION=$(cargo metadata --no-deps --format-version 1 \
+    | jq -r '.packages[] | select(.name == "ambassador") | .version')
+REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+# Other work in the tree is not in REVISION; say so rather than lie.
+if [[ $REVISION != unknown ]] && ! git diff --quiet HEAD -- crates examples Cargo.toml Cargo.lock; then
+    REVISION="$REVISION-dirty"
+fi
+
+description() {
+    cargo metadata --no-deps --format-version 1 \
+        | jq -r --arg n "$1" '.packages[] | select(.name == $n) | .description'
+}
+
+wanted_rust=()
+for name in "${images[@]}"; do
+    [[ " ${RUST_IMAGES[*]} " == *" $name "* ]] && wanted_rust+=("$name")
+done
+
+if [[ $build == 1 && ${#wanted_rust[@]} -gt 0 ]]; then
+    pkgs=()
+    for name in "${wanted_rust[@]}"; do pkgs+=(-p "$name"); done
+    echo "==> cargo build --release --target $TARGET ${pkgs[*]} (static)"
+    # One invocation for all: CPU is scarce, and the crates share most of their dependencies.
+    SIDECARS_REVISION=$REVISION RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --release --locked --target "$TARGET" "${pkgs[@]}"
+fi
+
+STAGE="$ROOT/target/images"
+mkdir -p "$STAGE"
+
+# A passwd/group naming 65532 ("nonroot", as distroless does) for tools that look the user up.
+write_identity() {
+    mkdir -p "$1/etc"
+    printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$1/etc/passwd"
+    printf 'root:x:0:\nnonroot:x:65532:\n' >"$1/etc/group"
+}
+
+# Copies a dynamically linked program and the shared libraries ldd names, at the same paths.
+copy_with_libs() {
+    local rootfs=$1 program=$2
+    install -D -m 0755 "$program" "$rootfs$program"
+    local lib
+    for lib in $(ldd "$program" | grep -o '/[^ ]*' | sort -u); do
+        install -D -m 0755 "$(readlink -f "$lib")" "$rootfs$lib"
+    done
+}
+
+stage() {
+    local name=$1 dir="$STAGE/$1"
+    rm -rf "$dir"
+    mkdir -p "$dir/rootfs"
+    local rootfs="$dir/rootfs"
+    write_identity "$rootfs"
+    # Outbound HTTPS (git-sync to a forge, xml-adapter to an https upstream) needs roots.
+    install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+    case $name in
+        ambassador|xml-adapter|git-sync|demo-app)
+            local bin="$ROOT/target/$TARGET/release/$name"
+            [[ -x $bin ]] || die "$bin is missing: run without --no-build"
+            # A dynamic binary would start on the host and fail in the scratch image.
+            if readelf -l "$bin" | grep -q 'Requesting program interpreter'; then
+                die "$bin is dynamically linked; build it with RUSTFLAGS='-C target-feature=+crt-static'"
+            fi
+            install -D -m 0755 "$bin" "$rootfs/usr/local/bin/$name"
+            ;;
+        git-server)
+            command -v git >/dev/null || die "git-server needs the host's git (apt install git)"
+            copy_with_libs "$rootfs" "$(readlink -f "$(command -v git)")"
+            copy_with_libs "$rootfs" /usr/lib/git-core/git-daemon
+            ln -sf /usr/bin/git "$rootfs/usr/lib/git-core/git"
+            ln -sf git "$rootfs/usr/lib/git-core/git-upload-pack"
+            ln -sf git "$rootfs/usr/lib/git-core/git-receive-pack"
+            mkdir -p "$dir/srv/git"
+            git init -q --bare -b main "$dir/srv/git/config.git"
+            rm -rf "$dir/srv/git/config.git/hooks"
+            ;;
+        prometheus)
+            [[ -x /usr/bin/prometheus ]] || die "prometheus needs the host's /usr/bin/prometheus (apt install prometheus)"
+            copy_with_libs "$rootfs" /usr/bin/prometheus
+            mkdir -p "$dir/data"
+            ;;
+    esac
+}
+
+for name in "${images[@]}"; do
+    stage "$name"
+    desc=""
+    [[ " ${RUST_IMAGES[*]} " == *" $name "* ]] && desc=$(description "$name")
+    version=$VERSION
+    [[ $name == prometheus ]] && version=$(/usr/bin/prometheus --version 2>&1 | awk 'NR==1 {print $3}')
+    [[ $name == git-server ]] && version=$(git --version | awk '{print $3}')
+    echo "==> docker build $REPO/$name:$version"
+    # The classic builder: BuildKit may try to pull a frontend image, and nothing can be pulled.
+    DOCKER_BUILDKIT=0 docker build -q \
+        -f "$ROOT/deploy/docker/$name.Dockerfile" \
+        --build-arg VERSION="$version" \
+        --build-arg REVISION="$REVISION" \
+        ${desc:+--build-arg DESCRIPTION="$desc"} \
+        -t "$REPO/$name:$version" -t "$REPO/$name:dev" \
+        "$STAGE/$name" >/dev/null
+done
+
+echo
+printf '%-14s %-44s %12s %10s\n' IMAGE TAG BYTES MiB
+for name in "${images[@]}"; do
+    tag="$REPO/$name:dev"
+    bytes=$(docker image inspect -f '{{.Size}}' "$tag")
+    printf '%-14s %-44s %12s %10s\n' "$name" "$tag" "$bytes" "$(awk -v b="$bytes" 'BEGIN {printf "%.2f", b / 1048576}')"
+done
