@@ -1,0 +1,341 @@
+//! Test helpers: the real adapter binary as a child process (killed on drop), a tiny HTTP/1.1
+//! upstream with scripted misbehaviour, and free ports on 127.0.0.1.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener as StdListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)).unwrap()
+}
+
+pub fn manifest_path(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A child process killed (and reaped) when the test ends, pass or fail.
+pub struct Proc {
+    pub child: Child,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+    /// Waits (up to 10 s) for `needle` to appear in the output, which a reader thread copies.
+    pub fn wait_log(&self, needle: &str) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+pub fn spawn_logged(mut cmd: Command) -> Proc {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let log = Arc::new(Mutex::new(String::new()));
+    for stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+    }
+    Proc { child, log }
+}
+
+/// The adapter, listening on `listen` with its admin server on `admin`.
+pub struct Adapter {
+    pub proc: Proc,
+    pub listen: u16,
+    pub admin: u16,
+}
+
+impl Adapter {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.listen)
+    }
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin)
+    }
+}
+
+/// Starts the real binary and waits until its listener answers (retrying on a port race).
+pub async fn start_adapter(mapping: &Path, upstream: &str, extra: &[&str]) -> Adapter {
+    for _ in 0..5 {
+        let (listen, admin) = (free_port(), free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xml-adapter"));
+        cmd.arg("--config")
+            .arg(mapping)
+            .args(["--upstream", upstream])
+            .args(["--listen", &format!("127.0.0.1:{listen}")])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--log-format", "text", "--shutdown-grace", "2s"])
+            .args(extra);
+        let mut proc = spawn_logged(cmd);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                if proc.log().contains("in use") {
+                    break;
+                }
+                panic!("adapter exited early ({status}):\n{}", proc.log());
+            }
+            if reqwest::get(format!("http://127.0.0.1:{listen}/")).await.is_ok() {
+                return Adapter { proc, listen, admin };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = proc.child.kill();
+    }
+    panic!("the adapter did not come up");
+}
+
+/// What the scripted upstream does with the next requests.
+#[derive(Clone)]
+pub enum Behaviour {
+    Body(Arc<Vec<u8>>),
+    /// Waits before the headers.
+    Slow(Duration, Arc<Vec<u8>>),
+    /// Announces the whole body, sends `cut` bytes, closes.
+    CloseMidBody(Arc<Vec<u8>>, usize),
+    /// A BIND tasks document of about `bytes` bytes, generated while it is sent (chunked).
+    Generated(u64),
+    Status(u16),
+    /// Requires this Authorization header value, else 401.
+    RequireAuth(String, Arc<Vec<u8>>),
+}
+
+pub struct Upstream {
+    pub port: u16,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    pub behaviour: Arc<Mutex<Behaviour>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/status.xml", self.port)
+    }
+    pub fn set(&self, b: Behaviour) {
+        *self.behaviour.lock().unwrap() = b;
+    }
+}
+
+pub const TASK: &str = "      <task>\n        <name>server</name>\n        <references>11</references>\n        <id>0x7febdb479010</id>\n        <state>idle</state>\n        <quantum>5</quantum>\n        <events>0</events>\n      </task>\n";
+pub const TASKS_HEAD: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<statistics version=\"3.8\">\n  <taskmgr>\n    <thread-model>\n      <type>threaded</type>\n      <worker-threads>16</worker-threads>\n      <tasks-running>8</tasks-running>\n    </thread-model>\n    <tasks>\n";
+pub const TASKS_TAIL: &str = "    </tasks>\n  </taskmgr>\n</statistics>\n";
+
+/// How many tasks the generated document of about `bytes` bytes holds.
+pub fn generated_tasks(bytes: u64) -> u64 {
+    bytes / TASK.len() as u64
+}
+
+pub async fn start_upstream(initial: Behaviour) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let behaviour = Arc::new(Mutex::new(initial));
+    let (c, r, b) = (connections.clone(), requests.clone(), behaviour.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            c.fetch_add(1, Ordering::SeqCst);
+            let (r, b) = (r.clone(), b.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // Read one request head.
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end);
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let behaviour = b.lock().unwrap().clone();
+                    let ok = |len: usize| {
+                        format!("HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {len}\r\n\r\n")
+                    };
+                    match behaviour {
+                        Behaviour::Body(body) => {
+                            if sock.write_all(ok(body.len()).as_bytes()).await.is_err()
+                                || sock.write_all(&body).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Behaviour::Slow(d, body) => {
+                            tokio::time::sleep(d).await;
+                            let _ = sock.write_all(ok(body.len()).as_bytes()).await;
+                            let _ = sock.write_all(&body).await;
+                        }
+                        Behaviour::CloseMidBody(body, cut) => {
+                            let _ = sock.write_all(ok(body.len()).as_bytes()).await;
+                            let _ = sock.write_all(&body[..cut]).await;
+                            let _ = sock.flush().await;
+                            return;
+                        }
+                        Behaviour::Status(code) => {
+                            let _ = sock
+                                .write_all(format!("HTTP/1.1 {code} Nope\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                                .await;
+                        }
+                        Behaviour::RequireAuth(want, body) => {
+                            let got = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("authorization: ").or_else(|| l.strip_prefix("Authorization: ")))
+                                .unwrap_or("")
+                                .trim()
+                                .to_string();
+                            if got == want {
+                                let _ = sock.write_all(ok(body.len()).as_bytes()).await;
+                                let _ = sock.write_all(&body).await;
+                            } else {
+                                let _ = sock.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n").await;
+                            }
+                        }
+                        Behaviour::Generated(bytes) => {
+                            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nTransfer-Encoding: chunked\r\n\r\n";
+                            if sock.write_all(head.as_bytes()).await.is_err() {
+                                return;
+                            }
+                            let mut send = |data: Vec<u8>| {
+                                let mut framed = format!("{:x}\r\n", data.len()).into_bytes();
+                                framed.extend(data);
+                                framed.extend_from_slice(b"\r\n");
+                                framed
+                            };
+                            let n = generated_tasks(bytes);
+                            let per_chunk = 2000u64;
+                            if sock.write_all(&send(TASKS_HEAD.as_bytes().to_vec())).await.is_err() {
+                                return;
+                            }
+                            let mut left = n;
+                            while left > 0 {
+                                let k = left.min(per_chunk);
+                                let data = TASK.repeat(k as usize).into_bytes();
+                                if sock.write_all(&send(data)).await.is_err() {
+                                    return;
+                                }
+                                left -= k;
+                            }
+                            let _ = sock.write_all(&send(TASKS_TAIL.as_bytes().to_vec())).await;
+                            let _ = sock.write_all(b"0\r\n\r\n").await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Upstream {
+        port,
+        connections,
+        requests,
+        behaviour,
+        task,
+    }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut req = client.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+pub async fn get_text(url: &str) -> String {
+    let r = get(url, &[]).await;
+    assert_eq!(r.status(), 200, "GET {url}");
+    r.text().await.unwrap()
+}
+
+/// The value of one series on a text-format page.
+pub fn value(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series))
+        .map(|(_, v)| match v {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v.parse().unwrap(),
+        })
+}
+
+pub fn promtool_check(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`) must be installed for this test");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
