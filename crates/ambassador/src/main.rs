@@ -1,1 +1,12 @@
-fn main() {}
+use std::process::ExitCode;
+
+use ambassador::{Cli, Config, INFO};
+
+fn main() -> ExitCode {
+    let cli: Cli = sidecar_kit::cli::parse(&INFO);
+    let config = match Config::from_cli(&cli) {
+        Ok(config) => config,
+        Err(e) => return sidecar_kit::config::exit_config_error(&e),
+    };
+    sidecar_kit::run(&INFO, &cli.kit, |sidecar| ambassador::serve(config, sidecar))
+}

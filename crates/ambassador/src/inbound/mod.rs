@@ -1,0 +1,399 @@
+//! Inbound: peers connect with mTLS; allowed ones are forwarded to the app on localhost, as HTTP
+//! (per request, with `X-Forwarded-Client-Cert`) or as raw TCP.
+
+mod app;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sidecar_kit::Sidecar;
+use sidecar_kit::reload::{CredentialReloader, Credentials};
+use sidecar_kit::tls::PeerIdentity;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{AppProtocol, InboundRoute, Limits, Mode};
+use crate::conn::{self, Activity, ConnectionLimit, Ended, Tracked, TunnelEnd};
+use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
+use crate::proxy::{self, ProxyBody};
+
+pub use app::AppClient;
+
+static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// The TLS side of one listener, swapped whole when certificates reload.
+struct ListenerTls {
+    acceptor: TlsAcceptor,
+    /// Our own URI SAN, for XFCC's `By`.
+    by: Option<String>,
+}
+
+impl ListenerTls {
+    fn build(route: &InboundRoute, credentials: &Credentials) -> anyhow::Result<Self> {
+        let alpn: &[&[u8]] = match route.mode {
+            Mode::Http => &[b"h2", b"http/1.1"],
+            Mode::Tcp => &[],
+        };
+        let config = tls::server_config(credentials, Some(&route.allow), alpn)?;
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            by: credentials.leaf.uris.first().cloned(),
+        })
+    }
+}
+
+/// Everything a connection task of one inbound listener needs.
+struct Listener {
+    route: InboundRoute,
+    tls: ArcSwap<ListenerTls>,
+    app: AppClient,
+    app_authority: Authority,
+    metrics: RouteMetrics,
+    limits: Limits,
+    access_log: bool,
+    stop: CancellationToken,
+    requested: CancellationToken,
+    tracker: TaskTracker,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+/// Binds an inbound listener (so a busy port fails the start) and returns its accept loop.
+pub async fn bind(
+    route: InboundRoute,
+    limits: Limits,
+    access_log: bool,
+    reloader: &Arc<CredentialReloader>,
+    metrics: &Metrics,
+    sidecar: &Sidecar,
+) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    let tcp = TcpListener::bind(route.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("inbound `{}`: cannot listen on {}: {e}", route.name, route.listen))?;
+    let tls = ListenerTls::build(&route, &reloader.current())?;
+    let app_authority = Authority::try_from(route.app.to_string())
+        .map_err(|e| anyhow::anyhow!("inbound `{}`: app address: {e}", route.name))?;
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        // The header-read limit is applied by conn::drive, which (unlike hyper's) does not
+        // also cut keep-alive connections that merely wait for their next request.
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes)
+        .half_close(true);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(1024);
+    let listener = Arc::new(Listener {
+        app: AppClient::new(route.app, route.app_protocol),
+        app_authority,
+        tls: ArcSwap::from_pointee(tls),
+        metrics: metrics.route(Direction::Inbound, &route.name),
+        limits,
+        access_log,
+        stop: sidecar.shutdown().token(),
+        requested: sidecar.shutdown().requested(),
+        tracker: sidecar.shutdown().tracker(),
+        http1,
+        http2,
+        route,
+    });
+    spawn_reload(listener.clone(), reloader);
+    tracing::info!(
+        route = %listener.route.name,
+        listen = %listener.route.listen,
+        app = %listener.route.app,
+        mode = ?listener.route.mode,
+        "inbound listening"
+    );
+    Ok(accept_loop(listener, tcp))
+}
+
+fn spawn_reload(listener: Arc<Listener>, reloader: &Arc<CredentialReloader>) {
+    let mut updates = reloader.subscribe();
+    let stop = listener.stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = updates.changed() => if changed.is_err() { return },
+            }
+            let credentials = updates.borrow_and_update().clone();
+            match ListenerTls::build(&listener.route, &credentials) {
+                // New handshakes use the new config; established connections keep theirs.
+                Ok(tls) => listener.tls.store(Arc::new(tls)),
+                Err(e) => tracing::error!(
+                    route = %listener.route.name,
+                    error = %e,
+                    "cannot use the reloaded certificates; keeping the old ones"
+                ),
+            }
+        }
+    });
+}
+
+async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
+    let budget = ConnectionLimit::new(listener.limits.max_connections);
+    loop {
+        let accepted = tokio::select! {
+            () = listener.stop.cancelled() => break,
+            accepted = tcp.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: pause rather than spin.
+                tracing::warn!(route = %listener.route.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(permit) = budget.try_acquire() else {
+            listener.metrics.limit_exceeded(Limit::MaxConnections);
+            tracing::warn!(route = %listener.route.name, %peer, "connection refused: max_connections reached");
+            drop(stream);
+            continue;
+        };
+        let listener = listener.clone();
+        listener.tracker.clone().spawn(async move {
+            let _permit = permit;
+            let _open = listener.metrics.connection_opened();
+            serve_connection(&listener, stream, peer).await;
+        });
+    }
+    tracing::info!(route = %listener.route.name, "inbound listener closed");
+}
+
+async fn serve_connection(listener: &Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let tls = listener.tls.load_full();
+    let handshake = tokio::time::timeout(
+        listener.limits.header_read_timeout,
+        tls.acceptor.accept(stream),
+    )
+    .await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            let reason = tls::refusal_reason(&e);
+            listener.metrics.tls_failure(reason);
+            tracing::warn!(route = %listener.route.name, %peer, reason, error = %e, "peer refused");
+            return;
+        }
+        Err(_) => {
+            listener.metrics.tls_failure("handshake_error");
+            tracing::warn!(route = %listener.route.name, %peer, reason = "handshake_error", "TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    let identity = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| PeerIdentity::from_der(leaf).ok());
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    match listener.route.mode {
+        Mode::Tcp => serve_tcp(listener, stream, peer, identity).await,
+        Mode::Http => {
+            let activity = Activity::new(!h2);
+            let peer_conn = Arc::new(PeerConn {
+                xfcc: if listener.route.forward_client_cert {
+                    identity.as_ref().and_then(|id| {
+                        HeaderValue::try_from(tls::xfcc(id, tls.by.as_deref())).ok()
+                    })
+                } else {
+                    None
+                },
+                peer: identity
+                    .as_ref()
+                    .and_then(|id| id.spiffe_ids.first().or(id.dns_names.first()).cloned())
+                    .unwrap_or_else(|| peer.to_string()),
+                activity: activity.clone(),
+                http1: !h2,
+            });
+            let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+            let handler = listener.clone();
+            let service = hyper::service::service_fn(move |req| {
+                handle(handler.clone(), peer_conn.clone(), req)
+            });
+            let ended = if h2 {
+                let conn = listener.http2.serve_connection(io, service);
+                conn::drive(conn, &activity, &listener.limits, &listener.stop, &listener.metrics)
+                    .await
+            } else {
+                let conn = listener.http1.serve_connection(io, service).with_upgrades();
+                conn::drive(conn, &activity, &listener.limits, &listener.stop, &listener.metrics)
+                    .await
+            };
+            report_end(&listener.metrics, ended, peer);
+        }
+    }
+}
+
+/// Logs and counts how an HTTP connection ended.
+pub(crate) fn report_end(metrics: &RouteMetrics, ended: Ended<hyper::Error>, peer: SocketAddr) {
+    match ended {
+        Ended::Done(Ok(())) => {}
+        Ended::Done(Err(e)) if e.is_parse_too_large() => {
+            metrics.limit_exceeded(Limit::HeaderSize);
+            tracing::warn!(route = metrics.route(), %peer, "request head too large: answered 431");
+        }
+        Ended::Done(Err(e)) => {
+            tracing::debug!(route = metrics.route(), %peer, error = %e, "connection ended with an error");
+        }
+        Ended::HeaderTimeout => {
+            tracing::warn!(route = metrics.route(), %peer, "request head not complete in time: connection closed");
+        }
+    }
+}
+
+async fn serve_tcp(
+    listener: &Listener,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    identity: Option<PeerIdentity>,
+) {
+    let app = match TcpStream::connect(listener.route.app).await {
+        Ok(app) => app,
+        Err(e) => {
+            listener.metrics.upstream_error("app_unreachable");
+            tracing::warn!(route = %listener.route.name, %peer, app = %listener.route.app, error = %e, "cannot reach the app");
+            return;
+        }
+    };
+    let _ = app.set_nodelay(true);
+    let activity = Activity::new(false);
+    let client = Tracked::new(stream, activity.clone());
+    let who = identity.as_ref().map(|i| i.names().join(", ")).unwrap_or_default();
+    tracing::debug!(route = %listener.route.name, %peer, peer_identity = who, "tcp tunnel open");
+    match conn::tunnel(client, app, &activity, listener.limits.idle_timeout, &listener.stop).await {
+        Ok(TunnelEnd::Idle) => listener.metrics.limit_exceeded(Limit::IdleTimeout),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(route = %listener.route.name, %peer, error = %e, "tcp tunnel error"),
+    }
+}
+
+/// What the request handler knows of its connection.
+struct PeerConn {
+    xfcc: Option<HeaderValue>,
+    /// The peer's identity for the access log.
+    peer: String,
+    activity: Arc<Activity>,
+    http1: bool,
+}
+
+async fn handle(
+    listener: Arc<Listener>,
+    conn: Arc<PeerConn>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let _request = conn.activity.request_started();
+    let start = tokio::time::Instant::now();
+    let method = req.method().clone();
+    let path = if listener.access_log {
+        req.uri().path().to_owned()
+    } else {
+        String::new()
+    };
+    let upgrade = proxy::wants_upgrade(&req);
+    let headers = req.headers_mut();
+    proxy::strip_hop_by_hop(headers, upgrade);
+    headers.remove(&XFCC);
+    if let Some(value) = &conn.xfcc {
+        headers.insert(XFCC.clone(), value.clone());
+    }
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    if method != Method::CONNECT {
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(listener.app_authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        match Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(e) => {
+                return Ok(finish(
+                    &listener,
+                    &conn,
+                    &method,
+                    &path,
+                    start,
+                    proxy::answer(StatusCode::BAD_REQUEST, format!("ambassador: bad request target: {e}\n")),
+                ));
+            }
+        }
+    }
+    *req.version_mut() = match listener.route.app_protocol {
+        AppProtocol::Http1 => Version::HTTP_11,
+        AppProtocol::H2c => Version::HTTP_2,
+    };
+    let response = match listener.app.request(req.map(Either::Left)).await {
+        Ok(mut response) => {
+            let status = response.status();
+            match client_upgrade {
+                Some(client) if proxy::upgrade_accepted(&method, status) => {
+                    let upstream = hyper::upgrade::on(&mut response);
+                    proxy::strip_hop_by_hop(response.headers_mut(), true);
+                    proxy::spawn_tunnel(
+                        &listener.tracker,
+                        client,
+                        upstream,
+                        listener.limits.idle_timeout,
+                        listener.stop.clone(),
+                        listener.route.name.clone(),
+                    );
+                }
+                _ => proxy::strip_hop_by_hop(response.headers_mut(), false),
+            }
+            response.map(Either::Left)
+        }
+        Err(e) => {
+            listener.metrics.upstream_error("app_unreachable");
+            tracing::warn!(route = %listener.route.name, app = %listener.route.app, error = %e, "the app did not answer");
+            proxy::answer(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "ambassador: inbound route `{}`: the app at {} did not answer: {}\n",
+                    listener.route.name,
+                    listener.route.app,
+                    crate::error_chain(&e)
+                ),
+            )
+        }
+    };
+    Ok(finish(&listener, &conn, &method, &path, start, response))
+}
+
+fn finish(
+    listener: &Listener,
+    conn: &PeerConn,
+    method: &Method,
+    path: &str,
+    start: tokio::time::Instant,
+    mut response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    if conn.http1 {
+        proxy::close_if_shutting_down(response.headers_mut(), &listener.requested);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    listener.metrics.observe(response.status(), seconds);
+    if listener.access_log {
+        proxy::access_log("inbound", &listener.route.name, method, path, response.status(), seconds, &conn.peer);
+    }
+    response
+}

@@ -1,0 +1,93 @@
+//! The ambassador: an mTLS proxy sidecar.
+//!
+//! - [`inbound`]: peers connect with mTLS; allowed identities reach the app on localhost.
+//! - [`outbound`]: the app calls a plain listener on localhost; the ambassador originates mTLS to
+//!   the remote service and checks its identity.
+//!
+//! [`serve`] runs both under sidecar-kit (admin server, reload, drain).
+
+pub mod authz;
+pub mod config;
+pub mod conn;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod proxy;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use anyhow::Context as _;
+use sidecar_kit::reload::CredentialReloader;
+use sidecar_kit::{Sidecar, SidecarInfo};
+
+pub use config::{Cli, Config};
+
+/// Who the ambassador is to sidecar-kit.
+pub const INFO: SidecarInfo = SidecarInfo {
+    name: "ambassador",
+    env_prefix: "AMBASSADOR",
+    admin_port: 9901,
+    version: env!("CARGO_PKG_VERSION"),
+    description: "mTLS ambassador sidecar: terminates mTLS for the app (inbound) and originates \
+                  it for the app's calls (outbound), checking identities both ways",
+};
+
+/// Runs every listener of `config` until the kit asks to stop, then drains.
+pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
+    sidecar_kit::tls::install_default_provider();
+    let ready = sidecar.readiness().register("listeners");
+    let metrics = metrics::Metrics::register(sidecar.registry()).context("registering metrics")?;
+    let reloader = CredentialReloader::load(config.tls.clone(), sidecar.registry())
+        .context("loading the certificates")?;
+    reloader.spawn_watcher(Default::default(), sidecar.shutdown().token());
+
+    let mut loops: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+    for route in &config.inbound {
+        let accept = inbound::bind(
+            route.clone(),
+            config.limits,
+            config.access_log,
+            &reloader,
+            &metrics,
+            &sidecar,
+        )
+        .await?;
+        loops.push(Box::pin(accept));
+    }
+    loops.extend(
+        outbound::bind_all(
+            &config.outbound,
+            config.host_router,
+            config.limits,
+            config.access_log,
+            &reloader,
+            &metrics,
+            &sidecar,
+        )
+        .await?,
+    );
+    let tracker = sidecar.shutdown().tracker();
+    let handles: Vec<_> = loops.into_iter().map(|l| tracker.spawn(l)).collect();
+    ready.set_ready();
+    for handle in handles {
+        // An accept loop only ends when the shutdown token is cancelled.
+        let _ = handle.await;
+    }
+    Ok(())
+}
+
+/// `outer: cause: root cause`, for messages that must say everything on one line.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

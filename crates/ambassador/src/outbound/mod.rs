@@ -1,0 +1,349 @@
+//! Outbound: the app calls a plain listener on localhost (one per remote, or one routing by
+//! `Host`); the ambassador originates mTLS to the remote and checks who it is.
+
+pub mod transport;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sidecar_kit::Sidecar;
+use sidecar_kit::reload::CredentialReloader;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Limits, Mode, OutboundRoute};
+use crate::conn::{self, Activity, ConnectionLimit, Tracked, TunnelEnd};
+use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
+use crate::proxy::{self, ProxyBody};
+pub use transport::{Endpoint, Transport, TransportError};
+pub use upstream::{BoxFuture, StaticUpstream, Upstream, UpstreamError};
+
+/// The single place that chooses how a route picks endpoints (the resilience layer hooks in
+/// here).
+pub fn build_upstream(route: &OutboundRoute, transport: Transport) -> Arc<dyn Upstream> {
+    let endpoints = route.endpoints.iter().copied().map(Endpoint::new).collect();
+    Arc::new(StaticUpstream::new(endpoints, transport))
+}
+
+/// One outbound route at run time.
+#[derive(Debug)]
+struct Route {
+    name: String,
+    upstream: Arc<dyn Upstream>,
+    metrics: RouteMetrics,
+}
+
+/// What an outbound listener serves: one route, or several chosen by `Host`.
+#[derive(Debug)]
+enum Routes {
+    One(Arc<Route>),
+    ByHost(HashMap<String, Arc<Route>>),
+}
+
+struct Listener {
+    name: String,
+    addr: SocketAddr,
+    mode: Mode,
+    routes: Routes,
+    /// Counts connections and limits for the listener itself.
+    metrics: RouteMetrics,
+    limits: Limits,
+    access_log: bool,
+    stop: CancellationToken,
+    requested: CancellationToken,
+    tracker: TaskTracker,
+    http1: hyper::server::conn::http1::Builder,
+}
+
+/// Binds every outbound listener of the configuration; returns their accept loops.
+pub async fn bind_all(
+    routes: &[OutboundRoute],
+    host_router: Option<SocketAddr>,
+    limits: Limits,
+    access_log: bool,
+    reloader: &Arc<CredentialReloader>,
+    metrics: &Metrics,
+    sidecar: &Sidecar,
+) -> anyhow::Result<Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>> {
+    let stop = sidecar.shutdown().token();
+    let mut by_host = HashMap::new();
+    let mut loops: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+    for cfg in routes {
+        let route_metrics = metrics.route(Direction::Outbound, &cfg.name);
+        let transport = Transport::new(
+            cfg.identity.clone(),
+            true,
+            reloader,
+            route_metrics.clone(),
+            stop.clone(),
+        )?;
+        let route = Arc::new(Route {
+            name: cfg.name.clone(),
+            upstream: build_upstream(cfg, transport),
+            metrics: route_metrics.clone(),
+        });
+        for host in &cfg.hosts {
+            by_host.insert(host.clone(), route.clone());
+        }
+        if let Some(addr) = cfg.listen {
+            let listener = listener(&cfg.name, addr, cfg.mode, Routes::One(route), route_metrics, limits, access_log, sidecar);
+            loops.push(Box::pin(bind_one(listener).await?));
+        }
+    }
+    if let Some(addr) = host_router {
+        let listener = listener(
+            "host-router",
+            addr,
+            Mode::Http,
+            Routes::ByHost(by_host),
+            metrics.route(Direction::Outbound, "host-router"),
+            limits,
+            access_log,
+            sidecar,
+        );
+        loops.push(Box::pin(bind_one(listener).await?));
+    }
+    Ok(loops)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn listener(
+    name: &str,
+    addr: SocketAddr,
+    mode: Mode,
+    routes: Routes,
+    metrics: RouteMetrics,
+    limits: Limits,
+    access_log: bool,
+    sidecar: &Sidecar,
+) -> Listener {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes)
+        .half_close(true);
+    Listener {
+        name: name.to_owned(),
+        addr,
+        mode,
+        routes,
+        metrics,
+        limits,
+        access_log,
+        stop: sidecar.shutdown().token(),
+        requested: sidecar.shutdown().requested(),
+        tracker: sidecar.shutdown().tracker(),
+        http1,
+    }
+}
+
+async fn bind_one(listener: Listener) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    let tcp = TcpListener::bind(listener.addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("outbound `{}`: cannot listen on {}: {e}", listener.name, listener.addr))?;
+    tracing::info!(listener = %listener.name, listen = %listener.addr, mode = ?listener.mode, "outbound listening");
+    Ok(accept_loop(Arc::new(listener), tcp))
+}
+
+async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
+    let budget = ConnectionLimit::new(listener.limits.max_connections);
+    loop {
+        let accepted = tokio::select! {
+            () = listener.stop.cancelled() => break,
+            accepted = tcp.accept() => accepted,
+        };
+        let (mut stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(listener = %listener.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(permit) = budget.try_acquire() else {
+            listener.metrics.limit_exceeded(Limit::MaxConnections);
+            tracing::warn!(listener = %listener.name, %peer, "connection refused: max_connections reached");
+            if listener.mode == Mode::Http {
+                // Plain HTTP: the app gets a real answer, not a reset.
+                tokio::spawn(async move {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 54\r\n\r\nambassador: too many connections (max_connections)\r\n\r\n")
+                        .await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+            continue;
+        };
+        let listener = listener.clone();
+        listener.tracker.clone().spawn(async move {
+            let _permit = permit;
+            let _open = listener.metrics.connection_opened();
+            match listener.mode {
+                Mode::Http => serve_http(&listener, stream, peer).await,
+                Mode::Tcp => serve_tcp(&listener, stream, peer).await,
+            }
+        });
+    }
+    tracing::info!(listener = %listener.name, "outbound listener closed");
+}
+
+async fn serve_http(listener: &Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
+    let activity = Activity::new(true);
+    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+    let handler = listener.clone();
+    let conn_activity = activity.clone();
+    let service = hyper::service::service_fn(move |req| {
+        handle(handler.clone(), conn_activity.clone(), req)
+    });
+    let conn = listener.http1.serve_connection(io, service).with_upgrades();
+    let ended = conn::drive(conn, &activity, &listener.limits, &listener.stop, &listener.metrics).await;
+    crate::inbound::report_end(&listener.metrics, ended, peer);
+}
+
+async fn serve_tcp(listener: &Listener, stream: TcpStream, peer: SocketAddr) {
+    let Routes::One(route) = &listener.routes else {
+        return;
+    };
+    let Some(endpoint) = route.upstream.pick() else {
+        route.metrics.upstream_error("no_endpoint");
+        return;
+    };
+    let remote = match route.upstream.transport().connect_raw(&endpoint).await {
+        Ok(remote) => remote,
+        Err(e) => {
+            route.metrics.upstream_error(e.kind());
+            tracing::warn!(route = %route.name, %peer, error = %e, "cannot open the mTLS connection");
+            return;
+        }
+    };
+    let activity = Activity::new(false);
+    let local = Tracked::new(stream, activity.clone());
+    match conn::tunnel(local, remote, &activity, listener.limits.idle_timeout, &listener.stop).await {
+        Ok(TunnelEnd::Idle) => listener.metrics.limit_exceeded(Limit::IdleTimeout),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(route = %route.name, %peer, error = %e, "tcp tunnel error"),
+    }
+}
+
+fn select_route<'a>(routes: &'a Routes, req: &Request<Incoming>) -> Result<&'a Arc<Route>, String> {
+    match routes {
+        Routes::One(route) => Ok(route),
+        Routes::ByHost(map) => {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().host())
+                .unwrap_or_default();
+            let name = host
+                .rsplit_once(':')
+                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(host, |(name, _)| name);
+            let lower = name.to_ascii_lowercase();
+            map.get(&lower)
+                .ok_or_else(|| format!("ambassador: no outbound route for host `{name}`\n"))
+        }
+    }
+}
+
+async fn handle(
+    listener: Arc<Listener>,
+    activity: Arc<Activity>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let _request = activity.request_started();
+    let start = tokio::time::Instant::now();
+    let method = req.method().clone();
+    let path = if listener.access_log {
+        req.uri().path().to_owned()
+    } else {
+        String::new()
+    };
+    let route = match select_route(&listener.routes, &req) {
+        Ok(route) => route.clone(),
+        Err(message) => {
+            let response = proxy::answer(StatusCode::NOT_FOUND, message);
+            return Ok(finish(&listener, &listener.metrics, &method, &path, start, response));
+        }
+    };
+    if method == Method::CONNECT {
+        let response = proxy::answer(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "ambassador: outbound route `{}` does not tunnel CONNECT; use a route with mode tcp\n",
+                route.name
+            ),
+        );
+        return Ok(finish(&listener, &route.metrics, &method, &path, start, response));
+    }
+    let upgrade = proxy::wants_upgrade(&req);
+    proxy::strip_hop_by_hop(req.headers_mut(), upgrade);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    *req.version_mut() = Version::HTTP_11;
+    let response = match route.upstream.call(req.map(Either::Left)).await {
+        Ok(mut response) => {
+            let status = response.status();
+            match client_upgrade {
+                Some(client) if proxy::upgrade_accepted(&method, status) => {
+                    let remote = hyper::upgrade::on(&mut response);
+                    proxy::strip_hop_by_hop(response.headers_mut(), true);
+                    proxy::spawn_tunnel(
+                        &listener.tracker,
+                        client,
+                        remote,
+                        listener.limits.idle_timeout,
+                        listener.stop.clone(),
+                        route.name.clone(),
+                    );
+                }
+                _ => proxy::strip_hop_by_hop(response.headers_mut(), false),
+            }
+            response.map(Either::Left)
+        }
+        Err(e) => {
+            route.metrics.upstream_error(e.kind());
+            tracing::warn!(route = %route.name, error = %e, "outbound request failed");
+            let mut response = proxy::answer(
+                e.status(),
+                format!("ambassador: outbound route `{}`: {e}\n", route.name),
+            );
+            if let UpstreamError::Transport(TransportError::IdentityMismatch { .. }) = e {
+                response
+                    .headers_mut()
+                    .insert("x-ambassador-error", HeaderValue::from_static("identity-mismatch"));
+            }
+            response
+        }
+    };
+    Ok(finish(&listener, &route.metrics, &method, &path, start, response))
+}
+
+fn finish(
+    listener: &Listener,
+    metrics: &RouteMetrics,
+    method: &Method,
+    path: &str,
+    start: tokio::time::Instant,
+    mut response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    proxy::close_if_shutting_down(response.headers_mut(), &listener.requested);
+    let seconds = start.elapsed().as_secs_f64();
+    metrics.observe(response.status(), seconds);
+    if listener.access_log {
+        proxy::access_log("outbound", metrics.route(), method, path, response.status(), seconds, "app");
+    }
+    response
+}

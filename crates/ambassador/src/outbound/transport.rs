@@ -1,0 +1,394 @@
+//! One outbound route's mTLS transport: pooled keep-alive connections per endpoint, HTTP/2 when
+//! the remote agrees through ALPN, the pod's certificate presented and the remote's identity
+//! checked on every new connection.
+
+use std::error::Error as _;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use sidecar_kit::reload::{CredentialReloader, Credentials};
+use sidecar_kit::tls::{self, ExpectedIdentity, TlsError};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::RouteMetrics;
+use crate::proxy::{self, ProxyBody};
+
+/// One address of a remote service.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    authority: Authority,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr) -> Self {
+        let authority = Authority::try_from(addr.to_string())
+            .expect("a socket address is always a valid URI authority");
+        Self { addr, authority }
+    }
+}
+
+impl PartialEq for Endpoint {
+    fn eq(&self, other: &Self) -> bool {
+        self.addr == other.addr
+    }
+}
+impl Eq for Endpoint {}
+impl std::hash::Hash for Endpoint {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.addr.hash(state);
+    }
+}
+
+/// Why a request could not be sent to an endpoint.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    /// The TCP connection failed: the server was never reached (safe to retry elsewhere).
+    #[error("cannot connect to {addr}: {message}")]
+    Connect { addr: SocketAddr, message: String },
+    /// The mTLS handshake failed; `reason` is the metrics label.
+    #[error("mTLS handshake with {addr} failed ({reason}): {message}")]
+    Tls {
+        addr: SocketAddr,
+        reason: &'static str,
+        message: String,
+    },
+    /// The server's certificate is valid but names someone else.
+    #[error("{addr}: {message}")]
+    IdentityMismatch { addr: SocketAddr, message: String },
+    /// The connection broke or the server spoke bad HTTP.
+    #[error("{0}")]
+    Http(String),
+}
+
+impl TransportError {
+    /// True when the request never reached the server (connect or handshake failure).
+    pub fn is_connect_failure(&self) -> bool {
+        !matches!(self, Self::Http(_))
+    }
+
+    /// The `kind` label of `ambassador_upstream_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect",
+            Self::Tls { .. } => "tls",
+            Self::IdentityMismatch { .. } => "identity_mismatch",
+            Self::Http(_) => "http",
+        }
+    }
+}
+
+/// The TLS client configs of a route, swapped whole when certificates reload.
+struct RouteTls {
+    /// Offers h2 and http/1.1.
+    any: TlsConnector,
+    /// Offers http/1.1 only, for requests that upgrade (WebSocket) and need HTTP/1.
+    http1: TlsConnector,
+    /// No ALPN, for raw TCP routes.
+    raw: TlsConnector,
+}
+
+impl RouteTls {
+    fn build(credentials: &Credentials, expected: &ExpectedIdentity, http2: bool) -> Result<Self, TlsError> {
+        let config = |alpn: &[&[u8]]| -> Result<TlsConnector, TlsError> {
+            let mut config: ClientConfig = tls::client_config(
+                Some(&credentials.identity),
+                &credentials.bundle,
+                expected.clone(),
+                alpn,
+            )?;
+            config.resumption = rustls::client::Resumption::in_memory_sessions(1024);
+            Ok(TlsConnector::from(Arc::new(config)))
+        };
+        let any: &[&[u8]] = if http2 { &[b"h2", b"http/1.1"] } else { &[b"http/1.1"] };
+        Ok(Self {
+            any: config(any)?,
+            http1: config(&[b"http/1.1"])?,
+            raw: config(&[])?,
+        })
+    }
+}
+
+/// A route's shared TLS state and what the connector needs to name and count failures.
+struct Shared {
+    tls: ArcSwap<RouteTls>,
+    expected: ExpectedIdentity,
+    metrics: RouteMetrics,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("expected", &self.expected).finish_non_exhaustive()
+    }
+}
+
+/// Opens mTLS connections to the endpoint named by the URI's authority.
+#[derive(Debug, Clone)]
+struct MtlsConnector {
+    shared: Arc<Shared>,
+    http1_only: bool,
+}
+
+impl tower::Service<Uri> for MtlsConnector {
+    type Response = MtlsStream;
+    type Error = TransportError;
+    type Future = Pin<Box<dyn Future<Output = Result<MtlsStream, TransportError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let shared = self.shared.clone();
+        let http1_only = self.http1_only;
+        Box::pin(async move {
+            let addr = endpoint_of(&uri)?;
+            let tls = shared.tls.load();
+            let connector = if http1_only { tls.http1.clone() } else { tls.any.clone() };
+            drop(tls);
+            let stream = connect_mtls(&shared, &connector, addr).await?;
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            Ok(MtlsStream {
+                io: TokioIo::new(stream),
+                h2,
+            })
+        })
+    }
+}
+
+fn endpoint_of(uri: &Uri) -> Result<SocketAddr, TransportError> {
+    let bad = || TransportError::Http(format!("internal: no endpoint address in {uri}"));
+    let host = uri.host().ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = host.parse().map_err(|_| bad())?;
+    Ok(SocketAddr::new(ip, uri.port_u16().ok_or_else(bad)?))
+}
+
+/// TCP connect plus mTLS handshake, with failures classified and counted.
+async fn connect_mtls(
+    shared: &Shared,
+    connector: &TlsConnector,
+    addr: SocketAddr,
+) -> Result<TlsStream<TcpStream>, TransportError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| TransportError::Connect {
+            addr,
+            message: e.to_string(),
+        })?;
+    let _ = tcp.set_nodelay(true);
+    // SNI: the DNS identity when there is one; for a SPIFFE ID the IP (which sends no SNI).
+    let server_name = match &shared.expected {
+        ExpectedIdentity::Dns(name) => ServerName::try_from(name.clone())
+            .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into())),
+        ExpectedIdentity::Spiffe(_) => ServerName::IpAddress(addr.ip().into()),
+    };
+    match connector.connect(server_name, tcp).await {
+        Ok(stream) => Ok(stream),
+        Err(e) => {
+            if let Some(mismatch) = tls::rustls_error(&e).and_then(tls::identity_mismatch) {
+                shared.metrics.tls_failure("identity_mismatch");
+                tracing::warn!(route = shared.metrics.route(), %addr, error = %mismatch, "remote refused: identity mismatch");
+                return Err(TransportError::IdentityMismatch {
+                    addr,
+                    message: mismatch.to_string(),
+                });
+            }
+            let reason = crate::inbound::tls::refusal_reason(&e);
+            shared.metrics.tls_failure(reason);
+            tracing::warn!(route = shared.metrics.route(), %addr, reason, error = %e, "mTLS handshake failed");
+            Err(TransportError::Tls {
+                addr,
+                reason,
+                message: e.to_string(),
+            })
+        }
+    }
+}
+
+/// An mTLS connection as hyper's client sees it.
+#[derive(Debug)]
+pub struct MtlsStream {
+    io: TokioIo<TlsStream<TcpStream>>,
+    h2: bool,
+}
+
+impl Connection for MtlsStream {
+    fn connected(&self) -> Connected {
+        let connected = Connected::new();
+        if self.h2 {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
+    }
+}
+
+impl Read for MtlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl Write for MtlsStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// One route's transport. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    shared: Arc<Shared>,
+    client: Client<MtlsConnector, ProxyBody>,
+    upgrade_client: Client<MtlsConnector, ProxyBody>,
+}
+
+impl Transport {
+    /// Builds the route's transport and keeps its TLS configs in step with the reloader.
+    pub fn new(
+        expected: ExpectedIdentity,
+        http2: bool,
+        reloader: &Arc<CredentialReloader>,
+        metrics: RouteMetrics,
+        stop: CancellationToken,
+    ) -> Result<Self, TlsError> {
+        let tls = RouteTls::build(&reloader.current(), &expected, http2)?;
+        let shared = Arc::new(Shared {
+            tls: ArcSwap::from_pointee(tls),
+            expected,
+            metrics,
+        });
+        spawn_reload(shared.clone(), reloader, http2, stop);
+        let client = |http1_only: bool| {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .http2_adaptive_window(true);
+            builder.build(MtlsConnector {
+                shared: shared.clone(),
+                http1_only,
+            })
+        };
+        Ok(Self {
+            client: client(false),
+            upgrade_client: client(true),
+            shared,
+        })
+    }
+
+    /// Sends a request to `endpoint` on a pooled connection (a new one if none is free).
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, TransportError> {
+        let upgrade = proxy::wants_upgrade(&req);
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTPS);
+        parts.authority = Some(endpoint.authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = Uri::from_parts(parts)
+            .map_err(|e| TransportError::Http(format!("bad request target: {e}")))?;
+        let client = if upgrade { &self.upgrade_client } else { &self.client };
+        client.request(req).await.map_err(|e| classify(&e))
+    }
+
+    /// Opens a raw mTLS connection (no ALPN) to `endpoint`, for TCP routes.
+    pub async fn connect_raw(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<TlsStream<TcpStream>, TransportError> {
+        let connector = self.shared.tls.load().raw.clone();
+        connect_mtls(&self.shared, &connector, endpoint.addr).await
+    }
+}
+
+fn classify(err: &hyper_util::client::legacy::Error) -> TransportError {
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if let Some(ours) = cause.downcast_ref::<TransportError>() {
+            return ours.clone();
+        }
+        source = cause.source();
+    }
+    TransportError::Http(crate::error_chain(err))
+}
+
+fn spawn_reload(
+    shared: Arc<Shared>,
+    reloader: &Arc<CredentialReloader>,
+    http2: bool,
+    stop: CancellationToken,
+) {
+    let mut updates = reloader.subscribe();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = updates.changed() => if changed.is_err() { return },
+            }
+            let credentials = updates.borrow_and_update().clone();
+            match RouteTls::build(&credentials, &shared.expected, http2) {
+                // New connections use the new certificate; pooled ones keep theirs.
+                Ok(tls) => shared.tls.store(Arc::new(tls)),
+                Err(e) => tracing::error!(
+                    route = shared.metrics.route(),
+                    error = %e,
+                    "cannot use the reloaded certificates; keeping the old ones"
+                ),
+            }
+        }
+    });
+}

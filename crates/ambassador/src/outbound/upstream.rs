@@ -1,0 +1,101 @@
+//! The seam between the outbound request path and the choice of endpoint: the handler hands
+//! each app request to its route's [`Upstream`], which picks an endpoint and sends it over the
+//! route's [`Transport`]. Issue 3 ships [`StaticUpstream`]; the resilience layer (discovery,
+//! balancing, retries, circuit breaking) implements the same trait.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::transport::{Endpoint, Transport, TransportError};
+use crate::proxy::ProxyBody;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why an upstream gave no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The route has no endpoint to send to.
+    #[error("no endpoint available")]
+    NoEndpoint,
+    /// The chosen endpoint failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The upstream decided not to send (load shedding, every endpoint ejected, ...).
+    #[error("{message}")]
+    Unavailable { status: StatusCode, message: String },
+}
+
+impl UpstreamError {
+    /// The status the app gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Transport(_) => StatusCode::BAD_GATEWAY,
+            Self::Unavailable { status, .. } => *status,
+        }
+    }
+
+    /// The `kind` label of `ambassador_upstream_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NoEndpoint => "no_endpoint",
+            Self::Transport(t) => t.kind(),
+            Self::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
+/// What the outbound handler calls once per app request.
+pub trait Upstream: Send + Sync + std::fmt::Debug + 'static {
+    fn call(&self, req: Request<ProxyBody>) -> BoxFuture<'_, Result<Response<Incoming>, UpstreamError>>;
+
+    /// An endpoint for a raw TCP connection (TCP routes), if any.
+    fn pick(&self) -> Option<Endpoint>;
+
+    /// The transport, for TCP routes.
+    fn transport(&self) -> &Transport;
+}
+
+/// Round robin over a fixed list, one try per request.
+#[derive(Debug)]
+pub struct StaticUpstream {
+    endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+    transport: Transport,
+}
+
+impl StaticUpstream {
+    pub fn new(endpoints: Vec<Endpoint>, transport: Transport) -> Self {
+        Self {
+            endpoints,
+            next: AtomicUsize::new(0),
+            transport,
+        }
+    }
+}
+
+impl Upstream for StaticUpstream {
+    fn call(&self, req: Request<ProxyBody>) -> BoxFuture<'_, Result<Response<Incoming>, UpstreamError>> {
+        Box::pin(async move {
+            let endpoint = self.pick().ok_or(UpstreamError::NoEndpoint)?;
+            Ok(self.transport.send(&endpoint, req).await?)
+        })
+    }
+
+    fn pick(&self) -> Option<Endpoint> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        self.endpoints.get(i).cloned()
+    }
+
+    fn transport(&self) -> &Transport {
+        &self.transport
+    }
+}

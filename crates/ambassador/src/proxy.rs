@@ -1,0 +1,163 @@
+//! HTTP proxying shared by both directions: the body type, hop-by-hop headers, the
+//! ambassador's own error answers, and upgrades (WebSocket, CONNECT) turned into tunnels.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::{Activity, Tracked, TunnelEnd, tunnel};
+
+/// Request and response bodies: streamed from the other side, or a small body of our own (an
+/// error answer, a body buffered for a retry).
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// An answer from the ambassador itself, with a plain-text body that says what went wrong.
+pub fn answer(status: StatusCode, message: String) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(message))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert("x-ambassador-error", HeaderValue::from_static("1"));
+    response
+}
+
+/// Whether the request asks to leave HTTP: an `Upgrade` (WebSocket) or a `CONNECT`.
+pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE)
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes the headers that belong to one connection (RFC 9110 7.6.1), and those the
+/// `Connection` header names. With `keep_upgrade`, `Upgrade` and `Connection: upgrade` stay,
+/// so the next hop sees the same upgrade request.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Fast path: most requests carry none of them.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        if headers.contains_key(header::UPGRADE) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Whether the response accepts the upgrade the request asked for.
+pub fn upgrade_accepted(method: &Method, status: StatusCode) -> bool {
+    if method == Method::CONNECT {
+        status.is_success()
+    } else {
+        status == StatusCode::SWITCHING_PROTOCOLS
+    }
+}
+
+/// Joins the client's and the upstream's upgraded connections into a tunnel, on a task the
+/// drain tracks. Each side's EOF is passed on as a half-close.
+pub fn spawn_tunnel(
+    tracker: &tokio_util::task::TaskTracker,
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: std::time::Duration,
+    stop: CancellationToken,
+    route: String,
+) {
+    tracker.spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(route, error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let activity = Activity::new(false);
+        let client = Tracked::new(TokioIo::new(client), activity.clone());
+        match tunnel(client, TokioIo::new(upstream), &activity, idle, &stop).await {
+            Ok(TunnelEnd::Done) => {}
+            Ok(end) => tracing::debug!(route, ?end, "tunnel closed"),
+            Err(e) => tracing::debug!(route, error = %e, "tunnel ended with an error"),
+        }
+    });
+}
+
+/// The status class label for an access-log line.
+pub fn access_log(
+    direction: &str,
+    route: &str,
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    seconds: f64,
+    peer: &str,
+) {
+    tracing::info!(
+        target: "access",
+        direction,
+        route,
+        method = method.as_str(),
+        path,
+        status = status.as_u16(),
+        duration_ms = seconds * 1000.0,
+        peer,
+    );
+}
+
+/// Adds `Connection: close` to an HTTP/1 response once shutdown is requested, so clients move
+/// away while the listener still answers.
+pub fn close_if_shutting_down(headers: &mut HeaderMap, requested: &CancellationToken) {
+    if requested.is_cancelled() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_named_ones_too() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        let mut plain = h.clone();
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.len(), 1);
+        assert!(plain.contains_key("x-keep"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+        assert!(!h.contains_key("x-secret"));
+    }
+}

@@ -1,0 +1,462 @@
+//! Outbound resilience: discovery, balancing, timeouts, retries, circuit breaking and load shedding for
+//! one route, around a caller-supplied "send one try to this endpoint" function.
+//!
+//! The outbound proxy owns connections (mTLS, pooling); this module owns the decisions: which endpoint,
+//! whether a failure is retried, whether an endpoint is ejected. [`Route::call`] is the seam.
+
+mod balancer;
+pub mod config;
+pub mod discovery;
+pub mod endpoint;
+pub mod metrics;
+pub mod retry;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{Either, Full};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use balancer::{Balancer, Pick};
+pub use config::{
+    BalancerKind, BreakerConfig, DiscoveryConfig, EndpointsConfig, PeakEwmaConfig, RetryConfig,
+    RouteResilienceConfig, SuccessRateConfig, TimeoutConfig,
+};
+pub use endpoint::{Endpoint, EndpointState, Health, TryOutcome};
+pub use metrics::{Metrics, RouteMetrics};
+pub use retry::{PreparedBody, ReplayBody, RetryBudget};
+
+/// Errors of any body or connection, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of a response from [`Route::call`]: the endpoint's own, or one the route made up (503, 504...).
+pub type RouteBody<B> = Either<B, Full<Bytes>>;
+
+/// Response header naming why the ambassador answered itself instead of an endpoint.
+pub const ERROR_HEADER: &str = "x-ambassador-error";
+
+/// A configuration value that is wrong; names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// How one try failed, as told by the function that sends it.
+#[derive(Debug, thiserror::Error)]
+pub enum TryError {
+    /// No connection could be established (refused, unreachable, connect timeout, TLS handshake failed):
+    /// the request never reached the endpoint, so any method may be retried.
+    #[error("connection failed: {0}")]
+    Connect(#[source] BoxError),
+    /// The request may have reached the endpoint (reset mid-request, protocol error).
+    #[error("request failed: {0}")]
+    Other(#[source] BoxError),
+}
+
+/// One outbound route: its endpoints (kept current by discovery) and its resilience policy.
+#[derive(Clone)]
+pub struct Route {
+    inner: Arc<RouteInner>,
+}
+
+struct RouteInner {
+    name: Arc<str>,
+    config: RouteResilienceConfig,
+    table: RwLock<Arc<Vec<Arc<EndpointState>>>>,
+    balancer: Balancer,
+    budget: RetryBudget,
+    limit: Option<Arc<Semaphore>>,
+    metrics: RouteMetrics,
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.inner.name)
+            .field("endpoints", &self.endpoints())
+            .finish()
+    }
+}
+
+/// An endpoint as seen from outside, for tests, logs and the admin view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSnapshot {
+    pub addr: SocketAddr,
+    pub health: &'static str,
+    pub pending: usize,
+}
+
+impl Route {
+    /// Validates the configuration and starts discovery in the background; never waits for DNS.
+    /// Must be called within a tokio runtime. Discovery stops when `token` is cancelled.
+    pub fn start(
+        name: &str,
+        endpoints: &EndpointsConfig,
+        resilience: &RouteResilienceConfig,
+        discovery: &DiscoveryConfig,
+        metrics: &Metrics,
+        token: CancellationToken,
+    ) -> Result<Self, ConfigError> {
+        resilience.validate()?;
+        let metrics = metrics.route(name);
+        let rx = discovery::start(endpoints, discovery, metrics.clone(), token.clone())?;
+        let route = Route {
+            inner: Arc::new(RouteInner {
+                name: Arc::from(name),
+                config: resilience.clone(),
+                table: RwLock::new(Arc::new(Vec::new())),
+                balancer: Balancer::new(resilience.balancer, resilience.peak_ewma.decay),
+                budget: RetryBudget::new(&resilience.retries),
+                limit: (resilience.max_concurrent_requests > 0)
+                    .then(|| Arc::new(Semaphore::new(resilience.max_concurrent_requests))),
+                metrics,
+            }),
+        };
+        route.reconcile(&rx.borrow());
+        tokio::spawn(route.clone().follow(rx, token));
+        Ok(route)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn config(&self) -> &RouteResilienceConfig {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &RouteMetrics {
+        &self.inner.metrics
+    }
+
+    /// The endpoints currently balanced over (drained ones are gone from this list).
+    pub fn endpoints(&self) -> Vec<EndpointSnapshot> {
+        self.table()
+            .iter()
+            .map(|e| EndpointSnapshot {
+                addr: e.addr(),
+                health: e.health().label(),
+                pending: e.pending(),
+            })
+            .collect()
+    }
+
+    fn table(&self) -> Arc<Vec<Arc<EndpointState>>> {
+        Arc::clone(
+            &self
+                .inner
+                .table
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    async fn follow(
+        self,
+        mut rx: watch::Receiver<discovery::EndpointList>,
+        token: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let list = rx.borrow_and_update().clone();
+                    self.reconcile(&list);
+                }
+            }
+        }
+    }
+
+    /// Applies a new endpoint list: known endpoints keep their state (latency, breaker), new ones start
+    /// healthy, vanished ones are drained (no new tries; tries in flight hold them until they finish).
+    fn reconcile(&self, list: &[SocketAddr]) {
+        let current = self.table();
+        let next: Vec<Arc<EndpointState>> = list
+            .iter()
+            .map(|addr| {
+                current
+                    .iter()
+                    .find(|e| e.addr() == *addr)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        EndpointState::new(
+                            *addr,
+                            &self.inner.config.peak_ewma,
+                            self.inner.metrics.clone(),
+                        )
+                    })
+            })
+            .collect();
+        for gone in current.iter().filter(|e| !list.contains(&e.addr())) {
+            tracing::info!(route = %self.inner.name, endpoint = %gone.label(), in_flight = gone.pending(), "endpoint removed by discovery: draining");
+            gone.mark_removed();
+        }
+        self.inner.metrics.set_endpoint_count(next.len());
+        *self
+            .inner
+            .table
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(next);
+    }
+
+    /// Sends `req` through the route: picks an endpoint per try, retries what may be retried within the
+    /// budget, feeds the breaker, and answers 503/504/502 itself when no endpoint can. `send` sends one try
+    /// to one endpoint (and should apply the connect timeout, `config().timeouts.connect`).
+    pub async fn call<B, RB, F, Fut>(&self, req: Request<B>, send: F) -> Response<RouteBody<RB>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+        F: Fn(Endpoint, Request<ReplayBody<B>>) -> Fut,
+        Fut: Future<Output = Result<Response<RB>, TryError>>,
+    {
+        let _permit = match self.admit() {
+            Ok(permit) => permit,
+            Err(limit) => {
+                self.inner.metrics.shed();
+                return self.local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    format!(
+                        "route {}: over its limit of {limit} concurrent requests",
+                        self.inner.name
+                    ),
+                );
+            }
+        };
+        self.inner.budget.deposit();
+        let timeout = self.inner.config.timeouts.request;
+        let deadline = Instant::now() + timeout;
+        match tokio::time::timeout_at(deadline, self.tries(req, send, deadline)).await {
+            Ok(response) => response,
+            Err(_) => self.local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "request-timeout",
+                format!(
+                    "route {}: no response within {} (timeouts.request)",
+                    self.inner.name,
+                    humantime::format_duration(timeout)
+                ),
+            ),
+        }
+    }
+
+    fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, usize> {
+        match &self.inner.limit {
+            None => Ok(None),
+            Some(limit) => Arc::clone(limit)
+                .try_acquire_owned()
+                .map(Some)
+                .map_err(|_| self.inner.config.max_concurrent_requests),
+        }
+    }
+
+    async fn tries<B, RB, F, Fut>(
+        &self,
+        req: Request<B>,
+        send: F,
+        deadline: Instant,
+    ) -> Response<RouteBody<RB>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+        F: Fn(Endpoint, Request<ReplayBody<B>>) -> Fut,
+        Fut: Future<Output = Result<Response<RB>, TryError>>,
+    {
+        let config = &self.inner.config;
+        let idempotent = retry::is_idempotent(&req);
+        let (parts, body) = req.into_parts();
+        let mut body = match PreparedBody::read(body, config.retries.max_buffered_body_bytes).await
+        {
+            Ok(body) => body,
+            Err(e) => {
+                return self.local(
+                    StatusCode::BAD_REQUEST,
+                    "request-body",
+                    format!("could not read the request body: {e}"),
+                );
+            }
+        };
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut retries = 0u32;
+        let mut last_failure: Option<Response<RouteBody<RB>>> = None;
+        loop {
+            let table = self.table();
+            let (state, probe) = match self.inner.balancer.pick(
+                &table,
+                &tried,
+                config.circuit_breaker.fail_open,
+            ) {
+                Pick::Endpoint { state, probe } => (state, probe),
+                Pick::NoEndpoints => {
+                    self.inner.metrics.unavailable("no_endpoints");
+                    return last_failure.unwrap_or_else(|| {
+                        self.local(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no-endpoints",
+                            format!("route {}: no endpoints (discovery has found none yet, or none are left)", self.inner.name),
+                        )
+                    });
+                }
+                Pick::AllEjected => {
+                    self.inner.metrics.unavailable("all_ejected");
+                    return last_failure.unwrap_or_else(|| {
+                        self.local(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "all-ejected",
+                            format!(
+                                "route {}: all {} endpoints are ejected by the circuit breaker after failing",
+                                self.inner.name,
+                                table.len()
+                            ),
+                        )
+                    });
+                }
+            };
+            drop(table);
+            let Some(try_body) = body.take_for_try() else {
+                // Unreachable by construction (a spent body is never retried); answer rather than panic.
+                return last_failure.unwrap_or_else(|| {
+                    self.local(
+                        StatusCode::BAD_GATEWAY,
+                        "body-spent",
+                        format!("route {}: request body already sent", self.inner.name),
+                    )
+                });
+            };
+            tried.push(state.addr());
+            let guard = state.start_try(probe);
+            let per_try = config
+                .timeouts
+                .per_try
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let result = tokio::time::timeout(
+                per_try,
+                send(
+                    state.endpoint(),
+                    Request::from_parts(parts.clone(), try_body),
+                ),
+            )
+            .await;
+            let (outcome, retry_reason, failure) = match result {
+                Ok(Ok(response)) => {
+                    let status = response.status().as_u16();
+                    let failed = config.circuit_breaker.failure_status.contains(&status);
+                    let retry = idempotent && config.retries.on_status.contains(&status);
+                    if !failed && !retry {
+                        guard.finish(
+                            TryOutcome::Success,
+                            &config.circuit_breaker,
+                            &config.peak_ewma,
+                        );
+                        return response.map(Either::Left);
+                    }
+                    let outcome = if failed {
+                        TryOutcome::Failure
+                    } else {
+                        TryOutcome::Success
+                    };
+                    (
+                        outcome,
+                        retry.then_some("status"),
+                        response.map(Either::Left),
+                    )
+                }
+                Ok(Err(TryError::Connect(e))) => (
+                    TryOutcome::ConnectFailure,
+                    Some("connect"),
+                    self.local(
+                        StatusCode::BAD_GATEWAY,
+                        "connect",
+                        format!(
+                            "route {}: endpoint {}: connection failed: {e}",
+                            self.inner.name,
+                            state.addr()
+                        ),
+                    ),
+                ),
+                Ok(Err(TryError::Other(e))) => (
+                    TryOutcome::Failure,
+                    idempotent.then_some("error"),
+                    self.local(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream-error",
+                        format!("route {}: endpoint {}: {e}", self.inner.name, state.addr()),
+                    ),
+                ),
+                Err(_) => (
+                    TryOutcome::Failure,
+                    idempotent.then_some("timeout"),
+                    self.local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "try-timeout",
+                        format!(
+                            "route {}: endpoint {} did not answer within {} (timeouts.per_try)",
+                            self.inner.name,
+                            state.addr(),
+                            humantime::format_duration(per_try)
+                        ),
+                    ),
+                ),
+            };
+            guard.finish(outcome, &config.circuit_breaker, &config.peak_ewma);
+            let Some(reason) = retry_reason else {
+                return failure;
+            };
+            if retries >= config.retries.max_retries || !body.is_replayable() {
+                return failure;
+            }
+            if !self.inner.budget.try_withdraw() {
+                self.inner.metrics.budget_exhausted();
+                return failure;
+            }
+            self.inner.metrics.retry(reason);
+            tracing::debug!(route = %self.inner.name, endpoint = %state.addr(), reason, retry = retries + 1, "retrying");
+            let pause = retry::backoff(&config.retries, retries);
+            if Instant::now() + pause >= deadline {
+                // The outer timeout would fire mid-sleep; this failure says more than a bare 504.
+                return failure;
+            }
+            retries += 1;
+            last_failure = Some(failure);
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    fn local<RB>(
+        &self,
+        status: StatusCode,
+        kind: &'static str,
+        message: String,
+    ) -> Response<RouteBody<RB>> {
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(message + "\n"))));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(kind));
+        response
+    }
+}
