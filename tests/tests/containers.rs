@@ -1,0 +1,782 @@
+//! Container tests: the images of `scripts/images.sh`, run the way a pod runs them.
+//!
+//! Two "pods" on a private Docker network, each an app container (the demo app) owning the
+//! network namespace with sidecar containers joined to it (`--network container:<app>`):
+//! pod A has the ambassador, the xml-adapter and git-sync; pod B has the ambassador. A git
+//! server container serves the config repository. Every sidecar runs as it would in a
+//! restricted pod: its image's user 65532, a read-only root filesystem, no capabilities.
+//!
+//! Where no Docker engine is reachable the tests are skipped with a printed notice; in CI
+//! (`CI=true`) a missing engine is a failure. `SIDECARS_IMAGES_PREBUILT=1` skips the image
+//! build (the images must then exist, tagged `:dev`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+
+const SIDECARS: [(&str, u16); 3] = [
+    ("ambassador", 9901),
+    ("xml-adapter", 9902),
+    ("git-sync", 9903),
+];
+const TRUST_DOMAIN: &str = "spiffe://containers.test/ns/e2e/sa";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace root")
+        .to_path_buf()
+}
+
+fn image(name: &str) -> String {
+    let repo = std::env::var("IMAGE_REPO").unwrap_or_else(|_| "ghcr.io/sidecars".into());
+    format!("{repo}/{name}:dev")
+}
+
+// ---- the engine and the images ---------------------------------------------------------------
+
+/// Whether to run: true with an engine; false (with a notice) without one, except in CI.
+fn engine_or_skip(test: &str) -> bool {
+    let reachable = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if reachable {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "CI=true but no Docker engine is reachable (`docker info` failed): the container tests must run in CI"
+        );
+    }
+    eprintln!("notice: {test} skipped: no Docker engine is reachable (`docker info` failed)");
+    false
+}
+
+/// Builds the images once per test binary (cargo and Docker both cache, so reruns are quick).
+fn build_images() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        if std::env::var("SIDECARS_IMAGES_PREBUILT").is_ok_and(|v| v == "1") {
+            return Ok(());
+        }
+        let out = Command::new(repo_root().join("scripts/images.sh"))
+            .current_dir(repo_root())
+            .output()
+            .map_err(|e| format!("cannot run scripts/images.sh: {e}"))?;
+        if out.status.success() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+            Ok(())
+        } else {
+            Err(format!(
+                "scripts/images.sh failed ({}):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run docker {args:?}: {e}"))
+}
+
+/// Runs docker and returns its trimmed stdout; panics with its stderr if it fails.
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Everything a test created, removed when it ends (pass or fail).
+struct Resources {
+    prefix: String,
+    containers: Vec<String>,
+    networks: Vec<String>,
+    volumes: Vec<String>,
+}
+
+impl Resources {
+    fn new(test: &str) -> Resources {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        Resources {
+            prefix: format!(
+                "sidecars-e2e-{}-{}-{test}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ),
+            containers: Vec::new(),
+            networks: Vec::new(),
+            volumes: Vec::new(),
+        }
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!("{}-{what}", self.prefix)
+    }
+
+    fn network(&mut self) -> String {
+        let name = self.name("net");
+        docker_ok(&["network", "create", &name]);
+        self.networks.push(name.clone());
+        name
+    }
+
+    /// A named volume (created on first mount, filled from the image's directory).
+    fn volume(&mut self, what: &str) -> String {
+        let name = self.name(what);
+        self.volumes.push(name.clone());
+        name
+    }
+
+    /// A tmpfs volume owned by 65532, shared by the containers that mount it (an emptyDir).
+    fn shared_tmpfs(&mut self, what: &str) -> String {
+        let name = self.name(what);
+        docker_ok(&[
+            "volume",
+            "create",
+            "--driver",
+            "local",
+            "--opt",
+            "type=tmpfs",
+            "--opt",
+            "device=tmpfs",
+            "--opt",
+            "o=uid=65532,gid=65532,size=32m",
+            &name,
+        ]);
+        self.volumes.push(name.clone());
+        name
+    }
+
+    /// `docker run -d` with the restricted settings of the Kubernetes manifests.
+    fn run(&mut self, what: &str, options: &[&str], image_and_args: &[&str]) -> String {
+        let name = self.name(what);
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges:true",
+        ];
+        args.extend_from_slice(options);
+        args.extend_from_slice(image_and_args);
+        self.containers.push(name.clone());
+        docker_ok(&args);
+        name
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for c in &self.containers {
+            let logs = docker(&["logs", "--tail", "30", c]);
+            out.push_str(&format!(
+                "---- {c}\n{}{}",
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Resources {
+    fn drop(&mut self) {
+        for c in self.containers.iter().rev() {
+            let _ = docker(&["rm", "-f", "-v", c]);
+        }
+        for v in &self.volumes {
+            let _ = docker(&["volume", "rm", "-f", v]);
+        }
+        for n in &self.networks {
+            let _ = docker(&["network", "rm", n]);
+        }
+    }
+}
+
+/// The host port (on 127.0.0.1) Docker published for a container's port.
+fn host_port(container: &str, port: u16) -> u16 {
+    let mapping = docker_ok(&["port", container, &format!("{port}/tcp")]);
+    mapping
+        .lines()
+        .find_map(|l| l.strip_prefix("127.0.0.1:"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{container}:{port} is not published on 127.0.0.1: {mapping:?}"))
+}
+
+// ---- plain HTTP from the test to published ports on 127.0.0.1 ----------------------------------
+
+fn http(method: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls `check` until it returns Some or the deadline passes; then panics with `what` and logs.
+fn eventually<T>(
+    res: &Resources,
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("{what}: not within {within:?}\n{}", res.logs());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn wait_ready(res: &Resources, container: &str, admin_port: u16) {
+    let port = host_port(container, admin_port);
+    eventually(
+        res,
+        &format!("{container} /readyz on :{admin_port}"),
+        Duration::from_secs(60),
+        || matches!(http("GET", port, "/readyz"), Ok((200, _))).then_some(()),
+    );
+}
+
+/// The user id the container's main process runs as, from the host's view (`docker top`).
+fn process_uid(container: &str) -> String {
+    let top = docker_ok(&["top", container, "-o", "pid,uid,comm"]);
+    top.lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no process in {container}: {top}"))
+        .to_owned()
+}
+
+/// Runs the demo app's client in `network` (`container:<app>` to be inside a pod).
+fn demo_client(network: &str, mounts: &[&str], args: &[&str]) -> (bool, String, Duration) {
+    let image = image("demo-app");
+    let mut all = vec![
+        "run",
+        "--rm",
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--network",
+        network,
+    ];
+    all.extend_from_slice(mounts);
+    all.push(&image);
+    all.extend_from_slice(args);
+    let started = Instant::now();
+    let out = docker(&all);
+    let took = started.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text, took)
+}
+
+// ---- certificates (rcgen, at test time) --------------------------------------------------------
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// A CA and one certificate per pod, each in `<dir>/<pod>/{tls.crt,tls.key,ca.crt}`.
+    fn new(pods: &[&str]) -> Pki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "container tests CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca_params.self_signed(&ca_key).expect("CA cert").pem();
+        let issuer = Issuer::new(ca_params, ca_key);
+        for pod in pods {
+            let key = KeyPair::generate().expect("leaf key");
+            let mut params = CertificateParams::new(vec![(*pod).to_owned()]).expect("leaf params");
+            params.subject_alt_names.push(SanType::URI(
+                format!("{TRUST_DOMAIN}/{pod}")
+                    .try_into()
+                    .expect("SPIFFE URI"),
+            ));
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = params.signed_by(&key, &issuer).expect("leaf cert");
+            let pod_dir = dir.path().join(pod);
+            std::fs::create_dir(&pod_dir).expect("pod cert dir");
+            std::fs::write(pod_dir.join("tls.crt"), cert.pem()).expect("write cert");
+            std::fs::write(pod_dir.join("tls.key"), key.serialize_pem()).expect("write key");
+            std::fs::write(pod_dir.join("ca.crt"), &ca_pem).expect("write CA");
+        }
+        std::fs::write(dir.path().join("ca.crt"), &ca_pem).expect("write CA");
+        // The containers run as 65532: the test-only files must be readable by it.
+        world_readable(dir.path());
+        Pki { dir }
+    }
+
+    fn mount(&self, pod: &str, at: &str) -> String {
+        format!("{}:{at}:ro", self.dir.path().join(pod).display())
+    }
+}
+
+fn world_readable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if path.is_dir() { 0o755 } else { 0o644 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).expect("read dir") {
+            world_readable(&entry.expect("dir entry").path());
+        }
+    }
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write file");
+    world_readable(&path);
+    path
+}
+
+// ---- git, from the host to the git server container ------------------------------------------
+
+struct ConfigRepo {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl ConfigRepo {
+    fn new(git_port: u16) -> ConfigRepo {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = ConfigRepo {
+            dir,
+            url: format!("git://127.0.0.1:{git_port}/config.git"),
+        };
+        repo.git(&["init", "-q", "-b", "main"]).expect("git init");
+        repo
+    }
+
+    fn git(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=e2e",
+                "-c",
+                "user.email=e2e@example.invalid",
+            ])
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("git is needed by the container tests (apt install git): {e}")
+            });
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(format!(
+                "git {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Commits `app.conf` with `text`.
+    fn commit(&self, text: &str) {
+        std::fs::write(self.dir.path().join("app.conf"), text).expect("write app.conf");
+        self.git(&["add", "app.conf"]).expect("git add");
+        self.git(&["commit", "-q", "-m", text]).expect("git commit");
+    }
+
+    /// Pushes to the git server over git:// (the server may still be starting: Err).
+    fn push(&self) -> Result<String, String> {
+        self.git(&["push", "-q", &self.url, "HEAD:refs/heads/main"])
+    }
+}
+
+// ---- the tests ---------------------------------------------------------------------------------
+
+#[test]
+fn images_are_labelled_non_root_and_shell_less() {
+    if !engine_or_skip("images_are_labelled_non_root_and_shell_less") {
+        return;
+    }
+    build_images();
+    for (name, _) in SIDECARS {
+        let image = image(name);
+        let user = docker_ok(&["image", "inspect", "-f", "{{.Config.User}}", &image]);
+        assert_eq!(user, "65532:65532", "{image}: user");
+        let labels = docker_ok(&["image", "inspect", "-f", "{{json .Config.Labels}}", &image]);
+        let labels: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&labels).expect("labels are JSON");
+        for key in [
+            "title",
+            "description",
+            "source",
+            "version",
+            "revision",
+            "licenses",
+        ] {
+            let value = labels
+                .get(&format!("org.opencontainers.image.{key}"))
+                .unwrap_or_else(|| panic!("{image}: no org.opencontainers.image.{key} label"));
+            assert!(
+                !value.is_empty() && value != "unknown",
+                "{image}: label {key} is {value:?}"
+            );
+        }
+        assert_eq!(labels["org.opencontainers.image.title"], name);
+        // No shell to exec into: an attacker (or a debugging habit) finds nothing to run.
+        let shell = docker(&[
+            "run",
+            "--rm",
+            "--entrypoint",
+            "/bin/sh",
+            &image,
+            "-c",
+            "true",
+        ]);
+        assert!(!shell.status.success(), "{image} has a /bin/sh");
+        // The binary is the whole image: it runs --version with nothing else present.
+        let version = docker_ok(&["run", "--rm", "--read-only", &image, "--version"]);
+        assert!(version.contains(name), "{image} --version said {version:?}");
+    }
+}
+
+/// The whole demo as containers, checked end to end.
+#[test]
+fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
+    if !engine_or_skip("two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync") {
+        return;
+    }
+    build_images();
+    let mut res = Resources::new("mesh");
+    let net = res.network();
+    let pki = Pki::new(&["pod-a", "pod-b"]);
+    let files = tempfile::tempdir().expect("temp dir");
+    world_readable(files.path());
+
+    // The git server, and the first config commit pushed to it from the host.
+    // The repository lives on a fresh volume, which Docker fills from the image (owned by 65532).
+    let git_data = res.volume("git-data");
+    let git_server = res.run(
+        "git-server",
+        &[
+            "--network",
+            &net,
+            "--network-alias",
+            "git-server",
+            "-p",
+            "127.0.0.1::9418",
+            "-v",
+            &format!("{git_data}:/srv/git"),
+        ],
+        &[&image("git-server")],
+    );
+    let repo = ConfigRepo::new(host_port(&git_server, 9418));
+    repo.commit("greeting = hello\n");
+    eventually(
+        &res,
+        "the first push to the git server",
+        Duration::from_secs(30),
+        || repo.push().ok(),
+    );
+
+    // Pod B: its app, and its ambassador in the app's network namespace.
+    let b_app = res.run(
+        "pod-b",
+        &[
+            "--network",
+            &net,
+            "--network-alias",
+            "pod-b",
+            "-p",
+            "127.0.0.1::9901",
+        ],
+        &[&image("demo-app"), "serve", "--name", "pod-b"],
+    );
+    let amb_b = ambassador_config(files.path(), "pod-b", "pod-a");
+    let b_amb = res.run(
+        "pod-b-ambassador",
+        &[
+            "--network",
+            &format!("container:{b_app}"),
+            "-v",
+            &pki.mount("pod-b", "/etc/ambassador/tls"),
+            "-v",
+            &format!("{}:/etc/ambassador/ambassador.yaml:ro", amb_b.display()),
+        ],
+        &[
+            &image("ambassador"),
+            "--config",
+            "/etc/ambassador/ambassador.yaml",
+        ],
+    );
+
+    // Pod A: its app reading the git-sync volume, and all three sidecars.
+    let config_volume = res.shared_tmpfs("config");
+    let a_app = res.run(
+        "pod-a",
+        &[
+            "--network",
+            &net,
+            "--network-alias",
+            "pod-a",
+            "-v",
+            &format!("{config_volume}:/git:ro"),
+            "-p",
+            "127.0.0.1::9901",
+            "-p",
+            "127.0.0.1::9902",
+            "-p",
+            "127.0.0.1::9903",
+            "-p",
+            "127.0.0.1::9108",
+        ],
+        &[
+            &image("demo-app"),
+            "serve",
+            "--name",
+            "pod-a",
+            "--config-dir",
+            "/git/current",
+        ],
+    );
+    let in_a = format!("container:{a_app}");
+    let amb_a = ambassador_config(files.path(), "pod-a", "pod-b");
+    let mapping = repo_root().join("deploy/kubernetes/config/xml-adapter/mapping.yaml");
+    let a_amb = res.run(
+        "pod-a-ambassador",
+        &[
+            "--network",
+            &in_a,
+            "-v",
+            &pki.mount("pod-a", "/etc/ambassador/tls"),
+            "-v",
+            &format!("{}:/etc/ambassador/ambassador.yaml:ro", amb_a.display()),
+        ],
+        &[
+            &image("ambassador"),
+            "--config",
+            "/etc/ambassador/ambassador.yaml",
+        ],
+    );
+    let a_xml = res.run(
+        "pod-a-xml-adapter",
+        &[
+            "--network",
+            &in_a,
+            "-v",
+            &format!("{}:/etc/xml-adapter/mapping.yaml:ro", mapping.display()),
+        ],
+        &[
+            &image("xml-adapter"),
+            "--config=/etc/xml-adapter/mapping.yaml",
+            "--upstream=http://127.0.0.1:8080/status.xml",
+            "--listen=0.0.0.0:9108",
+        ],
+    );
+    let a_git = res.run(
+        "pod-a-git-sync",
+        &["--network", &in_a, "-v", &format!("{config_volume}:/git")],
+        &[
+            &image("git-sync"),
+            "--repo=git://git-server/config.git",
+            "--ref=main",
+            "--root=/git",
+            "--period=1s",
+        ],
+    );
+
+    // Every sidecar: ready, as 65532, on a read-only root filesystem.
+    for (container, app, admin) in [
+        (&a_amb, &a_app, 9901),
+        (&a_xml, &a_app, 9902),
+        (&a_git, &a_app, 9903),
+        (&b_amb, &b_app, 9901),
+    ] {
+        wait_ready(&res, app, admin);
+        assert_eq!(process_uid(container), "65532", "{container} runs as 65532");
+        let read_only = docker_ok(&["inspect", "-f", "{{.HostConfig.ReadonlyRootfs}}", container]);
+        assert_eq!(
+            read_only, "true",
+            "{container} has a read-only root filesystem"
+        );
+    }
+
+    // git-sync published the first commit into the app's volume; the app reads it.
+    let (ok, text, _) = demo_client(
+        &in_a,
+        &[],
+        &["get", "http://127.0.0.1:8080/config/app.conf"],
+    );
+    assert!(
+        ok && text.contains("greeting = hello"),
+        "pod-a's app reads its config: {text}\n{}",
+        res.logs()
+    );
+
+    // pod-a's app -> pod-a's ambassador (plain) -> mTLS -> pod-b's ambassador -> pod-b's app.
+    let (ok, text, _) = demo_client(&in_a, &[], &["get", "http://127.0.0.1:15001/"]);
+    assert!(
+        ok,
+        "the call through both ambassadors failed: {text}\n{}",
+        res.logs()
+    );
+    assert!(text.contains("hello from pod-b"), "{text}");
+    assert!(
+        text.contains(&format!("URI={TRUST_DOMAIN}/pod-a")),
+        "pod-b's app is told who called (X-Forwarded-Client-Cert): {text}"
+    );
+
+    // A container on the same network without a certificate is refused by pod-b's ambassador,
+    // and the refusal is counted with its reason.
+    let b_admin = host_port(&b_app, 9901);
+    let refused_before = counter(
+        b_admin,
+        "ambassador_tls_failures_total",
+        "reason=\"no_certificate\"",
+    );
+    let ca = format!("{}:/ca.crt:ro", pki.dir.path().join("ca.crt").display());
+    let (ok, text, _) = demo_client(
+        &net,
+        &["-v", &ca],
+        &["get", "--ca", "/ca.crt", "https://pod-b:15443/"],
+    );
+    assert!(!ok, "a caller without a certificate got through: {text}");
+    let refused_after = counter(
+        b_admin,
+        "ambassador_tls_failures_total",
+        "reason=\"no_certificate\"",
+    );
+    assert!(
+        refused_after > refused_before,
+        "no_certificate refusals {refused_before} -> {refused_after}"
+    );
+
+    // The adapter serves the app's XML status page as metrics, including the call just made.
+    let metrics_port = host_port(&a_app, 9108);
+    let (status, metrics) = http("GET", metrics_port, "/metrics").expect("adapter /metrics");
+    assert_eq!(status, 200, "{metrics}");
+    assert!(metrics.contains("legacy_app_up 1"), "{metrics}");
+    assert!(
+        metrics.contains("legacy_app_healthy{server=\"pod-a\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("legacy_app_requests_total{route=\"/config\"}"),
+        "{metrics}"
+    );
+
+    // A commit pushed to the git server appears in the app's volume.
+    repo.commit("greeting = bonjour\n");
+    repo.push().expect("the second push");
+    eventually(
+        &res,
+        "the second commit in pod-a's volume",
+        Duration::from_secs(30),
+        || {
+            let (ok, text, _) = demo_client(
+                &in_a,
+                &[],
+                &["get", "http://127.0.0.1:8080/config/app.conf"],
+            );
+            (ok && text.contains("greeting = bonjour")).then_some(())
+        },
+    );
+
+    // Pod B goes away: pod-a's app gets a fast 503 from its own ambassador, not a hang.
+    docker_ok(&["stop", "-t", "5", &b_amb]);
+    docker_ok(&["stop", "-t", "5", &b_app]);
+    let (ok, text, took) = demo_client(
+        &in_a,
+        &[],
+        &["get", "--timeout", "30s", "http://127.0.0.1:15001/"],
+    );
+    assert!(
+        !ok && text.starts_with("503"),
+        "with pod-b down the caller gets 503: {text}"
+    );
+    assert!(took < Duration::from_secs(10), "the 503 took {took:?}");
+
+    // Pod B comes back (app first: it owns the network namespace) and the calls work again.
+    docker_ok(&["start", &b_app]);
+    docker_ok(&["start", &b_amb]);
+    wait_ready(&res, &b_app, 9901);
+    eventually(
+        &res,
+        "calls through the ambassadors after pod-b restarted",
+        Duration::from_secs(60),
+        || {
+            let (ok, text, _) = demo_client(&in_a, &[], &["get", "http://127.0.0.1:15001/"]);
+            (ok && text.contains("hello from pod-b")).then_some(())
+        },
+    );
+}
+
+/// The ambassador's config for `pod`: inbound from `peer` only, outbound to `peer`.
+fn ambassador_config(dir: &Path, pod: &str, peer: &str) -> PathBuf {
+    write_file(
+        dir,
+        &format!("ambassador-{pod}.yaml"),
+        &format!(
+            "tls:\n  cert: /etc/ambassador/tls/tls.crt\n  key: /etc/ambassador/tls/tls.key\n  ca: /etc/ambassador/tls/ca.crt\n\
+             inbound:\n  - name: app\n    listen: 0.0.0.0:15443\n    app: 127.0.0.1:8080\n    allow:\n      spiffe: [\"{TRUST_DOMAIN}/{peer}\"]\n\
+             outbound:\n  - name: {peer}\n    listen: 127.0.0.1:15001\n    endpoints: [\"{peer}:15443\"]\n    identity: {TRUST_DOMAIN}/{peer}\n"
+        ),
+    )
+}
+
+/// The sum of a counter's samples whose labels contain `label` (0 when absent).
+fn counter(admin_port: u16, name: &str, label: &str) -> f64 {
+    let (_, body) = http("GET", admin_port, "/metrics").expect("admin /metrics");
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
