@@ -57,6 +57,10 @@ impl Fixture {
         let work = dir.path().join("work");
         git(dir.path(), &["init", "-q", "-b", "main", work.to_str().unwrap()]);
         git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        // a background auto-gc would race the next commit's object writes
+        git(&work, &["config", "gc.auto", "0"]);
+        git(&bare, &["config", "gc.auto", "0"]);
+        git(&bare, &["config", "receive.autogc", "false"]);
         Fixture { dir, bare, work }
     }
 
