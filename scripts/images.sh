@@ -105,8 +105,10 @@ stage() {
             install -D -m 0755 "$bin" "$rootfs/usr/local/bin/$name"
             ;;
         git-server)
-            command -v git >/dev/null || die "git-server needs the host's git (apt install git)"
-            copy_with_libs "$rootfs" "$(readlink -f "$(command -v git)")"
+            # Debian's git and its git-core directory (not another git earlier on PATH).
+            [[ -x /usr/bin/git && -x /usr/lib/git-core/git-daemon ]] \
+                || die "git-server needs Debian's git in /usr/bin (apt install git)"
+            copy_with_libs "$rootfs" /usr/bin/git
             copy_with_libs "$rootfs" /usr/lib/git-core/git-daemon
             ln -sf /usr/bin/git "$rootfs/usr/lib/git-core/git"
             ln -sf git "$rootfs/usr/lib/git-core/git-upload-pack"
@@ -128,8 +130,9 @@ for name in "${images[@]}"; do
     desc=""
     [[ " ${RUST_IMAGES[*]} " == *" $name "* ]] && desc=$(description "$name")
     version=$VERSION
-    [[ $name == prometheus ]] && version=$(/usr/bin/prometheus --version 2>&1 | awk 'NR==1 {print $3}')
-    [[ $name == git-server ]] && version=$(git --version | awk '{print $3}')
+    # Debian versions carry suffixes (2.42.0+ds) that a tag cannot: keep the upstream part.
+    [[ $name == prometheus ]] && version=$(/usr/bin/prometheus --version 2>&1 | awk 'NR==1 {print $3}' | sed 's/[^0-9.].*//')
+    [[ $name == git-server ]] && version=$(/usr/bin/git --version | awk '{print $3}')
     echo "==> docker build $REPO/$name:$version"
     # The classic builder: BuildKit may try to pull a frontend image, and nothing can be pulled.
     DOCKER_BUILDKIT=0 docker build -q \
