@@ -44,6 +44,7 @@ impl Balancer {
         endpoints: &[Arc<EndpointState>],
         tried: &[SocketAddr],
         fail_open: bool,
+        allow_probe: bool,
     ) -> Pick {
         if endpoints.is_empty() {
             return Pick::NoEndpoints;
@@ -51,7 +52,7 @@ impl Balancer {
         let now = Instant::now();
         let untried = |e: &&Arc<EndpointState>| !tried.contains(&e.addr());
         // An endpoint whose ejection ran out gets the next request as its one probe, so it returns promptly.
-        for endpoint in endpoints.iter().filter(untried) {
+        for endpoint in endpoints.iter().filter(untried).filter(|_| allow_probe) {
             if endpoint.availability(now) == Availability::ProbeDue && endpoint.try_start_probe(now)
             {
                 return Pick::Endpoint {
@@ -138,7 +139,7 @@ mod tests {
         let eps = endpoints(3);
         let balancer = Balancer::new(BalancerKind::RoundRobin, Duration::from_secs(10));
         let seen: Vec<SocketAddr> = (0..6)
-            .map(|_| picked(balancer.pick(&eps, &[], false)).addr())
+            .map(|_| picked(balancer.pick(&eps, &[], false, true)).addr())
             .collect();
         assert_eq!(seen[..3], seen[3..]);
         assert_eq!(
@@ -160,7 +161,7 @@ mod tests {
             &PeakEwmaConfig::default(),
         );
         let picks: Vec<SocketAddr> = (0..300)
-            .map(|_| picked(balancer.pick(&eps, &[], false)).addr())
+            .map(|_| picked(balancer.pick(&eps, &[], false, true)).addr())
             .collect();
         let slow = picks.iter().filter(|a| **a == eps[0].addr()).count();
         assert_eq!(
@@ -170,7 +171,7 @@ mod tests {
         // Endpoint 1 has many requests pending: endpoint 2 wins whenever the two are compared.
         let _pending: Vec<_> = (0..10).map(|_| eps[1].start_try(false)).collect();
         let picks: Vec<SocketAddr> = (0..300)
-            .map(|_| picked(balancer.pick(&eps, &[], false)).addr())
+            .map(|_| picked(balancer.pick(&eps, &[], false, true)).addr())
             .collect();
         let busy = picks.iter().filter(|a| **a == eps[1].addr()).count();
         let idle = picks.iter().filter(|a| **a == eps[2].addr()).count();
@@ -182,8 +183,8 @@ mod tests {
         let eps = endpoints(2);
         let balancer = Balancer::new(BalancerKind::PeakEwma, Duration::from_secs(10));
         for _ in 0..20 {
-            let first = picked(balancer.pick(&eps, &[], false)).addr();
-            let second = picked(balancer.pick(&eps, &[first], false)).addr();
+            let first = picked(balancer.pick(&eps, &[], false, true)).addr();
+            let second = picked(balancer.pick(&eps, &[first], false, true)).addr();
             assert_ne!(first, second);
         }
         let cfg = BreakerConfig {
@@ -195,22 +196,28 @@ mod tests {
             .finish(TryOutcome::Failure, &cfg, &PeakEwmaConfig::default());
         for _ in 0..20 {
             assert_eq!(
-                picked(balancer.pick(&eps, &[], false)).addr(),
+                picked(balancer.pick(&eps, &[], false, true)).addr(),
                 eps[1].addr()
             );
         }
         eps[1]
             .start_try(false)
             .finish(TryOutcome::Failure, &cfg, &PeakEwmaConfig::default());
-        assert!(matches!(balancer.pick(&eps, &[], false), Pick::AllEjected));
+        assert!(matches!(
+            balancer.pick(&eps, &[], false, true),
+            Pick::AllEjected
+        ));
         assert!(
             matches!(
-                balancer.pick(&eps, &[], true),
+                balancer.pick(&eps, &[], true, true),
                 Pick::Endpoint { probe: false, .. }
             ),
             "fail-open"
         );
-        assert!(matches!(balancer.pick(&[], &[], true), Pick::NoEndpoints));
+        assert!(matches!(
+            balancer.pick(&[], &[], true, true),
+            Pick::NoEndpoints
+        ));
     }
 
     #[test]
@@ -226,13 +233,13 @@ mod tests {
             .start_try(false)
             .finish(TryOutcome::Failure, &cfg, &PeakEwmaConfig::default());
         std::thread::sleep(Duration::from_millis(10));
-        let Pick::Endpoint { state, probe: true } = balancer.pick(&eps, &[], false) else {
+        let Pick::Endpoint { state, probe: true } = balancer.pick(&eps, &[], false, true) else {
             panic!("probe expected")
         };
         assert_eq!(state.addr(), eps[0].addr());
         for _ in 0..10 {
             assert_eq!(
-                picked(balancer.pick(&eps, &[], false)).addr(),
+                picked(balancer.pick(&eps, &[], false, true)).addr(),
                 eps[1].addr(),
                 "probe in flight: no more traffic"
             );

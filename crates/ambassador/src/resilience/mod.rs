@@ -59,17 +59,82 @@ impl ConfigError {
     }
 }
 
-/// How one try failed, as told by the function that sends it.
+/// What the "send one try" function reports when it fails: whether the endpoint was never reached.
+pub trait TryFailure: fmt::Display {
+    /// True when no connection could be established (refused, unreachable, connect timeout, TLS
+    /// handshake failed): the request never reached the endpoint, so any method may be retried.
+    fn is_connect_failure(&self) -> bool;
+}
+
+/// A ready-made [`TryFailure`] for senders without an error type of their own.
 #[derive(Debug, thiserror::Error)]
 pub enum TryError {
-    /// No connection could be established (refused, unreachable, connect timeout, TLS handshake failed):
-    /// the request never reached the endpoint, so any method may be retried.
     #[error("connection failed: {0}")]
     Connect(#[source] BoxError),
     /// The request may have reached the endpoint (reset mid-request, protocol error).
     #[error("request failed: {0}")]
     Other(#[source] BoxError),
 }
+
+impl TryFailure for TryError {
+    fn is_connect_failure(&self) -> bool {
+        matches!(self, TryError::Connect(_))
+    }
+}
+
+/// Why [`Route::call`] has no endpoint response to return.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError<E> {
+    /// The route answers itself: no endpoints, all ejected, over the concurrency limit, a timeout.
+    /// `message` names the route; `kind` is a short machine-readable reason.
+    #[error("{message}")]
+    Local {
+        status: StatusCode,
+        kind: &'static str,
+        message: String,
+    },
+    /// The last try failed with this error (and was not, or could no longer be, retried).
+    #[error("route {route}: endpoint {endpoint}: {error}")]
+    Failed {
+        route: Arc<str>,
+        endpoint: SocketAddr,
+        error: E,
+    },
+}
+
+impl<E: fmt::Display> RouteError<E> {
+    /// 503/504 for local answers, 502 for a failed try.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RouteError::Local { status, .. } => *status,
+            RouteError::Failed { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RouteError::Local { kind, .. } => kind,
+            RouteError::Failed { .. } => "upstream-error",
+        }
+    }
+
+    /// A plain-text answer saying what went wrong, with the reason in [`ERROR_HEADER`].
+    pub fn into_response<RB>(self) -> Response<RouteBody<RB>> {
+        let mut response =
+            Response::new(Either::Right(Full::new(Bytes::from(format!("{self}\n")))));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(self.kind()));
+        response
+    }
+}
+
+/// The endpoint's response, or why there is none.
+pub type CallResult<RB, E> = Result<Response<RB>, RouteError<E>>;
 
 /// One outbound route: its endpoints (kept current by discovery) and its resilience policy.
 #[derive(Clone)]
@@ -221,35 +286,89 @@ impl Route {
     }
 
     /// Sends `req` through the route: picks an endpoint per try, retries what may be retried within the
-    /// budget, feeds the breaker, and answers 503/504/502 itself when no endpoint can. `send` sends one try
-    /// to one endpoint (and should apply the connect timeout, `config().timeouts.connect`).
-    pub async fn call<B, RB, F, Fut>(&self, req: Request<B>, send: F) -> Response<RouteBody<RB>>
+    /// budget, feeds the breaker, and gives up with a [`RouteError`] when no endpoint can answer. `send`
+    /// sends one try to one endpoint (and applies the connect timeout, `config().timeouts.connect`).
+    /// The body is kept for retries when at most `retries.max_buffered_body_bytes` long.
+    pub async fn call<B, RB, E, F, Fut>(&self, req: Request<B>, send: F) -> CallResult<RB, E>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
+        E: TryFailure,
         F: Fn(Endpoint, Request<ReplayBody<B>>) -> Fut,
-        Fut: Future<Output = Result<Response<RB>, TryError>>,
+        Fut: Future<Output = Result<Response<RB>, E>>,
+    {
+        let cap = self.inner.config.retries.max_buffered_body_bytes;
+        self.guarded(req, send, |body| PreparedBody::read(body, cap))
+            .await
+    }
+
+    /// Like [`Route::call`] but only keeps a body for retries when its length is known in advance (and
+    /// within the cap): a body of unknown length streams through at once, for one try, instead of
+    /// waiting to be read. For senders that can only take a whole body or the untouched original.
+    pub async fn call_known_length<B, RB, E, F, Fut>(
+        &self,
+        req: Request<B>,
+        send: F,
+    ) -> CallResult<RB, E>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+        E: TryFailure,
+        F: Fn(Endpoint, Request<ReplayBody<B>>) -> Fut,
+        Fut: Future<Output = Result<Response<RB>, E>>,
+    {
+        let cap = self.inner.config.retries.max_buffered_body_bytes;
+        self.guarded(req, send, |body| PreparedBody::read_known_length(body, cap))
+            .await
+    }
+
+    async fn guarded<B, RB, E, F, Fut, P, PF>(
+        &self,
+        req: Request<B>,
+        send: F,
+        prepare: P,
+    ) -> CallResult<RB, E>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+        E: TryFailure,
+        F: Fn(Endpoint, Request<ReplayBody<B>>) -> Fut,
+        Fut: Future<Output = Result<Response<RB>, E>>,
+        P: FnOnce(B) -> PF,
+        PF: Future<Output = Result<PreparedBody<B>, BoxError>>,
     {
         let _permit = match self.admit() {
             Ok(permit) => permit,
             Err(limit) => {
                 self.inner.metrics.shed();
-                return self.local(
+                return Err(self.local(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "overloaded",
                     format!(
                         "route {}: over its limit of {limit} concurrent requests",
                         self.inner.name
                     ),
-                );
+                ));
             }
         };
         self.inner.budget.deposit();
         let timeout = self.inner.config.timeouts.request;
         let deadline = Instant::now() + timeout;
-        match tokio::time::timeout_at(deadline, self.tries(req, send, deadline)).await {
-            Ok(response) => response,
-            Err(_) => self.local(
+        let idempotent = retry::is_idempotent(&req);
+        let (parts, body) = req.into_parts();
+        let attempt = async {
+            let body = prepare(body).await.map_err(|e| {
+                self.local(
+                    StatusCode::BAD_REQUEST,
+                    "request-body",
+                    format!("could not read the request body: {e}"),
+                )
+            })?;
+            self.tries(parts, body, idempotent, send, deadline).await
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(self.local(
                 StatusCode::GATEWAY_TIMEOUT,
                 "request-timeout",
                 format!(
@@ -257,7 +376,7 @@ impl Route {
                     self.inner.name,
                     humantime::format_duration(timeout)
                 ),
-            ),
+            )),
         }
     }
 
@@ -271,57 +390,65 @@ impl Route {
         }
     }
 
-    async fn tries<B, RB, F, Fut>(
+    /// Picks an endpoint for a connection that is not a request (raw TCP routes); never a breaker probe,
+    /// since nothing would report how it went.
+    pub fn pick_for_connection(&self) -> Option<Endpoint> {
+        match self.inner.balancer.pick(
+            &self.table(),
+            &[],
+            self.inner.config.circuit_breaker.fail_open,
+            false,
+        ) {
+            Pick::Endpoint { state, .. } => Some(state.endpoint()),
+            Pick::NoEndpoints | Pick::AllEjected => None,
+        }
+    }
+
+    async fn tries<B, RB, E, F, Fut>(
         &self,
-        req: Request<B>,
+        parts: http::request::Parts,
+        mut body: PreparedBody<B>,
+        idempotent: bool,
         send: F,
         deadline: Instant,
-    ) -> Response<RouteBody<RB>>
+    ) -> CallResult<RB, E>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
+        E: TryFailure,
         F: Fn(Endpoint, Request<ReplayBody<B>>) -> Fut,
-        Fut: Future<Output = Result<Response<RB>, TryError>>,
+        Fut: Future<Output = Result<Response<RB>, E>>,
     {
         let config = &self.inner.config;
-        let idempotent = retry::is_idempotent(&req);
-        let (parts, body) = req.into_parts();
-        let mut body = match PreparedBody::read(body, config.retries.max_buffered_body_bytes).await
-        {
-            Ok(body) => body,
-            Err(e) => {
-                return self.local(
-                    StatusCode::BAD_REQUEST,
-                    "request-body",
-                    format!("could not read the request body: {e}"),
-                );
-            }
-        };
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut retries = 0u32;
-        let mut last_failure: Option<Response<RouteBody<RB>>> = None;
+        let mut last_failure: Option<CallResult<RB, E>> = None;
         loop {
             let table = self.table();
             let (state, probe) = match self.inner.balancer.pick(
                 &table,
                 &tried,
                 config.circuit_breaker.fail_open,
+                true,
             ) {
                 Pick::Endpoint { state, probe } => (state, probe),
                 Pick::NoEndpoints => {
                     self.inner.metrics.unavailable("no_endpoints");
                     return last_failure.unwrap_or_else(|| {
-                        self.local(
+                        Err(self.local(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "no-endpoints",
-                            format!("route {}: no endpoints (discovery has found none yet, or none are left)", self.inner.name),
-                        )
+                            format!(
+                                "route {}: no endpoints (discovery has found none yet, or none are left)",
+                                self.inner.name
+                            ),
+                        ))
                     });
                 }
                 Pick::AllEjected => {
                     self.inner.metrics.unavailable("all_ejected");
                     return last_failure.unwrap_or_else(|| {
-                        self.local(
+                        Err(self.local(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "all-ejected",
                             format!(
@@ -329,7 +456,7 @@ impl Route {
                                 self.inner.name,
                                 table.len()
                             ),
-                        )
+                        ))
                     });
                 }
             };
@@ -337,11 +464,11 @@ impl Route {
             let Some(try_body) = body.take_for_try() else {
                 // Unreachable by construction (a spent body is never retried); answer rather than panic.
                 return last_failure.unwrap_or_else(|| {
-                    self.local(
+                    Err(self.local(
                         StatusCode::BAD_GATEWAY,
                         "body-spent",
                         format!("route {}: request body already sent", self.inner.name),
-                    )
+                    ))
                 });
             };
             tried.push(state.addr());
@@ -369,45 +496,32 @@ impl Route {
                             &config.circuit_breaker,
                             &config.peak_ewma,
                         );
-                        return response.map(Either::Left);
+                        return Ok(response);
                     }
                     let outcome = if failed {
                         TryOutcome::Failure
                     } else {
                         TryOutcome::Success
                     };
-                    (
-                        outcome,
-                        retry.then_some("status"),
-                        response.map(Either::Left),
-                    )
+                    (outcome, retry.then_some("status"), Ok(response))
                 }
-                Ok(Err(TryError::Connect(e))) => (
-                    TryOutcome::ConnectFailure,
-                    Some("connect"),
-                    self.local(
-                        StatusCode::BAD_GATEWAY,
-                        "connect",
-                        format!(
-                            "route {}: endpoint {}: connection failed: {e}",
-                            self.inner.name,
-                            state.addr()
-                        ),
-                    ),
-                ),
-                Ok(Err(TryError::Other(e))) => (
-                    TryOutcome::Failure,
-                    idempotent.then_some("error"),
-                    self.local(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream-error",
-                        format!("route {}: endpoint {}: {e}", self.inner.name, state.addr()),
-                    ),
-                ),
+                Ok(Err(error)) => {
+                    let connect = error.is_connect_failure();
+                    let failure = Err(RouteError::Failed {
+                        route: Arc::clone(&self.inner.name),
+                        endpoint: state.addr(),
+                        error,
+                    });
+                    if connect {
+                        (TryOutcome::ConnectFailure, Some("connect"), failure)
+                    } else {
+                        (TryOutcome::Failure, idempotent.then_some("error"), failure)
+                    }
+                }
                 Err(_) => (
                     TryOutcome::Failure,
                     idempotent.then_some("timeout"),
-                    self.local(
+                    Err(self.local(
                         StatusCode::GATEWAY_TIMEOUT,
                         "try-timeout",
                         format!(
@@ -416,7 +530,7 @@ impl Route {
                             state.addr(),
                             humantime::format_duration(per_try)
                         ),
-                    ),
+                    )),
                 ),
             };
             guard.finish(outcome, &config.circuit_breaker, &config.peak_ewma);
@@ -430,33 +544,24 @@ impl Route {
                 self.inner.metrics.budget_exhausted();
                 return failure;
             }
-            self.inner.metrics.retry(reason);
-            tracing::debug!(route = %self.inner.name, endpoint = %state.addr(), reason, retry = retries + 1, "retrying");
             let pause = retry::backoff(&config.retries, retries);
             if Instant::now() + pause >= deadline {
-                // The outer timeout would fire mid-sleep; this failure says more than a bare 504.
+                // The request timeout would fire mid-sleep; this failure says more than a bare 504.
                 return failure;
             }
+            self.inner.metrics.retry(reason);
+            tracing::debug!(route = %self.inner.name, endpoint = %state.addr(), reason, retry = retries + 1, "retrying");
             retries += 1;
             last_failure = Some(failure);
             tokio::time::sleep(pause).await;
         }
     }
 
-    fn local<RB>(
-        &self,
-        status: StatusCode,
-        kind: &'static str,
-        message: String,
-    ) -> Response<RouteBody<RB>> {
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(message + "\n"))));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        headers.insert(ERROR_HEADER, HeaderValue::from_static(kind));
-        response
+    fn local<E>(&self, status: StatusCode, kind: &'static str, message: String) -> RouteError<E> {
+        RouteError::Local {
+            status,
+            kind,
+            message,
+        }
     }
 }

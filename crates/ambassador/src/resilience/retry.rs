@@ -197,6 +197,18 @@ where
         })
     }
 
+    /// Like [`PreparedBody::read`], but a body whose length is not known in advance is not read at all:
+    /// it goes through untouched, once, instead of waiting for it.
+    pub async fn read_known_length(body: B, cap: usize) -> Result<Self, BoxError> {
+        match body.size_hint().upper() {
+            Some(upper) if upper <= cap as u64 => Self::read(body, cap).await,
+            _ => Ok(PreparedBody::OneShot {
+                prefix: Bytes::new(),
+                rest: body,
+            }),
+        }
+    }
+
     pub fn is_replayable(&self) -> bool {
         matches!(self, PreparedBody::Replayable { .. })
     }
@@ -220,6 +232,27 @@ where
                 PreparedBody::Replayable { .. } | PreparedBody::Spent => None,
             },
             PreparedBody::Spent => None,
+        }
+    }
+}
+
+impl<B> ReplayBody<B> {
+    /// The body as either the untouched original or a whole buffered copy; `None` for a partly read
+    /// original (only [`PreparedBody::read`] makes those, never `read_known_length`). Trailers of a
+    /// buffered body are dropped.
+    pub fn into_original_or_full(
+        self,
+    ) -> Option<http_body_util::Either<B, http_body_util::Full<Bytes>>> {
+        match self.inner {
+            ReplayInner::Buffered { data, .. } => Some(http_body_util::Either::Right(
+                http_body_util::Full::new(data.unwrap_or_default()),
+            )),
+            ReplayInner::Streaming { prefix: None, rest } => {
+                Some(http_body_util::Either::Left(rest))
+            }
+            ReplayInner::Streaming {
+                prefix: Some(_), ..
+            } => None,
         }
     }
 }
