@@ -233,10 +233,11 @@ fn host_port(container: &str, port: u16) -> u16 {
 
 fn http(method: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    // HTTP/1.0: the server closes after the response and never chunks it, so no decoder is needed.
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
@@ -633,6 +634,31 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
         ],
     );
 
+    // Prometheus (the compose demo's image) scrapes pod-a's adapter over the network.
+    let prometheus_config = write_file(
+        files.path(),
+        "prometheus.yml",
+        "global: {scrape_interval: 1s, scrape_timeout: 900ms}\n\
+         scrape_configs: [{job_name: legacy-app, static_configs: [{targets: [\"pod-a:9108\"]}]}]\n",
+    );
+    let prometheus = res.run(
+        "prometheus",
+        &[
+            "--network",
+            &net,
+            "-p",
+            "127.0.0.1::9090",
+            "-v",
+            &format!(
+                "{}:/etc/prometheus/prometheus.yml:ro",
+                prometheus_config.display()
+            ),
+            "--tmpfs",
+            "/prometheus:uid=65532,gid=65532",
+        ],
+        &[&image("prometheus")],
+    );
+
     // Every sidecar: ready, as 65532, on a read-only root filesystem.
     for (container, app, admin) in [
         (&a_amb, &a_app, 9901),
@@ -711,6 +737,24 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
     assert!(
         metrics.contains("legacy_app_requests_total{route=\"/config\"}"),
         "{metrics}"
+    );
+
+    // ... and Prometheus has the adapter's series (its query API says so).
+    let prometheus_port = host_port(&prometheus, 9090);
+    eventually(
+        &res,
+        "legacy_app_up == 1 in Prometheus",
+        Duration::from_secs(60),
+        || {
+            let (status, body) = http(
+                "GET",
+                prometheus_port,
+                "/api/v1/query?query=legacy_app_up%7Bjob%3D%22legacy-app%22%7D",
+            )
+            .ok()?;
+            (status == 200 && body.contains("\"result\":[{") && body.contains(",\"1\"]"))
+                .then_some(())
+        },
     );
 
     // A commit pushed to the git server appears in the app's volume.
