@@ -31,7 +31,11 @@ pub struct Cli {
     pub listen: SocketAddr,
 
     /// The legacy application's XML status page.
-    #[arg(long, env = "UPSTREAM_URL", default_value = "http://127.0.0.1:8080/status.xml")]
+    #[arg(
+        long,
+        env = "UPSTREAM_URL",
+        default_value = "http://127.0.0.1:8080/status.xml"
+    )]
     pub upstream: String,
 
     /// Extra request header `Name: value` (repeatable).
@@ -124,8 +128,13 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub enum Auth {
     None,
-    Basic { user: String, password_file: PathBuf },
-    Bearer { token_file: PathBuf },
+    Basic {
+        user: String,
+        password_file: PathBuf,
+    },
+    Bearer {
+        token_file: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -182,14 +191,20 @@ impl Config {
         }
         let mut headers = reqwest::header::HeaderMap::new();
         for h in &cli.headers {
-            let (k, v) = h.split_once(':').ok_or_else(|| ConfigError::Header(h.clone()))?;
+            let (k, v) = h
+                .split_once(':')
+                .ok_or_else(|| ConfigError::Header(h.clone()))?;
             let name = reqwest::header::HeaderName::from_bytes(k.trim().as_bytes())
                 .map_err(|_| ConfigError::Header(h.clone()))?;
             let value = reqwest::header::HeaderValue::from_str(v.trim())
                 .map_err(|_| ConfigError::Header(h.clone()))?;
             headers.append(name, value);
         }
-        let auth = match (&cli.basic_auth_user, &cli.basic_auth_password_file, &cli.bearer_token_file) {
+        let auth = match (
+            &cli.basic_auth_user,
+            &cli.basic_auth_password_file,
+            &cli.bearer_token_file,
+        ) {
             (Some(_), _, Some(_)) | (None, Some(_), Some(_)) => {
                 return Err(ConfigError::Invalid(
                     "--basic-auth-* and --bearer-token-file are exclusive".into(),
@@ -233,10 +248,14 @@ impl Config {
             return Err(ConfigError::Invalid("--timeout must be above 0".into()));
         }
         if cli.max_body_bytes == 0 {
-            return Err(ConfigError::Invalid("--max-body-bytes must be above 0".into()));
+            return Err(ConfigError::Invalid(
+                "--max-body-bytes must be above 0".into(),
+            ));
         }
         if cli.poll_interval.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::Invalid("--poll-interval must be above 0".into()));
+            return Err(ConfigError::Invalid(
+                "--poll-interval must be above 0".into(),
+            ));
         }
         Ok(Config {
             mapping_path,

@@ -174,10 +174,18 @@ pub fn format_value(v: f64) -> String {
         return "NaN".into();
     }
     if v.is_infinite() {
-        return if v > 0.0 { "+Inf".into() } else { "-Inf".into() };
+        return if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
     }
     if v == 0.0 {
-        return if v.is_sign_negative() { "-0".into() } else { "0".into() };
+        return if v.is_sign_negative() {
+            "-0".into()
+        } else {
+            "0".into()
+        };
     }
     let sci = format!("{v:e}");
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
@@ -303,7 +311,10 @@ mod tests {
         assert_eq!(format_value(0.01), "0.01");
         assert_eq!(format_value(0.00001), "1e-05");
         assert_eq!(format_value(-2.5), "-2.5");
-        assert_eq!(format_value(18446744073709551603u64 as f64), "1.8446744073709552e+19");
+        assert_eq!(
+            format_value(18446744073709551603u64 as f64),
+            "1.8446744073709552e+19"
+        );
         assert_eq!(format_value(f64::INFINITY), "+Inf");
         assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
         assert_eq!(format_value(f64::NAN), "NaN");
@@ -311,7 +322,11 @@ mod tests {
     }
 
     fn counter() -> Family {
-        let mut f = Family::new("app_requests_total", "Requests \"served\"\\ by\nthe app.", Kind::Counter);
+        let mut f = Family::new(
+            "app_requests_total",
+            "Requests \"served\"\\ by\nthe app.",
+            Kind::Counter,
+        );
         f.samples.push(Sample {
             suffix: Suffix::None,
             labels: vec![("path".into(), "a\"b\\c\nd é".into())],
@@ -358,7 +373,10 @@ mod tests {
     fn negotiation_follows_q_values() {
         let prom = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
         assert_eq!(Format::negotiate(Some(prom)), Format::OpenMetrics);
-        assert_eq!(Format::negotiate(Some("text/plain;version=0.0.4")), Format::Text004);
+        assert_eq!(
+            Format::negotiate(Some("text/plain;version=0.0.4")),
+            Format::Text004
+        );
         assert_eq!(Format::negotiate(None), Format::Text004);
         assert_eq!(
             Format::negotiate(Some("application/openmetrics-text;q=0,text/plain")),

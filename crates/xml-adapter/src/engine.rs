@@ -109,7 +109,10 @@ impl Engine {
         for (ri, rule) in mapping.rules.iter().enumerate() {
             let mut cur = 0;
             for step in &rule.record.steps {
-                let key = (cur, format!("{:?}|{:?}|{:?}", step.axis, step.test, step.preds_key()));
+                let key = (
+                    cur,
+                    format!("{:?}|{:?}|{:?}", step.axis, step.test, step.preds_key()),
+                );
                 cur = match keys.get(&key) {
                     Some(&n) => n,
                     None => {
@@ -208,6 +211,9 @@ struct Pending {
     value: f64,
 }
 
+/// Per family: label set -> (rule, (upper bound, count) per bucket record).
+type HistogramGroups = HashMap<Vec<(String, String)>, (usize, Vec<(f64, f64)>)>;
+
 struct Run<'e> {
     engine: &'e Engine,
     tags: String,
@@ -221,7 +227,7 @@ struct Run<'e> {
     child_caps: Vec<(usize, String, String)>,
     pending: Vec<Vec<Pending>>,
     /// Histogram buckets per family: labels -> (bound -> value).
-    hist: Vec<HashMap<Vec<(String, String)>, (usize, Vec<(f64, f64)>)>>,
+    hist: Vec<HistogramGroups>,
     out: Translation,
     root_seen: bool,
     root_closed: bool,
@@ -264,7 +270,11 @@ impl<'e> Run<'e> {
 
     fn issue(&mut self, rule: usize, reason: Reason, message: impl FnOnce() -> String) {
         let name = self.engine.mapping.rules[rule].name.clone();
-        *self.out.rule_issues.entry((name.clone(), reason)).or_default() += 1;
+        *self
+            .out
+            .rule_issues
+            .entry((name.clone(), reason))
+            .or_default() += 1;
         if reason.is_error() && self.out.messages.len() < MAX_MESSAGES {
             let m = message();
             self.out.messages.push(format!("rule `{name}`: {m}"));
@@ -338,12 +348,21 @@ impl<'e> Run<'e> {
                         let e = enc.to_ascii_lowercase().replace('_', "-");
                         let ok = matches!(
                             e.as_str(),
-                            "utf-8" | "utf8" | "us-ascii" | "ascii" | "iso-8859-1" | "iso8859-1" | "latin1" | "latin-1"
+                            "utf-8"
+                                | "utf8"
+                                | "us-ascii"
+                                | "ascii"
+                                | "iso-8859-1"
+                                | "iso8859-1"
+                                | "latin1"
+                                | "latin-1"
                         );
                         if !ok {
                             return Err(malformed(
                                 pos,
-                                format!("unsupported encoding `{enc}` (UTF-8 and ASCII-compatible text only)"),
+                                format!(
+                                    "unsupported encoding `{enc}` (UTF-8 and ASCII-compatible text only)"
+                                ),
                             ));
                         }
                     }
@@ -386,14 +405,20 @@ impl<'e> Run<'e> {
         let depth = self.frames.len();
         if depth == 0 {
             if self.root_closed && !self.engine.mapping.lenient {
-                return Err(malformed(pos, "a second root element (only one is allowed)"));
+                return Err(malformed(
+                    pos,
+                    "a second root element (only one is allowed)",
+                ));
             }
             self.root_seen = true;
         }
         if depth >= self.engine.mapping.limits.max_depth {
             return Err(malformed(
                 pos,
-                format!("elements nested deeper than max_depth {}", self.engine.mapping.limits.max_depth),
+                format!(
+                    "elements nested deeper than max_depth {}",
+                    self.engine.mapping.limits.max_depth
+                ),
             ));
         }
         let needs_ns = self.engine.mapping.needs_namespaces;
@@ -461,10 +486,14 @@ impl<'e> Run<'e> {
             };
             let mut bytes = e.len() as u64 + 32;
             for a in e.attributes().with_checks(true) {
-                let a = a.map_err(|err| malformed(pos, format!("bad attribute in <{}>: {err}", qname.0)))?;
+                let a = a.map_err(|err| {
+                    malformed(pos, format!("bad attribute in <{}>: {err}", qname.0))
+                })?;
                 let v = a
                     .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                    .map_err(|err| malformed(pos, format!("attribute value in <{}>: {err}", qname.0)))?;
+                    .map_err(|err| {
+                        malformed(pos, format!("attribute value in <{}>: {err}", qname.0))
+                    })?;
                 let (auri, alocal) = if needs_ns {
                     let (r, l) = reader.resolver().resolve_attribute(a.key);
                     (resolve_uri(r), l.as_ref().to_string())
@@ -546,7 +575,10 @@ impl<'e> Run<'e> {
         let name = name.0;
         loop {
             let Some(top) = self.frames.last() else {
-                return Err(malformed(pos, format!("end tag </{name}> without a start tag")));
+                return Err(malformed(
+                    pos,
+                    format!("end tag </{name}> without a start tag"),
+                ));
             };
             let top_name = &self.tags[top.tag_start..top.tag_start + top.name_len];
             if top_name == name {
@@ -653,7 +685,11 @@ impl<'e> Run<'e> {
                         let start = BytesStart::from_content(tag, f.name_len);
                         start.attributes().flatten().find_map(|a| {
                             test.matches(None, a.key.local_name().as_ref())
-                                .then(|| a.normalized_value(quick_xml::XmlVersion::Implicit1_0).ok().map(|v| v.into_owned()))
+                                .then(|| {
+                                    a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                                        .ok()
+                                        .map(|v| v.into_owned())
+                                })
                                 .flatten()
                         })
                     }
@@ -720,7 +756,11 @@ impl<'e> Run<'e> {
             });
             return;
         }
-        if !rule.record_filter.iter().all(|p| self.node_predicate(node, p)) {
+        if !rule
+            .record_filter
+            .iter()
+            .all(|p| self.node_predicate(node, p))
+        {
             return;
         }
         self.out.records += 1;
@@ -821,7 +861,9 @@ impl<'e> Run<'e> {
         }
         if rule.split {
             for (name, vals) in &labels {
-                if rule.labels.iter().any(|l| l.split && &l.name == name) && vals.len() != values.len() {
+                if rule.labels.iter().any(|l| l.split && &l.name == name)
+                    && vals.len() != values.len()
+                {
                     let (a, b) = (vals.len(), values.len());
                     let name = name.clone();
                     return self.issue(ri, Reason::Zip, || {
@@ -835,8 +877,12 @@ impl<'e> Run<'e> {
                 return self.issue(ri, Reason::Missing, || "no bucket key".into());
             };
             // Records whose key is not a bucket are not part of this histogram.
-            let Some(&bound) = h.bounds.get(key.trim()) else { return };
-            let Some(Some(v)) = values.first().copied() else { return };
+            let Some(&bound) = h.bounds.get(key.trim()) else {
+                return;
+            };
+            let Some(Some(v)) = values.first().copied() else {
+                return;
+            };
             let family = rule.family;
             let entry = self.hist[family]
                 .entry(flatten(&labels, 0))
@@ -947,7 +993,9 @@ impl<'e> Run<'e> {
                 buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
                 if buckets.windows(2).any(|w| w[0].0 == w[1].0) {
                     let l = format!("{labels:?}");
-                    self.issue(ri, Reason::Duplicate, || format!("a bucket appears twice for {l}"));
+                    self.issue(ri, Reason::Duplicate, || {
+                        format!("a bucket appears twice for {l}")
+                    });
                     continue;
                 }
                 if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
@@ -996,7 +1044,11 @@ impl<'e> Run<'e> {
             families.push(fam);
         }
         if let Some(up) = &engine.mapping.up_metric {
-            let mut f = Family::new(up, "Whether the last read of the upstream document succeeded.", Kind::Gauge);
+            let mut f = Family::new(
+                up,
+                "Whether the last read of the upstream document succeeded.",
+                Kind::Gauge,
+            );
             f.samples.push(Sample {
                 suffix: Suffix::None,
                 labels: vec![],
@@ -1015,7 +1067,11 @@ fn flatten(labels: &[(String, Vec<String>)], i: usize) -> Vec<(String, String)> 
     labels
         .iter()
         .map(|(k, v)| {
-            let val = if v.len() == 1 { &v[0] } else { v.get(i).unwrap_or(&v[0]) };
+            let val = if v.len() == 1 {
+                &v[0]
+            } else {
+                v.get(i).unwrap_or(&v[0])
+            };
             (k.clone(), val.clone())
         })
         .collect()
@@ -1040,7 +1096,11 @@ fn start_predicate<R>(
                 (None, a.key.local_name().as_ref().to_string())
             };
             test.matches(uri.as_deref(), &l)
-                .then(|| a.normalized_value(quick_xml::XmlVersion::Implicit1_0).ok().map(|v| v.into_owned()))
+                .then(|| {
+                    a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .ok()
+                        .map(|v| v.into_owned())
+                })
                 .flatten()
         }),
         // Content predicates were moved to the rule's record filter at load.
@@ -1056,7 +1116,11 @@ fn start_predicate<R>(
 pub fn failure_families(mapping: &Mapping) -> Vec<Family> {
     match &mapping.up_metric {
         Some(up) => {
-            let mut f = Family::new(up, "Whether the last read of the upstream document succeeded.", Kind::Gauge);
+            let mut f = Family::new(
+                up,
+                "Whether the last read of the upstream document succeeded.",
+                Kind::Gauge,
+            );
             f.samples.push(Sample {
                 suffix: Suffix::None,
                 labels: vec![],

@@ -7,7 +7,7 @@
 
 use std::io::BufReader;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -98,8 +98,11 @@ impl Fetcher {
             .user_agent(concat!("xml-adapter/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &config.tls.ca_file {
             let pem = read("--ca-file", ca)?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|source| ClientError::Tls { what: "--ca-file", source })?
+            for cert in
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| ClientError::Tls {
+                    what: "--ca-file",
+                    source,
+                })?
             {
                 b = b.add_root_certificate(cert);
             }
@@ -108,8 +111,10 @@ impl Fetcher {
             let mut pem = read("--client-cert", cert)?;
             pem.extend_from_slice(b"\n");
             pem.extend(read("--client-key", key)?);
-            let id = reqwest::Identity::from_pem(&pem)
-                .map_err(|source| ClientError::Tls { what: "--client-cert/--client-key", source })?;
+            let id = reqwest::Identity::from_pem(&pem).map_err(|source| ClientError::Tls {
+                what: "--client-cert/--client-key",
+                source,
+            })?;
             b = b.identity(id);
         }
         if config.tls.insecure_skip_verify {
@@ -143,17 +148,25 @@ impl Fetcher {
             Ok(g) => g,
             Err(_) => return Err(timeout),
         };
-        let mut req = self.client.get(self.url.clone()).headers(self.headers.clone());
+        let mut req = self
+            .client
+            .get(self.url.clone())
+            .headers(self.headers.clone());
         req = match &self.auth {
             Auth::None => req,
-            Auth::Basic { user, password_file } => {
-                let pw = std::fs::read_to_string(password_file)
-                    .map_err(|e| ScrapeError::Credentials(format!("{}: {e}", password_file.display())))?;
+            Auth::Basic {
+                user,
+                password_file,
+            } => {
+                let pw = std::fs::read_to_string(password_file).map_err(|e| {
+                    ScrapeError::Credentials(format!("{}: {e}", password_file.display()))
+                })?;
                 req.basic_auth(user, Some(pw.trim_end_matches(['\n', '\r'])))
             }
             Auth::Bearer { token_file } => {
-                let t = std::fs::read_to_string(token_file)
-                    .map_err(|e| ScrapeError::Credentials(format!("{}: {e}", token_file.display())))?;
+                let t = std::fs::read_to_string(token_file).map_err(|e| {
+                    ScrapeError::Credentials(format!("{}: {e}", token_file.display()))
+                })?;
                 req.bearer_auth(t.trim())
             }
         };
@@ -233,45 +246,45 @@ fn guarded(
     stop: Arc<AtomicU8>,
 ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     let body = Box::pin(body);
-    futures_util::stream::unfold(
-        (body, 0u64, false),
-        move |(mut body, seen, done)| {
-            let bytes = bytes.clone();
-            let stop = stop.clone();
-            async move {
-                if done {
-                    return None;
+    futures_util::stream::unfold((body, 0u64, false), move |(mut body, seen, done)| {
+        let bytes = bytes.clone();
+        let stop = stop.clone();
+        async move {
+            if done {
+                return None;
+            }
+            let next = match tokio::time::timeout_at(deadline, body.next()).await {
+                Err(_) => {
+                    stop.store(STOP_DEADLINE, Ordering::Relaxed);
+                    return Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "scrape deadline reached",
+                        )),
+                        (body, seen, true),
+                    ));
                 }
-                let next = match tokio::time::timeout_at(deadline, body.next()).await {
-                    Err(_) => {
-                        stop.store(STOP_DEADLINE, Ordering::Relaxed);
+                Ok(n) => n,
+            };
+            match next {
+                None => None,
+                Some(Err(e)) => Some((
+                    Err(std::io::Error::other(error_chain(&e))),
+                    (body, seen, true),
+                )),
+                Some(Ok(chunk)) => {
+                    let seen = seen + chunk.len() as u64;
+                    bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    if seen > cap {
+                        stop.store(STOP_CAP, Ordering::Relaxed);
                         return Some((
-                            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "scrape deadline reached")),
+                            Err(std::io::Error::other("body larger than --max-body-bytes")),
                             (body, seen, true),
                         ));
                     }
-                    Ok(n) => n,
-                };
-                match next {
-                    None => None,
-                    Some(Err(e)) => Some((
-                        Err(std::io::Error::other(error_chain(&e))),
-                        (body, seen, true),
-                    )),
-                    Some(Ok(chunk)) => {
-                        let seen = seen + chunk.len() as u64;
-                        bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                        if seen > cap {
-                            stop.store(STOP_CAP, Ordering::Relaxed);
-                            return Some((
-                                Err(std::io::Error::other("body larger than --max-body-bytes")),
-                                (body, seen, true),
-                            ));
-                        }
-                        Some((Ok(chunk), (body, seen, false)))
-                    }
+                    Some((Ok(chunk), (body, seen, false)))
                 }
             }
-        },
-    )
+        }
+    })
 }

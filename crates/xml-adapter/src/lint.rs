@@ -54,7 +54,10 @@ pub fn lint(mapping: &Mapping) -> Vec<Warning> {
             warn(n, "no help text".into());
         }
         if camel(n) {
-            warn(n, "metric names should be written in 'snake_case' not 'camelCase'".into());
+            warn(
+                n,
+                "metric names should be written in 'snake_case' not 'camelCase'".into(),
+            );
         }
         match f.kind {
             Kind::Counter if !n.ends_with("_total") => warn(
@@ -72,13 +75,18 @@ pub fn lint(mapping: &Mapping) -> Vec<Warning> {
             warn(n, "info metrics should have \"_info\" suffix".into());
         }
         if f.kind != Kind::Info && n.ends_with("_info") {
-            warn(n, "\"_info\" suffix on a metric that is not `type: info`".into());
+            warn(
+                n,
+                "\"_info\" suffix on a metric that is not `type: info`".into(),
+            );
         }
         for reserved in ["_count", "_sum", "_bucket", "_created"] {
             if n.ends_with(reserved) && f.kind != Kind::Counter {
                 warn(
                     n,
-                    format!("metric names should not end in \"{reserved}\" (a histogram/summary suffix)"),
+                    format!(
+                        "metric names should not end in \"{reserved}\" (a histogram/summary suffix)"
+                    ),
                 );
             }
         }
@@ -91,13 +99,19 @@ pub fn lint(mapping: &Mapping) -> Vec<Warning> {
         if let Some(u) = &f.unit
             && !stem.ends_with(&format!("_{u}"))
         {
-            warn(n, format!("unit \"{u}\" should be the last part of the name (before _total)"));
+            warn(
+                n,
+                format!("unit \"{u}\" should be the last part of the name (before _total)"),
+            );
         }
     }
     for r in &mapping.rules {
         for l in &r.labels {
             if camel(&l.name) {
-                warn(&r.name, format!("label name `{}` should be snake_case", l.name));
+                warn(
+                    &r.name,
+                    format!("label name `{}` should be snake_case", l.name),
+                );
             }
         }
     }
@@ -126,12 +140,24 @@ rules:
         .unwrap();
         let w: Vec<String> = lint(&m).iter().map(|w| w.to_string()).collect();
         let has = |s: &str| w.iter().any(|x| x.contains(s));
-        assert!(has("app_requests: counter metrics should have \"_total\""), "{w:?}");
+        assert!(
+            has("app_requests: counter metrics should have \"_total\""),
+            "{w:?}"
+        );
         assert!(has("app_up_total: non-counter"), "{w:?}");
-        assert!(has("app_latency_milliseconds: use base unit \"seconds\""), "{w:?}");
+        assert!(
+            has("app_latency_milliseconds: use base unit \"seconds\""),
+            "{w:?}"
+        );
         assert!(has("appHeapBytes: no help text"), "{w:?}");
-        assert!(has("appHeapBytes: metric names should be written in 'snake_case'"), "{w:?}");
-        assert!(has("app_build: info metrics should have \"_info\""), "{w:?}");
+        assert!(
+            has("appHeapBytes: metric names should be written in 'snake_case'"),
+            "{w:?}"
+        );
+        assert!(
+            has("app_build: info metrics should have \"_info\""),
+            "{w:?}"
+        );
         assert!(has("label name `okName`"), "{w:?}");
         assert!(!w.iter().any(|x| x.starts_with("app_size_bytes")), "{w:?}");
     }

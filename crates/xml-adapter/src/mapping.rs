@@ -279,11 +279,15 @@ impl Mapping {
         if let Some(up) = &spec.up_metric
             && !valid_metric_name(up)
         {
-            return Err(invalid(format!("up_metric `{up}` is not a valid metric name")));
+            return Err(invalid(format!(
+                "up_metric `{up}` is not a valid metric name"
+            )));
         }
         for (p, uri) in &spec.namespaces {
             if uri.is_empty() || !valid_label_name(p) {
-                return Err(invalid(format!("namespace prefix `{p}` needs a name and a URI")));
+                return Err(invalid(format!(
+                    "namespace prefix `{p}` needs a name and a URI"
+                )));
             }
         }
         let ns = &spec.namespaces;
@@ -310,7 +314,8 @@ impl Mapping {
             if spec.up_metric.as_deref() == Some(r.name.as_str()) {
                 return Err(rule_err("the same name as `up_metric`".into()));
             }
-            let record = path::parse_record_path(&r.path, ns).map_err(|e| rule_err(e.to_string()))?;
+            let record =
+                path::parse_record_path(&r.path, ns).map_err(|e| rule_err(e.to_string()))?;
             let mut record = record;
             let last = record.steps.len() - 1;
             let (content, start): (Vec<_>, Vec<_>) = record.steps[last]
@@ -320,7 +325,12 @@ impl Mapping {
             record.steps[last].predicates = start;
             let rel = |p: &str| {
                 let parsed = path::parse_rel_path(p, ns).map_err(|e| rule_err(e.to_string()))?;
-                if let RelPath::Up { child: None, leaf: path::Leaf::Text, .. } = parsed {
+                if let RelPath::Up {
+                    child: None,
+                    leaf: path::Leaf::Text,
+                    ..
+                } = parsed
+                {
                     // An ancestor is still open when the record closes: its text is incomplete.
                     return Err(rule_err(format!(
                         "`{p}`: the text of an open ancestor cannot be read; read one of its \
@@ -363,7 +373,9 @@ impl Mapping {
                     return Err(rule_err(format!("`{k}` is not a valid label name")));
                 }
                 if r.labels.contains_key(k) {
-                    return Err(rule_err(format!("label `{k}` is both a label and a const label")));
+                    return Err(rule_err(format!(
+                        "label `{k}` is both a label and a const label"
+                    )));
                 }
                 const_labels.push((k.clone(), v.clone()));
             }
@@ -377,13 +389,13 @@ impl Mapping {
                 }
             }
             let histogram = if r.kind == Kind::Histogram {
-                let bucket = r
-                    .bucket
-                    .as_deref()
-                    .ok_or_else(|| rule_err("a histogram needs `bucket` (the bucket key path)".into()))?;
+                let bucket = r.bucket.as_deref().ok_or_else(|| {
+                    rule_err("a histogram needs `bucket` (the bucket key path)".into())
+                })?;
                 let mut bounds = HashMap::new();
                 for (k, v) in &r.buckets {
-                    let b = parse_number(&v.to_text()).map_err(|e| rule_err(format!("bucket `{k}`: {e}")))?;
+                    let b = parse_number(&v.to_text())
+                        .map_err(|e| rule_err(format!("bucket `{k}`: {e}")))?;
                     bounds.insert(k.clone(), b);
                 }
                 if !bounds.values().any(|b| *b == f64::INFINITY) {
@@ -396,7 +408,9 @@ impl Mapping {
                 })
             } else {
                 if r.bucket.is_some() || !r.buckets.is_empty() {
-                    return Err(rule_err("`bucket`/`buckets` are for `type: histogram`".into()));
+                    return Err(rule_err(
+                        "`bucket`/`buckets` are for `type: histogram`".into(),
+                    ));
                 }
                 None
             };
@@ -411,7 +425,9 @@ impl Mapping {
                 return Err(rule_err("`states` is for `type: stateset`".into()));
             }
             if r.split && matches!(r.kind, Kind::Histogram | Kind::Stateset | Kind::Info) {
-                return Err(rule_err("`split` works with counter, gauge and untyped".into()));
+                return Err(rule_err(
+                    "`split` works with counter, gauge and untyped".into(),
+                ));
             }
             let value = rel(r.value.as_deref().unwrap_or("."))?;
             needs_ns |= record.needs_namespaces()
@@ -421,10 +437,14 @@ impl Mapping {
                 || histogram.as_ref().is_some_and(|h| h.bucket.needs_namespaces());
             if prefixed_above_record(&value)
                 || labels.iter().any(|l| prefixed_above_record(&l.path))
-                || histogram.as_ref().is_some_and(|h| prefixed_above_record(&h.bucket))
+                || histogram
+                    .as_ref()
+                    .is_some_and(|h| prefixed_above_record(&h.bucket))
             {
                 // Ancestors keep only their raw start tag, whose prefixes are not resolved.
-                return Err(rule_err("prefixed names above the record are not supported".into()));
+                return Err(rule_err(
+                    "prefixed names above the record are not supported".into(),
+                ));
             }
             let family = family_index(&mut families, &mut by_name, r).map_err(&rule_err)?;
             rules.push(Rule {
@@ -544,14 +564,38 @@ rules:
     #[test]
     fn bad_rules_name_the_rule() {
         for (yaml, want) in [
-            ("rules:\n  - {name: 'bad name', type: gauge, path: /a}\n", "valid metric name"),
-            ("rules:\n  - {name: a, type: gauge, path: 'a/b'}\n", "must start with"),
-            ("rules:\n  - {name: a, type: histogram, path: /a, bucket: '@n', buckets: {x: 1}}\n", "+Inf"),
-            ("rules:\n  - {name: a, type: stateset, path: /a}\n", "states"),
-            ("rules:\n  - {name: xml_adapter_up, type: gauge, path: /a}\n", "reserved"),
-            ("rules:\n  - {name: a, type: gauge, path: /a, labels: {__x: '@y'}}\n", "label name"),
-            ("rules:\n  - {name: a, type: gauge, path: /a, transforms: [{regex: '('}]}\n", "bad regex"),
-            ("rules:\n  - {name: a, type: gauge, path: /a}\n  - {name: a, type: counter, path: /b}\n", "share a type"),
+            (
+                "rules:\n  - {name: 'bad name', type: gauge, path: /a}\n",
+                "valid metric name",
+            ),
+            (
+                "rules:\n  - {name: a, type: gauge, path: 'a/b'}\n",
+                "must start with",
+            ),
+            (
+                "rules:\n  - {name: a, type: histogram, path: /a, bucket: '@n', buckets: {x: 1}}\n",
+                "+Inf",
+            ),
+            (
+                "rules:\n  - {name: a, type: stateset, path: /a}\n",
+                "states",
+            ),
+            (
+                "rules:\n  - {name: xml_adapter_up, type: gauge, path: /a}\n",
+                "reserved",
+            ),
+            (
+                "rules:\n  - {name: a, type: gauge, path: /a, labels: {__x: '@y'}}\n",
+                "label name",
+            ),
+            (
+                "rules:\n  - {name: a, type: gauge, path: /a, transforms: [{regex: '('}]}\n",
+                "bad regex",
+            ),
+            (
+                "rules:\n  - {name: a, type: gauge, path: /a}\n  - {name: a, type: counter, path: /b}\n",
+                "share a type",
+            ),
         ] {
             let e = Mapping::parse(yaml, "m.yaml").unwrap_err().to_string();
             assert!(e.contains(want), "{yaml}: {e}");

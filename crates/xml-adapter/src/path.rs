@@ -138,10 +138,17 @@ pub enum Leaf {
 #[derive(Debug, Clone)]
 pub enum RelPath {
     /// Inside the record: child steps (with any predicates), then a leaf.
-    Down { steps: Vec<(NameTest, Vec<Predicate>)>, leaf: Leaf },
+    Down {
+        steps: Vec<(NameTest, Vec<Predicate>)>,
+        leaf: Leaf,
+    },
     /// On an open ancestor: its attribute or name, or the text of one of its leaf children that
     /// closed before the record did (`child`).
-    Up { sel: AncestorSel, child: Option<NameTest>, leaf: Leaf },
+    Up {
+        sel: AncestorSel,
+        child: Option<NameTest>,
+        leaf: Leaf,
+    },
 }
 
 struct Parser<'a> {
@@ -535,7 +542,10 @@ mod tests {
         ));
         assert!(matches!(
             parse_rel_path(".", &ns()).unwrap(),
-            RelPath::Down { leaf: Leaf::Text, .. }
+            RelPath::Down {
+                leaf: Leaf::Text,
+                ..
+            }
         ));
         assert!(matches!(
             parse_rel_path("block/percent", &ns()).unwrap(),
@@ -543,15 +553,27 @@ mod tests {
         ));
         assert!(matches!(
             parse_rel_path("ancestor::view/@name", &ns()).unwrap(),
-            RelPath::Up { sel: AncestorSel::Named(_), child: None, leaf: Leaf::Attr(_) }
+            RelPath::Up {
+                sel: AncestorSel::Named(_),
+                child: None,
+                leaf: Leaf::Attr(_)
+            }
         ));
         assert!(matches!(
             parse_rel_path("../measTypes", &ns()).unwrap(),
-            RelPath::Up { sel: AncestorSel::Up(1), child: Some(_), leaf: Leaf::Text }
+            RelPath::Up {
+                sel: AncestorSel::Up(1),
+                child: Some(_),
+                leaf: Leaf::Text
+            }
         ));
         assert!(matches!(
             parse_rel_path("../../name()", &ns()).unwrap(),
-            RelPath::Up { sel: AncestorSel::Up(2), leaf: Leaf::Name, .. }
+            RelPath::Up {
+                sel: AncestorSel::Up(2),
+                leaf: Leaf::Name,
+                ..
+            }
         ));
         assert!(parse_rel_path("../a/b", &ns()).is_err());
         assert!(parse_rel_path("a[", &ns()).is_err());

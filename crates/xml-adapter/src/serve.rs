@@ -49,7 +49,10 @@ impl AppState {
         let engine = self.engine.load_full();
         let started = Instant::now();
         let bytes = Arc::new(AtomicU64::new(0));
-        let result = self.fetcher.scrape(engine.clone(), budget, bytes.clone()).await;
+        let result = self
+            .fetcher
+            .scrape(engine.clone(), budget, bytes.clone())
+            .await;
         let at = SystemTime::now();
         let n = bytes.load(std::sync::atomic::Ordering::Relaxed);
         match result {
@@ -65,7 +68,8 @@ impl AppState {
                 }
             }
             Err(e) => {
-                self.stats.record_failure(e.kind(), started.elapsed(), n, at);
+                self.stats
+                    .record_failure(e.kind(), started.elapsed(), n, at);
                 tracing::warn!(error = %e, kind = e.kind(), "scrape failed: serving up 0");
                 Snapshot {
                     families: failure_families(&engine.mapping),
@@ -133,7 +137,10 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 fn body_response(headers: &HeaderMap, content_type: &'static str, body: String) -> Response {
     let mut resp_headers = HeaderMap::new();
     resp_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    resp_headers.insert(header::VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+    resp_headers.insert(
+        header::VARY,
+        HeaderValue::from_static("Accept, Accept-Encoding"),
+    );
     if accepts_gzip(headers) {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         if gz.write_all(body.as_bytes()).is_ok()
@@ -169,7 +176,8 @@ async fn json(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respons
         "fetched_at": at,
         "samples": encode_json(&fams),
     });
-    let text = serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let text =
+        serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     body_response(&headers, "application/json", text)
 }
 
@@ -266,7 +274,11 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
 
 /// `xml-adapter check`: translate a saved document, print it and the lint warnings.
 /// Returns the process exit code: 0 served, 1 document refused, 64 mapping refused.
-pub fn check(mapping: &std::path::Path, input: &std::path::Path, format: crate::config::CheckFormat) -> u8 {
+pub fn check(
+    mapping: &std::path::Path,
+    input: &std::path::Path,
+    format: crate::config::CheckFormat,
+) -> u8 {
     let m = match Mapping::load(mapping) {
         Ok(m) => m,
         Err(e) => {
@@ -288,7 +300,10 @@ pub fn check(mapping: &std::path::Path, input: &std::path::Path, format: crate::
     let (families, error, issues) = match engine.translate(std::io::BufReader::new(file)) {
         Ok(t) => {
             for ((rule, reason), n) in &t.rule_issues {
-                eprintln!("note: rule `{rule}`: {n} sample(s) dropped ({})", reason.as_str());
+                eprintln!(
+                    "note: rule `{rule}`: {n} sample(s) dropped ({})",
+                    reason.as_str()
+                );
             }
             for m in &t.messages {
                 eprintln!("note: {m}");

@@ -43,7 +43,10 @@ pub enum TransformSpec {
     /// `{regex: 'up (\d+) days'}`: the first capture group (or the whole match).
     Regex(String),
     /// `{replace: {from: 'regex', to: '$1'}}`.
-    Replace { from: String, to: String },
+    Replace {
+        from: String,
+        to: String,
+    },
     /// Multiply by a factor (`0.001` for milliseconds to seconds).
     Scale(f64),
     /// Add a constant (e.g. a UTC offset in seconds after `date`).
@@ -407,13 +410,18 @@ impl DateParts {
             return Err(format!("`{}` is not a valid date", truncate(text)));
         }
         let days = days_from_civil(self.year, self.month, self.day);
-        let secs = days * 86400 + self.hour * 3600 + self.minute * 60 + self.second
-            - self.offset_secs;
+        let secs =
+            days * 86400 + self.hour * 3600 + self.minute * 60 + self.second - self.offset_secs;
         Ok(secs as f64 + self.frac)
     }
 }
 
-fn take_digits<'a>(s: &'a str, max: usize, what: &str, text: &str) -> Result<(i64, &'a str), String> {
+fn take_digits<'a>(
+    s: &'a str,
+    max: usize,
+    what: &str,
+    text: &str,
+) -> Result<(i64, &'a str), String> {
     let n = s
         .char_indices()
         .take(max)
@@ -428,7 +436,7 @@ fn take_digits<'a>(s: &'a str, max: usize, what: &str, text: &str) -> Result<(i6
     Ok((v, &s[n..]))
 }
 
-fn take_frac<'a>(s: &'a str) -> (f64, &'a str) {
+fn take_frac(s: &str) -> (f64, &str) {
     let n = s.chars().take_while(char::is_ascii_digit).count();
     if n == 0 {
         return (0.0, s);
@@ -457,7 +465,8 @@ pub fn parse_rfc3339(text: &str) -> Result<f64, String> {
     parse_strf(text, "%Y-%m-%dT%H:%M:%S%f%z").or_else(|_| {
         // A space instead of `T`, and a missing offset (UTC), are common enough to accept.
         let alt = text.replacen(' ', "T", 1);
-        parse_strf(&alt, "%Y-%m-%dT%H:%M:%S%f%z").or_else(|_| parse_strf(&alt, "%Y-%m-%dT%H:%M:%S%f"))
+        parse_strf(&alt, "%Y-%m-%dT%H:%M:%S%f%z")
+            .or_else(|_| parse_strf(&alt, "%Y-%m-%dT%H:%M:%S%f"))
     })
 }
 
@@ -470,7 +479,10 @@ fn validate_strf(fmt: &str) -> Result<(), String> {
     while let Some(c) = chars.next() {
         if c == '%' {
             match chars.next() {
-                Some('Y' | 'm' | 'd' | 'e' | 'H' | 'M' | 'S' | 'f' | 'z' | 'b' | 'p' | 'I' | 's' | '%') => {}
+                Some(
+                    'Y' | 'm' | 'd' | 'e' | 'H' | 'M' | 'S' | 'f' | 'z' | 'b' | 'p' | 'I' | 's'
+                    | '%',
+                ) => {}
                 other => {
                     return Err(format!(
                         "date format `{fmt}`: unsupported directive %{}",
@@ -497,9 +509,12 @@ pub fn parse_strf(text: &str, fmt: &str) -> Result<f64, String> {
     let mut pm = None;
     while let Some(c) = f.next() {
         if c != '%' {
-            s = s
-                .strip_prefix(c)
-                .ok_or_else(|| format!("`{}` does not match the date format `{fmt}`", truncate(text)))?;
+            s = s.strip_prefix(c).ok_or_else(|| {
+                format!(
+                    "`{}` does not match the date format `{fmt}`",
+                    truncate(text)
+                )
+            })?;
             continue;
         }
         let d = f.next().unwrap_or('%');
@@ -546,7 +561,10 @@ pub fn parse_strf(text: &str, fmt: &str) -> Result<f64, String> {
             's' => {
                 let (n, r) = split_number_unit(s)?;
                 if !r.is_empty() {
-                    return Err(format!("`{}`: trailing text after epoch seconds", truncate(text)));
+                    return Err(format!(
+                        "`{}`: trailing text after epoch seconds",
+                        truncate(text)
+                    ));
                 }
                 return Ok(n);
             }
@@ -611,7 +629,11 @@ mod tests {
             TransformSpec::Scale(0.001),
         ]);
         assert_eq!(apply_numeric(&c, "it took 250 ms").unwrap(), Some(0.25));
-        assert!(apply_numeric(&c, "never").unwrap_err().contains("does not match"));
+        assert!(
+            apply_numeric(&c, "never")
+                .unwrap_err()
+                .contains("does not match")
+        );
         let f = chain(&[TransformSpec::Floor]);
         assert_eq!(apply_numeric(&f, "1.9").unwrap(), Some(1.0));
     }
@@ -641,9 +663,15 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(parse_rfc3339("2021-07-15T05:11:08.926Z").unwrap(), 1626325868.926);
+        assert_eq!(
+            parse_rfc3339("2021-07-15T05:11:08.926Z").unwrap(),
+            1626325868.926
+        );
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z").unwrap(), 0.0);
-        assert_eq!(parse_rfc3339("2022-03-17T10:00:00+01:00").unwrap(), 1647507600.0);
+        assert_eq!(
+            parse_rfc3339("2022-03-17T10:00:00+01:00").unwrap(),
+            1647507600.0
+        );
         assert_eq!(parse_rfc3339("2000-02-29 12:00:00").unwrap(), 951825600.0);
         assert_eq!(
             parse_strf("12/22/2018 21:55:37", "%m/%d/%Y %H:%M:%S").unwrap(),

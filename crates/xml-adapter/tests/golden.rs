@@ -1,6 +1,8 @@
 //! Golden outputs for real documents: each mapping in `tests/mappings` (and the shipped BIND 9
 //! mapping) run over real status pages, compared with `tests/golden/*.prom`, and each golden
 //! checked by `promtool check metrics`. Regenerate with `UPDATE_GOLDEN=1 cargo test --test golden`.
+// Test helpers panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +35,12 @@ fn promtool_check(text: &str, what: &str) {
         .spawn()
         .expect("promtool (Debian package `prometheus`) must be installed for this test");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -98,7 +105,8 @@ fn bind9_reproduces_bind_exporter_samples() {
             (s.to_string(), v.parse::<f64>().unwrap())
         })
         .collect();
-    let expected = parse_expected(&root().join("tests/fixtures/bind9/bind_exporter_expected_subset.txt"));
+    let expected =
+        parse_expected(&root().join("tests/fixtures/bind9/bind_exporter_expected_subset.txt"));
     assert!(expected.len() > 30);
     for (series, value) in expected {
         assert!(
@@ -124,11 +132,26 @@ fn monit_every_service_type() {
             &format!("monit_servicetype_{t}.prom"),
         );
         assert_eq!(series_value(&text, "monit_up"), Some(1.0));
-        assert!(text.contains("monit_service_status{name="), "type {t}: {text}");
+        assert!(
+            text.contains("monit_service_status{name="),
+            "type {t}: {text}"
+        );
     }
-    let fs = check_golden("tests/mappings/monit.yaml", "monit/response_servicetype_0.xml", "monit_servicetype_0.prom");
-    assert_eq!(series_value(&fs, "monit_filesystem_block_used_ratio{name=\"test\"}"), Some(0.295));
-    for variant in ["8_failure", "8_initializingmode", "8_passivemode", "8_pendingaction"] {
+    let fs = check_golden(
+        "tests/mappings/monit.yaml",
+        "monit/response_servicetype_0.xml",
+        "monit_servicetype_0.prom",
+    );
+    assert_eq!(
+        series_value(&fs, "monit_filesystem_block_used_ratio{name=\"test\"}"),
+        Some(0.295)
+    );
+    for variant in [
+        "8_failure",
+        "8_initializingmode",
+        "8_passivemode",
+        "8_pendingaction",
+    ] {
         check_golden(
             "tests/mappings/monit.yaml",
             &format!("monit/response_servicetype_{variant}.xml"),
@@ -139,13 +162,23 @@ fn monit_every_service_type() {
 
 #[test]
 fn passenger_two_declarations_and_ancestor_labels() {
-    let text = check_golden("tests/mappings/passenger.yaml", "misc/passenger_status.xml", "passenger.prom");
+    let text = check_golden(
+        "tests/mappings/passenger.yaml",
+        "misc/passenger_status.xml",
+        "passenger.prom",
+    );
     assert_eq!(
-        series_value(&text, "passenger_process_processed_requests_total{group=\"/var/app/current/public\",pid=\"11553\"}"),
+        series_value(
+            &text,
+            "passenger_process_processed_requests_total{group=\"/var/app/current/public\",pid=\"11553\"}"
+        ),
         Some(951.0)
     );
     assert_eq!(
-        series_value(&text, "passenger_process_uptime_seconds{group=\"/var/app/current/public\",pid=\"11553\"}"),
+        series_value(
+            &text,
+            "passenger_process_uptime_seconds{group=\"/var/app/current/public\",pid=\"11553\"}"
+        ),
         Some(2.0 * 86400.0 + 5.0 * 3600.0 + 3.0 * 60.0 + 46.0)
     );
     assert_eq!(series_value(&text, "passenger_processes"), Some(23.0));
@@ -153,63 +186,166 @@ fn passenger_two_declarations_and_ancestor_labels() {
 
 #[test]
 fn neptune_apex_padded_values_and_us_dates() {
-    let text = check_golden("tests/mappings/neptune_apex.yaml", "misc/neptune_apex_status.xml", "neptune_apex.prom");
-    assert_eq!(series_value(&text, "neptune_apex_probe_value{name=\"RETURN_2_1W\",type=\"\"}"), Some(35.0));
-    // 12/22/2018 21:55:37 at UTC-8.
-    assert_eq!(series_value(&text, "neptune_apex_clock_timestamp_seconds"), Some(1545544537.0));
+    let text = check_golden(
+        "tests/mappings/neptune_apex.yaml",
+        "misc/neptune_apex_status.xml",
+        "neptune_apex.prom",
+    );
     assert_eq!(
-        series_value(&text, "neptune_apex_outlet_state{device_id=\"base_Var1\",name=\"VarSpd1_I1\",neptune_apex_outlet_state=\"PF1\"}"),
+        series_value(
+            &text,
+            "neptune_apex_probe_value{name=\"RETURN_2_1W\",type=\"\"}"
+        ),
+        Some(35.0)
+    );
+    // 12/22/2018 21:55:37 at UTC-8.
+    assert_eq!(
+        series_value(&text, "neptune_apex_clock_timestamp_seconds"),
+        Some(1545544537.0)
+    );
+    assert_eq!(
+        series_value(
+            &text,
+            "neptune_apex_outlet_state{device_id=\"base_Var1\",name=\"VarSpd1_I1\",neptune_apex_outlet_state=\"PF1\"}"
+        ),
         Some(1.0)
     );
     assert!(text.contains("neptune_apex_info{hardware=\"1.0\",hostname=\"apex\",serial=\"AC5:12345\",software=\"5.04_7A18\"} 1"), "{text}");
-    assert_eq!(series_value(&text, "neptune_apex_outlet_has_xstatus{name=\"RVortech_3_1\"}"), Some(1.0));
-    assert_eq!(series_value(&text, "neptune_apex_outlet_has_xstatus{name=\"LEAK\"}"), Some(0.0));
+    assert_eq!(
+        series_value(
+            &text,
+            "neptune_apex_outlet_has_xstatus{name=\"RVortech_3_1\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series_value(&text, "neptune_apex_outlet_has_xstatus{name=\"LEAK\"}"),
+        Some(0.0)
+    );
 }
 
 #[test]
 fn quakeml_namespaces_through_the_mappings_prefixes() {
-    let text = check_golden("tests/mappings/quakeml.yaml", "xpath-cases/earthquakes.quakeml", "quakeml.prom");
+    let text = check_golden(
+        "tests/mappings/quakeml.yaml",
+        "xpath-cases/earthquakes.quakeml",
+        "quakeml.prom",
+    );
     // Expected values from telegraf's earthquakes.conf for the same file.
     for (eventid, mag, depth, lat, lon, ts_ns) in [
-        ("7000dg8x", 6.3, 13000.0, -37.6099, 179.6102, 1614989782185000000i64),
-        ("7000dfku", 5.8, 10000.0, 39.7886, 22.1189, 1614883099415000000),
-        ("2021dmpg", 4.2, 7000.0, 36.96366667, -98.09383333, 1613743017950000000),
+        (
+            "7000dg8x",
+            6.3,
+            13000.0,
+            -37.6099,
+            179.6102,
+            1614989782185000000i64,
+        ),
+        (
+            "7000dfku",
+            5.8,
+            10000.0,
+            39.7886,
+            22.1189,
+            1614883099415000000,
+        ),
+        (
+            "2021dmpg",
+            4.2,
+            7000.0,
+            36.96366667,
+            -98.09383333,
+            1613743017950000000,
+        ),
     ] {
-        assert!(text.lines().any(|l| l.starts_with("earthquake_magnitude{") && l.contains(&format!("eventid=\"{eventid}\"")) && l.ends_with(&format!(" {mag}"))), "{eventid}");
-        assert_eq!(series_value(&text, &format!("earthquake_depth_meters{{eventid=\"{eventid}\"}}")), Some(depth));
-        assert_eq!(series_value(&text, &format!("earthquake_latitude_degrees{{eventid=\"{eventid}\"}}")), Some(lat));
-        assert_eq!(series_value(&text, &format!("earthquake_longitude_degrees{{eventid=\"{eventid}\"}}")), Some(lon));
-        let ts = series_value(&text, &format!("earthquake_origin_timestamp_seconds{{eventid=\"{eventid}\"}}")).unwrap();
+        assert!(
+            text.lines().any(|l| l.starts_with("earthquake_magnitude{")
+                && l.contains(&format!("eventid=\"{eventid}\""))
+                && l.ends_with(&format!(" {mag}"))),
+            "{eventid}"
+        );
+        assert_eq!(
+            series_value(
+                &text,
+                &format!("earthquake_depth_meters{{eventid=\"{eventid}\"}}")
+            ),
+            Some(depth)
+        );
+        assert_eq!(
+            series_value(
+                &text,
+                &format!("earthquake_latitude_degrees{{eventid=\"{eventid}\"}}")
+            ),
+            Some(lat)
+        );
+        assert_eq!(
+            series_value(
+                &text,
+                &format!("earthquake_longitude_degrees{{eventid=\"{eventid}\"}}")
+            ),
+            Some(lon)
+        );
+        let ts = series_value(
+            &text,
+            &format!("earthquake_origin_timestamp_seconds{{eventid=\"{eventid}\"}}"),
+        )
+        .unwrap();
         assert!((ts - ts_ns as f64 / 1e9).abs() < 1e-3, "{eventid}: {ts}");
     }
-    assert_eq!(text.lines().filter(|l| l.starts_with("earthquake_magnitude{")).count(), 15);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("earthquake_magnitude{"))
+            .count(),
+        15
+    );
     // The event without a station count has no sample (and the rule counts it as missing).
-    assert_eq!(text.lines().filter(|l| l.starts_with("earthquake_stations_used{")).count(), 14);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("earthquake_stations_used{"))
+            .count(),
+        14
+    );
     // A mapping whose prefix points at another namespace URI matches nothing.
     let wrong = Mapping::parse(
         "namespaces: {bed: 'urn:not-quakeml'}\nrules:\n  - {name: x, type: gauge, path: '//bed:event', value: '@publicID'}\n",
         "wrong.yaml",
     )
     .unwrap();
-    let f = std::fs::File::open(root().join("tests/fixtures/xpath-cases/earthquakes.quakeml")).unwrap();
-    let t = Engine::new(wrong).translate(std::io::BufReader::new(f)).unwrap();
+    let f =
+        std::fs::File::open(root().join("tests/fixtures/xpath-cases/earthquakes.quakeml")).unwrap();
+    let t = Engine::new(wrong)
+        .translate(std::io::BufReader::new(f))
+        .unwrap();
     assert_eq!(t.records, 0);
 }
 
 #[test]
 fn threegpp_types_zip_with_results_in_lenient_mode() {
-    let text = check_golden("tests/mappings/3gpp.yaml", "misc/3gpp_pmdata.xml", "3gpp.prom");
+    let text = check_golden(
+        "tests/mappings/3gpp.yaml",
+        "misc/3gpp_pmdata.xml",
+        "3gpp.prom",
+    );
     assert_eq!(
-        series_value(&text, "pm_measurement{info=\"RRC\",object=\"ENBFunction=ORAN-XXXX-TB,EUtranCellFDD=TL08-123456-31\",type=\"VS.RRC.EutrantoNRRedirAttNbr\"}"),
+        series_value(
+            &text,
+            "pm_measurement{info=\"RRC\",object=\"ENBFunction=ORAN-XXXX-TB,EUtranCellFDD=TL08-123456-31\",type=\"VS.RRC.EutrantoNRRedirAttNbr\"}"
+        ),
         Some(30.0)
     );
-    assert_eq!(series_value(&text, "pm_file_begin_timestamp_seconds"), Some(1647511200.0));
+    assert_eq!(
+        series_value(&text, "pm_file_begin_timestamp_seconds"),
+        Some(1647511200.0)
+    );
     let e = engine("tests/mappings/3gpp.yaml");
     let t = translate(&e, "misc/3gpp_pmdata.xml");
     assert_eq!(t.recovered, 1, "one missing </measData> recovered");
     // FDDL lists one type for five results: never zipped by guess, counted per record.
     assert_eq!(
-        t.rule_issues.get(&("pm_measurement".to_string(), xml_adapter::engine::Reason::Zip)),
+        t.rule_issues.get(&(
+            "pm_measurement".to_string(),
+            xml_adapter::engine::Reason::Zip
+        )),
         Some(&6)
     );
     assert!(!text.contains("FDDL"));
@@ -218,21 +354,40 @@ fn threegpp_types_zip_with_results_in_lenient_mode() {
 #[test]
 fn threegpp_is_refused_in_strict_mode() {
     let src = std::fs::read_to_string(root().join("tests/mappings/3gpp.yaml")).unwrap();
-    let strict = Mapping::parse(&src.replace("lenient: true", "lenient: false"), "strict.yaml").unwrap();
+    let strict = Mapping::parse(
+        &src.replace("lenient: true", "lenient: false"),
+        "strict.yaml",
+    )
+    .unwrap();
     let f = std::fs::File::open(root().join("tests/fixtures/misc/3gpp_pmdata.xml")).unwrap();
-    let err = Engine::new(strict).translate(std::io::BufReader::new(f)).unwrap_err().to_string();
-    assert!(err.contains("expected </measData>, found </measCollecFile>"), "{err}");
+    let err = Engine::new(strict)
+        .translate(std::io::BufReader::new(f))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("expected </measData>, found </measCollecFile>"),
+        "{err}"
+    );
 }
 
 #[test]
 fn monit_invalid_documents_are_refused_with_reasons() {
     let e = engine("tests/mappings/monit.yaml");
     for (fixture, want) in [
-        ("monit/response_invalidxml_1.xml", "expected </block>, found </service>"),
-        ("monit/response_invalidxml_3.xml", "unsupported encoding `UTF-16`"),
+        (
+            "monit/response_invalidxml_1.xml",
+            "expected </block>, found </service>",
+        ),
+        (
+            "monit/response_invalidxml_3.xml",
+            "unsupported encoding `UTF-16`",
+        ),
     ] {
         let f = std::fs::File::open(root().join("tests/fixtures").join(fixture)).unwrap();
-        let err = e.translate(std::io::BufReader::new(f)).unwrap_err().to_string();
+        let err = e
+            .translate(std::io::BufReader::new(f))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(want), "{fixture}: {err}");
     }
     // invalidxml_2 is well-formed XML: `0.0` where Monit's schema wants an integer is a fine

@@ -1,5 +1,7 @@
 //! The real adapter binary against a scripted upstream on 127.0.0.1: what /metrics and /json
 //! serve, and how bad upstreams are reported (never a crash, never a partial set as complete).
+// Test helpers panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -20,14 +22,23 @@ async fn serves_translated_samples_self_metrics_and_json() {
     let a = start_adapter(&bind_mapping(), &up.url(), &[]).await;
     let page = get_text(&a.url("/metrics")).await;
     assert_eq!(value(&page, "bind_up"), Some(1.0));
-    assert_eq!(value(&page, "bind_incoming_queries_total{type=\"A\"}"), Some(128417.0));
     assert_eq!(
-        value(&page, "bind_resolver_query_duration_seconds_bucket{view=\"_default\",le=\"+Inf\"}"),
+        value(&page, "bind_incoming_queries_total{type=\"A\"}"),
+        Some(128417.0)
+    );
+    assert_eq!(
+        value(
+            &page,
+            "bind_resolver_query_duration_seconds_bucket{view=\"_default\",le=\"+Inf\"}"
+        ),
         Some(227755.0)
     );
     assert_eq!(value(&page, "xml_adapter_up"), Some(1.0));
     assert!(value(&page, "xml_adapter_series").unwrap() > 100.0);
-    assert!(value(&page, "xml_adapter_scrape_bytes").unwrap() >= fixture("bind9/server.xml").len() as f64);
+    assert!(
+        value(&page, "xml_adapter_scrape_bytes").unwrap()
+            >= fixture("bind9/server.xml").len() as f64
+    );
     assert!(value(&page, "xml_adapter_last_success_timestamp_seconds").unwrap() > 1.7e9);
     assert!(value(&page, "xml_adapter_scrape_duration_seconds").unwrap() > 0.0);
     promtool_check(&page).unwrap();
@@ -35,7 +46,11 @@ async fn serves_translated_samples_self_metrics_and_json() {
     let json: serde_json::Value = serde_json::from_str(&get_text(&a.url("/json")).await).unwrap();
     assert_eq!(json["up"], true);
     let samples = json["samples"].as_array().unwrap();
-    assert!(samples.iter().any(|s| s["name"] == "bind_recursive_clients" && s["value"] == 76.0));
+    assert!(
+        samples
+            .iter()
+            .any(|s| s["name"] == "bind_recursive_clients" && s["value"] == 76.0)
+    );
     // The kit's admin server: ready once the mapping is loaded.
     assert_eq!(get(&a.admin_url("/readyz"), &[]).await.status(), 200);
 }
@@ -44,9 +59,15 @@ async fn serves_translated_samples_self_metrics_and_json() {
 async fn openmetrics_negotiation_and_gzip() {
     let up = start_upstream(Behaviour::Body(Arc::new(fixture("bind9/server.xml")))).await;
     let a = start_adapter(&bind_mapping(), &up.url(), &[]).await;
-    let accept = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+    let accept =
+        "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
     let r = get(&a.url("/metrics"), &[("Accept", accept)]).await;
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text; version=1.0.0"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text; version=1.0.0")
+    );
     let om = r.text().await.unwrap();
     assert!(om.ends_with("# EOF\n"));
     assert!(om.contains("# TYPE bind_incoming_queries counter\n"));
@@ -56,17 +77,27 @@ async fn openmetrics_negotiation_and_gzip() {
 
     let r = get(&a.url("/metrics"), &[("Accept-Encoding", "gzip")]).await;
     assert_eq!(r.headers()["content-encoding"], "gzip");
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
     let body = r.bytes().await.unwrap();
     let mut text = String::new();
-    flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut text).unwrap();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut text)
+        .unwrap();
     assert!(text.contains("# TYPE bind_incoming_queries_total counter\n"));
     assert!(!text.contains("# EOF"));
 }
 
 #[tokio::test]
 async fn malformed_upstream_serves_up_0_and_nothing_partial() {
-    let up = start_upstream(Behaviour::Body(Arc::new(fixture("monit/response_invalidxml_1.xml")))).await;
+    let up = start_upstream(Behaviour::Body(Arc::new(fixture(
+        "monit/response_invalidxml_1.xml",
+    ))))
+    .await;
     let a = start_adapter(&manifest_path("tests/mappings/monit.yaml"), &up.url(), &[]).await;
     let r = get(&a.url("/metrics"), &[]).await;
     assert_eq!(r.status(), 200);
@@ -76,15 +107,24 @@ async fn malformed_upstream_serves_up_0_and_nothing_partial() {
     // The service records before the broken element were fine, and are still not served.
     assert!(!page.contains("monit_server_uptime_seconds"), "{page}");
     assert!(!page.contains("monit_service_status"), "{page}");
-    assert_eq!(value(&page, "xml_adapter_scrape_errors_total{kind=\"malformed\"}"), Some(1.0));
+    assert_eq!(
+        value(&page, "xml_adapter_scrape_errors_total{kind=\"malformed\"}"),
+        Some(1.0)
+    );
     promtool_check(&page).unwrap();
-    assert!(a.proc.wait_log("expected </block>, found </service>"), "{}", a.proc.log());
+    assert!(
+        a.proc.wait_log("expected </block>, found </service>"),
+        "{}",
+        a.proc.log()
+    );
     // The JSON view says why.
     let json: serde_json::Value = serde_json::from_str(&get_text(&a.url("/json")).await).unwrap();
     assert_eq!(json["up"], false);
     assert!(json["error"].as_str().unwrap().contains("</block>"));
     // Then the upstream recovers: so does the adapter, without a restart.
-    up.set(Behaviour::Body(Arc::new(fixture("monit/response_servicetype_3.xml"))));
+    up.set(Behaviour::Body(Arc::new(fixture(
+        "monit/response_servicetype_3.xml",
+    ))));
     let page = get_text(&a.url("/metrics")).await;
     assert_eq!(value(&page, "monit_up"), Some(1.0));
 }
@@ -99,7 +139,11 @@ async fn dtd_entities_are_never_expanded() {
     let a = start_adapter(&bind_mapping(), &up.url(), &[]).await;
     let page = get_text(&a.url("/metrics")).await;
     assert_eq!(value(&page, "bind_up"), Some(0.0));
-    assert!(a.proc.wait_log("undefined entity `&lol2;`"), "{}", a.proc.log());
+    assert!(
+        a.proc.wait_log("undefined entity `&lol2;`"),
+        "{}",
+        a.proc.log()
+    );
     up.set(Behaviour::Body(Arc::new(
         br#"<?xml version="1.0"?><!DOCTYPE s [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><statistics><server><version>&xxe;</version></server></statistics>"#.to_vec(),
     )));
@@ -119,15 +163,24 @@ async fn a_bad_value_drops_only_its_sample_and_labels_are_escaped() {
     let a = start_adapter(&bind_mapping(), &up.url(), &[]).await;
     let page = get_text(&a.url("/metrics")).await;
     assert_eq!(value(&page, "bind_up"), Some(1.0));
-    assert_eq!(value(&page, "bind_incoming_queries_total{type=\"A\"}"), Some(10.0));
+    assert_eq!(
+        value(&page, "bind_incoming_queries_total{type=\"A\"}"),
+        Some(10.0)
+    );
     assert!(!page.contains("type=\"AAAA\""));
     assert_eq!(
-        value(&page, "bind_incoming_queries_total{type=\"we\\\"ird\\\\ \\nünï\"}"),
+        value(
+            &page,
+            "bind_incoming_queries_total{type=\"we\\\"ird\\\\ \\nünï\"}"
+        ),
         Some(3.0),
         "{page}"
     );
     assert_eq!(
-        value(&page, "xml_adapter_rule_errors_total{reason=\"bad_value\",rule=\"bind_incoming_queries_total\"}"),
+        value(
+            &page,
+            "xml_adapter_rule_errors_total{reason=\"bad_value\",rule=\"bind_incoming_queries_total\"}"
+        ),
         Some(1.0)
     );
     promtool_check(&page).unwrap();
@@ -156,17 +209,39 @@ async fn one_kept_alive_connection_for_many_scrapes() {
 
 #[tokio::test]
 async fn slow_upstream_answers_within_prometheus_scrape_timeout() {
-    let up = start_upstream(Behaviour::Slow(Duration::from_secs(5), Arc::new(fixture("bind9/server.xml")))).await;
-    let a = start_adapter(&bind_mapping(), &up.url(), &["--timeout", "30s", "--timeout-offset", "200ms"]).await;
+    let up = start_upstream(Behaviour::Slow(
+        Duration::from_secs(5),
+        Arc::new(fixture("bind9/server.xml")),
+    ))
+    .await;
+    let a = start_adapter(
+        &bind_mapping(),
+        &up.url(),
+        &["--timeout", "30s", "--timeout-offset", "200ms"],
+    )
+    .await;
     let started = Instant::now();
-    let r = get(&a.url("/metrics"), &[("X-Prometheus-Scrape-Timeout-Seconds", "1.5")]).await;
+    let r = get(
+        &a.url("/metrics"),
+        &[("X-Prometheus-Scrape-Timeout-Seconds", "1.5")],
+    )
+    .await;
     let took = started.elapsed();
     assert_eq!(r.status(), 200);
     let page = r.text().await.unwrap();
-    assert!(took < Duration::from_millis(2500), "answered after {took:?}");
-    assert!(took >= Duration::from_millis(1200), "answered after {took:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "answered after {took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1200),
+        "answered after {took:?}"
+    );
     assert_eq!(value(&page, "bind_up"), Some(0.0));
-    assert_eq!(value(&page, "xml_adapter_scrape_errors_total{kind=\"timeout\"}"), Some(1.0));
+    assert_eq!(
+        value(&page, "xml_adapter_scrape_errors_total{kind=\"timeout\"}"),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -178,12 +253,21 @@ async fn upstream_closing_mid_body_is_a_failed_scrape() {
     let page = get_text(&a.url("/metrics")).await;
     assert_eq!(value(&page, "bind_up"), Some(0.0));
     assert!(!page.contains("bind_incoming_queries_total{"), "{page}");
-    assert_eq!(value(&page, "xml_adapter_scrape_errors_total{kind=\"fetch\"}"), Some(1.0));
+    assert_eq!(
+        value(&page, "xml_adapter_scrape_errors_total{kind=\"fetch\"}"),
+        Some(1.0)
+    );
     assert!(a.proc.wait_log("the body broke off"), "{}", a.proc.log());
     // HTTP errors are failures too.
     up.set(Behaviour::Status(503));
     let page = get_text(&a.url("/metrics")).await;
-    assert_eq!(value(&page, "xml_adapter_scrape_errors_total{kind=\"http_status\"}"), Some(1.0));
+    assert_eq!(
+        value(
+            &page,
+            "xml_adapter_scrape_errors_total{kind=\"http_status\"}"
+        ),
+        Some(1.0)
+    );
     assert_eq!(value(&page, "bind_up"), Some(0.0));
 }
 
@@ -193,22 +277,39 @@ async fn body_cap_refuses_and_counts() {
     let a = start_adapter(&bind_mapping(), &up.url(), &["--max-body-bytes", "1000000"]).await;
     let page = get_text(&a.url("/metrics")).await;
     assert_eq!(value(&page, "bind_up"), Some(0.0));
-    assert_eq!(value(&page, "xml_adapter_scrape_errors_total{kind=\"body_cap\"}"), Some(1.0));
-    assert_eq!(value(&page, "xml_adapter_cap_truncations_total{cap=\"body\"}"), Some(1.0));
+    assert_eq!(
+        value(&page, "xml_adapter_scrape_errors_total{kind=\"body_cap\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&page, "xml_adapter_cap_truncations_total{cap=\"body\"}"),
+        Some(1.0)
+    );
     // With a Content-Length above the cap, nothing is read at all.
     up.set(Behaviour::Body(Arc::new(vec![b' '; 2_000_000])));
     let page = get_text(&a.url("/metrics")).await;
-    assert_eq!(value(&page, "xml_adapter_scrape_errors_total{kind=\"body_cap\"}"), Some(2.0));
+    assert_eq!(
+        value(&page, "xml_adapter_scrape_errors_total{kind=\"body_cap\"}"),
+        Some(2.0)
+    );
 }
 
 #[tokio::test]
 async fn a_200_mb_document_streams_through() {
     let size = 200_000_000u64;
     let up = start_upstream(Behaviour::Generated(size)).await;
-    let a = start_adapter(&bind_mapping(), &up.url(), &["--max-body-bytes", "300000000", "--timeout", "300s"]).await;
+    let a = start_adapter(
+        &bind_mapping(),
+        &up.url(),
+        &["--max-body-bytes", "300000000", "--timeout", "300s"],
+    )
+    .await;
     let page = get_text(&a.url("/metrics")).await;
     assert_eq!(value(&page, "bind_up"), Some(1.0), "{}", a.proc.log());
-    assert_eq!(value(&page, "bind_tasks{state=\"idle\"}"), Some(generated_tasks(size) as f64));
+    assert_eq!(
+        value(&page, "bind_tasks{state=\"idle\"}"),
+        Some(generated_tasks(size) as f64)
+    );
     assert_eq!(value(&page, "bind_worker_threads"), Some(16.0));
     assert!(value(&page, "xml_adapter_scrape_bytes").unwrap() > size as f64 * 0.99);
 }
@@ -223,7 +324,10 @@ async fn series_cap_truncates_visibly() {
     let a = start_adapter(&capped, &up.url(), &[]).await;
     let page = get_text(&a.url("/metrics")).await;
     assert_eq!(value(&page, "xml_adapter_series"), Some(5.0));
-    assert_eq!(value(&page, "xml_adapter_cap_truncations_total{cap=\"series\"}"), Some(1.0));
+    assert_eq!(
+        value(&page, "xml_adapter_cap_truncations_total{cap=\"series\"}"),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -233,29 +337,60 @@ async fn credentials_come_from_files() {
     std::fs::write(&token, "s3cret\n").unwrap();
     let body = Arc::new(fixture("bind9/zones.xml"));
     let up = start_upstream(Behaviour::RequireAuth("Bearer s3cret".into(), body.clone())).await;
-    let a = start_adapter(&bind_mapping(), &up.url(), &["--bearer-token-file", token.to_str().unwrap()]).await;
-    assert_eq!(value(&get_text(&a.url("/metrics")).await, "bind_up"), Some(1.0));
+    let a = start_adapter(
+        &bind_mapping(),
+        &up.url(),
+        &["--bearer-token-file", token.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(
+        value(&get_text(&a.url("/metrics")).await, "bind_up"),
+        Some(1.0)
+    );
     // Rotated on disk: the next fetch uses the new token.
     std::fs::write(&token, "rotated").unwrap();
-    up.set(Behaviour::RequireAuth("Bearer rotated".into(), body.clone()));
-    assert_eq!(value(&get_text(&a.url("/metrics")).await, "bind_up"), Some(1.0));
+    up.set(Behaviour::RequireAuth(
+        "Bearer rotated".into(),
+        body.clone(),
+    ));
+    assert_eq!(
+        value(&get_text(&a.url("/metrics")).await, "bind_up"),
+        Some(1.0)
+    );
     drop(a);
 
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "hunter2").unwrap();
     // "user:hunter2" in base64.
-    up.set(Behaviour::RequireAuth("Basic dXNlcjpodW50ZXIy".into(), body));
+    up.set(Behaviour::RequireAuth(
+        "Basic dXNlcjpodW50ZXIy".into(),
+        body,
+    ));
     let a = start_adapter(
         &bind_mapping(),
         &up.url(),
-        &["--basic-auth-user", "user", "--basic-auth-password-file", pw.to_str().unwrap()],
+        &[
+            "--basic-auth-user",
+            "user",
+            "--basic-auth-password-file",
+            pw.to_str().unwrap(),
+        ],
     )
     .await;
-    assert_eq!(value(&get_text(&a.url("/metrics")).await, "bind_up"), Some(1.0));
+    assert_eq!(
+        value(&get_text(&a.url("/metrics")).await, "bind_up"),
+        Some(1.0)
+    );
     std::fs::write(&pw, "wrong").unwrap();
     let page = get_text(&a.url("/metrics")).await;
     assert_eq!(value(&page, "bind_up"), Some(0.0));
-    assert_eq!(value(&page, "xml_adapter_scrape_errors_total{kind=\"http_status\"}"), Some(1.0));
+    assert_eq!(
+        value(
+            &page,
+            "xml_adapter_scrape_errors_total{kind=\"http_status\"}"
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -284,17 +419,33 @@ async fn mapping_reload_refuses_a_broken_mapping_and_keeps_serving() {
     std::fs::write(&m, "rules:\n  - {name: app_queries_total, help: Queries., type: counter, path: '/statistics/server/counters[@type=\"qtype\"]/counter', labels: {type: '@name'}}\n").unwrap();
     let up = start_upstream(Behaviour::Body(Arc::new(fixture("bind9/server.xml")))).await;
     let a = start_adapter(&m, &up.url(), &[]).await;
-    assert_eq!(value(&get_text(&a.url("/metrics")).await, "app_queries_total{type=\"A\"}"), Some(128417.0));
+    assert_eq!(
+        value(
+            &get_text(&a.url("/metrics")).await,
+            "app_queries_total{type=\"A\"}"
+        ),
+        Some(128417.0)
+    );
 
-    std::fs::write(&m, "rules:\n  - {name: app_queries_total, type: countr, path: /x}\n").unwrap();
+    std::fs::write(
+        &m,
+        "rules:\n  - {name: app_queries_total, type: countr, path: /x}\n",
+    )
+    .unwrap();
     let started = Instant::now();
     loop {
         let page = get_text(&a.url("/metrics")).await;
         if value(&page, "xml_adapter_mapping_reloads_total{result=\"error\"}") == Some(1.0) {
-            assert_eq!(value(&page, "app_queries_total{type=\"A\"}"), Some(128417.0));
+            assert_eq!(
+                value(&page, "app_queries_total{type=\"A\"}"),
+                Some(128417.0)
+            );
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "no reload attempt seen");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no reload attempt seen"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(a.proc.wait_log("new mapping refused"), "{}", a.proc.log());
@@ -306,10 +457,19 @@ async fn mapping_reload_refuses_a_broken_mapping_and_keeps_serving() {
         if let Some(v) = value(&page, "app_requests_total{opcode=\"QUERY\"}") {
             assert_eq!(v, 37634.0);
             assert!(!page.contains("app_queries_total"));
-            assert_eq!(value(&page, "xml_adapter_mapping_reloads_total{result=\"success\"}"), Some(1.0));
+            assert_eq!(
+                value(
+                    &page,
+                    "xml_adapter_mapping_reloads_total{result=\"success\"}"
+                ),
+                Some(1.0)
+            );
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "new mapping not picked up");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "new mapping not picked up"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -318,7 +478,11 @@ async fn mapping_reload_refuses_a_broken_mapping_and_keeps_serving() {
 fn a_bad_mapping_is_refused_at_start_with_exit_64() {
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("bad.yaml");
-    std::fs::write(&m, "rules:\n  - name: x\n    type: gauge\n    path: /a\n    labls: {}\n").unwrap();
+    std::fs::write(
+        &m,
+        "rules:\n  - name: x\n    type: gauge\n    path: /a\n    labls: {}\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xml-adapter"))
         .arg("--config")
         .arg(&m)
@@ -344,10 +508,22 @@ fn check_prints_the_scrape_and_lint_warnings() {
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stdout.contains("bind_queries{type=\"A\"} 128417\n"), "{stdout}");
-    assert!(stderr.contains("warning: bind_queries: counter metrics should have \"_total\" suffix"), "{stderr}");
-    assert!(stderr.contains("warning: bind_queries: no help text"), "{stderr}");
-    assert!(stderr.contains("use base unit \"seconds\" instead of \"milliseconds\""), "{stderr}");
+    assert!(
+        stdout.contains("bind_queries{type=\"A\"} 128417\n"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: bind_queries: counter metrics should have \"_total\" suffix"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: bind_queries: no help text"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("use base unit \"seconds\" instead of \"milliseconds\""),
+        "{stderr}"
+    );
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xml-adapter"))
         .args(["check", "--config"])

@@ -22,7 +22,12 @@ pub fn free_port() -> u16 {
 }
 
 pub fn fixture(rel: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)).unwrap()
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(rel),
+    )
+    .unwrap()
 }
 
 pub fn manifest_path(rel: &str) -> std::path::PathBuf {
@@ -64,11 +69,19 @@ impl Proc {
 
 pub fn spawn_logged(mut cmd: Command) -> Proc {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     let log = Arc::new(Mutex::new(String::new()));
     for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -122,8 +135,15 @@ pub async fn start_adapter(mapping: &Path, upstream: &str, extra: &[&str]) -> Ad
                 }
                 panic!("adapter exited early ({status}):\n{}", proc.log());
             }
-            if reqwest::get(format!("http://127.0.0.1:{listen}/")).await.is_ok() {
-                return Adapter { proc, listen, admin };
+            if reqwest::get(format!("http://127.0.0.1:{listen}/"))
+                .await
+                .is_ok()
+            {
+                return Adapter {
+                    proc,
+                    listen,
+                    admin,
+                };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -188,7 +208,9 @@ pub async fn start_upstream(initial: Behaviour) -> Upstream {
     let (c, r, b) = (connections.clone(), requests.clone(), behaviour.clone());
     let task = tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             c.fetch_add(1, Ordering::SeqCst);
             let (r, b) = (r.clone(), b.clone());
             tokio::spawn(async move {
@@ -208,7 +230,9 @@ pub async fn start_upstream(initial: Behaviour) -> Upstream {
                     r.fetch_add(1, Ordering::SeqCst);
                     let behaviour = b.lock().unwrap().clone();
                     let ok = |len: usize| {
-                        format!("HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {len}\r\n\r\n")
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {len}\r\n\r\n"
+                        )
                     };
                     match behaviour {
                         Behaviour::Body(body) => {
@@ -231,13 +255,19 @@ pub async fn start_upstream(initial: Behaviour) -> Upstream {
                         }
                         Behaviour::Status(code) => {
                             let _ = sock
-                                .write_all(format!("HTTP/1.1 {code} Nope\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                                .write_all(
+                                    format!("HTTP/1.1 {code} Nope\r\nContent-Length: 0\r\n\r\n")
+                                        .as_bytes(),
+                                )
                                 .await;
                         }
                         Behaviour::RequireAuth(want, body) => {
                             let got = head
                                 .lines()
-                                .find_map(|l| l.strip_prefix("authorization: ").or_else(|| l.strip_prefix("Authorization: ")))
+                                .find_map(|l| {
+                                    l.strip_prefix("authorization: ")
+                                        .or_else(|| l.strip_prefix("Authorization: "))
+                                })
                                 .unwrap_or("")
                                 .trim()
                                 .to_string();
@@ -245,7 +275,11 @@ pub async fn start_upstream(initial: Behaviour) -> Upstream {
                                 let _ = sock.write_all(ok(body.len()).as_bytes()).await;
                                 let _ = sock.write_all(&body).await;
                             } else {
-                                let _ = sock.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n").await;
+                                let _ = sock
+                                    .write_all(
+                                        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n",
+                                    )
+                                    .await;
                             }
                         }
                         Behaviour::Generated(bytes) => {
@@ -253,7 +287,7 @@ pub async fn start_upstream(initial: Behaviour) -> Upstream {
                             if sock.write_all(head.as_bytes()).await.is_err() {
                                 return;
                             }
-                            let mut send = |data: Vec<u8>| {
+                            let send = |data: Vec<u8>| {
                                 let mut framed = format!("{:x}\r\n", data.len()).into_bytes();
                                 framed.extend(data);
                                 framed.extend_from_slice(b"\r\n");
@@ -261,7 +295,11 @@ pub async fn start_upstream(initial: Behaviour) -> Upstream {
                             };
                             let n = generated_tasks(bytes);
                             let per_chunk = 2000u64;
-                            if sock.write_all(&send(TASKS_HEAD.as_bytes().to_vec())).await.is_err() {
+                            if sock
+                                .write_all(&send(TASKS_HEAD.as_bytes().to_vec()))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                             let mut left = n;
@@ -296,7 +334,9 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    req.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    req.send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
 pub async fn get_text(url: &str) -> String {
@@ -327,7 +367,12 @@ pub fn promtool_check(text: &str) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (Debian package `prometheus`) must be installed for this test");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     if out.status.success() {
         Ok(())

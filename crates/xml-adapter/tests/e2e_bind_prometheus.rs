@@ -1,0 +1,310 @@
+//! End to end: a real BIND 9 `named` (Debian's bind9) with a statistics channel on 127.0.0.1,
+//! read through the real adapter binary with the shipped BIND 9 mapping, scraped by a real
+//! Prometheus server; the series are checked through Prometheus's HTTP API.
+// Test helpers panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn require(program: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+        || Path::new(program).is_file();
+    assert!(
+        found,
+        "`{program}` is not installed: this test needs Debian's `{package}` package"
+    );
+}
+
+/// `named` on free ports with one authoritative zone; killed on drop.
+struct Named {
+    _proc: Proc,
+    dns_port: u16,
+    stats_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_named() -> Named {
+    require("named", "bind9");
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let (dns_port, stats_port) = (free_port(), free_port());
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("named.conf"),
+            format!(
+                r#"options {{
+  directory "{d}";
+  pid-file "{d}/named.pid";
+  session-keyfile "{d}/session.key";
+  listen-on port {dns_port} {{ 127.0.0.1; }};
+  listen-on-v6 {{ none; }};
+  recursion no;
+  dnssec-validation no;
+}};
+statistics-channels {{ inet 127.0.0.1 port {stats_port} allow {{ 127.0.0.1; }}; }};
+zone "example.test" {{ type primary; file "{d}/example.test.zone"; }};
+"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("example.test.zone"),
+            "$TTL 300\n@ IN SOA ns.example.test. admin.example.test. 2024061501 3600 600 86400 300\n\
+             @ IN NS ns.example.test.\nns IN A 127.0.0.1\nwww IN A 127.0.0.2\n",
+        )
+        .unwrap();
+        let mut cmd = Command::new("named");
+        cmd.arg("-g").arg("-c").arg(dir.path().join("named.conf"));
+        let mut proc = spawn_logged(cmd);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = proc.child.try_wait() {
+                break;
+            }
+            if let Ok(r) =
+                reqwest::get(format!("http://127.0.0.1:{stats_port}/xml/v3/server")).await
+                && r.status() == 200
+                && proc.log().contains("running")
+            {
+                return Named {
+                    _proc: proc,
+                    dns_port,
+                    stats_port,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = proc.child.kill();
+        eprintln!("named did not come up, retrying:\n{}", proc.log());
+    }
+    panic!("named did not start");
+}
+
+/// Sends one DNS query over UDP and returns the response code.
+fn dns_query(port: u16, name: &str, id: u16) -> u8 {
+    let mut q = Vec::new();
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x00, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.send_to(&q, ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    assert!(n >= 12 && buf[..2] == id.to_be_bytes());
+    buf[3] & 0x0f
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+struct Prometheus {
+    proc: Proc,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_prometheus(target_port: u16) -> Prometheus {
+    require("prometheus", "prometheus");
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: bind\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let mut proc = spawn_logged(cmd);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = proc.child.try_wait() {
+                break;
+            }
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/-/ready")).await
+                && r.status() == 200
+            {
+                return Prometheus {
+                    proc,
+                    port,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = proc.child.kill();
+        eprintln!("prometheus did not come up, retrying:\n{}", proc.log());
+    }
+    panic!("prometheus did not start");
+}
+
+impl Prometheus {
+    /// Instant query; the single result's value, if there is exactly one series.
+    async fn query_one(&self, q: &str) -> Option<f64> {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let r = client
+            .get(format!(
+                "http://127.0.0.1:{}/api/v1/query?query={}",
+                self.port,
+                percent_encode(q)
+            ))
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&r.text().await.ok()?).ok()?;
+        let result = v["data"]["result"].as_array()?;
+        if result.len() != 1 {
+            return None;
+        }
+        result[0]["value"][1].as_str()?.parse().ok()
+    }
+
+    async fn wait_for(&self, q: &str, want: f64) {
+        let started = Instant::now();
+        let mut last = None;
+        while started.elapsed() < Duration::from_secs(30) {
+            last = self.query_one(q).await;
+            if last == Some(want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!(
+            "Prometheus query `{q}`: want {want}, last {last:?}\n{}",
+            self.proc.log()
+        );
+    }
+}
+
+#[tokio::test]
+async fn real_bind9_through_the_adapter_into_real_prometheus() {
+    let named = start_named().await;
+    let (ok, nx) = (7u16, 3u16);
+    for i in 0..ok {
+        assert_eq!(
+            dns_query(named.dns_port, "www.example.test", i + 1),
+            0,
+            "NOERROR"
+        );
+    }
+    for i in 0..nx {
+        assert_eq!(
+            dns_query(named.dns_port, "nope.example.test", 100 + i),
+            3,
+            "NXDOMAIN"
+        );
+    }
+    let upstream = format!("http://127.0.0.1:{}/xml/v3", named.stats_port);
+    let adapter = start_adapter(
+        &manifest_path("examples/mappings/bind9.yaml"),
+        &upstream,
+        &[],
+    )
+    .await;
+
+    // Directly: the adapter's page for the live named.
+    let page = get_text(&adapter.url("/metrics")).await;
+    assert_eq!(
+        value(&page, "bind_up"),
+        Some(1.0),
+        "{page}\n{}",
+        adapter.proc.log()
+    );
+    assert_eq!(
+        value(&page, "bind_incoming_queries_total{type=\"A\"}"),
+        Some(f64::from(ok + nx))
+    );
+    assert_eq!(
+        value(&page, "bind_incoming_requests_total{opcode=\"QUERY\"}"),
+        Some(f64::from(ok + nx))
+    );
+    assert_eq!(
+        value(&page, "bind_response_rcodes_total{rcode=\"NXDOMAIN\"}"),
+        Some(f64::from(nx))
+    );
+    assert_eq!(
+        value(
+            &page,
+            "bind_zone_serial{view=\"_default\",zone_name=\"example.test\"}"
+        ),
+        Some(2024061501.0)
+    );
+    let boot = value(&page, "bind_boot_time_seconds").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - boot).abs() < 300.0, "boot time {boot} vs now {now}");
+    promtool_check(&page).unwrap();
+
+    // Through Prometheus (which negotiates OpenMetrics with the adapter).
+    let prom = start_prometheus(adapter.listen).await;
+    prom.wait_for("up{job=\"bind\"}", 1.0).await;
+    prom.wait_for("bind_up", 1.0).await;
+    prom.wait_for("xml_adapter_up", 1.0).await;
+    prom.wait_for(
+        "bind_incoming_queries_total{type=\"A\"}",
+        f64::from(ok + nx),
+    )
+    .await;
+    prom.wait_for(
+        "bind_response_rcodes_total{rcode=\"NXDOMAIN\"}",
+        f64::from(nx),
+    )
+    .await;
+    prom.wait_for("bind_zone_serial{zone_name=\"example.test\"}", 2024061501.0)
+        .await;
+    prom.wait_for(
+        "bind_resolver_query_duration_seconds_count{view=\"_default\"}",
+        0.0,
+    )
+    .await;
+    // More traffic shows up on the next scrapes.
+    for i in 0..5 {
+        dns_query(named.dns_port, "www.example.test", 200 + i);
+    }
+    prom.wait_for(
+        "bind_incoming_queries_total{type=\"A\"}",
+        f64::from(ok + nx + 5),
+    )
+    .await;
+
+    // named goes away: the adapter says so (up 0), it does not serve stale numbers.
+    drop(named);
+    prom.wait_for("bind_up", 0.0).await;
+    prom.wait_for("xml_adapter_up", 0.0).await;
+    prom.wait_for("up{job=\"bind\"}", 1.0).await;
+    let page = get_text(&adapter.url("/metrics")).await;
+    assert!(!page.contains("bind_incoming_queries_total{"));
+}
