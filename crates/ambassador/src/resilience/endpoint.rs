@@ -73,12 +73,19 @@ pub struct EndpointState {
 }
 
 impl EndpointState {
+    #[cfg(test)]
     pub(crate) fn new(addr: SocketAddr, ewma: &PeakEwmaConfig, metrics: RouteMetrics) -> Arc<Self> {
+        Self::with_rtt(addr, ewma.default_rtt, metrics)
+    }
+
+    /// An endpoint whose latency estimate starts at `rtt` (a newcomer starts at its peers' average, so it
+    /// is neither shunned as "unknown, assume slow" nor flooded as "unknown, assume fast").
+    pub(crate) fn with_rtt(addr: SocketAddr, rtt: Duration, metrics: RouteMetrics) -> Arc<Self> {
         let state = Arc::new(Self {
             endpoint: Endpoint { addr },
             label: addr.to_string(),
             inner: Mutex::new(Inner {
-                rtt_ns: nanos(ewma.default_rtt),
+                rtt_ns: nanos(rtt),
                 rtt_updated: Instant::now(),
                 health: Health::Healthy,
                 consecutive_failures: 0,
@@ -265,7 +272,6 @@ impl EndpointState {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn rtt_estimate(&self) -> Duration {
         Duration::from_nanos(self.lock().rtt_ns as u64)
     }

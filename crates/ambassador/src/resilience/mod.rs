@@ -15,6 +15,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -257,6 +258,16 @@ impl Route {
     /// healthy, vanished ones are drained (no new tries; tries in flight hold them until they finish).
     fn reconcile(&self, list: &[SocketAddr]) {
         let current = self.table();
+        let known: Vec<Duration> = current
+            .iter()
+            .filter(|e| list.contains(&e.addr()))
+            .map(|e| e.rtt_estimate())
+            .collect();
+        let newcomer_rtt = if known.is_empty() {
+            self.inner.config.peak_ewma.default_rtt
+        } else {
+            known.iter().sum::<Duration>() / known.len() as u32
+        };
         let next: Vec<Arc<EndpointState>> = list
             .iter()
             .map(|addr| {
@@ -265,11 +276,7 @@ impl Route {
                     .find(|e| e.addr() == *addr)
                     .cloned()
                     .unwrap_or_else(|| {
-                        EndpointState::new(
-                            *addr,
-                            &self.inner.config.peak_ewma,
-                            self.inner.metrics.clone(),
-                        )
+                        EndpointState::with_rtt(*addr, newcomer_rtt, self.inner.metrics.clone())
                     })
             })
             .collect();
