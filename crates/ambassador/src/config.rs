@@ -256,8 +256,16 @@ fn default_true() -> bool {
 }
 
 impl Config {
-    /// Builds the configuration from the flags and, with `--config`, the YAML file.
+    /// Builds the configuration from the flags and, with `--config`, the YAML file, and checks
+    /// that the certificate files can serve.
     pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
+        let config = Self::from_cli_settings(cli)?;
+        config.check_certificates()?;
+        Ok(config)
+    }
+
+    /// Like [`Config::from_cli`] without reading the certificate files.
+    pub fn from_cli_settings(cli: &Cli) -> Result<Self, ConfigError> {
         let file = match &cli.kit.config {
             Some(path) => {
                 let file: FileConfig = sidecar_kit::config::load_yaml(path)?;
@@ -374,6 +382,18 @@ impl Config {
         };
         config.check(&origin)?;
         Ok(config)
+    }
+
+    /// Refuses at start certificates that could not serve (the reloader checks the same on
+    /// every change later, keeping the old ones).
+    fn check_certificates(&self) -> Result<(), ConfigError> {
+        let identity = sidecar_kit::tls::Identity::load(&self.tls.cert, &self.tls.key)
+            .map_err(|e| ConfigError::value(e.to_string()))?;
+        let bundle = sidecar_kit::tls::TrustBundle::load(&self.tls.ca)
+            .map_err(|e| ConfigError::value(e.to_string()))?;
+        sidecar_kit::tls::check_credentials(&identity, &bundle, std::time::SystemTime::now())
+            .map_err(|e| ConfigError::value(e.to_string()))?;
+        Ok(())
     }
 
     fn check(&self, origin: &str) -> Result<(), ConfigError> {
@@ -589,7 +609,7 @@ mod tests {
             "--outbound-identity",
             "spiffe://td/ns/prod/sa/billing",
         ]);
-        let c = Config::from_cli(&cli(&args)).unwrap();
+        let c = Config::from_cli_settings(&cli(&args)).unwrap();
         assert_eq!(c.inbound.len(), 1);
         assert_eq!(c.outbound[0].endpoints[0].port(), 9443);
         assert_eq!(
@@ -602,10 +622,10 @@ mod tests {
     fn bad_settings_are_refused_by_name() {
         let mut args = CERTS.to_vec();
         args.extend(["--inbound-listen", "127.0.0.1:8443", "--inbound-app", "127.0.0.1:1"]);
-        let err = Config::from_cli(&cli(&args)).unwrap_err().to_string();
+        let err = Config::from_cli_settings(&cli(&args)).unwrap_err().to_string();
         assert!(err.contains("allow list is empty"), "{err}");
 
-        let err = Config::from_cli(&cli(&["--inbound-listen", "127.0.0.1:1"]))
+        let err = Config::from_cli_settings(&cli(&["--inbound-listen", "127.0.0.1:1"]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("--cert"), "{err}");
@@ -619,12 +639,12 @@ mod tests {
             "--outbound-identity",
             "not a name!",
         ]);
-        let err = Config::from_cli(&cli(&args)).unwrap_err().to_string();
+        let err = Config::from_cli_settings(&cli(&args)).unwrap_err().to_string();
         assert!(err.contains("not a name!"), "{err}");
 
         let mut args = CERTS.to_vec();
         args.extend(["--max-header-bytes", "100", "--outbound-listen", "127.0.0.1:1"]);
-        let err = Config::from_cli(&cli(&args)).unwrap_err().to_string();
+        let err = Config::from_cli_settings(&cli(&args)).unwrap_err().to_string();
         assert!(err.contains("max_header_bytes"), "{err}");
     }
 
@@ -641,7 +661,7 @@ mod tests {
              host_router: {listen: 127.0.0.1:9000}\n",
         )
         .unwrap();
-        let c = Config::from_cli(&cli(&["--config", path.to_str().unwrap()])).unwrap();
+        let c = Config::from_cli_settings(&cli(&["--config", path.to_str().unwrap()])).unwrap();
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.host_router.unwrap().port(), 9000);
 
@@ -650,7 +670,7 @@ mod tests {
             "tls: {cert: c, key: k, ca: a}\noutbound:\n  - name: x\n    listen: 127.0.0.1:1\n    endpoints: ['127.0.0.1:1']\n    identity: a\n    retries: 3\n",
         )
         .unwrap();
-        let err = Config::from_cli(&cli(&["--config", path.to_str().unwrap()]))
+        let err = Config::from_cli_settings(&cli(&["--config", path.to_str().unwrap()]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("retries") && err.contains("line 7"), "{err}");

@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod endpoint;
 pub mod metrics;
 pub mod retry;
+pub mod upstream;
 
 use std::fmt;
 use std::future::Future;
@@ -33,6 +34,7 @@ pub use config::{
 pub use endpoint::{Endpoint, EndpointState, Health, TryOutcome};
 pub use metrics::{Metrics, RouteMetrics};
 pub use retry::{PreparedBody, ReplayBody, RetryBudget};
+pub use upstream::{ResilientUpstream, Runtime};
 
 /// Errors of any body or connection, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
