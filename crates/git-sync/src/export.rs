@@ -1,11 +1,16 @@
 //! Writes a commit's tree into a directory: plain files, no `.git`, modes and symlinks kept.
+//!
+//! Files whose blob and mode did not change since the previously published revision are
+//! hard-linked from that revision's tree instead of written again, so an incremental sync of
+//! a large repository costs about what changed. Published trees are therefore read-only by
+//! contract: a file written in place would change every revision sharing it.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use git2::{ObjectType, Oid, Repository, TreeEntry};
+use git2::{ObjectType, Oid, Repository, Tree, TreeEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -24,9 +29,33 @@ pub enum ExportError {
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ExportStats {
-    pub files: u64,
-    pub bytes: u64,
+    /// Files written from the repository.
+    pub written: u64,
+    /// Files hard-linked from the previous tree.
+    pub linked: u64,
+    pub bytes_written: u64,
     pub skipped_submodules: u64,
+}
+
+/// A previously exported revision to reuse unchanged files from.
+#[derive(Debug, Clone, Copy)]
+pub struct Previous<'a> {
+    pub commit: Oid,
+    pub dir: &'a Path,
+}
+
+fn git_err(what: impl Into<String>, e: git2::Error) -> ExportError {
+    ExportError::Git {
+        what: what.into(),
+        message: e.message().to_string(),
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> ExportError {
+    ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Exports `commit`'s tree into `dest` (which must not exist yet).
@@ -34,96 +63,144 @@ pub fn export_commit(
     repo: &Repository,
     commit: Oid,
     dest: &Path,
+    previous: Option<Previous<'_>>,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<ExportStats, ExportError> {
-    let git = |what: &str, e: git2::Error| ExportError::Git {
-        what: what.to_string(),
-        message: e.message().to_string(),
-    };
     let tree = repo
         .find_commit(commit)
         .and_then(|c| c.tree())
-        .map_err(|e| git(&format!("commit {commit}"), e))?;
-    fs::create_dir(dest).map_err(|source| ExportError::Io {
-        path: dest.to_path_buf(),
-        source,
-    })?;
+        .map_err(|e| git_err(format!("commit {commit}"), e))?;
+    // The previous revision's tree, if its commit is still in the private repository and its
+    // directory still exists; otherwise everything is written.
+    let previous_tree = previous.and_then(|p| {
+        let tree = repo.find_commit(p.commit).and_then(|c| c.tree()).ok()?;
+        p.dir.is_dir().then(|| (tree, p.dir.to_path_buf()))
+    });
+    fs::create_dir(dest).map_err(|e| io_err(dest, e))?;
     let mut stats = ExportStats::default();
     let mut path = dest.to_path_buf();
-    export_tree(repo, &tree, &mut path, &mut stats, cancelled)?;
+    let mut ctx = Ctx {
+        repo,
+        stats: &mut stats,
+        cancelled,
+    };
+    match previous_tree {
+        Some((prev_tree, mut prev_dir)) => {
+            ctx.export_tree(&tree, &mut path, Some((&prev_tree, &mut prev_dir)))?
+        }
+        None => ctx.export_tree(&tree, &mut path, None)?,
+    }
     Ok(stats)
 }
 
-fn export_tree(
-    repo: &Repository,
-    tree: &git2::Tree<'_>,
-    dir: &mut PathBuf,
-    stats: &mut ExportStats,
-    cancelled: &dyn Fn() -> bool,
-) -> Result<(), ExportError> {
-    if cancelled() {
-        return Err(ExportError::Cancelled);
-    }
-    for entry in tree.iter() {
-        let name = safe_name(&entry)?;
-        dir.push(name);
-        let result = export_entry(repo, &entry, dir, stats, cancelled);
-        dir.pop();
-        result?;
-    }
-    Ok(())
+struct Ctx<'r, 's> {
+    repo: &'r Repository,
+    stats: &'s mut ExportStats,
+    cancelled: &'s dyn Fn() -> bool,
 }
 
-fn export_entry(
-    repo: &Repository,
-    entry: &TreeEntry<'_>,
-    path: &mut PathBuf,
-    stats: &mut ExportStats,
-    cancelled: &dyn Fn() -> bool,
-) -> Result<(), ExportError> {
-    let io = |path: &Path, source| ExportError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let git = |e: git2::Error| ExportError::Git {
-        what: format!("object {}", entry.id()),
-        message: e.message().to_string(),
-    };
-    match entry.kind() {
-        Some(ObjectType::Tree) => {
-            fs::create_dir(&*path).map_err(|e| io(path, e))?;
-            let subtree = repo.find_tree(entry.id()).map_err(git)?;
-            export_tree(repo, &subtree, path, stats, cancelled)
+impl Ctx<'_, '_> {
+    fn export_tree(
+        &mut self,
+        tree: &Tree<'_>,
+        dir: &mut PathBuf,
+        mut previous: Option<(&Tree<'_>, &mut PathBuf)>,
+    ) -> Result<(), ExportError> {
+        if (self.cancelled)() {
+            return Err(ExportError::Cancelled);
         }
-        Some(ObjectType::Blob) => {
-            let blob = repo.find_blob(entry.id()).map_err(git)?;
-            let content = blob.content();
-            match entry.filemode() {
-                0o120000 => {
-                    let target =
-                        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(content);
-                    std::os::unix::fs::symlink(target, &*path).map_err(|e| io(path, e))?;
+        for entry in tree.iter() {
+            let name = safe_name(&entry)?;
+            dir.push(name);
+            let old = previous
+                .as_mut()
+                .and_then(|(t, d)| t.get_name(name).map(|e| (e.to_owned(), &mut **d)));
+            let result = match old {
+                Some((old_entry, old_dir)) => {
+                    old_dir.push(name);
+                    let r = self.export_entry(&entry, dir, Some((&old_entry, &mut *old_dir)));
+                    old_dir.pop();
+                    r
                 }
-                mode => {
-                    let mut file = fs::File::create(&*path).map_err(|e| io(path, e))?;
-                    file.write_all(content).map_err(|e| io(path, e))?;
-                    if mode == 0o100755 {
-                        file.set_permissions(fs::Permissions::from_mode(0o755))
-                            .map_err(|e| io(path, e))?;
-                    }
+                None => self.export_entry(&entry, dir, None),
+            };
+            dir.pop();
+            result?;
+        }
+        Ok(())
+    }
+
+    fn export_entry(
+        &mut self,
+        entry: &TreeEntry<'_>,
+        path: &mut PathBuf,
+        previous: Option<(&TreeEntry<'_>, &mut PathBuf)>,
+    ) -> Result<(), ExportError> {
+        match entry.kind() {
+            Some(ObjectType::Tree) => {
+                fs::create_dir(&*path).map_err(|e| io_err(path, e))?;
+                let subtree = self
+                    .repo
+                    .find_tree(entry.id())
+                    .map_err(|e| git_err(format!("tree {}", entry.id()), e))?;
+                let old_subtree = previous.and_then(|(old, dir)| {
+                    let tree = (old.kind() == Some(ObjectType::Tree))
+                        .then(|| self.repo.find_tree(old.id()).ok())
+                        .flatten()?;
+                    Some((tree, dir))
+                });
+                match old_subtree {
+                    Some((tree, dir)) => self.export_tree(&subtree, path, Some((&tree, dir))),
+                    None => self.export_tree(&subtree, path, None),
                 }
             }
-            stats.files += 1;
-            stats.bytes += content.len() as u64;
-            Ok(())
+            Some(ObjectType::Blob) => {
+                let unchanged = previous.as_ref().is_some_and(|(old, _)| {
+                    old.id() == entry.id() && old.filemode() == entry.filemode()
+                });
+                if unchanged
+                    && entry.filemode() != 0o120000
+                    && let Some((_, old_path)) = &previous
+                    && fs::hard_link(&**old_path, &*path).is_ok()
+                {
+                    self.stats.linked += 1;
+                    return Ok(());
+                }
+                self.write_blob(entry, path)
+            }
+            Some(ObjectType::Commit) => {
+                // A submodule: its commit lives in another repository, which we do not fetch.
+                tracing::warn!(path = %path.display(), "skipping a submodule (not supported)");
+                self.stats.skipped_submodules += 1;
+                Ok(())
+            }
+            _ => Ok(()),
         }
-        Some(ObjectType::Commit) => {
-            // A submodule: its commit lives in another repository, which we do not fetch.
-            tracing::warn!(path = %path.display(), "skipping a submodule (not supported)");
-            stats.skipped_submodules += 1;
-            Ok(())
+    }
+
+    fn write_blob(&mut self, entry: &TreeEntry<'_>, path: &Path) -> Result<(), ExportError> {
+        let blob = self
+            .repo
+            .find_blob(entry.id())
+            .map_err(|e| git_err(format!("blob {}", entry.id()), e))?;
+        let content = blob.content();
+        match entry.filemode() {
+            0o120000 => {
+                let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(content);
+                std::os::unix::fs::symlink(target, path).map_err(|e| io_err(path, e))?;
+            }
+            mode => {
+                let mut file = fs::File::create(path).map_err(|e| io_err(path, e))?;
+                file.write_all(content).map_err(|e| io_err(path, e))?;
+                if mode == 0o100755 {
+                    file.set_permissions(fs::Permissions::from_mode(0o755))
+                        .map_err(|e| io_err(path, e))?;
+                }
+            }
         }
-        _ => Ok(()),
+        self.stats.written += 1;
+        self.stats.bytes_written += content.len() as u64;
+        Ok(())
     }
 }
 
@@ -142,4 +219,74 @@ fn safe_name<'a>(entry: &'a TreeEntry<'_>) -> Result<&'a str, ExportError> {
         return Err(ExportError::UnsafeName(name.to_string()));
     }
     Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn commit(repo: &Repository, files: &[(&str, &str)], parent: Option<Oid>) -> Oid {
+        let mut builder = git2::build::TreeUpdateBuilder::new();
+        for (path, content) in files {
+            let blob = repo.blob(content.as_bytes()).unwrap();
+            builder.upsert(path, blob, git2::FileMode::Blob);
+        }
+        let base = match parent {
+            Some(p) => repo.find_commit(p).unwrap().tree().unwrap(),
+            None => repo
+                .find_tree(repo.treebuilder(None).unwrap().write().unwrap())
+                .unwrap(),
+        };
+        let tree_id = builder.create_updated(repo, &base).unwrap();
+        let tree = repo.find_tree(tree_id).unwrap();
+        let sig = git2::Signature::now("t", "t@example.invalid").unwrap();
+        let parents: Vec<git2::Commit<'_>> = parent
+            .map(|p| repo.find_commit(p).unwrap())
+            .into_iter()
+            .collect();
+        let refs: Vec<&git2::Commit<'_>> = parents.iter().collect();
+        repo.commit(None, &sig, &sig, "m", &tree, &refs).unwrap()
+    }
+
+    #[test]
+    fn unchanged_files_are_hard_linked_changed_ones_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path().join("r.git")).unwrap();
+        let c1 = commit(
+            &repo,
+            &[("a/same", "s"), ("a/changed", "1"), ("top", "t")],
+            None,
+        );
+        let c2 = commit(&repo, &[("a/changed", "2"), ("new", "n")], Some(c1));
+        let t1 = dir.path().join("t1");
+        let s1 = export_commit(&repo, c1, &t1, None, &|| false).unwrap();
+        assert_eq!((s1.written, s1.linked), (3, 0));
+        let t2 = dir.path().join("t2");
+        let prev = Previous {
+            commit: c1,
+            dir: &t1,
+        };
+        let s2 = export_commit(&repo, c2, &t2, Some(prev), &|| false).unwrap();
+        assert_eq!((s2.written, s2.linked), (2, 2));
+        assert_eq!(fs::read_to_string(t2.join("a/changed")).unwrap(), "2");
+        assert_eq!(fs::read_to_string(t1.join("a/changed")).unwrap(), "1");
+        assert_eq!(fs::read_to_string(t2.join("new")).unwrap(), "n");
+        let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&t1.join("a/same")), ino(&t2.join("a/same")));
+        assert_ne!(ino(&t1.join("a/changed")), ino(&t2.join("a/changed")));
+        // a vanished previous directory: everything is written
+        fs::remove_dir_all(&t1).unwrap();
+        let s3 = export_commit(&repo, c2, &dir.path().join("t3"), Some(prev), &|| false).unwrap();
+        assert_eq!((s3.written, s3.linked), (4, 0));
+    }
+
+    #[test]
+    fn cancelled_export_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path().join("r.git")).unwrap();
+        let c1 = commit(&repo, &[("a", "1")], None);
+        let err = export_commit(&repo, c1, &dir.path().join("t"), None, &|| true).unwrap_err();
+        assert!(matches!(err, ExportError::Cancelled));
+    }
 }

@@ -474,7 +474,11 @@ impl PrivateRepo {
         let context = format!("{context} {}", redact_url(&source.url));
         match state.error.borrow_mut().take() {
             // A refused credential or host key is never a sign of a corrupt private repository.
-            Some(message) => GitError::Git { context, message, corrupt: false },
+            Some(message) => GitError::Git {
+                context,
+                message,
+                corrupt: false,
+            },
             None => GitError::git(context, e, Some(&source.url)),
         }
     }

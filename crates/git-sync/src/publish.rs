@@ -155,6 +155,11 @@ impl Publisher {
         Ok(report)
     }
 
+    /// Where a published revision's tree lives.
+    pub fn tree_path(&self, sha: Oid) -> PathBuf {
+        self.trees.join(sha.to_string())
+    }
+
     /// A fresh staging path for `sha` (not created).
     pub fn staging_path(&self, sha: Oid) -> PathBuf {
         let n = self.staging_seq.fetch_add(1, Ordering::Relaxed);

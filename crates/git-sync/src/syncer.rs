@@ -10,7 +10,7 @@ use git2::Oid;
 
 use crate::command::{CommandError, CommandSpec};
 use crate::config::ForcePushPolicy;
-use crate::export::{ExportError, export_commit};
+use crate::export::{ExportError, Previous, export_commit};
 use crate::git::{Ancestry, Cancel, GitError, PrivateRepo, RefTarget, Source};
 use crate::publish::{PublishError, Publisher, Staged};
 
@@ -206,9 +206,17 @@ impl Syncer {
             path: self.publisher.staging_path(new),
         };
         let cancelled = || cancel.is_cancelled();
-        if let Err(e) = export_commit(repo.repository(), new, &staged.path, &cancelled) {
-            let _ = self.publisher.discard(staged);
-            return Err(e.into());
+        let previous_dir = self.published.map(|p| self.publisher.tree_path(p));
+        let previous = self
+            .published
+            .zip(previous_dir.as_deref())
+            .map(|(commit, dir)| Previous { commit, dir });
+        match export_commit(repo.repository(), new, &staged.path, previous, &cancelled) {
+            Ok(stats) => tracing::debug!(?stats, sha = %new, "exported"),
+            Err(e) => {
+                let _ = self.publisher.discard(staged);
+                return Err(e.into());
+            }
         }
         if let Some(validate) = &self.settings.validate {
             let env = [

@@ -14,7 +14,10 @@ const FILES: usize = 24;
 const SYNCS: usize = 500;
 
 fn syncs() -> usize {
-    std::env::var("GITSYNC_CONSISTENCY_SYNCS").ok().and_then(|v| v.parse().ok()).unwrap_or(SYNCS)
+    std::env::var("GITSYNC_CONSISTENCY_SYNCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SYNCS)
 }
 
 fn file_body(i: usize, rev: usize) -> String {
@@ -28,14 +31,24 @@ fn build_revisions(bare: &Path, n: usize) -> Vec<String> {
     use std::io::Write;
     let marks = bare.join("marks");
     let mut child = std::process::Command::new("git")
-        .args(["fast-import", "--quiet", &format!("--export-marks={}", marks.display())])
+        .args([
+            "fast-import",
+            "--quiet",
+            &format!("--export-marks={}", marks.display()),
+        ])
         .current_dir(bare)
         .stdin(std::process::Stdio::piped())
         .spawn()
         .expect("git fast-import");
     let mut stream = Vec::new();
     for rev in 0..=n {
-        writeln!(stream, "commit refs/heads/all\nmark :{}\ncommitter t <t@example.invalid> {} +0000", rev + 1, 1_700_000_000 + rev).unwrap();
+        writeln!(
+            stream,
+            "commit refs/heads/all\nmark :{}\ncommitter t <t@example.invalid> {} +0000",
+            rev + 1,
+            1_700_000_000 + rev
+        )
+        .unwrap();
         let msg = format!("rev {rev}");
         writeln!(stream, "data {}\n{msg}", msg.len()).unwrap();
         if rev > 0 {
@@ -43,7 +56,13 @@ fn build_revisions(bare: &Path, n: usize) -> Vec<String> {
         }
         for i in 0..FILES {
             let body = file_body(i, rev);
-            writeln!(stream, "M 100644 inline dir{}/file{i}.conf\ndata {}\n{body}", i % 4, body.len()).unwrap();
+            writeln!(
+                stream,
+                "M 100644 inline dir{}/file{i}.conf\ndata {}\n{body}",
+                i % 4,
+                body.len()
+            )
+            .unwrap();
         }
         writeln!(stream).unwrap();
     }
@@ -67,14 +86,17 @@ fn walk_once(link: &Path) -> Result<(Vec<usize>, usize), String> {
     let mut files = 0;
     let mut stack = vec![tree];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(|e| format!("read_dir {}: {e}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).map_err(|e| format!("read_dir {}: {e}", dir.display()))?
+        {
             let entry = entry.map_err(|e| e.to_string())?;
             let path = entry.path();
             if entry.file_type().map_err(|e| e.to_string())?.is_dir() {
                 stack.push(path);
                 continue;
             }
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("read {}: {e}", path.display()))?;
             let rev: usize = text
                 .lines()
                 .next()
@@ -101,15 +123,30 @@ fn reader_never_sees_a_mix_of_revisions_across_500_syncs() {
     let daemon = GitDaemon::start(&fx.base());
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let gs = GitSync::start(&root, &["--repo", &daemon.url("cfg.git"), "--period", "1h", "--grace-period", "3s", "--depth", "1"]);
-    wait_until(Duration::from_secs(10), "first publish", || published(&root, "current").as_deref() == Some(first.as_str()));
+    let gs = GitSync::start(
+        &root,
+        &[
+            "--repo",
+            &daemon.url("cfg.git"),
+            "--period",
+            "1h",
+            "--grace-period",
+            "3s",
+            "--depth",
+            "1",
+        ],
+    );
+    wait_until(Duration::from_secs(10), "first publish", || {
+        published(&root, "current").as_deref() == Some(first.as_str())
+    });
 
     let stop = Arc::new(AtomicBool::new(false));
     let walks = Arc::new(AtomicU64::new(0));
     let mixed = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let reader = {
-        let (stop, walks, mixed, errors) = (stop.clone(), walks.clone(), mixed.clone(), errors.clone());
+        let (stop, walks, mixed, errors) =
+            (stop.clone(), walks.clone(), mixed.clone(), errors.clone());
         let link = root.join("current");
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
@@ -119,7 +156,10 @@ fn reader_never_sees_a_mix_of_revisions_across_500_syncs() {
                             mixed.fetch_add(1, Ordering::SeqCst);
                         }
                         if files != FILES {
-                            errors.lock().unwrap().push(format!("walk saw {files} files"));
+                            errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("walk saw {files} files"));
                         }
                     }
                     Err(e) => errors.lock().unwrap().push(e),
@@ -132,20 +172,39 @@ fn reader_never_sees_a_mix_of_revisions_across_500_syncs() {
     for rev in 1..=syncs() {
         let sha = &shas[rev];
         move_main(sha);
-        assert_eq!(http_request(gs.admin_port, "POST", "/sync", &[], b"").0, 202);
-        wait_until(Duration::from_secs(20), "publish", || published(&root, "current").as_deref() == Some(sha.as_str()));
+        assert_eq!(
+            http_request(gs.admin_port, "POST", "/sync", &[], b"").0,
+            202
+        );
+        wait_until(Duration::from_secs(20), "publish", || {
+            published(&root, "current").as_deref() == Some(sha.as_str())
+        });
     }
     stop.store(true, Ordering::SeqCst);
     reader.join().unwrap();
 
     let walks = walks.load(Ordering::SeqCst);
     let errors = errors.lock().unwrap();
-    assert_eq!(mixed.load(Ordering::SeqCst), 0, "mixed reads in {walks} walks");
-    assert!(errors.is_empty(), "{} failed walks of {walks}, first: {:?}", errors.len(), errors.first());
-    assert!(walks >= syncs() as u64, "the reader walked only {walks} times");
+    assert_eq!(
+        mixed.load(Ordering::SeqCst),
+        0,
+        "mixed reads in {walks} walks"
+    );
+    assert!(
+        errors.is_empty(),
+        "{} failed walks of {walks}, first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    assert!(
+        walks >= syncs() as u64,
+        "the reader walked only {walks} times"
+    );
     assert!(gs.metric("gitsync_syncs_total{result=\"published\"}") >= syncs() as f64);
     // old trees are collected after the grace period: far fewer than 500 remain
-    let trees = std::fs::read_dir(root.join(".git-sync/trees")).unwrap().count();
+    let trees = std::fs::read_dir(root.join(".git-sync/trees"))
+        .unwrap()
+        .count();
     assert!(trees < syncs() / 2 + 2, "{trees} trees kept");
     eprintln!("{walks} walks over {} publishes, 0 mixed", syncs());
 }

@@ -27,37 +27,98 @@ fn post_sync_authenticated_by_token_or_hmac_and_sighup() {
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "hook-secret\n").unwrap();
     let root = dir.path().join("root");
-    let gs = GitSync::start(&root, &["--repo", &daemon.url("cfg.git"), "--period", LONG, "--sync-secret-file", secret.to_str().unwrap()]);
-    wait_until(Duration::from_secs(10), "first publish", || is_published(&root, &c1));
+    let gs = GitSync::start(
+        &root,
+        &[
+            "--repo",
+            &daemon.url("cfg.git"),
+            "--period",
+            LONG,
+            "--sync-secret-file",
+            secret.to_str().unwrap(),
+        ],
+    );
+    wait_until(Duration::from_secs(10), "first publish", || {
+        is_published(&root, &c1)
+    });
 
     let c2 = fx.commit("main", &[("a", "2")], "two");
     let body = br#"{"ref":"refs/heads/main"}"#;
-    let (status, _) = http_request(gs.admin_port, "POST", "/sync", &[("X-Sync-Token", "wrong")], body);
+    let (status, _) = http_request(
+        gs.admin_port,
+        "POST",
+        "/sync",
+        &[("X-Sync-Token", "wrong")],
+        body,
+    );
     assert_eq!(status, 401);
-    let (status, _) = http_request(gs.admin_port, "POST", "/sync", &[("X-Hub-Signature-256", "sha256=00")], body);
+    let (status, _) = http_request(
+        gs.admin_port,
+        "POST",
+        "/sync",
+        &[("X-Hub-Signature-256", "sha256=00")],
+        body,
+    );
     assert_eq!(status, 401);
     std::thread::sleep(Duration::from_millis(500));
-    assert!(is_published(&root, &c1), "an unauthenticated request must not sync");
+    assert!(
+        is_published(&root, &c1),
+        "an unauthenticated request must not sync"
+    );
 
     let mut mac = Hmac::<Sha256>::new_from_slice(b"hook-secret").unwrap();
     mac.update(body);
     let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    let (status, _) = http_request(gs.admin_port, "POST", "/sync", &[("X-Hub-Signature-256", &sig)], body);
+    let (status, _) = http_request(
+        gs.admin_port,
+        "POST",
+        "/sync",
+        &[("X-Hub-Signature-256", &sig)],
+        body,
+    );
     assert_eq!(status, 202);
-    wait_until(Duration::from_secs(10), "publish after signed POST /sync", || is_published(&root, &c2));
+    wait_until(
+        Duration::from_secs(10),
+        "publish after signed POST /sync",
+        || is_published(&root, &c2),
+    );
 
     let c3 = fx.commit("main", &[("a", "3")], "three");
-    let (status, _) = http_request(gs.admin_port, "POST", "/sync", &[("Authorization", "Bearer hook-secret")], b"");
+    let (status, _) = http_request(
+        gs.admin_port,
+        "POST",
+        "/sync",
+        &[("Authorization", "Bearer hook-secret")],
+        b"",
+    );
     assert_eq!(status, 202);
-    wait_until(Duration::from_secs(10), "publish after bearer POST /sync", || is_published(&root, &c3));
+    wait_until(
+        Duration::from_secs(10),
+        "publish after bearer POST /sync",
+        || is_published(&root, &c3),
+    );
 
     let c4 = fx.commit("main", &[("a", "4")], "four");
     gs.signal("HUP");
-    wait_until(Duration::from_secs(10), "publish after SIGHUP", || is_published(&root, &c4));
-    assert_eq!(gs.metric("gitsync_sync_requests_total{result=\"refused\"}"), 2.0);
-    assert_eq!(gs.metric("gitsync_sync_requests_total{result=\"accepted\"}"), 2.0);
-    assert_eq!(gs.metric(&format!("gitsync_published_revision_info{{sha=\"{c4}\"}}")), 1.0);
-    assert_eq!(gs.metric(&format!("gitsync_published_revision_info{{sha=\"{c3}\"}}")), 0.0);
+    wait_until(Duration::from_secs(10), "publish after SIGHUP", || {
+        is_published(&root, &c4)
+    });
+    assert_eq!(
+        gs.metric("gitsync_sync_requests_total{result=\"refused\"}"),
+        2.0
+    );
+    assert_eq!(
+        gs.metric("gitsync_sync_requests_total{result=\"accepted\"}"),
+        2.0
+    );
+    assert_eq!(
+        gs.metric(&format!("gitsync_published_revision_info{{sha=\"{c4}\"}}")),
+        1.0
+    );
+    assert_eq!(
+        gs.metric(&format!("gitsync_published_revision_info{{sha=\"{c3}\"}}")),
+        0.0
+    );
     assert!(gs.metric("gitsync_last_success_timestamp_seconds") > 1.7e9);
 }
 
@@ -69,10 +130,17 @@ fn post_sync_without_secret_is_loopback_only_and_works() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let gs = GitSync::start(&root, &["--repo", &daemon.url("cfg.git"), "--period", LONG]);
-    wait_until(Duration::from_secs(10), "first publish", || is_published(&root, &c1));
+    wait_until(Duration::from_secs(10), "first publish", || {
+        is_published(&root, &c1)
+    });
     let c2 = fx.commit("main", &[("a", "2")], "two");
-    assert_eq!(http_request(gs.admin_port, "POST", "/sync", &[], b"").0, 202);
-    wait_until(Duration::from_secs(10), "publish", || is_published(&root, &c2));
+    assert_eq!(
+        http_request(gs.admin_port, "POST", "/sync", &[], b"").0,
+        202
+    );
+    wait_until(Duration::from_secs(10), "publish", || {
+        is_published(&root, &c2)
+    });
 }
 
 #[test]
@@ -83,18 +151,45 @@ fn force_push_follow_is_published_and_counted_while_fast_forwards_are_not() {
     let daemon = GitDaemon::start(&fx.base());
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let gs = GitSync::start(&root, &["--repo", &daemon.url("cfg.git"), "--ref", "main", "--depth", "1", "--period", "100ms"]);
-    wait_until(Duration::from_secs(10), "first publish", || is_published(&root, &c2));
+    let gs = GitSync::start(
+        &root,
+        &[
+            "--repo",
+            &daemon.url("cfg.git"),
+            "--ref",
+            "main",
+            "--depth",
+            "1",
+            "--period",
+            "100ms",
+        ],
+    );
+    wait_until(Duration::from_secs(10), "first publish", || {
+        is_published(&root, &c2)
+    });
     // a fast-forward by several commits at once, on a depth-1 repository: not a force-push
     fx.commit("main", &[("a", "3")], "three");
     fx.commit("main", &[("a", "4")], "four");
     let c5 = fx.commit("main", &[("a", "5")], "five");
-    wait_until(Duration::from_secs(10), "fast-forward publish", || is_published(&root, &c5));
-    assert_eq!(gs.metric("gitsync_force_pushes_total"), 0.0, "a fast-forward was counted as a force-push");
+    wait_until(Duration::from_secs(10), "fast-forward publish", || {
+        is_published(&root, &c5)
+    });
+    assert_eq!(
+        gs.metric("gitsync_force_pushes_total"),
+        0.0,
+        "a fast-forward was counted as a force-push"
+    );
     let rewritten = fx.force_push_rewrite("main", &[("a", "rewritten")]);
-    wait_until(Duration::from_secs(10), "force-push followed", || is_published(&root, &rewritten));
-    assert_eq!(std::fs::read_to_string(root.join("current/a")).unwrap(), "rewritten");
-    wait_until(Duration::from_secs(5), "counted", || gs.metric("gitsync_force_pushes_total{policy=\"follow\"}") == 1.0);
+    wait_until(Duration::from_secs(10), "force-push followed", || {
+        is_published(&root, &rewritten)
+    });
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/a")).unwrap(),
+        "rewritten"
+    );
+    wait_until(Duration::from_secs(5), "counted", || {
+        gs.metric("gitsync_force_pushes_total{policy=\"follow\"}") == 1.0
+    });
 }
 
 #[test]
@@ -107,16 +202,40 @@ fn force_push_refuse_keeps_the_tree_until_history_continues() {
     let root = dir.path().join("root");
     let gs = GitSync::start(
         &root,
-        &["--repo", &daemon.url("cfg.git"), "--ref", "main", "--depth", "1", "--period", "100ms", "--force-push", "refuse"],
+        &[
+            "--repo",
+            &daemon.url("cfg.git"),
+            "--ref",
+            "main",
+            "--depth",
+            "1",
+            "--period",
+            "100ms",
+            "--force-push",
+            "refuse",
+        ],
     );
-    wait_until(Duration::from_secs(10), "first publish", || is_published(&root, &c2));
+    wait_until(Duration::from_secs(10), "first publish", || {
+        is_published(&root, &c2)
+    });
     let rewritten = fx.force_push_rewrite("main", &[("a", "rewritten")]);
-    wait_until(Duration::from_secs(10), "refusal counted", || gs.metric("gitsync_force_pushes_total{policy=\"refuse\"}") >= 1.0);
+    wait_until(Duration::from_secs(10), "refusal counted", || {
+        gs.metric("gitsync_force_pushes_total{policy=\"refuse\"}") >= 1.0
+    });
     std::thread::sleep(Duration::from_millis(500));
-    assert!(is_published(&root, &c2), "refused history must not be published");
-    assert_eq!(std::fs::read_to_string(root.join("current/a")).unwrap(), "2");
+    assert!(
+        is_published(&root, &c2),
+        "refused history must not be published"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/a")).unwrap(),
+        "2"
+    );
     // held back, not re-counted at every poll
-    assert_eq!(gs.metric("gitsync_force_pushes_total{policy=\"refuse\"}"), 1.0);
+    assert_eq!(
+        gs.metric("gitsync_force_pushes_total{policy=\"refuse\"}"),
+        1.0
+    );
     assert!(gs.metric("gitsync_syncs_total{result=\"held_back\"}") >= 1.0);
     assert!(gs.logs().contains(&rewritten));
     // history continues from the published revision again: published
@@ -125,7 +244,9 @@ fn force_push_refuse_keeps_the_tree_until_history_continues() {
     git(&fx.work, &["commit", "-q", "-am", "three"]);
     git(&fx.work, &["push", "-q", "-f", "origin", "main"]);
     let c3 = git(&fx.work, &["rev-parse", "HEAD"]);
-    wait_until(Duration::from_secs(10), "descendant published", || is_published(&root, &c3));
+    wait_until(Duration::from_secs(10), "descendant published", || {
+        is_published(&root, &c3)
+    });
 }
 
 #[test]
@@ -136,13 +257,36 @@ fn deleted_branch_keeps_the_last_tree_and_counts_errors() {
     let daemon = GitDaemon::start(&fx.base());
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let gs = GitSync::start(&root, &["--repo", &daemon.url("cfg.git"), "--ref", "feature", "--period", "100ms", "--backoff-max", "200ms"]);
-    wait_until(Duration::from_secs(10), "first publish", || is_published(&root, &f1));
+    let gs = GitSync::start(
+        &root,
+        &[
+            "--repo",
+            &daemon.url("cfg.git"),
+            "--ref",
+            "feature",
+            "--period",
+            "100ms",
+            "--backoff-max",
+            "200ms",
+        ],
+    );
+    wait_until(Duration::from_secs(10), "first publish", || {
+        is_published(&root, &f1)
+    });
     git(&fx.work, &["push", "-q", "origin", "--delete", "feature"]);
-    wait_until(Duration::from_secs(10), "errors", || gs.metric("gitsync_syncs_total{result=\"error\"}") >= 2.0);
+    wait_until(Duration::from_secs(10), "errors", || {
+        gs.metric("gitsync_syncs_total{result=\"error\"}") >= 2.0
+    });
     assert!(is_published(&root, &f1));
-    assert_eq!(std::fs::read_to_string(root.join("current/a")).unwrap(), "feature");
-    assert!(gs.logs().contains("\"feature\" is not advertised"), "{}", gs.logs());
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/a")).unwrap(),
+        "feature"
+    );
+    assert!(
+        gs.logs().contains("\"feature\" is not advertised"),
+        "{}",
+        gs.logs()
+    );
     assert!(gs.metric("gitsync_consecutive_failures") >= 2.0);
 }
 
@@ -154,14 +298,34 @@ fn validation_refusal_publishes_nothing_and_holds_the_revision_back() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let ran = dir.path().join("validations");
-    let validate = format!("sh -c 'echo $GIT_SYNC_REV >> {}; grep -q good app.conf'", ran.display());
-    let gs = GitSync::start(&root, &["--repo", &daemon.url("cfg.git"), "--period", "100ms", "--validate-command", &validate]);
-    wait_until(Duration::from_secs(10), "first publish", || is_published(&root, &good1));
+    let validate = format!(
+        "sh -c 'echo $GIT_SYNC_REV >> {}; grep -q good app.conf'",
+        ran.display()
+    );
+    let gs = GitSync::start(
+        &root,
+        &[
+            "--repo",
+            &daemon.url("cfg.git"),
+            "--period",
+            "100ms",
+            "--validate-command",
+            &validate,
+        ],
+    );
+    wait_until(Duration::from_secs(10), "first publish", || {
+        is_published(&root, &good1)
+    });
     let bad = fx.commit("main", &[("app.conf", "broken")], "bad");
-    wait_until(Duration::from_secs(10), "refusal", || gs.metric("gitsync_validations_refused_total") == 1.0);
+    wait_until(Duration::from_secs(10), "refusal", || {
+        gs.metric("gitsync_validations_refused_total") == 1.0
+    });
     std::thread::sleep(Duration::from_millis(600));
     assert!(is_published(&root, &good1));
-    assert_eq!(std::fs::read_to_string(root.join("current/app.conf")).unwrap(), "good 1");
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/app.conf")).unwrap(),
+        "good 1"
+    );
     // validated once, then held back until the ref moves
     let runs = std::fs::read_to_string(&ran).unwrap();
     assert_eq!(runs.lines().filter(|l| *l == bad).count(), 1, "{runs}");
@@ -169,16 +333,33 @@ fn validation_refusal_publishes_nothing_and_holds_the_revision_back() {
     assert!(gs.metric("gitsync_syncs_total{result=\"held_back\"}") >= 1.0);
     assert!(gs.logs().contains("validation refused"), "{}", gs.logs());
     // no staging directory left behind
-    let trees: Vec<_> = std::fs::read_dir(root.join(".git-sync/trees")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert!(trees.iter().all(|n| !n.to_string_lossy().starts_with(".staging")), "{trees:?}");
+    let trees: Vec<_> = std::fs::read_dir(root.join(".git-sync/trees"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        trees
+            .iter()
+            .all(|n| !n.to_string_lossy().starts_with(".staging")),
+        "{trees:?}"
+    );
     let good2 = fx.commit("main", &[("app.conf", "good 2")], "fixed");
-    wait_until(Duration::from_secs(10), "fixed revision published", || is_published(&root, &good2));
+    wait_until(Duration::from_secs(10), "fixed revision published", || {
+        is_published(&root, &good2)
+    });
 }
 
 fn spawn_trap_process(dir: &Path, name: &str) -> (Guard, std::path::PathBuf) {
     let marker = dir.join(format!("{name}.hups"));
-    let script = format!("trap 'echo hup >> {}' HUP; while :; do sleep 0.05; done", marker.display());
-    let child = Command::new("bash").args(["-c", &format!("exec -a {name} bash -c \"{script}\"")]).spawn().unwrap();
+    let script = format!(
+        "trap 'echo hup >> {}' HUP; while :; do sleep 0.05; done",
+        marker.display()
+    );
+    let child = Command::new("bash")
+        .args(["-c", &format!("exec -a {name} bash -c \"{script}\"")])
+        .spawn()
+        .unwrap();
     // let bash install the trap
     std::thread::sleep(Duration::from_millis(300));
     (Guard(child), marker)
@@ -196,30 +377,57 @@ fn notifications_webhook_with_retry_command_signal_by_name_touch_debounced() {
     let touch = dir.path().join("touched");
     let name = format!("gsapp{}", std::process::id());
     let (_app, hups) = spawn_trap_process(dir.path(), &name);
-    let cmd = format!("sh -c 'echo \"$GIT_SYNC_OLD $GIT_SYNC_NEW $(cat a)\" >> {}'", cmd_out.display());
+    let cmd = format!(
+        "sh -c 'echo \"$GIT_SYNC_OLD $GIT_SYNC_NEW $(cat a)\" >> {}'",
+        cmd_out.display()
+    );
     let gs = GitSync::start(
         &root,
         &[
-            "--repo", &daemon.url("cfg.git"), "--period", LONG,
-            "--webhook-url", &format!("http://127.0.0.1:{}/reload", hook.port),
-            "--notify-command", &cmd,
-            "--notify-process", &name,
-            "--notify-touch-file", touch.to_str().unwrap(),
-            "--notify-debounce", "700ms",
+            "--repo",
+            &daemon.url("cfg.git"),
+            "--period",
+            LONG,
+            "--webhook-url",
+            &format!("http://127.0.0.1:{}/reload", hook.port),
+            "--notify-command",
+            &cmd,
+            "--notify-process",
+            &name,
+            "--notify-touch-file",
+            touch.to_str().unwrap(),
+            "--notify-debounce",
+            "700ms",
         ],
     );
-    wait_until(Duration::from_secs(10), "first publish", || is_published(&root, &c1));
-    wait_until(Duration::from_secs(10), "first webhook delivered", || hook.requests.lock().unwrap().len() == 2);
-    wait_until(Duration::from_secs(5), "signal", || std::fs::read_to_string(&hups).map(|s| s.lines().count()).unwrap_or(0) == 1);
+    wait_until(Duration::from_secs(10), "first publish", || {
+        is_published(&root, &c1)
+    });
+    wait_until(Duration::from_secs(10), "first webhook delivered", || {
+        hook.requests.lock().unwrap().len() == 2
+    });
+    wait_until(Duration::from_secs(5), "signal", || {
+        std::fs::read_to_string(&hups)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+            == 1
+    });
     assert!(touch.exists());
     // three publishes in quick succession: one notification, old = before the burst
     let mut last = String::new();
     for i in 2..=4 {
         last = fx.commit("main", &[("a", &i.to_string())], "burst");
-        assert_eq!(http_request(gs.admin_port, "POST", "/sync", &[], b"").0, 202);
-        wait_until(Duration::from_secs(10), "burst publish", || is_published(&root, &last));
+        assert_eq!(
+            http_request(gs.admin_port, "POST", "/sync", &[], b"").0,
+            202
+        );
+        wait_until(Duration::from_secs(10), "burst publish", || {
+            is_published(&root, &last)
+        });
     }
-    wait_until(Duration::from_secs(10), "second webhook", || hook.requests.lock().unwrap().len() == 3);
+    wait_until(Duration::from_secs(10), "second webhook", || {
+        hook.requests.lock().unwrap().len() == 3
+    });
     std::thread::sleep(Duration::from_millis(1200));
     let reqs = hook.requests.lock().unwrap();
     assert_eq!(reqs.len(), 3, "debounce: one notification for the burst");
@@ -232,12 +440,27 @@ fn notifications_webhook_with_retry_command_signal_by_name_touch_debounced() {
     assert_eq!(burst["old"], c1.as_str());
     assert_eq!(burst["new"], last.as_str());
     let lines = std::fs::read_to_string(&cmd_out).unwrap();
-    assert_eq!(lines.lines().collect::<Vec<_>>(), vec![format!(" {c1} 1"), format!("{c1} {last} 4")]);
+    assert_eq!(
+        lines.lines().collect::<Vec<_>>(),
+        vec![format!(" {c1} 1"), format!("{c1} {last} 4")]
+    );
     assert_eq!(std::fs::read_to_string(&hups).unwrap().lines().count(), 2);
-    assert_eq!(gs.metric("gitsync_hooks_total{kind=\"webhook\",result=\"success\"}"), 2.0);
-    assert_eq!(gs.metric("gitsync_hooks_total{kind=\"command\",result=\"success\"}"), 2.0);
-    assert_eq!(gs.metric("gitsync_hooks_total{kind=\"signal\",result=\"success\"}"), 2.0);
-    assert_eq!(gs.metric("gitsync_hooks_total{kind=\"touch\",result=\"success\"}"), 2.0);
+    assert_eq!(
+        gs.metric("gitsync_hooks_total{kind=\"webhook\",result=\"success\"}"),
+        2.0
+    );
+    assert_eq!(
+        gs.metric("gitsync_hooks_total{kind=\"command\",result=\"success\"}"),
+        2.0
+    );
+    assert_eq!(
+        gs.metric("gitsync_hooks_total{kind=\"signal\",result=\"success\"}"),
+        2.0
+    );
+    assert_eq!(
+        gs.metric("gitsync_hooks_total{kind=\"touch\",result=\"success\"}"),
+        2.0
+    );
 }
 
 #[test]
@@ -254,16 +477,39 @@ fn notification_signal_by_pidfile_and_failures_counted() {
     let gs = GitSync::start(
         &root,
         &[
-            "--repo", &daemon.url("cfg.git"), "--period", LONG, "--notify-pidfile", pidfile.to_str().unwrap(),
-            "--notify-signal", "HUP", "--notify-debounce", "10ms",
-            "--webhook-url", &format!("http://127.0.0.1:{}/", dead.port), "--webhook-attempts", "3",
+            "--repo",
+            &daemon.url("cfg.git"),
+            "--period",
+            LONG,
+            "--notify-pidfile",
+            pidfile.to_str().unwrap(),
+            "--notify-signal",
+            "HUP",
+            "--notify-debounce",
+            "10ms",
+            "--webhook-url",
+            &format!("http://127.0.0.1:{}/", dead.port),
+            "--webhook-attempts",
+            "3",
         ],
     );
-    wait_until(Duration::from_secs(10), "publish", || is_published(&root, &c1));
-    wait_until(Duration::from_secs(5), "signal", || std::fs::read_to_string(&hups).map(|s| s.lines().count()).unwrap_or(0) == 1);
-    wait_until(Duration::from_secs(15), "webhook failure counted", || gs.metric("gitsync_hooks_total{kind=\"webhook\",result=\"failure\"}") == 1.0);
+    wait_until(Duration::from_secs(10), "publish", || {
+        is_published(&root, &c1)
+    });
+    wait_until(Duration::from_secs(5), "signal", || {
+        std::fs::read_to_string(&hups)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+            == 1
+    });
+    wait_until(Duration::from_secs(15), "webhook failure counted", || {
+        gs.metric("gitsync_hooks_total{kind=\"webhook\",result=\"failure\"}") == 1.0
+    });
     assert_eq!(dead.requests.lock().unwrap().len(), 3, "three attempts");
-    assert_eq!(gs.metric("gitsync_hooks_total{kind=\"signal\",result=\"success\"}"), 1.0);
+    assert_eq!(
+        gs.metric("gitsync_hooks_total{kind=\"signal\",result=\"success\"}"),
+        1.0
+    );
 }
 
 #[test]
@@ -296,7 +542,10 @@ fn corrupt_private_repo_and_broken_link_are_repaired_on_start() {
     let (status, logs) = one_time(&root, &["--repo", &url]);
     assert!(status.success(), "{logs}");
     assert!(is_published(&root, &c2));
-    assert_eq!(std::fs::read_to_string(root.join("current/a")).unwrap(), "2");
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/a")).unwrap(),
+        "2"
+    );
     assert!(logs.contains("removed_broken_link: true"), "{logs}");
     assert_eq!(c1.len(), 40);
 }
@@ -321,17 +570,42 @@ fn remote_down_keeps_the_tree_and_fails_readiness_after_the_staleness_limit() {
     let http = GitHttp::start(&fx.base(), None);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let gs = GitSync::start(&root, &["--repo", &http.url("cfg.git"), "--period", "100ms", "--stale-after", "1500ms", "--backoff-max", "200ms"]);
-    wait_until(Duration::from_secs(10), "publish", || is_published(&root, &c1));
+    let gs = GitSync::start(
+        &root,
+        &[
+            "--repo",
+            &http.url("cfg.git"),
+            "--period",
+            "100ms",
+            "--stale-after",
+            "1500ms",
+            "--backoff-max",
+            "200ms",
+        ],
+    );
+    wait_until(Duration::from_secs(10), "publish", || {
+        is_published(&root, &c1)
+    });
     wait_until(Duration::from_secs(5), "ready", || gs.ready());
     http.down.store(true, std::sync::atomic::Ordering::SeqCst);
     let down_at = Instant::now();
-    wait_until(Duration::from_secs(5), "failures", || gs.metric("gitsync_syncs_total{result=\"error\"}") >= 1.0);
+    wait_until(Duration::from_secs(5), "failures", || {
+        gs.metric("gitsync_syncs_total{result=\"error\"}") >= 1.0
+    });
     assert!(gs.ready(), "still ready within the staleness limit");
-    wait_until(Duration::from_secs(10), "not ready after the limit", || !gs.ready());
-    assert!(down_at.elapsed() >= Duration::from_millis(1300), "not ready too early: {:?}", down_at.elapsed());
+    wait_until(Duration::from_secs(10), "not ready after the limit", || {
+        !gs.ready()
+    });
+    assert!(
+        down_at.elapsed() >= Duration::from_millis(1300),
+        "not ready too early: {:?}",
+        down_at.elapsed()
+    );
     assert!(is_published(&root, &c1), "the last good tree stays");
-    assert_eq!(std::fs::read_to_string(root.join("current/a")).unwrap(), "1");
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/a")).unwrap(),
+        "1"
+    );
     let (_, verbose) = http_get(gs.admin_port, "/readyz?verbose");
     assert!(verbose.contains("no successful sync"), "{verbose}");
     http.down.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -355,7 +629,9 @@ fn sigterm_in_the_middle_of_a_sync_never_leaves_a_broken_link() {
         match std::fs::symlink_metadata(root.join("current")) {
             Err(_) => {} // nothing published yet: fine
             Ok(_) => {
-                let n = std::fs::read_dir(root.join("current/d0")).expect("link resolves to a complete tree").count();
+                let n = std::fs::read_dir(root.join("current/d0"))
+                    .expect("link resolves to a complete tree")
+                    .count();
                 assert_eq!(n, 50, "a published tree is complete");
             }
         }
@@ -370,13 +646,20 @@ fn sigterm_in_the_middle_of_a_sync_never_leaves_a_broken_link() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         gs.signal("TERM");
         let status = gs.wait_exit(Duration::from_secs(30));
-        assert!(status.success(), "exit after SIGTERM: {status:?}\n{}", gs.logs());
+        assert!(
+            status.success(),
+            "exit after SIGTERM: {status:?}\n{}",
+            gs.logs()
+        );
         if !gs.logs().contains(" published ") {
             interrupted += 1;
         }
         check_link(&root);
     }
-    assert!(interrupted >= 1, "no run was stopped in the middle of a sync");
+    assert!(
+        interrupted >= 1,
+        "no run was stopped in the middle of a sync"
+    );
     let (status, logs) = one_time(&root, &["--repo", &http.url("big.git")]);
     assert!(status.success(), "{logs}");
     check_link(&root);

@@ -19,7 +19,10 @@ pub fn require(program: &str) {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(found, "this test needs the program `{program}` (apt-get install git openssh-server)");
+    assert!(
+        found,
+        "this test needs the program `{program}` (apt-get install git openssh-server)"
+    );
 }
 
 pub fn git(dir: &Path, args: &[&str]) -> String {
@@ -35,7 +38,11 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         .env("HOME", dir)
         .output()
         .expect("run git");
-    assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -53,9 +60,15 @@ impl Fixture {
         let base = dir.path().join("srv");
         std::fs::create_dir_all(&base).unwrap();
         let bare = base.join(name);
-        git(dir.path(), &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
+        git(
+            dir.path(),
+            &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+        );
         let work = dir.path().join("work");
-        git(dir.path(), &["init", "-q", "-b", "main", work.to_str().unwrap()]);
+        git(
+            dir.path(),
+            &["init", "-q", "-b", "main", work.to_str().unwrap()],
+        );
         git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
         // a background auto-gc would race the next commit's object writes
         git(&work, &["config", "gc.auto", "0"]);
@@ -90,7 +103,10 @@ impl Fixture {
             std::fs::write(p, content).unwrap();
         }
         git(&self.work, &["add", "-A"]);
-        git(&self.work, &["commit", "-q", "--allow-empty", "-m", message]);
+        git(
+            &self.work,
+            &["commit", "-q", "--allow-empty", "-m", message],
+        );
         git(&self.work, &["push", "-q", "origin", branch]);
         git(&self.work, &["rev-parse", "HEAD"])
     }
@@ -110,7 +126,11 @@ impl Fixture {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
@@ -162,7 +182,10 @@ impl GitDaemon {
                 .expect("start git daemon");
             let child = Guard(child);
             if wait_for_port(port, Duration::from_secs(5)) {
-                return GitDaemon { port, _child: child };
+                return GitDaemon {
+                    port,
+                    _child: child,
+                };
             }
         }
         panic!("git daemon did not start");
@@ -188,21 +211,32 @@ impl GitHttp {
         require("git");
         let exec_path = git(base, &["--exec-path"]);
         let backend = PathBuf::from(exec_path).join("git-http-backend");
-        assert!(backend.exists(), "git-http-backend not found at {}", backend.display());
+        assert!(
+            backend.exists(),
+            "git-http-backend not found at {}",
+            backend.display()
+        );
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let expected_auth = auth.map(|(u, p)| format!("Basic {}", b64(format!("{u}:{p}").as_bytes())));
+        let expected_auth =
+            auth.map(|(u, p)| format!("Basic {}", b64(format!("{u}:{p}").as_bytes())));
         let base = base.to_path_buf();
         let (d, r, s) = (down.clone(), requests.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let (d, r, base, backend, auth) = (d.clone(), r.clone(), base.clone(), backend.clone(), expected_auth.clone());
+                        let (d, r, base, backend, auth) = (
+                            d.clone(),
+                            r.clone(),
+                            base.clone(),
+                            backend.clone(),
+                            expected_auth.clone(),
+                        );
                         std::thread::spawn(move || {
                             let _ = serve_cgi(stream, &base, &backend, auth.as_deref(), &d, &r);
                         });
@@ -211,7 +245,13 @@ impl GitHttp {
                 }
             }
         });
-        GitHttp { port, down, requests, stop, thread: Some(thread) }
+        GitHttp {
+            port,
+            down,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self, name: &str) -> String {
@@ -238,7 +278,10 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -265,16 +308,29 @@ pub fn read_request(stream: &mut TcpStream) -> std::io::Result<Request> {
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    let mut req = Request { method, path, query, headers, body: Vec::new() };
-    if let Some(len) = req.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    let mut req = Request {
+        method,
+        path,
+        query,
+        headers,
+        body: Vec::new(),
+    };
+    if let Some(len) = req
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         let mut body = vec![0; len];
         reader.read_exact(&mut body)?;
         req.body = body;
-    } else if req.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+    } else if req
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
         loop {
             let mut size_line = String::new();
             reader.read_line(&mut size_line)?;
-            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16)
+                .unwrap_or(0);
             let mut chunk = vec![0; size + 2];
             reader.read_exact(&mut chunk)?;
             if size == 0 {
@@ -297,7 +353,9 @@ fn serve_cgi(
     let req = read_request(&mut stream)?;
     requests.fetch_add(1, Ordering::SeqCst);
     if down.load(Ordering::SeqCst) {
-        return stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return stream.write_all(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
     }
     if let Some(expected) = auth {
         if req.header("authorization") != Some(expected) {
@@ -315,7 +373,10 @@ fn serve_cgi(
         .env("QUERY_STRING", &req.query)
         .env("CONTENT_TYPE", req.header("content-type").unwrap_or(""))
         .env("CONTENT_LENGTH", req.body.len().to_string())
-        .env("HTTP_CONTENT_ENCODING", req.header("content-encoding").unwrap_or(""))
+        .env(
+            "HTTP_CONTENT_ENCODING",
+            req.header("content-encoding").unwrap_or(""),
+        )
         .env("GIT_PROTOCOL", req.header("git-protocol").unwrap_or(""))
         .env("REMOTE_USER", "git")
         .env("REMOTE_ADDR", "127.0.0.1")
@@ -332,9 +393,16 @@ fn serve_cgi(
     child.stdout.take().expect("stdout").read_to_end(&mut out)?;
     let _ = writer.join();
     child.wait()?;
-    let split = out.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4)).or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2)));
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4))
+        .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2)));
     let (head, body) = match split {
-        Some((p, n)) => (String::from_utf8_lossy(&out[..p]).to_string(), &out[p + n..]),
+        Some((p, n)) => (
+            String::from_utf8_lossy(&out[..p]).to_string(),
+            &out[p + n..],
+        ),
         None => (String::new(), &out[..]),
     };
     let mut status = "200 OK".to_string();
@@ -348,7 +416,13 @@ fn serve_cgi(
             header_lines.push_str("\r\n");
         }
     }
-    response.extend_from_slice(format!("HTTP/1.1 {status}\r\n{header_lines}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes());
+    response.extend_from_slice(
+        format!(
+            "HTTP/1.1 {status}\r\n{header_lines}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
     response.extend_from_slice(body);
     stream.write_all(&response)
 }
@@ -360,7 +434,11 @@ pub fn b64(data: &[u8]) -> String {
         let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
-            out.push(if i <= c.len() { A[((n >> (18 - 6 * i)) & 63) as usize] as char } else { '=' });
+            out.push(if i <= c.len() {
+                A[((n >> (18 - 6 * i)) & 63) as usize] as char
+            } else {
+                '='
+            });
         }
     }
     out
@@ -378,7 +456,10 @@ pub struct Sshd {
 impl Sshd {
     pub fn start() -> Sshd {
         require("ssh-keygen");
-        assert!(Path::new("/usr/sbin/sshd").exists(), "this test needs /usr/sbin/sshd (apt-get install openssh-server)");
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "this test needs /usr/sbin/sshd (apt-get install openssh-server)"
+        );
         // sshd insists on its privilege separation directory.
         std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
         let dir = tempfile::tempdir().unwrap();
@@ -415,9 +496,19 @@ impl Sshd {
             if wait_for_port(port, Duration::from_secs(5)) {
                 let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
                 let mut fields = host_pub.split_whitespace();
-                let line = format!("[127.0.0.1]:{port} {} {}\n", fields.next().unwrap(), fields.next().unwrap());
+                let line = format!(
+                    "[127.0.0.1]:{port} {} {}\n",
+                    fields.next().unwrap(),
+                    fields.next().unwrap()
+                );
                 std::fs::write(d.join("known_hosts"), line).unwrap();
-                return Sshd { port, client_key: d.join("client_key"), known_hosts: d.join("known_hosts"), dir, _child: child };
+                return Sshd {
+                    port,
+                    client_key: d.join("client_key"),
+                    known_hosts: d.join("known_hosts"),
+                    dir,
+                    _child: child,
+                };
             }
         }
         panic!("sshd did not start");
@@ -447,15 +538,30 @@ impl GitSync {
         let log = root.with_extension(format!("log-{admin_port}"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin())
-            .args(["--root", root.to_str().unwrap(), "--admin-addr", &format!("127.0.0.1:{admin_port}"), "--log-format", "text"])
+            .args([
+                "--root",
+                root.to_str().unwrap(),
+                "--admin-addr",
+                &format!("127.0.0.1:{admin_port}"),
+                "--log-format",
+                "text",
+            ])
             .args(args)
             .env("HOME", "/nonexistent")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .expect("start git-sync");
-        assert!(wait_for_port(admin_port, Duration::from_secs(10)), "git-sync admin port did not open");
-        GitSync { child: Some(child), admin_port, root: root.to_path_buf(), log }
+        assert!(
+            wait_for_port(admin_port, Duration::from_secs(10)),
+            "git-sync admin port did not open"
+        );
+        GitSync {
+            child: Some(child),
+            admin_port,
+            root: root.to_path_buf(),
+            log,
+        }
     }
 
     pub fn logs(&self) -> String {
@@ -476,7 +582,13 @@ impl GitSync {
 
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().unwrap().id().to_string();
-        assert!(Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args([&format!("-{sig}"), &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
@@ -486,7 +598,11 @@ impl GitSync {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "git-sync did not exit in {timeout:?}; logs:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "git-sync did not exit in {timeout:?}; logs:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -504,12 +620,24 @@ impl Drop for GitSync {
 /// Runs git-sync --one-time to completion; returns (status, logs).
 pub fn one_time(root: &Path, args: &[&str]) -> (ExitStatus, String) {
     let out = Command::new(bin())
-        .args(["--root", root.to_str().unwrap(), "--admin-addr", "127.0.0.1:0", "--one-time", "--log-format", "text"])
+        .args([
+            "--root",
+            root.to_str().unwrap(),
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--one-time",
+            "--log-format",
+            "text",
+        ])
         .args(args)
         .env("HOME", "/nonexistent")
         .output()
         .expect("run git-sync");
-    let logs = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status, logs)
 }
 
@@ -530,10 +658,21 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
-pub fn http_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return (0, String::new()) };
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -542,8 +681,15 @@ pub fn http_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)
     let _ = s.write_all(body);
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
-    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -590,7 +736,11 @@ impl Recorder {
                 }
             }
         });
-        Recorder { port, requests, stop }
+        Recorder {
+            port,
+            requests,
+            stop,
+        }
     }
 }
 

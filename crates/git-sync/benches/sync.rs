@@ -1,0 +1,385 @@
+//! git-sync against the git CLI, in one run, on a git daemon on 127.0.0.1.
+//!
+//! `cargo bench -p git-sync --bench sync` (needs git, and GNU time at /usr/bin/time).
+//! Environment: GITSYNC_BENCH_FILES (10000), GITSYNC_BENCH_MB (100), GITSYNC_BENCH_RUNS (5).
+//!
+//! Measures:
+//! 1. push-to-published latency with POST /sync and with polling (--period 1s);
+//! 2. the cost of a poll when nothing changed (CPU time, bytes on the wire) vs `git fetch`;
+//! 3. first sync (vs `git clone --depth 1`) and incremental sync (vs `git fetch --depth 1` +
+//!    `git checkout`) of a generated repository, wall time and peak RSS.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "b")
+        .env("GIT_AUTHOR_EMAIL", "b@example.invalid")
+        .env("GIT_COMMITTER_NAME", "b")
+        .env("GIT_COMMITTER_EMAIL", "b@example.invalid")
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+struct Killer(Child);
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} did not open");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Counts the bytes both ways between clients and the git daemon.
+struct Proxy {
+    port: u16,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counter = bytes.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let counter = counter.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 64 * 1024];
+                        loop {
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => {
+                                    let _ = to.shutdown(std::net::Shutdown::Write);
+                                    return;
+                                }
+                                Ok(n) => {
+                                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Proxy { port, bytes }
+    }
+}
+
+/// Wall seconds, CPU seconds (user+sys) and peak RSS (KiB) of one command, via GNU time.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    wall: f64,
+    cpu: f64,
+    rss_kib: u64,
+}
+
+fn measure(dir: &Path, program: &str, args: &[&str]) -> Cost {
+    let out_file = dir.join(format!(".time-{}", rand::rng().random::<u64>()));
+    let status = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%e %U %S %M")
+        .arg("-o")
+        .arg(&out_file)
+        .arg(program)
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("/usr/bin/time (apt-get install time)");
+    assert!(status.success(), "{program} {args:?} failed");
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    let _ = std::fs::remove_file(&out_file);
+    let f: Vec<f64> = text.lines().last().unwrap().split_whitespace().map(|v| v.parse().unwrap()).collect();
+    Cost { wall: f[0], cpu: f[1] + f[2], rss_kib: f[3] as u64 }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn cpu_seconds_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0 // USER_HZ
+}
+
+fn http(port: u16, method: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    http(port, "GET", "/metrics")
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn published(root: &Path) -> Option<String> {
+    Some(std::fs::read_link(root.join("current")).ok()?.file_name()?.to_str()?.to_string())
+}
+
+fn generate(work: &Path, files: usize, total_mb: usize, rng: &mut rand::rngs::StdRng) {
+    let per_file = total_mb * 1024 * 1024 / files;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 =:\n";
+    for i in 0..files {
+        let dir = work.join(format!("d{:03}", i % 100));
+        std::fs::create_dir_all(&dir).unwrap();
+        let body: Vec<u8> = (0..per_file).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())]).collect();
+        std::fs::write(dir.join(format!("f{i:05}.conf")), body).unwrap();
+    }
+}
+
+fn change_some(work: &Path, files: usize, every: usize, round: usize) {
+    for i in (0..files).step_by(every) {
+        let path = work.join(format!("d{:03}", i % 100)).join(format!("f{i:05}.conf"));
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        writeln!(f, "changed in round {round}").unwrap();
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else is accepted.
+    let files = env_or("GITSYNC_BENCH_FILES", 10_000);
+    let mb = env_or("GITSYNC_BENCH_MB", 100);
+    let runs = env_or("GITSYNC_BENCH_RUNS", 5).max(1);
+    let bin = env!("CARGO_BIN_EXE_git-sync");
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let srv = t.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let bare = srv.join("big.git");
+    git(t, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
+    let work = t.join("work");
+    git(t, &["init", "-q", "-b", "main", work.to_str().unwrap()]);
+    git(&work, &["config", "gc.auto", "0"]);
+    git(&bare, &["config", "gc.auto", "0"]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    eprintln!("generating {files} files, {mb} MB...");
+    generate(&work, files, mb, &mut rng);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "initial"]);
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+
+    let daemon_port = free_port();
+    let _daemon = Killer(
+        Command::new("git")
+            .args([
+                "daemon",
+                "--export-all",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+                &format!("--port={daemon_port}"),
+                &format!("--base-path={}", srv.display()),
+                &srv.display().to_string(),
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon"),
+    );
+    wait_port(daemon_port);
+    let proxy = Proxy::start(daemon_port);
+    let url = format!("git://127.0.0.1:{}/big.git", proxy.port);
+    let gs_args = |root: &Path| -> Vec<String> {
+        vec![
+            "--one-time".into(),
+            "--root".into(),
+            root.display().to_string(),
+            "--repo".into(),
+            url.clone(),
+            "--depth".into(),
+            "1".into(),
+            "--admin-addr".into(),
+            "127.0.0.1:0".into(),
+            "--log-level".into(),
+            "warn".into(),
+        ]
+    };
+
+    // 3a. first sync vs git clone --depth 1
+    let mut first_gs = Vec::new();
+    let mut first_cli = Vec::new();
+    for i in 0..runs {
+        let root = t.join(format!("gs{i}"));
+        let a = gs_args(&root);
+        let args: Vec<&str> = a.iter().map(String::as_str).collect();
+        first_gs.push(measure(t, bin, &args));
+        let dest = t.join(format!("cli{i}"));
+        first_cli.push(measure(t, "git", &["clone", "-q", "--depth", "1", &url, dest.to_str().unwrap()]));
+    }
+
+    // 3b. incremental: 1% of the files change
+    change_some(&work, files, 100, 1);
+    git(&work, &["commit", "-q", "-am", "one percent"]);
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let mut inc_gs = Vec::new();
+    let mut inc_cli = Vec::new();
+    for i in 0..runs {
+        let root = t.join(format!("gs{i}"));
+        let a = gs_args(&root);
+        let args: Vec<&str> = a.iter().map(String::as_str).collect();
+        inc_gs.push(measure(t, bin, &args));
+        let dest = t.join(format!("cli{i}"));
+        inc_cli.push(measure(
+            &dest,
+            "sh",
+            &["-c", "git fetch -q --depth 1 origin main && git checkout -q --detach FETCH_HEAD"],
+        ));
+    }
+    let new_sha = git(&work, &["rev-parse", "HEAD"]);
+    for i in 0..runs {
+        assert_eq!(published(&t.join(format!("gs{i}"))).as_deref(), Some(new_sha.as_str()));
+    }
+
+    // 2. a poll when nothing changed: git-sync (long-running) vs `git fetch` in a clone
+    let polls = 30;
+    let admin = free_port();
+    let root = t.join("gs0");
+    let mut gs = Killer(
+        Command::new(bin)
+            .args(["--root", root.to_str().unwrap(), "--repo", &url, "--depth", "1", "--period", "1h"])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}"), "--log-level", "warn"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(admin);
+    let wait_syncs = |n: f64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metric(admin, "gitsync_syncs_total") < n {
+            assert!(Instant::now() < deadline, "git-sync did not sync");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    wait_syncs(1.0);
+    let cpu0 = cpu_seconds_of(gs.0.id());
+    let bytes0 = proxy.bytes.load(Ordering::SeqCst);
+    for k in 0..polls {
+        http(admin, "POST", "/sync");
+        wait_syncs(2.0 + f64::from(k));
+    }
+    let gs_poll_cpu = (cpu_seconds_of(gs.0.id()) - cpu0) / f64::from(polls);
+    let gs_poll_bytes = (proxy.bytes.load(Ordering::SeqCst) - bytes0) as f64 / f64::from(polls);
+    let unchanged = metric(admin, "gitsync_syncs_total{result=\"unchanged\"}");
+    assert!(unchanged >= f64::from(polls), "polls were not 'unchanged'");
+    let mut cli_poll_cpu = Vec::new();
+    let bytes0 = proxy.bytes.load(Ordering::SeqCst);
+    let clone0 = t.join("cli0");
+    for _ in 0..polls {
+        cli_poll_cpu.push(measure(&clone0, "git", &["fetch", "-q", "--depth", "1", "origin", "main"]).cpu);
+    }
+    let cli_poll_bytes = (proxy.bytes.load(Ordering::SeqCst) - bytes0) as f64 / f64::from(polls);
+    let cli_poll_cpu = cli_poll_cpu.iter().sum::<f64>() / f64::from(polls);
+
+    // 1. push-to-published latency: POST /sync right after the push, and polling every 1s
+    let pushes = runs.max(5);
+    let mut lat_post = Vec::new();
+    for round in 0..pushes {
+        change_some(&work, files, 1000, 100 + round);
+        git(&work, &["commit", "-q", "-am", "post"]);
+        let start = Instant::now();
+        git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+        let sha = git(&work, &["rev-parse", "HEAD"]);
+        http(admin, "POST", "/sync");
+        while published(&root).as_deref() != Some(sha.as_str()) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        lat_post.push(start.elapsed().as_secs_f64());
+    }
+    drop(gs);
+    let admin = free_port();
+    let gs = Killer(
+        Command::new(bin)
+            .args(["--root", root.to_str().unwrap(), "--repo", &url, "--depth", "1", "--period", "1s"])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}"), "--log-level", "warn"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(admin);
+    let mut lat_poll = Vec::new();
+    for round in 0..pushes {
+        change_some(&work, files, 1000, 200 + round);
+        git(&work, &["commit", "-q", "-am", "poll"]);
+        let start = Instant::now();
+        git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+        let sha = git(&work, &["rev-parse", "HEAD"]);
+        while published(&root).as_deref() != Some(sha.as_str()) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        lat_poll.push(start.elapsed().as_secs_f64());
+        // desynchronise the next push from the poll phase
+        std::thread::sleep(Duration::from_millis(rand::rng().random_range(0..1000)));
+    }
+    drop(gs);
+
+    let med = |v: &[Cost], f: fn(&Cost) -> f64| median(v.iter().map(f).collect());
+    let max_rss = |v: &[Cost]| v.iter().map(|c| c.rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+    println!("## git-sync benchmark ({files} files, {mb} MB, {runs} runs, medians)");
+    println!();
+    println!("| measure | git-sync | git CLI | ratio |");
+    println!("|---|---|---|---|");
+    let row = |name: &str, a: f64, b: f64, unit: &str| {
+        println!("| {name} | {a:.3} {unit} | {b:.3} {unit} | {:.2}x |", a / b);
+    };
+    row("first sync, wall (vs clone --depth 1)", med(&first_gs, |c| c.wall), med(&first_cli, |c| c.wall), "s");
+    row("first sync, CPU", med(&first_gs, |c| c.cpu), med(&first_cli, |c| c.cpu), "s");
+    row("first sync, peak RSS (max)", max_rss(&first_gs), max_rss(&first_cli), "MiB");
+    row("incremental 1%, wall (vs fetch --depth 1 + checkout)", med(&inc_gs, |c| c.wall), med(&inc_cli, |c| c.wall), "s");
+    row("incremental 1%, CPU", med(&inc_gs, |c| c.cpu), med(&inc_cli, |c| c.cpu), "s");
+    row("incremental 1%, peak RSS (max)", max_rss(&inc_gs), max_rss(&inc_cli), "MiB");
+    row("poll with nothing new, CPU per poll", gs_poll_cpu * 1000.0, cli_poll_cpu * 1000.0, "ms");
+    row("poll with nothing new, bytes on the wire", gs_poll_bytes, cli_poll_bytes, "B");
+    println!();
+    println!("| push-to-published latency | median | max |");
+    println!("|---|---|---|");
+    let lat = |v: &[f64]| (median(v.to_vec()), v.iter().cloned().fold(0.0, f64::max));
+    let (m, x) = lat(&lat_post);
+    println!("| POST /sync right after the push | {:.0} ms | {:.0} ms |", m * 1000.0, x * 1000.0);
+    let (m, x) = lat(&lat_poll);
+    println!("| polling, --period 1s (jitter 10%) | {:.0} ms | {:.0} ms |", m * 1000.0, x * 1000.0);
+}
