@@ -35,7 +35,8 @@ impl Authority {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let cert = params.self_signed(&key)?;
         let ca_file = dir.join("ca.crt");
-        std::fs::write(&ca_file, cert.pem())?;
+        std::fs::write(&ca_file, cert.pem())
+            .with_context(|| format!("writing {}", ca_file.display()))?;
         Ok(Self {
             issuer: Issuer::new(params, key),
             ca_file,
@@ -45,7 +46,7 @@ impl Authority {
     /// Issues `spiffe://demo.local/ns/demo/sa/<name>` into `dir/<name>/`.
     pub fn issue(&self, dir: &Path, name: &str) -> anyhow::Result<IdentityFiles> {
         let out = dir.join(name);
-        std::fs::create_dir_all(&out)?;
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
         let spiffe_id = format!("spiffe://{TRUST_DOMAIN}/ns/demo/sa/{name}");
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![format!("{name}.demo.local")])?;
@@ -64,8 +65,10 @@ impl Authority {
             ca: self.ca_file.clone(),
             spiffe_id,
         };
-        std::fs::write(&files.cert, cert.pem())?;
-        std::fs::write(&files.key, key.serialize_pem())?;
+        std::fs::write(&files.cert, cert.pem())
+            .with_context(|| format!("writing {}", files.cert.display()))?;
+        std::fs::write(&files.key, key.serialize_pem())
+            .with_context(|| format!("writing {}", files.key.display()))?;
         Ok(files)
     }
 }

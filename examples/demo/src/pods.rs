@@ -48,7 +48,9 @@ struct Processes {
 
 impl Processes {
     fn spawn(&mut self, name: &str, program: &Path, args: &[String]) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.logs.join(format!("{name}.log")))?;
+        let log_path = self.logs.join(log_name(name));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
         let child = Command::new(program)
             .args(args)
             .env("NO_COLOR", "1")
@@ -96,6 +98,11 @@ impl Drop for Processes {
     }
 }
 
+/// `pod-b/app` logs to `pod-b-app.log`.
+fn log_name(process: &str) -> String {
+    format!("{}.log", process.replace('/', "-"))
+}
+
 fn bin(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);
     if !path.exists() {
@@ -125,7 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let p = Ports::from_base(cli.port_base);
 
     println!("Setting up in {}", dir.display());
@@ -133,12 +140,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let pod_a = ca.issue(&dir.join("certs"), "pod-a")?;
     let pod_b = ca.issue(&dir.join("certs"), "pod-b")?;
     let repo_dir = dir.join("config-repo");
-    let repo = git::init(&repo_dir)?;
-    git::commit(&repo, "app.yaml", "greeting: hello\n", "first config")?;
+    let repo = git::init(&repo_dir)
+        .with_context(|| format!("creating the git repository {}", repo_dir.display()))?;
+    git::commit(&repo, "app.yaml", "greeting: hello\n", "first config")
+        .context("committing the first config")?;
     let mapping = dir.join("mapping.yaml");
-    std::fs::write(&mapping, MAPPING)?;
+    std::fs::write(&mapping, MAPPING).with_context(|| format!("writing {}", mapping.display()))?;
     let volume = dir.join("pod-b/config");
-    std::fs::create_dir_all(&volume)?;
+    std::fs::create_dir_all(&volume).with_context(|| format!("creating {}", volume.display()))?;
 
     let mut procs = Processes {
         children: Vec::new(),
@@ -251,7 +260,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         checks.record(
             &format!("{name} is ready (/readyz on {})", local(port)),
             ready,
-            &format!("see {}", logs.join(format!("{name}.log")).display()),
+            &format!("see {}", logs.join(log_name(name)).display()),
         );
     }
 
