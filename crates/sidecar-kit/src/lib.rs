@@ -58,6 +58,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod cli;
 pub mod config;
