@@ -9,6 +9,9 @@
 //! 3. first sync (vs `git clone --depth 1`) and incremental sync (vs `git fetch --depth 1` +
 //!    `git checkout`) of a generated repository, wall time and peak RSS.
 
+// Benchmark code: a failed unwrap aborts the run with its location.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -20,7 +23,10 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -33,7 +39,11 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_EMAIL", "b@example.invalid")
         .output()
         .expect("git");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -46,7 +56,11 @@ impl Drop for Killer {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16) {
@@ -71,7 +85,9 @@ impl Proxy {
         let counter = bytes.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
                 for (mut from, mut to) in [
                     (client.try_clone().unwrap(), server.try_clone().unwrap()),
                     (server, client),
@@ -126,8 +142,18 @@ fn measure(dir: &Path, program: &str, args: &[&str]) -> Cost {
     assert!(status.success(), "{program} {args:?} failed");
     let text = std::fs::read_to_string(&out_file).unwrap();
     let _ = std::fs::remove_file(&out_file);
-    let f: Vec<f64> = text.lines().last().unwrap().split_whitespace().map(|v| v.parse().unwrap()).collect();
-    Cost { wall: f[0], cpu: f[1] + f[2], rss_kib: f[3] as u64 }
+    let f: Vec<f64> = text
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    Cost {
+        wall: f[0],
+        cpu: f[1] + f[2],
+        rss_kib: f[3] as u64,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -145,7 +171,11 @@ fn cpu_seconds_of(pid: u32) -> f64 {
 
 fn http(port: u16, method: &str, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -160,7 +190,13 @@ fn metric(port: u16, name: &str) -> f64 {
 }
 
 fn published(root: &Path) -> Option<String> {
-    Some(std::fs::read_link(root.join("current")).ok()?.file_name()?.to_str()?.to_string())
+    Some(
+        std::fs::read_link(root.join("current"))
+            .ok()?
+            .file_name()?
+            .to_str()?
+            .to_string(),
+    )
 }
 
 fn generate(work: &Path, files: usize, total_mb: usize, rng: &mut rand::rngs::StdRng) {
@@ -169,14 +205,18 @@ fn generate(work: &Path, files: usize, total_mb: usize, rng: &mut rand::rngs::St
     for i in 0..files {
         let dir = work.join(format!("d{:03}", i % 100));
         std::fs::create_dir_all(&dir).unwrap();
-        let body: Vec<u8> = (0..per_file).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())]).collect();
+        let body: Vec<u8> = (0..per_file)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())])
+            .collect();
         std::fs::write(dir.join(format!("f{i:05}.conf")), body).unwrap();
     }
 }
 
 fn change_some(work: &Path, files: usize, every: usize, round: usize) {
     for i in (0..files).step_by(every) {
-        let path = work.join(format!("d{:03}", i % 100)).join(format!("f{i:05}.conf"));
+        let path = work
+            .join(format!("d{:03}", i % 100))
+            .join(format!("f{i:05}.conf"));
         let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
         writeln!(f, "changed in round {round}").unwrap();
     }
@@ -193,7 +233,10 @@ fn main() {
     let srv = t.join("srv");
     std::fs::create_dir_all(&srv).unwrap();
     let bare = srv.join("big.git");
-    git(t, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
+    git(
+        t,
+        &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+    );
     let work = t.join("work");
     git(t, &["init", "-q", "-b", "main", work.to_str().unwrap()]);
     git(&work, &["config", "gc.auto", "0"]);
@@ -249,7 +292,11 @@ fn main() {
         let args: Vec<&str> = a.iter().map(String::as_str).collect();
         first_gs.push(measure(t, bin, &args));
         let dest = t.join(format!("cli{i}"));
-        first_cli.push(measure(t, "git", &["clone", "-q", "--depth", "1", &url, dest.to_str().unwrap()]));
+        first_cli.push(measure(
+            t,
+            "git",
+            &["clone", "-q", "--depth", "1", &url, dest.to_str().unwrap()],
+        ));
     }
 
     // 3b. incremental: 1% of the files change
@@ -267,22 +314,42 @@ fn main() {
         inc_cli.push(measure(
             &dest,
             "sh",
-            &["-c", "git fetch -q --depth 1 origin main && git checkout -q --detach FETCH_HEAD"],
+            &[
+                "-c",
+                "git fetch -q --depth 1 origin main && git checkout -q --detach FETCH_HEAD",
+            ],
         ));
     }
     let new_sha = git(&work, &["rev-parse", "HEAD"]);
     for i in 0..runs {
-        assert_eq!(published(&t.join(format!("gs{i}"))).as_deref(), Some(new_sha.as_str()));
+        assert_eq!(
+            published(&t.join(format!("gs{i}"))).as_deref(),
+            Some(new_sha.as_str())
+        );
     }
 
     // 2. a poll when nothing changed: git-sync (long-running) vs `git fetch` in a clone
     let polls = 30;
     let admin = free_port();
     let root = t.join("gs0");
-    let mut gs = Killer(
+    let gs = Killer(
         Command::new(bin)
-            .args(["--root", root.to_str().unwrap(), "--repo", &url, "--depth", "1", "--period", "1h"])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}"), "--log-level", "warn"])
+            .args([
+                "--root",
+                root.to_str().unwrap(),
+                "--repo",
+                &url,
+                "--depth",
+                "1",
+                "--period",
+                "1h",
+            ])
+            .args([
+                "--admin-addr",
+                &format!("127.0.0.1:{admin}"),
+                "--log-level",
+                "warn",
+            ])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -310,7 +377,14 @@ fn main() {
     let bytes0 = proxy.bytes.load(Ordering::SeqCst);
     let clone0 = t.join("cli0");
     for _ in 0..polls {
-        cli_poll_cpu.push(measure(&clone0, "git", &["fetch", "-q", "--depth", "1", "origin", "main"]).cpu);
+        cli_poll_cpu.push(
+            measure(
+                &clone0,
+                "git",
+                &["fetch", "-q", "--depth", "1", "origin", "main"],
+            )
+            .cpu,
+        );
     }
     let cli_poll_bytes = (proxy.bytes.load(Ordering::SeqCst) - bytes0) as f64 / f64::from(polls);
     let cli_poll_cpu = cli_poll_cpu.iter().sum::<f64>() / f64::from(polls);
@@ -334,8 +408,22 @@ fn main() {
     let admin = free_port();
     let gs = Killer(
         Command::new(bin)
-            .args(["--root", root.to_str().unwrap(), "--repo", &url, "--depth", "1", "--period", "1s"])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}"), "--log-level", "warn"])
+            .args([
+                "--root",
+                root.to_str().unwrap(),
+                "--repo",
+                &url,
+                "--depth",
+                "1",
+                "--period",
+                "1s",
+            ])
+            .args([
+                "--admin-addr",
+                &format!("127.0.0.1:{admin}"),
+                "--log-level",
+                "warn",
+            ])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -366,20 +454,68 @@ fn main() {
     let row = |name: &str, a: f64, b: f64, unit: &str| {
         println!("| {name} | {a:.3} {unit} | {b:.3} {unit} | {:.2}x |", a / b);
     };
-    row("first sync, wall (vs clone --depth 1)", med(&first_gs, |c| c.wall), med(&first_cli, |c| c.wall), "s");
-    row("first sync, CPU", med(&first_gs, |c| c.cpu), med(&first_cli, |c| c.cpu), "s");
-    row("first sync, peak RSS (max)", max_rss(&first_gs), max_rss(&first_cli), "MiB");
-    row("incremental 1%, wall (vs fetch --depth 1 + checkout)", med(&inc_gs, |c| c.wall), med(&inc_cli, |c| c.wall), "s");
-    row("incremental 1%, CPU", med(&inc_gs, |c| c.cpu), med(&inc_cli, |c| c.cpu), "s");
-    row("incremental 1%, peak RSS (max)", max_rss(&inc_gs), max_rss(&inc_cli), "MiB");
-    row("poll with nothing new, CPU per poll", gs_poll_cpu * 1000.0, cli_poll_cpu * 1000.0, "ms");
-    row("poll with nothing new, bytes on the wire", gs_poll_bytes, cli_poll_bytes, "B");
+    row(
+        "first sync, wall (vs clone --depth 1)",
+        med(&first_gs, |c| c.wall),
+        med(&first_cli, |c| c.wall),
+        "s",
+    );
+    row(
+        "first sync, CPU",
+        med(&first_gs, |c| c.cpu),
+        med(&first_cli, |c| c.cpu),
+        "s",
+    );
+    row(
+        "first sync, peak RSS (max)",
+        max_rss(&first_gs),
+        max_rss(&first_cli),
+        "MiB",
+    );
+    row(
+        "incremental 1%, wall (vs fetch --depth 1 + checkout)",
+        med(&inc_gs, |c| c.wall),
+        med(&inc_cli, |c| c.wall),
+        "s",
+    );
+    row(
+        "incremental 1%, CPU",
+        med(&inc_gs, |c| c.cpu),
+        med(&inc_cli, |c| c.cpu),
+        "s",
+    );
+    row(
+        "incremental 1%, peak RSS (max)",
+        max_rss(&inc_gs),
+        max_rss(&inc_cli),
+        "MiB",
+    );
+    row(
+        "poll with nothing new, CPU per poll",
+        gs_poll_cpu * 1000.0,
+        cli_poll_cpu * 1000.0,
+        "ms",
+    );
+    row(
+        "poll with nothing new, bytes on the wire",
+        gs_poll_bytes,
+        cli_poll_bytes,
+        "B",
+    );
     println!();
     println!("| push-to-published latency | median | max |");
     println!("|---|---|---|");
     let lat = |v: &[f64]| (median(v.to_vec()), v.iter().cloned().fold(0.0, f64::max));
     let (m, x) = lat(&lat_post);
-    println!("| POST /sync right after the push | {:.0} ms | {:.0} ms |", m * 1000.0, x * 1000.0);
+    println!(
+        "| POST /sync right after the push | {:.0} ms | {:.0} ms |",
+        m * 1000.0,
+        x * 1000.0
+    );
     let (m, x) = lat(&lat_poll);
-    println!("| polling, --period 1s (jitter 10%) | {:.0} ms | {:.0} ms |", m * 1000.0, x * 1000.0);
+    println!(
+        "| polling, --period 1s (jitter 10%) | {:.0} ms | {:.0} ms |",
+        m * 1000.0,
+        x * 1000.0
+    );
 }

@@ -599,10 +599,10 @@ fn repo_is_healthy(repo: &Repository, must_have: Option<Oid>) -> bool {
     if repo.odb().is_err() {
         return false;
     }
-    if let Ok(reference) = repo.find_reference(TARGET_REF) {
-        if reference.peel_to_commit().and_then(|c| c.tree()).is_err() {
-            return false;
-        }
+    if let Ok(reference) = repo.find_reference(TARGET_REF)
+        && reference.peel_to_commit().and_then(|c| c.tree()).is_err()
+    {
+        return false;
     }
     match must_have {
         Some(oid) => repo.find_commit(oid).and_then(|c| c.tree()).is_ok(),
@@ -646,13 +646,12 @@ fn raw_parents(data: &[u8]) -> Vec<Oid> {
         if line.is_empty() {
             break; // end of the header
         }
-        if let Some(hex) = line.strip_prefix(b"parent ") {
-            if let Some(oid) = std::str::from_utf8(hex)
+        if let Some(hex) = line.strip_prefix(b"parent ")
+            && let Some(oid) = std::str::from_utf8(hex)
                 .ok()
                 .and_then(|h| Oid::from_str(h).ok())
-            {
-                parents.push(oid);
-            }
+        {
+            parents.push(oid);
         }
     }
     parents

@@ -164,10 +164,10 @@ impl Syncer {
         }
         let source = &self.settings.source;
         let same_ref = self.published_ref.as_deref() == Some(source.target.to_string().as_str());
-        if let (RefTarget::Sha(want), Some(have)) = (&source.target, self.published) {
-            if *want == have {
-                return Ok(Outcome::Unchanged(have)); // a pin never moves: no network needed
-            }
+        if let (RefTarget::Sha(want), Some(have)) = (&source.target, self.published)
+            && *want == have
+        {
+            return Ok(Outcome::Unchanged(have)); // a pin never moves: no network needed
         }
         let repo = self.repo()?;
         let advertised = repo.advertised(source, cancel)?;
@@ -188,16 +188,15 @@ impl Syncer {
         }
         let checks_history = same_ref && !matches!(source.target, RefTarget::Sha(_));
         let mut force_pushed = false;
-        if checks_history {
-            if let Ancestry::Rewritten =
+        if checks_history
+            && let Ancestry::Rewritten =
                 repo.ancestry(source, &advertised, self.published, new, cancel)?
-            {
-                force_pushed = true;
-                if self.settings.force_push == ForcePushPolicy::Refuse {
-                    self.held_back = Some(new);
-                    let old = self.published.unwrap_or(new);
-                    return Ok(Outcome::ForcePushRefused { old, new });
-                }
+        {
+            force_pushed = true;
+            if self.settings.force_push == ForcePushPolicy::Refuse {
+                self.held_back = Some(new);
+                let old = self.published.unwrap_or(new);
+                return Ok(Outcome::ForcePushRefused { old, new });
             }
         }
 

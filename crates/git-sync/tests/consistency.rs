@@ -1,6 +1,9 @@
 //! A reader walks the published tree while 500 revisions are published under it: every walk
 //! must see exactly one revision (zero mixed reads) and never a missing file.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;
@@ -169,8 +172,7 @@ fn reader_never_sees_a_mix_of_revisions_across_500_syncs() {
         })
     };
 
-    for rev in 1..=syncs() {
-        let sha = &shas[rev];
+    for sha in &shas[1..] {
         move_main(sha);
         assert_eq!(
             http_request(gs.admin_port, "POST", "/sync", &[], b"").0,

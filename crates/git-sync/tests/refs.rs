@@ -1,5 +1,8 @@
 //! What gets published for each kind of ref, over git daemon (git://), file:// and shallow.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

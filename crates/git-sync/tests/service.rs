@@ -2,6 +2,9 @@
 //! force-push policies, deleted refs, the validation gate, notifications, repair, shutdown
 //! in the middle of a sync and an unreachable remote.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

@@ -1,6 +1,9 @@
 //! Authenticated transports: smart HTTP with basic auth (password file read on every sync,
 //! never logged) and ssh with a pinned host key and no HOME.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -357,12 +357,12 @@ fn serve_cgi(
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         );
     }
-    if let Some(expected) = auth {
-        if req.header("authorization") != Some(expected) {
-            return stream.write_all(
-                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
-        }
+    if let Some(expected) = auth
+        && req.header("authorization") != Some(expected)
+    {
+        return stream.write_all(
+            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
     }
     let mut child = Command::new(backend)
         .env_clear()
