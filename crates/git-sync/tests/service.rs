@@ -674,3 +674,33 @@ fn sigterm_in_the_middle_of_a_sync_never_leaves_a_broken_link() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+#[test]
+fn max_failures_exits_non_zero_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    // a port nothing listens on
+    let url = format!("git://127.0.0.1:{}/none.git", free_port());
+    let mut gs = GitSync::start(
+        &root,
+        &[
+            "--repo",
+            &url,
+            "--max-failures",
+            "2",
+            "--backoff-max",
+            "100ms",
+            "--period",
+            "100ms",
+        ],
+    );
+    let status = gs.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1));
+    let logs = gs.logs();
+    assert!(
+        logs.contains("giving up after 3 consecutive failed syncs"),
+        "{logs}"
+    );
+    assert_eq!(logs.matches("sync failed").count(), 3, "{logs}");
+    assert_eq!(published(&root, "current"), None);
+}
