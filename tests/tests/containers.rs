@@ -136,11 +136,33 @@ impl Resources {
         format!("{}-{what}", self.prefix)
     }
 
-    fn network(&mut self) -> String {
+    /// A private network with a subnet of its own, so that pods keep their address across a
+    /// restart (as a Kubernetes Service's address outlives its pods): the ambassador's static
+    /// endpoints then stay right. Dynamic addresses come from the upper half only.
+    fn network(&mut self) -> (String, String) {
         let name = self.name("net");
-        docker_ok(&["network", "create", &name]);
-        self.networks.push(name.clone());
-        name
+        let mut last_error = String::new();
+        for attempt in 0..20u32 {
+            let third = (std::process::id() + attempt * 7) % 200 + 20;
+            let subnet = format!("172.31.{third}.0/24");
+            let range = format!("172.31.{third}.128/25");
+            let out = docker(&[
+                "network",
+                "create",
+                "--subnet",
+                &subnet,
+                "--ip-range",
+                &range,
+                &name,
+            ]);
+            if out.status.success() {
+                self.networks.push(name.clone());
+                return (name, format!("172.31.{third}"));
+            }
+            // Another network (a parallel run, the host) has this subnet: try the next one.
+            last_error = String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        panic!("cannot create a test network: {last_error}");
     }
 
     /// A named volume (created on first mount, filled from the image's directory).
@@ -497,7 +519,8 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
     }
     build_images();
     let mut res = Resources::new("mesh");
-    let net = res.network();
+    let (net, prefix) = res.network();
+    let (ip_a, ip_b) = (format!("{prefix}.10"), format!("{prefix}.11"));
     let pki = Pki::new(&["pod-a", "pod-b"]);
     let files = tempfile::tempdir().expect("temp dir");
     world_readable(files.path());
@@ -534,6 +557,8 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
         &[
             "--network",
             &net,
+            "--ip",
+            &ip_b,
             "--network-alias",
             "pod-b",
             "-p",
@@ -566,6 +591,8 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
         &[
             "--network",
             &net,
+            "--ip",
+            &ip_a,
             "--network-alias",
             "pod-a",
             "-v",
