@@ -67,6 +67,12 @@ pub trait TryFailure: fmt::Display {
     /// True when no connection could be established (refused, unreachable, connect timeout, TLS
     /// handshake failed): the request never reached the endpoint, so any method may be retried.
     fn is_connect_failure(&self) -> bool;
+
+    /// True when trying the same endpoint again cannot help (it presented the wrong identity, its
+    /// certificate is bad): the request is retried only on an endpoint not tried yet.
+    fn endpoint_is_wrong(&self) -> bool {
+        false
+    }
 }
 
 /// A ready-made [`TryFailure`] for senders without an error type of their own.
@@ -433,6 +439,7 @@ impl Route {
         let mut retries = 0u32;
         let mut last_failure: Option<CallResult<RB, E>> = None;
         loop {
+            let mut wrong_endpoint = false;
             let table = self.table();
             let (state, probe) = match self.inner.balancer.pick(
                 &table,
@@ -516,6 +523,7 @@ impl Route {
                 }
                 Ok(Err(error)) => {
                     let connect = error.is_connect_failure();
+                    wrong_endpoint = error.endpoint_is_wrong();
                     let failure = Err(RouteError::Failed {
                         route: Arc::clone(&self.inner.name),
                         endpoint: state.addr(),
@@ -546,6 +554,9 @@ impl Route {
             let Some(reason) = retry_reason else {
                 return failure;
             };
+            if wrong_endpoint && self.table().iter().all(|e| tried.contains(&e.addr())) {
+                return failure;
+            }
             if retries >= config.retries.max_retries || !body.is_replayable() {
                 return failure;
             }

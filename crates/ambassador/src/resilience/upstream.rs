@@ -17,6 +17,10 @@ impl TryFailure for TransportError {
     fn is_connect_failure(&self) -> bool {
         TransportError::is_connect_failure(self)
     }
+
+    fn endpoint_is_wrong(&self) -> bool {
+        matches!(self, TransportError::IdentityMismatch { .. } | TransportError::Tls { .. })
+    }
 }
 
 /// What every route's resilience shares in one process: the metric families, DNS settings and the stop

@@ -1,0 +1,484 @@
+//! The resilience layer end to end: the real ambassador binary as the outbound proxy, originating mTLS to
+//! three real inbound ambassadors (each in front of a small app), dnsmasq for DNS discovery. Endpoints die
+//! by SIGKILL of their process.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Ambassador, Ca, addr, cert_args, free_port, metric_value, write_secret};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+const SERVER_ID: &str = "spiffe://mesh.test/ns/shop/sa/api";
+const CLIENT_ID: &str = "spiffe://mesh.test/ns/shop/sa/web";
+
+/// A tiny app that answers its own name and counts hits.
+async fn app(name: &str) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+    let addr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&hits);
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counter = Arc::clone(&counter);
+            let name = name.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let body = Full::new(Bytes::from(name.clone()));
+                    async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+struct Mesh {
+    dir: tempfile::TempDir,
+    server_secret: PathBuf,
+    client_secret: PathBuf,
+}
+
+impl Mesh {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("mesh-test-ca");
+        let server_secret = dir.path().join("server");
+        let client_secret = dir.path().join("client");
+        std::fs::create_dir_all(&server_secret).expect("mkdir");
+        std::fs::create_dir_all(&client_secret).expect("mkdir");
+        write_secret(&server_secret, 1, &ca.good(SERVER_ID), &ca.pem);
+        write_secret(&client_secret, 1, &ca.good(CLIENT_ID), &ca.pem);
+        Mesh {
+            dir,
+            server_secret,
+            client_secret,
+        }
+    }
+
+    /// An inbound ambassador on `listen` in front of `app`.
+    fn inbound(&self, listen: SocketAddr, app: SocketAddr) -> Ambassador {
+        let mut args = cert_args(&self.server_secret);
+        args.extend([
+            "--inbound-listen".into(),
+            listen.to_string(),
+            "--inbound-app".into(),
+            app.to_string(),
+            "--allow-spiffe".into(),
+            CLIENT_ID.into(),
+        ]);
+        Ambassador::start(&args, self.dir.path())
+    }
+
+    /// The outbound ambassador under test, with extra flags.
+    fn outbound(&self, listen: SocketAddr, extra: &[String]) -> Ambassador {
+        let mut args = cert_args(&self.client_secret);
+        args.extend([
+            "--outbound-listen".into(),
+            listen.to_string(),
+            "--outbound-identity".into(),
+            SERVER_ID.into(),
+        ]);
+        args.extend(extra.iter().cloned());
+        Ambassador::start(&args, self.dir.path())
+    }
+}
+
+fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+async fn get(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    to: SocketAddr,
+) -> (StatusCode, String, Duration) {
+    let started = Instant::now();
+    let req = Request::get(format!("http://{to}/"))
+        .body(Empty::new())
+        .expect("request");
+    match client.request(req).await {
+        Ok(resp) => {
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            (
+                status,
+                String::from_utf8_lossy(&body).into_owned(),
+                started.elapsed(),
+            )
+        }
+        Err(e) => (
+            StatusCode::IM_A_TEAPOT,
+            format!("client error: {e}"),
+            started.elapsed(),
+        ),
+    }
+}
+
+fn endpoint_state(outbound: &Ambassador, endpoint: SocketAddr, state: &str) -> bool {
+    let text = outbound.metrics();
+    metric_value(
+        &text,
+        "ambassador_upstream_endpoint_state",
+        &[("endpoint", &endpoint.to_string()), ("state", state)],
+    ) == 1.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_endpoint_is_ejected_within_a_second_and_comes_back_through_the_binary() {
+    let mesh = Mesh::new();
+    let mut apps = Vec::new();
+    let mut inbound = Vec::new();
+    let mut listens = Vec::new();
+    for i in 0..3 {
+        let (app_addr, hits) = app(&format!("backend-{i}")).await;
+        let listen = addr(free_port());
+        inbound.push(Some(mesh.inbound(listen, app_addr)));
+        apps.push((app_addr, hits));
+        listens.push(listen);
+    }
+    let out_addr = addr(free_port());
+    let endpoints = listens
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let outbound = mesh.outbound(out_addr, &["--outbound-endpoints".into(), endpoints]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let first_failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (stop, ok, failed, first_failures) = (
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            Arc::clone(&failed),
+            Arc::clone(&first_failures),
+        );
+        workers.push(tokio::spawn(async move {
+            let client = client();
+            while !stop.load(Ordering::Relaxed) {
+                let (status, body, _) = get(&client, out_addr).await;
+                if status == StatusCode::OK {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    let mut seen = first_failures.lock().expect("lock");
+                    if seen.len() < 5 {
+                        seen.push(format!("{status} {body}"));
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let victim = listens[1];
+    assert!(
+        apps[1].1.load(Ordering::Relaxed) > 0,
+        "the victim served before it died"
+    );
+    drop(inbound[1].take()); // SIGKILL
+    let killed = Instant::now();
+    let mut ejected_after = None;
+    while killed.elapsed() < Duration::from_secs(3) {
+        if endpoint_state(&outbound, victim, "ejected") {
+            ejected_after = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ejected_after = ejected_after.expect("the killed endpoint was never ejected");
+    assert!(
+        ejected_after < Duration::from_secs(1),
+        "ejected after {ejected_after:?}"
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hits_before = apps[1].1.load(Ordering::Relaxed);
+    inbound[1] = Some(mesh.inbound(victim, apps[1].0));
+    // Ejections back off (1s, 2s, ...) while it stays dead; the next probe brings it back.
+    let back = Instant::now();
+    while back.elapsed() < Duration::from_secs(8)
+        && apps[1].1.load(Ordering::Relaxed) < hits_before + 20
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    assert!(
+        apps[1].1.load(Ordering::Relaxed) >= hits_before + 20,
+        "traffic never returned to the restarted endpoint"
+    );
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let ratio = ok as f64 / (ok + failed) as f64;
+    eprintln!("ok={ok} failed={failed} ratio={ratio:.5} ejected_after={ejected_after:?}");
+    assert!(ok > 500, "too little load: {ok}");
+    assert!(
+        ratio >= 0.999,
+        "success ratio {ratio:.5}: {:?}",
+        first_failures.lock().expect("lock")
+    );
+    assert!(
+        outbound.metric(
+            "ambassador_upstream_ejections_total",
+            &[("endpoint", &victim.to_string())]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_endpoints_down_every_request_fails_fast_with_a_503_naming_the_route() {
+    let mesh = Mesh::new();
+    let mut inbound = Vec::new();
+    let mut listens = Vec::new();
+    for i in 0..3 {
+        let (app_addr, _) = app(&format!("backend-{i}")).await;
+        let listen = addr(free_port());
+        inbound.push(mesh.inbound(listen, app_addr));
+        listens.push(listen);
+    }
+    let out_addr = addr(free_port());
+    let endpoints = listens
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let outbound = mesh.outbound(
+        out_addr,
+        &[
+            "--outbound-endpoints".into(),
+            endpoints,
+            "--request-timeout".into(),
+            "2s".into(),
+        ],
+    );
+    let client = client();
+    assert_eq!(get(&client, out_addr).await.0, StatusCode::OK);
+    drop(inbound);
+    let mut answers = Vec::new();
+    for _ in 0..40 {
+        answers.push(get(&client, out_addr).await);
+    }
+    for (status, body, elapsed) in &answers {
+        assert!(
+            *status == StatusCode::BAD_GATEWAY || *status == StatusCode::SERVICE_UNAVAILABLE,
+            "{status} {body}"
+        );
+        assert!(
+            *elapsed < Duration::from_millis(500),
+            "slow failure: {elapsed:?} {body}"
+        );
+        assert!(
+            body.contains("outbound"),
+            "the body names the route: {body}"
+        );
+    }
+    let (status, body, _) = answers.last().expect("answers");
+    assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("endpoints are ejected"), "{body}");
+    assert!(
+        outbound.metric(
+            "ambassador_upstream_unavailable_total",
+            &[("reason", "all_ejected")]
+        ) >= 20.0
+    );
+}
+
+// ---------- DNS ----------
+
+struct Dnsmasq {
+    child: Child,
+    port: u16,
+    hosts: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Dnsmasq {
+    fn start(names: &[(&str, &str)]) -> Dnsmasq {
+        let dir = tempfile::tempdir().expect("tempdir");
+        set_mode(dir.path(), 0o755);
+        let hosts = dir.path().join("hosts");
+        for _ in 0..20 {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .expect("udp port")
+                .port();
+            write_hosts(&hosts, names);
+            let child = Command::new("dnsmasq")
+                .args([
+                    "--no-daemon",
+                    &format!("--port={port}"),
+                    "--listen-address=127.0.0.1",
+                    "--bind-interfaces",
+                    "--no-resolv",
+                    "--no-hosts",
+                    &format!("--addn-hosts={}", hosts.display()),
+                    "--local-ttl=1",
+                    "--pid-file=",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            let mut child = match child {
+                Ok(child) => child,
+                Err(e) => panic!(
+                    "dnsmasq is needed for the DNS tests (apt-get install dnsmasq-base): {e}"
+                ),
+            };
+            std::thread::sleep(Duration::from_millis(150));
+            if let Ok(None) = child.try_wait() {
+                return Dnsmasq {
+                    child,
+                    port,
+                    hosts,
+                    _dir: dir,
+                };
+            }
+        }
+        panic!("dnsmasq would not start");
+    }
+
+    fn answer(&self, names: &[(&str, &str)]) {
+        write_hosts(&self.hosts, names);
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn write_hosts(path: &Path, names: &[(&str, &str)]) {
+    let text: String = names
+        .iter()
+        .map(|(ip, name)| format!("{ip} {name}\n"))
+        .collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write hosts");
+    set_mode(&tmp, 0o644);
+    std::fs::rename(&tmp, path).expect("rename hosts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_follows_dns_changes_within_the_ttl() {
+    let mesh = Mesh::new();
+    // One port free on both loopback addresses: the name points at 127.0.0.1 and/or ::1.
+    let (port, v4, v6) = loop {
+        let port = free_port();
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+        if std::net::TcpListener::bind(v6).is_ok() {
+            break (port, addr(port), v6);
+        }
+    };
+    let (app4, hits4) = app("v4").await;
+    let (app6, hits6) = app("v6").await;
+    let _in4 = mesh.inbound(v4, app4);
+    let _in6 = mesh.inbound(v6, app6);
+    let dns = Dnsmasq::start(&[("127.0.0.1", "api.mesh.test")]);
+    let out_addr = addr(free_port());
+    let outbound = mesh.outbound(
+        out_addr,
+        &[
+            "--outbound-dns".into(),
+            format!("api.mesh.test:{port}"),
+            "--dns-nameserver".into(),
+            format!("127.0.0.1:{}", dns.port),
+            "--balancer".into(),
+            "round-robin".into(),
+        ],
+    );
+    let client = client();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&client, out_addr).await.0 != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "the route never got its first DNS answer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    dns.answer(&[("127.0.0.1", "api.mesh.test"), ("::1", "api.mesh.test")]);
+    let changed = Instant::now();
+    while !endpoint_state(&outbound, v6, "healthy") {
+        assert!(
+            changed.elapsed() < Duration::from_secs(3),
+            "the added endpoint never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        changed.elapsed() < Duration::from_millis(1600),
+        "added after {:?} (TTL 1s)",
+        changed.elapsed()
+    );
+    let before = hits6.load(Ordering::Relaxed);
+    for _ in 0..10 {
+        assert_eq!(get(&client, out_addr).await.0, StatusCode::OK);
+    }
+    assert!(
+        hits6.load(Ordering::Relaxed) >= before + 4,
+        "the added endpoint gets traffic"
+    );
+
+    dns.answer(&[("::1", "api.mesh.test")]);
+    let changed = Instant::now();
+    while outbound.metric("ambassador_upstream_endpoints", &[("route", "outbound")]) != 1.0 {
+        assert!(
+            changed.elapsed() < Duration::from_secs(3),
+            "the removed endpoint never left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        changed.elapsed() < Duration::from_millis(1600),
+        "removed after {:?} (TTL 1s)",
+        changed.elapsed()
+    );
+    let v4_hits = hits4.load(Ordering::Relaxed);
+    for _ in 0..10 {
+        let (status, body, _) = get(&client, out_addr).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "v6"));
+    }
+    assert_eq!(hits4.load(Ordering::Relaxed), v4_hits);
+}
