@@ -19,7 +19,10 @@ impl TryFailure for TransportError {
     }
 
     fn endpoint_is_wrong(&self) -> bool {
-        matches!(self, TransportError::IdentityMismatch { .. } | TransportError::Tls { .. })
+        matches!(
+            self,
+            TransportError::IdentityMismatch { .. } | TransportError::Tls { .. }
+        )
     }
 }
 
