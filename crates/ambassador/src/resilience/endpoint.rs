@@ -131,6 +131,13 @@ impl EndpointState {
         self.metrics.remove_endpoint_state(&self.label);
     }
 
+    /// A drained endpoint has left the metrics; late outcomes must not bring it back.
+    fn publish_state(&self, health: Health) {
+        if !self.is_removed() {
+            self.metrics.set_endpoint_state(&self.label, health);
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A poisoned lock only means a panic elsewhere mid-update of plain numbers; they stay usable.
         self.inner
@@ -266,9 +273,7 @@ impl EndpointState {
             }
             inner.health = health;
             drop(inner);
-            if !self.is_removed() {
-                self.metrics.set_endpoint_state(&self.label, health);
-            }
+            self.publish_state(health);
         }
     }
 
