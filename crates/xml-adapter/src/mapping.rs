@@ -314,6 +314,15 @@ impl Mapping {
             if spec.up_metric.as_deref() == Some(r.name.as_str()) {
                 return Err(rule_err("the same name as `up_metric`".into()));
             }
+            if let Some(unit) = &r.unit {
+                let stem = r.name.strip_suffix("_total").unwrap_or(&r.name);
+                // OpenMetrics parsers (Prometheus included) refuse a UNIT that is not the suffix.
+                if !valid_label_name(unit) || !stem.ends_with(&format!("_{unit}")) {
+                    return Err(rule_err(format!(
+                        "unit `{unit}` must be the last part of the name (before `_total`)"
+                    )));
+                }
+            }
             let record =
                 path::parse_record_path(&r.path, ns).map_err(|e| rule_err(e.to_string()))?;
             let mut record = record;
@@ -591,6 +600,10 @@ rules:
             (
                 "rules:\n  - {name: a, type: gauge, path: /a, transforms: [{regex: '('}]}\n",
                 "bad regex",
+            ),
+            (
+                "rules:\n  - {name: a_bytes, type: gauge, unit: seconds, path: /a}\n",
+                "unit `seconds`",
             ),
             (
                 "rules:\n  - {name: a, type: gauge, path: /a}\n  - {name: a, type: counter, path: /b}\n",
