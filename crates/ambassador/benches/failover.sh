@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Failover benchmark: wrk -> outbound proxy (plain HTTP) -> mTLS -> three backends, and one backend is
-# killed (SIGKILL) mid-run. Reports the success ratio and latency of the run that contains the failure,
-# for the ambassador (defaults: P2C peak-EWMA, retries, circuit breaker) and for nginx and HAProxy
-# configured with their own failover options:
+# Failover benchmark: wrk -> outbound proxy (plain HTTP) -> mTLS -> three backends, and one backend fails
+# mid-run, in two ways: killed (SIGKILL: connections reset, new ones refused) and frozen (SIGSTOP: the
+# kernel still accepts connections but nothing answers, like a hung node). Reports the success ratio and
+# latency of the run that contains the failure, for the ambassador (P2C peak-EWMA, retries, circuit
+# breaker) and for nginx and HAProxy configured with their own failover options. All three get a 1 s
+# connect timeout and a 1 s per-try (read) timeout, 2 retries:
+#   ambassador: --connect-timeout 1s --per-try-timeout 1s (other settings default)
 #   nginx:   max_fails=1 fail_timeout=10s, proxy_next_upstream error timeout http_502 http_503 http_504,
-#            proxy_next_upstream_tries 3, proxy_connect_timeout 1s
+#            proxy_next_upstream_tries 3, proxy_connect_timeout 1s, proxy_read_timeout 1s
 #   HAProxy: retries 2, option redispatch, retry-on conn-failure empty-response response-timeout 502 503 504,
-#            active TLS health checks every 500 ms (fall 2 rise 2), timeout connect 1s
+#            active TLS health checks every 500 ms (fall 2 rise 2), timeout connect 1s, timeout server 1s
 # The backends are three nginx processes (master_process off, so SIGKILL kills the whole server) that
 # terminate mTLS and answer 200.
 #
@@ -82,15 +85,26 @@ http {
   }
 }
 EOF
-  nginx -p "$W/b$i" -c "$W/b$i.conf" &
-  echo $! > "$W/b$i.pid"
+  # A subshell, so the shell does not report the SIGKILL as a dead job.
+  (nginx -p "$W/b$i" -c "$W/b$i.conf" & echo $! > "$W/b$i.pid")
   for _ in $(seq 1 100); do
     curl -sk -m 1 --cert "$W/client.crt" --key "$W/client.key" "https://127.0.0.1:${B[$i]}/" >/dev/null 2>&1 && return 0
     sleep 0.05
   done
   echo "backend $i did not start" >&2; cat "$W/b$i.err" >&2; exit 1
 }
-backend_kill() { kill -9 "$(cat "$W/b$1.pid")" 2>/dev/null || true; rm -f "$W/b$1.pid"; }
+backend_fail() { # mode i
+  case $1 in
+    kill) kill -9 "$(cat "$W/b$2.pid")" 2>/dev/null || true; rm -f "$W/b$2.pid" ;;
+    stop) kill -STOP "$(cat "$W/b$2.pid")" ;;
+  esac
+}
+backend_heal() { # mode i
+  case $1 in
+    kill) backend_up "$2" ;;
+    stop) kill -CONT "$(cat "$W/b$2.pid")" ;;
+  esac
+}
 ensure_backends() { for i in 1 2 3; do [ -f "$W/b$i.pid" ] && kill -0 "$(cat "$W/b$i.pid")" 2>/dev/null || backend_up "$i"; done; }
 
 # ---- the proxies under test ----
@@ -116,6 +130,7 @@ http {
       proxy_next_upstream error timeout http_502 http_503 http_504;
       proxy_next_upstream_tries 3;
       proxy_connect_timeout 1s;
+      proxy_read_timeout 1s;
       proxy_ssl_certificate $W/client.crt; proxy_ssl_certificate_key $W/client.key;
       proxy_ssl_trusted_certificate $W/ca.crt; proxy_ssl_verify on; proxy_ssl_name server.bench;
       proxy_ssl_session_reuse on;
@@ -132,7 +147,7 @@ defaults
   mode http
   timeout connect 1s
   timeout client 60s
-  timeout server 10s
+  timeout server 1s
   option http-keep-alive
   retries 2
   option redispatch
@@ -156,7 +171,8 @@ proxy_up() { # name -> starts it, sets PROXY_PID and PORT
       "$AMB" --cert client.crt --key client.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN \
         --outbound-listen 127.0.0.1:$AMB_OUT \
         --outbound-endpoints "127.0.0.1:${B[1]},127.0.0.1:${B[2]},127.0.0.1:${B[3]}" \
-        --outbound-identity spiffe://bench.local/ns/b/sa/server --log-level error 2>>"$W/amb.log" &
+        --outbound-identity spiffe://bench.local/ns/b/sa/server --connect-timeout 1s --per-try-timeout 1s \
+        --log-level error 2>>"$W/amb.log" &
       PROXY_PID=$!; PORT=$AMB_OUT ;;
     nginx)
       nginx -p "$W/ngx-out" -c "$W/nginx-out.conf" &
@@ -185,7 +201,9 @@ to_ms() { # wrk latency like 812.00us / 1.20ms / 1.01s -> ms
 median() { sort -g | awk '{a[NR]=$1} END { print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2) }'; }
 
 SETUPS=(ambassador nginx haproxy)
+for mode in kill stop; do
 declare -A OK FAIL RATIO P50 P99 MAXL
+OK=(); FAIL=(); RATIO=(); P50=(); P99=(); MAXL=()
 for run in $(seq 1 "$RUNS"); do
   for s in "${SETUPS[@]}"; do
     ensure_backends
@@ -194,7 +212,7 @@ for run in $(seq 1 "$RUNS"); do
     wrk -t2 -c"$CONNS" -d"${SECS}s" --timeout 5s --latency "http://127.0.0.1:$PORT/" >"$W/wrk.out" 2>&1 &
     WRK=$!
     sleep "$KILL_AT"
-    backend_kill 2
+    backend_fail "$mode" 2
     wait "$WRK" || true
     out=$(cat "$W/wrk.out")
     total=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -207,12 +225,17 @@ for run in $(seq 1 "$RUNS"); do
     P99[$s]+="$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")") "
     MAXL[$s]+="$(to_ms "$(awk '/^ +Latency/ {print $4}' <<<"$out")") "
     proxy_down
+    backend_heal "$mode" 2
   done
-  echo "run $run of $RUNS done" >&2
+  echo "$mode: run $run of $RUNS done" >&2
 done
 
 echo
-echo "## Failover: 3 mTLS backends, backend 2 SIGKILLed ${KILL_AT}s into a ${SECS}s wrk run (-t2 -c$CONNS), median of $RUNS runs"
+case $mode in
+  kill) what="SIGKILLed" ;;
+  stop) what="frozen (SIGSTOP)" ;;
+esac
+echo "## Failover: 3 mTLS backends, backend 2 $what ${KILL_AT}s into a ${SECS}s wrk run (-t2 -c$CONNS), median of $RUNS runs"
 echo
 printf '| %-10s | %13s | %10s | %10s | %8s | %8s | %8s |\n' setup "success ratio" "ok" "failed" "p50 ms" "p99 ms" "max ms"
 printf '|%s|%s|%s|%s|%s|%s|%s|\n' ------------ --------------- ------------ ------------ ---------- ---------- ----------
@@ -228,3 +251,4 @@ done
 echo
 echo "all runs (failed requests): $(for s in "${SETUPS[@]}"; do printf '%s=[%s] ' "$s" "${FAIL[$s]% }"; done)"
 echo "all runs (p99 ms): $(for s in "${SETUPS[@]}"; do printf '%s=[%s] ' "$s" "${P99[$s]% }"; done)"
+done

@@ -160,8 +160,7 @@ impl EndpointState {
             Health::Ejected { until } if until <= now => {
                 inner.health = Health::Probing;
                 drop(inner);
-                self.metrics
-                    .set_endpoint_state(&self.label, Health::Probing);
+                self.publish_state(Health::Probing);
                 true
             }
             _ => false,
@@ -204,8 +203,7 @@ impl EndpointState {
             if probe && inner.health == Health::Probing {
                 inner.health = Health::Ejected { until: now };
                 drop(inner);
-                self.metrics
-                    .set_endpoint_state(&self.label, Health::Ejected { until: now });
+                self.publish_state(Health::Ejected { until: now });
             }
             return;
         };
