@@ -15,6 +15,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 TARGET=x86_64-unknown-linux-gnu
+# A target dir of its own: the static fat-LTO build shares nothing useful with the workspace's
+# builds, and must not wait on their lock (several engineers share target/). STAGE (below)
+# stays under target/images.
+export CARGO_TARGET_DIR=${IMAGES_TARGET_DIR:-$ROOT/target/static}
 REPO=${IMAGE_REPO:-ghcr.io/sidecars}
 SIDECARS=(ambassador xml-adapter git-sync)
 RUST_IMAGES=(ambassador xml-adapter git-sync demo-app)
@@ -100,7 +104,7 @@ stage() {
     install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
     case $name in
         ambassador|xml-adapter|git-sync|demo-app)
-            local bin="$ROOT/target/$TARGET/release/$name"
+            local bin="$CARGO_TARGET_DIR/$TARGET/release/$name"
             [[ -x $bin ]] || die "$bin is missing: run without --no-build"
             # A dynamic binary would start on the host and fail in the scratch image.
             if readelf -l "$bin" | grep -q 'Requesting program interpreter'; then
