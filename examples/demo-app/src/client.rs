@@ -12,9 +12,18 @@ pub struct GetArgs {
     /// Trust this PEM CA bundle (for https URLs); no client certificate is ever sent.
     #[arg(long)]
     pub ca: Option<PathBuf>,
-    /// Give up after this long.
+    /// Give up on one try after this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Tries before giving up; each try's status and time go to stderr.
+    #[arg(long, default_value_t = 1)]
+    pub attempts: u32,
+    /// Pause between tries.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// The status that counts as success (default: any 2xx), e.g. 503 to wait for a refusal.
+    #[arg(long)]
+    pub until_status: Option<u16>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -49,23 +58,49 @@ fn client(ca: Option<&PathBuf>, timeout: Duration) -> anyhow::Result<reqwest::Cl
 
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let client = client(args.ca.as_ref(), args.timeout)?;
+    let mut last = String::new();
+    for attempt in 1..=args.attempts.max(1) {
+        if attempt > 1 {
+            tokio::time::sleep(args.interval).await;
+        }
+        let started = std::time::Instant::now();
+        let outcome = fetch(&client, &args.url).await;
+        let ms = started.elapsed().as_millis();
+        match outcome {
+            Ok((status, body)) => {
+                eprintln!("attempt {attempt}: status={status} time_ms={ms}");
+                let wanted = match args.until_status {
+                    Some(s) => status == s,
+                    None => (200..300).contains(&status),
+                };
+                if wanted {
+                    println!("{status}");
+                    print!("{body}");
+                    return Ok(());
+                }
+                last = format!("GET {}: status {status}: {body}", args.url);
+            }
+            Err(e) => {
+                eprintln!("attempt {attempt}: error time_ms={ms}: {e}");
+                last = e;
+            }
+        }
+    }
+    Err(DemoError::Http(last).into())
+}
+
+async fn fetch(client: &reqwest::Client, url: &str) -> Result<(u16, String), String> {
     let response = client
-        .get(&args.url)
+        .get(url)
         .send()
         .await
-        .map_err(|e| DemoError::Http(format!("GET {}: {}", args.url, chain(&e))))?;
-    let status = response.status();
+        .map_err(|e| format!("GET {url}: {}", chain(&e)))?;
+    let status = response.status().as_u16();
     let body = response
         .text()
         .await
-        .map_err(|e| DemoError::Http(format!("GET {}: body: {}", args.url, chain(&e))))?;
-    println!("{}", status.as_u16());
-    print!("{body}");
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(DemoError::Http(format!("GET {}: status {status}", args.url)).into())
-    }
+        .map_err(|e| format!("GET {url}: body: {}", chain(&e)))?;
+    Ok((status, body))
 }
 
 pub async fn job(args: JobArgs) -> anyhow::Result<()> {
