@@ -60,7 +60,8 @@ The demo is up. Try:
   ${COMPOSE[*]} run --rm client get http://127.0.0.1:15001/
 
   # a caller without a certificate is refused by pod-b's ambassador:
-  docker run --rm --network sidecars-demo_mesh ghcr.io/sidecars/demo-app:dev get --ca $DEMO_CERTS/ca.crt https://pod-b:15443/
+  docker run --rm --network sidecars-demo_mesh -v $DEMO_CERTS/ca.crt:/ca.crt:ro \\
+      ghcr.io/sidecars/demo-app:dev get --ca /ca.crt https://pod-b:15443/
   curl -s 127.0.0.1:9911/metrics | grep -i tls
 
   # the legacy app's XML status page as Prometheus metrics, and Prometheus scraping them:
