@@ -43,18 +43,21 @@ done
 command -v docker >/dev/null || die "docker is not installed"
 docker info >/dev/null 2>&1 || die "no Docker engine is reachable (docker info failed)"
 
-VERSION=$(cargo metadata --no-deps --format-version 1 \
-    | jq -r '.packages[] | select(.name == "ambassador") | .version')
+# Name -> "version<TAB>description" of the workspace's packages (python3 rather than jq: one
+# dependency fewer, and the manifest validation needs python3 anyway).
+METADATA=$(cargo metadata --no-deps --format-version 1 | python3 -c '
+import json, sys
+for p in json.load(sys.stdin)["packages"]:
+    print(p["name"], p["version"], (p.get("description") or "").replace("\t", " "), sep="\t")
+')
+field() { awk -F'\t' -v n="$1" -v f="$2" '$1 == n { print $f }' <<<"$METADATA"; }
+VERSION=$(field ambassador 2)
 REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 # Other work in the tree is not in REVISION; say so rather than lie.
 if [[ $REVISION != unknown ]] && ! git diff --quiet HEAD -- crates examples Cargo.toml Cargo.lock; then
     REVISION="$REVISION-dirty"
 fi
 
-description() {
-    cargo metadata --no-deps --format-version 1 \
-        | jq -r --arg n "$1" '.packages[] | select(.name == $n) | .description'
-}
 
 wanted_rust=()
 for name in "${images[@]}"; do
@@ -136,7 +139,7 @@ stage() {
 for name in "${images[@]}"; do
     stage "$name"
     desc=""
-    [[ " ${RUST_IMAGES[*]} " == *" $name "* ]] && desc=$(description "$name")
+    [[ " ${RUST_IMAGES[*]} " == *" $name "* ]] && desc=$(field "$name" 3)
     version=$VERSION
     # Debian versions carry suffixes (2.42.0+ds) that a tag cannot: keep the upstream part.
     [[ $name == prometheus ]] && version=$(/usr/bin/prometheus --version 2>&1 | awk 'NR==1 {print $3}' | sed 's/[^0-9.].*//')
