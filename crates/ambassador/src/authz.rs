@@ -102,7 +102,9 @@ impl DnsPattern {
             why,
         };
         let (name, wildcard) = match lower.strip_prefix('*') {
-            Some(suffix) if suffix.starts_with('.') && suffix.len() > 1 => (suffix.to_owned(), true),
+            Some(suffix) if suffix.starts_with('.') && suffix.len() > 1 => {
+                (suffix.to_owned(), true)
+            }
             Some(_) => return Err(err("a DNS wildcard is `*.` followed by a name")),
             None => (lower, false),
         };
@@ -116,9 +118,7 @@ impl DnsPattern {
         if self.wildcard {
             let n = dns.len();
             let s = self.name.len();
-            n > s
-                && dns[n - s..].eq_ignore_ascii_case(&self.name)
-                && !dns[..n - s].contains('.')
+            n > s && dns[n - s..].eq_ignore_ascii_case(&self.name) && !dns[..n - s].contains('.')
         } else {
             dns.eq_ignore_ascii_case(&self.name)
         }

@@ -55,10 +55,20 @@ pub struct Cli {
     pub ca: Option<PathBuf>,
 
     /// Inbound: the mTLS listener peers connect to, e.g. 0.0.0.0:8443.
-    #[arg(long, env = "INBOUND_LISTEN", value_name = "ADDR", help_heading = "Inbound (one route)")]
+    #[arg(
+        long,
+        env = "INBOUND_LISTEN",
+        value_name = "ADDR",
+        help_heading = "Inbound (one route)"
+    )]
     pub inbound_listen: Option<SocketAddr>,
     /// Inbound: the app on localhost that gets the plain traffic, e.g. 127.0.0.1:8080.
-    #[arg(long, env = "INBOUND_APP", value_name = "ADDR", help_heading = "Inbound (one route)")]
+    #[arg(
+        long,
+        env = "INBOUND_APP",
+        value_name = "ADDR",
+        help_heading = "Inbound (one route)"
+    )]
     pub inbound_app: Option<SocketAddr>,
     /// Inbound: http (per request) or tcp (raw bytes).
     #[arg(long, env = "INBOUND_MODE", value_enum, default_value_t = Mode::Http, help_heading = "Inbound (one route)")]
@@ -68,38 +78,133 @@ pub struct Cli {
     pub inbound_app_protocol: AppProtocol,
     /// Inbound: SPIFFE IDs allowed to call (comma-separated or repeated); `*` matches one path
     /// segment, a final `**` the rest.
-    #[arg(long, env = "ALLOW_SPIFFE", value_name = "PATTERN", value_delimiter = ',', help_heading = "Inbound (one route)")]
+    #[arg(
+        long,
+        env = "ALLOW_SPIFFE",
+        value_name = "PATTERN",
+        value_delimiter = ',',
+        help_heading = "Inbound (one route)"
+    )]
     pub allow_spiffe: Vec<String>,
     /// Inbound: DNS SANs allowed to call (comma-separated or repeated); `*.example.org` matches
     /// one label.
-    #[arg(long, env = "ALLOW_DNS", value_name = "NAME", value_delimiter = ',', help_heading = "Inbound (one route)")]
+    #[arg(
+        long,
+        env = "ALLOW_DNS",
+        value_name = "NAME",
+        value_delimiter = ',',
+        help_heading = "Inbound (one route)"
+    )]
     pub allow_dns: Vec<String>,
 
     /// Outbound: the plain listener on localhost the app calls, e.g. 127.0.0.1:9001.
-    #[arg(long, env = "OUTBOUND_LISTEN", value_name = "ADDR", help_heading = "Outbound (one route)")]
+    #[arg(
+        long,
+        env = "OUTBOUND_LISTEN",
+        value_name = "ADDR",
+        help_heading = "Outbound (one route)"
+    )]
     pub outbound_listen: Option<SocketAddr>,
     /// Outbound: the remote's endpoints, host:port (comma-separated or repeated).
-    #[arg(long, env = "OUTBOUND_ENDPOINTS", value_name = "HOST:PORT", value_delimiter = ',', help_heading = "Outbound (one route)")]
+    #[arg(
+        long,
+        env = "OUTBOUND_ENDPOINTS",
+        value_name = "HOST:PORT",
+        value_delimiter = ',',
+        help_heading = "Outbound (one route)"
+    )]
     pub outbound_endpoints: Vec<String>,
     /// Outbound: who the remote must be: a SPIFFE ID (spiffe://...) or a DNS name.
-    #[arg(long, env = "OUTBOUND_IDENTITY", value_name = "ID", help_heading = "Outbound (one route)")]
+    #[arg(
+        long,
+        env = "OUTBOUND_IDENTITY",
+        value_name = "ID",
+        help_heading = "Outbound (one route)"
+    )]
     pub outbound_identity: Option<String>,
     /// Outbound: http (per request, pooled) or tcp (one mTLS connection per app connection).
     #[arg(long, env = "OUTBOUND_MODE", value_enum, default_value_t = Mode::Http, help_heading = "Outbound (one route)")]
     pub outbound_mode: Mode,
 
     /// Largest request head (request line plus headers) accepted, in bytes (at least 8192).
-    #[arg(long, env = "MAX_HEADER_BYTES", value_name = "BYTES", help_heading = "Limits")]
+    #[arg(
+        long,
+        env = "MAX_HEADER_BYTES",
+        value_name = "BYTES",
+        help_heading = "Limits"
+    )]
     pub max_header_bytes: Option<usize>,
     /// Time a client has to send a complete request head (against slowloris).
     #[arg(long, env = "HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Limits")]
     pub header_read_timeout: Option<Duration>,
     /// Connections open at once per listener; more are refused and counted.
-    #[arg(long, env = "MAX_CONNECTIONS", value_name = "N", help_heading = "Limits")]
+    #[arg(
+        long,
+        env = "MAX_CONNECTIONS",
+        value_name = "N",
+        help_heading = "Limits"
+    )]
     pub max_connections: Option<usize>,
     /// A connection with no traffic and no request in flight for this long is closed.
     #[arg(long, env = "IDLE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Limits")]
     pub idle_timeout: Option<Duration>,
+
+    /// Outbound: a DNS name re-resolved for the remote's endpoints (A/AAAA), NAME:PORT; instead of
+    /// --outbound-endpoints.
+    #[arg(
+        long,
+        env = "OUTBOUND_DNS",
+        value_name = "NAME:PORT",
+        help_heading = "Outbound (one route)"
+    )]
+    pub outbound_dns: Option<String>,
+
+    /// The DNS server to ask (default: the system's resolv.conf).
+    #[arg(
+        long,
+        env = "DNS_NAMESERVER",
+        value_name = "IP:PORT",
+        help_heading = "Resilience"
+    )]
+    pub dns_nameserver: Option<SocketAddr>,
+
+    /// Connecting to one endpoint (TCP + mTLS handshake) [default: 1s].
+    #[arg(long, env = "CONNECT_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Resilience")]
+    pub connect_timeout: Option<Duration>,
+
+    /// One try, until the response headers [default: 10s].
+    #[arg(long, env = "PER_TRY_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Resilience")]
+    pub per_try_timeout: Option<Duration>,
+
+    /// A whole request with its retries, until the response headers [default: 30s].
+    #[arg(long, env = "REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Resilience")]
+    pub request_timeout: Option<Duration>,
+
+    /// An unused pooled connection to an endpoint is closed after this [default: 60s].
+    #[arg(long, env = "UPSTREAM_IDLE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Resilience")]
+    pub upstream_idle_timeout: Option<Duration>,
+
+    /// Retries after the first try [default: 2].
+    #[arg(
+        long,
+        env = "MAX_RETRIES",
+        value_name = "N",
+        help_heading = "Resilience"
+    )]
+    pub max_retries: Option<u32>,
+
+    /// peak-ewma (power of two choices) or round-robin [default: peak-ewma].
+    #[arg(long, env = "BALANCER", value_name = "KIND", value_parser = ["peak-ewma", "round-robin"], help_heading = "Resilience")]
+    pub balancer: Option<String>,
+
+    /// Requests in flight per outbound route beyond which new ones get 503 at once; 0 = no limit.
+    #[arg(
+        long,
+        env = "MAX_CONCURRENT_REQUESTS",
+        value_name = "N",
+        help_heading = "Resilience"
+    )]
+    pub max_concurrent_requests: Option<usize>,
 
     /// Write one JSON access-log line per request (target `access`).
     #[arg(long, env = "ACCESS_LOG", help_heading = "Logging")]
@@ -148,7 +253,9 @@ pub struct OutboundRoute {
     /// `Host` values that select this route on the host-routing listener.
     pub hosts: Vec<String>,
     pub mode: Mode,
-    pub endpoints: Vec<SocketAddr>,
+    /// Where the endpoints come from: the static list, or a DNS name.
+    pub discovery: crate::resilience::EndpointsConfig,
+    pub resilience: crate::resilience::RouteResilienceConfig,
     pub identity: ExpectedIdentity,
 }
 
@@ -162,6 +269,8 @@ pub struct Config {
     pub outbound: Vec<OutboundRoute>,
     /// The listener that routes by `Host` among outbound routes that name hosts.
     pub host_router: Option<SocketAddr>,
+    /// DNS settings for routes with `dns:` endpoints.
+    pub discovery: crate::resilience::DiscoveryConfig,
 }
 
 // ---- the YAML file ----
@@ -181,6 +290,8 @@ struct FileConfig {
     outbound: Vec<FileOutbound>,
     #[serde(default)]
     host_router: Option<FileHostRouter>,
+    #[serde(default)]
+    discovery: Option<crate::resilience::DiscoveryConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,7 +346,13 @@ struct FileOutbound {
     hosts: Vec<String>,
     #[serde(default = "default_mode")]
     mode: Mode,
+    #[serde(default)]
     endpoints: Vec<String>,
+    /// NAME:PORT re-resolved in the background, instead of `endpoints`.
+    #[serde(default)]
+    dns: Option<String>,
+    #[serde(default)]
+    resilience: crate::resilience::RouteResilienceConfig,
     identity: String,
 }
 
@@ -305,7 +422,11 @@ impl Config {
             }
         };
 
-        let limits = limits(cli, file_cfg.limits.as_ref().unwrap_or(&FileLimits::default()), &origin)?;
+        let limits = limits(
+            cli,
+            file_cfg.limits.as_ref().unwrap_or(&FileLimits::default()),
+            &origin,
+        )?;
         let access_log = cli.access_log || file_cfg.access_log.unwrap_or(false);
 
         let mut inbound = Vec::new();
@@ -325,7 +446,8 @@ impl Config {
         for (i, r) in file_cfg.outbound.into_iter().enumerate() {
             let at = format!("{origin}: outbound[{i}] ({})", r.name);
             outbound.push(OutboundRoute {
-                endpoints: endpoints(&r.endpoints, &at)?,
+                discovery: discovery(&r.endpoints, r.dns.as_deref(), &at)?,
+                resilience: resilience(r.resilience, &at)?,
                 identity: identity(&r.identity, &at)?,
                 name: r.name,
                 listen: r.listen,
@@ -334,6 +456,13 @@ impl Config {
             });
         }
         let host_router = file_cfg.host_router.map(|h| h.listen);
+        let mut dns_settings = file_cfg.discovery.clone().unwrap_or_default();
+        if let Some(ns) = cli.dns_nameserver {
+            dns_settings.nameserver = Some(ns);
+        }
+        dns_settings
+            .validate()
+            .map_err(|e| ConfigError::value(format!("{origin}: {e}")))?;
 
         // The one-route flags.
         if let Some(listen) = cli.inbound_listen {
@@ -346,7 +475,11 @@ impl Config {
                 app,
                 mode: cli.inbound_mode,
                 app_protocol: cli.inbound_app_protocol,
-                allow: allow_list(&cli.allow_spiffe, &cli.allow_dns, "--allow-spiffe/--allow-dns")?,
+                allow: allow_list(
+                    &cli.allow_spiffe,
+                    &cli.allow_dns,
+                    "--allow-spiffe/--allow-dns",
+                )?,
                 forward_client_cert: true,
             });
         } else if cli.inbound_app.is_some() {
@@ -363,10 +496,21 @@ impl Config {
                 listen: Some(listen),
                 hosts: Vec::new(),
                 mode: cli.outbound_mode,
-                endpoints: endpoints(&cli.outbound_endpoints, "--outbound-endpoints")?,
+                discovery: discovery(
+                    &cli.outbound_endpoints,
+                    cli.outbound_dns.as_deref(),
+                    "--outbound-endpoints/--outbound-dns",
+                )?,
+                resilience: resilience(
+                    resilience_flags(cli, Default::default()),
+                    "resilience flags",
+                )?,
                 identity: identity(id, "--outbound-identity")?,
             });
-        } else if !cli.outbound_endpoints.is_empty() || cli.outbound_identity.is_some() {
+        } else if !cli.outbound_endpoints.is_empty()
+            || cli.outbound_identity.is_some()
+            || cli.outbound_dns.is_some()
+        {
             return Err(ConfigError::value(
                 "--outbound-endpoints/--outbound-identity need --outbound-listen",
             ));
@@ -379,6 +523,7 @@ impl Config {
             inbound,
             outbound,
             host_router,
+            discovery: dns_settings,
         };
         config.check(&origin)?;
         Ok(config)
@@ -483,17 +628,20 @@ impl Config {
 
 fn limits(cli: &Cli, file: &FileLimits, origin: &str) -> Result<Limits, ConfigError> {
     let defaults = Limits::default();
-    let duration = |flag: Option<Duration>, text: &Option<String>, name: &str, default: Duration| {
-        if let Some(d) = flag {
-            return Ok(d);
-        }
-        match text {
-            Some(t) => humantime::parse_duration(t).map_err(|e| {
-                ConfigError::value(format!("{origin}: limits.{name}: `{t}` is not a duration: {e}"))
-            }),
-            None => Ok(default),
-        }
-    };
+    let duration =
+        |flag: Option<Duration>, text: &Option<String>, name: &str, default: Duration| {
+            if let Some(d) = flag {
+                return Ok(d);
+            }
+            match text {
+                Some(t) => humantime::parse_duration(t).map_err(|e| {
+                    ConfigError::value(format!(
+                        "{origin}: limits.{name}: `{t}` is not a duration: {e}"
+                    ))
+                }),
+                None => Ok(default),
+            }
+        };
     let limits = Limits {
         max_header_bytes: cli
             .max_header_bytes
@@ -524,7 +672,9 @@ fn limits(cli: &Cli, file: &FileLimits, origin: &str) -> Result<Limits, ConfigEr
         )));
     }
     if limits.max_connections == 0 {
-        return Err(ConfigError::value("max_connections: 0 would refuse everything"));
+        return Err(ConfigError::value(
+            "max_connections: 0 would refuse everything",
+        ));
     }
     if limits.header_read_timeout.is_zero() || limits.idle_timeout.is_zero() {
         return Err(ConfigError::value(
@@ -541,8 +691,71 @@ fn allow_list(spiffe: &[String], dns: &[String], at: &str) -> Result<AllowList, 
              (allow.spiffe / --allow-spiffe) or DNS names (allow.dns / --allow-dns)"
         )));
     }
-    AllowList::new(spiffe, dns)
-        .map_err(|e: PatternError| ConfigError::value(format!("{at}: {e}")))
+    AllowList::new(spiffe, dns).map_err(|e: PatternError| ConfigError::value(format!("{at}: {e}")))
+}
+
+/// `endpoints` (static) or `dns` (discovered), exactly one of them.
+fn discovery(
+    list: &[String],
+    dns: Option<&str>,
+    at: &str,
+) -> Result<crate::resilience::EndpointsConfig, ConfigError> {
+    let config = match dns {
+        Some(_) if !list.is_empty() => {
+            return Err(ConfigError::value(format!(
+                "{at}: give either endpoints or dns, not both"
+            )));
+        }
+        Some(target) => crate::resilience::EndpointsConfig::Dns(target.to_owned()),
+        None => crate::resilience::EndpointsConfig::Static(endpoints(list, at)?),
+    };
+    config
+        .validate()
+        .map_err(|e| ConfigError::value(format!("{at}: {e}")))?;
+    Ok(config)
+}
+
+/// The route's resilience settings, with the one-route flags applied on top, validated.
+fn resilience(
+    config: crate::resilience::RouteResilienceConfig,
+    at: &str,
+) -> Result<crate::resilience::RouteResilienceConfig, ConfigError> {
+    config
+        .validate()
+        .map_err(|e| ConfigError::value(format!("{at}: resilience.{e}")))?;
+    Ok(config)
+}
+
+fn resilience_flags(
+    cli: &Cli,
+    mut config: crate::resilience::RouteResilienceConfig,
+) -> crate::resilience::RouteResilienceConfig {
+    if let Some(d) = cli.connect_timeout {
+        config.timeouts.connect = d;
+    }
+    if let Some(d) = cli.per_try_timeout {
+        config.timeouts.per_try = d;
+    }
+    if let Some(d) = cli.request_timeout {
+        config.timeouts.request = d;
+    }
+    if let Some(d) = cli.upstream_idle_timeout {
+        config.timeouts.idle = d;
+    }
+    if let Some(n) = cli.max_retries {
+        config.retries.max_retries = n;
+    }
+    if let Some(kind) = cli.balancer.as_deref() {
+        config.balancer = if kind == "round-robin" {
+            crate::resilience::BalancerKind::RoundRobin
+        } else {
+            crate::resilience::BalancerKind::PeakEwma
+        };
+    }
+    if let Some(n) = cli.max_concurrent_requests {
+        config.max_concurrent_requests = n;
+    }
+    config
 }
 
 fn endpoints(list: &[String], at: &str) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -553,7 +766,9 @@ fn endpoints(list: &[String], at: &str) -> Result<Vec<SocketAddr>, ConfigError> 
     for e in list {
         // Static endpoints are resolved once at start (discovery comes with the resilience layer).
         let addrs = e.to_socket_addrs().map_err(|err| {
-            ConfigError::value(format!("{at}: endpoint `{e}` is not host:port that resolves: {err}"))
+            ConfigError::value(format!(
+                "{at}: endpoint `{e}` is not host:port that resolves: {err}"
+            ))
         })?;
         let first = addrs.into_iter().next().ok_or_else(|| {
             ConfigError::value(format!("{at}: endpoint `{e}` resolves to no address"))
@@ -611,7 +826,10 @@ mod tests {
         ]);
         let c = Config::from_cli_settings(&cli(&args)).unwrap();
         assert_eq!(c.inbound.len(), 1);
-        assert_eq!(c.outbound[0].endpoints[0].port(), 9443);
+        assert!(matches!(
+            &c.outbound[0].discovery,
+            crate::resilience::EndpointsConfig::Static(a) if a[0].port() == 9443
+        ));
         assert_eq!(
             c.outbound[0].identity,
             ExpectedIdentity::Spiffe("spiffe://td/ns/prod/sa/billing".into())
@@ -621,8 +839,15 @@ mod tests {
     #[test]
     fn bad_settings_are_refused_by_name() {
         let mut args = CERTS.to_vec();
-        args.extend(["--inbound-listen", "127.0.0.1:8443", "--inbound-app", "127.0.0.1:1"]);
-        let err = Config::from_cli_settings(&cli(&args)).unwrap_err().to_string();
+        args.extend([
+            "--inbound-listen",
+            "127.0.0.1:8443",
+            "--inbound-app",
+            "127.0.0.1:1",
+        ]);
+        let err = Config::from_cli_settings(&cli(&args))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("allow list is empty"), "{err}");
 
         let err = Config::from_cli_settings(&cli(&["--inbound-listen", "127.0.0.1:1"]))
@@ -639,12 +864,21 @@ mod tests {
             "--outbound-identity",
             "not a name!",
         ]);
-        let err = Config::from_cli_settings(&cli(&args)).unwrap_err().to_string();
+        let err = Config::from_cli_settings(&cli(&args))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a name!"), "{err}");
 
         let mut args = CERTS.to_vec();
-        args.extend(["--max-header-bytes", "100", "--outbound-listen", "127.0.0.1:1"]);
-        let err = Config::from_cli_settings(&cli(&args)).unwrap_err().to_string();
+        args.extend([
+            "--max-header-bytes",
+            "100",
+            "--outbound-listen",
+            "127.0.0.1:1",
+        ]);
+        let err = Config::from_cli_settings(&cli(&args))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_header_bytes"), "{err}");
     }
 

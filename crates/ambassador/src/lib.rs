@@ -13,6 +13,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod proxy;
+pub mod resilience;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,6 +43,13 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         .context("loading the certificates")?;
     reloader.spawn_watcher(Default::default(), sidecar.shutdown().token());
 
+    let resilience = resilience::Runtime::new(
+        sidecar.registry(),
+        config.discovery.clone(),
+        sidecar.shutdown().token(),
+    )
+    .context("registering resilience metrics")?;
+
     let mut loops: Vec<Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
     for route in &config.inbound {
         let accept = inbound::bind(
@@ -55,18 +63,7 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         .await?;
         loops.push(Box::pin(accept));
     }
-    loops.extend(
-        outbound::bind_all(
-            &config.outbound,
-            config.host_router,
-            config.limits,
-            config.access_log,
-            &reloader,
-            &metrics,
-            &sidecar,
-        )
-        .await?,
-    );
+    loops.extend(outbound::bind_all(&config, &reloader, &metrics, &resilience, &sidecar).await?);
     let tracker = sidecar.shutdown().tracker();
     let handles: Vec<_> = loops.into_iter().map(|l| tracker.spawn(l)).collect();
     ready.set_ready();

@@ -8,5 +8,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return sidecar_kit::config::exit_config_error(&e),
     };
-    sidecar_kit::run(&INFO, &cli.kit, |sidecar| ambassador::serve(config, sidecar))
+    sidecar_kit::run(&INFO, &cli.kit, |sidecar| {
+        ambassador::serve(config, sidecar)
+    })
 }

@@ -115,7 +115,13 @@ impl Metrics {
             ),
             &["direction", "route", "kind"],
         )?;
-        for c in [&requests, &connections, &tls_failures, &limits, &upstream_errors] {
+        for c in [
+            &requests,
+            &connections,
+            &tls_failures,
+            &limits,
+            &upstream_errors,
+        ] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(duration.clone()))?;
@@ -138,7 +144,13 @@ impl Metrics {
         RouteMetrics {
             direction,
             route: route.to_owned(),
-            by_class: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
             duration: self.duration.with_label_values(&[d, route]),
             open: self.open.with_label_values(&[d, route]),
             accepted: self.connections.with_label_values(&[d, route]),

@@ -146,9 +146,15 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_and_named_ones_too() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         let mut plain = h.clone();

@@ -1,6 +1,8 @@
 //! End-to-end tests: the real ambassador binary, certificates made at test time, a real app on
 //! 127.0.0.1, and clients speaking mTLS, HTTP/1.1, HTTP/2 and WebSocket.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::net::SocketAddr;
@@ -137,17 +139,31 @@ async fn refusal_matrix_counts_each_reason_and_serves_the_allowed_peer_with_xfcc
         while refused(&inbound, reason) < 1.0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(refused(&inbound, reason), 1.0, "{reason} not counted once:\n{}", inbound.metrics());
+        assert_eq!(
+            refused(&inbound, reason),
+            1.0,
+            "{reason} not counted once:\n{}",
+            inbound.metrics()
+        );
     }
     // Not TLS at all: a handshake error.
     let mut plain = TcpStream::connect(listen).await.unwrap();
-    plain.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut sink)).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(refused(&inbound, "handshake_error"), 1.0);
     let log = inbound.log_text();
-    for reason in ["no_certificate", "unknown_ca", "expired", "not_yet_valid", "identity_not_allowed"] {
+    for reason in [
+        "no_certificate",
+        "unknown_ca",
+        "expired",
+        "not_yet_valid",
+        "identity_not_allowed",
+    ] {
         assert!(log.contains(reason), "log lacks {reason}:\n{log}");
     }
 
@@ -221,8 +237,9 @@ async fn outbound_refuses_a_server_with_the_wrong_identity_with_502() {
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     let body = String::from_utf8_lossy(&reply.body).into_owned();
     assert!(
-        body.contains("server identity mismatch: expected spiffe://test.example/ns/prod/sa/billing")
-            && body.contains(SERVER_ID),
+        body.contains(
+            "server identity mismatch: expected spiffe://test.example/ns/prod/sa/billing"
+        ) && body.contains(SERVER_ID),
         "{body}"
     );
     assert_eq!(
@@ -281,8 +298,9 @@ async fn certificates_rotate_ten_times_under_load_without_a_failed_request() {
             while !stop.load(Ordering::Relaxed) {
                 if sender.is_none() || !keep {
                     let stream = TcpStream::connect(listen_out).await.unwrap();
-                    let (send, conn) =
-                        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+                    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .unwrap();
                     tokio::spawn(conn);
                     sender = Some(send);
                 }
@@ -308,8 +326,18 @@ async fn certificates_rotate_ten_times_under_load_without_a_failed_request() {
     }
     for generation in 1..=10 {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        write_secret(&server_dir, generation, &pki.ca.good(SERVER_ID), &pki.ca.pem);
-        write_secret(&client_dir, generation, &pki.ca.good(CLIENT_ID), &pki.ca.pem);
+        write_secret(
+            &server_dir,
+            generation,
+            &pki.ca.good(SERVER_ID),
+            &pki.ca.pem,
+        );
+        write_secret(
+            &client_dir,
+            generation,
+            &pki.ca.good(CLIENT_ID),
+            &pki.ca.pem,
+        );
     }
     // Let the last swap be seen and served.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -332,7 +360,11 @@ async fn certificates_rotate_ten_times_under_load_without_a_failed_request() {
     }
     let ok = ok.load(Ordering::Relaxed);
     assert!(ok > 100, "too little load to prove anything: {ok}");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests out of {ok} ok");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests out of {ok} ok"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,10 +377,9 @@ async fn websocket_echo_through_outbound_and_inbound() {
     let client = pki.secret("client", CLIENT_ID);
     let (_outbound, listen) = start_outbound(&pki, &client, remote, SERVER_ID, &[]);
     let stream = TcpStream::connect(listen).await.unwrap();
-    let (mut ws, response) =
-        tokio_tungstenite::client_async(format!("ws://{listen}/ws"), stream)
-            .await
-            .unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async(format!("ws://{listen}/ws"), stream)
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     for i in 0..20 {
         let text = format!("message {i}");
@@ -379,9 +410,10 @@ async fn http2_multiplexes_many_requests_on_few_connections() {
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let mut tasks = Vec::new();
     for _ in 0..200 {
@@ -449,11 +481,14 @@ async fn a_100_mb_body_streams_through_both_ways_with_bounded_memory() {
         .header("host", "test")
         .body(generated_body(TOTAL))
         .unwrap();
-    let reply = collect(send.send_request(req).await.unwrap()).await.unwrap();
+    let reply = collect(send.send_request(req).await.unwrap())
+        .await
+        .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body, TOTAL.to_string());
 
     // Echo: the body goes up and comes back down at the same time; read it as it arrives.
+    send.ready().await.unwrap();
     let req = Request::post("/echo")
         .header("host", "test")
         .body(generated_body(TOTAL))
@@ -472,8 +507,18 @@ async fn a_100_mb_body_streams_through_both_ways_with_bounded_memory() {
     let after = (inbound.peak_rss_kib(), outbound.peak_rss_kib());
     eprintln!("peak RSS KiB before {before:?} after {after:?}");
     // 200 MB went through each; the peak grew by a few buffers at most.
-    assert!(after.0 < before.0 + 16 * 1024, "inbound grew from {} to {} KiB", before.0, after.0);
-    assert!(after.1 < before.1 + 16 * 1024, "outbound grew from {} to {} KiB", before.1, after.1);
+    assert!(
+        after.0 < before.0 + 16 * 1024,
+        "inbound grew from {} to {} KiB",
+        before.0,
+        after.0
+    );
+    assert!(
+        after.1 < before.1 + 16 * 1024,
+        "outbound grew from {} to {} KiB",
+        before.1,
+        after.1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,7 +537,9 @@ async fn slowloris_and_oversized_heads_are_refused_and_counted() {
 
     // Slowloris on the plain outbound listener: a head that never ends is cut after ~1 s.
     let mut slow = TcpStream::connect(listen).await.unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let started = Instant::now();
     let mut closed = false;
     for _ in 0..20 {
@@ -502,7 +549,8 @@ async fn slowloris_and_oversized_heads_are_refused_and_counted() {
             break;
         }
         let mut buf = [0u8; 64];
-        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await {
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await
+        {
             closed = true;
             break;
         }
@@ -511,16 +559,27 @@ async fn slowloris_and_oversized_heads_are_refused_and_counted() {
     assert!(closed, "slowloris connection still open after {took:?}");
     assert!(took < Duration::from_secs(3), "cut only after {took:?}");
     assert_eq!(
-        outbound.metric("ambassador_limits_exceeded_total", &[("limit", "header_read_timeout")]),
+        outbound.metric(
+            "ambassador_limits_exceeded_total",
+            &[("limit", "header_read_timeout")]
+        ),
         1.0
     );
     // A keep-alive connection idle between requests is not mistaken for slowloris.
     let stream = TcpStream::connect(listen).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    assert_eq!(send.send_request(get("/")).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        send.send_request(get("/")).await.unwrap().status(),
+        StatusCode::OK
+    );
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_eq!(send.send_request(get("/")).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        send.send_request(get("/")).await.unwrap().status(),
+        StatusCode::OK
+    );
 
     // Oversized head: 431, counted.
     let mut big = TcpStream::connect(listen).await.unwrap();
@@ -533,7 +592,10 @@ async fn slowloris_and_oversized_heads_are_refused_and_counted() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert_eq!(
-        outbound.metric("ambassador_limits_exceeded_total", &[("limit", "header_size")]),
+        outbound.metric(
+            "ambassador_limits_exceeded_total",
+            &[("limit", "header_size")]
+        ),
         1.0
     );
 
@@ -542,12 +604,20 @@ async fn slowloris_and_oversized_heads_are_refused_and_counted() {
     let mut tls = mtls_connect(remote, client_tls(Some(&me), &pki.ca.pem, &[b"http/1.1"]))
         .await
         .unwrap();
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(Duration::from_secs(4), tls.read(&mut buf)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "inbound slowloris not cut: {read:?}");
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "inbound slowloris not cut: {read:?}"
+    );
     assert_eq!(
-        inbound.metric("ambassador_limits_exceeded_total", &[("limit", "header_read_timeout")]),
+        inbound.metric(
+            "ambassador_limits_exceeded_total",
+            &[("limit", "header_read_timeout")]
+        ),
         1.0
     );
 }
@@ -560,7 +630,9 @@ async fn shutdown_lets_the_request_in_flight_finish_and_exits_zero() {
     let me = pki.ca.good(CLIENT_ID);
     let config = client_tls(Some(&me), &pki.ca.pem, &[b"http/1.1"]);
     let tls = mtls_connect(remote, config.clone()).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
     let conn_task = tokio::spawn(conn);
     let slow = tokio::spawn(async move {
         let resp = send.send_request(get("/slow")).await.unwrap();
@@ -573,7 +645,11 @@ async fn shutdown_lets_the_request_in_flight_finish_and_exits_zero() {
     assert_eq!(reply.body, "slow done");
     assert_eq!(reply.headers["connection"], "close");
     // The connection is closed after that response.
-    tokio::time::timeout(Duration::from_secs(5), conn_task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), conn_task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let status = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -610,8 +686,13 @@ async fn raw_tcp_mode_tunnels_bytes_and_passes_half_close() {
     });
     let (_inbound, remote) = start_inbound(&pki, echo_addr, &["--inbound-mode", "tcp"]);
     let client = pki.secret("client", CLIENT_ID);
-    let (_outbound, listen) =
-        start_outbound(&pki, &client, remote, SERVER_ID, &["--outbound-mode", "tcp"]);
+    let (_outbound, listen) = start_outbound(
+        &pki,
+        &client,
+        remote,
+        SERVER_ID,
+        &["--outbound-mode", "tcp"],
+    );
     let mut s = TcpStream::connect(listen).await.unwrap();
     s.write_all(b"raw bytes, not HTTP").await.unwrap();
     s.shutdown().await.unwrap();
@@ -631,9 +712,17 @@ fn bad_configuration_exits_64_naming_the_fault() {
             .args(args)
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
-    let (code, err) = run(&["--inbound-listen", "127.0.0.1:1", "--inbound-app", "127.0.0.1:2"]);
+    let (code, err) = run(&[
+        "--inbound-listen",
+        "127.0.0.1:1",
+        "--inbound-app",
+        "127.0.0.1:2",
+    ]);
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("--cert"), "{err}");
 
@@ -645,7 +734,10 @@ fn bad_configuration_exits_64_naming_the_fault() {
     .unwrap();
     let (code, err) = run(&["--config", yaml.to_str().unwrap()]);
     assert_eq!(code, Some(64), "{err}");
-    assert!(err.contains("inbound[0] (web)") && err.contains("spiffe://td/**/x"), "{err}");
+    assert!(
+        err.contains("inbound[0] (web)") && err.contains("spiffe://td/**/x"),
+        "{err}"
+    );
 
     std::fs::write(&yaml, "tls: {cert: a, key: b, ca: c}\ninbund: []\n").unwrap();
     let (code, err) = run(&["--config", yaml.to_str().unwrap()]);

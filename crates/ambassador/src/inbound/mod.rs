@@ -79,9 +79,13 @@ pub async fn bind(
     metrics: &Metrics,
     sidecar: &Sidecar,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    let tcp = TcpListener::bind(route.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("inbound `{}`: cannot listen on {}: {e}", route.name, route.listen))?;
+    let tcp = TcpListener::bind(route.listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "inbound `{}`: cannot listen on {}: {e}",
+            route.name,
+            route.listen
+        )
+    })?;
     let tls = ListenerTls::build(&route, &reloader.current())?;
     let app_authority = Authority::try_from(route.app.to_string())
         .map_err(|e| anyhow::anyhow!("inbound `{}`: app address: {e}", route.name))?;
@@ -212,9 +216,9 @@ async fn serve_connection(listener: &Arc<Listener>, stream: TcpStream, peer: Soc
             let activity = Activity::new(!h2);
             let peer_conn = Arc::new(PeerConn {
                 xfcc: if listener.route.forward_client_cert {
-                    identity.as_ref().and_then(|id| {
-                        HeaderValue::try_from(tls::xfcc(id, tls.by.as_deref())).ok()
-                    })
+                    identity
+                        .as_ref()
+                        .and_then(|id| HeaderValue::try_from(tls::xfcc(id, tls.by.as_deref())).ok())
                 } else {
                     None
                 },
@@ -232,12 +236,24 @@ async fn serve_connection(listener: &Arc<Listener>, stream: TcpStream, peer: Soc
             });
             let ended = if h2 {
                 let conn = listener.http2.serve_connection(io, service);
-                conn::drive(conn, &activity, &listener.limits, &listener.stop, &listener.metrics)
-                    .await
+                conn::drive(
+                    conn,
+                    &activity,
+                    &listener.limits,
+                    &listener.stop,
+                    &listener.metrics,
+                )
+                .await
             } else {
                 let conn = listener.http1.serve_connection(io, service).with_upgrades();
-                conn::drive(conn, &activity, &listener.limits, &listener.stop, &listener.metrics)
-                    .await
+                conn::drive(
+                    conn,
+                    &activity,
+                    &listener.limits,
+                    &listener.stop,
+                    &listener.metrics,
+                )
+                .await
             };
             report_end(&listener.metrics, ended, peer);
         }
@@ -278,12 +294,25 @@ async fn serve_tcp(
     let _ = app.set_nodelay(true);
     let activity = Activity::new(false);
     let client = Tracked::new(stream, activity.clone());
-    let who = identity.as_ref().map(|i| i.names().join(", ")).unwrap_or_default();
+    let who = identity
+        .as_ref()
+        .map(|i| i.names().join(", "))
+        .unwrap_or_default();
     tracing::debug!(route = %listener.route.name, %peer, peer_identity = who, "tcp tunnel open");
-    match conn::tunnel(client, app, &activity, listener.limits.idle_timeout, &listener.stop).await {
+    match conn::tunnel(
+        client,
+        app,
+        &activity,
+        listener.limits.idle_timeout,
+        &listener.stop,
+    )
+    .await
+    {
         Ok(TunnelEnd::Idle) => listener.metrics.limit_exceeded(Limit::IdleTimeout),
         Ok(_) => {}
-        Err(e) => tracing::debug!(route = %listener.route.name, %peer, error = %e, "tcp tunnel error"),
+        Err(e) => {
+            tracing::debug!(route = %listener.route.name, %peer, error = %e, "tcp tunnel error")
+        }
     }
 }
 
@@ -333,7 +362,10 @@ async fn handle(
                     &method,
                     &path,
                     start,
-                    proxy::answer(StatusCode::BAD_REQUEST, format!("ambassador: bad request target: {e}\n")),
+                    proxy::answer(
+                        StatusCode::BAD_REQUEST,
+                        format!("ambassador: bad request target: {e}\n"),
+                    ),
                 ));
             }
         }
@@ -393,7 +425,15 @@ fn finish(
     let seconds = start.elapsed().as_secs_f64();
     listener.metrics.observe(response.status(), seconds);
     if listener.access_log {
-        proxy::access_log("inbound", &listener.route.name, method, path, response.status(), seconds, &conn.peer);
+        proxy::access_log(
+            "inbound",
+            &listener.route.name,
+            method,
+            path,
+            response.status(),
+            seconds,
+            &conn.peer,
+        );
     }
     response
 }

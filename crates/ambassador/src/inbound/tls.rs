@@ -55,12 +55,10 @@ pub fn server_config(
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, TlsError> {
     let provider = tls::provider();
-    let webpki = WebPkiClientVerifier::builder_with_provider(
-        credentials.bundle.roots(),
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
+    let webpki =
+        WebPkiClientVerifier::builder_with_provider(credentials.bundle.roots(), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
     let verifier: Arc<dyn ClientCertVerifier> = match allow {
         Some(allow) => Arc::new(Authorizing {
             inner: webpki,
@@ -108,9 +106,8 @@ impl ClientCertVerifier for Authorizing {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let peer = PeerIdentity::from_der(end_entity).map_err(|_| {
-            rustls::Error::InvalidCertificate(CertificateError::BadEncoding)
-        })?;
+        let peer = PeerIdentity::from_der(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if self.allow.allows(&peer.spiffe_ids, &peer.dns_names) {
             Ok(ClientCertVerified::assertion())
         } else {

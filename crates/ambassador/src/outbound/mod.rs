@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Limits, Mode, OutboundRoute};
+use crate::config::{Config, Limits, Mode, OutboundRoute};
 use crate::conn::{self, Activity, ConnectionLimit, Tracked, TunnelEnd};
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
 use crate::proxy::{self, ProxyBody};
@@ -31,9 +31,12 @@ pub use upstream::{BoxFuture, StaticUpstream, Upstream, UpstreamError};
 
 /// The single place that chooses how a route picks endpoints (the resilience layer hooks in
 /// here).
-pub fn build_upstream(route: &OutboundRoute, transport: Transport) -> Arc<dyn Upstream> {
-    let endpoints = route.endpoints.iter().copied().map(Endpoint::new).collect();
-    Arc::new(StaticUpstream::new(endpoints, transport))
+pub fn build_upstream(
+    route: &OutboundRoute,
+    transport: Transport,
+    resilience: &crate::resilience::Runtime,
+) -> Result<Arc<dyn Upstream>, crate::resilience::ConfigError> {
+    resilience.upstream(&route.name, &route.discovery, &route.resilience, transport)
 }
 
 /// One outbound route at run time.
@@ -68,40 +71,50 @@ struct Listener {
 
 /// Binds every outbound listener of the configuration; returns their accept loops.
 pub async fn bind_all(
-    routes: &[OutboundRoute],
-    host_router: Option<SocketAddr>,
-    limits: Limits,
-    access_log: bool,
+    config: &Config,
     reloader: &Arc<CredentialReloader>,
     metrics: &Metrics,
+    resilience: &crate::resilience::Runtime,
     sidecar: &Sidecar,
 ) -> anyhow::Result<Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>> {
+    let (limits, access_log) = (config.limits, config.access_log);
     let stop = sidecar.shutdown().token();
     let mut by_host = HashMap::new();
     let mut loops: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
-    for cfg in routes {
+    for cfg in &config.outbound {
         let route_metrics = metrics.route(Direction::Outbound, &cfg.name);
         let transport = Transport::new(
             cfg.identity.clone(),
             true,
+            &cfg.resilience.timeouts,
             reloader,
             route_metrics.clone(),
             stop.clone(),
         )?;
         let route = Arc::new(Route {
             name: cfg.name.clone(),
-            upstream: build_upstream(cfg, transport),
+            upstream: build_upstream(cfg, transport, resilience)
+                .map_err(|e| anyhow::anyhow!("outbound route {}: {e}", cfg.name))?,
             metrics: route_metrics.clone(),
         });
         for host in &cfg.hosts {
             by_host.insert(host.clone(), route.clone());
         }
         if let Some(addr) = cfg.listen {
-            let listener = listener(&cfg.name, addr, cfg.mode, Routes::One(route), route_metrics, limits, access_log, sidecar);
+            let listener = listener(
+                &cfg.name,
+                addr,
+                cfg.mode,
+                Routes::One(route),
+                route_metrics,
+                limits,
+                access_log,
+                sidecar,
+            );
             loops.push(Box::pin(bind_one(listener).await?));
         }
     }
-    if let Some(addr) = host_router {
+    if let Some(addr) = config.host_router {
         let listener = listener(
             "host-router",
             addr,
@@ -150,9 +163,13 @@ fn listener(
 }
 
 async fn bind_one(listener: Listener) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    let tcp = TcpListener::bind(listener.addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("outbound `{}`: cannot listen on {}: {e}", listener.name, listener.addr))?;
+    let tcp = TcpListener::bind(listener.addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "outbound `{}`: cannot listen on {}: {e}",
+            listener.name,
+            listener.addr
+        )
+    })?;
     tracing::info!(listener = %listener.name, listen = %listener.addr, mode = ?listener.mode, "outbound listening");
     Ok(accept_loop(Arc::new(listener), tcp))
 }
@@ -205,11 +222,17 @@ async fn serve_http(listener: &Arc<Listener>, stream: TcpStream, peer: SocketAdd
     let io = TokioIo::new(Tracked::new(stream, activity.clone()));
     let handler = listener.clone();
     let conn_activity = activity.clone();
-    let service = hyper::service::service_fn(move |req| {
-        handle(handler.clone(), conn_activity.clone(), req)
-    });
+    let service =
+        hyper::service::service_fn(move |req| handle(handler.clone(), conn_activity.clone(), req));
     let conn = listener.http1.serve_connection(io, service).with_upgrades();
-    let ended = conn::drive(conn, &activity, &listener.limits, &listener.stop, &listener.metrics).await;
+    let ended = conn::drive(
+        conn,
+        &activity,
+        &listener.limits,
+        &listener.stop,
+        &listener.metrics,
+    )
+    .await;
     crate::inbound::report_end(&listener.metrics, ended, peer);
 }
 
@@ -231,7 +254,15 @@ async fn serve_tcp(listener: &Listener, stream: TcpStream, peer: SocketAddr) {
     };
     let activity = Activity::new(false);
     let local = Tracked::new(stream, activity.clone());
-    match conn::tunnel(local, remote, &activity, listener.limits.idle_timeout, &listener.stop).await {
+    match conn::tunnel(
+        local,
+        remote,
+        &activity,
+        listener.limits.idle_timeout,
+        &listener.stop,
+    )
+    .await
+    {
         Ok(TunnelEnd::Idle) => listener.metrics.limit_exceeded(Limit::IdleTimeout),
         Ok(_) => {}
         Err(e) => tracing::debug!(route = %route.name, %peer, error = %e, "tcp tunnel error"),
@@ -276,7 +307,14 @@ async fn handle(
         Ok(route) => route.clone(),
         Err(message) => {
             let response = proxy::answer(StatusCode::NOT_FOUND, message);
-            return Ok(finish(&listener, &listener.metrics, &method, &path, start, response));
+            return Ok(finish(
+                &listener,
+                &listener.metrics,
+                &method,
+                &path,
+                start,
+                response,
+            ));
         }
     };
     if method == Method::CONNECT {
@@ -287,7 +325,14 @@ async fn handle(
                 route.name
             ),
         );
-        return Ok(finish(&listener, &route.metrics, &method, &path, start, response));
+        return Ok(finish(
+            &listener,
+            &route.metrics,
+            &method,
+            &path,
+            start,
+            response,
+        ));
     }
     let upgrade = proxy::wants_upgrade(&req);
     proxy::strip_hop_by_hop(req.headers_mut(), upgrade);
@@ -321,14 +366,22 @@ async fn handle(
                 format!("ambassador: outbound route `{}`: {e}\n", route.name),
             );
             if let UpstreamError::Transport(TransportError::IdentityMismatch { .. }) = e {
-                response
-                    .headers_mut()
-                    .insert("x-ambassador-error", HeaderValue::from_static("identity-mismatch"));
+                response.headers_mut().insert(
+                    "x-ambassador-error",
+                    HeaderValue::from_static("identity-mismatch"),
+                );
             }
             response
         }
     };
-    Ok(finish(&listener, &route.metrics, &method, &path, start, response))
+    Ok(finish(
+        &listener,
+        &route.metrics,
+        &method,
+        &path,
+        start,
+        response,
+    ))
 }
 
 fn finish(
@@ -343,7 +396,15 @@ fn finish(
     let seconds = start.elapsed().as_secs_f64();
     metrics.observe(response.status(), seconds);
     if listener.access_log {
-        proxy::access_log("outbound", metrics.route(), method, path, response.status(), seconds, "app");
+        proxy::access_log(
+            "outbound",
+            metrics.route(),
+            method,
+            path,
+            response.status(),
+            seconds,
+            "app",
+        );
     }
     response
 }

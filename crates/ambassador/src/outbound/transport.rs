@@ -107,7 +107,11 @@ struct RouteTls {
 }
 
 impl RouteTls {
-    fn build(credentials: &Credentials, expected: &ExpectedIdentity, http2: bool) -> Result<Self, TlsError> {
+    fn build(
+        credentials: &Credentials,
+        expected: &ExpectedIdentity,
+        http2: bool,
+    ) -> Result<Self, TlsError> {
         let config = |alpn: &[&[u8]]| -> Result<TlsConnector, TlsError> {
             let mut config: ClientConfig = tls::client_config(
                 Some(&credentials.identity),
@@ -118,7 +122,11 @@ impl RouteTls {
             config.resumption = rustls::client::Resumption::in_memory_sessions(1024);
             Ok(TlsConnector::from(Arc::new(config)))
         };
-        let any: &[&[u8]] = if http2 { &[b"h2", b"http/1.1"] } else { &[b"http/1.1"] };
+        let any: &[&[u8]] = if http2 {
+            &[b"h2", b"http/1.1"]
+        } else {
+            &[b"http/1.1"]
+        };
         Ok(Self {
             any: config(any)?,
             http1: config(&[b"http/1.1"])?,
@@ -129,6 +137,8 @@ impl RouteTls {
 
 /// A route's shared TLS state and what the connector needs to name and count failures.
 struct Shared {
+    /// TCP connect plus handshake; running out is a connect failure (retried elsewhere).
+    connect_timeout: Duration,
     tls: ArcSwap<RouteTls>,
     expected: ExpectedIdentity,
     metrics: RouteMetrics,
@@ -136,7 +146,9 @@ struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("expected", &self.expected).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("expected", &self.expected)
+            .finish_non_exhaustive()
     }
 }
 
@@ -162,7 +174,11 @@ impl tower::Service<Uri> for MtlsConnector {
         Box::pin(async move {
             let addr = endpoint_of(&uri)?;
             let tls = shared.tls.load();
-            let connector = if http1_only { tls.http1.clone() } else { tls.any.clone() };
+            let connector = if http1_only {
+                tls.http1.clone()
+            } else {
+                tls.any.clone()
+            };
             drop(tls);
             let stream = connect_mtls(&shared, &connector, addr).await?;
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -184,6 +200,28 @@ fn endpoint_of(uri: &Uri) -> Result<SocketAddr, TransportError> {
 
 /// TCP connect plus mTLS handshake, with failures classified and counted.
 async fn connect_mtls(
+    shared: &Shared,
+    connector: &TlsConnector,
+    addr: SocketAddr,
+) -> Result<TlsStream<TcpStream>, TransportError> {
+    match tokio::time::timeout(
+        shared.connect_timeout,
+        connect_mtls_untimed(shared, connector, addr),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(TransportError::Connect {
+            addr,
+            message: format!(
+                "no connection within {:?} (connect timeout)",
+                shared.connect_timeout
+            ),
+        }),
+    }
+}
+
+async fn connect_mtls_untimed(
     shared: &Shared,
     connector: &TlsConnector,
     addr: SocketAddr,
@@ -295,23 +333,26 @@ impl Transport {
     pub fn new(
         expected: ExpectedIdentity,
         http2: bool,
+        timeouts: &crate::resilience::TimeoutConfig,
         reloader: &Arc<CredentialReloader>,
         metrics: RouteMetrics,
         stop: CancellationToken,
     ) -> Result<Self, TlsError> {
         let tls = RouteTls::build(&reloader.current(), &expected, http2)?;
         let shared = Arc::new(Shared {
+            connect_timeout: timeouts.connect,
             tls: ArcSwap::from_pointee(tls),
             expected,
             metrics,
         });
         spawn_reload(shared.clone(), reloader, http2, stop);
+        let idle = timeouts.idle;
         let client = |http1_only: bool| {
             let mut builder = Client::builder(TokioExecutor::new());
             builder
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_idle_timeout(idle)
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .http2_adaptive_window(true);
             builder.build(MtlsConnector {
@@ -341,7 +382,11 @@ impl Transport {
         }
         *req.uri_mut() = Uri::from_parts(parts)
             .map_err(|e| TransportError::Http(format!("bad request target: {e}")))?;
-        let client = if upgrade { &self.upgrade_client } else { &self.client };
+        let client = if upgrade {
+            &self.upgrade_client
+        } else {
+            &self.client
+        };
         client.request(req).await.map_err(|e| classify(&e))
     }
 

@@ -52,7 +52,10 @@ impl UpstreamError {
 
 /// What the outbound handler calls once per app request.
 pub trait Upstream: Send + Sync + std::fmt::Debug + 'static {
-    fn call(&self, req: Request<ProxyBody>) -> BoxFuture<'_, Result<Response<Incoming>, UpstreamError>>;
+    fn call(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> BoxFuture<'_, Result<Response<Incoming>, UpstreamError>>;
 
     /// An endpoint for a raw TCP connection (TCP routes), if any.
     fn pick(&self) -> Option<Endpoint>;
@@ -80,7 +83,10 @@ impl StaticUpstream {
 }
 
 impl Upstream for StaticUpstream {
-    fn call(&self, req: Request<ProxyBody>) -> BoxFuture<'_, Result<Response<Incoming>, UpstreamError>> {
+    fn call(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> BoxFuture<'_, Result<Response<Incoming>, UpstreamError>> {
         Box::pin(async move {
             let endpoint = self.pick().ok_or(UpstreamError::NoEndpoint)?;
             Ok(self.transport.send(&endpoint, req).await?)

@@ -1,6 +1,6 @@
 //! Test helpers: certificates made with rcgen, the real ambassador binary in a kill-on-drop
 //! guard, a small app backend, mTLS and plain HTTP clients, and /metrics reading.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::io::{Read, Write};
@@ -206,7 +206,11 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter(|l| {
             l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' '))
         })
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -223,7 +227,10 @@ pub fn http_get_blocking(addr: SocketAddr, path: &str) -> std::io::Result<(u16, 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -254,7 +261,9 @@ pub async fn start_app() -> SocketAddr {
 type AppBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 fn full(text: impl Into<Bytes>) -> AppBody {
-    Full::new(text.into()).map_err(|never| match never {}).boxed()
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 async fn app_handler(mut req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
@@ -276,11 +285,7 @@ async fn app_handler(mut req: Request<Incoming>) -> Result<Response<AppBody>, In
             Response::new(full("slow done"))
         }
         "/ws" => {
-            let key = req
-                .headers()
-                .get("sec-websocket-key")
-                .cloned()
-                .unwrap();
+            let key = req.headers().get("sec-websocket-key").cloned().unwrap();
             let upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 let upgraded = upgrade.await.unwrap();
@@ -298,7 +303,8 @@ async fn app_handler(mut req: Request<Incoming>) -> Result<Response<AppBody>, In
                     }
                 }
             });
-            let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
             Response::builder()
                 .status(StatusCode::SWITCHING_PROTOCOLS)
                 .header("connection", "upgrade")

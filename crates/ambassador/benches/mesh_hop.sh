@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# The mesh-hop benchmark: wrk -> outbound proxy (plain HTTP) -> mTLS -> inbound proxy -> backend,
+# all on 127.0.0.1, for the ambassador and for nginx, HAProxy and stunnel doing the same hop,
+# plus the backend alone. Then handshake-per-request throughput against each inbound side.
+#
+# usage: crates/ambassador/benches/mesh_hop.sh [RUNS=3] [SECONDS=10] [CONNECTIONS=64]
+# needs: nginx haproxy stunnel4 wrk openssl (apt), cargo.
+set -euo pipefail
+
+RUNS=${1:-3}
+SECS=${2:-10}
+CONNS=${3:-64}
+ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
+for tool in nginx haproxy stunnel4 wrk openssl; do
+  command -v "$tool" >/dev/null || { echo "missing program: $tool (apt-get install $tool)" >&2; exit 1; }
+done
+
+cd "$ROOT"
+cargo build --release -p ambassador --bin ambassador --example mtls_load >&2
+AMB="$ROOT/target/release/ambassador"
+LOAD="$ROOT/target/release/examples/mtls_load"
+
+W=$(mktemp -d /tmp/mesh-hop.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  [ -f "$W/nginx-in.pid" ] && kill "$(cat "$W/nginx-in.pid")" 2>/dev/null || true
+  [ -f "$W/nginx-out.pid" ] && kill "$(cat "$W/nginx-out.pid")" 2>/dev/null || true
+  [ -f "$W/nginx-backend.pid" ] && kill "$(cat "$W/nginx-backend.pid")" 2>/dev/null || true
+  sleep 0.3
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+# ---- certificates (EC P-256, like the mesh's) ----
+cd "$W"
+openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
+openssl req -x509 -new -key ca.key -subj /CN=bench-ca -days 2 -out ca.crt 2>/dev/null
+leaf() { # name spiffe dns
+  openssl ecparam -name prime256v1 -genkey -noout -out "$1.key.sec1" 2>/dev/null
+  openssl pkcs8 -topk8 -nocrypt -in "$1.key.sec1" -out "$1.key"
+  openssl req -new -key "$1.key" -subj "/CN=$1" -out "$1.csr" 2>/dev/null
+  printf 'subjectAltName=URI:%s,DNS:%s\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' "$2" "$3" > "$1.ext"
+  openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+  cat "$1.crt" "$1.key" > "$1.pem"
+}
+leaf server spiffe://bench.local/ns/b/sa/server server.bench
+leaf client spiffe://bench.local/ns/a/sa/client client.bench
+
+# ---- ports ----
+BACKEND=18080
+AMB_OUT=18101; AMB_IN=18102; AMB_ADMIN_OUT=18103; AMB_ADMIN_IN=18104
+NGX_OUT=18201; NGX_IN=18202
+HAP_OUT=18301; HAP_IN=18302
+STN_OUT=18401; STN_IN=18402
+
+# ---- backend: nginx answering a static 200 ----
+mkdir -p "$W/ngx-backend"
+cat > "$W/nginx-backend.conf" <<EOF
+worker_processes 1;
+pid $W/nginx-backend.pid;
+error_log $W/nginx-backend.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BACKEND; location / { return 200 "hello from the backend\n"; } }
+}
+EOF
+nginx -p "$W/ngx-backend" -c "$W/nginx-backend.conf"
+
+# ---- ambassador ----
+"$AMB" --cert server.crt --key server.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_IN \
+  --inbound-listen 127.0.0.1:$AMB_IN --inbound-app 127.0.0.1:$BACKEND \
+  --allow-spiffe 'spiffe://bench.local/ns/a/sa/*' --log-level warn 2>"$W/amb-in.log" &
+AMB_IN_PID=$!; PIDS+=($AMB_IN_PID)
+"$AMB" --cert client.crt --key client.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_OUT \
+  --outbound-listen 127.0.0.1:$AMB_OUT --outbound-endpoints 127.0.0.1:$AMB_IN \
+  --outbound-identity spiffe://bench.local/ns/b/sa/server --log-level warn 2>"$W/amb-out.log" &
+AMB_OUT_PID=$!; PIDS+=($AMB_OUT_PID)
+
+# ---- nginx: the same hop ----
+mkdir -p "$W/ngx-in" "$W/ngx-out"
+cat > "$W/nginx-in.conf" <<EOF
+worker_processes 2;
+pid $W/nginx-in.pid;
+error_log $W/nginx-in.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$BACKEND; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGX_IN ssl;
+    http2 on;
+    ssl_certificate $W/server.crt; ssl_certificate_key $W/server.key;
+    ssl_client_certificate $W/ca.crt; ssl_verify_client on;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:in:10m;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+cat > "$W/nginx-out.conf" <<EOF
+worker_processes 2;
+pid $W/nginx-out.pid;
+error_log $W/nginx-out.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream remote { server 127.0.0.1:$NGX_IN; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGX_OUT;
+    location / {
+      proxy_pass https://remote; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_ssl_certificate $W/client.crt; proxy_ssl_certificate_key $W/client.key;
+      proxy_ssl_trusted_certificate $W/ca.crt; proxy_ssl_verify on; proxy_ssl_name server.bench;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+EOF
+nginx -p "$W/ngx-in" -c "$W/nginx-in.conf"
+nginx -p "$W/ngx-out" -c "$W/nginx-out.conf"
+
+# ---- HAProxy ----
+cat > "$W/haproxy-in.cfg" <<EOF
+global
+  nbthread 2
+  log /dev/null local0
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+frontend in
+  bind 127.0.0.1:$HAP_IN ssl crt $W/server.pem ca-file $W/ca.crt verify required alpn h2,http/1.1
+  default_backend app
+backend app
+  http-reuse always
+  server s1 127.0.0.1:$BACKEND
+EOF
+cat > "$W/haproxy-out.cfg" <<EOF
+global
+  nbthread 2
+  log /dev/null local0
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+frontend out
+  bind 127.0.0.1:$HAP_OUT
+  default_backend remote
+backend remote
+  http-reuse always
+  server r1 127.0.0.1:$HAP_IN ssl crt $W/client.pem ca-file $W/ca.crt verify required verifyhost server.bench sni str(server.bench)
+EOF
+haproxy -f "$W/haproxy-in.cfg" -db >"$W/haproxy-in.log" 2>&1 &
+HAP_IN_PID=$!; PIDS+=($HAP_IN_PID)
+haproxy -f "$W/haproxy-out.cfg" -db >"$W/haproxy-out.log" 2>&1 &
+HAP_OUT_PID=$!; PIDS+=($HAP_OUT_PID)
+
+# ---- stunnel (L4: one TLS connection per client connection) ----
+cat > "$W/stunnel-in.conf" <<EOF
+foreground = yes
+pid =
+debug = 3
+output = $W/stunnel-in.log
+[in]
+accept = 127.0.0.1:$STN_IN
+connect = 127.0.0.1:$BACKEND
+cert = $W/server.crt
+key = $W/server.key
+CAfile = $W/ca.crt
+verifyChain = yes
+requireCert = yes
+EOF
+cat > "$W/stunnel-out.conf" <<EOF
+foreground = yes
+pid =
+debug = 3
+output = $W/stunnel-out.log
+[out]
+client = yes
+accept = 127.0.0.1:$STN_OUT
+connect = 127.0.0.1:$STN_IN
+cert = $W/client.crt
+key = $W/client.key
+CAfile = $W/ca.crt
+verifyChain = yes
+checkHost = server.bench
+EOF
+stunnel4 "$W/stunnel-in.conf" &
+STN_IN_PID=$!; PIDS+=($STN_IN_PID)
+stunnel4 "$W/stunnel-out.conf" &
+STN_OUT_PID=$!; PIDS+=($STN_OUT_PID)
+
+sleep 1.5
+for port in $BACKEND $AMB_OUT $NGX_OUT $HAP_OUT $STN_OUT; do
+  out=$(curl -s -m 5 "http://127.0.0.1:$port/" || true)
+  [ "$out" = "hello from the backend" ] || { echo "setup check failed on port $port: '$out'" >&2; tail -5 "$W"/*.log "$W"/*.err 2>/dev/null >&2; exit 1; }
+done
+
+# ---- measuring ----
+pids_of() { # setup -> the proxy processes' pids (nginx: master and workers)
+  case $1 in
+    ambassador) echo "$AMB_OUT_PID $AMB_IN_PID" ;;
+    nginx) echo "$(pgrep -f "nginx.*$W/nginx-(in|out).conf" | tr '\n' ' ') $(pgrep -P "$(cat "$W/nginx-in.pid")" | tr '\n' ' ') $(pgrep -P "$(cat "$W/nginx-out.pid")" | tr '\n' ' ')" ;;
+    haproxy) echo "$HAP_OUT_PID $HAP_IN_PID" ;;
+    stunnel) echo "$STN_OUT_PID $STN_IN_PID" ;;
+    backend) echo "" ;;
+  esac
+}
+rss_kib() { # field pids... -> "max per process / sum" in KiB
+  local field=$1; shift; local max=0 sum=0 v
+  for p in "$@"; do
+    v=$(awk -v f="$field:" '$1==f {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    v=${v:-0}; sum=$((sum + v)); [ "$v" -gt "$max" ] && max=$v
+  done
+  echo "$max $sum"
+}
+to_ms() { # wrk latency like 812.00us / 1.20ms / 1.01s -> ms
+  awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/,"",v); print v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v+0 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000 } else print v }'
+}
+median() { sort -g | awk '{a[NR]=$1} END { print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2) }'; }
+
+declare -A PORT=( [backend]=$BACKEND [ambassador]=$AMB_OUT [nginx]=$NGX_OUT [haproxy]=$HAP_OUT [stunnel]=$STN_OUT )
+SETUPS=(backend ambassador nginx haproxy stunnel)
+declare -A RPS P99 P50 RSS_MAX RSS_SUM ERRS
+for s in "${SETUPS[@]}"; do
+  wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:${PORT[$s]}/" >/dev/null 2>&1 || true   # warm-up
+done
+for run in $(seq 1 "$RUNS"); do
+  for s in "${SETUPS[@]}"; do
+    out=$(wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:${PORT[$s]}/" 2>&1)
+    RPS[$s]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
+    P50[$s]+="$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")") "
+    P99[$s]+="$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")") "
+    e=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+    [ -n "$e" ] && ERRS[$s]+="run$run: $e "
+    true
+  done
+  echo "run $run of $RUNS done" >&2
+done
+for s in "${SETUPS[@]}"; do
+  # shellcheck disable=SC2046
+  read -r max sum <<<"$(rss_kib VmHWM $(pids_of "$s"))"
+  RSS_MAX[$s]=$max; RSS_SUM[$s]=$sum
+done
+
+echo
+echo "## Keep-alive mesh hop: wrk -t2 -c$CONNS -d${SECS}s, median of $RUNS runs"
+echo
+printf '| %-11s | %10s | %8s | %8s | %14s | %14s |\n' setup "req/s" "p50 ms" "p99 ms" "peak RSS/proc" "peak RSS total"
+printf '|%s|%s|%s|%s|%s|%s|\n' -------------  ------------ ---------- ---------- ---------------- ----------------
+for s in "${SETUPS[@]}"; do
+  rps=$(tr ' ' '\n' <<<"${RPS[$s]}" | grep . | median)
+  p50=$(tr ' ' '\n' <<<"${P50[$s]}" | grep . | median)
+  p99=$(tr ' ' '\n' <<<"${P99[$s]}" | grep . | median)
+  if [ "$s" = backend ]; then rmax=-; rsum=-; else rmax="$((RSS_MAX[$s] / 1024)).$(( (RSS_MAX[$s] % 1024) * 10 / 1024 )) MiB"; rsum="$((RSS_SUM[$s] / 1024)).$(( (RSS_SUM[$s] % 1024) * 10 / 1024 )) MiB"; fi
+  printf '| %-11s | %10.0f | %8.2f | %8.2f | %14s | %14s |\n' "$s" "$rps" "$p50" "$p99" "$rmax" "$rsum"
+done
+for s in "${SETUPS[@]}"; do [ -n "${ERRS[$s]:-}" ] && echo "errors $s: ${ERRS[$s]}"; done
+echo
+echo "all runs (req/s): $(for s in "${SETUPS[@]}"; do printf '%s=[%s] ' "$s" "${RPS[$s]% }"; done)"
+echo "all runs (p99 ms): $(for s in "${SETUPS[@]}"; do printf '%s=[%s] ' "$s" "${P99[$s]% }"; done)"
+
+# ---- handshake per request: new TCP + full mTLS handshake + one request, against the inbound side ----
+declare -A IN_PORT=( [ambassador]=$AMB_IN [nginx]=$NGX_IN [haproxy]=$HAP_IN [stunnel]=$STN_IN )
+echo
+echo "## Handshake per request (no resumption) against the inbound side: 32 clients, ${SECS}s, median of $RUNS runs"
+echo
+printf '| %-11s | %12s | %8s | %8s | %6s |\n' setup "handshakes/s" "p50 ms" "p99 ms" errors
+printf '|%s|%s|%s|%s|%s|\n' ------------- -------------- ---------- ---------- --------
+for s in ambassador nginx haproxy stunnel; do
+  R=""; L50=""; L99=""; E=0
+  for run in $(seq 1 "$RUNS"); do
+    read -r r p50 p99 e <<<"$("$LOAD" "127.0.0.1:${IN_PORT[$s]}" "$W/client.crt" "$W/client.key" "$W/ca.crt" server.bench 32 "$SECS")"
+    R+="$r "; L50+="$p50 "; L99+="$p99 "; E=$((E + e))
+  done
+  printf '| %-11s | %12.0f | %8.2f | %8.2f | %6d |\n' "$s" "$(tr ' ' '\n' <<<"$R" | grep . | median)" \
+    "$(tr ' ' '\n' <<<"$L50" | grep . | median)" "$(tr ' ' '\n' <<<"$L99" | grep . | median)" "$E"
+done
