@@ -27,6 +27,11 @@ const CLIENT_ID: &str = "spiffe://mesh.test/ns/shop/sa/web";
 
 /// A tiny app that answers its own name and counts hits.
 async fn app(name: &str) -> (SocketAddr, Arc<AtomicU64>) {
+    app_with(name, StatusCode::OK, Duration::ZERO).await
+}
+
+/// An app that answers `status` after `delay`, with its name as the body, and counts hits.
+async fn app_with(name: &str, status: StatusCode, delay: Duration) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
     let addr = listener.local_addr().expect("addr");
     let hits = Arc::new(AtomicU64::new(0));
@@ -40,10 +45,16 @@ async fn app(name: &str) -> (SocketAddr, Arc<AtomicU64>) {
             let counter = Arc::clone(&counter);
             let name = name.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |_req: Request<Incoming>| {
+                let service = service_fn(move |req: Request<Incoming>| {
                     counter.fetch_add(1, Ordering::Relaxed);
-                    let body = Full::new(Bytes::from(name.clone()));
-                    async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
+                    let name = name.clone();
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        tokio::time::sleep(delay).await;
+                        let mut response = Response::new(Full::new(Bytes::from(name)));
+                        *response.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -107,6 +118,45 @@ impl Mesh {
 
 fn client() -> Client<HttpConnector, Empty<Bytes>> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends `method` with a small body (Content-Length known, so it may be kept for a retry).
+async fn send(method: &str, to: SocketAddr) -> StatusCode {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{to}/orders"))
+        .body(Full::new(Bytes::from_static(b"{\"qty\": 1}")))
+        .expect("request");
+    match client.request(req).await {
+        Ok(resp) => resp.status(),
+        Err(e) => panic!("client error: {e}"),
+    }
+}
+
+/// Three inbound ambassadors in front of `apps`, and the outbound one over them.
+fn mesh_over(
+    mesh: &Mesh,
+    apps: &[SocketAddr],
+    extra: &[String],
+) -> (Vec<Ambassador>, Ambassador, SocketAddr) {
+    let listens: Vec<SocketAddr> = apps.iter().map(|_| addr(free_port())).collect();
+    let inbound = apps
+        .iter()
+        .zip(&listens)
+        .map(|(app, listen)| mesh.inbound(*listen, *app))
+        .collect();
+    let out_addr = addr(free_port());
+    let endpoints = listens
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut args = vec!["--outbound-endpoints".to_owned(), endpoints];
+    args.extend(extra.iter().cloned());
+    let outbound = mesh.outbound(out_addr, &args);
+    (inbound, outbound, out_addr)
 }
 
 async fn get(
@@ -481,4 +531,85 @@ async fn the_binary_follows_dns_changes_within_the_ttl() {
         assert_eq!((status, body.as_str()), (StatusCode::OK, "v6"));
     }
     assert_eq!(hits4.load(Ordering::Relaxed), v4_hits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_binary_a_slow_endpoint_loses_most_traffic() {
+    let mesh = Mesh::new();
+    let (slow, slow_hits) = app_with("slow", StatusCode::OK, Duration::from_millis(250)).await;
+    let (fast1, fast1_hits) = app("fast-1").await;
+    let (fast2, fast2_hits) = app("fast-2").await;
+    let (_inbound, _outbound, out_addr) = mesh_over(&mesh, &[slow, fast1, fast2], &[]);
+    // Warm-up: first connections (mTLS handshakes) make every endpoint look slow at first.
+    let warm = client();
+    for _ in 0..30 {
+        assert_eq!(get(&warm, out_addr).await.0, StatusCode::OK);
+    }
+    let counted = |h: &AtomicU64| h.load(Ordering::Relaxed);
+    let (s0, f10, f20) = (
+        counted(&slow_hits),
+        counted(&fast1_hits),
+        counted(&fast2_hits),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let stop = Arc::clone(&stop);
+        workers.push(tokio::spawn(async move {
+            let client = client();
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(get(&client, out_addr).await.0, StatusCode::OK);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let slow = counted(&slow_hits) - s0;
+    let total = slow + counted(&fast1_hits) - f10 + counted(&fast2_hits) - f20;
+    eprintln!("slow={slow} total={total}");
+    assert!(total > 300, "too little load: {total}");
+    assert!(
+        (slow as f64) < 0.05 * total as f64,
+        "the slow endpoint got {slow} of {total}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_binary_a_post_is_not_retried_after_a_503_but_a_get_is() {
+    let mesh = Mesh::new();
+    let (failing, failing_hits) =
+        app_with("failing", StatusCode::SERVICE_UNAVAILABLE, Duration::ZERO).await;
+    let (healthy, healthy_hits) = app("healthy").await;
+    // Round robin: every other POST meets the failing endpoint (until its breaker ejects it).
+    let (_inbound, outbound, out_addr) = mesh_over(
+        &mesh,
+        &[failing, healthy],
+        &["--balancer".into(), "round-robin".into()],
+    );
+    let mut post_statuses = Vec::new();
+    for _ in 0..10 {
+        post_statuses.push(send("POST", out_addr).await);
+    }
+    let sent = failing_hits.load(Ordering::Relaxed) + healthy_hits.load(Ordering::Relaxed);
+    assert_eq!(sent, 10, "each POST reached an app exactly once");
+    assert!(
+        post_statuses.contains(&StatusCode::SERVICE_UNAVAILABLE),
+        "{post_statuses:?}"
+    );
+    // Five 503s in a row ejected the failing endpoint for ~1s; once that runs out, the next request is its
+    // probe: a GET meeting the 503 there is retried on the healthy one.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let before = healthy_hits.load(Ordering::Relaxed);
+    for _ in 0..10 {
+        assert_eq!(
+            send("GET", out_addr).await,
+            StatusCode::OK,
+            "a GET is retried on the other endpoint"
+        );
+    }
+    assert_eq!(healthy_hits.load(Ordering::Relaxed) - before, 10);
+    assert!(outbound.metric("ambassador_upstream_retries_total", &[("reason", "status")]) >= 1.0);
 }

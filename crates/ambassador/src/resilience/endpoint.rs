@@ -53,6 +53,9 @@ pub(crate) enum Availability {
 struct Inner {
     rtt_ns: f64,
     rtt_updated: Instant,
+    /// False until the first response: the estimate is only an assumption (the default, or the peers'
+    /// average), which the first real latency replaces outright rather than being averaged with.
+    measured: bool,
     health: Health,
     consecutive_failures: u32,
     /// Ejections in a row without a successful probe in between: the exponent of the ejection backoff.
@@ -87,6 +90,7 @@ impl EndpointState {
             inner: Mutex::new(Inner {
                 rtt_ns: nanos(rtt),
                 rtt_updated: Instant::now(),
+                measured: false,
                 health: Health::Healthy,
                 consecutive_failures: 0,
                 ejections_in_a_row: 0,
@@ -210,7 +214,13 @@ impl EndpointState {
         let success = outcome == TryOutcome::Success;
         if outcome != TryOutcome::ConnectFailure {
             // A connection refused in microseconds must not look like the fastest endpoint.
-            update_estimate(&mut inner, nanos(elapsed), ewma.decay, now);
+            if inner.measured {
+                update_estimate(&mut inner, nanos(elapsed), ewma.decay, now);
+            } else {
+                inner.rtt_ns = nanos(elapsed);
+                inner.rtt_updated = now;
+                inner.measured = true;
+            }
         }
         self.metrics.observe_try(&self.label, success, elapsed);
         if !breaker.enabled {
@@ -462,6 +472,26 @@ mod tests {
         assert!(
             matches!(ep.health(), Health::Ejected { .. }),
             "50% success is below 60%"
+        );
+    }
+
+    #[test]
+    fn the_first_response_replaces_the_assumed_latency() {
+        let ep = endpoint();
+        assert_eq!(
+            ep.rtt_estimate(),
+            Duration::from_millis(30),
+            "the default before any response"
+        );
+        ep.start_try(false).finish(
+            TryOutcome::Success,
+            &BreakerConfig::default(),
+            &PeakEwmaConfig::default(),
+        );
+        assert!(
+            ep.rtt_estimate() < Duration::from_millis(5),
+            "{:?}",
+            ep.rtt_estimate()
         );
     }
 
