@@ -549,7 +549,7 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
         || repo.push().ok(),
     );
 
-    // Pod B: its app, and its ambassador in the app's network namespace.
+    // Pod B's app (its ambassador joins its network namespace below).
     let b_app = res.run(
         "pod-b",
         &[
@@ -564,24 +564,6 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
         ],
         &[&image("demo-app"), "serve", "--name", "pod-b"],
     );
-    let amb_b = ambassador_config(files.path(), "pod-b", "pod-a");
-    let b_amb = res.run(
-        "pod-b-ambassador",
-        &[
-            "--network",
-            &format!("container:{b_app}"),
-            "-v",
-            &pki.mount("pod-b", "/etc/ambassador/tls"),
-            "-v",
-            &format!("{}:/etc/ambassador/ambassador.yaml:ro", amb_b.display()),
-        ],
-        &[
-            &image("ambassador"),
-            "--config",
-            "/etc/ambassador/ambassador.yaml",
-        ],
-    );
-
     // Pod A: its app reading the git-sync volume, and all three sidecars.
     let config_volume = res.shared_tmpfs("config");
     let a_app = res.run(
@@ -611,6 +593,24 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
             "pod-a",
             "--config-dir",
             "/git/current",
+        ],
+    );
+    // Sidecars after both apps: the ambassadors resolve their peer's name when they start.
+    let amb_b = ambassador_config(files.path(), "pod-b", "pod-a");
+    let b_amb = res.run(
+        "pod-b-ambassador",
+        &[
+            "--network",
+            &format!("container:{b_app}"),
+            "-v",
+            &pki.mount("pod-b", "/etc/ambassador/tls"),
+            "-v",
+            &format!("{}:/etc/ambassador/ambassador.yaml:ro", amb_b.display()),
+        ],
+        &[
+            &image("ambassador"),
+            "--config",
+            "/etc/ambassador/ambassador.yaml",
         ],
     );
     let in_a = format!("container:{a_app}");
