@@ -58,49 +58,108 @@ fn io_err(path: &Path, source: std::io::Error) -> ExportError {
     }
 }
 
-/// Exports `commit`'s tree into `dest` (which must not exist yet).
+/// Compressed bytes read through one repository handle before it is dropped and reopened.
+/// libgit2 maps pack files with mmap and unmaps them only when the last handle closes, so
+/// without this the whole pack would stay resident (and count in RSS) during a large export.
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// A blob still to be written.
+struct Pending {
+    path: PathBuf,
+    oid: Oid,
+    mode: i32,
+}
+
+/// Exports `commit`'s tree into `dest` (which must not exist yet), reading from the
+/// repository at `repo_path`. The caller must not hold a handle on that repository (see
+/// [`BATCH_BYTES`]).
 pub fn export_commit(
-    repo: &Repository,
+    repo_path: &Path,
     commit: Oid,
     dest: &Path,
     previous: Option<Previous<'_>>,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<ExportStats, ExportError> {
-    let tree = repo
-        .find_commit(commit)
-        .and_then(|c| c.tree())
-        .map_err(|e| git_err(format!("commit {commit}"), e))?;
-    // The previous revision's tree, if its commit is still in the private repository and its
-    // directory still exists; otherwise everything is written.
-    let previous_tree = previous.and_then(|p| {
-        let tree = repo.find_commit(p.commit).and_then(|c| c.tree()).ok()?;
-        p.dir.is_dir().then(|| (tree, p.dir.to_path_buf()))
-    });
-    fs::create_dir(dest).map_err(|e| io_err(dest, e))?;
-    let mut stats = ExportStats::default();
-    let mut path = dest.to_path_buf();
-    let mut ctx = Ctx {
-        repo,
-        stats: &mut stats,
-        cancelled,
+    let open = || {
+        Repository::open_bare(repo_path).map_err(|e| git_err("opening the private repository", e))
     };
-    match previous_tree {
-        Some((prev_tree, mut prev_dir)) => {
-            ctx.export_tree(&tree, &mut path, Some((&prev_tree, &mut prev_dir)))?
+    let mut stats = ExportStats::default();
+    // 1. Walk the trees: create directories, hard-link unchanged files, list the rest.
+    let pending = {
+        let repo = open()?;
+        let tree = repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(|e| git_err(format!("commit {commit}"), e))?;
+        // The previous revision's tree, if its commit is still in the private repository and
+        // its directory still exists; otherwise everything is written.
+        let previous_tree = previous.and_then(|p| {
+            let tree = repo.find_commit(p.commit).and_then(|c| c.tree()).ok()?;
+            p.dir.is_dir().then(|| (tree, p.dir.to_path_buf()))
+        });
+        fs::create_dir(dest).map_err(|e| io_err(dest, e))?;
+        let mut path = dest.to_path_buf();
+        let mut walk = Walk {
+            repo: &repo,
+            stats: &mut stats,
+            cancelled,
+            pending: Vec::new(),
+        };
+        match previous_tree {
+            Some((prev_tree, mut prev_dir)) => {
+                walk.tree(&tree, &mut path, Some((&prev_tree, &mut prev_dir)))?
+            }
+            None => walk.tree(&tree, &mut path, None)?,
         }
-        None => ctx.export_tree(&tree, &mut path, None)?,
+        walk.pending
+    };
+    // 2. Write the blobs, reopening the repository every BATCH_BYTES.
+    let mut repo = open()?;
+    let mut batch = 0usize;
+    for (i, item) in pending.iter().enumerate() {
+        if i % 256 == 0 && cancelled() {
+            return Err(ExportError::Cancelled);
+        }
+        if batch >= BATCH_BYTES {
+            drop(repo);
+            repo = open()?;
+            batch = 0;
+        }
+        let blob = repo
+            .find_blob(item.oid)
+            .map_err(|e| git_err(format!("blob {}", item.oid), e))?;
+        let content = blob.content();
+        write_file(&item.path, content, item.mode)?;
+        batch += content.len();
+        stats.written += 1;
+        stats.bytes_written += content.len() as u64;
     }
     Ok(stats)
 }
 
-struct Ctx<'r, 's> {
+fn write_file(path: &Path, content: &[u8], mode: i32) -> Result<(), ExportError> {
+    if mode == 0o120000 {
+        let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(content);
+        return std::os::unix::fs::symlink(target, path).map_err(|e| io_err(path, e));
+    }
+    let mut file = fs::File::create(path).map_err(|e| io_err(path, e))?;
+    file.write_all(content).map_err(|e| io_err(path, e))?;
+    if mode == 0o100755 {
+        file.set_permissions(fs::Permissions::from_mode(0o755))
+            .map_err(|e| io_err(path, e))?;
+    }
+    Ok(())
+}
+
+struct Walk<'r, 's> {
     repo: &'r Repository,
     stats: &'s mut ExportStats,
     cancelled: &'s dyn Fn() -> bool,
+    pending: Vec<Pending>,
 }
 
-impl Ctx<'_, '_> {
-    fn export_tree(
+impl Walk<'_, '_> {
+    fn tree(
         &mut self,
         tree: &Tree<'_>,
         dir: &mut PathBuf,
@@ -118,11 +177,11 @@ impl Ctx<'_, '_> {
             let result = match old {
                 Some((old_entry, old_dir)) => {
                     old_dir.push(name);
-                    let r = self.export_entry(&entry, dir, Some((&old_entry, &mut *old_dir)));
+                    let r = self.entry(&entry, dir, Some((&old_entry, &mut *old_dir)));
                     old_dir.pop();
                     r
                 }
-                None => self.export_entry(&entry, dir, None),
+                None => self.entry(&entry, dir, None),
             };
             dir.pop();
             result?;
@@ -130,7 +189,7 @@ impl Ctx<'_, '_> {
         Ok(())
     }
 
-    fn export_entry(
+    fn entry(
         &mut self,
         entry: &TreeEntry<'_>,
         path: &mut PathBuf,
@@ -150,8 +209,8 @@ impl Ctx<'_, '_> {
                     Some((tree, dir))
                 });
                 match old_subtree {
-                    Some((tree, dir)) => self.export_tree(&subtree, path, Some((&tree, dir))),
-                    None => self.export_tree(&subtree, path, None),
+                    Some((tree, dir)) => self.tree(&subtree, path, Some((&tree, dir))),
+                    None => self.tree(&subtree, path, None),
                 }
             }
             Some(ObjectType::Blob) => {
@@ -166,7 +225,12 @@ impl Ctx<'_, '_> {
                     self.stats.linked += 1;
                     return Ok(());
                 }
-                self.write_blob(entry, path)
+                self.pending.push(Pending {
+                    path: path.clone(),
+                    oid: entry.id(),
+                    mode: entry.filemode(),
+                });
+                Ok(())
             }
             Some(ObjectType::Commit) => {
                 // A submodule: its commit lives in another repository, which we do not fetch.
@@ -176,31 +240,6 @@ impl Ctx<'_, '_> {
             }
             _ => Ok(()),
         }
-    }
-
-    fn write_blob(&mut self, entry: &TreeEntry<'_>, path: &Path) -> Result<(), ExportError> {
-        let blob = self
-            .repo
-            .find_blob(entry.id())
-            .map_err(|e| git_err(format!("blob {}", entry.id()), e))?;
-        let content = blob.content();
-        match entry.filemode() {
-            0o120000 => {
-                let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(content);
-                std::os::unix::fs::symlink(target, path).map_err(|e| io_err(path, e))?;
-            }
-            mode => {
-                let mut file = fs::File::create(path).map_err(|e| io_err(path, e))?;
-                file.write_all(content).map_err(|e| io_err(path, e))?;
-                if mode == 0o100755 {
-                    file.set_permissions(fs::Permissions::from_mode(0o755))
-                        .map_err(|e| io_err(path, e))?;
-                }
-            }
-        }
-        self.stats.written += 1;
-        self.stats.bytes_written += content.len() as u64;
-        Ok(())
     }
 }
 
@@ -260,14 +299,14 @@ mod tests {
         );
         let c2 = commit(&repo, &[("a/changed", "2"), ("new", "n")], Some(c1));
         let t1 = dir.path().join("t1");
-        let s1 = export_commit(&repo, c1, &t1, None, &|| false).unwrap();
+        let s1 = export_commit(repo.path(), c1, &t1, None, &|| false).unwrap();
         assert_eq!((s1.written, s1.linked), (3, 0));
         let t2 = dir.path().join("t2");
         let prev = Previous {
             commit: c1,
             dir: &t1,
         };
-        let s2 = export_commit(&repo, c2, &t2, Some(prev), &|| false).unwrap();
+        let s2 = export_commit(repo.path(), c2, &t2, Some(prev), &|| false).unwrap();
         assert_eq!((s2.written, s2.linked), (2, 2));
         assert_eq!(fs::read_to_string(t2.join("a/changed")).unwrap(), "2");
         assert_eq!(fs::read_to_string(t1.join("a/changed")).unwrap(), "1");
@@ -277,7 +316,10 @@ mod tests {
         assert_ne!(ino(&t1.join("a/changed")), ino(&t2.join("a/changed")));
         // a vanished previous directory: everything is written
         fs::remove_dir_all(&t1).unwrap();
-        let s3 = export_commit(&repo, c2, &dir.path().join("t3"), Some(prev), &|| false).unwrap();
+        let s3 = export_commit(repo.path(), c2, &dir.path().join("t3"), Some(prev), &|| {
+            false
+        })
+        .unwrap();
         assert_eq!((s3.written, s3.linked), (4, 0));
     }
 
@@ -286,7 +328,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init_bare(dir.path().join("r.git")).unwrap();
         let c1 = commit(&repo, &[("a", "1")], None);
-        let err = export_commit(&repo, c1, &dir.path().join("t"), None, &|| true).unwrap_err();
+        let err =
+            export_commit(repo.path(), c1, &dir.path().join("t"), None, &|| true).unwrap_err();
         assert!(matches!(err, ExportError::Cancelled));
     }
 }

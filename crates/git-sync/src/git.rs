@@ -250,20 +250,6 @@ impl PrivateRepo {
         Ok((PrivateRepo::wrap(path, repo), recreated))
     }
 
-    /// Removes the repository and creates an empty one (after corruption is detected mid-sync).
-    pub fn reclone(self) -> Result<PrivateRepo, GitError> {
-        let path = self.path.clone();
-        let received = self.received_bytes.clone();
-        drop(self);
-        fs::remove_dir_all(&path).map_err(|source| GitError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let (mut repo, _) = PrivateRepo::open_or_init(&path, None)?;
-        repo.received_bytes = received;
-        Ok(repo)
-    }
-
     fn wrap(path: &Path, repo: Repository) -> PrivateRepo {
         PrivateRepo {
             path: path.to_path_buf(),

@@ -27,6 +27,15 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// Errors that mean the private repository is damaged (it is then cloned again).
+    pub fn is_corrupt_repo(&self) -> bool {
+        match self {
+            SyncError::Git(e) => e.is_corrupt_repo(),
+            SyncError::Export(ExportError::Git { .. }) => true,
+            _ => false,
+        }
+    }
+
     pub fn is_cancelled(&self) -> bool {
         matches!(
             self,
@@ -75,6 +84,8 @@ pub struct Syncer {
     /// The --ref the published tree came from (from the state file); a different one means the
     /// user switched refs, which is not a force-push.
     published_ref: Option<String>,
+    /// Bytes fetched over the process's life (the repository handle comes and goes).
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
     state_file: PathBuf,
 }
 
@@ -95,8 +106,10 @@ impl Syncer {
         if repair.removed_broken_link || repair.moved_aside || repair.removed_staging > 0 {
             tracing::warn!(?repair, "repaired the publish directory");
         }
-        let (repo, recreated) =
+        let (mut repo, recreated) =
             PrivateRepo::open_or_init(&publisher.repo_path(), repair.published)?;
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        repo.received_bytes = received.clone();
         if recreated {
             tracing::warn!("the private repository was damaged and will be cloned again");
         }
@@ -114,6 +127,7 @@ impl Syncer {
             held_back: None,
             published_ref,
             state_file,
+            received,
         })
     }
 
@@ -127,20 +141,18 @@ impl Syncer {
 
     /// Bytes fetched so far.
     pub fn fetched_bytes(&self) -> u64 {
-        self.repo
-            .as_ref()
-            .map_or(0, |r| r.received_bytes.load(Ordering::Relaxed))
+        self.received.load(Ordering::Relaxed)
     }
 
     pub fn sync_once(&mut self, cancel: &Cancel) -> Result<Outcome, SyncError> {
         // The link may have been damaged under us (someone deleted the tree): re-check.
         self.published = self.publisher.current();
         match self.try_sync(cancel) {
-            Err(SyncError::Git(e)) if e.is_corrupt_repo() => {
+            Err(e) if e.is_corrupt_repo() => {
                 tracing::warn!(error = %e, "the private repository is corrupt; cloning it again");
-                if let Some(repo) = self.repo.take() {
-                    self.repo = Some(repo.reclone()?);
-                }
+                self.repo = None;
+                let path = self.publisher.repo_path();
+                std::fs::remove_dir_all(&path).map_err(|source| GitError::Io { path, source })?;
                 self.try_sync(cancel)
             }
             other => other,
@@ -157,11 +169,17 @@ impl Syncer {
         })
     }
 
-    fn try_sync(&mut self, cancel: &Cancel) -> Result<Outcome, SyncError> {
+    fn ensure_repo(&mut self) -> Result<(), SyncError> {
         if self.repo.is_none() {
-            let (repo, _) = PrivateRepo::open_or_init(&self.publisher.repo_path(), None)?;
+            let (mut repo, _) = PrivateRepo::open_or_init(&self.publisher.repo_path(), None)?;
+            repo.received_bytes = self.received.clone();
             self.repo = Some(repo);
         }
+        Ok(())
+    }
+
+    fn try_sync(&mut self, cancel: &Cancel) -> Result<Outcome, SyncError> {
+        self.ensure_repo()?;
         let source = &self.settings.source;
         let same_ref = self.published_ref.as_deref() == Some(source.target.to_string().as_str());
         if let (RefTarget::Sha(want), Some(have)) = (&source.target, self.published)
@@ -210,7 +228,11 @@ impl Syncer {
             .published
             .zip(previous_dir.as_deref())
             .map(|(commit, dir)| Previous { commit, dir });
-        match export_commit(repo.repository(), new, &staged.path, previous, &cancelled) {
+        // The export opens its own short-lived handles; holding ours would keep the whole
+        // pack mapped (see export::BATCH_BYTES). It is reopened at the next sync.
+        self.repo = None;
+        let repo_path = self.publisher.repo_path();
+        match export_commit(&repo_path, new, &staged.path, previous, &cancelled) {
             Ok(stats) => tracing::debug!(?stats, sha = %new, "exported"),
             Err(e) => {
                 let _ = self.publisher.discard(staged);
