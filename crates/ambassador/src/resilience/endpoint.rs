@@ -5,12 +5,12 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::config::{BreakerConfig, PeakEwmaConfig};
-use super::metrics::RouteMetrics;
+use super::metrics::{EndpointMetrics, RouteMetrics};
 
 /// The address the caller sends one try to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,6 +70,12 @@ pub struct EndpointState {
     label: String,
     inner: Mutex<Inner>,
     pending: AtomicUsize,
+    /// Lock-free copy of the breaker state for the balancer's per-request checks (written under the lock).
+    health_code: AtomicU8,
+    /// While ejected: the end of the ejection, in nanoseconds since [`epoch`].
+    ejected_until: AtomicU64,
+    /// Per-endpoint metric handles, looked up once instead of per try.
+    handles: EndpointMetrics,
     /// Set once discovery no longer lists the endpoint: no new tries, in-flight ones finish.
     removed: AtomicBool,
     metrics: RouteMetrics,
@@ -97,6 +103,9 @@ impl EndpointState {
                 recent: VecDeque::new(),
             }),
             pending: AtomicUsize::new(0),
+            health_code: AtomicU8::new(HEALTHY),
+            ejected_until: AtomicU64::new(0),
+            handles: metrics.endpoint(&addr.to_string()),
             removed: AtomicBool::new(false),
             metrics,
         });
@@ -150,10 +159,26 @@ impl EndpointState {
     }
 
     pub(crate) fn availability(&self, now: Instant) -> Availability {
-        match self.lock().health {
-            Health::Healthy => Availability::Healthy,
-            Health::Ejected { until } if until <= now => Availability::ProbeDue,
-            Health::Ejected { .. } | Health::Probing => Availability::Unavailable,
+        match self.health_code.load(Ordering::Acquire) {
+            HEALTHY => Availability::Healthy,
+            EJECTED if self.ejected_until.load(Ordering::Acquire) <= since_epoch(now) => {
+                Availability::ProbeDue
+            }
+            _ => Availability::Unavailable,
+        }
+    }
+
+    /// Sets the breaker state; called with the lock held so the lock-free copy never goes stale.
+    fn set_health(&self, inner: &mut Inner, health: Health) {
+        inner.health = health;
+        match health {
+            Health::Healthy => self.health_code.store(HEALTHY, Ordering::Release),
+            Health::Probing => self.health_code.store(PROBING, Ordering::Release),
+            Health::Ejected { until } => {
+                self.ejected_until
+                    .store(since_epoch(until), Ordering::Release);
+                self.health_code.store(EJECTED, Ordering::Release);
+            }
         }
     }
 
@@ -162,7 +187,7 @@ impl EndpointState {
         let mut inner = self.lock();
         match inner.health {
             Health::Ejected { until } if until <= now => {
-                inner.health = Health::Probing;
+                self.set_health(&mut inner, Health::Probing);
                 drop(inner);
                 self.publish_state(Health::Probing);
                 true
@@ -205,7 +230,7 @@ impl EndpointState {
         let Some(outcome) = outcome else {
             // Cancelled (the caller went away): it proves nothing, so a probe is simply due again.
             if probe && inner.health == Health::Probing {
-                inner.health = Health::Ejected { until: now };
+                self.set_health(&mut inner, Health::Ejected { until: now });
                 drop(inner);
                 self.publish_state(Health::Ejected { until: now });
             }
@@ -222,7 +247,7 @@ impl EndpointState {
                 inner.measured = true;
             }
         }
-        self.metrics.observe_try(&self.label, success, elapsed);
+        self.handles.observe(success, elapsed);
         if !breaker.enabled {
             return;
         }
@@ -279,7 +304,7 @@ impl EndpointState {
             if health == Health::Healthy {
                 tracing::info!(endpoint = %self.label, route = %self.metrics.route(), "endpoint back after a good probe");
             }
-            inner.health = health;
+            self.set_health(&mut inner, health);
             drop(inner);
             self.publish_state(health);
         }
@@ -288,6 +313,20 @@ impl EndpointState {
     pub(crate) fn rtt_estimate(&self) -> Duration {
         Duration::from_nanos(self.lock().rtt_ns as u64)
     }
+}
+
+const HEALTHY: u8 = 0;
+const EJECTED: u8 = 1;
+const PROBING: u8 = 2;
+
+/// A fixed point in time the lock-free ejection deadlines are counted from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn since_epoch(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Ejection length: base * 2^n capped at the maximum, plus up to 10% jitter so endpoints ejected together

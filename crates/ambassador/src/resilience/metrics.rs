@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 
 use super::endpoint::Health;
 
@@ -156,6 +158,21 @@ pub struct RouteMetrics {
     route: Arc<str>,
 }
 
+/// One endpoint's try counters and latency histogram.
+#[derive(Debug, Clone)]
+pub struct EndpointMetrics {
+    ok: IntCounter,
+    failed: IntCounter,
+    latency: Histogram,
+}
+
+impl EndpointMetrics {
+    pub(crate) fn observe(&self, success: bool, elapsed: Duration) {
+        if success { &self.ok } else { &self.failed }.inc();
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+}
+
 const STATES: [&str; 3] = ["healthy", "ejected", "probing"];
 
 impl RouteMetrics {
@@ -194,16 +211,23 @@ impl RouteMetrics {
             .set(count as f64);
     }
 
-    pub(crate) fn observe_try(&self, endpoint: &str, success: bool, elapsed: Duration) {
-        let result = if success { "success" } else { "failure" };
-        self.families
-            .tries
-            .with_label_values(&[&*self.route, endpoint, result])
-            .inc();
-        self.families
-            .try_latency
-            .with_label_values(&[&*self.route, endpoint])
-            .observe(elapsed.as_secs_f64());
+    /// The handles one endpoint records its tries through.
+    pub(crate) fn endpoint(&self, endpoint: &str) -> EndpointMetrics {
+        let route = &*self.route;
+        EndpointMetrics {
+            ok: self
+                .families
+                .tries
+                .with_label_values(&[route, endpoint, "success"]),
+            failed: self
+                .families
+                .tries
+                .with_label_values(&[route, endpoint, "failure"]),
+            latency: self
+                .families
+                .try_latency
+                .with_label_values(&[route, endpoint]),
+        }
     }
 
     pub(crate) fn ejection(&self, endpoint: &str) {
