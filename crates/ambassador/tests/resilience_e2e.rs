@@ -250,10 +250,15 @@ async fn a_killed_endpoint_is_ejected_within_a_second_and_comes_back_through_the
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let victim = listens[1];
-    assert!(
-        apps[1].1.load(Ordering::Relaxed) > 0,
-        "the victim served before it died"
-    );
+    // Peak-EWMA may favour the others for a while (a first response slowed by the handshake).
+    let warm = Instant::now();
+    while apps[1].1.load(Ordering::Relaxed) == 0 {
+        assert!(
+            warm.elapsed() < Duration::from_secs(10),
+            "the victim never served before it died"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(inbound[1].take()); // SIGKILL
     let killed = Instant::now();
     let mut ejected_after = None;
