@@ -98,12 +98,28 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         };
         let guard = sidecar.shutdown().in_flight();
         let sync_cancel = cancel.clone();
-        let (returned, result) = tokio::task::spawn_blocking(move || {
+        let mut handle = tokio::task::spawn_blocking(move || {
             let result = syncer.sync_once(&sync_cancel);
             (syncer, result)
-        })
-        .await
-        .context("the sync thread panicked")?;
+        });
+        // libgit2 can only be cancelled from its callbacks, which do not run while a server
+        // sends nothing at all: make such a stall visible instead of waiting silently.
+        let overdue = config.sync_timeout + Duration::from_secs(5);
+        let mut stall_counted = false;
+        let joined = match tokio::time::timeout(overdue, &mut handle).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                metrics.syncs.with_label_values(&["timeout"]).inc();
+                stall_counted = true;
+                tracing::error!(
+                    timeout = ?config.sync_timeout,
+                    "the sync is stuck past --sync-timeout (the remote sends nothing); waiting for the connection to fail"
+                );
+                ready.set_not_ready("a sync is stuck past --sync-timeout");
+                handle.await
+            }
+        };
+        let (returned, result) = joined.context("the sync thread panicked")?;
         syncer = returned;
         drop(guard);
         cancel_on_shutdown.abort();
@@ -184,7 +200,10 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
                 } else {
                     "error"
                 };
-                metrics.syncs.with_label_values(&[label]).inc();
+                // A stall was already counted as this sync's timeout.
+                if !(stall_counted && label == "timeout") {
+                    metrics.syncs.with_label_values(&[label]).inc();
+                }
                 tracing::error!(error = %e, failures, took = ?elapsed, "sync failed; the published tree stays");
                 if config.max_failures.is_some_and(|max| failures > max) {
                     bail!("giving up after {failures} consecutive failed syncs; last error: {e}");

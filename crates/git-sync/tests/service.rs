@@ -704,3 +704,40 @@ fn max_failures_exits_non_zero_with_the_reason() {
     assert_eq!(logs.matches("sync failed").count(), 3, "{logs}");
     assert_eq!(published(&root, "current"), None);
 }
+
+#[test]
+fn a_remote_that_sends_nothing_is_reported_as_a_timeout() {
+    // accepts connections and never answers
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            keep.lock().unwrap().push(conn);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let url = format!("git://127.0.0.1:{port}/silent.git");
+    let gs = GitSync::start(
+        &root,
+        &["--repo", &url, "--sync-timeout", "1s", "--period", "100ms"],
+    );
+    wait_until(Duration::from_secs(20), "timeout reported", || {
+        gs.metric("gitsync_syncs_total{result=\"timeout\"}") >= 1.0
+    });
+    assert!(
+        gs.logs().contains("stuck past --sync-timeout"),
+        "{}",
+        gs.logs()
+    );
+    assert!(!gs.ready());
+    // the connection dies: the stuck sync ends, is counted once, and the loop goes on
+    held.lock().unwrap().clear();
+    wait_until(Duration::from_secs(20), "the next stall", || {
+        gs.metric("gitsync_syncs_total{result=\"timeout\"}") >= 2.0
+    });
+    assert!(gs.logs().contains("sync failed"), "{}", gs.logs());
+    assert_eq!(gs.metric("gitsync_syncs_total{result=\"error\"}"), 0.0);
+}
