@@ -34,7 +34,8 @@ pub fn routes(
     counter: prometheus::IntCounterVec,
 ) -> Router {
     let open = secret_file.is_none();
-    let route = post(sync_handler);
+    // GitHub push payloads go up to 25 MB and the signature covers all of it.
+    let route = post(sync_handler).layer(axum::extract::DefaultBodyLimit::max(25 * 1024 * 1024));
     let route = if open {
         route.layer(axum::middleware::from_fn(sidecar_kit::admin::loopback_only))
     } else {
