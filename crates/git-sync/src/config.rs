@@ -202,6 +202,13 @@ fn readable(flag: &str, path: &std::path::Path) -> Result<(), ConfigError> {
 
 impl Config {
     pub fn from_cli(cli: &Cli) -> Result<Config, ConfigError> {
+        if let Some(file) = &cli.kit.config {
+            // Silently ignoring a file the operator believes is in force would be worse.
+            return err(format!(
+                "--config {}: git-sync is configured by flags or GIT_SYNC_* variables only, not a file",
+                file.display()
+            ));
+        }
         let url = cli.repo.trim().to_string();
         if url.is_empty() {
             return err("--repo must not be empty");
@@ -402,6 +409,7 @@ mod tests {
             .contains("--password-file /nonexistent")
         );
         assert!(with(&["--repo", "https://h/r", "--jitter", "2"]).contains("--jitter"));
+        assert!(with(&["--repo", "https://h/r", "--config", "/tmp/c.yaml"]).contains("not a file"));
         assert!(with(&["--repo", "https://h/r", "--link", "a/b"]).contains("--link"));
         assert!(
             with(&["--repo", "https://h/r", "--notify-signal", "BOGUS"])
