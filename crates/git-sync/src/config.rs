@@ -27,7 +27,7 @@ pub enum ForcePushPolicy {
 }
 
 #[derive(clap::Parser, Debug)]
-#[command(name = "git-sync", version, about)]
+#[command(name = "git-sync", version, about, long_about = None)]
 pub struct Cli {
     #[command(flatten)]
     pub kit: KitArgs,
