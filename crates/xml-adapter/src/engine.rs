@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::io::BufRead;
 
-use quick_xml::NsReader;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{QName, ResolveResult};
+use quick_xml::{NsReader, Reader};
 
 use crate::encode::{Family, Kind, Sample, Suffix};
 use crate::mapping::{DuplicatePolicy, Mapping, MissingPolicy, Rule};
@@ -172,15 +172,28 @@ impl crate::path::Step {
     }
 }
 
-/// A node of a captured record subtree.
-#[derive(Debug, Default)]
+const NONE: usize = usize::MAX;
+
+/// A node of a captured record subtree. Names, values and text live in the run's shared
+/// buffers (no allocation per node): ranges into `Run::abuf`, `Run::cattrs`, `Run::segs`.
+#[derive(Debug)]
 struct CNode {
-    qname: String,
-    local: String,
-    uri: Option<String>,
-    attrs: Vec<(Option<String>, String, String)>,
-    text: String,
-    children: Vec<usize>,
+    qname: (usize, usize),
+    local_at: usize,
+    uri: Option<usize>,
+    attrs: (usize, usize),
+    first_child: usize,
+    last_child: usize,
+    next_sibling: usize,
+    /// Text segments of this node and its descendants, in document order.
+    segs: (usize, usize),
+}
+
+#[derive(Debug)]
+struct CAttr {
+    uri: Option<usize>,
+    local: (usize, usize),
+    value: (usize, usize),
 }
 
 #[derive(Debug)]
@@ -207,8 +220,9 @@ struct OpenRecord {
 #[derive(Debug)]
 struct Pending {
     rule: usize,
-    labels: Vec<(String, String)>,
     value: f64,
+    /// Records that gave this series (more than one: the duplicate policy applies).
+    count: u64,
 }
 
 /// Per family: label set -> (rule, (upper bound, count) per bucket record).
@@ -220,12 +234,19 @@ struct Run<'e> {
     frames: Vec<Frame>,
     states: Vec<(u32, bool)>,
     arena: Vec<CNode>,
+    abuf: String,
+    cattrs: Vec<CAttr>,
+    segs: Vec<(usize, usize)>,
+    uris: Vec<String>,
     arena_bytes: u64,
     arena_overflow: bool,
     records_open: Vec<OpenRecord>,
     /// (parent depth, child local name, text) of captured leaf children of open elements.
     child_caps: Vec<(usize, String, String)>,
-    pending: Vec<Vec<Pending>>,
+    /// Per family: series -> value so far. Duplicates fold in as they come, so memory follows
+    /// the number of series, not of records.
+    pending: Vec<HashMap<Vec<(String, String)>, Pending>>,
+    pending_series: u64,
     /// Histogram buckets per family: labels -> (bound -> value).
     hist: Vec<HistogramGroups>,
     out: Translation,
@@ -237,6 +258,73 @@ fn malformed(position: u64, message: impl Into<String>) -> DocumentError {
     DocumentError::Malformed {
         position,
         message: message.into(),
+    }
+}
+
+/// The event source: a plain reader unless the mapping uses namespaces (the namespace-aware
+/// reader inspects every start tag's attributes, which costs throughput for nothing).
+#[derive(Debug)]
+enum Source<R> {
+    Plain(Reader<R>),
+    Ns(NsReader<R>),
+}
+
+impl<R: BufRead> Source<R> {
+    fn new(input: R, namespaces: bool) -> Source<R> {
+        let mut src = if namespaces {
+            Source::Ns(NsReader::from_reader(input))
+        } else {
+            Source::Plain(Reader::from_reader(input))
+        };
+        let c = match &mut src {
+            Source::Plain(r) => r.config_mut(),
+            Source::Ns(r) => r.config_mut(),
+        };
+        // End-tag matching is done here so lenient mode can recover and errors name both tags.
+        c.check_end_names = false;
+        c.expand_empty_elements = false;
+        c.trim_text(false);
+        src
+    }
+
+    fn read_event_into<'b>(&mut self, buf: &'b mut Vec<u8>) -> quick_xml::Result<Event<'b>> {
+        match self {
+            Source::Plain(r) => r.read_event_into(buf),
+            Source::Ns(r) => r.read_event_into(buf),
+        }
+    }
+}
+
+impl<R> Source<R> {
+    fn buffer_position(&self) -> u64 {
+        match self {
+            Source::Plain(r) => r.buffer_position(),
+            Source::Ns(r) => r.buffer_position(),
+        }
+    }
+
+    fn error_position(&self) -> u64 {
+        match self {
+            Source::Plain(r) => r.error_position(),
+            Source::Ns(r) => r.error_position(),
+        }
+    }
+
+    fn resolve_element(&self, q: QName<'_>) -> Option<String> {
+        match self {
+            Source::Plain(_) => None,
+            Source::Ns(r) => resolve_uri(r.resolver().resolve_element(q).0),
+        }
+    }
+
+    fn resolve_attribute<'n>(&self, q: QName<'n>) -> (Option<String>, &'n str) {
+        match self {
+            Source::Plain(_) => (None, q.local_name().into_inner()),
+            Source::Ns(r) => {
+                let (res, local) = r.resolver().resolve_attribute(q);
+                (resolve_uri(res), local.into_inner())
+            }
+        }
     }
 }
 
@@ -256,11 +344,16 @@ impl<'e> Run<'e> {
             frames: Vec::with_capacity(64),
             states: vec![(0, false)],
             arena: Vec::new(),
+            abuf: String::new(),
+            cattrs: Vec::new(),
+            segs: Vec::new(),
+            uris: Vec::new(),
             arena_bytes: 0,
             arena_overflow: false,
             records_open: Vec::new(),
             child_caps: Vec::new(),
-            pending: (0..n).map(|_| Vec::new()).collect(),
+            pending: (0..n).map(|_| HashMap::new()).collect(),
+            pending_series: 0,
             hist: (0..n).map(|_| HashMap::new()).collect(),
             out: Translation::default(),
             root_seen: false,
@@ -282,14 +375,7 @@ impl<'e> Run<'e> {
     }
 
     fn read<R: BufRead>(&mut self, input: R) -> Result<(), DocumentError> {
-        let mut reader = NsReader::from_reader(input);
-        {
-            let c = reader.config_mut();
-            // End-tag matching is done here so lenient mode can recover and errors name both tags.
-            c.check_end_names = false;
-            c.expand_empty_elements = false;
-            c.trim_text(false);
-        }
+        let mut reader = Source::new(input, self.engine.mapping.needs_namespaces);
         let mut buf = Vec::with_capacity(8192);
         let mut decl_seen = false;
         loop {
@@ -397,7 +483,7 @@ impl<'e> Run<'e> {
 
     fn start<R>(
         &mut self,
-        reader: &NsReader<R>,
+        reader: &Source<R>,
         e: &BytesStart<'_>,
         pos: u64,
         _empty: bool,
@@ -426,7 +512,7 @@ impl<'e> Run<'e> {
         let local = qname.local_name();
         let local: &str = local.as_ref();
         let uri = if needs_ns {
-            resolve_uri(reader.resolver().resolve_element(qname).0)
+            reader.resolve_element(qname)
         } else {
             None
         };
@@ -478,13 +564,11 @@ impl<'e> Run<'e> {
         let capturing = parent_capture.is_some() || !matched_rules.is_empty();
         let mut capture = None;
         if capturing && !self.arena_overflow {
-            let mut node = CNode {
-                qname: qname.0.to_string(),
-                local: local.to_string(),
-                uri: uri.clone(),
-                ..CNode::default()
-            };
-            let mut bytes = e.len() as u64 + 32;
+            let q0 = self.abuf.len();
+            self.abuf.push_str(qname.0);
+            let q1 = self.abuf.len();
+            let a0 = self.cattrs.len();
+            let node_uri = uri.as_deref().map(|u| self.intern(u));
             for a in e.attributes().with_checks(true) {
                 let a = a.map_err(|err| {
                     malformed(pos, format!("bad attribute in <{}>: {err}", qname.0))
@@ -494,23 +578,40 @@ impl<'e> Run<'e> {
                     .map_err(|err| {
                         malformed(pos, format!("attribute value in <{}>: {err}", qname.0))
                     })?;
-                let (auri, alocal) = if needs_ns {
-                    let (r, l) = reader.resolver().resolve_attribute(a.key);
-                    (resolve_uri(r), l.as_ref().to_string())
-                } else {
-                    (None, a.key.local_name().as_ref().to_string())
-                };
-                bytes += v.len() as u64 + alocal.len() as u64;
-                node.attrs.push((auri, alocal, v.into_owned()));
+                let (auri, alocal) = reader.resolve_attribute(a.key);
+                let auri = auri.map(|u| self.intern(&u));
+                let l0 = self.abuf.len();
+                self.abuf.push_str(alocal);
+                let l1 = self.abuf.len();
+                self.abuf.push_str(&v);
+                let v1 = self.abuf.len();
+                self.cattrs.push(CAttr {
+                    uri: auri,
+                    local: (l0, l1),
+                    value: (l1, v1),
+                });
             }
-            self.arena_bytes += bytes;
+            self.arena_bytes += (self.abuf.len() - q0) as u64 + 64;
             if self.arena_bytes > self.engine.mapping.limits.max_record_bytes {
                 self.arena_overflow = true;
             } else {
-                self.arena.push(node);
-                let idx = self.arena.len() - 1;
+                let idx = self.arena.len();
+                self.arena.push(CNode {
+                    qname: (q0, q1),
+                    local_at: q1 - local.len(),
+                    uri: node_uri,
+                    attrs: (a0, self.cattrs.len()),
+                    first_child: NONE,
+                    last_child: NONE,
+                    next_sibling: NONE,
+                    segs: (self.segs.len(), NONE),
+                });
                 if let Some(p) = parent_capture {
-                    self.arena[p].children.push(idx);
+                    match self.arena[p].last_child {
+                        NONE => self.arena[p].first_child = idx,
+                        last => self.arena[last].next_sibling = idx,
+                    }
+                    self.arena[p].last_child = idx;
                 }
                 capture = Some(idx);
             }
@@ -560,12 +661,14 @@ impl<'e> Run<'e> {
         if let Some(t) = &mut f.leaf_text {
             t.push_str(text);
         }
-        if let Some(c) = f.capture {
+        if f.capture.is_some() {
             self.arena_bytes += text.len() as u64;
             if self.arena_bytes > self.engine.mapping.limits.max_record_bytes {
                 self.arena_overflow = true;
             } else {
-                self.arena[c].text.push_str(text);
+                let t0 = self.abuf.len();
+                self.abuf.push_str(text);
+                self.segs.push((t0, self.abuf.len()));
             }
         }
         Ok(())
@@ -611,6 +714,9 @@ impl<'e> Run<'e> {
 
     fn close_top(&mut self) {
         let depth = self.frames.len() - 1;
+        if let Some(c) = self.frames.last().and_then(|f| f.capture) {
+            self.arena[c].segs.1 = self.segs.len();
+        }
         if self.records_open.last().is_some_and(|r| r.depth == depth)
             && let Some(rec) = self.records_open.pop()
         {
@@ -625,6 +731,9 @@ impl<'e> Run<'e> {
             }
             if self.records_open.is_empty() {
                 self.arena.clear();
+                self.abuf.clear();
+                self.cattrs.clear();
+                self.segs.clear();
                 self.arena_bytes = 0;
                 self.arena_overflow = false;
             }
@@ -656,9 +765,8 @@ impl<'e> Run<'e> {
             RelPath::Down { steps, leaf } => {
                 let mut cur = node;
                 for (test, preds) in steps {
-                    cur = *self.arena[cur].children.iter().find(|&&c| {
-                        let n = &self.arena[c];
-                        test.matches(n.uri.as_deref(), &n.local)
+                    cur = self.children(cur).find(|&c| {
+                        test.matches(self.curi(c), self.clocal(c))
                             && preds.iter().all(|p| self.node_predicate(c, p))
                     })?;
                 }
@@ -706,48 +814,81 @@ impl<'e> Run<'e> {
         }
     }
 
-    fn string_value(&self, node: usize, out: &mut String) {
-        let n = &self.arena[node];
-        out.push_str(&n.text);
-        for &c in &n.children {
-            self.string_value(c, out);
+    fn intern(&mut self, uri: &str) -> usize {
+        match self.uris.iter().position(|u| u == uri) {
+            Some(i) => i,
+            None => {
+                self.uris.push(uri.to_string());
+                self.uris.len() - 1
+            }
         }
+    }
+
+    fn cname(&self, n: usize) -> &str {
+        let (a, b) = self.arena[n].qname;
+        &self.abuf[a..b]
+    }
+
+    fn clocal(&self, n: usize) -> &str {
+        &self.abuf[self.arena[n].local_at..self.arena[n].qname.1]
+    }
+
+    fn curi(&self, n: usize) -> Option<&str> {
+        self.arena[n].uri.map(|i| self.uris[i].as_str())
+    }
+
+    fn children(&self, n: usize) -> impl Iterator<Item = usize> + '_ {
+        let mut next = self.arena[n].first_child;
+        std::iter::from_fn(move || {
+            let cur = next;
+            if cur == NONE {
+                return None;
+            }
+            next = self.arena[cur].next_sibling;
+            Some(cur)
+        })
     }
 
     fn leaf_of(&self, node: usize, leaf: &Leaf) -> Option<String> {
         let n = &self.arena[node];
         match leaf {
             Leaf::Text => {
-                if n.children.is_empty() {
-                    Some(n.text.clone())
+                // All text inside the node: its segments and its descendants', in order.
+                let end = if n.segs.1 == NONE {
+                    self.segs.len()
                 } else {
-                    let mut s = String::new();
-                    self.string_value(node, &mut s);
-                    Some(s)
+                    n.segs.1
+                };
+                let mut s = String::new();
+                for &(a, b) in &self.segs[n.segs.0..end] {
+                    s.push_str(&self.abuf[a..b]);
                 }
+                Some(s)
             }
-            Leaf::Name => Some(n.qname.clone()),
-            Leaf::LocalName => Some(n.local.clone()),
-            Leaf::Attr(test) => n
-                .attrs
+            Leaf::Name => Some(self.cname(node).to_string()),
+            Leaf::LocalName => Some(self.clocal(node).to_string()),
+            Leaf::Attr(test) => self.cattrs[n.attrs.0..n.attrs.1]
                 .iter()
-                .find(|(u, l, _)| test.matches(u.as_deref(), l))
-                .map(|(_, _, v)| v.clone()),
+                .find(|a| {
+                    test.matches(
+                        a.uri.map(|i| self.uris[i].as_str()),
+                        &self.abuf[a.local.0..a.local.1],
+                    )
+                })
+                .map(|a| self.abuf[a.value.0..a.value.1].to_string()),
         }
     }
 
     fn node_predicate(&self, node: usize, p: &Predicate) -> bool {
-        let n = &self.arena[node];
         let v = match &p.operand {
             Operand::Attr(t) => self.leaf_of(node, &Leaf::Attr(t.clone())),
-            Operand::Child(t) => n
-                .children
-                .iter()
-                .find(|&&c| t.matches(self.arena[c].uri.as_deref(), &self.arena[c].local))
-                .and_then(|&c| self.leaf_of(c, &Leaf::Text)),
+            Operand::Child(t) => self
+                .children(node)
+                .find(|&c| t.matches(self.curi(c), self.clocal(c)))
+                .and_then(|c| self.leaf_of(c, &Leaf::Text)),
             Operand::Text => self.leaf_of(node, &Leaf::Text),
-            Operand::Name => Some(n.qname.clone()),
-            Operand::LocalName => Some(n.local.clone()),
+            Operand::Name => Some(self.cname(node).to_string()),
+            Operand::LocalName => Some(self.clocal(node).to_string()),
         };
         p.test(v.as_deref())
     }
@@ -931,11 +1072,32 @@ impl<'e> Run<'e> {
         let rule: &Rule = &self.engine.mapping.rules[ri];
         labels.extend(rule.const_labels.iter().cloned());
         labels.sort();
-        self.pending[rule.family].push(Pending {
-            rule: ri,
+        let policy = rule.on_duplicate;
+        let family = rule.family;
+        if let Some(p) = self.pending[family].get_mut(&labels) {
+            p.count += 1;
+            match policy {
+                DuplicatePolicy::First | DuplicatePolicy::Error => {}
+                DuplicatePolicy::Last => p.value = value,
+                DuplicatePolicy::Sum => p.value += value,
+            }
+            return;
+        }
+        if self.pending_series >= self.engine.mapping.limits.max_series {
+            if !self.out.truncated.contains(&"series") {
+                self.out.truncated.push("series");
+            }
+            return;
+        }
+        self.pending_series += 1;
+        self.pending[family].insert(
             labels,
-            value,
-        });
+            Pending {
+                rule: ri,
+                value,
+                count: 1,
+            },
+        );
     }
 
     fn finish(mut self) -> Translation {
@@ -945,51 +1107,34 @@ impl<'e> Run<'e> {
         let mut families = Vec::new();
         let pending = std::mem::take(&mut self.pending);
         let hist = std::mem::take(&mut self.hist);
-        for (fi, (mut samples, hist)) in pending.into_iter().zip(hist).enumerate() {
+        for (fi, (samples, hist)) in pending.into_iter().zip(hist).enumerate() {
             let spec = &engine.mapping.families[fi];
             let mut fam = Family::new(&spec.name, &spec.help, spec.kind);
             fam.unit = spec.unit.clone();
-            // Stable sort keeps document order among duplicates (for `first`/`last`).
-            samples.sort_by(|a, b| a.labels.cmp(&b.labels));
-            let mut i = 0;
-            while i < samples.len() {
-                let mut j = i + 1;
-                while j < samples.len() && samples[j].labels == samples[i].labels {
-                    j += 1;
+            let mut samples: Vec<_> = samples.into_iter().collect();
+            samples.sort_by(|a, b| a.0.cmp(&b.0));
+            for (labels, p) in samples {
+                let policy = engine.mapping.rules[p.rule].on_duplicate;
+                if p.count > 1 && policy == DuplicatePolicy::Error {
+                    let l = format!("{labels:?}");
+                    let n = p.count;
+                    self.issue(p.rule, Reason::Duplicate, || {
+                        format!("{n} records give the series {l}; none served")
+                    });
+                    continue;
                 }
-                let policy = engine.mapping.rules[samples[i].rule].on_duplicate;
-                let value = if j - i == 1 {
-                    Some(samples[i].value)
-                } else {
-                    match policy {
-                        DuplicatePolicy::First => Some(samples[i].value),
-                        DuplicatePolicy::Last => Some(samples[j - 1].value),
-                        DuplicatePolicy::Sum => Some(samples[i..j].iter().map(|s| s.value).sum()),
-                        DuplicatePolicy::Error => {
-                            let labels = format!("{:?}", samples[i].labels);
-                            let n = j - i;
-                            self.issue(samples[i].rule, Reason::Duplicate, || {
-                                format!("{n} records give the series {labels}; none served")
-                            });
-                            None
-                        }
+                if series >= max_series {
+                    if !self.out.truncated.contains(&"series") {
+                        self.out.truncated.push("series");
                     }
-                };
-                if let Some(value) = value {
-                    if series >= max_series {
-                        if !self.out.truncated.contains(&"series") {
-                            self.out.truncated.push("series");
-                        }
-                    } else {
-                        series += 1;
-                        fam.samples.push(Sample {
-                            suffix: Suffix::None,
-                            labels: std::mem::take(&mut samples[i].labels),
-                            value,
-                        });
-                    }
+                    continue;
                 }
-                i = j;
+                series += 1;
+                fam.samples.push(Sample {
+                    suffix: Suffix::None,
+                    labels,
+                    value: p.value,
+                });
             }
             let mut groups: Vec<_> = hist.into_iter().collect();
             groups.sort_by(|a, b| a.0.cmp(&b.0));
@@ -1086,7 +1231,7 @@ fn flatten(labels: &[(String, Vec<String>)], i: usize) -> Vec<(String, String)> 
 fn start_predicate<R>(
     p: &Predicate,
     e: &BytesStart<'_>,
-    reader: &NsReader<R>,
+    reader: &Source<R>,
     needs_ns: bool,
     qname: QName<'_>,
     local: &str,
@@ -1096,8 +1241,8 @@ fn start_predicate<R>(
         Operand::LocalName => Some(local.to_string()),
         Operand::Attr(test) => e.attributes().flatten().find_map(|a| {
             let (uri, l) = if needs_ns {
-                let (r, l) = reader.resolver().resolve_attribute(a.key);
-                (resolve_uri(r), l.as_ref().to_string())
+                let (r, l) = reader.resolve_attribute(a.key);
+                (r, l.to_string())
             } else {
                 (None, a.key.local_name().as_ref().to_string())
             };

@@ -265,6 +265,12 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
     }
     tracing::info!(listen = %config.listen, upstream = %config.upstream, "serving /metrics and /json");
     let token = sidecar.shutdown().token();
+    // Small responses must not wait for delayed ACKs (Nagle): latency is part of the contract.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await

@@ -211,6 +211,8 @@ pub async fn start_upstream(initial: Behaviour) -> Upstream {
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
+            // Like a real server: no Nagle delay between the head and the body.
+            let _ = sock.set_nodelay(true);
             c.fetch_add(1, Ordering::SeqCst);
             let (r, b) = (r.clone(), b.clone());
             tokio::spawn(async move {
@@ -236,7 +238,13 @@ pub async fn start_upstream(initial: Behaviour) -> Upstream {
                     };
                     match behaviour {
                         Behaviour::Body(body) => {
-                            if sock.write_all(ok(body.len()).as_bytes()).await.is_err()
+                            let mut out = ok(body.len()).into_bytes();
+                            if body.len() < 1 << 20 {
+                                out.extend_from_slice(&body);
+                                if sock.write_all(&out).await.is_err() {
+                                    return;
+                                }
+                            } else if sock.write_all(&out).await.is_err()
                                 || sock.write_all(&body).await.is_err()
                             {
                                 return;

@@ -1,0 +1,152 @@
+//! An https upstream that wants a client certificate (certificates generated here with rcgen):
+//! the adapter verifies it with --ca-file and presents --client-cert/--client-key.
+
+// Test helpers panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Pki {
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn pki(name: &str) -> Pki {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    Pki {
+        ca_pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+fn leaf(ca: &Pki, san: &str) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec![san.to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Serves `body` over TLS, requiring a client certificate from `client_ca`.
+async fn tls_upstream(
+    server: &(String, String),
+    client_ca: &str,
+    body: Vec<u8>,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    let identity = sidecar_kit::tls::Identity::from_pem(
+        server.0.as_bytes(),
+        server.1.as_bytes(),
+        Path::new("server.crt"),
+        Path::new("server.key"),
+    )
+    .unwrap();
+    let clients =
+        sidecar_kit::tls::TrustBundle::from_pem(client_ca.as_bytes(), Path::new("clients.crt"))
+            .unwrap();
+    let config = sidecar_kit::tls::server_config(&identity, &clients, &[b"http/1.1"]).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = Arc::new(body);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(sock).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if tls.write_all(head.as_bytes()).await.is_err()
+                        || tls.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn https_upstream_with_ca_file_and_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca) = (pki("server ca"), pki("client ca"));
+    let server = leaf(&server_ca, "127.0.0.1");
+    let client = leaf(&client_ca, "xml-adapter.test");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let ca_file = write("ca.crt", &server_ca.ca_pem);
+    let cert_file = write("client.crt", &client.0);
+    let key_file = write("client.key", &client.1);
+    let (port, _server) =
+        tls_upstream(&server, &client_ca.ca_pem, fixture("bind9/zones.xml")).await;
+    let url = format!("https://127.0.0.1:{port}/xml/v3/zones");
+    let mapping = manifest_path("examples/mappings/bind9.yaml");
+
+    let a = start_adapter(
+        &mapping,
+        &url,
+        &[
+            "--ca-file",
+            &ca_file,
+            "--client-cert",
+            &cert_file,
+            "--client-key",
+            &key_file,
+        ],
+    )
+    .await;
+    let page = get_text(&a.url("/metrics")).await;
+    assert_eq!(value(&page, "bind_up"), Some(1.0), "{}", a.proc.log());
+    assert_eq!(
+        value(
+            &page,
+            "bind_zone_serial{view=\"_default\",zone_name=\"TEST_ZONE\"}"
+        ),
+        Some(123.0)
+    );
+    drop(a);
+
+    // Without the CA the server is not trusted; without a client certificate the server refuses.
+    for extra in [
+        vec!["--client-cert", &cert_file, "--client-key", &key_file],
+        vec!["--ca-file", &ca_file],
+    ] {
+        let a = start_adapter(&mapping, &url, &extra).await;
+        let page = get_text(&a.url("/metrics")).await;
+        assert_eq!(value(&page, "bind_up"), Some(0.0), "{extra:?}");
+        assert_eq!(
+            value(&page, "xml_adapter_scrape_errors_total{kind=\"fetch\"}"),
+            Some(1.0),
+            "{extra:?}"
+        );
+    }
+}
