@@ -70,19 +70,16 @@ fn build_images() {
         if std::env::var("SIDECARS_IMAGES_PREBUILT").is_ok_and(|v| v == "1") {
             return Ok(());
         }
-        let out = Command::new(repo_root().join("scripts/images.sh"))
+        // Inherited stdio: the build takes minutes and CI's log should show it progressing.
+        let status = Command::new(repo_root().join("scripts/images.sh"))
             .current_dir(repo_root())
-            .output()
+            .status()
             .map_err(|e| format!("cannot run scripts/images.sh: {e}"))?;
-        if out.status.success() {
-            eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+        if status.success() {
             Ok(())
         } else {
             Err(format!(
-                "scripts/images.sh failed ({}):\n{}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                "scripts/images.sh failed ({status}); its output is above"
             ))
         }
     });
