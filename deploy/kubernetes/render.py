@@ -263,8 +263,20 @@ def render(directory: Path) -> list[dict]:
     return sorted(build(directory), key=order_key)
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes multi-line strings (ConfigMap files) as literal blocks, so they stay readable."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def dump(docs: list[dict]) -> str:
-    return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=100)
+    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
 
 
 def rendered_files() -> dict[Path, str]:

@@ -840,6 +840,85 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
             (ok && text.contains("hello from pod-b")).then_some(())
         },
     );
+
+    // A batch job in pod A without native sidecars (deploy/kubernetes/examples/job-classic):
+    // it does its calls through the ambassador, then asks it to stop on loopback; the
+    // ambassador exits 0, so the pod (and a Job) can complete.
+    let (ok, text) = demo_client(
+        &in_a,
+        &[],
+        &[
+            "job",
+            "--call",
+            "http://127.0.0.1:15001/",
+            "--count",
+            "3",
+            "--shutdown",
+            "http://127.0.0.1:9901/shutdown",
+        ],
+    );
+    assert!(ok, "the job failed: {text}");
+    let exited = eventually(
+        &res,
+        "pod-a's ambassador stops after the job",
+        Duration::from_secs(40),
+        || {
+            let state = docker_ok(&[
+                "inspect",
+                "-f",
+                "{{.State.Status}} {{.State.ExitCode}}",
+                &a_amb,
+            ]);
+            state.starts_with("exited").then_some(state)
+        },
+    );
+    assert_eq!(
+        exited, "exited 0",
+        "the ambassador's exit after POST /shutdown"
+    );
+}
+
+/// The ambassador configurations shipped in deploy/ start the shipped image (ready on /readyz).
+#[test]
+fn shipped_ambassador_configs_start_the_image() {
+    if !engine_or_skip("shipped_ambassador_configs_start_the_image") {
+        return;
+    }
+    build_images();
+    let mut res = Resources::new("configs");
+    let pki = Pki::new(&["pod"]);
+    for (what, config, at) in [
+        (
+            "kubernetes",
+            "deploy/kubernetes/config/ambassador/ambassador.yaml",
+            "/etc/ambassador/config/ambassador.yaml",
+        ),
+        (
+            "compose-pod-a",
+            "deploy/compose/ambassador-pod-a.yaml",
+            "/etc/ambassador/ambassador.yaml",
+        ),
+        (
+            "compose-pod-b",
+            "deploy/compose/ambassador-pod-b.yaml",
+            "/etc/ambassador/ambassador.yaml",
+        ),
+    ] {
+        let file = repo_root().join(config);
+        let container = res.run(
+            what,
+            &[
+                "-p",
+                "127.0.0.1::9901",
+                "-v",
+                &pki.mount("pod", "/etc/ambassador/tls"),
+                "-v",
+                &format!("{}:{at}:ro", file.display()),
+            ],
+            &[&image("ambassador"), "--config", at],
+        );
+        wait_ready(&res, &container, 9901);
+    }
 }
 
 /// The ambassador's config for `pod`: inbound from `peer` only, outbound to `peer`.
@@ -850,7 +929,7 @@ fn ambassador_config(dir: &Path, pod: &str, peer: &str) -> PathBuf {
         &format!(
             "tls:\n  cert: /etc/ambassador/tls/tls.crt\n  key: /etc/ambassador/tls/tls.key\n  ca: /etc/ambassador/tls/ca.crt\n\
              inbound:\n  - name: app\n    listen: 0.0.0.0:15443\n    app: 127.0.0.1:8080\n    allow:\n      spiffe: [\"{TRUST_DOMAIN}/{peer}\"]\n\
-             outbound:\n  - name: {peer}\n    listen: 127.0.0.1:15001\n    endpoints: [\"{peer}:15443\"]\n    identity: {TRUST_DOMAIN}/{peer}\n"
+             outbound:\n  - name: {peer}\n    listen: 127.0.0.1:15001\n    dns: {peer}:15443\n    identity: {TRUST_DOMAIN}/{peer}\n"
         ),
     )
 }
