@@ -239,7 +239,16 @@ fn force_push_refuse_keeps_the_tree_until_history_continues() {
         gs.metric("gitsync_force_pushes_total{policy=\"refuse\"}"),
         1.0
     );
-    assert!(gs.metric("gitsync_syncs_total{result=\"held_back\"}") >= 1.0);
+    wait_until(
+        Duration::from_secs(10),
+        "held back at the next poll",
+        || gs.metric("gitsync_syncs_total{result=\"held_back\"}") >= 1.0,
+    );
+    assert!(is_published(&root, &c2));
+    assert_eq!(
+        gs.metric("gitsync_force_pushes_total{policy=\"refuse\"}"),
+        1.0
+    );
     assert!(gs.logs().contains(&rewritten));
     // history continues from the published revision again: published
     git(&fx.work, &["reset", "-q", "--hard", &c2]);
@@ -330,10 +339,15 @@ fn validation_refusal_publishes_nothing_and_holds_the_revision_back() {
         "good 1"
     );
     // validated once, then held back until the ref moves
+    wait_until(
+        Duration::from_secs(10),
+        "held back at the next polls",
+        || gs.metric("gitsync_syncs_total{result=\"held_back\"}") >= 2.0,
+    );
     let runs = std::fs::read_to_string(&ran).unwrap();
     assert_eq!(runs.lines().filter(|l| *l == bad).count(), 1, "{runs}");
     assert_eq!(gs.metric("gitsync_validations_refused_total"), 1.0);
-    assert!(gs.metric("gitsync_syncs_total{result=\"held_back\"}") >= 1.0);
+    assert!(is_published(&root, &good1));
     assert!(gs.logs().contains("validation refused"), "{}", gs.logs());
     // no staging directory left behind
     let trees: Vec<_> = std::fs::read_dir(root.join(".git-sync/trees"))
@@ -363,8 +377,17 @@ fn spawn_trap_process(dir: &Path, name: &str) -> (Guard, std::path::PathBuf) {
         .args(["-c", &format!("exec -a {name} bash -c \"{script}\"")])
         .spawn()
         .unwrap();
-    // let bash install the trap
-    std::thread::sleep(Duration::from_millis(300));
+    // wait until bash has installed the trap (SIGHUP is bit 0 of the caught mask)
+    let status = format!("/proc/{}/status", child.id());
+    wait_until(Duration::from_secs(10), "the trap", || {
+        std::fs::read_to_string(&status)
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("SigCgt:"))?.to_string();
+                u64::from_str_radix(line.trim_start_matches("SigCgt:").trim(), 16).ok()
+            })
+            .is_some_and(|mask| mask & 1 == 1)
+    });
     (Guard(child), marker)
 }
 
@@ -400,7 +423,7 @@ fn notifications_webhook_with_retry_command_signal_by_name_touch_debounced() {
             "--notify-touch-file",
             touch.to_str().unwrap(),
             "--notify-debounce",
-            "700ms",
+            "2s",
         ],
     );
     wait_until(Duration::from_secs(10), "first publish", || {
@@ -431,7 +454,7 @@ fn notifications_webhook_with_retry_command_signal_by_name_touch_debounced() {
     wait_until(Duration::from_secs(10), "second webhook", || {
         hook.requests.lock().unwrap().len() == 3
     });
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(2500));
     let reqs = hook.requests.lock().unwrap();
     assert_eq!(reqs.len(), 3, "debounce: one notification for the burst");
     assert_eq!(reqs[0].method, "POST");
