@@ -19,6 +19,7 @@ declare -A needs=(
   [dnsmasq]=dnsmasq-base   # a real DNS server
   [unshare]=util-linux     # PID 1 test
   [curl]=curl
+  [openssl]=openssl        # benchmark certificates for the peers
   [python3]=python3        # manifest validation
 )
 
