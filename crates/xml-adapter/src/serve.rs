@@ -231,7 +231,8 @@ async fn poll(state: Arc<AppState>, interval: Duration, ready: sidecar_kit::read
             _ = token.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let snap = state.scrape(state.timeout.min(interval)).await;
+        // A slow fetch delays the next tick (MissedTickBehavior::Delay) rather than failing.
+        let snap = state.scrape(state.timeout).await;
         if let Some(cache) = &state.cache {
             cache.store(Arc::new(Some(snap)));
         }

@@ -405,8 +405,19 @@ async fn polling_mode_serves_the_cache_and_its_age() {
     }
     for _ in 0..20 {
         let page = get_text(&a.url("/metrics")).await;
-        assert_eq!(value(&page, "bind_up"), Some(1.0));
-        assert!(value(&page, "xml_adapter_cache_age_seconds").unwrap() < 5.0);
+        assert_eq!(
+            value(&page, "bind_up"),
+            Some(1.0),
+            "{page}\n{}",
+            a.proc.log()
+        );
+        let age = value(&page, "xml_adapter_cache_age_seconds").unwrap();
+        // Bounded by the poll interval plus one fetch (generous: this machine is shared).
+        assert!(
+            (0.0..11.0).contains(&age),
+            "age {age}\n{page}\n{}",
+            a.proc.log()
+        );
     }
     // Twenty scrapes, not twenty fetches.
     assert!(up.requests.load(Ordering::SeqCst) < 10);
