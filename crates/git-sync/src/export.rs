@@ -9,6 +9,8 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use git2::{ObjectType, Oid, Repository, Tree, TreeEntry};
 
@@ -78,7 +80,7 @@ pub fn export_commit(
     commit: Oid,
     dest: &Path,
     previous: Option<Previous<'_>>,
-    cancelled: &dyn Fn() -> bool,
+    cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<ExportStats, ExportError> {
     let open = || {
         Repository::open_bare(repo_path).map_err(|e| git_err("opening the private repository", e))
@@ -113,28 +115,120 @@ pub fn export_commit(
         }
         walk.pending
     };
-    // 2. Write the blobs, reopening the repository every BATCH_BYTES.
-    let mut repo = open()?;
-    let mut batch = 0usize;
-    for (i, item) in pending.iter().enumerate() {
-        if i % 256 == 0 && cancelled() {
-            return Err(ExportError::Cancelled);
-        }
-        if batch >= BATCH_BYTES {
-            drop(repo);
-            repo = open()?;
-            batch = 0;
-        }
-        let blob = repo
-            .find_blob(item.oid)
-            .map_err(|e| git_err(format!("blob {}", item.oid), e))?;
-        let content = blob.content();
-        write_file(&item.path, content, item.mode)?;
-        batch += content.len();
-        stats.written += 1;
-        stats.bytes_written += content.len() as u64;
-    }
+    // 2. Write the blobs on a few threads.
+    let workers = if pending.len() < 256 {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4)
+    };
+    let (written, bytes) = write_pending(repo_path, &pending, workers, cancelled)?;
+    stats.written += written;
+    stats.bytes_written += bytes;
     Ok(stats)
+}
+
+/// Writes the pending blobs with `workers` threads, each with its own repository handle.
+/// Work goes in rounds of about [`BATCH_BYTES`] in all: at the end of a round every thread
+/// drops its handle (so libgit2 unmaps the pack, see [`BATCH_BYTES`]) before any reopens.
+fn write_pending(
+    repo_path: &Path,
+    pending: &[Pending],
+    workers: usize,
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<(u64, u64), ExportError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let barrier = Barrier::new(workers);
+    let per_round = BATCH_BYTES / workers;
+    let worker = || -> Result<(u64, u64), ExportError> {
+        let (mut written, mut bytes) = (0u64, 0u64);
+        let mut error = None;
+        loop {
+            if error.is_none() && !failed.load(Ordering::SeqCst) {
+                match Repository::open_bare(repo_path) {
+                    Ok(repo) => {
+                        let mut round = 0usize;
+                        while round < per_round {
+                            let i = next.fetch_add(1, Ordering::SeqCst);
+                            let Some(item) = pending.get(i) else { break };
+                            if cancelled() {
+                                error = Some(ExportError::Cancelled);
+                                break;
+                            }
+                            match write_blob(&repo, item) {
+                                Ok(n) => {
+                                    round += n;
+                                    written += 1;
+                                    bytes += n as u64;
+                                }
+                                Err(e) => {
+                                    error = Some(e);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => error = Some(git_err("opening the private repository", e)),
+                }
+                if error.is_some() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+            }
+            // Every handle of this round is closed past this point.
+            barrier.wait();
+            let done =
+                next.load(Ordering::SeqCst) >= pending.len() || failed.load(Ordering::SeqCst);
+            // Nobody takes more work before everyone has read `done`: all leave together.
+            barrier.wait();
+            if done {
+                return match error {
+                    Some(e) => Err(e),
+                    None => Ok((written, bytes)),
+                };
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers).map(|_| scope.spawn(worker)).collect();
+        let mut total = (0u64, 0u64);
+        let mut first_error = None;
+        for handle in handles {
+            match handle.join() {
+                Ok(Ok((w, b))) => {
+                    total.0 += w;
+                    total.1 += b;
+                }
+                Ok(Err(e)) => {
+                    // Prefer a real error over the cancellations it caused elsewhere.
+                    if first_error.is_none() || matches!(first_error, Some(ExportError::Cancelled))
+                    {
+                        first_error = Some(e);
+                    }
+                }
+                Err(_) => {
+                    first_error.get_or_insert(ExportError::Io {
+                        path: repo_path.to_path_buf(),
+                        source: std::io::Error::other("an export thread panicked"),
+                    });
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    })
+}
+
+fn write_blob(repo: &Repository, item: &Pending) -> Result<usize, ExportError> {
+    let blob = repo
+        .find_blob(item.oid)
+        .map_err(|e| git_err(format!("blob {}", item.oid), e))?;
+    let content = blob.content();
+    write_file(&item.path, content, item.mode)?;
+    Ok(content.len())
 }
 
 fn write_file(path: &Path, content: &[u8], mode: i32) -> Result<(), ExportError> {
@@ -321,6 +415,34 @@ mod tests {
         })
         .unwrap();
         assert_eq!((s3.written, s3.linked), (4, 0));
+    }
+
+    #[test]
+    fn many_files_are_written_by_several_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path().join("r.git")).unwrap();
+        let names: Vec<String> = (0..700).map(|i| format!("d{}/f{i}", i % 7)).collect();
+        let bodies: Vec<String> = (0..700)
+            .map(|i| format!("{i}").repeat(i % 50 + 1))
+            .collect();
+        let files: Vec<(&str, &str)> = names
+            .iter()
+            .map(String::as_str)
+            .zip(bodies.iter().map(String::as_str))
+            .collect();
+        let c = commit(&repo, &files, None);
+        let out = dir.path().join("t");
+        let stats = export_commit(repo.path(), c, &out, None, &|| false).unwrap();
+        assert_eq!(stats.written, 700);
+        for (name, body) in &files {
+            assert_eq!(fs::read_to_string(out.join(name)).unwrap(), *body);
+        }
+        let err = export_commit(repo.path(), c, &dir.path().join("t2"), None, &{
+            let calls = std::sync::atomic::AtomicUsize::new(0);
+            move || calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 20
+        })
+        .unwrap_err();
+        assert!(matches!(err, ExportError::Cancelled));
     }
 
     #[test]
