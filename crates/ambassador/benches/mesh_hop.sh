@@ -16,7 +16,7 @@ for tool in nginx haproxy stunnel4 wrk openssl; do
 done
 
 cd "$ROOT"
-cargo build --release -p ambassador --bin ambassador --example mtls_load >&2
+[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p ambassador --bin ambassador --example mtls_load >&2
 AMB="$ROOT/target/release/ambassador"
 LOAD="$ROOT/target/release/examples/mtls_load"
 
@@ -47,12 +47,18 @@ leaf() { # name spiffe dns
 leaf server spiffe://bench.local/ns/b/sa/server server.bench
 leaf client spiffe://bench.local/ns/a/sa/client client.bench
 
-# ---- ports ----
-BACKEND=18080
-AMB_OUT=18101; AMB_IN=18102; AMB_ADMIN_OUT=18103; AMB_ADMIN_IN=18104
-NGX_OUT=18201; NGX_IN=18202
-HAP_OUT=18301; HAP_IN=18302
-STN_OUT=18401; STN_IN=18402
+# ---- ports: a block of 12 free ones (other programs on this machine may hold fixed ports) ----
+port_free() { ! ss -tanH "sport = :$1" | grep -q .; }  # any state: TIME_WAIT holds a port too
+while :; do
+  BASE=$(( 10000 + (RANDOM % 200) * 100 ))  # below the ephemeral range
+  ok=1; for i in $(seq 0 11); do port_free $((BASE + i)) || ok=0; done
+  [ $ok = 1 ] && break
+done
+BACKEND=$BASE
+AMB_OUT=$((BASE+1)); AMB_IN=$((BASE+2)); AMB_ADMIN_OUT=$((BASE+3)); AMB_ADMIN_IN=$((BASE+4))
+NGX_OUT=$((BASE+5)); NGX_IN=$((BASE+6))
+HAP_OUT=$((BASE+7)); HAP_IN=$((BASE+8))
+STN_OUT=$((BASE+9)); STN_IN=$((BASE+10))
 
 # ---- backend: nginx answering a static 200 ----
 mkdir -p "$W/ngx-backend"
@@ -70,13 +76,14 @@ EOF
 nginx -p "$W/ngx-backend" -c "$W/nginx-backend.conf"
 
 # ---- ambassador ----
-"$AMB" --cert server.crt --key server.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_IN \
+# AMB_ENV (e.g. TOKIO_WORKER_THREADS=1) and AMB_OUT_ARGS (e.g. --outbound-http2=false) try variants.
+env ${AMB_ENV:-} "$AMB" --cert server.crt --key server.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_IN \
   --inbound-listen 127.0.0.1:$AMB_IN --inbound-app 127.0.0.1:$BACKEND \
   --allow-spiffe 'spiffe://bench.local/ns/a/sa/*' --log-level warn 2>"$W/amb-in.log" &
 AMB_IN_PID=$!; PIDS+=($AMB_IN_PID)
-"$AMB" --cert client.crt --key client.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_OUT \
+env ${AMB_ENV:-} "$AMB" --cert client.crt --key client.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_OUT \
   --outbound-listen 127.0.0.1:$AMB_OUT --outbound-endpoints 127.0.0.1:$AMB_IN \
-  --outbound-identity spiffe://bench.local/ns/b/sa/server --log-level warn 2>"$W/amb-out.log" &
+  --outbound-identity spiffe://bench.local/ns/b/sa/server ${AMB_OUT_ARGS:-} --log-level warn 2>"$W/amb-out.log" &
 AMB_OUT_PID=$!; PIDS+=($AMB_OUT_PID)
 
 # ---- nginx: the same hop ----
@@ -91,8 +98,7 @@ http {
   keepalive_requests 1000000;
   upstream app { server 127.0.0.1:$BACKEND; keepalive 128; }
   server {
-    listen 127.0.0.1:$NGX_IN ssl;
-    http2 on;
+    listen 127.0.0.1:$NGX_IN ssl http2;
     ssl_certificate $W/server.crt; ssl_certificate_key $W/server.key;
     ssl_client_certificate $W/ca.crt; ssl_verify_client on;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -229,7 +235,7 @@ to_ms() { # wrk latency like 812.00us / 1.20ms / 1.01s -> ms
 median() { sort -g | awk '{a[NR]=$1} END { print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2) }'; }
 
 declare -A PORT=( [backend]=$BACKEND [ambassador]=$AMB_OUT [nginx]=$NGX_OUT [haproxy]=$HAP_OUT [stunnel]=$STN_OUT )
-SETUPS=(backend ambassador nginx haproxy stunnel)
+read -r -a SETUPS <<<"${ONLY:-backend ambassador nginx haproxy stunnel}"
 declare -A RPS P99 P50 RSS_MAX RSS_SUM ERRS
 for s in "${SETUPS[@]}"; do
   wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:${PORT[$s]}/" >/dev/null 2>&1 || true   # warm-up
@@ -276,7 +282,8 @@ echo "## Handshake per request (no resumption) against the inbound side: 32 clie
 echo
 printf '| %-11s | %12s | %8s | %8s | %6s |\n' setup "handshakes/s" "p50 ms" "p99 ms" errors
 printf '|%s|%s|%s|%s|%s|\n' ------------- -------------- ---------- ---------- --------
-for s in ambassador nginx haproxy stunnel; do
+for s in "${SETUPS[@]}"; do
+  [ "$s" = backend ] && continue
   R=""; L50=""; L99=""; E=0
   for run in $(seq 1 "$RUNS"); do
     read -r r p50 p99 e <<<"$("$LOAD" "127.0.0.1:${IN_PORT[$s]}" "$W/client.crt" "$W/client.key" "$W/ca.crt" server.bench 32 "$SECS")"

@@ -125,6 +125,10 @@ pub struct Cli {
     /// Outbound: http (per request, pooled) or tcp (one mTLS connection per app connection).
     #[arg(long, env = "OUTBOUND_MODE", value_enum, default_value_t = Mode::Http, help_heading = "Outbound (one route)")]
     pub outbound_mode: Mode,
+    /// Outbound: offer HTTP/2 to the remote (many requests share one connection); `false`
+    /// keeps a pool of HTTP/1.1 connections instead.
+    #[arg(long, env = "OUTBOUND_HTTP2", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Outbound (one route)")]
+    pub outbound_http2: bool,
 
     /// Largest request head (request line plus headers) accepted, in bytes (at least 8192).
     #[arg(
@@ -253,6 +257,8 @@ pub struct OutboundRoute {
     /// `Host` values that select this route on the host-routing listener.
     pub hosts: Vec<String>,
     pub mode: Mode,
+    /// Offer h2 through ALPN.
+    pub http2: bool,
     /// Where the endpoints come from: the static list, or a DNS name.
     pub discovery: crate::resilience::EndpointsConfig,
     pub resilience: crate::resilience::RouteResilienceConfig,
@@ -346,6 +352,8 @@ struct FileOutbound {
     hosts: Vec<String>,
     #[serde(default = "default_mode")]
     mode: Mode,
+    #[serde(default = "default_true")]
+    http2: bool,
     #[serde(default)]
     endpoints: Vec<String>,
     /// NAME:PORT re-resolved in the background, instead of `endpoints`.
@@ -453,6 +461,7 @@ impl Config {
                 listen: r.listen,
                 hosts: r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
                 mode: r.mode,
+                http2: r.http2,
             });
         }
         let host_router = file_cfg.host_router.map(|h| h.listen);
@@ -496,6 +505,7 @@ impl Config {
                 listen: Some(listen),
                 hosts: Vec::new(),
                 mode: cli.outbound_mode,
+                http2: cli.outbound_http2,
                 discovery: discovery(
                     &cli.outbound_endpoints,
                     cli.outbound_dns.as_deref(),

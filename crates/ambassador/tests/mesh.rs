@@ -748,3 +748,37 @@ fn bad_configuration_exits_64_naming_the_fault() {
     assert_eq!(code, Some(0));
     let _ = out;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_from_a_peer_becomes_a_tunnel_to_the_app_with_half_close() {
+    let pki = Pki::new();
+    let app = start_app().await;
+    let (_inbound, remote) = start_inbound(&pki, app, &[]);
+    let me = pki.ca.good(CLIENT_ID);
+    let tls = mtls_connect(remote, client_tls(Some(&me), &pki.ca.pem, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let req = Request::connect("db.internal:5432")
+        .header("host", "db.internal:5432")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut tunnel = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    tunnel.write_all(b"select 1;").await.unwrap();
+    // Half-close: the app only answers once it has seen our EOF.
+    tunnel.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&back),
+        "tunnel to db.internal:5432: select 1;"
+    );
+}

@@ -85,7 +85,7 @@ pub async fn bind_all(
         let route_metrics = metrics.route(Direction::Outbound, &cfg.name);
         let transport = Transport::new(
             cfg.identity.clone(),
-            true,
+            cfg.http2,
             &cfg.resilience.timeouts,
             reloader,
             route_metrics.clone(),

@@ -267,6 +267,23 @@ fn full(text: impl Into<Bytes>) -> AppBody {
 }
 
 async fn app_handler(mut req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
+    if req.method() == http::Method::CONNECT {
+        // CONNECT: accept, then echo the tunnel's bytes back with a prefix naming the target.
+        let target = req.uri().to_string();
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut io = TokioIo::new(upgrade.await.unwrap());
+            let mut all = Vec::new();
+            io.read_to_end(&mut all).await.unwrap();
+            io.write_all(format!("tunnel to {target}: ").as_bytes())
+                .await
+                .unwrap();
+            io.write_all(&all).await.unwrap();
+            io.shutdown().await.unwrap();
+        });
+        return Ok(Response::new(full("")));
+    }
     let path = req.uri().path().to_owned();
     let response = match path.as_str() {
         "/echo" => Response::new(req.into_body().boxed()),
