@@ -21,8 +21,11 @@ declare -A needs=(
   [curl]=curl
   [openssl]=openssl        # benchmark certificates for the peers
   [python3]=python3        # manifest validation
+  [readelf]=binutils       # the image build refuses dynamically linked binaries
 )
 
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 missing_pkgs=()
 for prog in "${!needs[@]}"; do
   if ! command -v "$prog" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$prog" ] && [ ! -x "/usr/lib/git-core/$prog" ]; then
@@ -38,14 +41,22 @@ if [ ${#missing_pkgs[@]} -gt 0 ]; then
     echo "These packages are needed by the tests and this is not a Debian-like system: ${missing_pkgs[*]}" >&2
     exit 1
   fi
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || { echo "need root or sudo to install: ${missing_pkgs[*]}" >&2; exit 1; }
-    sudo="sudo"
+  if [ -n "$sudo" ] && ! command -v sudo >/dev/null 2>&1; then
+    echo "need root or sudo to install: ${missing_pkgs[*]}" >&2; exit 1
   fi
   echo "installing test dependencies: ${missing_pkgs[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >/dev/null
+fi
+
+# The manifest validation's Python packages, for whichever python3 is on PATH.
+if ! python3 -c 'import yaml, kubernetes_validate' 2>/dev/null; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive ${sudo:-} apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  echo "installing Python packages for the manifest validation: pyyaml kubernetes-validate"
+  python3 -m pip install --quiet --disable-pip-version-check pyyaml kubernetes-validate 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages pyyaml kubernetes-validate
 fi
 
 # Debian starts nginx/haproxy/named/ssh services on install where an init system runs; the tests
