@@ -782,3 +782,59 @@ async fn connect_from_a_peer_becomes_a_tunnel_to_the_app_with_half_close() {
         "tunnel to db.internal:5432: select 1;"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn yaml_config_routes_by_host_on_the_host_router() {
+    let pki = Pki::new();
+    let app = start_app().await;
+    let (_inbound, remote) = start_inbound(&pki, app, &[]);
+    let client = pki.secret("client", CLIENT_ID);
+    let router = addr(free_port());
+    let yaml = pki.path().join("routes.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "tls: {{cert: {c}/tls.crt, key: {c}/tls.key, ca: {c}/ca.crt}}\n\
+             outbound:\n\
+             \x20 - name: billing\n    hosts: [billing]\n    endpoints: ['{remote}']\n    identity: {SERVER_ID}\n\
+             \x20 - name: wrong\n    hosts: [wrong.svc]\n    endpoints: ['{remote}']\n    identity: spiffe://test.example/ns/prod/sa/nobody\n\
+             host_router: {{listen: '{router}'}}\n",
+            c = client.display()
+        ),
+    )
+    .unwrap();
+    let outbound = Ambassador::start(
+        &["--config".to_owned(), yaml.display().to_string()],
+        pki.path(),
+    );
+    let with_host = |host: &str| {
+        Request::get("/")
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let reply = plain_request(router, with_host("billing:9000"))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "hello");
+    let reply = plain_request(router, with_host("wrong.svc")).await.unwrap();
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    let reply = plain_request(router, with_host("unknown")).await.unwrap();
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&reply.body).contains("no outbound route for host `unknown`"));
+    assert_eq!(
+        outbound.metric(
+            "ambassador_requests_total",
+            &[("route", "billing"), ("class", "2xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        outbound.metric(
+            "ambassador_requests_total",
+            &[("route", "wrong"), ("class", "5xx")]
+        ),
+        1.0
+    );
+}
