@@ -581,14 +581,9 @@ impl GitSync {
     }
 
     pub fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        assert!(
-            Command::new("kill")
-                .args([&format!("-{sig}"), &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        let signal: nix::sys::signal::Signal = format!("SIG{sig}").parse().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
