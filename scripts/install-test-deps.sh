@@ -19,6 +19,7 @@ declare -A needs=(
   [dnsmasq]=dnsmasq-base   # a real DNS server
   [unshare]=util-linux     # PID 1 test
   [curl]=curl
+  [/usr/bin/time]=time     # benchmarks read peak memory from GNU time
   [openssl]=openssl        # benchmark certificates for the peers
   [python3]=python3        # manifest validation
   [readelf]=binutils       # the image build refuses dynamically linked binaries

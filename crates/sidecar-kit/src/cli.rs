@@ -105,10 +105,12 @@ where
 
 /// The clap command for `T`, with env names prefixed and the sidecar's admin port as default.
 pub fn command<T: CommandFactory>(info: &SidecarInfo) -> Command {
+    // The flattened KitArgs' doc comment would otherwise become every sidecar's long help.
     let command = T::command()
         .name(info.name)
         .version(info.version)
-        .about(info.description);
+        .about(info.description)
+        .long_about(None);
     let command = with_env_prefix(command, info.env_prefix);
     if command.get_arguments().any(|a| a.get_id() == "admin_addr") {
         command.mut_arg("admin_addr", |a| {

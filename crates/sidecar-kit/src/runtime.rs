@@ -147,6 +147,14 @@ where
             return 1;
         }
     };
+    // The bound address, so that `--admin-addr 127.0.0.1:0` is usable too.
+    let admin_addr = listener.local_addr().unwrap_or(args.admin_addr);
+    tracing::info!(
+        sidecar = info.name,
+        version = info.version,
+        admin = %admin_addr,
+        "starting"
+    );
     let admin = sidecar
         .admin_router()
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -155,12 +163,6 @@ where
             tracing::error!(error = %e, "admin server failed");
         }
     });
-    tracing::info!(
-        sidecar = info.name,
-        version = info.version,
-        admin = %args.admin_addr,
-        "starting"
-    );
 
     // The drain itself is a readiness check: it fails the moment a signal arrives.
     let running = sidecar.readiness().register("shutdown");
