@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # Every benchmark, each printing its figures side by side with the peers it is measured against.
 # Slow (tens of minutes) and noisy on small machines: compare medians and ratios, and record
-# them in docs/benchmarks.md with the command. `scripts/bench.sh ambassador` runs one crate's.
+# them in docs/benchmarks.md with the command. `scripts/bench.sh ambassador` runs one sidecar's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
 only="${1:-}"
-for script in crates/*/benches/*.sh; do
-  crate=$(basename "$(dirname "$(dirname "$script")")")
-  if [ -n "$only" ] && [ "$crate" != "$only" ]; then continue; fi
-  echo "=== $script"
-  bash "$script"
-done
+want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+
+if want ambassador; then
+  echo "=== ambassador: mesh hop vs nginx, HAProxy, stunnel";   crates/ambassador/benches/mesh_hop.sh 3 8 64
+  echo "=== ambassador: failover vs nginx, HAProxy";           crates/ambassador/benches/failover.sh 3 10 32 2
+fi
+if want xml-adapter; then
+  echo "=== xml-adapter: throughput vs bare quick-xml, memory, added latency"; crates/xml-adapter/benches/run.sh
+fi
+if want git-sync; then
+  echo "=== git-sync: vs the git CLI";                         cargo bench -p git-sync --bench sync
+fi
+if want images; then
+  echo "=== image sizes";                                      scripts/images.sh
+fi
