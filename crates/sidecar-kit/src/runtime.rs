@@ -140,6 +140,17 @@ where
         }
     };
 
+    // SIGHUP's default action kills the process. Sidecars that use it (git-sync: sync now)
+    // listen for it themselves; holding a listener here for the whole run means one that
+    // arrives early, or at a sidecar that ignores it, does no harm.
+    let _sighup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler");
+            return 1;
+        }
+    };
+
     let listener = match TcpListener::bind(args.admin_addr).await {
         Ok(l) => l,
         Err(e) => {

@@ -168,6 +168,21 @@ fn sigterm_fails_readiness_waits_the_delay_then_drains_and_exits_zero() {
 }
 
 #[test]
+fn sighup_does_not_kill_a_sidecar() {
+    let mut demo = Demo::start(&[]);
+    kill(demo.pid(), Signal::SIGHUP).expect("SIGHUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        demo.child.try_wait().expect("wait").is_none(),
+        "SIGHUP killed the sidecar"
+    );
+    assert_eq!(
+        get(demo.listen, "/slow?ms=0").expect("still serving").0,
+        200
+    );
+}
+
+#[test]
 fn a_second_signal_exits_at_once() {
     let mut demo = Demo::start(&["--shutdown-grace", "20s"]);
     let listen = demo.listen;
