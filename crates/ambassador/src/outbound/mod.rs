@@ -27,7 +27,7 @@ use crate::conn::{self, Activity, ConnectionLimit, Tracked, TunnelEnd};
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
 use crate::proxy::{self, ProxyBody};
 pub use transport::{Endpoint, Transport, TransportError};
-pub use upstream::{BoxFuture, StaticUpstream, Upstream, UpstreamError};
+pub use upstream::{BoxFuture, Upstream, UpstreamError};
 
 /// The single place that chooses how a route picks endpoints (the resilience layer hooks in
 /// here).

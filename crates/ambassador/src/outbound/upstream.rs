@@ -1,11 +1,10 @@
 //! The seam between the outbound request path and the choice of endpoint: the handler hands
 //! each app request to its route's [`Upstream`], which picks an endpoint and sends it over the
-//! route's [`Transport`]. Issue 3 ships [`StaticUpstream`]; the resilience layer (discovery,
-//! balancing, retries, circuit breaking) implements the same trait.
+//! route's [`Transport`]. The resilience layer (discovery, balancing, retries, circuit
+//! breaking) implements it: `crate::resilience::ResilientUpstream`.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -62,46 +61,4 @@ pub trait Upstream: Send + Sync + std::fmt::Debug + 'static {
 
     /// The transport, for TCP routes.
     fn transport(&self) -> &Transport;
-}
-
-/// Round robin over a fixed list, one try per request.
-#[derive(Debug)]
-pub struct StaticUpstream {
-    endpoints: Vec<Endpoint>,
-    next: AtomicUsize,
-    transport: Transport,
-}
-
-impl StaticUpstream {
-    pub fn new(endpoints: Vec<Endpoint>, transport: Transport) -> Self {
-        Self {
-            endpoints,
-            next: AtomicUsize::new(0),
-            transport,
-        }
-    }
-}
-
-impl Upstream for StaticUpstream {
-    fn call(
-        &self,
-        req: Request<ProxyBody>,
-    ) -> BoxFuture<'_, Result<Response<Incoming>, UpstreamError>> {
-        Box::pin(async move {
-            let endpoint = self.pick().ok_or(UpstreamError::NoEndpoint)?;
-            Ok(self.transport.send(&endpoint, req).await?)
-        })
-    }
-
-    fn pick(&self) -> Option<Endpoint> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        self.endpoints.get(i).cloned()
-    }
-
-    fn transport(&self) -> &Transport {
-        &self.transport
-    }
 }
