@@ -576,6 +576,8 @@ async fn slowloris_and_oversized_heads_are_refused_and_counted() {
         StatusCode::OK
     );
     tokio::time::sleep(Duration::from_millis(1600)).await;
+    // ready() fails if the ambassador closed the idle connection, which is what is tested here.
+    send.ready().await.unwrap();
     assert_eq!(
         send.send_request(get("/")).await.unwrap().status(),
         StatusCode::OK
