@@ -5,9 +5,9 @@
 //! Each try is sent by a plain hyper client (the mTLS transport is the outbound path's business and is
 //! covered by its own tests); the decisions under test are the route's.
 
+mod dnsmasq;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +27,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use dnsmasq::{Dnsmasq, free_udp_port};
 
 // ---------- backends ----------
 
@@ -740,107 +742,6 @@ async fn a_large_body_is_sent_once_and_a_small_one_is_replayed() {
 }
 
 // ---------- DNS ----------
-
-/// dnsmasq on a loopback port serving a hosts file we rewrite; killed on drop.
-struct Dnsmasq {
-    child: Child,
-    port: u16,
-    hosts: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Dnsmasq {
-    fn start(port: Option<u16>, names: &[(&str, &str)]) -> Dnsmasq {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // dnsmasq drops root privileges before re-reading the file on SIGHUP.
-        set_mode(dir.path(), 0o755);
-        let hosts = dir.path().join("hosts");
-        for _ in 0..20 {
-            let port = port.unwrap_or_else(free_udp_port);
-            write_hosts(&hosts, names);
-            let child = Command::new("dnsmasq")
-                .args([
-                    "--no-daemon",
-                    &format!("--port={port}"),
-                    "--listen-address=127.0.0.1",
-                    "--bind-interfaces",
-                    "--no-resolv",
-                    "--no-hosts",
-                    &format!("--addn-hosts={}", hosts.display()),
-                    "--local-ttl=1",
-                    "--pid-file=",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let mut child = match child {
-                Ok(child) => child,
-                Err(e) => panic!(
-                    "dnsmasq is needed for the DNS tests (apt-get install dnsmasq-base): {e}"
-                ),
-            };
-            std::thread::sleep(Duration::from_millis(150));
-            match child.try_wait() {
-                Ok(None) => {
-                    return Dnsmasq {
-                        child,
-                        port,
-                        hosts,
-                        _dir: dir,
-                    };
-                }
-                // Port taken between our probe and its bind: try another.
-                _ => continue,
-            }
-        }
-        panic!("dnsmasq would not start");
-    }
-
-    fn nameserver(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn answer(&self, names: &[(&str, &str)]) {
-        write_hosts(&self.hosts, names);
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("kill -HUP");
-        assert!(status.success());
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-fn write_hosts(path: &Path, names: &[(&str, &str)]) {
-    let text: String = names
-        .iter()
-        .map(|(ip, name)| format!("{ip} {name}\n"))
-        .collect();
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write hosts");
-    set_mode(&tmp, 0o644);
-    std::fs::rename(&tmp, path).expect("rename hosts");
-}
-
-fn free_udp_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-    socket.local_addr().expect("addr").port()
-}
 
 /// Two backends on the same port, one on 127.0.0.1 and one on ::1: the two loopback addresses a DNS
 /// name can point at (A and AAAA).

@@ -3,16 +3,17 @@
 //! by SIGKILL of their process.
 
 mod common;
+mod dnsmasq;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Ambassador, Ca, addr, cert_args, free_port, metric_value, write_secret};
+use dnsmasq::Dnsmasq;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -370,91 +371,6 @@ async fn all_endpoints_down_every_request_fails_fast_with_a_503_naming_the_route
 
 // ---------- DNS ----------
 
-struct Dnsmasq {
-    child: Child,
-    port: u16,
-    hosts: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Dnsmasq {
-    fn start(names: &[(&str, &str)]) -> Dnsmasq {
-        let dir = tempfile::tempdir().expect("tempdir");
-        set_mode(dir.path(), 0o755);
-        let hosts = dir.path().join("hosts");
-        for _ in 0..20 {
-            let port = std::net::UdpSocket::bind("127.0.0.1:0")
-                .and_then(|s| s.local_addr())
-                .expect("udp port")
-                .port();
-            write_hosts(&hosts, names);
-            let child = Command::new("dnsmasq")
-                .args([
-                    "--no-daemon",
-                    &format!("--port={port}"),
-                    "--listen-address=127.0.0.1",
-                    "--bind-interfaces",
-                    "--no-resolv",
-                    "--no-hosts",
-                    &format!("--addn-hosts={}", hosts.display()),
-                    "--local-ttl=1",
-                    "--pid-file=",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let mut child = match child {
-                Ok(child) => child,
-                Err(e) => panic!(
-                    "dnsmasq is needed for the DNS tests (apt-get install dnsmasq-base): {e}"
-                ),
-            };
-            std::thread::sleep(Duration::from_millis(150));
-            if let Ok(None) = child.try_wait() {
-                return Dnsmasq {
-                    child,
-                    port,
-                    hosts,
-                    _dir: dir,
-                };
-            }
-        }
-        panic!("dnsmasq would not start");
-    }
-
-    fn answer(&self, names: &[(&str, &str)]) {
-        write_hosts(&self.hosts, names);
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("kill -HUP");
-        assert!(status.success());
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-fn write_hosts(path: &Path, names: &[(&str, &str)]) {
-    let text: String = names
-        .iter()
-        .map(|(ip, name)| format!("{ip} {name}\n"))
-        .collect();
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write hosts");
-    set_mode(&tmp, 0o644);
-    std::fs::rename(&tmp, path).expect("rename hosts");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_follows_dns_changes_within_the_ttl() {
     let mesh = Mesh::new();
@@ -470,7 +386,7 @@ async fn the_binary_follows_dns_changes_within_the_ttl() {
     let (app6, hits6) = app("v6").await;
     let _in4 = mesh.inbound(v4, app4);
     let _in6 = mesh.inbound(v6, app6);
-    let dns = Dnsmasq::start(&[("127.0.0.1", "api.mesh.test")]);
+    let dns = Dnsmasq::start(None, &[("127.0.0.1", "api.mesh.test")]);
     let out_addr = addr(free_port());
     let outbound = mesh.outbound(
         out_addr,
