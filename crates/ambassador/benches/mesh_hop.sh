@@ -34,18 +34,8 @@ trap cleanup EXIT
 
 # ---- certificates (EC P-256, like the mesh's) ----
 cd "$W"
-openssl ecparam -name prime256v1 -genkey -noout -out ca.key 2>/dev/null
-openssl req -x509 -new -key ca.key -subj /CN=bench-ca -days 2 -out ca.crt 2>/dev/null
-leaf() { # name spiffe dns
-  openssl ecparam -name prime256v1 -genkey -noout -out "$1.key.sec1" 2>/dev/null
-  openssl pkcs8 -topk8 -nocrypt -in "$1.key.sec1" -out "$1.key"
-  openssl req -new -key "$1.key" -subj "/CN=$1" -out "$1.csr" 2>/dev/null
-  printf 'subjectAltName=URI:%s,DNS:%s\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' "$2" "$3" > "$1.ext"
-  openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile "$1.ext" -out "$1.crt" 2>/dev/null
-  cat "$1.crt" "$1.key" > "$1.pem"
-}
-leaf server spiffe://bench.local/ns/b/sa/server server.bench
-leaf client spiffe://bench.local/ns/a/sa/client client.bench
+source "$ROOT/crates/ambassador/benches/certs.sh"
+make_bench_certs
 
 # ---- ports: a block of 12 free ones (other programs on this machine may hold fixed ports) ----
 port_free() { ! ss -tanH "sport = :$1" | grep -q .; }  # any state: TIME_WAIT holds a port too
