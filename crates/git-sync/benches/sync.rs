@@ -63,6 +63,26 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A long-running git-sync on `root`, answering on `admin` once this returns.
+fn start_git_sync(bin: &str, root: &Path, url: &str, period: &str, admin: u16) -> Killer {
+    let gs = Killer(
+        Command::new(bin)
+            .args(["--root", root.to_str().unwrap(), "--repo", url])
+            .args(["--depth", "1", "--period", period])
+            .args([
+                "--admin-addr",
+                &format!("127.0.0.1:{admin}"),
+                "--log-level",
+                "warn",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(admin);
+    gs
+}
+
 fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -337,29 +357,7 @@ fn main() {
     let polls = 30;
     let admin = free_port();
     let root = t.join("gs0");
-    let gs = Killer(
-        Command::new(bin)
-            .args([
-                "--root",
-                root.to_str().unwrap(),
-                "--repo",
-                &url,
-                "--depth",
-                "1",
-                "--period",
-                "1h",
-            ])
-            .args([
-                "--admin-addr",
-                &format!("127.0.0.1:{admin}"),
-                "--log-level",
-                "warn",
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(admin);
+    let gs = start_git_sync(bin, &root, &url, "1h", admin);
     let wait_syncs = |n: f64| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while metric(admin, "gitsync_syncs_total") < n {
@@ -412,29 +410,7 @@ fn main() {
     }
     drop(gs);
     let admin = free_port();
-    let gs = Killer(
-        Command::new(bin)
-            .args([
-                "--root",
-                root.to_str().unwrap(),
-                "--repo",
-                &url,
-                "--depth",
-                "1",
-                "--period",
-                "1s",
-            ])
-            .args([
-                "--admin-addr",
-                &format!("127.0.0.1:{admin}"),
-                "--log-level",
-                "warn",
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(admin);
+    let gs = start_git_sync(bin, &root, &url, "1s", admin);
     let mut lat_poll = Vec::new();
     for round in 0..pushes {
         change_some(&work, files, 1000, 200 + round);
