@@ -47,7 +47,7 @@ pub struct KitArgs {
     )]
     pub admin_addr: SocketAddr,
 
-    /// Log level or tracing filter directives, e.g. `info` or `info,ambassador=debug`.
+    /// Log level, or a default level and per-target levels, e.g. `info` or `info,ambassador=debug`.
     #[arg(long, env = "LOG_LEVEL", value_name = "FILTER", default_value = "info",
           value_parser = parse_log_filter)]
     pub log_level: String,
@@ -74,10 +74,10 @@ pub struct KitArgs {
 }
 
 fn parse_log_filter(value: &str) -> Result<String, String> {
-    tracing_subscriber::EnvFilter::builder()
-        .parse(value)
+    value
+        .parse::<tracing_subscriber::filter::Targets>()
         .map(|_| value.to_owned())
-        .map_err(|e| format!("not a log level or filter: {e}"))
+        .map_err(|e| format!("not a log level or `target=level` list: {e}"))
 }
 
 /// Parses the process's arguments into `T`, with the sidecar's env prefix and admin port.
