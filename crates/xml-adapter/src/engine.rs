@@ -5,7 +5,13 @@
 //! state) costs only the well-formedness bookkeeping. When an element completes a record path,
 //! only that element's subtree is captured (a small arena, capped by `max_record_bytes`) and the
 //! rule's relative paths are evaluated against it when the element closes.
+//!
+//! The per-event and per-record work allocates nothing in the common case: names, attributes
+//! and text live in buffers reused for the whole document, values are read as slices of them,
+//! and a sample's label set is looked up by an encoded key built in a reused buffer (a new
+//! series allocates its key once).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::BufRead;
 
@@ -15,7 +21,7 @@ use quick_xml::{NsReader, Reader};
 
 use crate::encode::{Family, Kind, Sample, Suffix};
 use crate::mapping::{DuplicatePolicy, Mapping, MissingPolicy, Rule};
-use crate::path::{AncestorSel, Axis, Leaf, NameTest, Op, Operand, Predicate, RelPath};
+use crate::path::{AncestorSel, Axis, Leaf, NameTest, Operand, Predicate, RelPath};
 use crate::transform::{self, Outcome};
 
 /// Why a document was refused. Nothing from a refused document is served.
@@ -41,6 +47,15 @@ pub enum Reason {
     RecordTooLarge,
 }
 
+const REASONS: [Reason; 6] = [
+    Reason::Missing,
+    Reason::BadValue,
+    Reason::BadLabel,
+    Reason::Duplicate,
+    Reason::Zip,
+    Reason::RecordTooLarge,
+];
+
 impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -56,6 +71,10 @@ impl Reason {
     /// `missing` under the default `skip` policy is expected of optional data, not an error.
     pub fn is_error(self) -> bool {
         self != Reason::Missing
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -93,6 +112,62 @@ struct Node {
     rules: Vec<usize>,
 }
 
+/// Where one label of a sample comes from, in the order the labels are sorted by name.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Label(usize),
+    Const(usize),
+    /// A stateset's own label (named after the metric).
+    State,
+}
+
+/// What a record's relative paths can read below it: a trie of child steps. Only elements on
+/// it are captured as nodes; text is kept only where a path reads it (`text`: this node's
+/// whole text, descendants included). The rest of a record streams past uncopied.
+#[derive(Debug, Default)]
+struct NeedNode {
+    edges: Vec<(NameTest, usize)>,
+    text: bool,
+}
+
+fn need_child(need: &mut Vec<NeedNode>, at: usize, test: &NameTest) -> usize {
+    if let Some((_, n)) = need[at].edges.iter().find(|(t, _)| t == test) {
+        return *n;
+    }
+    need.push(NeedNode::default());
+    let n = need.len() - 1;
+    need[at].edges.push((test.clone(), n));
+    n
+}
+
+fn need_predicate(need: &mut Vec<NeedNode>, at: usize, p: &Predicate) {
+    match &p.operand {
+        Operand::Child(t) => {
+            let c = need_child(need, at, t);
+            need[c].text = true;
+        }
+        Operand::Text => need[at].text = true,
+        Operand::Attr(_) | Operand::Name | Operand::LocalName => {}
+    }
+}
+
+fn need_path(need: &mut Vec<NeedNode>, root: usize, path: &RelPath) {
+    // Paths above the record read the open ancestors, not the record's subtree.
+    let RelPath::Down { steps, leaf } = path else {
+        return;
+    };
+    let mut cur = root;
+    for (test, preds) in steps {
+        cur = need_child(need, cur, test);
+        for p in preds {
+            need_predicate(need, cur, p);
+        }
+    }
+    if let Leaf::Text = leaf {
+        need[cur].text = true;
+    }
+}
+
 /// A mapping compiled for streaming. Cheap to share between scrapes.
 #[derive(Debug)]
 pub struct Engine {
@@ -100,6 +175,12 @@ pub struct Engine {
     nodes: Vec<Node>,
     /// Names of leaf children that relative paths read from ancestors (`../measTypes`).
     captured_children: Vec<NameTest>,
+    /// Per rule: its labels (record, const, state) sorted by name, so a sample's key is built
+    /// without sorting; `None` when two labels share a name (then the general path sorts).
+    label_order: Vec<Option<Vec<Slot>>>,
+    need: Vec<NeedNode>,
+    /// Per rule: its root in `need`.
+    need_root: Vec<usize>,
 }
 
 impl Engine {
@@ -151,10 +232,34 @@ impl Engine {
                 add(&h.bucket);
             }
         }
+        let label_order = mapping.rules.iter().map(label_order).collect();
+        let mut need = Vec::new();
+        let mut need_root = Vec::new();
+        for r in &mapping.rules {
+            need.push(NeedNode::default());
+            let root = need.len() - 1;
+            need_root.push(root);
+            for p in &r.record_filter {
+                need_predicate(&mut need, root, p);
+            }
+            for l in &r.labels {
+                need_path(&mut need, root, &l.path);
+            }
+            // An info metric's value is always 1: its value path is never read.
+            if r.kind != Kind::Info {
+                need_path(&mut need, root, &r.value);
+            }
+            if let Some(h) = &r.histogram {
+                need_path(&mut need, root, &h.bucket);
+            }
+        }
         Engine {
             mapping,
             nodes,
             captured_children,
+            label_order,
+            need,
+            need_root,
         }
     }
 
@@ -166,10 +271,63 @@ impl Engine {
     }
 }
 
+fn label_order(rule: &Rule) -> Option<Vec<Slot>> {
+    let mut slots: Vec<(&str, Slot)> = Vec::new();
+    for (i, l) in rule.labels.iter().enumerate() {
+        slots.push((&l.name, Slot::Label(i)));
+    }
+    for (i, (k, _)) in rule.const_labels.iter().enumerate() {
+        slots.push((k, Slot::Const(i)));
+    }
+    if rule.kind == Kind::Stateset {
+        slots.push((&rule.name, Slot::State));
+    }
+    slots.sort_by(|a, b| a.0.cmp(b.0));
+    if slots.windows(2).any(|w| w[0].0 == w[1].0) {
+        return None;
+    }
+    Some(slots.into_iter().map(|(_, s)| s).collect())
+}
+
 impl crate::path::Step {
     fn preds_key(&self) -> String {
         format!("{:?}", self.predicates)
     }
+}
+
+/// The local part of a qualified name (after the first `:`, as quick-xml splits it).
+fn local_part(q: &str) -> &str {
+    match q.bytes().position(|b| b == b':') {
+        Some(i) => &q[i + 1..],
+        None => q,
+    }
+}
+
+/// Appends one (name, value) pair to a series key. Lengths make the encoding unambiguous.
+fn key_push(key: &mut Vec<u8>, name: &str, value: &str) {
+    key.extend_from_slice(&(name.len() as u64).to_le_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    key.extend_from_slice(value.as_bytes());
+}
+
+/// The label pairs of a series key, in key order (sorted by name).
+fn key_decode(mut key: &[u8]) -> Vec<(String, String)> {
+    fn take<'k>(key: &mut &'k [u8]) -> &'k [u8] {
+        let (len, rest) = key.split_at_checked(8).unwrap_or((&[], &[]));
+        let len = <[u8; 8]>::try_from(len).map_or(0, u64::from_le_bytes) as usize;
+        let (s, rest) = rest.split_at_checked(len).unwrap_or((rest, &[]));
+        *key = rest;
+        s
+    }
+    let mut out = Vec::new();
+    while !key.is_empty() {
+        // Keys are built from `&str`s: the bytes are UTF-8.
+        let k = String::from_utf8_lossy(take(&mut key)).into_owned();
+        let v = String::from_utf8_lossy(take(&mut key)).into_owned();
+        out.push((k, v));
+    }
+    out
 }
 
 const NONE: usize = usize::MAX;
@@ -204,8 +362,13 @@ struct Frame {
     states_start: usize,
     states_end: usize,
     capture: Option<usize>,
-    /// Text of this element while it may still be a captured leaf child.
-    leaf_text: Option<String>,
+    /// Capture-plan states (`Engine::need`) of this element: a range of `Run::cstates`.
+    cstates: (usize, usize),
+    /// Text inside this element is kept (a path reads it).
+    text_on: bool,
+    /// This element may be a captured leaf child: its text collects in `Run::leaf_buf`
+    /// (only the innermost open element can be a leaf, so one buffer serves).
+    leaf: bool,
     has_child: bool,
 }
 
@@ -213,7 +376,8 @@ struct Frame {
 struct OpenRecord {
     depth: usize,
     node: usize,
-    rules: Vec<usize>,
+    /// The rules this record is for: a range of `Run::record_rules`.
+    rules: (usize, usize),
 }
 
 /// A sample before families are finalised: which rule made it (for its duplicate policy).
@@ -225,6 +389,16 @@ struct Pending {
     count: u64,
 }
 
+/// One family's series so far, by key. Consecutive records often give the same series (a
+/// counter per task state, say): the last key found is remembered, which spares its hashing.
+#[derive(Debug, Default)]
+struct SeriesTable {
+    index: HashMap<Box<[u8]>, usize>,
+    entries: Vec<Pending>,
+    last_key: Vec<u8>,
+    last: Option<usize>,
+}
+
 /// Per family: label set -> (rule, (upper bound, count) per bucket record).
 type HistogramGroups = HashMap<Vec<(String, String)>, (usize, Vec<(f64, f64)>)>;
 
@@ -233,6 +407,7 @@ struct Run<'e> {
     tags: String,
     frames: Vec<Frame>,
     states: Vec<(u32, bool)>,
+    cstates: Vec<usize>,
     arena: Vec<CNode>,
     abuf: String,
     cattrs: Vec<CAttr>,
@@ -241,17 +416,34 @@ struct Run<'e> {
     arena_bytes: u64,
     arena_overflow: bool,
     records_open: Vec<OpenRecord>,
+    /// Rules of the open records (a stack, ranges in `OpenRecord::rules`).
+    record_rules: Vec<usize>,
+    /// The current start tag's attributes, parsed once when a predicate or a capture needs
+    /// them: ranges into `sbuf`.
+    sattrs: Vec<CAttr>,
+    sbuf: String,
+    sattrs_ready: bool,
+    /// Scratch for one record's label values and value (ranges in `vranges`).
+    vbuf: String,
+    vranges: Vec<(usize, usize)>,
+    /// Scratch for the key of the series being folded in.
+    key: Vec<u8>,
     /// (parent depth, child local name, text) of captured leaf children of open elements.
     child_caps: Vec<(usize, String, String)>,
-    /// Per family: series -> value so far. Duplicates fold in as they come, so memory follows
-    /// the number of series, not of records.
-    pending: Vec<HashMap<Vec<(String, String)>, Pending>>,
+    leaf_buf: String,
+    /// Per family: series key -> value so far. Duplicates fold in as they come, so memory
+    /// follows the number of series, not of records.
+    pending: Vec<SeriesTable>,
     pending_series: u64,
     /// Histogram buckets per family: labels -> (bound -> value).
     hist: Vec<HistogramGroups>,
+    /// Per rule, per reason: dropped samples (turned into `Translation::rule_issues`).
+    issues: Vec<[u64; REASONS.len()]>,
     out: Translation,
     root_seen: bool,
     root_closed: bool,
+    /// The plain reader's window ([`WINDOW`]; tests make it tiny to cut every event).
+    window: usize,
 }
 
 fn malformed(position: u64, message: impl Into<String>) -> DocumentError {
@@ -261,70 +453,32 @@ fn malformed(position: u64, message: impl Into<String>) -> DocumentError {
     }
 }
 
-/// The event source: a plain reader unless the mapping uses namespaces (the namespace-aware
-/// reader inspects every start tag's attributes, which costs throughput for nothing).
-#[derive(Debug)]
-enum Source<R> {
-    Plain(Reader<R>),
-    Ns(NsReader<R>),
+/// Namespace resolution for the current event: none unless the mapping uses namespaces (the
+/// namespace-aware reader inspects every start tag's attributes, which costs throughput for
+/// nothing).
+trait Names {
+    fn element_uri(&self, q: QName<'_>) -> Option<String>;
+    fn attribute<'n>(&self, q: QName<'n>) -> (Option<String>, &'n str);
 }
 
-impl<R: BufRead> Source<R> {
-    fn new(input: R, namespaces: bool) -> Source<R> {
-        let mut src = if namespaces {
-            Source::Ns(NsReader::from_reader(input))
-        } else {
-            Source::Plain(Reader::from_reader(input))
-        };
-        let c = match &mut src {
-            Source::Plain(r) => r.config_mut(),
-            Source::Ns(r) => r.config_mut(),
-        };
-        // End-tag matching is done here so lenient mode can recover and errors name both tags.
-        c.check_end_names = false;
-        c.expand_empty_elements = false;
-        c.trim_text(false);
-        src
-    }
+struct NoNamespaces;
 
-    fn read_event_into<'b>(&mut self, buf: &'b mut Vec<u8>) -> quick_xml::Result<Event<'b>> {
-        match self {
-            Source::Plain(r) => r.read_event_into(buf),
-            Source::Ns(r) => r.read_event_into(buf),
-        }
+impl Names for NoNamespaces {
+    fn element_uri(&self, _: QName<'_>) -> Option<String> {
+        None
+    }
+    fn attribute<'n>(&self, q: QName<'n>) -> (Option<String>, &'n str) {
+        (None, q.local_name().into_inner())
     }
 }
 
-impl<R> Source<R> {
-    fn buffer_position(&self) -> u64 {
-        match self {
-            Source::Plain(r) => r.buffer_position(),
-            Source::Ns(r) => r.buffer_position(),
-        }
+impl<R> Names for NsReader<R> {
+    fn element_uri(&self, q: QName<'_>) -> Option<String> {
+        resolve_uri(self.resolver().resolve_element(q).0)
     }
-
-    fn error_position(&self) -> u64 {
-        match self {
-            Source::Plain(r) => r.error_position(),
-            Source::Ns(r) => r.error_position(),
-        }
-    }
-
-    fn resolve_element(&self, q: QName<'_>) -> Option<String> {
-        match self {
-            Source::Plain(_) => None,
-            Source::Ns(r) => resolve_uri(r.resolver().resolve_element(q).0),
-        }
-    }
-
-    fn resolve_attribute<'n>(&self, q: QName<'n>) -> (Option<String>, &'n str) {
-        match self {
-            Source::Plain(_) => (None, q.local_name().into_inner()),
-            Source::Ns(r) => {
-                let (res, local) = r.resolver().resolve_attribute(q);
-                (resolve_uri(res), local.into_inner())
-            }
-        }
+    fn attribute<'n>(&self, q: QName<'n>) -> (Option<String>, &'n str) {
+        let (res, local) = self.resolver().resolve_attribute(q);
+        (resolve_uri(res), local.into_inner())
     }
 }
 
@@ -335,6 +489,55 @@ fn resolve_uri(r: ResolveResult<'_>) -> Option<String> {
     }
 }
 
+fn configure(c: &mut quick_xml::reader::Config) {
+    // End-tag matching is done here so lenient mode can recover and errors name both tags
+    // (and so a reader started on a later window accepts the end tags of elements opened
+    // before it).
+    c.check_end_names = false;
+    c.allow_unmatched_ends = true;
+    c.expand_empty_elements = false;
+    c.trim_text(false);
+}
+
+/// How much of the document the plain reader parses at a time.
+const WINDOW: usize = 64 * 1024;
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Did parsing fail only because the window ends inside the event that starts at `start`?
+/// quick-xml's "unclosed" errors mean exactly that; a reference or a text whose UTF-8 is cut
+/// only when nothing ends it before the window does. Anything else is the document's fault.
+fn cut_by_window(e: &quick_xml::Error, win: &[u8], start: usize) -> bool {
+    use quick_xml::errors::{IllFormedError, SyntaxError};
+    let rest = win.get(start..).unwrap_or_default();
+    let open_ref = |rest: &[u8]| !rest.iter().skip(1).any(|b| matches!(b, b';' | b'&' | b'<'));
+    match e {
+        // `<!` with nothing after it yet.
+        quick_xml::Error::Syntax(SyntaxError::InvalidBangMarkup) => rest.len() < 3,
+        quick_xml::Error::Syntax(_) => true,
+        quick_xml::Error::IllFormed(IllFormedError::UnclosedReference) => open_ref(rest),
+        quick_xml::Error::Encoding(_) => match rest.first() {
+            // A complete tag was validated: its bytes are at fault.
+            Some(b'<') => false,
+            Some(b'&') => open_ref(rest),
+            _ => !rest.iter().any(|b| matches!(b, b'<' | b'&')),
+        },
+        _ => false,
+    }
+}
+
+/// The five entities XML predefines; anything else would need a DTD, which is never read.
+fn predefined_entity(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "amp" => "&",
+        "lt" => "<",
+        "gt" => ">",
+        "quot" => "\"",
+        "apos" => "'",
+        _ => return None,
+    })
+}
+
 impl<'e> Run<'e> {
     fn new(engine: &'e Engine) -> Run<'e> {
         let n = engine.mapping.families.len();
@@ -343,6 +546,7 @@ impl<'e> Run<'e> {
             tags: String::with_capacity(4096),
             frames: Vec::with_capacity(64),
             states: vec![(0, false)],
+            cstates: Vec::new(),
             arena: Vec::new(),
             abuf: String::new(),
             cattrs: Vec::new(),
@@ -351,119 +555,46 @@ impl<'e> Run<'e> {
             arena_bytes: 0,
             arena_overflow: false,
             records_open: Vec::new(),
+            record_rules: Vec::new(),
+            sattrs: Vec::new(),
+            sbuf: String::new(),
+            sattrs_ready: false,
+            vbuf: String::new(),
+            vranges: Vec::new(),
+            key: Vec::with_capacity(256),
             child_caps: Vec::new(),
-            pending: (0..n).map(|_| HashMap::new()).collect(),
+            leaf_buf: String::new(),
+            pending: (0..n).map(|_| SeriesTable::default()).collect(),
             pending_series: 0,
             hist: (0..n).map(|_| HashMap::new()).collect(),
+            issues: vec![[0; REASONS.len()]; engine.mapping.rules.len()],
             out: Translation::default(),
             root_seen: false,
             root_closed: false,
+            window: WINDOW,
         }
     }
 
     fn issue(&mut self, rule: usize, reason: Reason, message: impl FnOnce() -> String) {
-        let name = self.engine.mapping.rules[rule].name.clone();
-        *self
-            .out
-            .rule_issues
-            .entry((name.clone(), reason))
-            .or_default() += 1;
+        self.issues[rule][reason.index()] += 1;
         if reason.is_error() && self.out.messages.len() < MAX_MESSAGES {
             let m = message();
+            let name = &self.engine.mapping.rules[rule].name;
             self.out.messages.push(format!("rule `{name}`: {m}"));
         }
     }
 
+    /// Does text inside the innermost open element matter to anyone?
+    fn wants_text(&self) -> bool {
+        self.frames.last().is_some_and(|f| f.text_on || f.leaf)
+    }
+
     fn read<R: BufRead>(&mut self, input: R) -> Result<(), DocumentError> {
-        let mut reader = Source::new(input, self.engine.mapping.needs_namespaces);
-        let mut buf = Vec::with_capacity(8192);
-        let mut decl_seen = false;
-        loop {
-            let pos = reader.buffer_position();
-            let ev = match reader.read_event_into(&mut buf) {
-                Ok(ev) => ev,
-                Err(quick_xml::Error::Io(e)) => {
-                    return Err(DocumentError::Read {
-                        position: pos,
-                        source: std::io::Error::new(e.kind(), e.to_string()),
-                    });
-                }
-                Err(e) => return Err(malformed(reader.error_position(), e.to_string())),
-            };
-            match ev {
-                Event::Start(e) => self.start(&reader, &e, pos, false)?,
-                Event::Empty(e) => {
-                    self.start(&reader, &e, pos, true)?;
-                    self.end(e.name(), pos)?;
-                }
-                Event::End(e) => self.end(e.name(), pos)?,
-                Event::Text(t) => {
-                    let text = t.xml10_content();
-                    self.text(&text, pos)?;
-                }
-                Event::CData(t) => {
-                    let text = t.xml10_content();
-                    self.text(&text, pos)?;
-                }
-                Event::GeneralRef(r) => {
-                    let ch = match r.resolve_char_ref() {
-                        Ok(Some(c)) => c.to_string(),
-                        Ok(None) => match &*r.xml10_content() {
-                            "amp" => "&".into(),
-                            "lt" => "<".into(),
-                            "gt" => ">".into(),
-                            "quot" => "\"".into(),
-                            "apos" => "'".into(),
-                            other => {
-                                return Err(malformed(
-                                    pos,
-                                    format!(
-                                        "undefined entity `&{other};` (entities from a DTD are never expanded)"
-                                    ),
-                                ));
-                            }
-                        },
-                        Err(e) => return Err(malformed(pos, e.to_string())),
-                    };
-                    self.text(&ch, pos)?;
-                }
-                Event::Decl(d) => {
-                    // Documented leniency: passenger-status prints a second declaration, and
-                    // some servers print a comment first. Only the encoding matters here.
-                    if let Some(Ok(enc)) = d.encoding() {
-                        let e = enc.to_ascii_lowercase().replace('_', "-");
-                        let ok = matches!(
-                            e.as_str(),
-                            "utf-8"
-                                | "utf8"
-                                | "us-ascii"
-                                | "ascii"
-                                | "iso-8859-1"
-                                | "iso8859-1"
-                                | "latin1"
-                                | "latin-1"
-                        );
-                        if !ok {
-                            return Err(malformed(
-                                pos,
-                                format!(
-                                    "unsupported encoding `{enc}` (UTF-8 and ASCII-compatible text only)"
-                                ),
-                            ));
-                        }
-                    }
-                    if self.root_seen {
-                        return Err(malformed(pos, "XML declaration after the root element"));
-                    }
-                    decl_seen = true;
-                }
-                Event::DocType(_) | Event::Comment(_) | Event::PI(_) => {}
-                Event::Eof => break,
-            }
-            buf.clear();
-        }
-        let _ = decl_seen;
-        let end = reader.buffer_position();
+        let end = if self.engine.mapping.needs_namespaces {
+            self.read_ns(input)?
+        } else {
+            self.read_plain(input)?
+        };
         self.out.bytes = end;
         if let Some(f) = self.frames.last() {
             let name = &self.tags[f.tag_start..f.tag_start + f.name_len];
@@ -481,16 +612,285 @@ impl<'e> Run<'e> {
         Ok(())
     }
 
-    fn start<R>(
+    /// The namespace-aware path: quick-xml's buffered reader, which keeps the bindings.
+    fn read_ns<R: BufRead>(&mut self, input: R) -> Result<u64, DocumentError> {
+        let mut reader = NsReader::from_reader(input);
+        configure(reader.config_mut());
+        let mut buf = Vec::with_capacity(8192);
+        loop {
+            let pos = reader.buffer_position();
+            let ev = match reader.read_event_into(&mut buf) {
+                Ok(Event::Eof) => return Ok(reader.buffer_position()),
+                Ok(ev) => ev,
+                Err(quick_xml::Error::Io(e)) => {
+                    return Err(DocumentError::Read {
+                        position: pos,
+                        source: std::io::Error::new(e.kind(), e.to_string()),
+                    });
+                }
+                Err(e) => return Err(malformed(pos, e.to_string())),
+            };
+            self.event(&reader, ev, pos)?;
+            buf.clear();
+        }
+    }
+
+    /// The plain path: the input is read into a window of at least [`WINDOW`] bytes that
+    /// quick-xml parses in place (no copy of each event, as its buffered reader makes). An
+    /// event cut by the window's end is parsed again from its start once more input is in.
+    /// The window only grows to hold one event, so memory does not follow the document.
+    fn read_plain<R: BufRead>(&mut self, mut input: R) -> Result<u64, DocumentError> {
+        let window = self.window;
+        let mut win: Vec<u8> = Vec::with_capacity(2 * window);
+        // Absolute position of `win[0]` in the document.
+        let mut base = 0u64;
+        let mut eof = false;
+        let mut target = window;
+        loop {
+            while !eof && win.len() < target {
+                match input.fill_buf() {
+                    Ok([]) => eof = true,
+                    Ok(chunk) => {
+                        let n = chunk.len();
+                        win.extend_from_slice(chunk);
+                        input.consume(n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(DocumentError::Read {
+                            position: base + win.len() as u64,
+                            source: e,
+                        });
+                    }
+                }
+            }
+            // quick-xml drops a byte order mark at the start of what it is given: right at the
+            // document's start; anywhere else U+FEFF is text.
+            let mut skip = 0;
+            if win.starts_with(UTF8_BOM) {
+                skip = UTF8_BOM.len();
+                if base > 0 {
+                    self.text("\u{FEFF}", base)?;
+                }
+            }
+            let view = &win[skip..];
+            let mut reader = Reader::from_reader(view);
+            configure(reader.config_mut());
+            // What this window's events used up, from `view`'s start.
+            let mut used = 0usize;
+            loop {
+                let pos = reader.buffer_position() as usize;
+                let at = base + (skip + pos) as u64;
+                match reader.read_event() {
+                    Ok(Event::Eof) => {
+                        used = view.len();
+                        break;
+                    }
+                    // A text that runs to the window's end may go on past it.
+                    Ok(Event::Text(_))
+                        if !eof && reader.buffer_position() as usize == view.len() =>
+                    {
+                        break;
+                    }
+                    Ok(ev) => {
+                        self.event(&NoNamespaces, ev, at)?;
+                        used = reader.buffer_position() as usize;
+                    }
+                    Err(e) if !eof && cut_by_window(&e, view, pos) => break,
+                    // Reported where the event starts (quick-xml has no position for some
+                    // errors, such as bad UTF-8).
+                    Err(e) => return Err(malformed(at, e.to_string())),
+                }
+            }
+            if eof && used == view.len() {
+                return Ok(base + win.len() as u64);
+            }
+            let used = skip + used;
+            // The window must grow when one event fills all of it.
+            target = window.max(2 * (win.len() - used));
+            if used == 0 {
+                target = target.max(2 * win.len());
+            }
+            win.drain(..used);
+            base += used as u64;
+        }
+    }
+
+    /// One event (anything but `Eof`), at byte `pos` of the document.
+    fn event<N: Names>(&mut self, names: &N, ev: Event<'_>, pos: u64) -> Result<(), DocumentError> {
+        match ev {
+            Event::Start(e) => self.start(names, &e, pos)?,
+            Event::Empty(e) => {
+                self.start(names, &e, pos)?;
+                self.end(e.name(), pos)?;
+            }
+            Event::End(e) => self.end(e.name(), pos)?,
+            // Text nobody reads is not copied or normalised; outside the root it must be
+            // whitespace (line ends do not matter for that).
+            Event::Text(t) => {
+                if !self.frames.is_empty() && !self.wants_text() {
+                    if !self.records_open.is_empty() {
+                        self.count_record_text(t.len());
+                    }
+                } else {
+                    // Short texts without `\r` need no line-end normalisation; a byte loop
+                    // decides that faster than a library call.
+                    let raw: &str = &t;
+                    if raw.len() <= 64 && !raw.bytes().any(|b| b == b'\r') {
+                        self.text(raw, pos)?;
+                    } else {
+                        self.text(&t.xml10_content(), pos)?;
+                    }
+                }
+            }
+            Event::CData(t) => {
+                if !self.frames.is_empty() && !self.wants_text() {
+                    if !self.records_open.is_empty() {
+                        self.count_record_text(t.len());
+                    }
+                } else {
+                    self.text(&t.xml10_content(), pos)?;
+                }
+            }
+            Event::GeneralRef(r) => {
+                // Checked even where nobody reads the text: an undefined entity is an error.
+                let mut utf8 = [0u8; 4];
+                let text: &str = match r.resolve_char_ref() {
+                    Ok(Some(c)) => c.encode_utf8(&mut utf8),
+                    Ok(None) => match predefined_entity(&r) {
+                        Some(s) => s,
+                        None => {
+                            return Err(malformed(
+                                pos,
+                                format!(
+                                    "undefined entity `&{};` (entities from a DTD are never expanded)",
+                                    &*r
+                                ),
+                            ));
+                        }
+                    },
+                    Err(e) => return Err(malformed(pos, e.to_string())),
+                };
+                self.text(text, pos)?;
+            }
+            Event::Decl(d) => {
+                // Documented leniency: passenger-status prints a second declaration, and
+                // some servers print a comment first. Only the encoding matters here.
+                if let Some(Ok(enc)) = d.encoding() {
+                    let e = enc.to_ascii_lowercase().replace('_', "-");
+                    let ok = matches!(
+                        e.as_str(),
+                        "utf-8"
+                            | "utf8"
+                            | "us-ascii"
+                            | "ascii"
+                            | "iso-8859-1"
+                            | "iso8859-1"
+                            | "latin1"
+                            | "latin-1"
+                    );
+                    if !ok {
+                        return Err(malformed(
+                            pos,
+                            format!(
+                                "unsupported encoding `{enc}` (UTF-8 and ASCII-compatible text only)"
+                            ),
+                        ));
+                    }
+                }
+                if self.root_seen {
+                    return Err(malformed(pos, "XML declaration after the root element"));
+                }
+            }
+            Event::DocType(_) | Event::Comment(_) | Event::PI(_) => {}
+            Event::Eof => {}
+        }
+        Ok(())
+    }
+
+    /// Parses the current start tag's attributes into `sattrs` (once per tag), checked: a
+    /// broken or repeated attribute on an element the mapping looks at refuses the document.
+    fn parse_attrs<N: Names>(
         &mut self,
-        reader: &Source<R>,
+        names: &N,
         e: &BytesStart<'_>,
         pos: u64,
-        _empty: bool,
     ) -> Result<(), DocumentError> {
+        if self.sattrs_ready {
+            return Ok(());
+        }
+        self.sattrs_ready = true;
+        self.sattrs.clear();
+        self.sbuf.clear();
+        if e.attributes_raw().trim_ascii().is_empty() {
+            return Ok(());
+        }
+        let qname = e.name();
+        for a in e.attributes().with_checks(true) {
+            let a =
+                a.map_err(|err| malformed(pos, format!("bad attribute in <{}>: {err}", qname.0)))?;
+            let v = a
+                .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .map_err(|err| {
+                    malformed(pos, format!("attribute value in <{}>: {err}", qname.0))
+                })?;
+            let (auri, alocal) = names.attribute(a.key);
+            let auri = auri.map(|u| self.intern(&u));
+            let l0 = self.sbuf.len();
+            self.sbuf.push_str(alocal);
+            let l1 = self.sbuf.len();
+            self.sbuf.push_str(&v);
+            let v1 = self.sbuf.len();
+            self.sattrs.push(CAttr {
+                uri: auri,
+                local: (l0, l1),
+                value: (l1, v1),
+            });
+        }
+        Ok(())
+    }
+
+    /// A predicate decided from the start tag (content predicates wait for the record's end).
+    fn start_predicate<N: Names>(
+        &mut self,
+        p: &Predicate,
+        names: &N,
+        e: &BytesStart<'_>,
+        pos: u64,
+        local: &str,
+    ) -> Result<bool, DocumentError> {
+        let qname = e.name();
+        let value: Option<&str> = match &p.operand {
+            Operand::Name => Some(qname.0),
+            Operand::LocalName => Some(local),
+            Operand::Attr(test) => {
+                self.parse_attrs(names, e, pos)?;
+                self.sattrs
+                    .iter()
+                    .find(|a| {
+                        test.matches(
+                            a.uri.map(|i| self.uris[i].as_str()),
+                            &self.sbuf[a.local.0..a.local.1],
+                        )
+                    })
+                    .map(|a| &self.sbuf[a.value.0..a.value.1])
+            }
+            // Content predicates were moved to the rule's record filter at load.
+            Operand::Child(_) | Operand::Text => return Ok(true),
+        };
+        Ok(p.test(value))
+    }
+
+    fn start<N: Names>(
+        &mut self,
+        names: &N,
+        e: &BytesStart<'_>,
+        pos: u64,
+    ) -> Result<(), DocumentError> {
+        let engine = self.engine;
         let depth = self.frames.len();
         if depth == 0 {
-            if self.root_closed && !self.engine.mapping.lenient {
+            if self.root_closed && !engine.mapping.lenient {
                 return Err(malformed(
                     pos,
                     "a second root element (only one is allowed)",
@@ -498,38 +898,38 @@ impl<'e> Run<'e> {
             }
             self.root_seen = true;
         }
-        if depth >= self.engine.mapping.limits.max_depth {
+        if depth >= engine.mapping.limits.max_depth {
             return Err(malformed(
                 pos,
                 format!(
                     "elements nested deeper than max_depth {}",
-                    self.engine.mapping.limits.max_depth
+                    engine.mapping.limits.max_depth
                 ),
             ));
         }
-        let needs_ns = self.engine.mapping.needs_namespaces;
+        let needs_ns = engine.mapping.needs_namespaces;
         let qname = e.name();
-        let local = qname.local_name();
-        let local: &str = local.as_ref();
+        let local = local_part(qname.0);
         let uri = if needs_ns {
-            reader.resolve_element(qname)
+            names.element_uri(qname)
         } else {
             None
         };
+        self.sattrs_ready = false;
         if let Some(parent) = self.frames.last_mut() {
             parent.has_child = true;
-            parent.leaf_text = None;
+            parent.leaf = false;
         }
-        // Trie states for this element.
+        // Trie states for this element, and the rules whose record it is.
         let (ps, pe) = match self.frames.last() {
             Some(f) => (f.states_start, f.states_end),
             None => (0, 1),
         };
         let states_start = self.states.len();
-        let mut matched_rules: Vec<usize> = Vec::new();
+        let rules_start = self.record_rules.len();
         for i in ps..pe {
             let (node, carried) = self.states[i];
-            let n = &self.engine.nodes[node as usize];
+            let n = &engine.nodes[node as usize];
             for edge in &n.edges {
                 if carried && edge.axis == Axis::Child {
                     continue;
@@ -537,17 +937,25 @@ impl<'e> Run<'e> {
                 if !edge.test.matches(uri.as_deref(), local) {
                     continue;
                 }
-                if !edge
-                    .preds
-                    .iter()
-                    .all(|p| start_predicate(p, e, reader, needs_ns, qname, local))
-                {
+                let mut pass = true;
+                for p in &edge.preds {
+                    if !self.start_predicate(p, names, e, pos, local)? {
+                        pass = false;
+                        break;
+                    }
+                }
+                if !pass {
                     continue;
                 }
+                let target = &engine.nodes[edge.target];
+                // A state with nowhere to go is not kept for the children (duplicate rules
+                // are removed below).
                 let st = (edge.target as u32, false);
-                if !self.states[states_start..].contains(&st) {
+                if target.edges.is_empty() {
+                    self.record_rules.extend_from_slice(&target.rules);
+                } else if !self.states[states_start..].contains(&st) {
                     self.states.push(st);
-                    matched_rules.extend_from_slice(&self.engine.nodes[edge.target].rules);
+                    self.record_rules.extend_from_slice(&target.rules);
                 }
             }
             if n.has_descendant_edge {
@@ -558,94 +966,128 @@ impl<'e> Run<'e> {
             }
         }
         let states_end = self.states.len();
+        let is_record = self.record_rules.len() > rules_start;
 
-        // Capture: inside an open record, or starting one.
-        let parent_capture = self.frames.last().and_then(|f| f.capture);
-        let capturing = parent_capture.is_some() || !matched_rules.is_empty();
+        // Capture plan: what the open records' paths can still read below this element.
+        let parent = self.frames.last();
+        let parent_capture = parent.and_then(|f| f.capture);
+        let mut text_on = parent.is_some_and(|f| f.text_on);
+        let cs_start = self.cstates.len();
+        if let Some(f) = parent
+            && f.capture.is_some()
+        {
+            for k in f.cstates.0..f.cstates.1 {
+                for (test, target) in &engine.need[self.cstates[k]].edges {
+                    if test.matches(uri.as_deref(), local)
+                        && !self.cstates[cs_start..].contains(target)
+                    {
+                        self.cstates.push(*target);
+                        text_on |= engine.need[*target].text;
+                    }
+                }
+            }
+        }
+        if is_record {
+            for k in rules_start..self.record_rules.len() {
+                let root = engine.need_root[self.record_rules[k]];
+                self.cstates.push(root);
+                text_on |= engine.need[root].text;
+            }
+        }
+        let cs_end = self.cstates.len();
+        // The record size cap counts the whole subtree, captured or not.
+        let in_record = is_record || !self.records_open.is_empty();
+        if in_record {
+            self.arena_bytes += e.len() as u64 + 64;
+            if self.arena_bytes > engine.mapping.limits.max_record_bytes {
+                self.arena_overflow = true;
+            }
+        }
         let mut capture = None;
-        if capturing && !self.arena_overflow {
+        if cs_end > cs_start && !self.arena_overflow {
+            self.parse_attrs(names, e, pos)?;
             let q0 = self.abuf.len();
             self.abuf.push_str(qname.0);
             let q1 = self.abuf.len();
             let a0 = self.cattrs.len();
             let node_uri = uri.as_deref().map(|u| self.intern(u));
-            for a in e.attributes().with_checks(true) {
-                let a = a.map_err(|err| {
-                    malformed(pos, format!("bad attribute in <{}>: {err}", qname.0))
-                })?;
-                let v = a
-                    .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                    .map_err(|err| {
-                        malformed(pos, format!("attribute value in <{}>: {err}", qname.0))
-                    })?;
-                let (auri, alocal) = reader.resolve_attribute(a.key);
-                let auri = auri.map(|u| self.intern(&u));
+            for a in &self.sattrs {
                 let l0 = self.abuf.len();
-                self.abuf.push_str(alocal);
+                self.abuf.push_str(&self.sbuf[a.local.0..a.local.1]);
                 let l1 = self.abuf.len();
-                self.abuf.push_str(&v);
+                self.abuf.push_str(&self.sbuf[a.value.0..a.value.1]);
                 let v1 = self.abuf.len();
                 self.cattrs.push(CAttr {
-                    uri: auri,
+                    uri: a.uri,
                     local: (l0, l1),
                     value: (l1, v1),
                 });
             }
-            self.arena_bytes += (self.abuf.len() - q0) as u64 + 64;
-            if self.arena_bytes > self.engine.mapping.limits.max_record_bytes {
-                self.arena_overflow = true;
-            } else {
-                let idx = self.arena.len();
-                self.arena.push(CNode {
-                    qname: (q0, q1),
-                    local_at: q1 - local.len(),
-                    uri: node_uri,
-                    attrs: (a0, self.cattrs.len()),
-                    first_child: NONE,
-                    last_child: NONE,
-                    next_sibling: NONE,
-                    segs: (self.segs.len(), NONE),
-                });
-                if let Some(p) = parent_capture {
-                    match self.arena[p].last_child {
-                        NONE => self.arena[p].first_child = idx,
-                        last => self.arena[last].next_sibling = idx,
-                    }
-                    self.arena[p].last_child = idx;
+            let idx = self.arena.len();
+            self.arena.push(CNode {
+                qname: (q0, q1),
+                local_at: q1 - local.len(),
+                uri: node_uri,
+                attrs: (a0, self.cattrs.len()),
+                first_child: NONE,
+                last_child: NONE,
+                next_sibling: NONE,
+                segs: (self.segs.len(), NONE),
+            });
+            if let Some(p) = parent_capture {
+                match self.arena[p].last_child {
+                    NONE => self.arena[p].first_child = idx,
+                    last => self.arena[last].next_sibling = idx,
                 }
-                capture = Some(idx);
+                self.arena[p].last_child = idx;
             }
+            capture = Some(idx);
         }
-        if !matched_rules.is_empty() {
-            matched_rules.sort_unstable();
-            matched_rules.dedup();
+        if is_record {
+            let rules = &mut self.record_rules[rules_start..];
+            rules.sort_unstable();
+            // Dedup the tail in place (a rule reached through two trie states runs once).
+            let mut w = rules_start;
+            for r in rules_start..self.record_rules.len() {
+                if w == rules_start || self.record_rules[w - 1] != self.record_rules[r] {
+                    self.record_rules[w] = self.record_rules[r];
+                    w += 1;
+                }
+            }
+            self.record_rules.truncate(w);
             // An overflowed arena still gets a record entry so the rules can count the drop.
             self.records_open.push(OpenRecord {
                 depth,
                 node: capture.unwrap_or(usize::MAX),
-                rules: matched_rules,
+                rules: (rules_start, w),
             });
         }
-        let leaf_text = if self
-            .engine
-            .captured_children
-            .iter()
-            .any(|t| t.matches(uri.as_deref(), local))
-        {
-            Some(String::new())
-        } else {
-            None
-        };
+        let leaf = !engine.captured_children.is_empty()
+            && engine
+                .captured_children
+                .iter()
+                .any(|t| t.matches(uri.as_deref(), local));
+        if leaf {
+            self.leaf_buf.clear();
+        }
+        // Ancestors' attributes are read only by records below them, which need trie states.
         let tag_start = self.tags.len();
-        self.tags.push_str(e);
+        let tag: &str = if states_end > states_start {
+            e
+        } else {
+            qname.0
+        };
+        self.tags.push_str(tag);
         self.frames.push(Frame {
             tag_start,
-            tag_len: e.len(),
+            tag_len: tag.len(),
             name_len: qname.0.len(),
             states_start,
             states_end,
             capture,
-            leaf_text,
+            cstates: (cs_start, cs_end),
+            text_on,
+            leaf,
             has_child: false,
         });
         Ok(())
@@ -658,20 +1100,27 @@ impl<'e> Run<'e> {
             }
             return Err(malformed(pos, "text outside the root element"));
         };
-        if let Some(t) = &mut f.leaf_text {
-            t.push_str(text);
+        if f.leaf {
+            self.leaf_buf.push_str(text);
         }
-        if f.capture.is_some() {
-            self.arena_bytes += text.len() as u64;
-            if self.arena_bytes > self.engine.mapping.limits.max_record_bytes {
-                self.arena_overflow = true;
-            } else {
+        let keep = f.text_on;
+        if !self.records_open.is_empty() {
+            self.count_record_text(text.len());
+            if keep && !self.arena_overflow {
                 let t0 = self.abuf.len();
                 self.abuf.push_str(text);
                 self.segs.push((t0, self.abuf.len()));
             }
         }
         Ok(())
+    }
+
+    /// Text inside an open record counts towards its size cap, kept or not.
+    fn count_record_text(&mut self, len: usize) {
+        self.arena_bytes += len as u64;
+        if self.arena_bytes > self.engine.mapping.limits.max_record_bytes {
+            self.arena_overflow = true;
+        }
     }
 
     fn end(&mut self, name: QName<'_>, pos: u64) -> Result<(), DocumentError> {
@@ -726,9 +1175,11 @@ impl<'e> Run<'e> {
             } else {
                 rec.node
             };
-            for &ri in &rec.rules {
+            for k in rec.rules.0..rec.rules.1 {
+                let ri = self.record_rules[k];
                 self.eval_record(ri, node);
             }
+            self.record_rules.truncate(rec.rules.0);
             if self.records_open.is_empty() {
                 self.arena.clear();
                 self.abuf.clear();
@@ -743,75 +1194,95 @@ impl<'e> Run<'e> {
         while self.child_caps.last().is_some_and(|c| c.0 >= depth) {
             self.child_caps.pop();
         }
-        if let Some(text) = f.leaf_text
-            && !f.has_child
-            && depth > 0
-        {
+        if f.leaf && !f.has_child && depth > 0 {
             let name = &self.tags[f.tag_start..f.tag_start + f.name_len];
             let local = name.rsplit(':').next().unwrap_or(name).to_string();
-            self.child_caps.push((depth - 1, local, text));
+            self.child_caps
+                .push((depth - 1, local, self.leaf_buf.clone()));
         }
         self.tags.truncate(f.tag_start);
         self.states.truncate(f.states_start);
+        self.cstates.truncate(f.cstates.0);
         let _ = f.tag_len;
         if self.frames.is_empty() {
             self.root_closed = true;
         }
     }
 
-    /// Value of a relative path from a record. `None` when the path selects nothing.
-    fn eval_rel(&self, node: usize, path: &RelPath) -> Option<String> {
+    /// Appends the value of a relative path from a record to `out`. `false` when the path
+    /// selects nothing (then nothing is appended).
+    fn eval_rel_into(&self, node: usize, path: &RelPath, out: &mut String) -> bool {
         match path {
             RelPath::Down { steps, leaf } => {
                 let mut cur = node;
                 for (test, preds) in steps {
-                    cur = self.children(cur).find(|&c| {
+                    let next = self.children(cur).find(|&c| {
                         test.matches(self.curi(c), self.clocal(c))
                             && preds.iter().all(|p| self.node_predicate(c, p))
-                    })?;
+                    });
+                    match next {
+                        Some(c) => cur = c,
+                        None => return false,
+                    }
                 }
-                self.leaf_of(cur, leaf)
+                self.leaf_into(cur, leaf, out)
             }
             RelPath::Up { sel, child, leaf } => {
                 let record_depth = self.frames.len() - 1;
                 let depth = match sel {
-                    AncestorSel::Up(n) => record_depth.checked_sub(*n)?,
+                    AncestorSel::Up(n) => record_depth.checked_sub(*n),
                     AncestorSel::Named(test) => (0..record_depth).rev().find(|&d| {
                         let f = &self.frames[d];
                         let name = &self.tags[f.tag_start..f.tag_start + f.name_len];
                         test.matches(None, name.rsplit(':').next().unwrap_or(name))
-                    })?,
+                    }),
                 };
+                let Some(depth) = depth else { return false };
                 if let Some(child) = child {
-                    return self
+                    return match self
                         .child_caps
                         .iter()
                         .find(|(d, n, _)| *d == depth && child.matches(None, n))
-                        .map(|(_, _, t)| t.clone());
+                    {
+                        Some((_, _, t)) => {
+                            out.push_str(t);
+                            true
+                        }
+                        None => false,
+                    };
                 }
                 let f = &self.frames[depth];
                 let tag = &self.tags[f.tag_start..f.tag_start + f.tag_len];
                 let name = &tag[..f.name_len];
                 match leaf {
-                    Leaf::Name => Some(name.to_string()),
-                    Leaf::LocalName => Some(name.rsplit(':').next().unwrap_or(name).to_string()),
+                    Leaf::Name => out.push_str(name),
+                    Leaf::LocalName => out.push_str(name.rsplit(':').next().unwrap_or(name)),
                     Leaf::Attr(test) => {
                         let start = BytesStart::from_content(tag, f.name_len);
-                        start.attributes().flatten().find_map(|a| {
+                        let found = start.attributes().flatten().find_map(|a| {
                             test.matches(None, a.key.local_name().as_ref())
                                 .then(|| {
-                                    a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                                        .ok()
-                                        .map(|v| v.into_owned())
+                                    a.normalized_value(quick_xml::XmlVersion::Implicit1_0).ok()
                                 })
                                 .flatten()
-                        })
+                        });
+                        match found {
+                            Some(v) => out.push_str(&v),
+                            None => return false,
+                        }
                     }
                     // Text of an open ancestor is not complete yet: refused at load.
-                    Leaf::Text => None,
+                    Leaf::Text => return false,
                 }
+                true
             }
         }
+    }
+
+    /// Value of a relative path from a record. `None` when the path selects nothing.
+    fn eval_rel(&self, node: usize, path: &RelPath) -> Option<String> {
+        let mut s = String::new();
+        self.eval_rel_into(node, path, &mut s).then_some(s)
     }
 
     fn intern(&mut self, uri: &str) -> usize {
@@ -849,46 +1320,73 @@ impl<'e> Run<'e> {
         })
     }
 
-    fn leaf_of(&self, node: usize, leaf: &Leaf) -> Option<String> {
+    fn attr_of(&self, node: usize, test: &NameTest) -> Option<&str> {
         let n = &self.arena[node];
+        self.cattrs[n.attrs.0..n.attrs.1]
+            .iter()
+            .find(|a| {
+                test.matches(
+                    a.uri.map(|i| self.uris[i].as_str()),
+                    &self.abuf[a.local.0..a.local.1],
+                )
+            })
+            .map(|a| &self.abuf[a.value.0..a.value.1])
+    }
+
+    /// All text inside a captured node: its segments and its descendants', in order.
+    fn text_of(&self, node: usize) -> Cow<'_, str> {
+        let n = &self.arena[node];
+        let end = if n.segs.1 == NONE {
+            self.segs.len()
+        } else {
+            n.segs.1
+        };
+        match &self.segs[n.segs.0..end] {
+            [] => Cow::Borrowed(""),
+            [(a, b)] => Cow::Borrowed(&self.abuf[*a..*b]),
+            segs => {
+                let mut s = String::new();
+                for &(a, b) in segs {
+                    s.push_str(&self.abuf[a..b]);
+                }
+                Cow::Owned(s)
+            }
+        }
+    }
+
+    fn leaf_into(&self, node: usize, leaf: &Leaf, out: &mut String) -> bool {
         match leaf {
             Leaf::Text => {
-                // All text inside the node: its segments and its descendants', in order.
+                let n = &self.arena[node];
                 let end = if n.segs.1 == NONE {
                     self.segs.len()
                 } else {
                     n.segs.1
                 };
-                let mut s = String::new();
                 for &(a, b) in &self.segs[n.segs.0..end] {
-                    s.push_str(&self.abuf[a..b]);
+                    out.push_str(&self.abuf[a..b]);
                 }
-                Some(s)
             }
-            Leaf::Name => Some(self.cname(node).to_string()),
-            Leaf::LocalName => Some(self.clocal(node).to_string()),
-            Leaf::Attr(test) => self.cattrs[n.attrs.0..n.attrs.1]
-                .iter()
-                .find(|a| {
-                    test.matches(
-                        a.uri.map(|i| self.uris[i].as_str()),
-                        &self.abuf[a.local.0..a.local.1],
-                    )
-                })
-                .map(|a| self.abuf[a.value.0..a.value.1].to_string()),
+            Leaf::Name => out.push_str(self.cname(node)),
+            Leaf::LocalName => out.push_str(self.clocal(node)),
+            Leaf::Attr(test) => match self.attr_of(node, test) {
+                Some(v) => out.push_str(v),
+                None => return false,
+            },
         }
+        true
     }
 
     fn node_predicate(&self, node: usize, p: &Predicate) -> bool {
-        let v = match &p.operand {
-            Operand::Attr(t) => self.leaf_of(node, &Leaf::Attr(t.clone())),
+        let v: Option<Cow<'_, str>> = match &p.operand {
+            Operand::Attr(t) => self.attr_of(node, t).map(Cow::Borrowed),
             Operand::Child(t) => self
                 .children(node)
                 .find(|&c| t.matches(self.curi(c), self.clocal(c)))
-                .and_then(|c| self.leaf_of(c, &Leaf::Text)),
-            Operand::Text => self.leaf_of(node, &Leaf::Text),
-            Operand::Name => Some(self.cname(node).to_string()),
-            Operand::LocalName => Some(self.clocal(node).to_string()),
+                .map(|c| self.text_of(c)),
+            Operand::Text => Some(self.text_of(node)),
+            Operand::Name => Some(Cow::Borrowed(self.cname(node))),
+            Operand::LocalName => Some(Cow::Borrowed(self.clocal(node))),
         };
         p.test(v.as_deref())
     }
@@ -917,6 +1415,154 @@ impl<'e> Run<'e> {
             }
             return;
         }
+        match &engine.label_order[ri] {
+            Some(order) if !rule.split && rule.histogram.is_none() => {
+                let mut vbuf = std::mem::take(&mut self.vbuf);
+                let mut ranges = std::mem::take(&mut self.vranges);
+                vbuf.clear();
+                ranges.clear();
+                self.eval_simple(ri, node, order, &mut vbuf, &mut ranges);
+                self.vbuf = vbuf;
+                self.vranges = ranges;
+            }
+            _ => self.eval_general(ri, node),
+        }
+    }
+
+    /// One sample per record (or one per state): the common case, read without allocating.
+    /// Label values go to `vbuf` (ranges in `ranges`, in the rule's label order).
+    fn eval_simple(
+        &mut self,
+        ri: usize,
+        node: usize,
+        order: &[Slot],
+        vbuf: &mut String,
+        ranges: &mut Vec<(usize, usize)>,
+    ) {
+        let engine = self.engine;
+        let rule = &engine.mapping.rules[ri];
+        for l in &rule.labels {
+            let start = vbuf.len();
+            // A label path that selects nothing gives an empty value.
+            self.eval_rel_into(node, &l.path, vbuf);
+            // Leading `trim`s only narrow the range; the rest of a chain makes a new text.
+            let trims = transform::leading_trims(&l.transforms);
+            let (mut a, mut b) = (start, vbuf.len());
+            if trims > 0 {
+                let raw = &vbuf[a..b];
+                a += raw.len() - raw.trim_start().len();
+                b = a + raw.trim().len();
+            }
+            if trims == l.transforms.len() {
+                ranges.push((a, b));
+                continue;
+            }
+            match transform::apply_text(&l.transforms[trims..], &vbuf[a..b]) {
+                Ok(Some(s)) => {
+                    vbuf.truncate(start);
+                    vbuf.push_str(&s);
+                    ranges.push((start, vbuf.len()));
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let name = l.name.clone();
+                    self.issue(ri, Reason::BadLabel, || format!("label `{name}`: {e}"));
+                    return;
+                }
+            }
+        }
+        let vstart = vbuf.len();
+        let found = match rule.kind {
+            Kind::Info => {
+                vbuf.push('1');
+                true
+            }
+            _ => self.eval_rel_into(node, &rule.value, vbuf),
+        };
+        let raw: &str = if rule.present {
+            if found { "1" } else { "0" }
+        } else if found {
+            &vbuf[vstart..]
+        } else {
+            let value = match rule.on_missing {
+                MissingPolicy::Skip => {
+                    return self.issue(ri, Reason::Missing, || {
+                        "the value path selects nothing".into()
+                    });
+                }
+                MissingPolicy::Error => {
+                    return self.issue(ri, Reason::BadValue, || {
+                        "the value path selects nothing".into()
+                    });
+                }
+                MissingPolicy::Zero => 0.0,
+                MissingPolicy::Nan => f64::NAN,
+            };
+            return self.push_simple(ri, order, vbuf, ranges, None, value);
+        };
+        if rule.kind == Kind::Stateset {
+            let state = match transform::apply_text(&rule.transforms, raw) {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(e) => return self.issue(ri, Reason::BadValue, || e),
+            };
+            if !rule.states.contains(&state) {
+                let known = rule.states.join(", ");
+                return self.issue(ri, Reason::BadValue, || {
+                    format!("state `{state}` is not one of: {known}")
+                });
+            }
+            for s in &rule.states {
+                let v = if *s == state { 1.0 } else { 0.0 };
+                self.push_simple(ri, order, vbuf, ranges, Some(s), v);
+            }
+            return;
+        }
+        let value = match transform::apply_numeric_fast(&rule.transforms, raw) {
+            Ok(Some(v)) => v,
+            // A sentinel (`skip_if`): no sample, quietly.
+            Ok(None) => return,
+            Err(e) => return self.issue(ri, Reason::BadValue, || e),
+        };
+        self.push_simple(ri, order, vbuf, ranges, None, value);
+    }
+
+    fn push_simple(
+        &mut self,
+        ri: usize,
+        order: &[Slot],
+        vbuf: &str,
+        ranges: &[(usize, usize)],
+        state: Option<&str>,
+        value: f64,
+    ) {
+        let engine = self.engine;
+        let rule = &engine.mapping.rules[ri];
+        if rule.kind == Kind::Counter && (value.is_nan() || value < 0.0) {
+            return self.issue(ri, Reason::BadValue, || {
+                format!("a counter cannot be {}", crate::encode::format_value(value))
+            });
+        }
+        self.key.clear();
+        for slot in order {
+            let (name, v): (&str, &str) = match *slot {
+                Slot::Label(i) => (&rule.labels[i].name, &vbuf[ranges[i].0..ranges[i].1]),
+                Slot::Const(i) => (&rule.const_labels[i].0, &rule.const_labels[i].1),
+                // A stateset sample without a state (`on_missing: zero|nan`) has no such label.
+                Slot::State => match state {
+                    Some(s) => (&rule.name, s),
+                    None => continue,
+                },
+            };
+            key_push(&mut self.key, name, v);
+        }
+        self.fold(ri, value);
+    }
+
+    /// Split values, histograms, or labels that share a name: the general (allocating) path.
+    fn eval_general(&mut self, ri: usize, node: usize) {
+        let engine = self.engine;
+        let rule = &engine.mapping.rules[ri];
         // Labels (split labels give one value per item).
         let mut labels: Vec<(String, Vec<String>)> = Vec::with_capacity(rule.labels.len());
         for l in &rule.labels {
@@ -1059,7 +1705,8 @@ impl<'e> Run<'e> {
     }
 
     fn push_checked(&mut self, ri: usize, labels: Vec<(String, String)>, v: f64) {
-        let rule = &self.engine.mapping.rules[ri];
+        let engine = self.engine;
+        let rule = &engine.mapping.rules[ri];
         if rule.kind == Kind::Counter && (v.is_nan() || v < 0.0) {
             return self.issue(ri, Reason::BadValue, || {
                 format!("a counter cannot be {}", crate::encode::format_value(v))
@@ -1069,12 +1716,33 @@ impl<'e> Run<'e> {
     }
 
     fn push(&mut self, ri: usize, mut labels: Vec<(String, String)>, value: f64) {
-        let rule: &Rule = &self.engine.mapping.rules[ri];
+        let engine = self.engine;
+        let rule: &Rule = &engine.mapping.rules[ri];
         labels.extend(rule.const_labels.iter().cloned());
         labels.sort();
+        self.key.clear();
+        for (k, v) in &labels {
+            key_push(&mut self.key, k, v);
+        }
+        self.fold(ri, value);
+    }
+
+    /// Folds a sample (its series key in `self.key`) into the pending series.
+    fn fold(&mut self, ri: usize, value: f64) {
+        let engine = self.engine;
+        let rule: &Rule = &engine.mapping.rules[ri];
         let policy = rule.on_duplicate;
         let family = rule.family;
-        if let Some(p) = self.pending[family].get_mut(&labels) {
+        let table = &mut self.pending[family];
+        let found = match table.last {
+            Some(i) if table.last_key == self.key => Some(i),
+            _ => table.index.get(self.key.as_slice()).copied().inspect(|&i| {
+                table.last_key.clone_from(&self.key);
+                table.last = Some(i);
+            }),
+        };
+        if let Some(i) = found {
+            let p = &mut table.entries[i];
             p.count += 1;
             match policy {
                 DuplicatePolicy::First | DuplicatePolicy::Error => {}
@@ -1083,21 +1751,23 @@ impl<'e> Run<'e> {
             }
             return;
         }
-        if self.pending_series >= self.engine.mapping.limits.max_series {
+        if self.pending_series >= engine.mapping.limits.max_series {
             if !self.out.truncated.contains(&"series") {
                 self.out.truncated.push("series");
             }
             return;
         }
         self.pending_series += 1;
-        self.pending[family].insert(
-            labels,
-            Pending {
-                rule: ri,
-                value,
-                count: 1,
-            },
-        );
+        let table = &mut self.pending[family];
+        table.entries.push(Pending {
+            rule: ri,
+            value,
+            count: 1,
+        });
+        let i = table.entries.len() - 1;
+        table.index.insert(self.key.as_slice().into(), i);
+        table.last_key.clone_from(&self.key);
+        table.last = Some(i);
     }
 
     fn finish(mut self) -> Translation {
@@ -1111,7 +1781,12 @@ impl<'e> Run<'e> {
             let spec = &engine.mapping.families[fi];
             let mut fam = Family::new(&spec.name, &spec.help, spec.kind);
             fam.unit = spec.unit.clone();
-            let mut samples: Vec<_> = samples.into_iter().collect();
+            let SeriesTable { index, entries, .. } = samples;
+            let mut entries: Vec<Option<Pending>> = entries.into_iter().map(Some).collect();
+            let mut samples: Vec<_> = index
+                .into_iter()
+                .filter_map(|(k, i)| Some((key_decode(&k), entries.get_mut(i)?.take()?)))
+                .collect();
             samples.sort_by(|a, b| a.0.cmp(&b.0));
             for (labels, p) in samples {
                 let policy = engine.mapping.rules[p.rule].on_duplicate;
@@ -1207,6 +1882,14 @@ impl<'e> Run<'e> {
             });
             families.insert(0, f);
         }
+        for (ri, counts) in self.issues.iter().enumerate() {
+            for (reason, &n) in REASONS.iter().zip(counts) {
+                if n > 0 {
+                    let name = engine.mapping.rules[ri].name.clone();
+                    *self.out.rule_issues.entry((name, *reason)).or_default() += n;
+                }
+            }
+        }
         self.out.series = series;
         self.out.families = families;
         self.out
@@ -1226,41 +1909,6 @@ fn flatten(labels: &[(String, Vec<String>)], i: usize) -> Vec<(String, String)> 
             (k.clone(), val.clone())
         })
         .collect()
-}
-
-fn start_predicate<R>(
-    p: &Predicate,
-    e: &BytesStart<'_>,
-    reader: &Source<R>,
-    needs_ns: bool,
-    qname: QName<'_>,
-    local: &str,
-) -> bool {
-    let value: Option<String> = match &p.operand {
-        Operand::Name => Some(qname.0.to_string()),
-        Operand::LocalName => Some(local.to_string()),
-        Operand::Attr(test) => e.attributes().flatten().find_map(|a| {
-            let (uri, l) = if needs_ns {
-                let (r, l) = reader.resolve_attribute(a.key);
-                (r, l.to_string())
-            } else {
-                (None, a.key.local_name().as_ref().to_string())
-            };
-            test.matches(uri.as_deref(), &l)
-                .then(|| {
-                    a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                        .ok()
-                        .map(|v| v.into_owned())
-                })
-                .flatten()
-        }),
-        // Content predicates were moved to the rule's record filter at load.
-        Operand::Child(_) | Operand::Text => return true,
-    };
-    if let (Op::Exists, Some(_)) = (&p.op, &value) {
-        return true;
-    }
-    p.test(value.as_deref())
 }
 
 /// The result of one scrape, failed or not, with what `/metrics` and `/json` serve.
@@ -1289,6 +1937,66 @@ mod tests {
 
     fn run(mapping: &str, doc: &str) -> Result<Translation, DocumentError> {
         Engine::new(Mapping::parse(mapping, "test.yaml").unwrap()).translate(doc.as_bytes())
+    }
+
+    fn run_windowed(
+        mapping: &str,
+        doc: &[u8],
+        window: usize,
+    ) -> Result<Translation, DocumentError> {
+        let engine = Engine::new(Mapping::parse(mapping, "test.yaml").unwrap());
+        let mut run = Run::new(&engine);
+        run.window = window;
+        // A one-byte buffer: the window fills in the smallest steps.
+        run.read(std::io::BufReader::with_capacity(1, doc))?;
+        Ok(run.finish())
+    }
+
+    #[test]
+    fn events_cut_by_the_window_read_the_same() {
+        let m = "rules:\n  - {name: m, type: gauge, path: /r/i, labels: {k: '@k', t: '.'}, value: '@n'}\n";
+        let good = "\u{FEFF}<?xml version='1.0' encoding='UTF-8'?>\r\n<!DOCTYPE r>\n<!-- a > b -->\
+            <r a='x&amp;y'><i n='1' k='\u{e9}&lt;'>a&amp;b&#x41;<![CDATA[<c> ]]>d\r\ne</i>\
+            <?pi x > y?><i n='2' k='\u{20ac}'>\u{1F600}x&#128512;y\u{FEFF}\r z</i></r>\n";
+        let bad: &[&[u8]] = &[
+            b"<r><i n='1'>1</i>",
+            b"<r><i n='1'>&nope;</i></r>",
+            b"<r><i n='1'>a & b</i></r>",
+            b"<r><!-- not closed </r>",
+            b"<r><i n='1' k='x>1</i></r>",
+            b"<r><i n='1'>\xff</i></r>",
+            b"<r><i n='1'>\xe2\x82</i></r>",
+            b"<r><i n='1'/></r><r/>",
+            b"<r><i n='1'/></x>",
+            b"<r><![CDATA[ x ]></r>",
+            b"<r><!x></r>",
+            b"<r></r>\xef\xbb\xbf",
+        ];
+        let want = run_windowed(m, good.as_bytes(), WINDOW).unwrap();
+        assert_eq!(
+            samples(&want),
+            vec![
+                "m{k=\u{e9}<,t=a&bA<c> d\ne} 1",
+                "m{k=\u{20ac},t=\u{1F600}x\u{1F600}y\u{FEFF}\n z} 2"
+            ]
+        );
+        let want_errors: Vec<String> = bad
+            .iter()
+            .map(|d| run_windowed(m, d, WINDOW).unwrap_err().to_string())
+            .collect();
+        for window in 1..48 {
+            let got = run_windowed(m, good.as_bytes(), window).unwrap();
+            assert_eq!(samples(&got), samples(&want), "window {window}");
+            for (d, want) in bad.iter().zip(&want_errors) {
+                let got = run_windowed(m, d, window).unwrap_err().to_string();
+                assert_eq!(
+                    &got,
+                    want,
+                    "window {window}: {}",
+                    String::from_utf8_lossy(d)
+                );
+            }
+        }
     }
 
     fn samples(t: &Translation) -> Vec<String> {

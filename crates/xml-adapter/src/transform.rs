@@ -118,6 +118,11 @@ impl Val {
 /// beyond 2^53 (rounded to the nearest double, as every Prometheus client does).
 pub fn parse_number(s: &str) -> Result<f64, String> {
     let t = s.trim();
+    // Most values are small unsigned integers: read exactly (15 digits stay below 2^53) without
+    // the general float parser.
+    if !t.is_empty() && t.len() <= 15 && t.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(t.bytes().fold(0u64, |n, b| n * 10 + u64::from(b - b'0')) as f64);
+    }
     t.parse::<f64>()
         .map_err(|_| format!("`{}` is not a number", truncate(t)))
 }
@@ -201,6 +206,25 @@ pub fn apply_numeric(chain: &[Transform], input: &str) -> Result<Option<f64>, St
         Outcome::Skip => Ok(None),
         Outcome::Value(v) => v.num().map(Some),
     }
+}
+
+/// How many steps at the start of a chain are `trim`: those need no copy of the text.
+pub fn leading_trims(chain: &[Transform]) -> usize {
+    chain
+        .iter()
+        .take_while(|t| matches!(t, Transform::Trim))
+        .count()
+}
+
+/// [`apply_numeric`] without copying the text when the chain is only `trim`s (the common
+/// case: a number read as it is).
+pub fn apply_numeric_fast(chain: &[Transform], input: &str) -> Result<Option<f64>, String> {
+    let trims = leading_trims(chain);
+    let text = if trims > 0 { input.trim() } else { input };
+    if trims == chain.len() {
+        return parse_number(text).map(Some);
+    }
+    apply_numeric(&chain[trims..], text)
 }
 
 /// Runs a chain and reads the result as text (label values).
