@@ -11,12 +11,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::conn::{Activity, Tracked, TunnelEnd, tunnel};
 
-/// Request and response bodies: streamed from the other side, or a small body of our own (an
-/// error answer, a body buffered for a retry).
+/// Request bodies (and inbound responses): streamed from the other side, or a small body of our
+/// own (an error answer, a body buffered for a retry).
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
+/// Outbound responses: the remote's, or the ambassador's own answer.
+pub type OutboundBody = Either<crate::outbound::UpstreamBody, Full<Bytes>>;
+
 /// An answer from the ambassador itself, with a plain-text body that says what went wrong.
-pub fn answer(status: StatusCode, message: String) -> Response<ProxyBody> {
+pub fn answer<B>(status: StatusCode, message: String) -> Response<Either<B, Full<Bytes>>> {
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(message))));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -48,17 +51,40 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// `Connection` header names. With `keep_upgrade`, `Upgrade` and `Connection: upgrade` stay,
 /// so the next hop sees the same upgrade request.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Collecting nothing allocates nothing: the common request pays only the lookups.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // Most messages carry none of these or only `Connection: keep-alive`: one scan of the few
+    // names present is much cheaper than a hash lookup per hop-by-hop name.
+    let mut connection = false;
+    let mut other = false;
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::UPGRADE || HOP_BY_HOP.contains(name) {
+            other = true;
+        }
+    }
+    if !connection && !other {
+        return;
+    }
+    if connection {
+        // Names listed in `Connection` go too; `close`, `keep-alive` and `upgrade` are not
+        // headers of their own (or are handled below), so only other names need collecting.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|name| {
+                !name.is_empty()
+                    && !name.eq_ignore_ascii_case("close")
+                    && !name.eq_ignore_ascii_case("keep-alive")
+                    && !name.eq_ignore_ascii_case("upgrade")
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
@@ -165,5 +191,15 @@ mod tests {
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
         assert!(!h.contains_key("x-secret"));
+        let mut untouched = HeaderMap::new();
+        untouched.insert("x-keep", HeaderValue::from_static("1"));
+        untouched.insert(header::HOST, HeaderValue::from_static("a"));
+        strip_hop_by_hop(&mut untouched, false);
+        assert_eq!(untouched.len(), 2);
+        let mut only_keep_alive = HeaderMap::new();
+        only_keep_alive.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        only_keep_alive.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        strip_hop_by_hop(&mut only_keep_alive, false);
+        assert!(only_keep_alive.is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! Outbound: the app calls a plain listener on localhost (one per remote, or one routing by
 //! `Host`); the ambassador originates mTLS to the remote and checks who it is.
 
+pub mod h2;
 pub mod transport;
 pub mod upstream;
 
@@ -25,8 +26,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Limits, Mode, OutboundRoute};
 use crate::conn::{self, Activity, ConnectionLimit, Tracked, TunnelEnd};
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
-use crate::proxy::{self, ProxyBody};
-pub use transport::{Endpoint, Transport, TransportError};
+use crate::proxy::{self, OutboundBody};
+pub use transport::{Endpoint, Transport, TransportError, UpstreamBody};
 pub use upstream::{BoxFuture, Upstream, UpstreamError};
 
 /// The single place that chooses how a route picks endpoints (the resilience layer hooks in
@@ -294,7 +295,7 @@ async fn handle(
     listener: Arc<Listener>,
     activity: Arc<Activity>,
     mut req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<OutboundBody>, Infallible> {
     let _request = activity.request_started();
     let start = tokio::time::Instant::now();
     let method = req.method().clone();
@@ -390,8 +391,8 @@ fn finish(
     method: &Method,
     path: &str,
     start: tokio::time::Instant,
-    mut response: Response<ProxyBody>,
-) -> Response<ProxyBody> {
+    mut response: Response<OutboundBody>,
+) -> Response<OutboundBody> {
     proxy::close_if_shutting_down(response.headers_mut(), &listener.requested);
     let seconds = start.elapsed().as_secs_f64();
     metrics.observe(response.status(), seconds);

@@ -1,17 +1,21 @@
-//! One outbound route's mTLS transport: pooled keep-alive connections per endpoint, HTTP/2 when
-//! the remote agrees through ALPN, the pod's certificate presented and the remote's identity
-//! checked on every new connection.
+//! One outbound route's mTLS transport: a few shared HTTP/2 connections per endpoint when the
+//! remote agrees through ALPN (see [`super::h2`]), pooled keep-alive HTTP/1.1 connections
+//! otherwise and for upgrades; the pod's certificate presented and the remote's identity checked
+//! on every new connection.
 
+use std::collections::HashMap;
 use std::error::Error as _;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -28,33 +32,19 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+use super::h2::{BoxError, H2Body, H2Conns};
 use crate::metrics::RouteMetrics;
 use crate::proxy::{self, ProxyBody};
 
 /// One address of a remote service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    authority: Authority,
 }
 
 impl Endpoint {
     pub fn new(addr: SocketAddr) -> Self {
-        let authority = Authority::try_from(addr.to_string())
-            .expect("a socket address is always a valid URI authority");
-        Self { addr, authority }
-    }
-}
-
-impl PartialEq for Endpoint {
-    fn eq(&self, other: &Self) -> bool {
-        self.addr == other.addr
-    }
-}
-impl Eq for Endpoint {}
-impl std::hash::Hash for Endpoint {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.addr.hash(state);
+        Self { addr }
     }
 }
 
@@ -320,12 +310,73 @@ impl Write for MtlsStream {
     }
 }
 
-/// One route's transport. Cheap to clone.
-#[derive(Debug, Clone)]
+/// HTTP/2 connections opened per endpoint. Two rather than one: each is served by one task, so
+/// two let both of a 2-core pod's threads work on the hop at once; more only add handshakes.
+pub const H2_CONNECTIONS_PER_ENDPOINT: usize = 2;
+
+/// What the transport keeps per endpoint.
+struct Remote {
+    authority: Authority,
+    h2: Arc<H2Conns>,
+    /// Set once the endpoint answered ALPN without `h2`: its requests use the HTTP/1.1 pool.
+    http1_only: AtomicBool,
+}
+
+/// One route's transport.
 pub struct Transport {
     shared: Arc<Shared>,
+    http2: bool,
+    idle: Duration,
+    remotes: RwLock<HashMap<SocketAddr, Arc<Remote>>>,
+    /// HTTP/1.1 keep-alive pool, for remotes that do not speak h2 (or with `http2: false`).
     client: Client<MtlsConnector, ProxyBody>,
+    /// HTTP/1.1 only, for requests that upgrade (WebSocket).
     upgrade_client: Client<MtlsConnector, ProxyBody>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("shared", &self.shared)
+            .field("http2", &self.http2)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A response body from the remote: HTTP/2 stream or HTTP/1.1 connection.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    H2(H2Body),
+    Http1(Incoming),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::H2(body) => Pin::new(body).poll_frame(cx),
+            Self::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::H2(body) => body.is_end_stream(),
+            Self::Http1(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::H2(body) => body.size_hint(),
+            Self::Http1(body) => body.size_hint(),
+        }
+    }
 }
 
 impl Transport {
@@ -364,30 +415,93 @@ impl Transport {
             client: client(false),
             upgrade_client: client(true),
             shared,
+            http2,
+            idle,
+            remotes: RwLock::new(HashMap::new()),
         })
     }
 
-    /// Sends a request to `endpoint` on a pooled connection (a new one if none is free).
+    fn remote(&self, addr: SocketAddr) -> Arc<Remote> {
+        if let Some(remote) = self
+            .remotes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+        {
+            return remote.clone();
+        }
+        let mut remotes = self.remotes.write().unwrap_or_else(|p| p.into_inner());
+        remotes
+            .entry(addr)
+            .or_insert_with(|| {
+                Arc::new(Remote {
+                    authority: Authority::try_from(addr.to_string())
+                        .expect("a socket address is always a valid URI authority"),
+                    h2: H2Conns::new(H2_CONNECTIONS_PER_ENDPOINT, self.idle),
+                    http1_only: AtomicBool::new(!self.http2),
+                })
+            })
+            .clone()
+    }
+
+    /// Sends a request to the endpoint at `addr`: on a shared HTTP/2 connection when the
+    /// remote speaks h2, else on a pooled HTTP/1.1 one (a new one if none is free).
     pub async fn send(
         &self,
-        endpoint: &Endpoint,
+        addr: SocketAddr,
         mut req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, TransportError> {
+    ) -> Result<Response<UpstreamBody>, TransportError> {
         let upgrade = proxy::wants_upgrade(&req);
+        let remote = self.remote(addr);
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(Scheme::HTTPS);
-        parts.authority = Some(endpoint.authority.clone());
+        parts.authority = Some(remote.authority.clone());
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(PathAndQuery::from_static("/"));
         }
         *req.uri_mut() = Uri::from_parts(parts)
             .map_err(|e| TransportError::Http(format!("bad request target: {e}")))?;
+        if !upgrade && !remote.http1_only.load(Ordering::Relaxed) {
+            let shared = self.shared.clone();
+            let remote_h1 = remote.clone();
+            let connect = move || {
+                let (shared, remote) = (shared.clone(), remote_h1.clone());
+                async move {
+                    let connector = shared.tls.load().any.clone();
+                    let stream = connect_mtls(&shared, &connector, addr).await?;
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        Ok(stream)
+                    } else {
+                        // The remote does not speak h2: from now on the HTTP/1.1 pool serves it.
+                        remote.http1_only.store(true, Ordering::Relaxed);
+                        Err(TransportError::Connect {
+                            addr,
+                            message: "the remote did not agree to HTTP/2; retrying over HTTP/1.1"
+                                .to_owned(),
+                        })
+                    }
+                }
+            };
+            req = match remote.h2.send(req, &connect, addr).await {
+                Ok(response) => return Ok(response.map(UpstreamBody::H2)),
+                // Not sent, and the remote turned out to speak HTTP/1.1 only: send it that way.
+                Err((_, Some(req))) if remote.http1_only.load(Ordering::Relaxed) => {
+                    tracing::debug!(route = self.shared.metrics.route(), %addr, "the remote does not speak h2: using HTTP/1.1");
+                    req
+                }
+                Err((e, _)) => return Err(e),
+            };
+        }
         let client = if upgrade {
             &self.upgrade_client
         } else {
             &self.client
         };
-        client.request(req).await.map_err(|e| classify(&e))
+        client
+            .request(req)
+            .await
+            .map(|r| r.map(UpstreamBody::Http1))
+            .map_err(|e| classify(&e))
     }
 
     /// Opens a raw mTLS connection (no ALPN) to `endpoint`, for TCP routes.

@@ -7,9 +7,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 
-use super::transport::{Endpoint, Transport, TransportError};
+use super::transport::{Endpoint, Transport, TransportError, UpstreamBody};
 use crate::proxy::ProxyBody;
 
 /// A boxed, sendable future.
@@ -54,7 +53,7 @@ pub trait Upstream: Send + Sync + std::fmt::Debug + 'static {
     fn call(
         &self,
         req: Request<ProxyBody>,
-    ) -> BoxFuture<'_, Result<Response<Incoming>, UpstreamError>>;
+    ) -> BoxFuture<'_, Result<Response<UpstreamBody>, UpstreamError>>;
 
     /// An endpoint for a raw TCP connection (TCP routes), if any.
     fn pick(&self) -> Option<Endpoint>;

@@ -2,14 +2,13 @@
 //! around the route's mTLS [`Transport`], one `Transport::send` per try.
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     ConfigError, DiscoveryConfig, EndpointsConfig, Metrics, Route, RouteError,
     RouteResilienceConfig, TryFailure,
 };
-use crate::outbound::transport::{Endpoint, Transport, TransportError};
+use crate::outbound::transport::{Endpoint, Transport, TransportError, UpstreamBody};
 use crate::outbound::{BoxFuture, Upstream, UpstreamError};
 use crate::proxy::{self, ProxyBody};
 
@@ -86,7 +85,7 @@ impl Upstream for ResilientUpstream {
     fn call(
         &self,
         req: Request<ProxyBody>,
-    ) -> BoxFuture<'_, Result<Response<Incoming>, UpstreamError>> {
+    ) -> BoxFuture<'_, Result<Response<UpstreamBody>, UpstreamError>> {
         Box::pin(async move {
             if proxy::wants_upgrade(&req) {
                 // An upgraded connection is a tunnel, not a request: one try, nothing to replay.
@@ -94,10 +93,7 @@ impl Upstream for ResilientUpstream {
                     .route
                     .pick_for_connection()
                     .ok_or(UpstreamError::NoEndpoint)?;
-                return Ok(self
-                    .transport
-                    .send(&Endpoint::new(endpoint.addr), req)
-                    .await?);
+                return Ok(self.transport.send(endpoint.addr, req).await?);
             }
             let transport = &self.transport;
             let result = self
@@ -119,10 +115,7 @@ impl Upstream for ResilientUpstream {
                             }
                         };
                         transport
-                            .send(
-                                &Endpoint::new(endpoint.addr),
-                                Request::from_parts(parts, body),
-                            )
+                            .send(endpoint.addr, Request::from_parts(parts, body))
                             .await
                     },
                 )
