@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sidecar_kit::cli::LogFormat;
 use sidecar_kit::{KitArgs, SidecarInfo};
 
 use crate::command::CommandSpec;
@@ -173,6 +174,9 @@ pub struct Config {
     pub stale_after: Duration,
     pub sync_secret_file: Option<PathBuf>,
     pub notify: NotifyConfig,
+    /// The kit's --log-level and --log-format, handed to the network worker.
+    pub log_filter: String,
+    pub log_format: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -346,6 +350,13 @@ impl Config {
             one_time: cli.one_time,
             stale_after: cli.stale_after,
             sync_secret_file: cli.sync_secret_file.clone(),
+            log_filter: cli.kit.log_level.clone(),
+            log_format: match cli.kit.log_format {
+                LogFormat::Json => "json",
+                LogFormat::Text => "text",
+                LogFormat::Auto => "auto",
+            }
+            .to_string(),
         })
     }
 }

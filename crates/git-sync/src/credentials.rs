@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 /// Paths and names only: no secret is held in memory between syncs.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Credentials {
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,

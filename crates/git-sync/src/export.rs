@@ -25,7 +25,7 @@ pub enum ExportError {
     },
     #[error("the tree holds an unsafe path component {0:?}: refusing to export it")]
     UnsafeName(String),
-    #[error("the export was cancelled")]
+    #[error("the export was stopped (--sync-timeout or shutdown)")]
     Cancelled,
 }
 

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use git2::{
     AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, ErrorClass,
@@ -39,8 +39,12 @@ pub enum GitError {
     RefNotFound(String),
     #[error("commit {0} is not reachable from any branch or tag of the remote")]
     ShaNotFound(String),
-    #[error("the sync was cancelled (timeout or shutdown)")]
+    #[error("the sync was cancelled (shutdown)")]
     Cancelled,
+    #[error("the sync with {remote} did not finish within --sync-timeout ({}); its network worker was stopped", humantime::format_duration(*.timeout))]
+    Timeout { remote: String, timeout: Duration },
+    #[error("the network worker failed: {0}")]
+    Worker(String),
     #[error("private repository {path}: {source}")]
     Io {
         path: PathBuf,
@@ -77,7 +81,8 @@ impl GitError {
 }
 
 /// What the user asked to sync.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum RefTarget {
     /// The remote's HEAD (its default branch).
     Head,
@@ -127,6 +132,19 @@ impl RefTarget {
     }
 }
 
+impl From<RefTarget> for String {
+    fn from(target: RefTarget) -> String {
+        target.to_string()
+    }
+}
+
+impl TryFrom<String> for RefTarget {
+    type Error = String;
+    fn try_from(s: String) -> Result<RefTarget, String> {
+        RefTarget::parse(&s)
+    }
+}
+
 impl std::fmt::Display for RefTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -138,7 +156,7 @@ impl std::fmt::Display for RefTarget {
 }
 
 /// Where to fetch from and how.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     pub url: String,
     pub target: RefTarget,
@@ -162,25 +180,55 @@ impl Source {
     }
 }
 
-/// Cancels a running fetch: checked from libgit2's progress callbacks.
+/// Stops a sync: on shutdown ([`Cancel::cancel`]) or at its deadline (`--sync-timeout`).
+/// Checked by the export, by the wait for the network worker, and by libgit2's callbacks.
 #[derive(Debug, Clone)]
 pub struct Cancel {
     flag: Arc<AtomicBool>,
-    deadline: Option<Instant>,
+    deadline: Option<(Instant, Duration)>,
 }
 
 impl Cancel {
-    pub fn new(deadline: Option<Instant>) -> Cancel {
+    /// Never times out; only [`Cancel::cancel`] stops it.
+    pub fn new() -> Cancel {
         Cancel {
             flag: Arc::new(AtomicBool::new(false)),
-            deadline,
+            deadline: None,
+        }
+    }
+    /// Times out `timeout` from now.
+    pub fn with_timeout(timeout: Duration) -> Cancel {
+        Cancel {
+            flag: Arc::new(AtomicBool::new(false)),
+            deadline: Some((Instant::now() + timeout, timeout)),
         }
     }
     pub fn cancel(&self) {
         self.flag.store(true, Ordering::SeqCst);
     }
     pub fn is_cancelled(&self) -> bool {
-        self.flag.load(Ordering::SeqCst) || self.deadline.is_some_and(|d| Instant::now() >= d)
+        self.shutdown_requested() || self.timed_out()
+    }
+    pub fn shutdown_requested(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+    pub fn timed_out(&self) -> bool {
+        self.deadline.is_some_and(|(d, _)| Instant::now() >= d)
+    }
+    /// The timeout this was created with.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.deadline.map(|(_, t)| t)
+    }
+    /// Time until the deadline (None: no deadline).
+    pub fn time_left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|(d, _)| d.saturating_duration_since(Instant::now()))
+    }
+}
+
+impl Default for Cancel {
+    fn default() -> Cancel {
+        Cancel::new()
     }
 }
 
@@ -233,6 +281,16 @@ impl PrivateRepo {
         };
         let mut recreated = false;
         if path.exists() {
+            // A process killed in the middle of a fetch (an earlier run, or a network worker
+            // stopped at its timeout) may have left lock files that would fail every fetch.
+            match remove_leftovers(path) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    removed = n,
+                    "removed the leftovers of an interrupted fetch from the private repository"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot clean the private repository"),
+            }
             match Repository::open_bare(path) {
                 Ok(repo) if repo_is_healthy(&repo, must_have) => {
                     return Ok((PrivateRepo::wrap(path, repo), false));
@@ -248,6 +306,17 @@ impl PrivateRepo {
         let repo = Repository::init_bare(path)
             .map_err(|e| GitError::git("creating the private repository", e, None))?;
         Ok((PrivateRepo::wrap(path, repo), recreated))
+    }
+
+    /// Opens an existing private repository (the network worker's view of it; the parent
+    /// creates and repairs it). A repository that cannot be opened is reported as corrupt.
+    pub fn open(path: &Path) -> Result<PrivateRepo, GitError> {
+        let repo = Repository::open_bare(path).map_err(|e| GitError::Git {
+            context: format!("opening the private repository {}", path.display()),
+            message: e.message().to_string(),
+            corrupt: true,
+        })?;
+        Ok(PrivateRepo::wrap(path, repo))
     }
 
     fn wrap(path: &Path, repo: Repository) -> PrivateRepo {
@@ -579,6 +648,39 @@ impl Credentials {
             "the server asks for a kind of credential git-sync does not support",
         ))
     }
+}
+
+/// Removes what a process killed in the middle of a fetch leaves in a repository: lock
+/// files (`refs/.../name.lock`, `shallow.lock`: a stale one fails every later update of that
+/// file), libgit2's temporary files (`*_git2_*`: the pack being received, loose objects) and a
+/// pack index whose pack was never renamed into place (the index is written first). Returns
+/// how many files were removed. Only call it while no process uses the repository.
+pub fn remove_leftovers(path: &Path) -> Result<usize, GitError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GitError::Io { path, source }
+    };
+    let mut removed = 0;
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).map_err(io(&dir))? {
+            let entry = entry.map_err(io(&dir))?;
+            let file = entry.path();
+            let kind = entry.file_type().map_err(io(&file))?;
+            if kind.is_dir() {
+                dirs.push(file);
+                continue;
+            }
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let orphan_index = name.ends_with(".idx") && !file.with_extension("pack").exists();
+            if name.ends_with(".lock") || name.contains("_git2_") || orphan_index {
+                fs::remove_file(&file).map_err(io(&file))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 fn repo_is_healthy(repo: &Repository, must_have: Option<Oid>) -> bool {

@@ -4,7 +4,8 @@
 //! private bare repository with libgit2, [`export`] writes the revision's tree into a staging
 //! directory, [`command`] runs the validation gate on it, [`publish`] swaps the symlink with
 //! rename(2), [`notify`] tells the app. [`service`] is the loop that decides when, and
-//! [`trigger`] is the authenticated `POST /sync`.
+//! [`trigger`] is the authenticated `POST /sync`. The network half of each sync runs in a
+//! [`worker`] process, so `--sync-timeout` can always stop it.
 
 pub mod command;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod schedule;
 pub mod service;
 pub mod syncer;
 pub mod trigger;
+pub mod worker;
 
 pub use config::{Cli, Config, INFO};
 pub use service::serve;

@@ -64,6 +64,7 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         validate: config.validate.clone(),
         validate_timeout: config.validate_timeout,
         force_push: config.force_push,
+        worker: crate::worker::WorkerSpec::current_exe(&config.log_filter, &config.log_format),
     };
     let root = config.root.clone();
     let link = config.link.clone();
@@ -87,7 +88,7 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
     let mut fetched_seen = 0u64;
     loop {
         let started = Instant::now();
-        let cancel = Cancel::new(Some(started + config.sync_timeout));
+        let cancel = Cancel::with_timeout(config.sync_timeout);
         let cancel_on_shutdown = {
             let cancel = cancel.clone();
             let token = token.clone();
@@ -98,28 +99,14 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         };
         let guard = sidecar.shutdown().in_flight();
         let sync_cancel = cancel.clone();
-        let mut handle = tokio::task::spawn_blocking(move || {
+        // The sync ends by its deadline whatever the remote does: the network half runs in a
+        // worker process that is killed then (see worker.rs), the export checks the deadline.
+        let (returned, result) = tokio::task::spawn_blocking(move || {
             let result = syncer.sync_once(&sync_cancel);
             (syncer, result)
-        });
-        // libgit2 can only be cancelled from its callbacks, which do not run while a server
-        // sends nothing at all: make such a stall visible instead of waiting silently.
-        let overdue = config.sync_timeout + Duration::from_secs(5);
-        let mut stall_counted = false;
-        let joined = match tokio::time::timeout(overdue, &mut handle).await {
-            Ok(joined) => joined,
-            Err(_) => {
-                metrics.syncs.with_label_values(&["timeout"]).inc();
-                stall_counted = true;
-                tracing::error!(
-                    timeout = ?config.sync_timeout,
-                    "the sync is stuck past --sync-timeout (the remote sends nothing); waiting for the connection to fail"
-                );
-                ready.set_not_ready("a sync is stuck past --sync-timeout");
-                handle.await
-            }
-        };
-        let (returned, result) = joined.context("the sync thread panicked")?;
+        })
+        .await
+        .context("the sync thread panicked")?;
         syncer = returned;
         drop(guard);
         cancel_on_shutdown.abort();
@@ -200,10 +187,7 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
                 } else {
                     "error"
                 };
-                // A stall was already counted as this sync's timeout.
-                if !(stall_counted && label == "timeout") {
-                    metrics.syncs.with_label_values(&[label]).inc();
-                }
+                metrics.syncs.with_label_values(&[label]).inc();
                 tracing::error!(error = %e, failures, took = ?elapsed, "sync failed; the published tree stays");
                 if config.max_failures.is_some_and(|max| failures > max) {
                     bail!("giving up after {failures} consecutive failed syncs; last error: {e}");

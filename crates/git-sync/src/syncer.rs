@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use git2::Oid;
@@ -11,8 +10,9 @@ use git2::Oid;
 use crate::command::{CommandError, CommandSpec};
 use crate::config::ForcePushPolicy;
 use crate::export::{ExportError, Previous, export_commit};
-use crate::git::{Ancestry, Cancel, GitError, PrivateRepo, RefTarget, Source};
+use crate::git::{Cancel, GitError, PrivateRepo, RefTarget, Source};
 use crate::publish::{PublishError, Publisher, Staged};
+use crate::worker::{Network, NetworkRequest, Worker, WorkerSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -36,13 +36,13 @@ impl SyncError {
         }
     }
 
+    /// Stopped by shutdown or by the sync's deadline.
     pub fn is_cancelled(&self) -> bool {
         matches!(
             self,
-            SyncError::Git(GitError::Cancelled) | SyncError::Export(ExportError::Cancelled)
-        ) || matches!(
-            self,
-            SyncError::ValidationRun(CommandError::Cancelled { .. })
+            SyncError::Git(GitError::Cancelled | GitError::Timeout { .. })
+                | SyncError::Export(ExportError::Cancelled)
+                | SyncError::ValidationRun(CommandError::Cancelled { .. })
         )
     }
 }
@@ -71,21 +71,26 @@ pub struct SyncSettings {
     pub validate: Option<CommandSpec>,
     pub validate_timeout: Duration,
     pub force_push: ForcePushPolicy,
+    /// The process that does the network half of each sync.
+    pub worker: WorkerSpec,
 }
 
-/// The blocking half: owns the private repository and the publisher.
+/// The blocking half: owns the private repository, the network worker and the publisher.
 #[derive(Debug)]
 pub struct Syncer {
     settings: SyncSettings,
-    repo: Option<PrivateRepo>,
+    /// The private repository exists and passed the health check (no handle is kept: the
+    /// worker fetches into it, the export opens its own short-lived handles).
+    repo_ready: bool,
+    worker: Worker,
     publisher: Publisher,
     published: Option<Oid>,
     held_back: Option<Oid>,
     /// The --ref the published tree came from (from the state file); a different one means the
     /// user switched refs, which is not a force-push.
     published_ref: Option<String>,
-    /// Bytes fetched over the process's life (the repository handle comes and goes).
-    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes fetched over the process's life (as the worker reports them).
+    received: u64,
     state_file: PathBuf,
 }
 
@@ -106,10 +111,8 @@ impl Syncer {
         if repair.removed_broken_link || repair.moved_aside || repair.removed_staging > 0 {
             tracing::warn!(?repair, "repaired the publish directory");
         }
-        let (mut repo, recreated) =
+        let (_repo, recreated) =
             PrivateRepo::open_or_init(&publisher.repo_path(), repair.published)?;
-        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        repo.received_bytes = received.clone();
         if recreated {
             tracing::warn!("the private repository was damaged and will be cloned again");
         }
@@ -119,15 +122,17 @@ impl Syncer {
         let published_ref = fs::read_to_string(&state_file)
             .ok()
             .map(|s| s.trim().to_string());
+        let worker = Worker::new(settings.worker.clone());
         Ok(Syncer {
             settings,
-            repo: Some(repo),
+            repo_ready: true,
+            worker,
             publisher,
             published: repair.published,
             held_back: None,
             published_ref,
             state_file,
-            received,
+            received: 0,
         })
     }
 
@@ -141,7 +146,7 @@ impl Syncer {
 
     /// Bytes fetched so far.
     pub fn fetched_bytes(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
+        self.received
     }
 
     pub fn sync_once(&mut self, cancel: &Cancel) -> Result<Outcome, SyncError> {
@@ -150,7 +155,7 @@ impl Syncer {
         match self.try_sync(cancel) {
             Err(e) if e.is_corrupt_repo() => {
                 tracing::warn!(error = %e, "the private repository is corrupt; cloning it again");
-                self.repo = None;
+                self.repo_ready = false;
                 let path = self.publisher.repo_path();
                 std::fs::remove_dir_all(&path).map_err(|source| GitError::Io { path, source })?;
                 self.try_sync(cancel)
@@ -159,21 +164,10 @@ impl Syncer {
         }
     }
 
-    fn repo(&self) -> Result<&PrivateRepo, SyncError> {
-        // Only None while a re-clone failed; open again.
-        self.repo.as_ref().ok_or_else(|| {
-            SyncError::Git(GitError::Io {
-                path: self.publisher.repo_path(),
-                source: std::io::Error::other("the private repository could not be recreated"),
-            })
-        })
-    }
-
     fn ensure_repo(&mut self) -> Result<(), SyncError> {
-        if self.repo.is_none() {
-            let (mut repo, _) = PrivateRepo::open_or_init(&self.publisher.repo_path(), None)?;
-            repo.received_bytes = self.received.clone();
-            self.repo = Some(repo);
+        if !self.repo_ready {
+            PrivateRepo::open_or_init(&self.publisher.repo_path(), None)?;
+            self.repo_ready = true;
         }
         Ok(())
     }
@@ -187,35 +181,24 @@ impl Syncer {
         {
             return Ok(Outcome::Unchanged(have)); // a pin never moves: no network needed
         }
-        let repo = self.repo()?;
-        let advertised = repo.advertised(source, cancel)?;
-        if let Some(commit) = advertised.commit {
-            if Some(commit) == self.published && same_ref {
-                return Ok(Outcome::Unchanged(commit));
-            }
-            if Some(commit) == self.held_back {
-                return Ok(Outcome::HeldBack(commit));
-            }
-        }
-        let new = repo.fetch(source, &advertised, cancel)?;
-        if Some(new) == self.published && same_ref {
-            return Ok(Outcome::Unchanged(new));
-        }
-        if Some(new) == self.held_back {
-            return Ok(Outcome::HeldBack(new));
-        }
-        let checks_history = same_ref && !matches!(source.target, RefTarget::Sha(_));
-        let mut force_pushed = false;
-        if checks_history
-            && let Ancestry::Rewritten =
-                repo.ancestry(source, &advertised, self.published, new, cancel)?
-        {
-            force_pushed = true;
-            if self.settings.force_push == ForcePushPolicy::Refuse {
-                self.held_back = Some(new);
-                let old = self.published.unwrap_or(new);
-                return Ok(Outcome::ForcePushRefused { old, new });
-            }
+        let request = NetworkRequest {
+            repo: self.publisher.repo_path(),
+            source: source.clone(),
+            published: self.published.map(|o| o.to_string()),
+            held_back: self.held_back.map(|o| o.to_string()),
+            same_ref,
+        };
+        let (received, network) = self.worker.run(&request, cancel);
+        self.received += received;
+        let (new, force_pushed) = match network? {
+            Network::Unchanged(commit) => return Ok(Outcome::Unchanged(commit)),
+            Network::HeldBack(commit) => return Ok(Outcome::HeldBack(commit)),
+            Network::Fetched { new, rewritten } => (new, rewritten),
+        };
+        if force_pushed && self.settings.force_push == ForcePushPolicy::Refuse {
+            self.held_back = Some(new);
+            let old = self.published.unwrap_or(new);
+            return Ok(Outcome::ForcePushRefused { old, new });
         }
 
         let staged = Staged {
@@ -228,9 +211,6 @@ impl Syncer {
             .published
             .zip(previous_dir.as_deref())
             .map(|(commit, dir)| Previous { commit, dir });
-        // The export opens its own short-lived handles; holding ours would keep the whole
-        // pack mapped (see export::BATCH_BYTES). It is reopened at the next sync.
-        self.repo = None;
         let repo_path = self.publisher.repo_path();
         match export_commit(&repo_path, new, &staged.path, previous, &cancelled) {
             Ok(stats) => tracing::debug!(?stats, sha = %new, "exported"),

@@ -744,3 +744,139 @@ impl Drop for Recorder {
         self.stop.store(true, Ordering::SeqCst);
     }
 }
+
+/// A TCP proxy in front of a real server that can turn silent: then it accepts connections
+/// and never sends a byte (a hung server, or a load balancer in front of a frozen one). For
+/// each silent connection it records when it was accepted and when the client closed it. It
+/// can also trickle: pass the server's first bytes at full speed, then one byte every 20 ms
+/// (a server that is alive but hopelessly slow, in the middle of the pack).
+pub struct SilentSwitch {
+    pub port: u16,
+    mode: Arc<AtomicUsize>,
+    silent_conns: Arc<Mutex<Vec<SilentConnection>>>,
+}
+
+/// When a silent connection was accepted, and when the client closed it.
+pub type SilentConnection = (Instant, Option<Instant>);
+
+const FORWARD: usize = 0;
+const SILENT: usize = 1;
+const TRICKLE: usize = 2;
+/// Bytes passed at full speed before trickling starts.
+pub const TRICKLE_AFTER: usize = 1500;
+
+impl SilentSwitch {
+    pub fn start(upstream_port: u16) -> SilentSwitch {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(AtomicUsize::new(FORWARD));
+        let silent_conns = Arc::new(Mutex::new(Vec::new()));
+        let (m, conns) = (mode.clone(), silent_conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let mode = m.load(Ordering::SeqCst);
+                if mode == SILENT {
+                    let conns = conns.clone();
+                    std::thread::spawn(move || {
+                        let index = {
+                            let mut c = conns.lock().unwrap();
+                            c.push((Instant::now(), None));
+                            c.len() - 1
+                        };
+                        // Read (and drop) whatever the client sends until it hangs up.
+                        let mut client = client;
+                        let mut buf = [0u8; 4096];
+                        while matches!(client.read(&mut buf), Ok(n) if n > 0) {}
+                        conns.lock().unwrap()[index].1 = Some(Instant::now());
+                    });
+                } else if let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) {
+                    let (mut c1, mut s1) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let (mut c2, mut s2) = (client, server);
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut c1, &mut s1);
+                        let _ = s1.shutdown(std::net::Shutdown::Write);
+                    });
+                    std::thread::spawn(move || {
+                        if mode == TRICKLE {
+                            let _ = trickle(&mut s2, &mut c2);
+                        } else {
+                            let _ = std::io::copy(&mut s2, &mut c2);
+                        }
+                        let _ = c2.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        SilentSwitch {
+            port,
+            mode,
+            silent_conns,
+        }
+    }
+
+    pub fn set_silent(&self, on: bool) {
+        self.mode
+            .store(if on { SILENT } else { FORWARD }, Ordering::SeqCst);
+    }
+
+    pub fn set_trickle(&self) {
+        self.mode.store(TRICKLE, Ordering::SeqCst);
+    }
+
+    /// (accepted, closed by the client) of every silent connection so far.
+    pub fn silent_connections(&self) -> Vec<SilentConnection> {
+        self.silent_conns.lock().unwrap().clone()
+    }
+}
+
+fn trickle(from: &mut TcpStream, to: &mut TcpStream) -> std::io::Result<()> {
+    let mut sent = 0usize;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        for byte in &buf[..n] {
+            if sent >= TRICKLE_AFTER {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            to.write_all(std::slice::from_ref(byte))?;
+            sent += 1;
+        }
+    }
+}
+
+/// Pids of the live (not zombie) child processes of `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.len() > 1 && fields[1] == pid.to_string() && fields[0] != "Z" {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Is the process still running (not gone, not a zombie)?
+pub fn is_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => stat
+            .rfind(')')
+            .map(|i| &stat[i + 2..])
+            .and_then(|after| after.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+    }
+}
