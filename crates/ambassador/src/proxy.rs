@@ -15,8 +15,8 @@ use crate::conn::{Activity, Tracked, TunnelEnd, tunnel};
 /// own (an error answer, a body buffered for a retry).
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
-/// Outbound responses: the remote's, or the ambassador's own answer.
-pub type OutboundBody = Either<crate::outbound::UpstreamBody, Full<Bytes>>;
+/// Responses: the next hop's, or the ambassador's own answer.
+pub type ResponseBody = Either<crate::outbound::UpstreamBody, Full<Bytes>>;
 
 /// An answer from the ambassador itself, with a plain-text body that says what went wrong.
 pub fn answer<B>(status: StatusCode, message: String) -> Response<Either<B, Full<Bytes>>> {

@@ -1,71 +1,265 @@
-//! The pooled client to the app on localhost.
+//! The keep-alive connections to the app on localhost.
+//!
+//! HTTP/1.1: an idle stack of connections, each taken by one request and given back when its
+//! response body has been read to the end (hyper's pooled client spawned a task per request to
+//! wait for that moment, and looked the pool up in a hash map). h2c: the outbound side's few
+//! shared HTTP/2 connections.
 
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, Uri};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::Authority;
+use http::{Method, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::config::AppProtocol;
+use crate::outbound::UpstreamBody;
+use crate::outbound::h2::{BoxError, H2Conns};
+use crate::outbound::transport::TransportError;
 use crate::proxy::ProxyBody;
 
-/// Connects to one fixed address whatever the URI says, so a `CONNECT host:port` from a peer
-/// still reaches the app (which decides what to do with it), never an address of the peer's
-/// choosing.
-#[derive(Debug, Clone)]
-pub struct FixedConnector {
-    addr: SocketAddr,
+/// Connections unused this long are closed rather than reused (the app may have closed them).
+const IDLE: Duration = Duration::from_secs(60);
+
+/// Why the app gave no response.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("{0}")]
+    H2(TransportError),
 }
 
-impl tower::Service<Uri> for FixedConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
+type Sender = http1::SendRequest<ProxyBody>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+struct Pool {
+    idle: Mutex<Vec<(Sender, Instant)>>,
+}
+
+impl Pool {
+    /// The most recently used idle connection that can take a request now. Connections whose
+    /// last response was read but whose task has not marked them idle yet stay for later.
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        idle.retain(|(s, since)| !s.is_closed() && now.saturating_duration_since(*since) < IDLE);
+        let i = idle.iter().rposition(|(s, _)| s.is_ready())?;
+        Some(idle.remove(i).0)
     }
 
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let addr = self.addr;
-        Box::pin(async move {
-            let stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            Ok(TokioIo::new(stream))
-        })
+    fn give_back(&self, sender: Sender) {
+        if !sender.is_closed() {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.push((sender, Instant::now()));
+        }
     }
 }
 
 /// Keep-alive connections to the app, shared by every inbound connection of a route.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppClient {
-    client: Client<FixedConnector, ProxyBody>,
+    addr: SocketAddr,
+    authority: Authority,
+    pool: Arc<Pool>,
+    /// h2c: shared HTTP/2 connections instead of the HTTP/1.1 pool.
+    h2: Option<Arc<H2Conns>>,
+}
+
+impl std::fmt::Debug for AppClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppClient")
+            .field("addr", &self.addr)
+            .field("h2", &self.h2.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AppClient {
-    pub fn new(addr: SocketAddr, protocol: AppProtocol) -> Self {
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .http2_only(protocol == AppProtocol::H2c);
+    pub fn new(addr: SocketAddr, authority: Authority, protocol: AppProtocol) -> Self {
         Self {
-            client: builder.build(FixedConnector { addr }),
+            addr,
+            authority,
+            pool: Arc::new(Pool {
+                idle: Mutex::new(Vec::new()),
+            }),
+            h2: (protocol == AppProtocol::H2c).then(|| H2Conns::new(1, IDLE)),
         }
     }
 
+    /// Sends a request to the app. Its URI's path (or a CONNECT's authority) is kept, the
+    /// connection always goes to the app's address; a missing `Host` becomes the app's address.
     pub async fn request(
         &self,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(req).await
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, AppError> {
+        if let Some(h2) = &self.h2 {
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.authority = Some(self.authority.clone());
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+            let addr = self.addr;
+            let connect = move || async move {
+                let stream =
+                    TcpStream::connect(addr)
+                        .await
+                        .map_err(|e| TransportError::Connect {
+                            addr,
+                            message: e.to_string(),
+                        })?;
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            };
+            return h2
+                .send(req, &connect, addr)
+                .await
+                .map(|r| r.map(UpstreamBody::H2))
+                .map_err(|(e, _)| AppError::H2(e));
+        }
+        let connect = req.method() == Method::CONNECT;
+        if !connect {
+            // Origin form: the path only.
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(
+                req.uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            );
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        if !req.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(self.authority.as_str())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+        // A connection kept idle may have been closed by the app meanwhile: a request it could
+        // not take comes back unsent, and goes once more on a new connection.
+        let reused = self.pool.take();
+        let was_reused = reused.is_some();
+        let mut sender = match reused {
+            Some(sender) => sender,
+            None => self.connect().await?,
+        };
+        let response = match sender.try_send_request(req).await {
+            Ok(response) => response,
+            Err(mut e) => match e.take_message() {
+                Some(req) if was_reused => {
+                    sender = self.connect().await?;
+                    sender
+                        .try_send_request(req)
+                        .await
+                        .map_err(|e| e.into_error())?
+                }
+                _ => return Err(e.into_error().into()),
+            },
+        };
+        // An accepted upgrade takes the connection over.
+        let upgrade = response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+            || (connect && response.status().is_success());
+        let give_back = (!upgrade).then(|| (sender, self.pool.clone()));
+        Ok(response.map(|body| UpstreamBody::Pooled(PooledBody { body, give_back })))
+    }
+
+    async fn connect(&self) -> Result<Sender, AppError> {
+        let stream = TcpStream::connect(self.addr)
+            .await
+            .map_err(AppError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "app connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// A response body from a pooled HTTP/1.1 connection, which goes back to the pool once the body
+/// has been read to its end (a body dropped half-read closes its connection).
+pub struct PooledBody {
+    body: Incoming,
+    give_back: Option<(Sender, Arc<Pool>)>,
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody").finish_non_exhaustive()
+    }
+}
+
+impl PooledBody {
+    fn finished(&mut self) {
+        if let Some((sender, pool)) = self.give_back.take() {
+            pool.give_back(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.finished();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.body.is_end_stream() {
+                    this.finished();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.give_back = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body whose end was announced but never polled for is complete too (an empty body
+        // such as a 204's, or one the server read to its last byte).
+        if self.body.is_end_stream() {
+            self.finished();
+        }
     }
 }

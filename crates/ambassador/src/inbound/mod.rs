@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,9 +27,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::{AppProtocol, InboundRoute, Limits, Mode};
 use crate::conn::{self, Activity, ConnectionLimit, Ended, Tracked, TunnelEnd};
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
-use crate::proxy::{self, ProxyBody};
+use crate::proxy::{self, ResponseBody};
 
-pub use app::AppClient;
+pub use app::{AppClient, AppError, PooledBody};
 
 static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
@@ -59,7 +59,6 @@ struct Listener {
     route: InboundRoute,
     tls: ArcSwap<ListenerTls>,
     app: AppClient,
-    app_authority: Authority,
     metrics: RouteMetrics,
     limits: Limits,
     access_log: bool,
@@ -103,8 +102,7 @@ pub async fn bind(
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(1024);
     let listener = Arc::new(Listener {
-        app: AppClient::new(route.app, route.app_protocol),
-        app_authority,
+        app: AppClient::new(route.app, app_authority, route.app_protocol),
         tls: ArcSwap::from_pointee(tls),
         metrics: metrics.route(Direction::Inbound, &route.name),
         limits,
@@ -329,7 +327,7 @@ async fn handle(
     listener: Arc<Listener>,
     conn: Arc<PeerConn>,
     mut req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<ResponseBody>, Infallible> {
     let _request = conn.activity.request_started();
     let start = tokio::time::Instant::now();
     let method = req.method().clone();
@@ -346,30 +344,6 @@ async fn handle(
         headers.insert(XFCC.clone(), value.clone());
     }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    if method != Method::CONNECT {
-        let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(listener.app_authority.clone());
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(PathAndQuery::from_static("/"));
-        }
-        match Uri::from_parts(parts) {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(e) => {
-                return Ok(finish(
-                    &listener,
-                    &conn,
-                    &method,
-                    &path,
-                    start,
-                    proxy::answer(
-                        StatusCode::BAD_REQUEST,
-                        format!("ambassador: bad request target: {e}\n"),
-                    ),
-                ));
-            }
-        }
-    }
     *req.version_mut() = match listener.route.app_protocol {
         AppProtocol::Http1 => Version::HTTP_11,
         AppProtocol::H2c => Version::HTTP_2,
@@ -417,8 +391,8 @@ fn finish(
     method: &Method,
     path: &str,
     start: tokio::time::Instant,
-    mut response: Response<ProxyBody>,
-) -> Response<ProxyBody> {
+    mut response: Response<ResponseBody>,
+) -> Response<ResponseBody> {
     if conn.http1 {
         proxy::close_if_shutting_down(response.headers_mut(), &listener.requested);
     }

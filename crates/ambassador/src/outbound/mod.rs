@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Limits, Mode, OutboundRoute};
 use crate::conn::{self, Activity, ConnectionLimit, Tracked, TunnelEnd};
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
-use crate::proxy::{self, OutboundBody};
+use crate::proxy::{self, ResponseBody};
 pub use transport::{Endpoint, Transport, TransportError, UpstreamBody};
 pub use upstream::{BoxFuture, Upstream, UpstreamError};
 
@@ -295,7 +295,7 @@ async fn handle(
     listener: Arc<Listener>,
     activity: Arc<Activity>,
     mut req: Request<Incoming>,
-) -> Result<Response<OutboundBody>, Infallible> {
+) -> Result<Response<ResponseBody>, Infallible> {
     let _request = activity.request_started();
     let start = tokio::time::Instant::now();
     let method = req.method().clone();
@@ -391,8 +391,8 @@ fn finish(
     method: &Method,
     path: &str,
     start: tokio::time::Instant,
-    mut response: Response<OutboundBody>,
-) -> Response<OutboundBody> {
+    mut response: Response<ResponseBody>,
+) -> Response<ResponseBody> {
     proxy::close_if_shutting_down(response.headers_mut(), &listener.requested);
     let seconds = start.elapsed().as_secs_f64();
     metrics.observe(response.status(), seconds);

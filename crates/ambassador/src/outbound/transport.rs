@@ -343,11 +343,13 @@ impl std::fmt::Debug for Transport {
     }
 }
 
-/// A response body from the remote: HTTP/2 stream or HTTP/1.1 connection.
+/// A response body from the next hop: an HTTP/2 stream, an HTTP/1.1 connection of hyper's
+/// pool, or one of the inbound side's pooled connections to the app.
 #[derive(Debug)]
 pub enum UpstreamBody {
     H2(H2Body),
     Http1(Incoming),
+    Pooled(crate::inbound::PooledBody),
 }
 
 impl http_body::Body for UpstreamBody {
@@ -361,6 +363,7 @@ impl http_body::Body for UpstreamBody {
         match self.get_mut() {
             Self::H2(body) => Pin::new(body).poll_frame(cx),
             Self::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Pooled(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -368,6 +371,7 @@ impl http_body::Body for UpstreamBody {
         match self {
             Self::H2(body) => body.is_end_stream(),
             Self::Http1(body) => body.is_end_stream(),
+            Self::Pooled(body) => body.is_end_stream(),
         }
     }
 
@@ -375,6 +379,7 @@ impl http_body::Body for UpstreamBody {
         match self {
             Self::H2(body) => body.size_hint(),
             Self::Http1(body) => body.size_hint(),
+            Self::Pooled(body) => body.size_hint(),
         }
     }
 }
