@@ -5,6 +5,13 @@
 #
 # usage: crates/ambassador/benches/mesh_hop.sh [RUNS=3] [SECONDS=10] [CONNECTIONS=64]
 # needs: nginx haproxy stunnel4 wrk openssl (apt), cargo.
+#
+# AMB_BUILD picks the ambassador binary measured:
+#   release (default)  target/release/ambassador, the workspace's release profile (dynamic glibc)
+#   static             the binary the image ships: built as scripts/images.sh builds it (fat LTO,
+#                      one codegen unit, glibc crt-static) into target/static; no shared libraries
+#                      are mapped, so its resident memory is lower
+# SKIP_BUILD=1 uses the chosen binary as it is.
 set -euo pipefail
 
 RUNS=${1:-3}
@@ -16,8 +23,21 @@ for tool in nginx haproxy stunnel4 wrk openssl; do
 done
 
 cd "$ROOT"
-[ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p ambassador --bin ambassador --example mtls_load >&2
-AMB="$ROOT/target/release/ambassador"
+AMB_BUILD=${AMB_BUILD:-release}
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  cargo build --release -p ambassador --bin ambassador --example mtls_load >&2
+  if [ "$AMB_BUILD" = static ]; then
+    # The same flags as scripts/images.sh, the same target dir (it is not rebuilt when fresh).
+    RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+      CARGO_TARGET_DIR="$ROOT/target/static" cargo build --release --target x86_64-unknown-linux-gnu -p ambassador --bin ambassador >&2
+  fi
+fi
+case $AMB_BUILD in
+  release) AMB="$ROOT/target/release/ambassador" ;;
+  static) AMB="$ROOT/target/static/x86_64-unknown-linux-gnu/release/ambassador" ;;
+  *) echo "AMB_BUILD must be release or static" >&2; exit 2 ;;
+esac
+echo "ambassador binary: $AMB ($AMB_BUILD build)" >&2
 LOAD="$ROOT/target/release/examples/mtls_load"
 
 W=$(mktemp -d /tmp/mesh-hop.XXXXXX)
@@ -249,7 +269,7 @@ for s in "${SETUPS[@]}"; do
 done
 
 echo
-echo "## Keep-alive mesh hop: wrk -t2 -c$CONNS -d${SECS}s, median of $RUNS runs"
+echo "## Keep-alive mesh hop: wrk -t2 -c$CONNS -d${SECS}s, median of $RUNS runs (ambassador: $AMB_BUILD build)"
 echo
 printf '| %-11s | %10s | %8s | %8s | %14s | %14s |\n' setup "req/s" "p50 ms" "p99 ms" "peak RSS/proc" "peak RSS total"
 printf '|%s|%s|%s|%s|%s|%s|\n' -------------  ------------ ---------- ---------- ---------------- ----------------
