@@ -4,6 +4,7 @@
 //! Written here rather than taken from the `prometheus` crate because that crate has no
 //! OpenMetrics encoder and formats infinities as `inf`.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// The metric type of a family.
@@ -88,14 +89,24 @@ impl Family {
 
     /// The 0.0.4 name used on HELP/TYPE lines.
     pub fn text_name(&self) -> String {
+        self.text_header_name().into_owned()
+    }
+
+    fn text_header_name(&self) -> Cow<'_, str> {
         match self.kind {
-            Kind::Counter => self.text_counter_name.clone(),
-            Kind::Info => format!("{}_info", self.name),
-            _ => self.name.clone(),
+            Kind::Counter => Cow::Borrowed(&self.text_counter_name),
+            Kind::Info => Cow::Owned(format!("{}_info", self.name)),
+            _ => Cow::Borrowed(&self.name),
         }
     }
 
     fn sample_name(&self, s: &Sample, openmetrics: bool) -> String {
+        let mut out = String::new();
+        self.write_sample_name(&mut out, s, openmetrics);
+        out
+    }
+
+    fn write_sample_name(&self, out: &mut String, s: &Sample, openmetrics: bool) {
         let suffix = match s.suffix {
             Suffix::None => "",
             Suffix::Bucket => "_bucket",
@@ -103,10 +114,19 @@ impl Family {
             Suffix::Sum => "_sum",
         };
         match self.kind {
-            Kind::Counter if openmetrics => format!("{}_total", self.name),
-            Kind::Counter => self.text_counter_name.clone(),
-            Kind::Info => format!("{}_info", self.name),
-            _ => format!("{}{}", self.name, suffix),
+            Kind::Counter if openmetrics => {
+                out.push_str(&self.name);
+                out.push_str("_total");
+            }
+            Kind::Counter => out.push_str(&self.text_counter_name),
+            Kind::Info => {
+                out.push_str(&self.name);
+                out.push_str("_info");
+            }
+            _ => {
+                out.push_str(&self.name);
+                out.push_str(suffix);
+            }
         }
     }
 }
@@ -170,43 +190,56 @@ impl Format {
 /// ecosystem expects: shortest round-trip digits, exponent form below 1e-4 and from 1e+06 up;
 /// `+Inf`, `-Inf`, `NaN` spelled as both formats require.
 pub fn format_value(v: f64) -> String {
+    let mut out = String::new();
+    write_value(&mut out, v);
+    out
+}
+
+/// [`format_value`], appended to `out` without allocating.
+pub fn write_value(out: &mut String, v: f64) {
     if v.is_nan() {
-        return "NaN".into();
+        return out.push_str("NaN");
     }
     if v.is_infinite() {
-        return if v > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        };
+        return out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
     }
     if v == 0.0 {
-        return if v.is_sign_negative() {
-            "-0".into()
-        } else {
-            "0".into()
-        };
+        return out.push_str(if v.is_sign_negative() { "-0" } else { "0" });
     }
-    let sci = format!("{v:e}");
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
+    // Most samples are integers below 1e6: their shortest form is their digits.
+    if v.fract() == 0.0 && v.abs() < 1e6 {
+        let _ = write!(out, "{}", v as i64);
+        return;
+    }
+    let start = out.len();
+    let _ = write!(out, "{v:e}");
+    let Some(e) = out[start..].find('e') else {
+        return;
+    };
+    let exp: i32 = out[start + e + 1..].parse().unwrap_or(0);
     if !(-4..6).contains(&exp) {
+        out.truncate(start + e);
         let sign = if exp < 0 { '-' } else { '+' };
-        format!("{mantissa}e{sign}{:02}", exp.abs())
+        let _ = write!(out, "e{sign}{:02}", exp.abs());
     } else {
-        format!("{v}")
+        out.truncate(start);
+        let _ = write!(out, "{v}");
     }
 }
 
 fn escape_label_value(out: &mut String, v: &str) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
+    // Plain runs are copied whole; only `\\`, `"` and newlines are escaped.
+    let mut rest = v;
+    while let Some(i) = rest.find(['\\', '"', '\n']) {
+        out.push_str(&rest[..i]);
+        out.push_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        });
+        rest = &rest[i + 1..];
     }
+    out.push_str(rest);
 }
 
 fn escape_help(out: &mut String, v: &str, openmetrics: bool) {
@@ -243,25 +276,31 @@ pub fn encode(families: &[&Family], format: Format) -> String {
     let mut out = String::with_capacity(families.iter().map(|f| f.samples.len() * 64 + 128).sum());
     // A family without samples says nothing (and the 0.0.4 format has no way to say "empty").
     for f in families.iter().filter(|f| !f.samples.is_empty()) {
-        let header_name = if om { f.name.clone() } else { f.text_name() };
+        let header_name = if om {
+            Cow::Borrowed(f.name.as_str())
+        } else {
+            f.text_header_name()
+        };
         if !f.help.is_empty() {
-            let _ = write!(out, "# HELP {header_name} ");
+            out.push_str("# HELP ");
+            out.push_str(&header_name);
+            out.push(' ');
             escape_help(&mut out, &f.help, om);
             out.push('\n');
         }
-        let _ = writeln!(
-            out,
-            "# TYPE {header_name} {}",
-            if om { f.om_type() } else { f.text_type() }
-        );
+        out.push_str("# TYPE ");
+        out.push_str(&header_name);
+        out.push(' ');
+        out.push_str(if om { f.om_type() } else { f.text_type() });
+        out.push('\n');
         if om && let Some(unit) = &f.unit {
             let _ = writeln!(out, "# UNIT {header_name} {unit}");
         }
         for s in &f.samples {
-            out.push_str(&f.sample_name(s, om));
+            f.write_sample_name(&mut out, s, om);
             write_labels(&mut out, &s.labels);
             out.push(' ');
-            out.push_str(&format_value(s.value));
+            write_value(&mut out, s.value);
             out.push('\n');
         }
     }

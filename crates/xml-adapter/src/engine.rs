@@ -15,9 +15,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::BufRead;
 
+use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::{QName, ResolveResult};
-use quick_xml::{NsReader, Reader};
+use quick_xml::name::{NamespaceResolver, QName, ResolveResult};
 
 use crate::encode::{Family, Kind, Sample, Suffix};
 use crate::mapping::{DuplicatePolicy, Mapping, MissingPolicy, Rule};
@@ -264,10 +264,192 @@ impl Engine {
     }
 
     /// Reads a whole document and translates it. Any error refuses the whole document.
-    pub fn translate<R: BufRead>(&self, input: R) -> Result<Translation, DocumentError> {
-        let mut run = Run::new(self);
-        run.read(input)?;
-        Ok(run.finish())
+    pub fn translate<R: BufRead>(&self, mut input: R) -> Result<Translation, DocumentError> {
+        let mut t = Translator::new(self);
+        loop {
+            let chunk = match input.fill_buf() {
+                Ok([]) => break,
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(DocumentError::Read {
+                        position: t.position(),
+                        source,
+                    });
+                }
+            };
+            let n = chunk.len();
+            t.feed(chunk)?;
+            input.consume(n);
+        }
+        t.finish()
+    }
+}
+
+/// A document translated as its bytes arrive ([`Translator::feed`]), so a fetch translates
+/// the body chunk by chunk where it receives it. The bytes collect in a window of at least
+/// [`WINDOW`] bytes that quick-xml parses in place (no copy of each event, as its buffered
+/// reader makes); an event cut by the window's end is parsed again from its start once more
+/// bytes are in. The window only grows to hold one event, so memory does not follow the
+/// document.
+#[derive(Debug)]
+pub struct Translator<'e> {
+    run: Run<'e>,
+    win: Vec<u8>,
+    /// Position of `win[0]` in the document.
+    base: u64,
+    /// Parse once the window holds this much.
+    target: usize,
+    window: usize,
+    /// The bindings in scope, when the mapping uses namespaces.
+    ns: Option<NamespaceResolver>,
+}
+
+impl<'e> Translator<'e> {
+    pub fn new(engine: &'e Engine) -> Translator<'e> {
+        Translator::with_scratch(engine, Scratch::default())
+    }
+
+    /// A translator on the buffers an earlier one left ([`Translator::finish_keep`]).
+    pub fn with_scratch(engine: &'e Engine, scratch: Scratch) -> Translator<'e> {
+        Translator::with_window(engine, scratch, WINDOW)
+    }
+
+    fn with_window(engine: &'e Engine, scratch: Scratch, window: usize) -> Translator<'e> {
+        let (run, mut win) = Run::new(engine, scratch);
+        win.reserve(2 * window);
+        Translator {
+            run,
+            win,
+            base: 0,
+            target: window,
+            window,
+            ns: engine
+                .mapping
+                .needs_namespaces
+                .then(NamespaceResolver::default),
+        }
+    }
+
+    /// Bytes received so far.
+    pub fn position(&self) -> u64 {
+        self.base + self.win.len() as u64
+    }
+
+    /// The next bytes of the document. An error refuses the document: feed no more.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), DocumentError> {
+        self.win.extend_from_slice(bytes);
+        if self.win.len() >= self.target {
+            self.parse(false)?;
+        }
+        Ok(())
+    }
+
+    /// The document has ended: the rest is parsed and the translation made.
+    pub fn finish(self) -> Result<Translation, DocumentError> {
+        self.finish_keep().0
+    }
+
+    /// [`Translator::finish`], and the buffers for the next document.
+    pub fn finish_keep(mut self) -> (Result<Translation, DocumentError>, Scratch) {
+        let result = self.parse(true).and_then(|()| {
+            let end = self.position();
+            self.run.check_end(end)?;
+            Ok(self.run.finish())
+        });
+        (result, self.into_scratch())
+    }
+
+    /// The buffers for the next document, when this one is abandoned.
+    pub fn into_scratch(self) -> Scratch {
+        self.run.into_scratch(self.win)
+    }
+
+    /// Parses the window's complete events (all of them when `last`) and drops them.
+    fn parse(&mut self, last: bool) -> Result<(), DocumentError> {
+        let win = &self.win[..];
+        let base = self.base;
+        // quick-xml drops a byte order mark at the start of what it is given: right at the
+        // document's start; anywhere else U+FEFF is text.
+        let mut skip = 0;
+        if win.starts_with(UTF8_BOM) {
+            skip = UTF8_BOM.len();
+            if base > 0 {
+                self.run.text("\u{FEFF}", base)?;
+            }
+        }
+        let view = &win[skip..];
+        let mut reader = Reader::from_reader(view);
+        configure(reader.config_mut());
+        // What this window's events used up, from `view`'s start.
+        let mut used = 0usize;
+        loop {
+            let pos = reader.buffer_position() as usize;
+            let at = base + (skip + pos) as u64;
+            match reader.read_event() {
+                Ok(Event::Eof) => {
+                    used = view.len();
+                    break;
+                }
+                // A text that runs to the window's end may go on past it.
+                Ok(Event::Text(_)) if !last && reader.buffer_position() as usize == view.len() => {
+                    break;
+                }
+                Ok(ev) => {
+                    event_with(&mut self.run, self.ns.as_mut(), ev, at)?;
+                    used = reader.buffer_position() as usize;
+                }
+                Err(e) if !last && cut_by_window(&e, view, pos) => break,
+                // Reported where the event starts (quick-xml has no position for some errors,
+                // such as bad UTF-8).
+                Err(e) => return Err(malformed(at, e.to_string())),
+            }
+        }
+        let used = skip + used;
+        let left = self.win.len() - used;
+        // The window must grow when one event fills all of it.
+        self.target = if used == 0 {
+            self.window.max(2 * self.win.len())
+        } else {
+            self.window.max(2 * left)
+        };
+        self.win.drain(..used);
+        self.base += used as u64;
+        Ok(())
+    }
+}
+
+/// One event, with the namespace scopes kept as quick-xml's `NsReader` keeps them: a start
+/// tag's bindings are in scope for it and its content, an end tag's until it is handled.
+fn event_with(
+    run: &mut Run<'_>,
+    ns: Option<&mut NamespaceResolver>,
+    ev: Event<'_>,
+    at: u64,
+) -> Result<(), DocumentError> {
+    let Some(ns) = ns else {
+        return run.event(&NoNamespaces, ev, at);
+    };
+    let scope = |r: Result<(), quick_xml::name::NamespaceError>| {
+        r.map_err(|e| malformed(at, format!("namespace declaration: {e}")))
+    };
+    match ev {
+        Event::Start(e) => {
+            scope(ns.push(&e))?;
+            run.event(ns, Event::Start(e), at)
+        }
+        Event::Empty(e) => {
+            scope(ns.push(&e))?;
+            let r = run.event(ns, Event::Empty(e), at);
+            ns.pop();
+            r
+        }
+        Event::End(e) => {
+            let r = run.event(ns, Event::End(e), at);
+            ns.pop();
+            r
+        }
+        ev => run.event(ns, ev, at),
     }
 }
 
@@ -381,12 +563,15 @@ struct OpenRecord {
 }
 
 /// A sample before families are finalised: which rule made it (for its duplicate policy).
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Pending {
     rule: usize,
     value: f64,
     /// Records that gave this series (more than one: the duplicate policy applies).
     count: u64,
+    /// The document that gave it: a table outlives a document (see [`Scratch`]), and a series
+    /// last seen in an earlier one is new in this one.
+    generation: u64,
 }
 
 /// One family's series so far, by key. Consecutive records often give the same series (a
@@ -397,11 +582,60 @@ struct SeriesTable {
     entries: Vec<Pending>,
     last_key: Vec<u8>,
     last: Option<usize>,
+    /// Entries of the current document.
+    live: usize,
+}
+
+/// What a translation leaves for the next one: a fetcher translates one document at a time,
+/// and the next finds its buffers grown and the series it shares with the last one keyed
+/// already (no allocation for either). Series no longer seen are dropped once they outnumber
+/// the live ones; buffers that grew past [`KEEP_BYTES`] for one large document are not kept.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    generation: u64,
+    win: Vec<u8>,
+    tags: String,
+    frames: Vec<Frame>,
+    states: Vec<(u32, bool)>,
+    cstates: Vec<usize>,
+    arena: Vec<CNode>,
+    abuf: String,
+    cattrs: Vec<CAttr>,
+    segs: Vec<(usize, usize)>,
+    records_open: Vec<OpenRecord>,
+    record_rules: Vec<usize>,
+    sattrs: Vec<CAttr>,
+    sbuf: String,
+    vbuf: String,
+    vranges: Vec<(usize, usize)>,
+    key: Vec<u8>,
+    leaf_buf: String,
+    pending: Vec<SeriesTable>,
+}
+
+/// Buffers larger than this are freed after a document rather than kept.
+const KEEP_BYTES: usize = 1 << 20;
+
+fn kept<T>(mut v: Vec<T>) -> Vec<T> {
+    if v.capacity() * std::mem::size_of::<T>() > KEEP_BYTES {
+        return Vec::new();
+    }
+    v.clear();
+    v
+}
+
+fn kept_string(mut s: String) -> String {
+    if s.capacity() > KEEP_BYTES {
+        return String::new();
+    }
+    s.clear();
+    s
 }
 
 /// Per family: label set -> (rule, (upper bound, count) per bucket record).
 type HistogramGroups = HashMap<Vec<(String, String)>, (usize, Vec<(f64, f64)>)>;
 
+#[derive(Debug)]
 struct Run<'e> {
     engine: &'e Engine,
     tags: String,
@@ -442,8 +676,7 @@ struct Run<'e> {
     out: Translation,
     root_seen: bool,
     root_closed: bool,
-    /// The plain reader's window ([`WINDOW`]; tests make it tiny to cut every event).
-    window: usize,
+    generation: u64,
 }
 
 fn malformed(position: u64, message: impl Into<String>) -> DocumentError {
@@ -472,12 +705,12 @@ impl Names for NoNamespaces {
     }
 }
 
-impl<R> Names for NsReader<R> {
+impl Names for NamespaceResolver {
     fn element_uri(&self, q: QName<'_>) -> Option<String> {
-        resolve_uri(self.resolver().resolve_element(q).0)
+        resolve_uri(self.resolve_element(q).0)
     }
     fn attribute<'n>(&self, q: QName<'n>) -> (Option<String>, &'n str) {
-        let (res, local) = self.resolver().resolve_attribute(q);
+        let (res, local) = self.resolve_attribute(q);
         (resolve_uri(res), local.into_inner())
     }
 }
@@ -499,7 +732,7 @@ fn configure(c: &mut quick_xml::reader::Config) {
     c.trim_text(false);
 }
 
-/// How much of the document the plain reader parses at a time.
+/// How much of the document is parsed at a time (at least).
 const WINDOW: usize = 64 * 1024;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -539,39 +772,84 @@ fn predefined_entity(name: &str) -> Option<&'static str> {
 }
 
 impl<'e> Run<'e> {
-    fn new(engine: &'e Engine) -> Run<'e> {
+    /// A run on the buffers of `s` (emptied; see [`Scratch`]); the window is returned apart.
+    fn new(engine: &'e Engine, s: Scratch) -> (Run<'e>, Vec<u8>) {
         let n = engine.mapping.families.len();
-        Run {
+        let mut pending = s.pending;
+        pending.resize_with(n, SeriesTable::default);
+        pending.truncate(n);
+        for t in &mut pending {
+            t.live = 0;
+            t.last = None;
+        }
+        let mut states = kept(s.states);
+        states.push((0, false));
+        let run = Run {
             engine,
-            tags: String::with_capacity(4096),
-            frames: Vec::with_capacity(64),
-            states: vec![(0, false)],
-            cstates: Vec::new(),
-            arena: Vec::new(),
-            abuf: String::new(),
-            cattrs: Vec::new(),
-            segs: Vec::new(),
+            tags: kept_string(s.tags),
+            frames: kept(s.frames),
+            states,
+            cstates: kept(s.cstates),
+            arena: kept(s.arena),
+            abuf: kept_string(s.abuf),
+            cattrs: kept(s.cattrs),
+            segs: kept(s.segs),
             uris: Vec::new(),
             arena_bytes: 0,
             arena_overflow: false,
-            records_open: Vec::new(),
-            record_rules: Vec::new(),
-            sattrs: Vec::new(),
-            sbuf: String::new(),
+            records_open: kept(s.records_open),
+            record_rules: kept(s.record_rules),
+            sattrs: kept(s.sattrs),
+            sbuf: kept_string(s.sbuf),
             sattrs_ready: false,
-            vbuf: String::new(),
-            vranges: Vec::new(),
-            key: Vec::with_capacity(256),
+            vbuf: kept_string(s.vbuf),
+            vranges: kept(s.vranges),
+            key: kept(s.key),
             child_caps: Vec::new(),
-            leaf_buf: String::new(),
-            pending: (0..n).map(|_| SeriesTable::default()).collect(),
+            leaf_buf: kept_string(s.leaf_buf),
+            pending,
             pending_series: 0,
             hist: (0..n).map(|_| HashMap::new()).collect(),
             issues: vec![[0; REASONS.len()]; engine.mapping.rules.len()],
             out: Translation::default(),
             root_seen: false,
             root_closed: false,
-            window: WINDOW,
+            generation: s.generation + 1,
+        };
+        (run, kept(s.win))
+    }
+
+    /// The buffers back, for the next document.
+    fn into_scratch(self, win: Vec<u8>) -> Scratch {
+        let mut pending = self.pending;
+        for t in &mut pending {
+            // Series of earlier documents are kept while they are few.
+            if t.index.len() > 2 * t.live + 64 {
+                t.index.clear();
+                t.entries.clear();
+                t.last = None;
+            }
+        }
+        Scratch {
+            generation: self.generation,
+            win,
+            tags: self.tags,
+            frames: self.frames,
+            states: self.states,
+            cstates: self.cstates,
+            arena: self.arena,
+            abuf: self.abuf,
+            cattrs: self.cattrs,
+            segs: self.segs,
+            records_open: self.records_open,
+            record_rules: self.record_rules,
+            sattrs: self.sattrs,
+            sbuf: self.sbuf,
+            vbuf: self.vbuf,
+            vranges: self.vranges,
+            key: self.key,
+            leaf_buf: self.leaf_buf,
+            pending,
         }
     }
 
@@ -589,12 +867,8 @@ impl<'e> Run<'e> {
         self.frames.last().is_some_and(|f| f.text_on || f.leaf)
     }
 
-    fn read<R: BufRead>(&mut self, input: R) -> Result<(), DocumentError> {
-        let end = if self.engine.mapping.needs_namespaces {
-            self.read_ns(input)?
-        } else {
-            self.read_plain(input)?
-        };
+    /// The checks once the document has ended at byte `end`.
+    fn check_end(&mut self, end: u64) -> Result<(), DocumentError> {
         self.out.bytes = end;
         if let Some(f) = self.frames.last() {
             let name = &self.tags[f.tag_start..f.tag_start + f.name_len];
@@ -610,110 +884,6 @@ impl<'e> Run<'e> {
             return Err(malformed(end, "no root element"));
         }
         Ok(())
-    }
-
-    /// The namespace-aware path: quick-xml's buffered reader, which keeps the bindings.
-    fn read_ns<R: BufRead>(&mut self, input: R) -> Result<u64, DocumentError> {
-        let mut reader = NsReader::from_reader(input);
-        configure(reader.config_mut());
-        let mut buf = Vec::with_capacity(8192);
-        loop {
-            let pos = reader.buffer_position();
-            let ev = match reader.read_event_into(&mut buf) {
-                Ok(Event::Eof) => return Ok(reader.buffer_position()),
-                Ok(ev) => ev,
-                Err(quick_xml::Error::Io(e)) => {
-                    return Err(DocumentError::Read {
-                        position: pos,
-                        source: std::io::Error::new(e.kind(), e.to_string()),
-                    });
-                }
-                Err(e) => return Err(malformed(pos, e.to_string())),
-            };
-            self.event(&reader, ev, pos)?;
-            buf.clear();
-        }
-    }
-
-    /// The plain path: the input is read into a window of at least [`WINDOW`] bytes that
-    /// quick-xml parses in place (no copy of each event, as its buffered reader makes). An
-    /// event cut by the window's end is parsed again from its start once more input is in.
-    /// The window only grows to hold one event, so memory does not follow the document.
-    fn read_plain<R: BufRead>(&mut self, mut input: R) -> Result<u64, DocumentError> {
-        let window = self.window;
-        let mut win: Vec<u8> = Vec::with_capacity(2 * window);
-        // Absolute position of `win[0]` in the document.
-        let mut base = 0u64;
-        let mut eof = false;
-        let mut target = window;
-        loop {
-            while !eof && win.len() < target {
-                match input.fill_buf() {
-                    Ok([]) => eof = true,
-                    Ok(chunk) => {
-                        let n = chunk.len();
-                        win.extend_from_slice(chunk);
-                        input.consume(n);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        return Err(DocumentError::Read {
-                            position: base + win.len() as u64,
-                            source: e,
-                        });
-                    }
-                }
-            }
-            // quick-xml drops a byte order mark at the start of what it is given: right at the
-            // document's start; anywhere else U+FEFF is text.
-            let mut skip = 0;
-            if win.starts_with(UTF8_BOM) {
-                skip = UTF8_BOM.len();
-                if base > 0 {
-                    self.text("\u{FEFF}", base)?;
-                }
-            }
-            let view = &win[skip..];
-            let mut reader = Reader::from_reader(view);
-            configure(reader.config_mut());
-            // What this window's events used up, from `view`'s start.
-            let mut used = 0usize;
-            loop {
-                let pos = reader.buffer_position() as usize;
-                let at = base + (skip + pos) as u64;
-                match reader.read_event() {
-                    Ok(Event::Eof) => {
-                        used = view.len();
-                        break;
-                    }
-                    // A text that runs to the window's end may go on past it.
-                    Ok(Event::Text(_))
-                        if !eof && reader.buffer_position() as usize == view.len() =>
-                    {
-                        break;
-                    }
-                    Ok(ev) => {
-                        self.event(&NoNamespaces, ev, at)?;
-                        used = reader.buffer_position() as usize;
-                    }
-                    Err(e) if !eof && cut_by_window(&e, view, pos) => break,
-                    // Reported where the event starts (quick-xml has no position for some
-                    // errors, such as bad UTF-8).
-                    Err(e) => return Err(malformed(at, e.to_string())),
-                }
-            }
-            if eof && used == view.len() {
-                return Ok(base + win.len() as u64);
-            }
-            let used = skip + used;
-            // The window must grow when one event fills all of it.
-            target = window.max(2 * (win.len() - used));
-            if used == 0 {
-                target = target.max(2 * win.len());
-            }
-            win.drain(..used);
-            base += used as u64;
-        }
     }
 
     /// One event (anything but `Eof`), at byte `pos` of the document.
@@ -826,9 +996,35 @@ impl<'e> Run<'e> {
             return Ok(());
         }
         let qname = e.name();
-        for a in e.attributes().with_checks(true) {
+        // Repeated names are checked here: quick-xml's own check allocates for every tag.
+        let mut keys: [&str; 16] = [""; 16];
+        let mut n = 0usize;
+        let mut many: Option<std::collections::HashSet<&str>> = None;
+        for a in e.attributes().with_checks(false) {
             let a =
                 a.map_err(|err| malformed(pos, format!("bad attribute in <{}>: {err}", qname.0)))?;
+            let key = a.key.0;
+            let repeated = match &mut many {
+                Some(set) => !set.insert(key),
+                None if n < keys.len() => {
+                    let r = keys[..n].contains(&key);
+                    keys[n] = key;
+                    n += 1;
+                    r
+                }
+                None => {
+                    let mut set: std::collections::HashSet<&str> = keys.iter().copied().collect();
+                    let r = !set.insert(key);
+                    many = Some(set);
+                    r
+                }
+            };
+            if repeated {
+                return Err(malformed(
+                    pos,
+                    format!("bad attribute in <{}>: `{key}` appears twice", qname.0),
+                ));
+            }
             let v = a
                 .normalized_value(quick_xml::XmlVersion::Implicit1_0)
                 .map_err(|err| {
@@ -1741,7 +1937,10 @@ impl<'e> Run<'e> {
                 table.last = Some(i);
             }),
         };
-        if let Some(i) = found {
+        let generation = self.generation;
+        if let Some(i) = found
+            && table.entries[i].generation == generation
+        {
             let p = &mut table.entries[i];
             p.count += 1;
             match policy {
@@ -1759,33 +1958,44 @@ impl<'e> Run<'e> {
         }
         self.pending_series += 1;
         let table = &mut self.pending[family];
-        table.entries.push(Pending {
+        table.live += 1;
+        let fresh = Pending {
             rule: ri,
             value,
             count: 1,
-        });
+            generation,
+        };
+        // A series of an earlier document keeps its key and its slot.
+        if let Some(i) = found {
+            table.entries[i] = fresh;
+            return;
+        }
+        table.entries.push(fresh);
         let i = table.entries.len() - 1;
         table.index.insert(self.key.as_slice().into(), i);
         table.last_key.clone_from(&self.key);
         table.last = Some(i);
     }
 
-    fn finish(mut self) -> Translation {
+    fn finish(&mut self) -> Translation {
         let engine = self.engine;
         let max_series = engine.mapping.limits.max_series;
+        let generation = self.generation;
         let mut series = 0u64;
         let mut families = Vec::new();
-        let pending = std::mem::take(&mut self.pending);
         let hist = std::mem::take(&mut self.hist);
-        for (fi, (samples, hist)) in pending.into_iter().zip(hist).enumerate() {
+        for (fi, hist) in hist.into_iter().enumerate() {
             let spec = &engine.mapping.families[fi];
             let mut fam = Family::new(&spec.name, &spec.help, spec.kind);
             fam.unit = spec.unit.clone();
-            let SeriesTable { index, entries, .. } = samples;
-            let mut entries: Vec<Option<Pending>> = entries.into_iter().map(Some).collect();
-            let mut samples: Vec<_> = index
-                .into_iter()
-                .filter_map(|(k, i)| Some((key_decode(&k), entries.get_mut(i)?.take()?)))
+            let table = &self.pending[fi];
+            let mut samples: Vec<_> = table
+                .index
+                .iter()
+                .filter_map(|(k, &i)| {
+                    let p = *table.entries.get(i)?;
+                    (p.generation == generation).then(|| (key_decode(k), p))
+                })
                 .collect();
             samples.sort_by(|a, b| a.0.cmp(&b.0));
             for (labels, p) in samples {
@@ -1892,7 +2102,7 @@ impl<'e> Run<'e> {
         }
         self.out.series = series;
         self.out.families = families;
-        self.out
+        std::mem::take(&mut self.out)
     }
 }
 
@@ -1945,11 +2155,12 @@ mod tests {
         window: usize,
     ) -> Result<Translation, DocumentError> {
         let engine = Engine::new(Mapping::parse(mapping, "test.yaml").unwrap());
-        let mut run = Run::new(&engine);
-        run.window = window;
-        // A one-byte buffer: the window fills in the smallest steps.
-        run.read(std::io::BufReader::with_capacity(1, doc))?;
-        Ok(run.finish())
+        let mut t = Translator::with_window(&engine, Scratch::default(), window);
+        // One byte at a time: the window fills in the smallest steps.
+        for b in doc {
+            t.feed(std::slice::from_ref(b))?;
+        }
+        t.finish()
     }
 
     #[test]
@@ -1995,6 +2206,41 @@ mod tests {
                     "window {window}: {}",
                     String::from_utf8_lossy(d)
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn reused_buffers_translate_each_document_afresh() {
+        let engine = Engine::new(
+            Mapping::parse(
+                "rules:\n  - {name: m, type: gauge, path: /r/i, labels: {k: '@k'}, value: '@v'}\n",
+                "test.yaml",
+            )
+            .unwrap(),
+        );
+        let docs: &[&str] = &[
+            "<r><i k='a' v='1'/><i k='b' v='2'/></r>",
+            "<r><i k='b' v='3'/><i k='c' v='4'/></r>",
+            "<r><i k='a' v='5'/><i k='x'",
+            "<r><i k='a' v='5'/><i k='a' v='6'/><i k='d' v='7'/></r>",
+            "<r><i k='a' v='1'/><i k='b' v='2'/></r>",
+        ];
+        let mut scratch = Scratch::default();
+        for doc in docs {
+            let fresh = engine.translate(doc.as_bytes());
+            let mut t = Translator::with_scratch(&engine, scratch);
+            t.feed(doc.as_bytes()).unwrap();
+            let (got, s) = t.finish_keep();
+            scratch = s;
+            match (fresh, got) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(samples(&a), samples(&b), "{doc}");
+                    assert_eq!(a.rule_issues, b.rule_issues, "{doc}");
+                    assert_eq!(a.series, b.series, "{doc}");
+                }
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("{doc}: {a:?} vs {b:?}"),
             }
         }
     }
@@ -2119,6 +2365,12 @@ mod tests {
             ("<r/>junk", "text outside the root"),
             ("", "no root element"),
             ("<r><i>&nope;</i></r>", "undefined entity `&nope;`"),
+            ("<r><i a='1' b='2' a='3'>1</i></r>", "`a` appears twice"),
+            (
+                "<r><i a0='' a1='' a2='' a3='' a4='' a5='' a6='' a7='' a8='' a9='' b0='' b1='' \
+                 b2='' b3='' b4='' b5='' b6='' b7='' b8='' b9='' a3=''>1</i></r>",
+                "`a3` appears twice",
+            ),
             ("<r></i></r>", "expected </r>, found </i>"),
             (
                 "<?xml version='1.0' encoding='EBCDIC'?><r/>",

@@ -2,10 +2,10 @@
 //!
 //! One client with one kept-alive connection: fetches are serialised by a mutex, so the legacy
 //! application never sees more than one connection from the adapter. The body is never held:
-//! its chunks feed the parser (on a blocking thread) through a counting, capped, deadline-aware
-//! stream.
+//! each chunk, as it arrives through a counting, capped, deadline-aware stream, is fed to the
+//! translator right there (no hand-off to another thread: a 32 KB page is translated in a
+//! fraction of a millisecond, and a large document is worked through a window at a time).
 
-use std::io::BufReader;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,10 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
-use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::config::{Auth, Config};
-use crate::engine::{DocumentError, Engine, Translation};
+use crate::engine::{DocumentError, Engine, Scratch, Translation, Translator};
 
 /// Why a scrape served no translated samples; the `kind` label of the error counter.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +70,9 @@ pub struct Fetcher {
     headers: reqwest::header::HeaderMap,
     auth: Auth,
     max_body: u64,
-    /// One fetch at a time: one connection to the legacy application.
-    one: tokio::sync::Mutex<()>,
+    /// One fetch at a time: one connection to the legacy application. It guards the
+    /// translator's buffers, which each fetch leaves to the next.
+    one: tokio::sync::Mutex<Scratch>,
 }
 
 /// What stopped the body stream, when it was the wrapper that stopped it.
@@ -130,7 +130,7 @@ impl Fetcher {
             headers: config.headers.clone(),
             auth: config.auth.clone(),
             max_body: config.max_body_bytes,
-            one: tokio::sync::Mutex::new(()),
+            one: tokio::sync::Mutex::new(Scratch::default()),
         })
     }
 
@@ -144,7 +144,7 @@ impl Fetcher {
     ) -> Result<Translation, ScrapeError> {
         let deadline = Instant::now() + budget;
         let timeout = ScrapeError::Timeout(budget);
-        let _one = match tokio::time::timeout_at(deadline, self.one.lock()).await {
+        let mut one = match tokio::time::timeout_at(deadline, self.one.lock()).await {
             Ok(g) => g,
             Err(_) => return Err(timeout),
         };
@@ -191,26 +191,32 @@ impl Fetcher {
             return Err(ScrapeError::BodyCap(self.max_body));
         }
         let stop = Arc::new(AtomicU8::new(STOP_NONE));
-        let body = guarded(
+        let mut body = std::pin::pin!(guarded(
             resp.bytes_stream(),
             deadline,
             self.max_body,
             bytes.clone(),
             stop.clone(),
-        );
-        let reader = StreamReader::new(Box::pin(body));
-        let handle = tokio::runtime::Handle::current();
-        let job = tokio::task::spawn_blocking(move || {
-            let sync = SyncIoBridge::new_with_handle(reader, handle);
-            engine.translate(BufReader::with_capacity(64 * 1024, sync))
-        });
-        let result = match job.await {
-            Ok(r) => r,
-            Err(e) => {
-                return Err(ScrapeError::Fetch {
-                    url,
-                    message: format!("the parser task failed: {e}"),
-                });
+        ));
+        let mut translator = Translator::with_scratch(&engine, std::mem::take(&mut *one));
+        let result = loop {
+            match body.next().await {
+                None => {
+                    let (result, scratch) = translator.finish_keep();
+                    *one = scratch;
+                    break result;
+                }
+                Some(Ok(chunk)) => {
+                    if let Err(e) = translator.feed(&chunk) {
+                        *one = translator.into_scratch();
+                        break Err(e);
+                    }
+                }
+                Some(Err(source)) => {
+                    let position = translator.position();
+                    *one = translator.into_scratch();
+                    break Err(DocumentError::Read { position, source });
+                }
             }
         };
         match (result, stop.load(Ordering::Relaxed)) {
