@@ -325,10 +325,18 @@ fn main() {
     git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
 
     let daemon_port = free_port();
-    let _daemon = Killer(
+    // `git-daemon` itself, not the `git daemon` wrapper, so that the kill reaches the listener.
+    let exec_path = String::from_utf8(
         Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git --exec-path")
+            .stdout,
+    )
+    .expect("exec path is UTF-8");
+    let _daemon = Killer(
+        Command::new(Path::new(exec_path.trim()).join("git-daemon"))
             .args([
-                "daemon",
                 "--export-all",
                 "--reuseaddr",
                 "--listen=127.0.0.1",

@@ -163,11 +163,13 @@ pub struct GitDaemon {
 impl GitDaemon {
     pub fn start(base: &Path) -> GitDaemon {
         require("git");
+        // Run `git-daemon` itself, not the `git daemon` wrapper: killing the wrapper would leave
+        // the daemon listening after the test (one leaked process per test).
+        let daemon = PathBuf::from(git(base, &["--exec-path"])).join("git-daemon");
         for _ in 0..5 {
             let port = free_port();
-            let child = Command::new("git")
+            let child = Command::new(&daemon)
                 .args([
-                    "daemon",
                     "--export-all",
                     "--reuseaddr",
                     "--informative-errors",
