@@ -4,13 +4,12 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -82,6 +81,219 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Keeps the [`RequestGuard`] of a request until its response body has been sent: bytes the
+/// client sends while a response is still streaming (an echo, a long upload answered early)
+/// belong to that request, not to the head of the next one.
+#[derive(Debug)]
+pub struct Guarded<B> {
+    body: B,
+    guard: Option<RequestGuard>,
+}
+
+impl<B> Guarded<B> {
+    pub fn new(body: B, guard: RequestGuard) -> Self {
+        Self {
+            body,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            || this.body.is_end_stream()
+        {
+            this.guard = None;
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A stream that, when hyper drops it, goes back to the connection task through its
+/// [`Reclaimed`] slot instead of being closed, so the task can still answer (`408`) and close
+/// gracefully ([`lingering_close`]).
+#[derive(Debug)]
+pub struct Reclaim<T> {
+    inner: Option<T>,
+    slot: Arc<Mutex<Option<T>>>,
+}
+
+/// Where a [`Reclaim`]ed stream lands once hyper is done with it.
+#[derive(Debug)]
+pub struct Reclaimed<T> {
+    slot: Arc<Mutex<Option<T>>>,
+}
+
+impl<T> Reclaim<T> {
+    pub fn new(inner: T) -> (Self, Reclaimed<T>) {
+        let slot = Arc::new(Mutex::new(None));
+        (
+            Self {
+                inner: Some(inner),
+                slot: slot.clone(),
+            },
+            Reclaimed { slot },
+        )
+    }
+
+    fn inner(&mut self) -> io::Result<&mut T> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+impl<T> Drop for Reclaim<T> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+            *slot = Some(inner);
+        }
+    }
+}
+
+impl<T> Reclaimed<T> {
+    /// The stream, once its [`Reclaim`] wrapper has been dropped (None while it is alive, for
+    /// instance inside an upgraded connection's tunnel).
+    pub fn take(&self) -> Option<T> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Reclaim<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.inner() {
+            Ok(inner) => Pin::new(inner).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Reclaim<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.inner() {
+            Ok(inner) => Pin::new(inner).poll_write(cx, data),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.inner() {
+            Ok(inner) => Pin::new(inner).poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.is_write_vectored())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner() {
+            Ok(inner) => Pin::new(inner).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner() {
+            Ok(inner) => Pin::new(inner).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// How long, and how many bytes, a lingering close keeps reading what the client still sends.
+pub const LINGER_TIME: Duration = Duration::from_secs(1);
+pub const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Closes a connection whose client may still be sending (the rest of a refused request): the
+/// write side is shut first (after a TLS close_notify), then reads are discarded until the
+/// client closes, for at most [`LINGER_TIME`] or [`LINGER_BYTES`]. Closing a socket with
+/// unread bytes makes the kernel send a reset, which can destroy the answer before the client
+/// read it (nginx's `lingering_close`).
+pub async fn lingering_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
+    let work = async {
+        // hyper may have shut the write side already; a second shutdown's error is no reason
+        // to skip the draining.
+        let _ = stream.shutdown().await;
+        // On the heap: only closing connections pay for it, not every connection task's state.
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut total = 0u64;
+        while total < LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n as u64,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, work).await;
+}
+
+/// What a client that was too slow with its request head is told.
+const REQUEST_TIMEOUT: &str = "ambassador: the request head was not complete within the header read timeout (header_read_timeout)\n";
+
+/// Closes an HTTP/1 connection hyper is done with, as `ended` requires: a client cut for
+/// slowness gets `408 Request Timeout` first; one whose request hyper refused (`431`, `400`)
+/// may still be sending it, so both close lingering. Other ends just close.
+pub async fn close_http1<S: AsyncRead + AsyncWrite + Unpin>(
+    ended: &Ended<hyper::Error>,
+    stream: &Reclaimed<S>,
+) {
+    let linger = match ended {
+        Ended::HeaderTimeout => true,
+        Ended::Done(Err(e)) => e.is_parse(),
+        Ended::Done(Ok(())) => false,
+    };
+    if !linger {
+        return;
+    }
+    let Some(mut stream) = stream.take() else {
+        return;
+    };
+    if let Ended::HeaderTimeout = ended {
+        let answer = format!(
+            "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\nx-ambassador-error: 1\r\ncontent-length: {}\r\n\r\n{REQUEST_TIMEOUT}",
+            REQUEST_TIMEOUT.len()
+        );
+        // A client that does not read gets no more time than the linger.
+        let write = tokio::time::timeout(LINGER_TIME, stream.write_all(answer.as_bytes())).await;
+        if !matches!(write, Ok(Ok(()))) {
+            return;
+        }
+    }
+    lingering_close(stream).await;
 }
 
 /// An I/O stream that records its activity.

@@ -32,6 +32,51 @@ pub fn answer<B>(status: StatusCode, message: String) -> Response<Either<B, Full
     response
 }
 
+/// The `SETTINGS_MAX_HEADER_LIST_SIZE` given to HTTP/2: twice `max_header_bytes`, so that
+/// heads up to that size reach [`refuse_large_h2_head`] (answered and counted); bigger ones are
+/// refused by the h2 layer itself (a `431` too, but not counted).
+pub fn h2_header_list_limit(max_header_bytes: usize) -> u32 {
+    u32::try_from(max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX)
+}
+
+/// An HTTP/2 request head larger than `max` bytes, as HTTP/2 counts them (RFC 9113 6.5.2: name
+/// and value of each field plus 32, pseudo-header fields included), is answered `431` and
+/// counted, as an HTTP/1 head of that size is.
+pub fn refuse_large_h2_head<B, R>(
+    req: &Request<B>,
+    max: usize,
+    metrics: &crate::metrics::RouteMetrics,
+) -> Option<Response<Either<R, Full<Bytes>>>> {
+    let uri = req.uri();
+    let mut size = 4 * 32
+        + ":method".len()
+        + req.method().as_str().len()
+        + ":path".len()
+        + uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + ":scheme".len()
+        + uri.scheme_str().map_or(0, str::len)
+        + ":authority".len()
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    for (name, value) in req.headers() {
+        size += name.as_str().len() + value.len() + 32;
+    }
+    if size <= max {
+        return None;
+    }
+    metrics.limit_exceeded(crate::metrics::Limit::HeaderSize);
+    tracing::warn!(
+        route = metrics.route(),
+        size,
+        "HTTP/2 request head too large: answered 431"
+    );
+    Some(answer(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        format!(
+            "ambassador: the request head ({size} bytes) is larger than max_header_bytes ({max})\n"
+        ),
+    ))
+}
+
 /// Whether the request asks to leave HTTP: an `Upgrade` (WebSocket) or a `CONNECT`.
 pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE)

@@ -25,13 +25,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AppProtocol, InboundRoute, Limits, Mode};
-use crate::conn::{self, Activity, ConnectionLimit, Ended, Tracked, TunnelEnd};
+use crate::conn::{
+    self, Activity, ConnectionLimit, Ended, Guarded, Reclaim, RequestGuard, Tracked, TunnelEnd,
+};
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
 use crate::proxy::{self, ResponseBody};
 
 pub use app::{AppClient, AppError, PooledBody};
 
 static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// Connections beyond `max_connections` that still get their handshake and a `503` (so the
+/// peer learns why, over mTLS); past these the TCP connection is closed unanswered.
+pub const OVERFLOW_HANDSHAKES: usize = 16;
 
 /// The TLS side of one listener, swapped whole when certificates reload.
 struct ListenerTls {
@@ -99,7 +105,9 @@ pub async fn bind(
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Above our limit, so that heads between the two reach the handler, which answers
+        // 431 and counts it (h2 would refuse them itself, uncounted).
+        .max_header_list_size(proxy::h2_header_list_limit(limits.max_header_bytes))
         .max_concurrent_streams(1024);
     let listener = Arc::new(Listener {
         app: AppClient::new(route.app, app_authority, route.app_protocol),
@@ -150,6 +158,7 @@ fn spawn_reload(listener: Arc<Listener>, reloader: &Arc<CredentialReloader>) {
 
 async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
     let budget = ConnectionLimit::new(listener.limits.max_connections);
+    let overflow = ConnectionLimit::new(OVERFLOW_HANDSHAKES);
     loop {
         let accepted = tokio::select! {
             () = listener.stop.cancelled() => break,
@@ -166,8 +175,17 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
         };
         let Some(permit) = budget.try_acquire() else {
             listener.metrics.limit_exceeded(Limit::MaxConnections);
-            tracing::warn!(route = %listener.route.name, %peer, "connection refused: max_connections reached");
-            drop(stream);
+            let Some(permit) = overflow.try_acquire() else {
+                tracing::warn!(route = %listener.route.name, %peer, "connection closed: max_connections reached");
+                drop(stream);
+                continue;
+            };
+            tracing::warn!(route = %listener.route.name, %peer, "connection refused with 503: max_connections reached");
+            let listener = listener.clone();
+            listener.tracker.clone().spawn(async move {
+                let _permit = permit;
+                refuse_over_limit(&listener, stream, peer).await;
+            });
             continue;
         };
         let listener = listener.clone();
@@ -227,10 +245,12 @@ async fn serve_connection(listener: &Arc<Listener>, stream: TcpStream, peer: Soc
                 activity: activity.clone(),
                 http1: !h2,
             });
-            let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+            let (io, reclaimed) = Reclaim::new(Tracked::new(stream, activity.clone()));
+            let io = TokioIo::new(io);
             let handler = listener.clone();
             let service = hyper::service::service_fn(move |req| {
-                handle(handler.clone(), peer_conn.clone(), req)
+                let guard = peer_conn.activity.request_started();
+                handle(handler.clone(), peer_conn.clone(), guard, req)
             });
             let ended = if h2 {
                 let conn = listener.http2.serve_connection(io, service);
@@ -253,13 +273,84 @@ async fn serve_connection(listener: &Arc<Listener>, stream: TcpStream, peer: Soc
                 )
                 .await
             };
-            report_end(&listener.metrics, ended, peer);
+            report_end(&listener.metrics, &ended, peer);
+            if !h2 {
+                conn::close_http1(&ended, &reclaimed).await;
+            }
         }
     }
 }
 
+/// A connection over `max_connections`, within the overflow: the handshake (the peer must be
+/// allowed, as always), then `503` with `Connection: close` to its first request (HTTP/1.1) or
+/// a GOAWAY after it (HTTP/2). All of it within the header-read limit.
+async fn refuse_over_limit(listener: &Listener, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let tls = listener.tls.load_full();
+    let name = &listener.route.name;
+    let work = async {
+        let stream = match tls.acceptor.accept(stream).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                let reason = tls::refusal_reason(&e);
+                listener.metrics.tls_failure(reason);
+                tracing::warn!(route = %name, %peer, reason, error = %e, "peer refused");
+                return;
+            }
+        };
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        let (io, reclaimed) = Reclaim::new(stream);
+        let answered = CancellationToken::new();
+        let service = {
+            let answered = answered.clone();
+            let text = format!(
+                "ambassador: inbound route `{name}`: too many connections (max_connections {})\n",
+                listener.limits.max_connections
+            );
+            hyper::service::service_fn(move |_req: Request<Incoming>| {
+                answered.cancel();
+                let mut response: Response<ResponseBody> =
+                    proxy::answer(StatusCode::SERVICE_UNAVAILABLE, text.clone());
+                // HTTP/2 has no `Connection` header; the GOAWAY says it there.
+                if !h2 {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                std::future::ready(Ok::<_, Infallible>(response))
+            })
+        };
+        if h2 {
+            let conn = listener.http2.serve_connection(TokioIo::new(io), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = answered.cancelled() => {}
+            }
+            // GOAWAY; the stream being answered finishes.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        } else {
+            // `Connection: close` in the answer makes hyper close after it.
+            let _ = listener
+                .http1
+                .serve_connection(TokioIo::new(io), service)
+                .await;
+            if let Some(stream) = reclaimed.take() {
+                conn::lingering_close(stream).await;
+            }
+        }
+    };
+    if tokio::time::timeout(listener.limits.header_read_timeout, work)
+        .await
+        .is_err()
+    {
+        tracing::debug!(route = %name, %peer, "refused connection did not finish in time");
+    }
+}
+
 /// Logs and counts how an HTTP connection ended.
-pub(crate) fn report_end(metrics: &RouteMetrics, ended: Ended<hyper::Error>, peer: SocketAddr) {
+pub(crate) fn report_end(metrics: &RouteMetrics, ended: &Ended<hyper::Error>, peer: SocketAddr) {
     match ended {
         Ended::Done(Ok(())) => {}
         Ended::Done(Err(e)) if e.is_parse_too_large() => {
@@ -270,7 +361,7 @@ pub(crate) fn report_end(metrics: &RouteMetrics, ended: Ended<hyper::Error>, pee
             tracing::debug!(route = metrics.route(), %peer, error = %e, "connection ended with an error");
         }
         Ended::HeaderTimeout => {
-            tracing::warn!(route = metrics.route(), %peer, "request head not complete in time: connection closed");
+            tracing::warn!(route = metrics.route(), %peer, "request head not complete in time: answered 408");
         }
     }
 }
@@ -326,9 +417,9 @@ struct PeerConn {
 async fn handle(
     listener: Arc<Listener>,
     conn: Arc<PeerConn>,
+    guard: RequestGuard,
     mut req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let _request = conn.activity.request_started();
+) -> Result<Response<Guarded<ResponseBody>>, Infallible> {
     let start = tokio::time::Instant::now();
     let method = req.method().clone();
     let path = if listener.access_log {
@@ -336,6 +427,13 @@ async fn handle(
     } else {
         String::new()
     };
+    if !conn.http1
+        && let Some(response) =
+            proxy::refuse_large_h2_head(&req, listener.limits.max_header_bytes, &listener.metrics)
+    {
+        let response = finish(&listener, &conn, &method, &path, start, response);
+        return Ok(response.map(|body| Guarded::new(body, guard)));
+    }
     let upgrade = proxy::wants_upgrade(&req);
     let headers = req.headers_mut();
     proxy::strip_hop_by_hop(headers, upgrade);
@@ -382,7 +480,8 @@ async fn handle(
             )
         }
     };
-    Ok(finish(&listener, &conn, &method, &path, start, response))
+    let response = finish(&listener, &conn, &method, &path, start, response);
+    Ok(response.map(|body| Guarded::new(body, guard)))
 }
 
 fn finish(

@@ -15,7 +15,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sidecar_kit::Sidecar;
 use sidecar_kit::reload::CredentialReloader;
 use tokio::io::AsyncWriteExt;
@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Limits, Mode, OutboundRoute};
-use crate::conn::{self, Activity, ConnectionLimit, Tracked, TunnelEnd};
+use crate::conn::{
+    self, Activity, ConnectionLimit, Guarded, Reclaim, RequestGuard, Tracked, TunnelEnd,
+};
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
 use crate::proxy::{self, ResponseBody};
 pub use transport::{Endpoint, Transport, TransportError, UpstreamBody};
@@ -68,6 +70,8 @@ struct Listener {
     requested: CancellationToken,
     tracker: TaskTracker,
     http1: hyper::server::conn::http1::Builder,
+    /// For apps that speak HTTP/2 with prior knowledge (h2c, gRPC).
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
 /// Binds every outbound listener of the configuration; returns their accept loops.
@@ -148,6 +152,11 @@ fn listener(
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .half_close(true);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_header_list_size(proxy::h2_header_list_limit(limits.max_header_bytes))
+        .max_concurrent_streams(1024);
     Listener {
         name: name.to_owned(),
         addr,
@@ -160,6 +169,7 @@ fn listener(
         requested: sidecar.shutdown().requested(),
         tracker: sidecar.shutdown().tracker(),
         http1,
+        http2,
     }
 }
 
@@ -219,22 +229,69 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
 }
 
 async fn serve_http(listener: &Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
-    let activity = Activity::new(true);
-    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+    let h2 = tokio::select! {
+        () = listener.stop.cancelled() => return,
+        h2 = tokio::time::timeout(listener.limits.header_read_timeout, sends_h2_preface(&stream)) => {
+            // A client that sent nothing yet is HTTP/1's to judge (idle and header limits).
+            h2.unwrap_or(false)
+        }
+    };
+    let activity = Activity::new(!h2);
+    let (io, reclaimed) = Reclaim::new(Tracked::new(stream, activity.clone()));
+    let io = TokioIo::new(io);
     let handler = listener.clone();
     let conn_activity = activity.clone();
-    let service =
-        hyper::service::service_fn(move |req| handle(handler.clone(), conn_activity.clone(), req));
-    let conn = listener.http1.serve_connection(io, service).with_upgrades();
-    let ended = conn::drive(
-        conn,
-        &activity,
-        &listener.limits,
-        &listener.stop,
-        &listener.metrics,
-    )
-    .await;
-    crate::inbound::report_end(&listener.metrics, ended, peer);
+    let service = hyper::service::service_fn(move |req| {
+        let guard = conn_activity.request_started();
+        handle(handler.clone(), guard, req)
+    });
+    let ended = if h2 {
+        let conn = listener.http2.serve_connection(io, service);
+        conn::drive(
+            conn,
+            &activity,
+            &listener.limits,
+            &listener.stop,
+            &listener.metrics,
+        )
+        .await
+    } else {
+        let conn = listener.http1.serve_connection(io, service).with_upgrades();
+        conn::drive(
+            conn,
+            &activity,
+            &listener.limits,
+            &listener.stop,
+            &listener.metrics,
+        )
+        .await
+    };
+    crate::inbound::report_end(&listener.metrics, &ended, peer);
+    if !h2 {
+        conn::close_http1(&ended, &reclaimed).await;
+    }
+}
+
+/// Whether the client opens with the HTTP/2 connection preface (`PRI * HTTP/2.0…`, prior
+/// knowledge, as gRPC over plain TCP does); peeked, so hyper still reads every byte. Three bytes
+/// decide: no HTTP/1 method starts with `PRI` (hyper's HTTP/1 would refuse it anyway).
+async fn sends_h2_preface(stream: &TcpStream) -> bool {
+    const PREFIX: &[u8; 3] = b"PRI";
+    let mut buf = [0u8; 3];
+    loop {
+        let n = match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        if buf[..n] != PREFIX[..n] {
+            return false;
+        }
+        if n == PREFIX.len() {
+            return true;
+        }
+        // Only "P" or "PR" so far: peek would return them again at once, so wait a little.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn serve_tcp(listener: &Listener, stream: TcpStream, peer: SocketAddr) {
@@ -293,29 +350,49 @@ fn select_route<'a>(routes: &'a Routes, req: &Request<Incoming>) -> Result<&'a A
 
 async fn handle(
     listener: Arc<Listener>,
-    activity: Arc<Activity>,
-    mut req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let _request = activity.request_started();
+    guard: RequestGuard,
+    req: Request<Incoming>,
+) -> Result<Response<Guarded<ResponseBody>>, Infallible> {
+    let response = respond(listener, req).await;
+    Ok(response.map(|body| Guarded::new(body, guard)))
+}
+
+async fn respond(listener: Arc<Listener>, mut req: Request<Incoming>) -> Response<ResponseBody> {
     let start = tokio::time::Instant::now();
+    let http1 = req.version() != Version::HTTP_2;
     let method = req.method().clone();
     let path = if listener.access_log {
         req.uri().path().to_owned()
     } else {
         String::new()
     };
+    if !http1
+        && let Some(response) =
+            proxy::refuse_large_h2_head(&req, listener.limits.max_header_bytes, &listener.metrics)
+    {
+        return finish(
+            &listener,
+            http1,
+            &listener.metrics,
+            &method,
+            &path,
+            start,
+            response,
+        );
+    }
     let route = match select_route(&listener.routes, &req) {
         Ok(route) => route.clone(),
         Err(message) => {
             let response = proxy::answer(StatusCode::NOT_FOUND, message);
-            return Ok(finish(
+            return finish(
                 &listener,
+                http1,
                 &listener.metrics,
                 &method,
                 &path,
                 start,
                 response,
-            ));
+            );
         }
     };
     if method == Method::CONNECT {
@@ -326,15 +403,17 @@ async fn handle(
                 route.name
             ),
         );
-        return Ok(finish(
+        return finish(
             &listener,
+            http1,
             &route.metrics,
             &method,
             &path,
             start,
             response,
-        ));
+        );
     }
+
     let upgrade = proxy::wants_upgrade(&req);
     proxy::strip_hop_by_hop(req.headers_mut(), upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -375,25 +454,29 @@ async fn handle(
             response
         }
     };
-    Ok(finish(
+    finish(
         &listener,
+        http1,
         &route.metrics,
         &method,
         &path,
         start,
         response,
-    ))
+    )
 }
 
 fn finish(
     listener: &Listener,
+    http1: bool,
     metrics: &RouteMetrics,
     method: &Method,
     path: &str,
     start: tokio::time::Instant,
     mut response: Response<ResponseBody>,
 ) -> Response<ResponseBody> {
-    proxy::close_if_shutting_down(response.headers_mut(), &listener.requested);
+    if http1 {
+        proxy::close_if_shutting_down(response.headers_mut(), &listener.requested);
+    }
     let seconds = start.elapsed().as_secs_f64();
     metrics.observe(response.status(), seconds);
     if listener.access_log {
