@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,31 +19,6 @@ use tokio::net::TcpStream;
 
 const SERVER_ID: &str = "spiffe://test.example/ns/prod/sa/server";
 const CLIENT_ID: &str = "spiffe://test.example/ns/prod/sa/client";
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: Ca,
-}
-
-impl Pki {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-            ca: Ca::new("test limits CA"),
-        }
-    }
-
-    fn secret(&self, name: &str, spiffe: &str) -> PathBuf {
-        let dir = self.dir.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        write_secret(&dir, 0, &self.ca.good(spiffe), &self.ca.pem);
-        dir
-    }
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| (*s).to_owned()).collect()
-}
 
 /// An inbound ambassador in front of `app`, and an outbound one leading to it; `extra` goes to
 /// both.
@@ -103,7 +77,7 @@ fn oversized_post(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_head_with_a_body_following_always_gets_its_431() {
-    let pki = Pki::new();
+    let pki = Pki::new("test limits CA");
     let app = start_app().await;
     let (inbound, remote, outbound, listen) =
         start_pair(&pki, app, &["--max-header-bytes", "8192"]);
@@ -188,7 +162,7 @@ async fn read_all<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_head_gets_408_and_an_idle_keep_alive_connection_is_closed_quietly() {
-    let pki = Pki::new();
+    let pki = Pki::new("test limits CA");
     let app = start_app().await;
     let (inbound, remote, outbound, listen) = start_pair(
         &pki,
@@ -273,7 +247,7 @@ async fn a_slow_head_gets_408_and_an_idle_keep_alive_connection_is_closed_quietl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_streaming_after_its_response_began_is_not_taken_for_a_slow_head() {
-    let pki = Pki::new();
+    let pki = Pki::new("test limits CA");
     let app = start_app().await;
     let (_inbound, _remote, outbound, listen) =
         start_pair(&pki, app, &["--header-read-timeout", "1s"]);
@@ -309,7 +283,7 @@ async fn an_upload_streaming_after_its_response_began_is_not_taken_for_a_slow_he
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_max_connections_a_peer_is_answered_503_over_mtls() {
-    let pki = Pki::new();
+    let pki = Pki::new("test limits CA");
     let app = start_app().await;
     let server = pki.secret("server", SERVER_ID);
     let remote = addr(free_port());
@@ -406,7 +380,7 @@ fn h2_get(uri: &str, size: usize) -> Request<Full<Bytes>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_http2_head_is_answered_431_and_counted() {
-    let pki = Pki::new();
+    let pki = Pki::new("test limits CA");
     let app = start_app().await;
     let (inbound, remote, _outbound, _listen) =
         start_pair(&pki, app, &["--max-header-bytes", "8192"]);
@@ -443,7 +417,7 @@ async fn an_oversized_http2_head_is_answered_431_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbound_listener_takes_h2c_with_prior_knowledge() {
-    let pki = Pki::new();
+    let pki = Pki::new("test limits CA");
     let app = start_app().await;
     let (_inbound, _remote, outbound, listen) =
         start_pair(&pki, app, &["--max-header-bytes", "8192"]);

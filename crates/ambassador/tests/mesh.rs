@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,37 +20,6 @@ use tokio::net::TcpStream;
 
 const SERVER_ID: &str = "spiffe://test.example/ns/prod/sa/server";
 const CLIENT_ID: &str = "spiffe://test.example/ns/prod/sa/client";
-
-/// A CA, one secret directory for the inbound (server) side and one for the outbound (client)
-/// side, and a temporary directory for logs.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: Ca,
-}
-
-impl Pki {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-            ca: Ca::new("test mesh CA"),
-        }
-    }
-
-    fn secret(&self, name: &str, spiffe: &str) -> PathBuf {
-        let dir = self.dir.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        write_secret(&dir, 0, &self.ca.good(spiffe), &self.ca.pem);
-        dir
-    }
-
-    fn path(&self) -> &std::path::Path {
-        self.dir.path()
-    }
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| (*s).to_owned()).collect()
-}
 
 /// An inbound ambassador in front of `app`, allowing the `client` service account.
 fn start_inbound(pki: &Pki, app: SocketAddr, extra: &[&str]) -> (Ambassador, SocketAddr) {
@@ -101,7 +69,7 @@ fn refused(amb: &Ambassador, reason: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusal_matrix_counts_each_reason_and_serves_the_allowed_peer_with_xfcc() {
-    let pki = Pki::new();
+    let pki = Pki::new("test mesh CA");
     let app = start_app().await;
     let (inbound, listen) = start_inbound(&pki, app, &[]);
     let ca = &pki.ca;
@@ -222,7 +190,7 @@ fn key(pem: &str) -> rustls::pki_types::PrivateKeyDer<'static> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_refuses_a_server_with_the_wrong_identity_with_502() {
-    let pki = Pki::new();
+    let pki = Pki::new("test mesh CA");
     let app = start_app().await;
     let (_inbound, remote) = start_inbound(&pki, app, &[]);
     let client = pki.secret("client", CLIENT_ID);
@@ -264,7 +232,7 @@ async fn outbound_refuses_a_server_with_the_wrong_identity_with_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_rotate_ten_times_under_load_without_a_failed_request() {
-    let pki = Pki::new();
+    let pki = Pki::new("test mesh CA");
     let app = start_app().await;
     let server_dir = pki.path().join("server");
     let client_dir = pki.path().join("client");
@@ -371,7 +339,7 @@ async fn certificates_rotate_ten_times_under_load_without_a_failed_request() {
 async fn websocket_echo_through_outbound_and_inbound() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let pki = Pki::new();
+    let pki = Pki::new("test mesh CA");
     let app = start_app().await;
     let (_inbound, remote) = start_inbound(&pki, app, &[]);
     let client = pki.secret("client", CLIENT_ID);
@@ -400,7 +368,7 @@ async fn websocket_echo_through_outbound_and_inbound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_multiplexes_many_requests_on_few_connections() {
-    let pki = Pki::new();
+    let pki = Pki::new("test mesh CA");
     let app = start_app().await;
     let (inbound, remote) = start_inbound(&pki, app, &[]);
 
@@ -463,7 +431,7 @@ async fn http2_multiplexes_many_requests_on_few_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mb_body_streams_through_both_ways_with_bounded_memory() {
-    let pki = Pki::new();
+    let pki = Pki::new("test mesh CA");
     let app = start_app().await;
     let (inbound, remote) = start_inbound(&pki, app, &[]);
     let client = pki.secret("client", CLIENT_ID);
@@ -523,7 +491,7 @@ async fn a_100_mb_body_streams_through_both_ways_with_bounded_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_and_oversized_heads_are_refused_and_counted() {
-    let pki = Pki::new();
+    let pki = Pki::new("test mesh CA");
     let app = start_app().await;
     let (inbound, remote) = start_inbound(&pki, app, &["--header-read-timeout", "1s"]);
     let client = pki.secret("client", CLIENT_ID);
@@ -632,7 +600,7 @@ async fn slowloris_and_oversized_heads_are_refused_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_the_request_in_flight_finish_and_exits_zero() {
-    let pki = Pki::new();
+    let pki = Pki::new("test mesh CA");
     let app = start_app().await;
     let (mut inbound, remote) = start_inbound(&pki, app, &["--shutdown-grace", "10s"]);
     let me = pki.ca.good(CLIENT_ID);
@@ -677,7 +645,7 @@ async fn shutdown_lets_the_request_in_flight_finish_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_tcp_mode_tunnels_bytes_and_passes_half_close() {
-    let pki = Pki::new();
+    let pki = Pki::new("test mesh CA");
     // A TCP echo app that answers after the client half-closes: it echoes everything it read.
     let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let echo_addr = echo.local_addr().unwrap();
@@ -759,7 +727,7 @@ fn bad_configuration_exits_64_naming_the_fault() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_from_a_peer_becomes_a_tunnel_to_the_app_with_half_close() {
-    let pki = Pki::new();
+    let pki = Pki::new("test mesh CA");
     let app = start_app().await;
     let (_inbound, remote) = start_inbound(&pki, app, &[]);
     let me = pki.ca.good(CLIENT_ID);
@@ -793,7 +761,7 @@ async fn connect_from_a_peer_becomes_a_tunnel_to_the_app_with_half_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn yaml_config_routes_by_host_on_the_host_router() {
-    let pki = Pki::new();
+    let pki = Pki::new("test mesh CA");
     let app = start_app().await;
     let (_inbound, remote) = start_inbound(&pki, app, &[]);
     let client = pki.secret("client", CLIENT_ID);

@@ -23,6 +23,37 @@ use tokio::net::{TcpListener, TcpStream};
 
 // ---------- certificates ----------
 
+/// A CA, one secret directory for the inbound (server) side and one for the outbound (client)
+/// side, and a temporary directory for logs.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            ca: Ca::new(name),
+        }
+    }
+
+    pub fn secret(&self, name: &str, spiffe: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        write_secret(&dir, 0, &self.ca.good(spiffe), &self.ca.pem);
+        dir
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pub pem: String,
