@@ -131,8 +131,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(name);
         }
     }
+    // `TE: trailers` says the client accepts trailers; it is the one TE value HTTP/2 allows
+    // and gRPC servers require it, so it goes on to the next hop (as Envoy does), the rest not.
+    let accepts_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| {
+            let coding = token.split(';').next().unwrap_or_default().trim();
+            coding.eq_ignore_ascii_case("trailers")
+        });
     for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+    if accepts_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if keep_upgrade {
         if headers.contains_key(header::UPGRADE) {
@@ -246,5 +260,17 @@ mod tests {
         only_keep_alive.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
         strip_hop_by_hop(&mut only_keep_alive, false);
         assert!(only_keep_alive.is_empty());
+    }
+
+    #[test]
+    fn te_trailers_goes_on_and_other_te_codings_do_not() {
+        let mut grpc = HeaderMap::new();
+        grpc.insert(header::TE, HeaderValue::from_static("gzip;q=0.5, Trailers"));
+        strip_hop_by_hop(&mut grpc, false);
+        assert_eq!(grpc.get(header::TE).unwrap(), "trailers");
+        let mut gzip_only = HeaderMap::new();
+        gzip_only.insert(header::TE, HeaderValue::from_static("gzip, deflate"));
+        strip_hop_by_hop(&mut gzip_only, false);
+        assert!(gzip_only.is_empty());
     }
 }
