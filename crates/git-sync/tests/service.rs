@@ -373,8 +373,11 @@ fn spawn_trap_process(dir: &Path, name: &str) -> (Guard, std::path::PathBuf) {
         "trap 'echo hup >> {}' HUP; while :; do sleep 0.05; done",
         marker.display()
     );
-    let child = Command::new("bash")
-        .args(["-c", &format!("exec -a {name} bash -c \"{script}\"")])
+    // A HUP ignored on entry cannot be trapped by bash (a run under nohup ignores it), so the
+    // child starts with the default disposition whatever the test runner inherited.
+    let child = Command::new("env")
+        .args(["--default-signal=HUP", "bash", "-c"])
+        .arg(format!("exec -a {name} bash -c \"{script}\""))
         .spawn()
         .unwrap();
     // wait until bash has installed the trap (SIGHUP is bit 0 of the caught mask)
