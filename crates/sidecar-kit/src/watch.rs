@@ -2,7 +2,8 @@
 //!
 //! A mounted Secret or ConfigMap is a directory whose files are symlinks into `..data`, itself a
 //! symlink that the kubelet swaps atomically. Watching a file's inode misses that swap, so the
-//! watcher listens (with `notify`) to the files' *directories*, and on any event compares the
+//! watcher listens (with `notify`) to the files' *directories*, and on any event that may change
+//! content (not a mere open or read, such as its own) compares the
 //! files' content with what it last reported. It also polls at an interval, which covers
 //! filesystems without events and any event that was lost. A change is reported only when some
 //! file's content really differs, so a burst of events gives one report.
@@ -21,7 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -104,7 +106,7 @@ pub fn watch_files(
 
 fn start_event_watcher(paths: &[PathBuf], wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
     let handler = move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| may_change_content(&e.kind)) {
             wake.notify_one();
         }
     };
@@ -124,6 +126,17 @@ fn start_event_watcher(paths: &[PathBuf], wake: Arc<Notify>) -> Option<notify::R
         }
     }
     Some(watcher)
+}
+
+/// Opening or reading a file changes nothing, and the comparison itself opens and reads the
+/// files: waking on those events would re-read them every `debounce`, forever.
+fn may_change_content(kind: &EventKind) -> bool {
+    !matches!(
+        kind,
+        EventKind::Access(
+            AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+        )
+    )
 }
 
 fn parent_dir(path: &Path) -> PathBuf {
@@ -183,6 +196,56 @@ mod tests {
         let seen = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
         assert_eq!(seen, Ok(true), "the swap was not seen through events");
         token.cancel();
+    }
+
+    #[test]
+    fn reads_do_not_wake_the_comparison_but_writes_do() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+        assert!(!may_change_content(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!may_change_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(may_change_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(may_change_content(&EventKind::Modify(ModifyKind::Any)));
+        assert!(may_change_content(&EventKind::Create(CreateKind::File)));
+    }
+
+    /// The watcher's own reads must not feed it events: an idle watch reads the file once.
+    #[tokio::test]
+    async fn an_idle_watch_does_not_keep_reading_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "a: 1\n").unwrap();
+        // A second watcher on the same directory counts every time the file is opened.
+        let opens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = opens.clone();
+        let mut spy = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+            if e.is_ok_and(|e| matches!(e.kind, EventKind::Access(AccessKind::Open(_)))) {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+        spy.watch(dir.path(), RecursiveMode::NonRecursive).unwrap();
+
+        let token = CancellationToken::new();
+        let options = WatchOptions {
+            poll_interval: Duration::from_secs(3600),
+            debounce: Duration::from_millis(20),
+            poll_only: false,
+        };
+        let _changes = watch_files(vec![file.clone()], options, token.clone());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        token.cancel();
+        let n = opens.load(std::sync::atomic::Ordering::Relaxed);
+        // One read to take the first fingerprint; a feedback loop would make about 30.
+        assert!(
+            n <= 2,
+            "the idle watcher opened the file {n} times in 600 ms"
+        );
     }
 
     #[tokio::test]
