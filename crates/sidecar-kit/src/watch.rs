@@ -3,8 +3,8 @@
 //! A mounted Secret or ConfigMap is a directory whose files are symlinks into `..data`, itself a
 //! symlink that the kubelet swaps atomically. Watching a file's inode misses that swap, so the
 //! watcher listens (with `notify`) to the files' *directories*, and on any event that may change
-//! content (not a mere open or read, such as its own) compares the
-//! files' content with what it last reported. It also polls at an interval, which covers
+//! content (not a mere open or read, such as its own) compares the files' content with what it
+//! last reported. It also polls at an interval, which covers
 //! filesystems without events and any event that was lost. A change is reported only when some
 //! file's content really differs, so a burst of events gives one report.
 //!
@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn reads_do_not_wake_the_comparison_but_writes_do() {
-        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+        use notify::event::{CreateKind, ModifyKind};
         assert!(!may_change_content(&EventKind::Access(AccessKind::Open(
             AccessMode::Any
         ))));
