@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use dnsmasq::{Dnsmasq, free_udp_port};
+use dnsmasq::{Dnsmasq, free_dns_port};
 
 // ---------- backends ----------
 
@@ -865,7 +865,7 @@ async fn dns_changes_are_used_within_the_ttl_and_removed_endpoints_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_starts_before_dns_answers_and_fills_in_when_it_does() {
     let backend = Backend::loopback().await;
-    let dns_port = free_udp_port();
+    let dns_port = free_dns_port();
     let harness = Harness::new(
         "late",
         EndpointsConfig::Dns(format!("late.mesh.test:{}", backend.addr.port())),

@@ -21,9 +21,12 @@ impl Dnsmasq {
         // dnsmasq drops root privileges before re-reading the file on SIGHUP.
         set_mode(dir.path(), 0o755);
         let hosts = dir.path().join("hosts");
+        let log_path = dir.path().join("dnsmasq.log");
+        let mut last_log = String::new();
         for _ in 0..20 {
-            let port = port.unwrap_or_else(free_udp_port);
+            let port = port.unwrap_or_else(free_dns_port);
             write_hosts(&hosts, names);
+            let log = std::fs::File::create(&log_path).expect("dnsmasq log file");
             let child = Command::new("dnsmasq")
                 .args([
                     "--no-daemon",
@@ -37,7 +40,7 @@ impl Dnsmasq {
                     "--pid-file=",
                 ])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn();
             let mut child = match child {
                 Ok(child) => child,
@@ -55,11 +58,16 @@ impl Dnsmasq {
                         _dir: dir,
                     };
                 }
-                // Port taken between our probe and its bind: try another.
-                _ => continue,
+                // Port taken between our probe and its bind: try another (unless the caller
+                // fixed it, when the same port may be free again a moment later).
+                _ => {
+                    last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
             }
         }
-        panic!("dnsmasq would not start");
+        panic!("dnsmasq would not start; its last words: {last_log}");
     }
 
     pub fn nameserver(&self) -> SocketAddr {
@@ -103,7 +111,20 @@ fn write_hosts(path: &Path, names: &[(&str, &str)]) {
     std::fs::rename(&tmp, path).expect("rename hosts");
 }
 
-pub fn free_udp_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-    socket.local_addr().expect("addr").port()
+/// A loopback port free for both UDP and TCP (dnsmasq binds both), chosen below the kernel's
+/// ephemeral range (32768 and up by default): an ephemeral port can be taken at any moment by one
+/// of the many connections the tests make, or by the resolver's own query sockets, and a test
+/// that reserves a port for a DNS server it starts later needs it to stay free.
+pub fn free_dns_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000);
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        if udp.is_ok() && tcp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port for dnsmasq in 20000..32000");
 }
