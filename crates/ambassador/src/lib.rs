@@ -32,6 +32,7 @@ pub const INFO: SidecarInfo = SidecarInfo {
     version: env!("CARGO_PKG_VERSION"),
     description: "mTLS ambassador sidecar: terminates mTLS for the app (inbound) and originates \
                   it for the app's calls (outbound), checking identities both ways",
+    worker_threads: 0,
 };
 
 /// Runs every listener of `config` until the kit asks to stop, then drains.

@@ -17,6 +17,7 @@ pub const INFO: SidecarInfo = SidecarInfo {
     admin_port: 9903,
     version: env!("CARGO_PKG_VERSION"),
     description: "Keeps a shared volume on the latest good revision of a git repository",
+    worker_threads: 0,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

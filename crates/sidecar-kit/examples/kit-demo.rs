@@ -23,6 +23,7 @@ const INFO: SidecarInfo = SidecarInfo {
     admin_port: 9909,
     version: env!("CARGO_PKG_VERSION"),
     description: "A tiny HTTP sidecar showing the kit's admin server, drain and config",
+    worker_threads: 0,
 };
 
 #[derive(Parser, Debug)]

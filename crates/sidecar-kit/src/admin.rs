@@ -160,6 +160,7 @@ mod tests {
         admin_port: 1,
         version: "0",
         description: "",
+        worker_threads: 0,
     };
 
     async fn post_shutdown_from(peer: &str) -> (StatusCode, bool) {

@@ -71,6 +71,13 @@ pub struct KitArgs {
     /// Optional YAML configuration file, for settings that need structure.
     #[arg(long, env = "CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// Threads that run the sidecar's work. 0: one per CPU core. 1: a single thread for
+    /// everything (no hand-offs between threads: the lowest latency and memory, for sidecars
+    /// that are not CPU-bound). The default is the sidecar's own.
+    // The real default is set per sidecar by `parse` (SidecarInfo::worker_threads).
+    #[arg(long, env = "WORKER_THREADS", value_name = "N", default_value_t = 0)]
+    pub worker_threads: usize,
 }
 
 fn parse_log_filter(value: &str) -> Result<String, String> {
@@ -112,6 +119,16 @@ pub fn command<T: CommandFactory>(info: &SidecarInfo) -> Command {
         .about(info.description)
         .long_about(None);
     let command = with_env_prefix(command, info.env_prefix);
+    let command = if command
+        .get_arguments()
+        .any(|a| a.get_id() == "worker_threads")
+    {
+        command.mut_arg("worker_threads", |a| {
+            a.default_value(info.worker_threads.to_string())
+        })
+    } else {
+        command
+    };
     if command.get_arguments().any(|a| a.get_id() == "admin_addr") {
         command.mut_arg("admin_addr", |a| {
             a.default_value(format!("0.0.0.0:{}", info.admin_port))
@@ -165,6 +182,7 @@ mod tests {
         admin_port: 9977,
         version: "1.2.3",
         description: "test",
+        worker_threads: 0,
     };
 
     #[derive(Parser, Debug)]
@@ -180,6 +198,23 @@ mod tests {
         let cli: Cli = try_parse_from(&INFO, ["demo"]).unwrap();
         assert_eq!(cli.kit.admin_addr.port(), 9977);
         assert_eq!(cli.kit.shutdown_grace, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn worker_threads_default_is_the_sidecars_own() {
+        let cli: Cli = try_parse_from(&INFO, ["demo"]).unwrap();
+        assert_eq!(cli.kit.worker_threads, 0);
+        const ONE: SidecarInfo = SidecarInfo {
+            worker_threads: 1,
+            ..INFO
+        };
+        let cli: Cli = try_parse_from(&ONE, ["demo"]).unwrap();
+        assert_eq!(cli.kit.worker_threads, 1);
+        let cli: Cli = try_parse_from(&ONE, ["demo", "--worker-threads", "0"]).unwrap();
+        assert_eq!(cli.kit.worker_threads, 0);
+        let err =
+            try_parse_from::<Cli, _, _>(&ONE, ["demo", "--worker-threads", "many"]).unwrap_err();
+        assert!(err.to_string().contains("--worker-threads"), "{err}");
     }
 
     #[test]

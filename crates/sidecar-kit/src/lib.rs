@@ -29,6 +29,7 @@
 //!     admin_port: 9999,
 //!     version: env!("CARGO_PKG_VERSION"),
 //!     description: "says hello on the admin port",
+//!     worker_threads: 0,
 //! };
 //!
 //! #[derive(Parser, Debug)]
@@ -90,6 +91,8 @@ pub struct SidecarInfo {
     pub version: &'static str,
     /// One line about what the sidecar does.
     pub description: &'static str,
+    /// The default of `--worker-threads`: 0 for one thread per CPU core, 1 for a single thread.
+    pub worker_threads: usize,
 }
 
 /// The source revision baked in at build time (`SIDECARS_REVISION`), if the build set one.

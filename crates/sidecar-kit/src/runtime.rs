@@ -99,10 +99,7 @@ where
     E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     telemetry::init_logging(&args.log_level, args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(args.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -113,6 +110,20 @@ where
     // Tasks that ignored the drain must not hold the exit up.
     runtime.shutdown_background();
     ExitCode::from(code)
+}
+
+/// `--worker-threads`: 0 is tokio's default (one worker per core, or `TOKIO_WORKER_THREADS`);
+/// 1 is a current-thread runtime, where a task woken by I/O runs on the thread that polled the
+/// I/O, so a request never waits for another thread to be scheduled.
+fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if worker_threads > 1 {
+        builder.worker_threads(worker_threads);
+    }
+    builder.enable_all().build()
 }
 
 async fn run_async<F, Fut, E>(info: &'static SidecarInfo, args: KitArgs, serve: F) -> u8
@@ -314,4 +325,34 @@ pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build_runtime;
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn one_worker_thread_is_a_current_thread_runtime() {
+        let rt = build_runtime(1).unwrap();
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        // Tasks spawned from the served future still run (timers and I/O are enabled).
+        let got = rt.block_on(async {
+            tokio::spawn(async {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                7
+            })
+            .await
+        });
+        assert_eq!(got.unwrap(), 7);
+    }
+
+    #[test]
+    fn several_worker_threads_are_that_many() {
+        let rt = build_runtime(3).unwrap();
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(rt.metrics().num_workers(), 3);
+        let rt = build_runtime(0).unwrap();
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+    }
 }

@@ -15,6 +15,7 @@ pub const INFO: SidecarInfo = SidecarInfo {
     admin_port: 9902,
     version: env!("CARGO_PKG_VERSION"),
     description: "Serves a legacy application's XML status page as Prometheus metrics and JSON",
+    worker_threads: 0,
 };
 
 #[derive(Parser, Debug)]

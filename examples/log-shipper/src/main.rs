@@ -24,6 +24,7 @@ const INFO: SidecarInfo = SidecarInfo {
     admin_port: 9904,
     version: env!("CARGO_PKG_VERSION"),
     description: "Tails a log file on a shared volume and ships its lines as JSON over HTTP",
+    worker_threads: 0,
 };
 
 #[derive(Parser, Debug)]
