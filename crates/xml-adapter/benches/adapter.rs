@@ -8,6 +8,7 @@
 //!    adapter, interleaved, 100 requests per second; p50/p99 of both and of the difference.
 //!
 //! Run: `crates/xml-adapter/benches/run.sh` (or `cargo bench -p xml-adapter --bench adapter`).
+//! `BENCH_ONLY=latency` (or `throughput`, `memory`, comma-separated) runs only those parts.
 
 // A benchmark harness: a failed setup should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -104,21 +105,37 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only.split(',').any(|p| p.trim() == name);
     let mapping_path = common::manifest_path("examples/mappings/bind9.yaml");
-    let engine = Engine::new(Mapping::load(&mapping_path).unwrap());
+    if part("throughput") {
+        let engine = Engine::new(Mapping::load(&mapping_path).unwrap());
+        throughput_part(&engine);
+    }
+    if part("memory") {
+        memory_part(&mapping_path).await;
+    }
+    if part("latency") {
+        latency_part(&mapping_path).await;
+    }
+}
+
+fn throughput_part(engine: &Engine) {
     println!("## Throughput (medians; ratio = adapter / bare quick-xml, target >= 0.5)\n");
     println!("| document | bare quick-xml parse | adapter (BIND 9 mapping) | ratio |");
     println!("|---|---|---|---|");
-    throughput(&engine, 10_000_000, 15);
-    throughput(&engine, 100_000_000, 5);
+    throughput(engine, 10_000_000, 15);
+    throughput(engine, 100_000_000, 5);
+}
 
+async fn memory_part(mapping_path: &std::path::Path) {
     println!(
         "\n## Peak memory of the adapter binary serving the 100 MB document (target <= 32 MiB)\n"
     );
     let doc = Arc::new(repeated_tasks(100_000_000));
     let up = common::start_upstream(common::Behaviour::Body(doc.clone())).await;
     let a = common::start_adapter(
-        &mapping_path,
+        mapping_path,
         &up.url(),
         &[
             "--max-body-bytes",
@@ -148,14 +165,14 @@ async fn main() {
         took.as_secs_f64(),
         doc.len() as f64 / 1e6 / took.as_secs_f64()
     );
-    drop(a);
-    drop(up);
+}
 
+async fn latency_part(mapping_path: &std::path::Path) {
     println!(
         "\n## Added latency, 32 KB page (BIND server.xml), 100 requests/s, interleaved (target p99 added <= 2 ms)\n"
     );
     let up = common::start_upstream(common::Behaviour::Body(Arc::new(SERVER.to_vec()))).await;
-    let a = common::start_adapter(&mapping_path, &up.url(), &["--log-level", "warn"]).await;
+    let a = common::start_adapter(mapping_path, &up.url(), &["--log-level", "warn"]).await;
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let (direct_url, adapter_url) = (up.url(), a.url("/metrics"));
     for _ in 0..50 {
