@@ -12,6 +12,7 @@
 #                      one codegen unit, glibc crt-static) into target/static; no shared libraries
 #                      are mapped, so its resident memory is lower
 # SKIP_BUILD=1 uses the chosen binary as it is.
+# PEER_THREADS (default 2, one per core here) sets nginx's worker_processes and HAProxy's nbthread.
 set -euo pipefail
 
 RUNS=${1:-3}
@@ -23,6 +24,7 @@ for tool in nginx haproxy stunnel4 wrk openssl; do
 done
 
 cd "$ROOT"
+PEER_THREADS=${PEER_THREADS:-2}
 AMB_BUILD=${AMB_BUILD:-release}
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release -p ambassador --bin ambassador --example mtls_load >&2
@@ -99,7 +101,7 @@ AMB_OUT_PID=$!; PIDS+=($AMB_OUT_PID)
 # ---- nginx: the same hop ----
 mkdir -p "$W/ngx-in" "$W/ngx-out"
 cat > "$W/nginx-in.conf" <<EOF
-worker_processes 2;
+worker_processes $PEER_THREADS;
 pid $W/nginx-in.pid;
 error_log $W/nginx-in.err;
 events { worker_connections 4096; }
@@ -118,7 +120,7 @@ http {
 }
 EOF
 cat > "$W/nginx-out.conf" <<EOF
-worker_processes 2;
+worker_processes $PEER_THREADS;
 pid $W/nginx-out.pid;
 error_log $W/nginx-out.err;
 events { worker_connections 4096; }
@@ -143,7 +145,7 @@ nginx -p "$W/ngx-out" -c "$W/nginx-out.conf"
 # ---- HAProxy ----
 cat > "$W/haproxy-in.cfg" <<EOF
 global
-  nbthread 2
+  nbthread $PEER_THREADS
   log /dev/null local0
 defaults
   mode http
@@ -160,7 +162,7 @@ backend app
 EOF
 cat > "$W/haproxy-out.cfg" <<EOF
 global
-  nbthread 2
+  nbthread $PEER_THREADS
   log /dev/null local0
 defaults
   mode http
@@ -239,6 +241,16 @@ rss_kib() { # field pids... -> "max per process / sum" in KiB
   done
   echo "$max $sum"
 }
+cpu_ticks() { # pids... -> user+system CPU of those processes so far, in clock ticks
+  local sum=0 p v
+  for p in "$@"; do
+    # Fields after the ")" of the command name: utime and stime are the 12th and 13th.
+    v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}')
+    sum=$((sum + ${v:-0}))
+  done
+  echo "$sum"
+}
+TICK_HZ=$(getconf CLK_TCK)
 to_ms() { # wrk latency like 812.00us / 1.20ms / 1.01s -> ms
   awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/,"",v); print v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v+0 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000 } else print v }'
 }
@@ -246,13 +258,19 @@ median() { sort -g | awk '{a[NR]=$1} END { print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+
 
 declare -A PORT=( [backend]=$BACKEND [ambassador]=$AMB_OUT [nginx]=$NGX_OUT [haproxy]=$HAP_OUT [stunnel]=$STN_OUT )
 read -r -a SETUPS <<<"${ONLY:-backend ambassador nginx haproxy stunnel}"
-declare -A RPS P99 P50 RSS_MAX RSS_SUM ERRS
+declare -A RPS P99 P50 RSS_MAX RSS_SUM ERRS CPU
 for s in "${SETUPS[@]}"; do
   wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:${PORT[$s]}/" >/dev/null 2>&1 || true   # warm-up
 done
 for run in $(seq 1 "$RUNS"); do
   for s in "${SETUPS[@]}"; do
+    # shellcheck disable=SC2046
+    t0=$(cpu_ticks $(pids_of "$s"))
     out=$(wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:${PORT[$s]}/" 2>&1)
+    # shellcheck disable=SC2046
+    t1=$(cpu_ticks $(pids_of "$s"))
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    CPU[$s]+="$(awk -v d=$((t1 - t0)) -v n="${n:-0}" -v hz="$TICK_HZ" 'BEGIN { if (n > 0) printf "%.1f", d / hz * 1e6 / n; else print 0 }') "
     RPS[$s]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
     P50[$s]+="$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")") "
     P99[$s]+="$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")") "
@@ -271,14 +289,16 @@ done
 echo
 echo "## Keep-alive mesh hop: wrk -t2 -c$CONNS -d${SECS}s, median of $RUNS runs (ambassador: $AMB_BUILD build)"
 echo
-printf '| %-11s | %10s | %8s | %8s | %14s | %14s |\n' setup "req/s" "p50 ms" "p99 ms" "peak RSS/proc" "peak RSS total"
-printf '|%s|%s|%s|%s|%s|%s|\n' -------------  ------------ ---------- ---------- ---------------- ----------------
+printf '| %-11s | %10s | %8s | %8s | %14s | %14s | %12s |\n' setup "req/s" "p50 ms" "p99 ms" "peak RSS/proc" "peak RSS total" "proxy CPU/req"
+printf '|%s|%s|%s|%s|%s|%s|%s|\n' -------------  ------------ ---------- ---------- ---------------- ---------------- --------------
 for s in "${SETUPS[@]}"; do
   rps=$(tr ' ' '\n' <<<"${RPS[$s]}" | grep . | median)
   p50=$(tr ' ' '\n' <<<"${P50[$s]}" | grep . | median)
   p99=$(tr ' ' '\n' <<<"${P99[$s]}" | grep . | median)
-  if [ "$s" = backend ]; then rmax=-; rsum=-; else rmax="$((RSS_MAX[$s] / 1024)).$(( (RSS_MAX[$s] % 1024) * 10 / 1024 )) MiB"; rsum="$((RSS_SUM[$s] / 1024)).$(( (RSS_SUM[$s] % 1024) * 10 / 1024 )) MiB"; fi
-  printf '| %-11s | %10.0f | %8.2f | %8.2f | %14s | %14s |\n' "$s" "$rps" "$p50" "$p99" "$rmax" "$rsum"
+  cpu=$(tr ' ' '\n' <<<"${CPU[$s]}" | grep . | median)
+  if [ "$s" = backend ]; then rmax=-; rsum=-; cpu=-; else cpu="${cpu} us"; fi
+  if [ "$s" = backend ]; then :; else rmax="$((RSS_MAX[$s] / 1024)).$(( (RSS_MAX[$s] % 1024) * 10 / 1024 )) MiB"; rsum="$((RSS_SUM[$s] / 1024)).$(( (RSS_SUM[$s] % 1024) * 10 / 1024 )) MiB"; fi
+  printf '| %-11s | %10.0f | %8.2f | %8.2f | %14s | %14s | %12s |\n' "$s" "$rps" "$p50" "$p99" "$rmax" "$rsum" "$cpu"
 done
 for s in "${SETUPS[@]}"; do [ -n "${ERRS[$s]:-}" ] && echo "errors $s: ${ERRS[$s]}"; done
 echo
