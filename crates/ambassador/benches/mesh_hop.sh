@@ -296,8 +296,7 @@ for s in "${SETUPS[@]}"; do
   p50=$(tr ' ' '\n' <<<"${P50[$s]}" | grep . | median)
   p99=$(tr ' ' '\n' <<<"${P99[$s]}" | grep . | median)
   cpu=$(tr ' ' '\n' <<<"${CPU[$s]}" | grep . | median)
-  if [ "$s" = backend ]; then rmax=-; rsum=-; cpu=-; else cpu="${cpu} us"; fi
-  if [ "$s" = backend ]; then :; else rmax="$((RSS_MAX[$s] / 1024)).$(( (RSS_MAX[$s] % 1024) * 10 / 1024 )) MiB"; rsum="$((RSS_SUM[$s] / 1024)).$(( (RSS_SUM[$s] % 1024) * 10 / 1024 )) MiB"; fi
+  if [ "$s" = backend ]; then rmax=-; rsum=-; cpu=-; else cpu="${cpu} us"; rmax="$((RSS_MAX[$s] / 1024)).$(( (RSS_MAX[$s] % 1024) * 10 / 1024 )) MiB"; rsum="$((RSS_SUM[$s] / 1024)).$(( (RSS_SUM[$s] % 1024) * 10 / 1024 )) MiB"; fi
   printf '| %-11s | %10.0f | %8.2f | %8.2f | %14s | %14s | %12s |\n' "$s" "$rps" "$p50" "$p99" "$rmax" "$rsum" "$cpu"
 done
 for s in "${SETUPS[@]}"; do [ -n "${ERRS[$s]:-}" ] && echo "errors $s: ${ERRS[$s]}"; done

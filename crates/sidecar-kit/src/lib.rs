@@ -92,6 +92,8 @@ pub struct SidecarInfo {
     /// One line about what the sidecar does.
     pub description: &'static str,
     /// The default of `--worker-threads`: 0 for one thread per CPU core, 1 for a single thread.
+    /// On a single thread, `tokio::task::block_in_place` panics and a long computation stalls
+    /// every connection: move blocking work to `tokio::task::spawn_blocking`.
     pub worker_threads: usize,
 }
 

@@ -106,6 +106,15 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 async fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    const PARTS: [&str; 3] = ["throughput", "memory", "latency"];
+    if let Some(bad) = only
+        .split(',')
+        .map(str::trim)
+        .find(|p| !p.is_empty() && !PARTS.contains(p))
+    {
+        eprintln!("BENCH_ONLY: no part named {bad:?}; the parts are {PARTS:?}");
+        std::process::exit(2);
+    }
     let part = |name: &str| only.is_empty() || only.split(',').any(|p| p.trim() == name);
     let mapping_path = common::manifest_path("examples/mappings/bind9.yaml");
     if part("throughput") {
