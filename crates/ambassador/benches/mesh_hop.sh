@@ -11,8 +11,15 @@
 #   static             the binary the image ships: built as scripts/images.sh builds it (fat LTO,
 #                      one codegen unit, glibc crt-static) into target/static; no shared libraries
 #                      are mapped, so its resident memory is lower
-# SKIP_BUILD=1 uses the chosen binary as it is.
+# SKIP_BUILD=1 uses the chosen binary as it is; AMB_BIN=path measures that binary instead (a
+# variant built elsewhere), labelled with AMB_BUILD.
 # PEER_THREADS (default 2, one per core here) sets nginx's worker_processes and HAProxy's nbthread.
+# LAYOUT picks where the processes run:
+#   shared (default)  every process may run on every core, as the kernel schedules them
+#   pinned            the load side (wrk, the handshake client, the backend) on core 0 and the
+#                     proxies under test on core 1, so each proxy pair gets the same one core and
+#                     the load generator never competes with it (the isolation load-testing guides
+#                     ask for); it needs at least 2 cores
 set -euo pipefail
 
 RUNS=${1:-3}
@@ -26,6 +33,16 @@ done
 cd "$ROOT"
 PEER_THREADS=${PEER_THREADS:-2}
 AMB_BUILD=${AMB_BUILD:-release}
+LAYOUT=${LAYOUT:-shared}
+case $LAYOUT in
+  shared) ON_LOAD=(); ON_PROXY=() ;;
+  pinned)
+    command -v taskset >/dev/null || { echo "missing program: taskset (apt-get install util-linux)" >&2; exit 1; }
+    [ "$(nproc)" -ge 2 ] || { echo "LAYOUT=pinned needs at least 2 cores; this machine has $(nproc)" >&2; exit 2; }
+    # Children inherit the affinity: nginx's workers, HAProxy's and stunnel's threads.
+    ON_LOAD=(taskset -c 0); ON_PROXY=(taskset -c 1) ;;
+  *) echo "LAYOUT must be shared or pinned, not '$LAYOUT'" >&2; exit 2 ;;
+esac
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release -p ambassador --bin ambassador --example mtls_load >&2
   if [ "$AMB_BUILD" = static ]; then
@@ -39,6 +56,8 @@ case $AMB_BUILD in
   static) AMB="$ROOT/target/static/x86_64-unknown-linux-gnu/release/ambassador" ;;
   *) echo "AMB_BUILD must be release or static" >&2; exit 2 ;;
 esac
+AMB=${AMB_BIN:-$AMB}
+[ -x "$AMB" ] || { echo "no ambassador binary at $AMB" >&2; exit 1; }
 echo "ambassador binary: $AMB ($AMB_BUILD build)" >&2
 LOAD="$ROOT/target/release/examples/mtls_load"
 
@@ -85,15 +104,15 @@ http {
   server { listen 127.0.0.1:$BACKEND; location / { return 200 "hello from the backend\n"; } }
 }
 EOF
-nginx -p "$W/ngx-backend" -c "$W/nginx-backend.conf"
+"${ON_LOAD[@]}" nginx -p "$W/ngx-backend" -c "$W/nginx-backend.conf"
 
 # ---- ambassador ----
 # AMB_ENV (e.g. TOKIO_WORKER_THREADS=1) and AMB_OUT_ARGS (e.g. --outbound-http2=false) try variants.
-env ${AMB_ENV:-} "$AMB" --cert server.crt --key server.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_IN \
+"${ON_PROXY[@]}" env ${AMB_ENV:-} "$AMB" --cert server.crt --key server.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_IN \
   --inbound-listen 127.0.0.1:$AMB_IN --inbound-app 127.0.0.1:$BACKEND \
   --allow-spiffe 'spiffe://bench.local/ns/a/sa/*' --log-level warn 2>"$W/amb-in.log" &
 AMB_IN_PID=$!; PIDS+=($AMB_IN_PID)
-env ${AMB_ENV:-} "$AMB" --cert client.crt --key client.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_OUT \
+"${ON_PROXY[@]}" env ${AMB_ENV:-} "$AMB" --cert client.crt --key client.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_OUT \
   --outbound-listen 127.0.0.1:$AMB_OUT --outbound-endpoints 127.0.0.1:$AMB_IN \
   --outbound-identity spiffe://bench.local/ns/b/sa/server ${AMB_OUT_ARGS:-} --log-level warn 2>"$W/amb-out.log" &
 AMB_OUT_PID=$!; PIDS+=($AMB_OUT_PID)
@@ -139,8 +158,8 @@ http {
   }
 }
 EOF
-nginx -p "$W/ngx-in" -c "$W/nginx-in.conf"
-nginx -p "$W/ngx-out" -c "$W/nginx-out.conf"
+"${ON_PROXY[@]}" nginx -p "$W/ngx-in" -c "$W/nginx-in.conf"
+"${ON_PROXY[@]}" nginx -p "$W/ngx-out" -c "$W/nginx-out.conf"
 
 # ---- HAProxy ----
 cat > "$W/haproxy-in.cfg" <<EOF
@@ -177,9 +196,9 @@ backend remote
   http-reuse always
   server r1 127.0.0.1:$HAP_IN ssl crt $W/client.pem ca-file $W/ca.crt verify required verifyhost server.bench sni str(server.bench)
 EOF
-haproxy -f "$W/haproxy-in.cfg" -db >"$W/haproxy-in.log" 2>&1 &
+"${ON_PROXY[@]}" haproxy -f "$W/haproxy-in.cfg" -db >"$W/haproxy-in.log" 2>&1 &
 HAP_IN_PID=$!; PIDS+=($HAP_IN_PID)
-haproxy -f "$W/haproxy-out.cfg" -db >"$W/haproxy-out.log" 2>&1 &
+"${ON_PROXY[@]}" haproxy -f "$W/haproxy-out.cfg" -db >"$W/haproxy-out.log" 2>&1 &
 HAP_OUT_PID=$!; PIDS+=($HAP_OUT_PID)
 
 # ---- stunnel (L4: one TLS connection per client connection) ----
@@ -212,9 +231,9 @@ CAfile = $W/ca.crt
 verifyChain = yes
 checkHost = server.bench
 EOF
-stunnel4 "$W/stunnel-in.conf" &
+"${ON_PROXY[@]}" stunnel4 "$W/stunnel-in.conf" &
 STN_IN_PID=$!; PIDS+=($STN_IN_PID)
-stunnel4 "$W/stunnel-out.conf" &
+"${ON_PROXY[@]}" stunnel4 "$W/stunnel-out.conf" &
 STN_OUT_PID=$!; PIDS+=($STN_OUT_PID)
 
 sleep 1.5
@@ -260,13 +279,13 @@ declare -A PORT=( [backend]=$BACKEND [ambassador]=$AMB_OUT [nginx]=$NGX_OUT [hap
 read -r -a SETUPS <<<"${ONLY:-backend ambassador nginx haproxy stunnel}"
 declare -A RPS P99 P50 RSS_MAX RSS_SUM ERRS CPU
 for s in "${SETUPS[@]}"; do
-  wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:${PORT[$s]}/" >/dev/null 2>&1 || true   # warm-up
+  "${ON_LOAD[@]}" wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:${PORT[$s]}/" >/dev/null 2>&1 || true   # warm-up
 done
 for run in $(seq 1 "$RUNS"); do
   for s in "${SETUPS[@]}"; do
     # shellcheck disable=SC2046
     t0=$(cpu_ticks $(pids_of "$s"))
-    out=$(wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:${PORT[$s]}/" 2>&1)
+    out=$("${ON_LOAD[@]}" wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:${PORT[$s]}/" 2>&1)
     # shellcheck disable=SC2046
     t1=$(cpu_ticks $(pids_of "$s"))
     n=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -287,7 +306,7 @@ for s in "${SETUPS[@]}"; do
 done
 
 echo
-echo "## Keep-alive mesh hop: wrk -t2 -c$CONNS -d${SECS}s, median of $RUNS runs (ambassador: $AMB_BUILD build)"
+echo "## Keep-alive mesh hop: wrk -t2 -c$CONNS -d${SECS}s, median of $RUNS runs (ambassador: $AMB_BUILD build, layout: $LAYOUT)"
 echo
 printf '| %-11s | %10s | %8s | %8s | %14s | %14s | %12s |\n' setup "req/s" "p50 ms" "p99 ms" "peak RSS/proc" "peak RSS total" "proxy CPU/req"
 printf '|%s|%s|%s|%s|%s|%s|%s|\n' -------------  ------------ ---------- ---------- ---------------- ---------------- --------------
@@ -315,7 +334,7 @@ for s in "${SETUPS[@]}"; do
   [ "$s" = backend ] && continue
   R=""; L50=""; L99=""; E=0
   for run in $(seq 1 "$RUNS"); do
-    read -r r p50 p99 e <<<"$("$LOAD" "127.0.0.1:${IN_PORT[$s]}" "$W/client.crt" "$W/client.key" "$W/ca.crt" server.bench 32 "$SECS")"
+    read -r r p50 p99 e <<<"$("${ON_LOAD[@]}" "$LOAD" "127.0.0.1:${IN_PORT[$s]}" "$W/client.crt" "$W/client.key" "$W/ca.crt" server.bench 32 "$SECS")"
     R+="$r "; L50+="$p50 "; L99+="$p99 "; E=$((E + e))
   done
   printf '| %-11s | %12.0f | %8.2f | %8.2f | %6d |\n' "$s" "$(tr ' ' '\n' <<<"$R" | grep . | median)" \
