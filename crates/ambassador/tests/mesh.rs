@@ -139,7 +139,7 @@ async fn refusal_matrix_counts_each_reason_and_serves_the_allowed_peer_with_xfcc
     let me = ca.good(CLIENT_ID);
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
+            rustls::crypto::ring::default_provider(),
         ))
         .with_protocol_versions(&[version])
         .unwrap()

@@ -96,6 +96,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Published>,
     stop: CancellationToken,
 ) {
+    sidecar_kit::tls::install_default_provider();
     let client = reqwest::Client::builder().build();
     let client = match client {
         Ok(c) => Some(c),

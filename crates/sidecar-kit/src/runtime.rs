@@ -99,6 +99,7 @@ where
     E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     telemetry::init_logging(&args.log_level, args.log_format);
+    crate::tls::install_default_provider();
     let runtime = match build_runtime(args.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {

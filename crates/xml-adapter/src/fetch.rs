@@ -89,6 +89,7 @@ impl Fetcher {
                 source,
             })
         };
+        sidecar_kit::tls::install_default_provider();
         let mut b = reqwest::Client::builder()
             .http1_only()
             .pool_max_idle_per_host(1)

@@ -65,6 +65,7 @@ zone "example.test" {{ type primary; file "{d}/example.test.zone"; }};
         let mut cmd = Command::new("named");
         cmd.arg("-g").arg("-c").arg(dir.path().join("named.conf"));
         let mut proc = spawn_logged(cmd);
+        sidecar_kit::tls::install_default_provider();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(_)) = proc.child.try_wait() {
@@ -147,6 +148,7 @@ async fn start_prometheus(target_port: u16) -> Prometheus {
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"));
         let mut proc = spawn_logged(cmd);
+        sidecar_kit::tls::install_default_provider();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(30) {
             if let Ok(Some(_)) = proc.child.try_wait() {

@@ -43,6 +43,8 @@ pub struct JobArgs {
 }
 
 fn client(ca: Option<&PathBuf>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    // The workspace's one crypto provider; reqwest has none of its own here.
+    let _already = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder().timeout(timeout);
     if let Some(path) = ca {
         let pem = std::fs::read(path).map_err(|source| DemoError::CaFile {

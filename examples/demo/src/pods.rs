@@ -240,6 +240,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         ],
     )?;
 
+    // The workspace's one crypto provider; reqwest has none of its own here.
+    let _already = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;

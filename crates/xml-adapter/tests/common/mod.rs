@@ -127,6 +127,7 @@ pub async fn start_adapter(mapping: &Path, upstream: &str, extra: &[&str]) -> Ad
             .args(["--log-format", "text", "--shutdown-grace", "2s"])
             .args(extra);
         let mut proc = spawn_logged(cmd);
+        sidecar_kit::tls::install_default_provider();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(15) {
             if let Ok(Some(status)) = proc.child.try_wait() {
@@ -337,6 +338,7 @@ pub async fn start_upstream(initial: Behaviour) -> Upstream {
 }
 
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    sidecar_kit::tls::install_default_provider();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut req = client.get(url);
     for (k, v) in headers {
