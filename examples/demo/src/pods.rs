@@ -1,5 +1,6 @@
 //! Starts the two pods' processes, checks what the sidecars do, and prints what to try.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -51,8 +52,12 @@ impl Processes {
         let log_path = self.logs.join(log_name(name));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
+        // A process group of its own: a Ctrl-C in the terminal then reaches the demo only, which
+        // stops each child with one SIGTERM and a graceful drain (a second signal, the terminal's
+        // SIGINT on top, would make the sidecars exit at once, status 130).
         let child = Command::new(program)
             .args(args)
+            .process_group(0)
             .env("NO_COLOR", "1")
             .stdout(log.try_clone()?)
             .stderr(log)
