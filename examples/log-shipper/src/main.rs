@@ -254,7 +254,6 @@ fn hostname() -> String {
 
 fn main() -> ExitCode {
     let cli: Cli = sidecar_kit::cli::parse(&INFO);
-    sidecar_kit::tls::install_default_provider();
     let kit = cli.kit.clone();
     sidecar_kit::run(&INFO, &kit, |sidecar| run(cli, sidecar))
 }
