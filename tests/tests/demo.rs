@@ -3,9 +3,13 @@
 //! pass every one of its own checks (mesh call over mTLS with identities, refusal without a
 //! certificate, XML status as metrics, a git commit reaching the app's config).
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 /// The workspace's binaries, built by `scripts/test.sh` before the tests run.
 fn bin_dir() -> PathBuf {
@@ -15,6 +19,9 @@ fn bin_dir() -> PathBuf {
         .unwrap()
         .to_owned()
 }
+
+/// One demo at a time: two would pick the same free ports.
+static ONE_DEMO: Mutex<()> = Mutex::new(());
 
 /// A base port with the 20 ports after it free right now.
 fn free_port_base() -> u16 {
@@ -26,6 +33,7 @@ fn free_port_base() -> u16 {
 
 #[test]
 fn the_demo_passes_all_its_checks() {
+    let _one = ONE_DEMO.lock().unwrap_or_else(|p| p.into_inner());
     let demo = bin_dir().join("demo");
     assert!(
         demo.exists(),
@@ -50,6 +58,94 @@ fn the_demo_passes_all_its_checks() {
         "a process did not stop on SIGTERM:\n{stdout}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a user sees on pressing Ctrl-C in the terminal that runs `scripts/demo.sh`: the terminal
+/// sends SIGINT to the whole foreground process group. Every sidecar must drain and exit 0 (a
+/// sidecar that took that SIGINT on top of the demo's SIGTERM would exit at once with 130).
+#[test]
+fn ctrl_c_in_the_terminal_stops_every_sidecar_gracefully() {
+    let stopped = ctrl_c_after("Press Ctrl-C to stop.");
+    for line in &stopped {
+        assert!(line.contains("exit status: 0"), "{line}\n\n{stopped:#?}");
+    }
+}
+
+/// A Ctrl-C while the sidecars are still starting stops them too (the sidecars have process
+/// groups of their own, so only the demo can).
+#[test]
+fn ctrl_c_while_starting_stops_every_sidecar() {
+    ctrl_c_after("Waiting for the sidecars to be ready...");
+}
+
+/// Runs the demo as a terminal would, sends its process group SIGINT once `line` is printed,
+/// and returns the "stopped" lines after checking that every process reported one.
+fn ctrl_c_after(line: &str) -> Vec<String> {
+    let _one = ONE_DEMO.lock().unwrap_or_else(|p| p.into_inner());
+    let demo = bin_dir().join("demo");
+    assert!(demo.exists(), "{} missing", demo.display());
+    let dir = std::env::temp_dir().join(format!("sidecars-demo-ctrl-c-{}", std::process::id()));
+    let mut child = Command::new(&demo)
+        .args(["--dir", dir.to_str().unwrap()])
+        .args(["--port-base", &free_port_base().to_string()])
+        .process_group(0) // the terminal's foreground group, with the demo as its leader
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let group = child.id();
+    let signal_group = |sig: &str| {
+        let _ = Command::new("kill")
+            .args([sig, "--", &format!("-{group}")])
+            .status();
+    };
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !seen.iter().any(|l: &String| l.contains(line)) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(l) => seen.push(l),
+            Err(_) => {
+                signal_group("-KILL");
+                panic!("the demo never printed {line:?}:\n{}", seen.join("\n"));
+            }
+        }
+    }
+    signal_group("-INT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            signal_group("-KILL");
+            panic!("the demo did not stop after Ctrl-C:\n{}", seen.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The reader thread ends with the demo's stdout.
+    seen.extend(rx.iter());
+    let _ = std::fs::remove_dir_all(&dir);
+    let stopped: Vec<String> = seen
+        .iter()
+        .filter(|l| l.contains("stopped"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        stopped.len(),
+        5,
+        "every process reports its end:\n{}",
+        seen.join("\n")
+    );
+    assert!(
+        !seen.iter().any(|l| l.contains("killed")),
+        "a process did not stop on SIGTERM:\n{}",
+        seen.join("\n")
+    );
+    stopped
 }
 
 fn tempfile_dir() -> PathBuf {

@@ -12,7 +12,7 @@
 #                      one codegen unit, glibc crt-static) into target/static; no shared libraries
 #                      are mapped, so its resident memory is lower
 # SKIP_BUILD=1 uses the chosen binary as it is; AMB_BIN=path measures that binary instead (a
-# variant built elsewhere), labelled with AMB_BUILD.
+# variant built elsewhere), and the tables name it.
 # PEER_THREADS (default 2, one per core here) sets nginx's worker_processes and HAProxy's nbthread.
 # LAYOUT picks where the processes run:
 #   shared (default)  every process may run on every core, as the kernel schedules them
@@ -56,9 +56,10 @@ case $AMB_BUILD in
   static) AMB="$ROOT/target/static/x86_64-unknown-linux-gnu/release/ambassador" ;;
   *) echo "AMB_BUILD must be release or static" >&2; exit 2 ;;
 esac
-AMB=${AMB_BIN:-$AMB}
+AMB_LABEL="$AMB_BUILD build"
+if [ -n "${AMB_BIN:-}" ]; then AMB=$AMB_BIN; AMB_LABEL="AMB_BIN $AMB_BIN"; fi
 [ -x "$AMB" ] || { echo "no ambassador binary at $AMB" >&2; exit 1; }
-echo "ambassador binary: $AMB ($AMB_BUILD build)" >&2
+echo "ambassador binary: $AMB ($AMB_LABEL)" >&2
 LOAD="$ROOT/target/release/examples/mtls_load"
 
 W=$(mktemp -d /tmp/mesh-hop.XXXXXX)
@@ -306,7 +307,7 @@ for s in "${SETUPS[@]}"; do
 done
 
 echo
-echo "## Keep-alive mesh hop: wrk -t2 -c$CONNS -d${SECS}s, median of $RUNS runs (ambassador: $AMB_BUILD build, layout: $LAYOUT)"
+echo "## Keep-alive mesh hop: wrk -t2 -c$CONNS -d${SECS}s, median of $RUNS runs (ambassador: $AMB_LABEL, layout: $LAYOUT)"
 echo
 printf '| %-11s | %10s | %8s | %8s | %14s | %14s | %12s |\n' setup "req/s" "p50 ms" "p99 ms" "peak RSS/proc" "peak RSS total" "proxy CPU/req"
 printf '|%s|%s|%s|%s|%s|%s|%s|\n' -------------  ------------ ---------- ---------- ---------------- ---------------- --------------

@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
     let name = ServerName::try_from(args[5].clone())?;
     let concurrency: usize = args[6].parse()?;
     let seconds: u64 = args[7].parse()?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = sidecar_kit::tls::provider();
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

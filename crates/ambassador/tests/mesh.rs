@@ -138,14 +138,12 @@ async fn refusal_matrix_counts_each_reason_and_serves_the_allowed_peer_with_xfcc
     // The allowed peer, over TLS 1.2 and 1.3, with a forged XFCC that must not reach the app.
     let me = ca.good(CLIENT_ID);
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_root_certificates(roots(&ca.pem))
-        .with_client_auth_cert(certs(&me.0), key(&me.1))
-        .unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(sidecar_kit::tls::provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots(&ca.pem))
+            .with_client_auth_cert(certs(&me.0), key(&me.1))
+            .unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let req = Request::get("/")
             .header("host", "test")

@@ -105,7 +105,12 @@ pub enum TlsError {
 /// code pages) at the same request and handshake rates; it offers X25519, P-256 and P-384 key
 /// exchange, not the post-quantum X25519MLKEM768 hybrid.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(workspace_provider())
+}
+
+/// The one place that names the provider.
+fn workspace_provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }
 
 /// Installs [`provider`] as rustls' process default, so crates that build their own configs
@@ -113,7 +118,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// calls it; so must code that builds a reqwest client outside it (tests, tools): the
 /// workspace's reqwest has no provider of its own and panics without a default.
 pub fn install_default_provider() {
-    let _already = rustls::crypto::ring::default_provider().install_default();
+    let _already = workspace_provider().install_default();
 }
 
 /// A certificate chain (leaf first) and its private key, as loaded from PEM files.

@@ -130,7 +130,23 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// Resolves on the first SIGINT or SIGTERM. Registered when called: from then on a Ctrl-C is the
+/// demo's to handle (it stops what it started) instead of killing it and orphaning the sidecars,
+/// which run in process groups of their own.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let mut stop = std::pin::pin!(stop_signal().context("listening for SIGINT and SIGTERM")?);
     let bins = cli.bin_dir.clone().unwrap_or_else(default_bin_dir);
     let dir = std::path::absolute(&cli.dir)?;
     if dir.exists() {
@@ -250,96 +266,107 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
-    let mut checks = Checks::default();
-    println!("\nWaiting for the sidecars to be ready...");
-    for (name, port) in [
-        ("pod-b/ambassador", p.admin_ambassador_b),
-        ("pod-b/xml-adapter", p.admin_adapter_b),
-        ("pod-b/git-sync", p.admin_git_sync_b),
-        ("pod-a/ambassador", p.admin_ambassador_a),
-    ] {
-        let ready = wait_until(Duration::from_secs(30), || async {
-            get(&http, &format!("http://{}/readyz", local(port)))
-                .await
-                .is_ok_and(|(status, _)| status == 200)
+    // A Ctrl-C while the sidecars start or the checks run stops everything too.
+    let checked = async {
+        let mut checks = Checks::default();
+        println!("\nWaiting for the sidecars to be ready...");
+        for (name, port) in [
+            ("pod-b/ambassador", p.admin_ambassador_b),
+            ("pod-b/xml-adapter", p.admin_adapter_b),
+            ("pod-b/git-sync", p.admin_git_sync_b),
+            ("pod-a/ambassador", p.admin_ambassador_a),
+        ] {
+            let ready = wait_until(Duration::from_secs(30), || async {
+                get(&http, &format!("http://{}/readyz", local(port)))
+                    .await
+                    .is_ok_and(|(status, _)| status == 200)
+            })
+            .await;
+            checks.record(
+                &format!("{name} is ready (/readyz on {})", local(port)),
+                ready,
+                &format!("see {}", logs.join(log_name(name)).display()),
+            );
+        }
+
+        println!("\nWhat the sidecars do:");
+        let mesh = get(&http, &format!("http://{}/", local(p.outbound_a))).await;
+        let mesh_ok = mesh.as_ref().is_ok_and(|(status, body)| {
+            *status == 200 && body.contains("hello from pod-b") && body.contains(&pod_a.spiffe_id)
+        });
+        checks.record(
+            "pod A's app calls pod B over mTLS through both ambassadors; pod B's app sees pod A's SPIFFE ID",
+            mesh_ok,
+            &format!("{mesh:?}"),
+        );
+
+        let no_cert = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(5))
+            .build()?
+            .get(format!("https://{}/", local(p.inbound_b)))
+            .send()
+            .await;
+        checks.record(
+            "a caller without a certificate is refused by pod B's ambassador",
+            no_cert.is_err(),
+            &format!("{no_cert:?}"),
+        );
+
+        let metrics_url = format!("http://{}/metrics", local(p.metrics_b));
+        let metrics_ok = wait_until(Duration::from_secs(10), || async {
+            get(&http, &metrics_url).await.is_ok_and(|(status, body)| {
+                status == 200
+                    && body.contains("legacy_app_healthy{server=\"pod-b\"} 1")
+                    && body.contains("legacy_app_up 1")
+            })
         })
         .await;
         checks.record(
-            &format!("{name} is ready (/readyz on {})", local(port)),
-            ready,
-            &format!("see {}", logs.join(log_name(name)).display()),
+            "the xml-adapter serves pod B's XML status page as Prometheus metrics",
+            metrics_ok,
+            &metrics_url,
         );
-    }
 
-    println!("\nWhat the sidecars do:");
-    let mesh = get(&http, &format!("http://{}/", local(p.outbound_a))).await;
-    let mesh_ok = mesh.as_ref().is_ok_and(|(status, body)| {
-        *status == 200 && body.contains("hello from pod-b") && body.contains(&pod_a.spiffe_id)
-    });
-    checks.record(
-        "pod A's app calls pod B over mTLS through both ambassadors; pod B's app sees pod A's SPIFFE ID",
-        mesh_ok,
-        &format!("{mesh:?}"),
-    );
-
-    let no_cert = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(5))
-        .build()?
-        .get(format!("https://{}/", local(p.inbound_b)))
-        .send()
-        .await;
-    checks.record(
-        "a caller without a certificate is refused by pod B's ambassador",
-        no_cert.is_err(),
-        &format!("{no_cert:?}"),
-    );
-
-    let metrics_url = format!("http://{}/metrics", local(p.metrics_b));
-    let metrics_ok = wait_until(Duration::from_secs(10), || async {
-        get(&http, &metrics_url).await.is_ok_and(|(status, body)| {
-            status == 200
-                && body.contains("legacy_app_healthy{server=\"pod-b\"} 1")
-                && body.contains("legacy_app_up 1")
+        let config_url = format!("http://{}/config/app.yaml", local(p.app_b));
+        let first = wait_until(Duration::from_secs(20), || async {
+            get(&http, &config_url)
+                .await
+                .is_ok_and(|(status, body)| status == 200 && body == "greeting: hello\n")
         })
-    })
-    .await;
-    checks.record(
-        "the xml-adapter serves pod B's XML status page as Prometheus metrics",
-        metrics_ok,
-        &metrics_url,
-    );
-
-    let config_url = format!("http://{}/config/app.yaml", local(p.app_b));
-    let first = wait_until(Duration::from_secs(20), || async {
-        get(&http, &config_url)
-            .await
-            .is_ok_and(|(status, body)| status == 200 && body == "greeting: hello\n")
-    })
-    .await;
-    checks.record(
-        "git-sync published the config repository into pod B's config volume",
-        first,
-        &config_url,
-    );
-    git::commit(
-        &repo,
-        "app.yaml",
-        "greeting: bonjour\n",
-        "change the greeting",
-    )?;
-    let second = wait_until(Duration::from_secs(20), || async {
-        get(&http, &config_url)
-            .await
-            .is_ok_and(|(status, body)| status == 200 && body == "greeting: bonjour\n")
-    })
-    .await;
-    checks.record(
-        "a new commit appears in the app's config within seconds",
-        second,
-        &config_url,
-    );
-
+        .await;
+        checks.record(
+            "git-sync published the config repository into pod B's config volume",
+            first,
+            &config_url,
+        );
+        git::commit(
+            &repo,
+            "app.yaml",
+            "greeting: bonjour\n",
+            "change the greeting",
+        )?;
+        let second = wait_until(Duration::from_secs(20), || async {
+            get(&http, &config_url)
+                .await
+                .is_ok_and(|(status, body)| status == 200 && body == "greeting: bonjour\n")
+        })
+        .await;
+        checks.record(
+            "a new commit appears in the app's config within seconds",
+            second,
+            &config_url,
+        );
+        anyhow::Ok(checks)
+    };
+    let checks = tokio::select! {
+        checks = checked => checks?,
+        () = &mut stop => {
+            println!("\nStopping:");
+            procs.stop();
+            return Ok(false);
+        }
+    };
     let passed = checks.failed == 0;
     println!(
         "\n{} of {} checks passed.",
@@ -374,11 +401,7 @@ Press Ctrl-C to stop."#,
         repo = repo_dir.display(),
         app = p.app_b,
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    stop.await;
     println!("\nStopping:");
     procs.stop();
     Ok(passed)
