@@ -126,8 +126,9 @@ impl AppClient {
                 let _ = stream.set_nodelay(true);
                 Ok(stream)
             };
-            return h2
-                .send(req, &connect, addr)
+            // Boxed: the h2c path is the rarer one, and its future would otherwise make every
+            // HTTP/1.1 request's future (moved whole on each await) several times larger.
+            return Box::pin(h2.send(req, &connect, addr))
                 .await
                 .map(|r| r.map(UpstreamBody::H2))
                 .map_err(|(e, _)| AppError::H2(e));
@@ -157,13 +158,13 @@ impl AppClient {
         let was_reused = reused.is_some();
         let mut sender = match reused {
             Some(sender) => sender,
-            None => self.connect().await?,
+            None => Box::pin(self.connect()).await?,
         };
         let response = match sender.try_send_request(req).await {
             Ok(response) => response,
             Err(mut e) => match e.take_message() {
                 Some(req) if was_reused => {
-                    sender = self.connect().await?;
+                    sender = Box::pin(self.connect()).await?;
                     sender
                         .try_send_request(req)
                         .await

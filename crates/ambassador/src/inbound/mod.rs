@@ -446,7 +446,9 @@ async fn handle(
         AppProtocol::Http1 => Version::HTTP_11,
         AppProtocol::H2c => Version::HTTP_2,
     };
-    let response = match listener.app.request(req.map(Either::Left)).await {
+    // Boxed: awaited in place, the app's request future is held (and moved on every await
+    // up to hyper's task) twice over, which costs more in copies than one allocation.
+    let response = match Box::pin(listener.app.request(req.map(Either::Left))).await {
         Ok(mut response) => {
             let status = response.status();
             match client_upgrade {

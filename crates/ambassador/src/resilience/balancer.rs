@@ -45,11 +45,11 @@ impl Balancer {
         tried: &[SocketAddr],
         fail_open: bool,
         allow_probe: bool,
+        now: Instant,
     ) -> Pick {
         if endpoints.is_empty() {
             return Pick::NoEndpoints;
         }
-        let now = Instant::now();
         let untried = |e: &&Arc<EndpointState>| !tried.contains(&e.addr());
         // An endpoint whose ejection ran out gets the next request as its one probe, so it returns promptly.
         for endpoint in endpoints.iter().filter(untried).filter(|_| allow_probe) {
@@ -139,7 +139,7 @@ mod tests {
         let eps = endpoints(3);
         let balancer = Balancer::new(BalancerKind::RoundRobin, Duration::from_secs(10));
         let seen: Vec<SocketAddr> = (0..6)
-            .map(|_| picked(balancer.pick(&eps, &[], false, true)).addr())
+            .map(|_| picked(balancer.pick(&eps, &[], false, true, Instant::now())).addr())
             .collect();
         assert_eq!(seen[..3], seen[3..]);
         assert_eq!(
@@ -153,7 +153,7 @@ mod tests {
         let eps = endpoints(3);
         let balancer = Balancer::new(BalancerKind::PeakEwma, Duration::from_secs(10));
         // Endpoint 0 answered slowly once: its peak sticks.
-        let guard = eps[0].start_try(false);
+        let guard = eps[0].start_try(false, Instant::now());
         std::thread::sleep(Duration::from_millis(60));
         guard.finish(
             TryOutcome::Success,
@@ -161,7 +161,7 @@ mod tests {
             &PeakEwmaConfig::default(),
         );
         let picks: Vec<SocketAddr> = (0..300)
-            .map(|_| picked(balancer.pick(&eps, &[], false, true)).addr())
+            .map(|_| picked(balancer.pick(&eps, &[], false, true, Instant::now())).addr())
             .collect();
         let slow = picks.iter().filter(|a| **a == eps[0].addr()).count();
         assert_eq!(
@@ -169,9 +169,11 @@ mod tests {
             "with two choices among three, the slowest is never preferred"
         );
         // Endpoint 1 has many requests pending: endpoint 2 wins whenever the two are compared.
-        let _pending: Vec<_> = (0..10).map(|_| eps[1].start_try(false)).collect();
+        let _pending: Vec<_> = (0..10)
+            .map(|_| eps[1].start_try(false, Instant::now()))
+            .collect();
         let picks: Vec<SocketAddr> = (0..300)
-            .map(|_| picked(balancer.pick(&eps, &[], false, true)).addr())
+            .map(|_| picked(balancer.pick(&eps, &[], false, true, Instant::now())).addr())
             .collect();
         let busy = picks.iter().filter(|a| **a == eps[1].addr()).count();
         let idle = picks.iter().filter(|a| **a == eps[2].addr()).count();
@@ -183,39 +185,43 @@ mod tests {
         let eps = endpoints(2);
         let balancer = Balancer::new(BalancerKind::PeakEwma, Duration::from_secs(10));
         for _ in 0..20 {
-            let first = picked(balancer.pick(&eps, &[], false, true)).addr();
-            let second = picked(balancer.pick(&eps, &[first], false, true)).addr();
+            let first = picked(balancer.pick(&eps, &[], false, true, Instant::now())).addr();
+            let second = picked(balancer.pick(&eps, &[first], false, true, Instant::now())).addr();
             assert_ne!(first, second);
         }
         let cfg = BreakerConfig {
             consecutive_failures: 1,
             ..Default::default()
         };
-        eps[0]
-            .start_try(false)
-            .finish(TryOutcome::Failure, &cfg, &PeakEwmaConfig::default());
+        eps[0].start_try(false, Instant::now()).finish(
+            TryOutcome::Failure,
+            &cfg,
+            &PeakEwmaConfig::default(),
+        );
         for _ in 0..20 {
             assert_eq!(
-                picked(balancer.pick(&eps, &[], false, true)).addr(),
+                picked(balancer.pick(&eps, &[], false, true, Instant::now())).addr(),
                 eps[1].addr()
             );
         }
-        eps[1]
-            .start_try(false)
-            .finish(TryOutcome::Failure, &cfg, &PeakEwmaConfig::default());
+        eps[1].start_try(false, Instant::now()).finish(
+            TryOutcome::Failure,
+            &cfg,
+            &PeakEwmaConfig::default(),
+        );
         assert!(matches!(
-            balancer.pick(&eps, &[], false, true),
+            balancer.pick(&eps, &[], false, true, Instant::now()),
             Pick::AllEjected
         ));
         assert!(
             matches!(
-                balancer.pick(&eps, &[], true, true),
+                balancer.pick(&eps, &[], true, true, Instant::now()),
                 Pick::Endpoint { probe: false, .. }
             ),
             "fail-open"
         );
         assert!(matches!(
-            balancer.pick(&[], &[], true, true),
+            balancer.pick(&[], &[], true, true, Instant::now()),
             Pick::NoEndpoints
         ));
     }
@@ -229,17 +235,21 @@ mod tests {
             base_ejection: Duration::from_millis(5),
             ..Default::default()
         };
-        eps[0]
-            .start_try(false)
-            .finish(TryOutcome::Failure, &cfg, &PeakEwmaConfig::default());
+        eps[0].start_try(false, Instant::now()).finish(
+            TryOutcome::Failure,
+            &cfg,
+            &PeakEwmaConfig::default(),
+        );
         std::thread::sleep(Duration::from_millis(10));
-        let Pick::Endpoint { state, probe: true } = balancer.pick(&eps, &[], false, true) else {
+        let Pick::Endpoint { state, probe: true } =
+            balancer.pick(&eps, &[], false, true, Instant::now())
+        else {
             panic!("probe expected")
         };
         assert_eq!(state.addr(), eps[0].addr());
         for _ in 0..10 {
             assert_eq!(
-                picked(balancer.pick(&eps, &[], false, true)).addr(),
+                picked(balancer.pick(&eps, &[], false, true, Instant::now())).addr(),
                 eps[1].addr(),
                 "probe in flight: no more traffic"
             );

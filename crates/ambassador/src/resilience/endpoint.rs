@@ -205,11 +205,12 @@ impl EndpointState {
     }
 
     /// Marks a try as started; the guard records its outcome (or its cancellation) exactly once.
-    pub(crate) fn start_try(self: &Arc<Self>, probe: bool) -> TryGuard {
+    /// `now` is the caller's clock reading for this try (one per try, shared with the pick).
+    pub(crate) fn start_try(self: &Arc<Self>, probe: bool, now: Instant) -> TryGuard {
         self.pending.fetch_add(1, Ordering::Relaxed);
         TryGuard {
             endpoint: Arc::clone(self),
-            started: Instant::now(),
+            started: now,
             probe,
             finished: false,
         }
@@ -423,8 +424,11 @@ mod tests {
     }
 
     fn fail(ep: &Arc<EndpointState>, cfg: &BreakerConfig) {
-        ep.start_try(false)
-            .finish(TryOutcome::Failure, cfg, &PeakEwmaConfig::default());
+        ep.start_try(false, Instant::now()).finish(
+            TryOutcome::Failure,
+            cfg,
+            &PeakEwmaConfig::default(),
+        );
     }
 
     #[test]
@@ -442,8 +446,11 @@ mod tests {
             Health::Healthy,
             "four failures are below the threshold of five"
         );
-        ep.start_try(false)
-            .finish(TryOutcome::Success, &cfg, &PeakEwmaConfig::default());
+        ep.start_try(false, Instant::now()).finish(
+            TryOutcome::Success,
+            &cfg,
+            &PeakEwmaConfig::default(),
+        );
         for _ in 0..4 {
             fail(&ep, &cfg);
         }
@@ -462,16 +469,22 @@ mod tests {
         assert!(!ep.try_start_probe(now), "only one probe at a time");
         assert_eq!(ep.availability(now), Availability::Unavailable);
         // The probe fails: ejected again, for twice as long.
-        ep.start_try(true)
-            .finish(TryOutcome::Failure, &cfg, &PeakEwmaConfig::default());
+        ep.start_try(true, Instant::now()).finish(
+            TryOutcome::Failure,
+            &cfg,
+            &PeakEwmaConfig::default(),
+        );
         let Health::Ejected { until } = ep.health() else {
             panic!("probe failure must eject")
         };
         assert!(until.saturating_duration_since(Instant::now()) > Duration::from_millis(30));
         std::thread::sleep(Duration::from_millis(50));
         assert!(ep.try_start_probe(Instant::now()));
-        ep.start_try(true)
-            .finish(TryOutcome::Success, &cfg, &PeakEwmaConfig::default());
+        ep.start_try(true, Instant::now()).finish(
+            TryOutcome::Success,
+            &cfg,
+            &PeakEwmaConfig::default(),
+        );
         assert_eq!(ep.health(), Health::Healthy);
     }
 
@@ -486,7 +499,7 @@ mod tests {
         fail(&ep, &cfg);
         std::thread::sleep(Duration::from_millis(5));
         assert!(ep.try_start_probe(Instant::now()));
-        drop(ep.start_try(true));
+        drop(ep.start_try(true, Instant::now()));
         assert_eq!(ep.pending(), 0);
         assert_eq!(ep.availability(Instant::now()), Availability::ProbeDue);
     }
@@ -504,8 +517,11 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..10 {
-            ep.start_try(false)
-                .finish(TryOutcome::Success, &cfg, &PeakEwmaConfig::default());
+            ep.start_try(false, Instant::now()).finish(
+                TryOutcome::Success,
+                &cfg,
+                &PeakEwmaConfig::default(),
+            );
             fail(&ep, &cfg);
         }
         assert!(
@@ -522,7 +538,7 @@ mod tests {
             Duration::from_millis(30),
             "the default before any response"
         );
-        ep.start_try(false).finish(
+        ep.start_try(false, Instant::now()).finish(
             TryOutcome::Success,
             &BreakerConfig::default(),
             &PeakEwmaConfig::default(),
@@ -551,7 +567,7 @@ mod tests {
                 inner.rtt_ns
             );
         }
-        let pending_guard = ep.start_try(false);
+        let pending_guard = ep.start_try(false, Instant::now());
         let cost_busy = ep.cost(decay, Instant::now());
         drop(pending_guard);
         let cost_idle = ep.cost(decay, Instant::now());

@@ -304,7 +304,11 @@ impl Route {
     /// budget, feeds the breaker, and gives up with a [`RouteError`] when no endpoint can answer. `send`
     /// sends one try to one endpoint (and applies the connect timeout, `config().timeouts.connect`).
     /// The body is kept for retries when at most `retries.max_buffered_body_bytes` long.
-    pub async fn call<B, RB, E, F, Fut>(&self, req: Request<B>, send: F) -> CallResult<RB, E>
+    pub fn call<B, RB, E, F, Fut>(
+        &self,
+        req: Request<B>,
+        send: F,
+    ) -> impl Future<Output = CallResult<RB, E>>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
@@ -312,19 +316,19 @@ impl Route {
         F: Fn(Endpoint, Request<ReplayBody<B>>) -> Fut,
         Fut: Future<Output = Result<Response<RB>, E>>,
     {
+        // Not an `async fn`: a wrapper future would hold (and move) another copy of guarded's.
         let cap = self.inner.config.retries.max_buffered_body_bytes;
-        self.guarded(req, send, |body| PreparedBody::read(body, cap))
-            .await
+        self.guarded(req, send, move |body| PreparedBody::read(body, cap))
     }
 
     /// Like [`Route::call`] but only keeps a body for retries when its length is known in advance (and
     /// within the cap): a body of unknown length streams through at once, for one try, instead of
     /// waiting to be read. For senders that can only take a whole body or the untouched original.
-    pub async fn call_known_length<B, RB, E, F, Fut>(
+    pub fn call_known_length<B, RB, E, F, Fut>(
         &self,
         req: Request<B>,
         send: F,
-    ) -> CallResult<RB, E>
+    ) -> impl Future<Output = CallResult<RB, E>>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
@@ -333,8 +337,9 @@ impl Route {
         Fut: Future<Output = Result<Response<RB>, E>>,
     {
         let cap = self.inner.config.retries.max_buffered_body_bytes;
-        self.guarded(req, send, |body| PreparedBody::read_known_length(body, cap))
-            .await
+        self.guarded(req, send, move |body| {
+            PreparedBody::read_known_length(body, cap)
+        })
     }
 
     async fn guarded<B, RB, E, F, Fut, P, PF>(
@@ -366,9 +371,11 @@ impl Route {
                 ));
             }
         };
-        self.inner.budget.deposit();
+        // One clock reading for the deadline and the budget (each read costs, per request).
+        let now = Instant::now();
+        self.inner.budget.deposit(now.into_std());
         let timeout = self.inner.config.timeouts.request;
-        let deadline = Instant::now() + timeout;
+        let deadline = now + timeout;
         let idempotent = retry::is_idempotent(&req);
         let (parts, body) = req.into_parts();
         let attempt = async {
@@ -413,6 +420,7 @@ impl Route {
             &[],
             self.inner.config.circuit_breaker.fail_open,
             false,
+            std::time::Instant::now(),
         ) {
             Pick::Endpoint { state, .. } => Some(state.endpoint()),
             Pick::NoEndpoints | Pick::AllEjected => None,
@@ -441,11 +449,14 @@ impl Route {
         loop {
             let mut wrong_endpoint = false;
             let table = self.table();
+            // The one clock reading of this try: the pick, the try's start and its deadline.
+            let now = Instant::now();
             let (state, probe) = match self.inner.balancer.pick(
                 &table,
                 &tried,
                 config.circuit_breaker.fail_open,
                 true,
+                now.into_std(),
             ) {
                 Pick::Endpoint { state, probe } => (state, probe),
                 Pick::NoEndpoints => {
@@ -488,17 +499,19 @@ impl Route {
                 });
             };
             tried.push(state.addr());
-            let guard = state.start_try(probe);
+            let guard = state.start_try(probe, now.into_std());
             let per_try = config
                 .timeouts
                 .per_try
-                .min(deadline.saturating_duration_since(Instant::now()));
-            let result = tokio::time::timeout(
-                per_try,
-                send(
+                .min(deadline.saturating_duration_since(now));
+            // Boxed: the send future is the largest part of this one, and every layer above
+            // would otherwise hold (and move, at each await) a copy of its size.
+            let result = tokio::time::timeout_at(
+                now + per_try,
+                Box::pin(send(
                     state.endpoint(),
                     Request::from_parts(parts.clone(), try_body),
-                ),
+                )),
             )
             .await;
             let (outcome, retry_reason, failure) = match result {

@@ -92,9 +92,9 @@ impl RetryBudget {
         f(&mut slots)
     }
 
-    /// Counts one original request (deposits into the budget).
-    pub fn deposit(&self) {
-        self.with_current(Instant::now(), |slots| {
+    /// Counts one original request (deposits into the budget) arriving at `now`.
+    pub fn deposit(&self, now: Instant) {
+        self.with_current(now, |slots| {
             if let Some(last) = slots.back_mut() {
                 last.requests += 1;
             }
@@ -362,7 +362,7 @@ mod tests {
         // No traffic: only the floor (1/s over 10s = 10 retries).
         assert_eq!((0..50).filter(|_| budget.try_withdraw()).count(), 10);
         for _ in 0..100 {
-            budget.deposit();
+            budget.deposit(Instant::now());
         }
         // 100 requests add 20 more.
         assert_eq!((0..50).filter(|_| budget.try_withdraw()).count(), 20);
@@ -378,7 +378,7 @@ mod tests {
         };
         let budget = RetryBudget::new(&cfg);
         for _ in 0..5 {
-            budget.deposit();
+            budget.deposit(Instant::now());
         }
         assert!(budget.try_withdraw());
         std::thread::sleep(Duration::from_millis(1100));
