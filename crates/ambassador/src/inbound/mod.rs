@@ -446,8 +446,8 @@ async fn handle(
         AppProtocol::Http1 => Version::HTTP_11,
         AppProtocol::H2c => Version::HTTP_2,
     };
-    // Boxed: awaited in place, the app's request future is held (and moved on every await
-    // up to hyper's task) twice over, which costs more in copies than one allocation.
+    // Boxed: awaited in place, the app's request future (1.7 KB) made this one 5.5 KB, which
+    // hyper's task for the stream holds and moves whole; boxed, this one is 672 bytes.
     let response = match Box::pin(listener.app.request(req.map(Either::Left))).await {
         Ok(mut response) => {
             let status = response.status();

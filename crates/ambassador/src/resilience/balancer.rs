@@ -39,6 +39,9 @@ impl Balancer {
         }
     }
 
+    /// Chooses the endpoint for a try: one whose probe is due (with `allow_probe`), else a
+    /// healthy one not in `tried` (any healthy one once all were tried; with `fail_open`, any).
+    /// `now` is the caller's one clock reading for the try (its start and deadline use it too).
     pub(crate) fn pick(
         &self,
         endpoints: &[Arc<EndpointState>],
