@@ -329,12 +329,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         );
 
         let config_url = format!("http://{}/config/app.yaml", local(p.app_b));
-        let first = wait_until(Duration::from_secs(20), || async {
-            get(&http, &config_url)
-                .await
-                .is_ok_and(|(status, body)| status == 200 && body == "greeting: hello\n")
-        })
-        .await;
+        let first = serves_within(&http, &config_url, "greeting: hello\n").await;
         checks.record(
             "git-sync published the config repository into pod B's config volume",
             first,
@@ -346,12 +341,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             "greeting: bonjour\n",
             "change the greeting",
         )?;
-        let second = wait_until(Duration::from_secs(20), || async {
-            get(&http, &config_url)
-                .await
-                .is_ok_and(|(status, body)| status == 200 && body == "greeting: bonjour\n")
-        })
-        .await;
+        let second = serves_within(&http, &config_url, "greeting: bonjour\n").await;
         checks.record(
             "a new commit appears in the app's config within seconds",
             second,
@@ -429,6 +419,16 @@ async fn get(http: &reqwest::Client, url: &str) -> Result<(u16, String), reqwest
     let response = http.get(url).send().await?;
     let status = response.status().as_u16();
     Ok((status, response.text().await?))
+}
+
+/// Whether `url` answers 200 with exactly `body` within 20 seconds (git-sync polls each second).
+async fn serves_within(http: &reqwest::Client, url: &str, body: &str) -> bool {
+    wait_until(Duration::from_secs(20), || async {
+        get(http, url)
+            .await
+            .is_ok_and(|(status, got)| status == 200 && got == body)
+    })
+    .await
 }
 
 async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> bool
