@@ -96,6 +96,8 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Published>,
     stop: CancellationToken,
 ) {
+    // runtime::run installs it too; this covers a client built outside run (tests): reqwest
+    // has no provider of its own and would panic.
     sidecar_kit::tls::install_default_provider();
     let client = reqwest::Client::builder().build();
     let client = match client {

@@ -182,8 +182,7 @@ async fn latency_part(mapping_path: &std::path::Path) {
     );
     let up = common::start_upstream(common::Behaviour::Body(Arc::new(SERVER.to_vec()))).await;
     let a = common::start_adapter(mapping_path, &up.url(), &["--log-level", "warn"]).await;
-    sidecar_kit::tls::install_default_provider();
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = common::http();
     let (direct_url, adapter_url) = (up.url(), a.url("/metrics"));
     for _ in 0..50 {
         client

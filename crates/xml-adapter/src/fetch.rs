@@ -89,6 +89,8 @@ impl Fetcher {
                 source,
             })
         };
+        // runtime::run installs it too; this covers a client built outside run (tests): reqwest
+        // has no provider of its own and would panic.
         sidecar_kit::tls::install_default_provider();
         let mut b = reqwest::Client::builder()
             .http1_only()

@@ -65,14 +65,15 @@ zone "example.test" {{ type primary; file "{d}/example.test.zone"; }};
         let mut cmd = Command::new("named");
         cmd.arg("-g").arg("-c").arg(dir.path().join("named.conf"));
         let mut proc = spawn_logged(cmd);
-        sidecar_kit::tls::install_default_provider();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(_)) = proc.child.try_wait() {
                 break;
             }
-            if let Ok(r) =
-                reqwest::get(format!("http://127.0.0.1:{stats_port}/xml/v3/server")).await
+            if let Ok(r) = common::http()
+                .get(format!("http://127.0.0.1:{stats_port}/xml/v3/server"))
+                .send()
+                .await
                 && r.status() == 200
                 && proc.log().contains("running")
             {
@@ -148,13 +149,15 @@ async fn start_prometheus(target_port: u16) -> Prometheus {
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"));
         let mut proc = spawn_logged(cmd);
-        sidecar_kit::tls::install_default_provider();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(30) {
             if let Ok(Some(_)) = proc.child.try_wait() {
                 break;
             }
-            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/-/ready")).await
+            if let Ok(r) = common::http()
+                .get(format!("http://127.0.0.1:{port}/-/ready"))
+                .send()
+                .await
                 && r.status() == 200
             {
                 return Prometheus {
@@ -174,8 +177,7 @@ async fn start_prometheus(target_port: u16) -> Prometheus {
 impl Prometheus {
     /// Instant query; the single result's value, if there is exactly one series.
     async fn query_one(&self, q: &str) -> Option<f64> {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let r = client
+        let r = common::http()
             .get(format!(
                 "http://127.0.0.1:{}/api/v1/query?query={}",
                 self.port,

@@ -127,7 +127,6 @@ pub async fn start_adapter(mapping: &Path, upstream: &str, extra: &[&str]) -> Ad
             .args(["--log-format", "text", "--shutdown-grace", "2s"])
             .args(extra);
         let mut proc = spawn_logged(cmd);
-        sidecar_kit::tls::install_default_provider();
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(15) {
             if let Ok(Some(status)) = proc.child.try_wait() {
@@ -136,7 +135,9 @@ pub async fn start_adapter(mapping: &Path, upstream: &str, extra: &[&str]) -> Ad
                 }
                 panic!("adapter exited early ({status}):\n{}", proc.log());
             }
-            if reqwest::get(format!("http://127.0.0.1:{listen}/"))
+            if http()
+                .get(format!("http://127.0.0.1:{listen}/"))
+                .send()
                 .await
                 .is_ok()
             {
@@ -337,10 +338,15 @@ pub async fn start_upstream(initial: Behaviour) -> Upstream {
     }
 }
 
-pub async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+/// An HTTP client for the tests, which ignores proxy settings. The workspace's reqwest has no
+/// crypto provider of its own and panics without a default, so this installs the kit's first.
+pub fn http() -> reqwest::Client {
     sidecar_kit::tls::install_default_provider();
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut req = client.get(url);
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = http().get(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
