@@ -270,6 +270,9 @@ cpu_ticks() { # pids... -> user+system CPU of those processes so far, in clock t
   done
   echo "$sum"
 }
+cpu_stat() { # -> "idle total" jiffies of the whole machine so far (idle includes iowait)
+  awk '$1=="cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t; exit }' /proc/stat
+}
 TICK_HZ=$(getconf CLK_TCK)
 to_ms() { # wrk latency like 812.00us / 1.20ms / 1.01s -> ms
   awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/,"",v); print v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v+0 } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000 } else print v }'
@@ -278,17 +281,19 @@ median() { sort -g | awk '{a[NR]=$1} END { print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+
 
 declare -A PORT=( [backend]=$BACKEND [ambassador]=$AMB_OUT [nginx]=$NGX_OUT [haproxy]=$HAP_OUT [stunnel]=$STN_OUT )
 read -r -a SETUPS <<<"${ONLY:-backend ambassador nginx haproxy stunnel}"
-declare -A RPS P99 P50 RSS_MAX RSS_SUM ERRS CPU
+declare -A RPS P99 P50 RSS_MAX RSS_SUM ERRS CPU IDLE
 for s in "${SETUPS[@]}"; do
   "${ON_LOAD[@]}" wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:${PORT[$s]}/" >/dev/null 2>&1 || true   # warm-up
 done
 for run in $(seq 1 "$RUNS"); do
   for s in "${SETUPS[@]}"; do
     # shellcheck disable=SC2046
-    t0=$(cpu_ticks $(pids_of "$s"))
+    t0=$(cpu_ticks $(pids_of "$s")); read -r i0 j0 <<<"$(cpu_stat)"
     out=$("${ON_LOAD[@]}" wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:${PORT[$s]}/" 2>&1)
     # shellcheck disable=SC2046
-    t1=$(cpu_ticks $(pids_of "$s"))
+    t1=$(cpu_ticks $(pids_of "$s")); read -r i1 j1 <<<"$(cpu_stat)"
+    # The share of both cores left idle while it ran: CPU the setup could not put to work.
+    IDLE[$s]+="$(awk -v i=$((i1 - i0)) -v j=$((j1 - j0)) 'BEGIN { printf "%.1f", (j > 0 ? 100 * i / j : 0) }') "
     n=$(awk '/requests in/ {print $1}' <<<"$out")
     CPU[$s]+="$(awk -v d=$((t1 - t0)) -v n="${n:-0}" -v hz="$TICK_HZ" 'BEGIN { if (n > 0) printf "%.1f", d / hz * 1e6 / n; else print 0 }') "
     RPS[$s]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
@@ -309,15 +314,16 @@ done
 echo
 echo "## Keep-alive mesh hop: wrk -t2 -c$CONNS -d${SECS}s, median of $RUNS runs (ambassador: $AMB_LABEL, layout: $LAYOUT)"
 echo
-printf '| %-11s | %10s | %8s | %8s | %14s | %14s | %12s |\n' setup "req/s" "p50 ms" "p99 ms" "peak RSS/proc" "peak RSS total" "proxy CPU/req"
-printf '|%s|%s|%s|%s|%s|%s|%s|\n' -------------  ------------ ---------- ---------- ---------------- ---------------- --------------
+printf '| %-11s | %10s | %8s | %8s | %14s | %14s | %12s | %9s |\n' setup "req/s" "p50 ms" "p99 ms" "peak RSS/proc" "peak RSS total" "proxy CPU/req" "idle CPU"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------------  ------------ ---------- ---------- ---------------- ---------------- -------------- -----------
 for s in "${SETUPS[@]}"; do
   rps=$(tr ' ' '\n' <<<"${RPS[$s]}" | grep . | median)
   p50=$(tr ' ' '\n' <<<"${P50[$s]}" | grep . | median)
   p99=$(tr ' ' '\n' <<<"${P99[$s]}" | grep . | median)
   cpu=$(tr ' ' '\n' <<<"${CPU[$s]}" | grep . | median)
+  idle=$(tr ' ' '\n' <<<"${IDLE[$s]}" | grep . | median)
   if [ "$s" = backend ]; then rmax=-; rsum=-; cpu=-; else cpu="${cpu} us"; rmax="$((RSS_MAX[$s] / 1024)).$(( (RSS_MAX[$s] % 1024) * 10 / 1024 )) MiB"; rsum="$((RSS_SUM[$s] / 1024)).$(( (RSS_SUM[$s] % 1024) * 10 / 1024 )) MiB"; fi
-  printf '| %-11s | %10.0f | %8.2f | %8.2f | %14s | %14s | %12s |\n' "$s" "$rps" "$p50" "$p99" "$rmax" "$rsum" "$cpu"
+  printf '| %-11s | %10.0f | %8.2f | %8.2f | %14s | %14s | %12s | %8.1f%% |\n' "$s" "$rps" "$p50" "$p99" "$rmax" "$rsum" "$cpu" "$idle"
 done
 for s in "${SETUPS[@]}"; do [ -n "${ERRS[$s]:-}" ] && echo "errors $s: ${ERRS[$s]}"; done
 echo
