@@ -277,6 +277,8 @@ pub struct Config {
     pub host_router: Option<SocketAddr>,
     /// DNS settings for routes with `dns:` endpoints.
     pub discovery: crate::resilience::DiscoveryConfig,
+    /// Worker threads (shards), from `--worker-threads` (0: one per core).
+    pub threads: usize,
 }
 
 // ---- the YAML file ----
@@ -534,6 +536,7 @@ impl Config {
             outbound,
             host_router,
             discovery: dns_settings,
+            threads: crate::shard::count_for(cli.kit.worker_threads),
         };
         config.check(&origin)?;
         Ok(config)

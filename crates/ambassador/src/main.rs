@@ -8,7 +8,8 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return sidecar_kit::config::exit_config_error(&e),
     };
-    sidecar_kit::run(&INFO, &cli.kit, |sidecar| {
-        ambassador::serve(config, sidecar)
-    })
+    // The kit's runtime is shard 0; the ambassador starts the other worker threads itself.
+    let mut kit = cli.kit.clone();
+    kit.worker_threads = 1;
+    sidecar_kit::run(&INFO, &kit, |sidecar| ambassador::serve(config, sidecar))
 }

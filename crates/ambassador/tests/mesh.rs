@@ -427,6 +427,81 @@ async fn http2_multiplexes_many_requests_on_few_connections() {
     );
 }
 
+/// On-CPU time so far (ns, from schedstat) of each thread of `pid`, by thread name.
+fn thread_cpu_ns(pid: u32) -> Vec<(String, u64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let schedstat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        let ns = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok());
+        threads.push((name.trim().to_owned(), ns.unwrap_or(0)));
+    }
+    threads
+}
+
+fn cpu_ns_of(threads: &[(String, u64)], name: &str) -> u64 {
+    threads
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, ns)| ns)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_over_the_worker_threads() {
+    let pki = Pki::new("test mesh CA");
+    let app = start_app().await;
+    let (inbound, remote) = start_inbound(&pki, app, &["--worker-threads", "2"]);
+    let client = pki.secret("client", CLIENT_ID);
+    let (outbound, listen) =
+        start_outbound(&pki, &client, remote, SERVER_ID, &["--worker-threads", "2"]);
+    let before = [inbound.pid(), outbound.pid()].map(thread_cpu_ns);
+
+    // Eight keep-alive app connections at once, 200 requests each.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(listen).await.unwrap();
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            for _ in 0..200 {
+                let reply = collect(send.send_request(get("/")).await.unwrap())
+                    .await
+                    .unwrap();
+                assert_eq!(reply.status, StatusCode::OK);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    // Both processes worked on both threads: the main one (named after the binary) and the
+    // second worker, which only ever runs connections handed to it.
+    for (amb, before) in [&inbound, &outbound].into_iter().zip(before) {
+        let after = thread_cpu_ns(amb.pid());
+        for name in ["ambassador", "ambassador-w1"] {
+            let ran = cpu_ns_of(&after, name).saturating_sub(cpu_ns_of(&before, name));
+            assert!(
+                ran > 2_000_000,
+                "thread {name} of pid {} ran {ran} ns for 1,600 requests; threads: {after:?}",
+                amb.pid()
+            );
+        }
+    }
+    assert!(
+        inbound.log_text().contains("worker_threads=2"),
+        "{}",
+        inbound.log_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mb_body_streams_through_both_ways_with_bounded_memory() {
     let pki = Pki::new("test mesh CA");

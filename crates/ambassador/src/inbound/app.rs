@@ -27,6 +27,7 @@ use crate::outbound::UpstreamBody;
 use crate::outbound::h2::{BoxError, H2Conns};
 use crate::outbound::transport::TransportError;
 use crate::proxy::ProxyBody;
+use crate::shard::ShardLocal;
 
 /// Connections unused this long are closed rather than reused (the app may have closed them).
 const IDLE: Duration = Duration::from_secs(60);
@@ -72,9 +73,10 @@ impl Pool {
 pub struct AppClient {
     addr: SocketAddr,
     authority: Authority,
-    pool: Arc<Pool>,
-    /// h2c: shared HTTP/2 connections instead of the HTTP/1.1 pool.
-    h2: Option<Arc<H2Conns>>,
+    /// Each worker thread's own pool: a connection's I/O stays on the thread that uses it.
+    pool: Arc<ShardLocal<Arc<Pool>>>,
+    /// h2c: shared HTTP/2 connections instead of the HTTP/1.1 pool, per worker thread too.
+    h2: Option<Arc<ShardLocal<Arc<H2Conns>>>>,
 }
 
 impl std::fmt::Debug for AppClient {
@@ -91,10 +93,13 @@ impl AppClient {
         Self {
             addr,
             authority,
-            pool: Arc::new(Pool {
-                idle: Mutex::new(Vec::new()),
-            }),
-            h2: (protocol == AppProtocol::H2c).then(|| H2Conns::new(1, IDLE)),
+            pool: Arc::new(ShardLocal::new(|| {
+                Arc::new(Pool {
+                    idle: Mutex::new(Vec::new()),
+                })
+            })),
+            h2: (protocol == AppProtocol::H2c)
+                .then(|| Arc::new(ShardLocal::new(|| H2Conns::new(1, IDLE)))),
         }
     }
 
@@ -104,7 +109,7 @@ impl AppClient {
         &self,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, AppError> {
-        if let Some(h2) = &self.h2 {
+        if let Some(h2) = self.h2.as_deref().map(ShardLocal::get) {
             let mut parts = std::mem::take(req.uri_mut()).into_parts();
             parts.scheme = Some(http::uri::Scheme::HTTP);
             parts.authority = Some(self.authority.clone());
@@ -154,7 +159,8 @@ impl AppClient {
         }
         // A connection kept idle may have been closed by the app meanwhile: a request it could
         // not take comes back unsent, and goes once more on a new connection.
-        let reused = self.pool.take();
+        let pool = self.pool.get();
+        let reused = pool.take();
         let was_reused = reused.is_some();
         let mut sender = match reused {
             Some(sender) => sender,
@@ -176,7 +182,7 @@ impl AppClient {
         // An accepted upgrade takes the connection over.
         let upgrade = response.status() == http::StatusCode::SWITCHING_PROTOCOLS
             || (connect && response.status().is_success());
-        let give_back = (!upgrade).then(|| (sender, self.pool.clone()));
+        let give_back = (!upgrade).then(|| (sender, pool.clone()));
         Ok(response.map(|body| UpstreamBody::Pooled(PooledBody { body, give_back })))
     }
 

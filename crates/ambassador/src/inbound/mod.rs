@@ -30,6 +30,7 @@ use crate::conn::{
 };
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
 use crate::proxy::{self, ResponseBody};
+use crate::shard::Shards;
 
 pub use app::{AppClient, AppError, PooledBody};
 
@@ -71,6 +72,8 @@ struct Listener {
     stop: CancellationToken,
     requested: CancellationToken,
     tracker: TaskTracker,
+    /// The worker threads its connections are spread over.
+    shards: Arc<Shards>,
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
@@ -82,6 +85,7 @@ pub async fn bind(
     access_log: bool,
     reloader: &Arc<CredentialReloader>,
     metrics: &Metrics,
+    shards: &Arc<Shards>,
     sidecar: &Sidecar,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     let tcp = TcpListener::bind(route.listen).await.map_err(|e| {
@@ -118,6 +122,7 @@ pub async fn bind(
         stop: sidecar.shutdown().token(),
         requested: sidecar.shutdown().requested(),
         tracker: sidecar.shutdown().tracker(),
+        shards: shards.clone(),
         http1,
         http2,
         route,
@@ -188,12 +193,14 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
             });
             continue;
         };
-        let listener = listener.clone();
-        listener.tracker.clone().spawn(async move {
-            let _permit = permit;
-            let _open = listener.metrics.connection_opened();
-            serve_connection(&listener, stream, peer).await;
-        });
+        let on = listener.clone();
+        listener
+            .shards
+            .spawn(&listener.tracker, stream, move |stream| async move {
+                let _permit = permit;
+                let _open = on.metrics.connection_opened();
+                serve_connection(&on, stream, peer).await;
+            });
     }
     tracing::info!(route = %listener.route.name, "inbound listener closed");
 }

@@ -29,6 +29,7 @@ use crate::conn::{
 };
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
 use crate::proxy::{self, ResponseBody};
+use crate::shard::Shards;
 pub use transport::{Endpoint, Transport, TransportError, UpstreamBody};
 pub use upstream::{BoxFuture, Upstream, UpstreamError};
 
@@ -69,6 +70,8 @@ struct Listener {
     stop: CancellationToken,
     requested: CancellationToken,
     tracker: TaskTracker,
+    /// The worker threads its connections are spread over.
+    shards: Arc<Shards>,
     http1: hyper::server::conn::http1::Builder,
     /// For apps that speak HTTP/2 with prior knowledge (h2c, gRPC).
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
@@ -80,6 +83,7 @@ pub async fn bind_all(
     reloader: &Arc<CredentialReloader>,
     metrics: &Metrics,
     resilience: &crate::resilience::Runtime,
+    shards: &Arc<Shards>,
     sidecar: &Sidecar,
 ) -> anyhow::Result<Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>> {
     let (limits, access_log) = (config.limits, config.access_log);
@@ -114,6 +118,7 @@ pub async fn bind_all(
                 route_metrics,
                 limits,
                 access_log,
+                shards,
                 sidecar,
             );
             loops.push(Box::pin(bind_one(listener).await?));
@@ -128,6 +133,7 @@ pub async fn bind_all(
             metrics.route(Direction::Outbound, "host-router"),
             limits,
             access_log,
+            shards,
             sidecar,
         );
         loops.push(Box::pin(bind_one(listener).await?));
@@ -144,6 +150,7 @@ fn listener(
     metrics: RouteMetrics,
     limits: Limits,
     access_log: bool,
+    shards: &Arc<Shards>,
     sidecar: &Sidecar,
 ) -> Listener {
     let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -168,6 +175,7 @@ fn listener(
         stop: sidecar.shutdown().token(),
         requested: sidecar.shutdown().requested(),
         tracker: sidecar.shutdown().tracker(),
+        shards: shards.clone(),
         http1,
         http2,
     }
@@ -215,15 +223,17 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
             }
             continue;
         };
-        let listener = listener.clone();
-        listener.tracker.clone().spawn(async move {
-            let _permit = permit;
-            let _open = listener.metrics.connection_opened();
-            match listener.mode {
-                Mode::Http => serve_http(&listener, stream, peer).await,
-                Mode::Tcp => serve_tcp(&listener, stream, peer).await,
-            }
-        });
+        let on = listener.clone();
+        listener
+            .shards
+            .spawn(&listener.tracker, stream, move |stream| async move {
+                let _permit = permit;
+                let _open = on.metrics.connection_opened();
+                match on.mode {
+                    Mode::Http => serve_http(&on, stream, peer).await,
+                    Mode::Tcp => serve_tcp(&on, stream, peer).await,
+                }
+            });
     }
     tracing::info!(listener = %listener.name, "outbound listener closed");
 }

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::h2::{BoxError, H2Body, H2Conns};
 use crate::metrics::RouteMetrics;
 use crate::proxy::{self, ProxyBody};
+use crate::shard::ShardLocal;
 
 /// One address of a remote service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -310,14 +311,16 @@ impl Write for MtlsStream {
     }
 }
 
-/// HTTP/2 connections opened per endpoint. Two rather than one: each is served by one task, so
-/// two let both of a 2-core pod's threads work on the hop at once; more only add handshakes.
-pub const H2_CONNECTIONS_PER_ENDPOINT: usize = 2;
+/// HTTP/2 connections opened per endpoint by each worker thread (each thread has its own, see
+/// [`crate::shard`]). One: a thread's requests share it, so its writes carry many requests at
+/// once; a second on the same thread only added a handshake and its buffers (docs/benchmarks.md).
+pub const H2_CONNECTIONS_PER_ENDPOINT: usize = 1;
 
 /// What the transport keeps per endpoint.
 struct Remote {
     authority: Authority,
-    h2: Arc<H2Conns>,
+    /// Each worker thread's own connections: their I/O stays on the thread that uses them.
+    h2: ShardLocal<Arc<H2Conns>>,
     /// Set once the endpoint answered ALPN without `h2`: its requests use the HTTP/1.1 pool.
     http1_only: AtomicBool,
 }
@@ -442,7 +445,7 @@ impl Transport {
                 Arc::new(Remote {
                     authority: Authority::try_from(addr.to_string())
                         .expect("a socket address is always a valid URI authority"),
-                    h2: H2Conns::new(H2_CONNECTIONS_PER_ENDPOINT, self.idle),
+                    h2: ShardLocal::new(|| H2Conns::new(H2_CONNECTIONS_PER_ENDPOINT, self.idle)),
                     http1_only: AtomicBool::new(!self.http2),
                 })
             })
@@ -487,7 +490,7 @@ impl Transport {
                     }
                 }
             };
-            req = match remote.h2.send(req, &connect, addr).await {
+            req = match remote.h2.get().send(req, &connect, addr).await {
                 Ok(response) => return Ok(response.map(UpstreamBody::H2)),
                 // Not sent, and the remote turned out to speak HTTP/1.1 only: send it that way.
                 Err((_, Some(req))) if remote.http1_only.load(Ordering::Relaxed) => {

@@ -158,6 +158,9 @@ impl Ambassador {
         let admin = addr(free_port());
         let log = log_dir.join(format!("ambassador-{}.log", admin.port()));
         let child = Command::new(env!("CARGO_BIN_EXE_ambassador"))
+            // Two worker threads on any machine, so that every test also covers connections
+            // handed to the second thread (a test's own --worker-threads wins).
+            .env("AMBASSADOR_WORKER_THREADS", "2")
             .args(args)
             .arg("--admin-addr")
             .arg(admin.to_string())
