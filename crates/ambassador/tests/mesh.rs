@@ -672,33 +672,41 @@ async fn slowloris_and_oversized_heads_are_refused_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_lets_the_request_in_flight_finish_and_exits_zero() {
+async fn shutdown_lets_the_requests_in_flight_finish_on_both_threads_and_exits_zero() {
     let pki = Pki::new("test mesh CA");
     let app = start_app().await;
     let (mut inbound, remote) = start_inbound(&pki, app, &["--shutdown-grace", "10s"]);
     let me = pki.ca.good(CLIENT_ID);
     let config = client_tls(Some(&me), &pki.ca.pem, &[b"http/1.1"]);
-    let tls = mtls_connect(remote, config.clone()).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    let conn_task = tokio::spawn(conn);
-    let slow = tokio::spawn(async move {
-        let resp = send.send_request(get("/slow")).await.unwrap();
-        collect(resp).await.unwrap()
-    });
+    // Two connections open at once: the second goes to the other worker thread (the one with
+    // fewer open connections), so the drain is checked on both.
+    let mut in_flight = Vec::new();
+    for _ in 0..2 {
+        let tls = mtls_connect(remote, config.clone()).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        let conn_task = tokio::spawn(conn);
+        let slow = tokio::spawn(async move {
+            let resp = send.send_request(get("/slow")).await.unwrap();
+            collect(resp).await.unwrap()
+        });
+        in_flight.push((slow, conn_task));
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     inbound.signal_term();
-    let reply = slow.await.unwrap();
-    assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.body, "slow done");
-    assert_eq!(reply.headers["connection"], "close");
-    // The connection is closed after that response.
-    tokio::time::timeout(Duration::from_secs(5), conn_task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    for (slow, conn_task) in in_flight {
+        let reply = slow.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, "slow done");
+        assert_eq!(reply.headers["connection"], "close");
+        // The connection is closed after that response.
+        tokio::time::timeout(Duration::from_secs(5), conn_task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
     let status = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
