@@ -7,6 +7,10 @@
 //! thread for all: on the mesh hop with two cores, one thread per ambassador left a core idle
 //! about 16% of the time while the other had work queued (docs/benchmarks.md). Shards keep the
 //! single thread's cheap hand-offs and still use every core, as nginx's workers and Envoy's do.
+//!
+//! Per thread: the HTTP/2 connections to each remote endpoint and the keep-alive pool to the
+//! app. Shared: the outbound HTTP/1.1 pool (hyper-util's, for remotes without h2 and for
+//! upgrades), where a request may use a connection another thread drives: correct, only slower.
 
 use std::cell::Cell;
 use std::future::Future;
