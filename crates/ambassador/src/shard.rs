@@ -193,7 +193,10 @@ impl<T: std::fmt::Debug> std::fmt::Debug for ShardLocal<T> {
 }
 
 impl<T> ShardLocal<T> {
-    /// One value from `make` for each shard of the process.
+    /// One value from `make` for each shard of the process. Make it after [`Shards::start`]:
+    /// before, the process counts one shard and every thread shares that one value (correct,
+    /// but each request may then wait on another thread's connection). `serve` starts the
+    /// shards first; the pools are made when their listeners bind or, for remotes, on first use.
     pub fn new(mut make: impl FnMut() -> T) -> Self {
         let count = COUNT.load(Ordering::Relaxed).max(1);
         Self {
