@@ -164,10 +164,6 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
                         "force_push_refused"
                     }
                 };
-                metrics.syncs.with_label_values(&[label]).inc();
-                if config.one_time {
-                    return finish_one_time(outcome, notifier).await;
-                }
                 if syncer.published().is_some() {
                     failures = 0;
                     last_success = Some(Instant::now());
@@ -178,6 +174,12 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
                     metrics.last_success.set(now);
                     ready.set_ready();
                 }
+                // The gauge before the counter: whoever sees a sync counted sees its effect.
+                metrics.consecutive_failures.set(i64::from(failures));
+                metrics.syncs.with_label_values(&[label]).inc();
+                if config.one_time {
+                    return finish_one_time(outcome, notifier).await;
+                }
             }
             Err(e) => {
                 ok = false;
@@ -187,6 +189,7 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
                 } else {
                     "error"
                 };
+                metrics.consecutive_failures.set(i64::from(failures));
                 metrics.syncs.with_label_values(&[label]).inc();
                 tracing::error!(error = %e, failures, took = ?elapsed, "sync failed; the published tree stays");
                 if config.max_failures.is_some_and(|max| failures > max) {
@@ -194,7 +197,6 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
                 }
             }
         }
-        metrics.consecutive_failures.set(i64::from(failures));
         update_staleness(
             &ready,
             ok,
