@@ -330,6 +330,41 @@ echo
 echo "all runs (req/s): $(for s in "${SETUPS[@]}"; do printf '%s=[%s] ' "$s" "${RPS[$s]% }"; done)"
 echo "all runs (p99 ms): $(for s in "${SETUPS[@]}"; do printf '%s=[%s] ' "$s" "${P99[$s]% }"; done)"
 
+# ---- against issue 3's targets: the ambassador vs the best peer, per round and in the median ----
+# A round is one wrk run of every setup, back to back, so its ratios share the machine's moment;
+# the medians of the table above may pair figures of different rounds.
+PEERS=()
+for s in "${SETUPS[@]}"; do case $s in nginx|haproxy|stunnel) PEERS+=("$s") ;; esac; done
+if [[ " ${SETUPS[*]} " == *" ambassador "* ]] && [ "${#PEERS[@]}" -gt 0 ]; then
+  rounds=$(for s in ambassador "${PEERS[@]}"; do echo "$s ${RPS[$s]}"; echo "$s ${P99[$s]}"; done |
+    awk -v runs="$RUNS" '
+      # lines alternate: name rps..., name p99...
+      NR % 2 == 1 { for (i = 2; i <= NF; i++) rps[$1, i - 1] = $i; names[++n] = $1; next }
+      { for (i = 2; i <= NF; i++) p99[$1, i - 1] = $i }
+      END {
+        for (r = 1; r <= runs; r++) {
+          best_rps = 0; best_p99 = 0
+          for (k = 2; k <= n; k++) {
+            if (rps[names[k], r] > best_rps) best_rps = rps[names[k], r]
+            if (best_p99 == 0 || p99[names[k], r] < best_p99) best_p99 = p99[names[k], r]
+          }
+          if (best_rps > 0 && best_p99 > 0)
+            printf "%.3f %.3f\n", rps["ambassador", r] / best_rps, p99["ambassador", r] / best_p99
+        }
+      }')
+  rps_ratios=$(awk '{print $1}' <<<"$rounds" | tr '\n' ' ')
+  p99_ratios=$(awk '{print $2}' <<<"$rounds" | tr '\n' ' ')
+  rps_met=$(awk '$1 >= 1.3' <<<"$rounds" | wc -l)
+  p99_met=$(awk '$2 <= 0.7' <<<"$rounds" | wc -l)
+  rss_mib=$(awk -v k="${RSS_MAX[ambassador]}" 'BEGIN { printf "%.1f", k / 1024 }')
+  echo
+  echo "## Against the targets (issue 3; best of ${PEERS[*]} in each round)"
+  echo
+  echo "req/s vs the best peer: median $(tr ' ' '\n' <<<"$rps_ratios" | grep . | median)x (target >= 1.3x; met in $rps_met of $RUNS rounds: $rps_ratios)"
+  echo "p99 vs the best peer:   median $(tr ' ' '\n' <<<"$p99_ratios" | grep . | median)x (target <= 0.7x; met in $p99_met of $RUNS rounds: $p99_ratios)"
+  echo "peak RSS per ambassador process: $rss_mib MiB (target <= 12 MiB)"
+fi
+
 # ---- handshake per request: new TCP + full mTLS handshake + one request, against the inbound side ----
 declare -A IN_PORT=( [ambassador]=$AMB_IN [nginx]=$NGX_IN [haproxy]=$HAP_IN [stunnel]=$STN_IN )
 echo
