@@ -356,7 +356,7 @@ if [[ " ${SETUPS[*]} " == *" ambassador "* ]] && [ "${#PEERS[@]}" -gt 0 ]; then
   p99_ratios=$(awk '{print $2}' <<<"$rounds" | tr '\n' ' ')
   rps_met=$(awk '$1 >= 1.3' <<<"$rounds" | wc -l)
   p99_met=$(awk '$2 <= 0.7' <<<"$rounds" | wc -l)
-  rss_mib=$(awk -v k="${RSS_MAX[ambassador]}" 'BEGIN { printf "%.1f", k / 1024 }')
+  rss_mib=$(awk -v k="${RSS_MAX[ambassador]}" 'BEGIN { printf "%.1f", int(k * 10 / 1024) / 10 }')  # as the table: truncated
   echo
   echo "## Against the targets (issue 3; best of ${PEERS[*]} in each round)"
   echo
