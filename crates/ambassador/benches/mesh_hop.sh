@@ -282,6 +282,7 @@ median() { sort -g | awk '{a[NR]=$1} END { print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+
 declare -A PORT=( [backend]=$BACKEND [ambassador]=$AMB_OUT [nginx]=$NGX_OUT [haproxy]=$HAP_OUT [stunnel]=$STN_OUT )
 read -r -a SETUPS <<<"${ONLY:-backend ambassador nginx haproxy stunnel}"
 declare -A RPS P99 P50 RSS_MAX RSS_SUM ERRS CPU IDLE
+AMB_RSS_ROUNDS=""
 for s in "${SETUPS[@]}"; do
   "${ON_LOAD[@]}" wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:${PORT[$s]}/" >/dev/null 2>&1 || true   # warm-up
 done
@@ -299,6 +300,12 @@ for run in $(seq 1 "$RUNS"); do
     RPS[$s]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
     P50[$s]+="$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")") "
     P99[$s]+="$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")") "
+    if [ "$s" = ambassador ]; then
+      # The peak so far after each round: where it levels is the resident memory under sustained load.
+      # shellcheck disable=SC2046
+      read -r max _ <<<"$(rss_kib VmHWM $(pids_of ambassador))"
+      AMB_RSS_ROUNDS+="$(awk -v k="$max" 'BEGIN { printf "%.1f", int(k * 10 / 1024) / 10 }') "
+    fi
     e=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
     [ -n "$e" ] && ERRS[$s]+="run$run: $e "
     true
@@ -329,6 +336,7 @@ for s in "${SETUPS[@]}"; do [ -n "${ERRS[$s]:-}" ] && echo "errors $s: ${ERRS[$s
 echo
 echo "all runs (req/s): $(for s in "${SETUPS[@]}"; do printf '%s=[%s] ' "$s" "${RPS[$s]% }"; done)"
 echo "all runs (p99 ms): $(for s in "${SETUPS[@]}"; do printf '%s=[%s] ' "$s" "${P99[$s]% }"; done)"
+[ -n "$AMB_RSS_ROUNDS" ] && echo "ambassador peak RSS per process after each round (MiB): [${AMB_RSS_ROUNDS% }]"
 
 # ---- against issue 3's targets: the ambassador vs the best peer, per round and in the median ----
 # A round is one wrk run of every setup, back to back, so its ratios share the machine's moment;

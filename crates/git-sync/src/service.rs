@@ -174,9 +174,7 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
                     metrics.last_success.set(now);
                     ready.set_ready();
                 }
-                // The gauge before the counter: whoever sees a sync counted sees its effect.
-                metrics.consecutive_failures.set(i64::from(failures));
-                metrics.syncs.with_label_values(&[label]).inc();
+                count_sync(&metrics, label, failures);
                 if config.one_time {
                     return finish_one_time(outcome, notifier).await;
                 }
@@ -189,8 +187,7 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
                 } else {
                     "error"
                 };
-                metrics.consecutive_failures.set(i64::from(failures));
-                metrics.syncs.with_label_values(&[label]).inc();
+                count_sync(&metrics, label, failures);
                 tracing::error!(error = %e, failures, took = ?elapsed, "sync failed; the published tree stays");
                 if config.max_failures.is_some_and(|max| failures > max) {
                     bail!("giving up after {failures} consecutive failed syncs; last error: {e}");
@@ -250,6 +247,13 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         let _ = handle.await;
     }
     Ok(())
+}
+
+/// Counts a finished sync, after the failure gauge has its new value: a scrape that sees the
+/// sync counted sees its effect too (tests and alerts read the two together).
+fn count_sync(metrics: &Metrics, label: &str, failures: u32) {
+    metrics.consecutive_failures.set(i64::from(failures));
+    metrics.syncs.with_label_values(&[label]).inc();
 }
 
 fn update_staleness(
