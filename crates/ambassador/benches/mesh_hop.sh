@@ -20,6 +20,18 @@
 #                     proxies under test on core 1, so each proxy pair gets the same one core and
 #                     the load generator never competes with it (the isolation load-testing guides
 #                     ask for); it needs at least 2 cores
+# SCHED_GROUPS picks the scheduling groups the processes share. With the kernel's autogroups on
+# (sched_autogroup_enabled=1, Debian's default), CPU time is shared fairly between sessions first
+# and between threads only within a session, so which process runs in which session changes who
+# waits for a core:
+#   one (default)     every process of every setup (wrk, the backend, the proxies) stays in this
+#                     script's session: one group, every thread weighed alike. nginx runs with
+#                     `daemon off;` for it, as HAProxy (-db) and stunnel (foreground) always do;
+#                     a daemonizing nginx would start sessions of its own and get a group's share
+#                     for each of its instances that the other setups do not get
+#   each              every server process (the backend, each proxy process) in a session of its
+#                     own, wrk in this script's: one group per process, as one cgroup per
+#                     container would give in a pod
 set -euo pipefail
 
 RUNS=${1:-3}
@@ -62,6 +74,16 @@ if [ -n "${AMB_BIN:-}" ]; then AMB=$AMB_BIN; AMB_LABEL="AMB_BIN $AMB_BIN"; fi
 echo "ambassador binary: $AMB ($AMB_LABEL)" >&2
 LOAD="$ROOT/target/release/examples/mtls_load"
 
+SCHED_GROUPS=${SCHED_GROUPS:-one}
+case $SCHED_GROUPS in
+  one) SESSION=(); NGINX_DAEMON="daemon off;" ;;
+  each) SESSION=(setsid); NGINX_DAEMON="" ;;
+  *) echo "SCHED_GROUPS must be one or each, not '$SCHED_GROUPS'" >&2; exit 2 ;;
+esac
+start_nginx() { # config: in the foreground of this session (one), or daemonized into its own (each)
+  if [ -n "$NGINX_DAEMON" ]; then "$@" & PIDS+=($!); else "$@"; fi
+}
+
 W=$(mktemp -d /tmp/mesh-hop.XXXXXX)
 PIDS=()
 cleanup() {
@@ -96,6 +118,7 @@ STN_OUT=$((BASE+9)); STN_IN=$((BASE+10))
 mkdir -p "$W/ngx-backend"
 cat > "$W/nginx-backend.conf" <<EOF
 worker_processes 1;
+$NGINX_DAEMON
 pid $W/nginx-backend.pid;
 error_log $W/nginx-backend.err;
 events { worker_connections 4096; }
@@ -105,15 +128,15 @@ http {
   server { listen 127.0.0.1:$BACKEND; location / { return 200 "hello from the backend\n"; } }
 }
 EOF
-"${ON_LOAD[@]}" nginx -p "$W/ngx-backend" -c "$W/nginx-backend.conf"
+start_nginx "${ON_LOAD[@]}" nginx -p "$W/ngx-backend" -c "$W/nginx-backend.conf"
 
 # ---- ambassador ----
 # AMB_ENV (e.g. TOKIO_WORKER_THREADS=1) and AMB_OUT_ARGS (e.g. --outbound-http2=false) try variants.
-"${ON_PROXY[@]}" env ${AMB_ENV:-} "$AMB" --cert server.crt --key server.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_IN \
+"${ON_PROXY[@]}" "${SESSION[@]}" env ${AMB_ENV:-} "$AMB" --cert server.crt --key server.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_IN \
   --inbound-listen 127.0.0.1:$AMB_IN --inbound-app 127.0.0.1:$BACKEND \
   --allow-spiffe 'spiffe://bench.local/ns/a/sa/*' --log-level warn 2>"$W/amb-in.log" &
 AMB_IN_PID=$!; PIDS+=($AMB_IN_PID)
-"${ON_PROXY[@]}" env ${AMB_ENV:-} "$AMB" --cert client.crt --key client.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_OUT \
+"${ON_PROXY[@]}" "${SESSION[@]}" env ${AMB_ENV:-} "$AMB" --cert client.crt --key client.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_OUT \
   --outbound-listen 127.0.0.1:$AMB_OUT --outbound-endpoints 127.0.0.1:$AMB_IN \
   --outbound-identity spiffe://bench.local/ns/b/sa/server ${AMB_OUT_ARGS:-} --log-level warn 2>"$W/amb-out.log" &
 AMB_OUT_PID=$!; PIDS+=($AMB_OUT_PID)
@@ -122,6 +145,7 @@ AMB_OUT_PID=$!; PIDS+=($AMB_OUT_PID)
 mkdir -p "$W/ngx-in" "$W/ngx-out"
 cat > "$W/nginx-in.conf" <<EOF
 worker_processes $PEER_THREADS;
+$NGINX_DAEMON
 pid $W/nginx-in.pid;
 error_log $W/nginx-in.err;
 events { worker_connections 4096; }
@@ -141,6 +165,7 @@ http {
 EOF
 cat > "$W/nginx-out.conf" <<EOF
 worker_processes $PEER_THREADS;
+$NGINX_DAEMON
 pid $W/nginx-out.pid;
 error_log $W/nginx-out.err;
 events { worker_connections 4096; }
@@ -159,8 +184,8 @@ http {
   }
 }
 EOF
-"${ON_PROXY[@]}" nginx -p "$W/ngx-in" -c "$W/nginx-in.conf"
-"${ON_PROXY[@]}" nginx -p "$W/ngx-out" -c "$W/nginx-out.conf"
+start_nginx "${ON_PROXY[@]}" nginx -p "$W/ngx-in" -c "$W/nginx-in.conf"
+start_nginx "${ON_PROXY[@]}" nginx -p "$W/ngx-out" -c "$W/nginx-out.conf"
 
 # ---- HAProxy ----
 cat > "$W/haproxy-in.cfg" <<EOF
@@ -197,9 +222,9 @@ backend remote
   http-reuse always
   server r1 127.0.0.1:$HAP_IN ssl crt $W/client.pem ca-file $W/ca.crt verify required verifyhost server.bench sni str(server.bench)
 EOF
-"${ON_PROXY[@]}" haproxy -f "$W/haproxy-in.cfg" -db >"$W/haproxy-in.log" 2>&1 &
+"${ON_PROXY[@]}" "${SESSION[@]}" haproxy -f "$W/haproxy-in.cfg" -db >"$W/haproxy-in.log" 2>&1 &
 HAP_IN_PID=$!; PIDS+=($HAP_IN_PID)
-"${ON_PROXY[@]}" haproxy -f "$W/haproxy-out.cfg" -db >"$W/haproxy-out.log" 2>&1 &
+"${ON_PROXY[@]}" "${SESSION[@]}" haproxy -f "$W/haproxy-out.cfg" -db >"$W/haproxy-out.log" 2>&1 &
 HAP_OUT_PID=$!; PIDS+=($HAP_OUT_PID)
 
 # ---- stunnel (L4: one TLS connection per client connection) ----
@@ -232,9 +257,9 @@ CAfile = $W/ca.crt
 verifyChain = yes
 checkHost = server.bench
 EOF
-"${ON_PROXY[@]}" stunnel4 "$W/stunnel-in.conf" &
+"${ON_PROXY[@]}" "${SESSION[@]}" stunnel4 "$W/stunnel-in.conf" &
 STN_IN_PID=$!; PIDS+=($STN_IN_PID)
-"${ON_PROXY[@]}" stunnel4 "$W/stunnel-out.conf" &
+"${ON_PROXY[@]}" "${SESSION[@]}" stunnel4 "$W/stunnel-out.conf" &
 STN_OUT_PID=$!; PIDS+=($STN_OUT_PID)
 
 sleep 1.5
@@ -253,6 +278,19 @@ pids_of() { # setup -> the proxy processes' pids (nginx: master and workers)
     backend) echo "" ;;
   esac
 }
+# Where the servers landed: with SCHED_GROUPS=one, all in this script's autogroup.
+if [ "$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo 0)" = 1 ] && [ -r /proc/self/autogroup ]; then
+  mine=$(awk '{print $1}' /proc/$$/autogroup)
+  # shellcheck disable=SC2046
+  server_groups=$(for p in $(pids_of ambassador) $(pids_of nginx) $(pids_of haproxy) $(pids_of stunnel) $(cat "$W/nginx-backend.pid"); do
+    awk '{print $1}' "/proc/$p/autogroup" 2>/dev/null; done | sort -u)
+  if [ "$SCHED_GROUPS" = one ] && [ "$server_groups" != "$mine" ]; then
+    echo "SCHED_GROUPS=one, but the servers are in autogroups $(echo $server_groups) and this script in $mine" >&2; exit 1
+  fi
+  echo "scheduling groups: $SCHED_GROUPS (the servers are in $(wc -l <<<"$server_groups") autogroup(s))" >&2
+else
+  echo "scheduling groups: this kernel does not group by session; SCHED_GROUPS changes nothing" >&2
+fi
 rss_kib() { # field pids... -> "max per process / sum" in KiB
   local field=$1; shift; local max=0 sum=0 v
   for p in "$@"; do
@@ -319,7 +357,7 @@ for s in "${SETUPS[@]}"; do
 done
 
 echo
-echo "## Keep-alive mesh hop: wrk -t2 -c$CONNS -d${SECS}s, median of $RUNS runs (ambassador: $AMB_LABEL, layout: $LAYOUT)"
+echo "## Keep-alive mesh hop: wrk -t2 -c$CONNS -d${SECS}s, median of $RUNS runs (ambassador: $AMB_LABEL, layout: $LAYOUT, scheduling groups: $SCHED_GROUPS)"
 echo
 printf '| %-11s | %10s | %8s | %8s | %14s | %14s | %12s | %9s |\n' setup "req/s" "p50 ms" "p99 ms" "peak RSS/proc" "peak RSS total" "proxy CPU/req" "idle CPU"
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------------  ------------ ---------- ---------- ---------------- ---------------- -------------- -----------
