@@ -6,8 +6,9 @@
 # IMAGE is any of: ambassador xml-adapter git-sync (the sidecars) and demo-app git-server
 # prometheus (the demo and the container tests). Default: all of them.
 #
-# The binaries are built on the host, static (glibc's crt-static), in one cargo invocation;
-# no build stage runs in Docker because no base image (not even rust:*) can be pulled here.
+# The binaries are built on the host, static (glibc's crt-static): the ambassador by
+# scripts/pgo.sh (profile-guided), the others in one cargo invocation; no build stage runs in
+# Docker because no base image (not even rust:*) can be pulled here.
 # --no-build reuses the binaries of the last build. Images are tagged
 # ${IMAGE_REPO:-ghcr.io/sidecars}/NAME:VERSION and :dev. A size table is printed at the end.
 set -euo pipefail
@@ -32,7 +33,7 @@ for arg in "$@"; do
     case $arg in
         --no-build) build=0 ;;
         --list) printf '%s\n' "${ALL[@]}"; exit 0 ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) die "unknown option $arg" ;;
         *) [[ " ${ALL[*]} " == *" $arg "* ]] || die "unknown image $arg (one of: ${ALL[*]})"
            images+=("$arg") ;;
@@ -64,17 +65,27 @@ for name in "${images[@]}"; do
     [[ " ${RUST_IMAGES[*]} " == *" $name "* ]] && wanted_rust+=("$name")
 done
 
+# The ambassador is built by scripts/pgo.sh, with a profile of its own (PGO=0 skips it).
+AMBASSADOR_BIN=${PGO_TARGET_DIR:-$ROOT/target/static-pgo}/$TARGET/release/ambassador
 if [[ $build == 1 && ${#wanted_rust[@]} -gt 0 ]]; then
     pkgs=()
-    for name in "${wanted_rust[@]}"; do pkgs+=(-p "$name"); done
-    echo "==> cargo build --release --target $TARGET ${pkgs[*]} (static)"
-    # One invocation for all: CPU is scarce, and the crates share most of their dependencies.
-    # Fat LTO in one codegen unit: smaller and no slower than the workspace's thin LTO; it
-    # only costs build time, once per release (the --target dir keeps it apart from
-    # everyone's target/release).
-    SIDECARS_REVISION=$REVISION RUSTFLAGS="-C target-feature=+crt-static" \
-        CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-        cargo build --release --locked --target "$TARGET" "${pkgs[@]}"
+    for name in "${wanted_rust[@]}"; do [[ $name == ambassador ]] || pkgs+=(-p "$name"); done
+    if [[ ${#pkgs[@]} -gt 0 ]]; then
+        echo "==> cargo build --release --target $TARGET ${pkgs[*]} (static)"
+        # One invocation for the rest: CPU is scarce, and the crates share most of their
+        # dependencies. Fat LTO in one codegen unit: smaller and no slower than the workspace's
+        # thin LTO; it only costs build time, once per release (the --target dir keeps it apart
+        # from everyone's target/release).
+        SIDECARS_REVISION=$REVISION RUSTFLAGS="-C target-feature=+crt-static" \
+            CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+            cargo build --release --locked --target "$TARGET" "${pkgs[@]}"
+    fi
+    if [[ " ${wanted_rust[*]} " == *" ambassador "* ]]; then
+        # Its own build: a profile applies to every crate compiled with it, and the ambassador's
+        # would mark the other sidecars' hot code cold.
+        echo "==> scripts/pgo.sh (the ambassador, static, profile-guided)"
+        AMBASSADOR_BIN=$(SIDECARS_REVISION=$REVISION "$ROOT/scripts/pgo.sh")
+    fi
 fi
 
 STAGE="$ROOT/target/images"
@@ -108,6 +119,7 @@ stage() {
     case $name in
         ambassador|xml-adapter|git-sync|demo-app)
             local bin="$CARGO_TARGET_DIR/$TARGET/release/$name"
+            [[ $name == ambassador ]] && bin=$AMBASSADOR_BIN
             [[ -x $bin ]] || die "$bin is missing: run without --no-build"
             # A dynamic binary would start on the host and fail in the scratch image.
             if readelf -l "$bin" | grep -q 'Requesting program interpreter'; then

@@ -23,6 +23,7 @@ declare -A needs=(
   [openssl]=openssl        # benchmark certificates for the peers
   [python3]=python3        # manifest validation
   [readelf]=binutils       # the image build refuses dynamically linked binaries
+  [llvm-profdata-19]=llvm-19  # the ambassador's profile-guided image build (scripts/pgo.sh)
 )
 
 sudo=""

@@ -8,8 +8,9 @@
 #
 # AMB_BUILD picks the ambassador binary measured:
 #   release (default)  target/release/ambassador, the workspace's release profile (dynamic glibc)
-#   static             the binary the image ships: built as scripts/images.sh builds it (fat LTO,
-#                      one codegen unit, glibc crt-static) into target/static; no shared libraries
+#   static             the binary the image ships, built by scripts/pgo.sh as scripts/images.sh
+#                      builds it (fat LTO, one codegen unit, glibc crt-static, profile-guided;
+#                      PGO=0 leaves the profile out) into target/static-pgo; no shared libraries
 #                      are mapped, so its resident memory is lower
 # SKIP_BUILD=1 uses the chosen binary as it is; AMB_BIN=path measures that binary instead (a
 # variant built elsewhere), and the tables name it.
@@ -58,14 +59,13 @@ esac
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release -p ambassador --bin ambassador --example mtls_load >&2
   if [ "$AMB_BUILD" = static ]; then
-    # The same flags as scripts/images.sh, the same target dir (it is not rebuilt when fresh).
-    RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-      CARGO_TARGET_DIR="$ROOT/target/static" cargo build --release --target x86_64-unknown-linux-gnu -p ambassador --bin ambassador >&2
+    # The image's build, the same target dir (not rebuilt when fresh).
+    "$ROOT/scripts/pgo.sh" >/dev/null
   fi
 fi
 case $AMB_BUILD in
   release) AMB="$ROOT/target/release/ambassador" ;;
-  static) AMB="$ROOT/target/static/x86_64-unknown-linux-gnu/release/ambassador" ;;
+  static) AMB="${PGO_TARGET_DIR:-$ROOT/target/static-pgo}/x86_64-unknown-linux-gnu/release/ambassador" ;;
   *) echo "AMB_BUILD must be release or static" >&2; exit 2 ;;
 esac
 AMB_LABEL="$AMB_BUILD build"
