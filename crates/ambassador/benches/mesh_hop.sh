@@ -88,9 +88,11 @@ W=$(mktemp -d /tmp/mesh-hop.XXXXXX)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  [ -f "$W/nginx-in.pid" ] && kill "$(cat "$W/nginx-in.pid")" 2>/dev/null || true
-  [ -f "$W/nginx-out.pid" ] && kill "$(cat "$W/nginx-out.pid")" 2>/dev/null || true
-  [ -f "$W/nginx-backend.pid" ] && kill "$(cat "$W/nginx-backend.pid")" 2>/dev/null || true
+  # A foreground nginx (SCHED_GROUPS=one) is among PIDS and may have removed its pid file since.
+  for f in nginx-in nginx-out nginx-backend; do
+    p=$(cat "$W/$f.pid" 2>/dev/null || true)
+    [ -n "$p" ] && kill "$p" 2>/dev/null || true
+  done
   sleep 0.3
   rm -rf "$W"
 }
