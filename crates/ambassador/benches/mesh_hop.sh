@@ -76,12 +76,12 @@ LOAD="$ROOT/target/release/examples/mtls_load"
 
 SCHED_GROUPS=${SCHED_GROUPS:-one}
 case $SCHED_GROUPS in
-  one) SESSION=(); NGINX_DAEMON="daemon off;" ;;
-  each) SESSION=(setsid); NGINX_DAEMON="" ;;
+  one) SESSION=(); NGINX_FOREGROUND="daemon off;" ;;
+  each) SESSION=(setsid); NGINX_FOREGROUND="" ;;
   *) echo "SCHED_GROUPS must be one or each, not '$SCHED_GROUPS'" >&2; exit 2 ;;
 esac
-start_nginx() { # config: in the foreground of this session (one), or daemonized into its own (each)
-  if [ -n "$NGINX_DAEMON" ]; then "$@" & PIDS+=($!); else "$@"; fi
+start_nginx() { # nginx command: in the foreground of this session (one), or daemonizing into a session of its own (each)
+  if [ -n "$NGINX_FOREGROUND" ]; then "$@" & PIDS+=($!); else "$@"; fi
 }
 
 W=$(mktemp -d /tmp/mesh-hop.XXXXXX)
@@ -120,7 +120,7 @@ STN_OUT=$((BASE+9)); STN_IN=$((BASE+10))
 mkdir -p "$W/ngx-backend"
 cat > "$W/nginx-backend.conf" <<EOF
 worker_processes 1;
-$NGINX_DAEMON
+$NGINX_FOREGROUND
 pid $W/nginx-backend.pid;
 error_log $W/nginx-backend.err;
 events { worker_connections 4096; }
@@ -147,7 +147,7 @@ AMB_OUT_PID=$!; PIDS+=($AMB_OUT_PID)
 mkdir -p "$W/ngx-in" "$W/ngx-out"
 cat > "$W/nginx-in.conf" <<EOF
 worker_processes $PEER_THREADS;
-$NGINX_DAEMON
+$NGINX_FOREGROUND
 pid $W/nginx-in.pid;
 error_log $W/nginx-in.err;
 events { worker_connections 4096; }
@@ -167,7 +167,7 @@ http {
 EOF
 cat > "$W/nginx-out.conf" <<EOF
 worker_processes $PEER_THREADS;
-$NGINX_DAEMON
+$NGINX_FOREGROUND
 pid $W/nginx-out.pid;
 error_log $W/nginx-out.err;
 events { worker_connections 4096; }

@@ -32,9 +32,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SanType,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use sidecar_kit::tls::{ExpectedIdentity, Identity, TrustBundle, client_config};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const SMALL: &[u8] = b"hello from the backend\n";
@@ -121,8 +121,8 @@ async fn run() -> anyhow::Result<()> {
             "spiffe://train.local/ns/b/sa/server",
         ],
     )?);
-    for admin in [admin_in, admin_out] {
-        wait_ready(admin).await?;
+    for (ambassador, admin) in pair.0.iter_mut().zip([admin_in, admin_out]) {
+        wait_ready(ambassador, admin).await?;
     }
 
     let outbound: SocketAddr = ([127, 0, 0, 1], outbound).into();
@@ -196,9 +196,13 @@ fn free_ports() -> anyhow::Result<[u16; 4]> {
     Ok(ports)
 }
 
-async fn wait_ready(admin: u16) -> anyhow::Result<()> {
+async fn wait_ready(ambassador: &mut Child, admin: u16) -> anyhow::Result<()> {
     let end = Instant::now() + Duration::from_secs(15);
     loop {
+        if let Some(status) = ambassador.try_wait()? {
+            // Its own error went to stderr, above this one.
+            bail!("the ambassador on admin port {admin} exited with {status} before it was ready");
+        }
         if let Ok(head) = http_get(admin, "GET", "/readyz").await
             && head.starts_with("HTTP/1.1 200")
         {
@@ -346,22 +350,61 @@ async fn check(
 
 /// Requests on a new connection each through the outbound, from a few clients, until `length`.
 async fn new_connection_load(outbound: SocketAddr, length: Duration) -> anyhow::Result<u64> {
-    let end = Instant::now() + length;
+    repeat_until(8, Instant::now() + length, move || async move {
+        let answer = get_and_close(TcpStream::connect(outbound).await?).await?;
+        ensure!(
+            answer.starts_with(b"HTTP/1.1 200") && answer.ends_with(SMALL),
+            "a request on a new connection was not answered by the app"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Full mTLS handshakes (no resumption) straight to the inbound, one request each.
+async fn handshake_load(inbound: SocketAddr, pki: &Path, length: Duration) -> anyhow::Result<u64> {
+    let identity = Identity::load(&pki.join("client.crt"), &pki.join("client.key"))?;
+    let servers = TrustBundle::load(&pki.join("ca.crt"))?;
+    let mut config = client_config(
+        Some(&identity),
+        &servers,
+        ExpectedIdentity::Dns("server.train".into()),
+        &[],
+    )?;
+    config.resumption = rustls::client::Resumption::disabled();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from("server.train")?;
+    repeat_until(16, Instant::now() + length, move || {
+        let (connector, name) = (connector.clone(), name.clone());
+        async move {
+            let tls = connector
+                .connect(name, TcpStream::connect(inbound).await?)
+                .await?;
+            let answer = get_and_close(tls).await?;
+            ensure!(
+                answer.starts_with(b"HTTP/1.1 200"),
+                "a request over a new mTLS connection was not answered with 200"
+            );
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// `clients` tasks, each running `one` (a request on a connection of its own) again and again
+/// until `end`; returns how many ran, or the first failure.
+async fn repeat_until<F, Fut>(clients: usize, end: Instant, one: F) -> anyhow::Result<u64>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
     let mut tasks = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..clients {
+        let one = one.clone();
         tasks.push(tokio::spawn(async move {
             let mut done = 0u64;
             while Instant::now() < end {
-                let mut stream = TcpStream::connect(outbound).await?;
-                stream
-                    .write_all(b"GET / HTTP/1.1\r\nHost: app.train\r\nConnection: close\r\n\r\n")
-                    .await?;
-                let mut answer = Vec::new();
-                stream.read_to_end(&mut answer).await?;
-                ensure!(
-                    answer.starts_with(b"HTTP/1.1 200") && answer.ends_with(SMALL),
-                    "a request on a new connection was not answered by the app"
-                );
+                one().await?;
                 done += 1;
             }
             Ok::<_, anyhow::Error>(done)
@@ -374,49 +417,16 @@ async fn new_connection_load(outbound: SocketAddr, length: Duration) -> anyhow::
     Ok(done)
 }
 
-/// Full mTLS handshakes (no resumption) straight to the inbound, one request each.
-async fn handshake_load(inbound: SocketAddr, pki: &Path, length: Duration) -> anyhow::Result<u64> {
-    let certs =
-        CertificateDer::pem_file_iter(pki.join("client.crt"))?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(pki.join("client.key"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(pki.join("ca.crt"))? {
-        roots.add(ca?)?;
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(sidecar_kit::tls::provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)?;
-    config.resumption = rustls::client::Resumption::disabled();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = ServerName::try_from("server.train")?;
-    let end = Instant::now() + length;
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let (connector, name) = (connector.clone(), name.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut done = 0u64;
-            while Instant::now() < end {
-                let tcp = TcpStream::connect(inbound).await?;
-                let mut tls = connector.connect(name.clone(), tcp).await?;
-                tls.write_all(b"GET / HTTP/1.1\r\nHost: app.train\r\nConnection: close\r\n\r\n")
-                    .await?;
-                let mut answer = Vec::new();
-                tls.read_to_end(&mut answer).await?;
-                ensure!(
-                    answer.starts_with(b"HTTP/1.1 200"),
-                    "a request over a new mTLS connection was not answered with 200"
-                );
-                done += 1;
-            }
-            Ok::<_, anyhow::Error>(done)
-        }));
-    }
-    let mut done = 0;
-    for task in tasks {
-        done += task.await??;
-    }
-    Ok(done)
+/// Sends `GET /` with `Connection: close` and reads the whole answer.
+async fn get_and_close(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+) -> std::io::Result<Vec<u8>> {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.train\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    Ok(answer)
 }
 
 // ---------- certificates ----------
