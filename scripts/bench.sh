@@ -4,7 +4,7 @@
 # them in docs/benchmarks.md with the command. `scripts/bench.sh ambassador` runs one sidecar's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-test-deps.sh
+scripts/install-bench-deps.sh
 only="${1:-}"
 want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 
@@ -19,5 +19,5 @@ if want git-sync; then
   echo "=== git-sync: vs the git CLI";                         cargo bench -p git-sync --bench sync
 fi
 if want images; then
-  echo "=== image sizes";                                      scripts/images.sh
+  echo "=== image sizes";                                      scripts/images.sh ambassador xml-adapter git-sync
 fi

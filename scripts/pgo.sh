@@ -12,7 +12,7 @@
 # (docs/benchmarks.md).
 #
 # PGO=auto (default) falls back to a build without a profile, with a warning, where no
-# llvm-profdata that reads this rustc's profiles is installed (Debian 12: apt install llvm-19);
+# llvm-profdata that reads this rustc's profiles is installed (Debian 12: scripts/install-bench-deps.sh, or apt install llvm-19);
 # PGO=1 fails instead; PGO=0 skips the profile. TRAIN_SECONDS (default 10) sets the training run.
 set -euo pipefail
 
@@ -58,7 +58,7 @@ fallback() { # why
         echo "pgo.sh: $1 (PGO=1)" >&2
         exit 1
     fi
-    echo "pgo.sh: WARNING: $1; building the ambassador without a profile (about 12% more CPU per request; Debian 12: apt install llvm-19)" >&2
+    echo "pgo.sh: WARNING: $1; building the ambassador without a profile (Debian 12: scripts/install-bench-deps.sh installs llvm-19)" >&2
     without_profile
     exit 0
 }

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what is missing from one or more dependency lists in scripts/deps/ (one line per
+# need; the format is at the top of scripts/deps/test.txt). Idempotent: a need already met
+# costs nothing. Debian/Ubuntu packages through apt-get (as root or through sudo), Python
+# packages through pip for the python3 on PATH; elsewhere it lists what is missing and fails.
+#
+#   scripts/install-deps.sh test [bench ...]
+set -euo pipefail
+DEPS="$(cd "$(dirname "$0")" && pwd)/deps"
+[ $# -gt 0 ] || { echo "usage: $0 LIST... (lists: $(cd "$DEPS" && ls | sed 's/\.txt$//' | tr '\n' ' '))" >&2; exit 2; }
+
+met() { # CHECK -> whether it is there
+  case $1 in
+    py:*) python3 -c "import ${1#py:}" 2>/dev/null ;;
+    /*) [ -e "$1" ] ;;
+    *) command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] ;;
+  esac
+}
+
+apt_missing=(); pip_missing=()
+for list in "$@"; do
+  file="$DEPS/$list.txt"
+  [ -f "$file" ] || { echo "install-deps: no list $file" >&2; exit 2; }
+  while read -r kind check package _; do
+    case $kind in ''|'#'*) continue ;; esac
+    met "$check" && continue
+    case $kind in
+      apt) apt_missing+=("$package") ;;
+      pip) pip_missing+=("$package") ;;
+      *) echo "install-deps: $file: unknown kind '$kind'" >&2; exit 2 ;;
+    esac
+  done <"$file"
+done
+if [ ${#pip_missing[@]} -gt 0 ] && ! python3 -m pip --version >/dev/null 2>&1; then apt_missing+=(python3-pip); fi
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo=sudo
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  mapfile -t apt_missing < <(printf '%s\n' "${apt_missing[@]}" | sort -u)
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: not a Debian-like system; install these (Debian package names): ${apt_missing[*]}" >&2
+    exit 1
+  fi
+  if [ -n "$sudo" ] && ! command -v sudo >/dev/null 2>&1; then
+    echo "install-deps: need root or sudo to install: ${apt_missing[*]}" >&2
+    exit 1
+  fi
+  echo "installing (apt): ${apt_missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+fi
+if [ ${#pip_missing[@]} -gt 0 ]; then
+  mapfile -t pip_missing < <(printf '%s\n' "${pip_missing[@]}" | sort -u)
+  echo "installing (pip): ${pip_missing[*]}"
+  # For the python3 on PATH (not sudo's); Debian 12's refuses installs outside a virtual
+  # environment unless told (PEP 668).
+  python3 -m pip install --quiet --disable-pip-version-check "${pip_missing[@]}" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${pip_missing[@]}"
+fi
+# Debian starts nginx, haproxy, named and sshd as services on install where an init system runs;
+# the tests and benchmarks start their own instances on free loopback ports and need none of them.
