@@ -5,7 +5,7 @@
 #   scripts/pgo.sh
 #
 # Three steps, as rustc's PGO guide has them: an instrumented build (target/pgo-gen), a training
-# run of that build under a mesh sidecar's traffic (examples/pgo_train.rs: an ambassador pair in
+# run of that build under a mesh sidecar's traffic (tools/ambassador-tools, pgo-train: an ambassador pair in
 # front of a small app; each process writes its profile as it exits), and the final build with
 # the merged profile (target/static-pgo). The static build flags are those of scripts/images.sh.
 # On the mesh-hop benchmark the profile cut the pair's CPU per request by about 12%
@@ -81,10 +81,10 @@ if [[ -z $profile ]]; then
     echo "==> training run" >&2
     rm -f "$PROFILES"/*.profraw "$PROFILES"/*.profdata
     # A plain release build, in a directory of its own (a caller's CARGO_TARGET_DIR may be any).
-    CARGO_TARGET_DIR=$TRAIN_DIR cargo build --release --locked -p ambassador --example pgo_train >&2
+    CARGO_TARGET_DIR=$TRAIN_DIR cargo build --release --locked -p ambassador-tools --bin pgo-train >&2
     # One file per process: the two ambassadors of the pair.
     LLVM_PROFILE_FILE="$PROFILES/ambassador-%p.profraw" \
-        "$TRAIN_DIR/release/examples/pgo_train" "$INSTRUMENTED" "${TRAIN_SECONDS:-10}" >&2
+        "$TRAIN_DIR/release/pgo-train" "$INSTRUMENTED" "${TRAIN_SECONDS:-10}" >&2
     compgen -G "$PROFILES/*.profraw" >/dev/null || fallback "the training run wrote no profile"
     "$PROFDATA" merge -o "$PROFILES/merged.profdata" "$PROFILES"/*.profraw >&2 ||
         fallback "$PROFDATA cannot read this rustc's profiles"

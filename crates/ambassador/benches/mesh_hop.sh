@@ -57,7 +57,7 @@ case $LAYOUT in
   *) echo "LAYOUT must be shared or pinned, not '$LAYOUT'" >&2; exit 2 ;;
 esac
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release -p ambassador --bin ambassador --example mtls_load >&2
+  cargo build --release -p ambassador --bin ambassador -p ambassador-tools --bin mtls-load >&2
   if [ "$AMB_BUILD" = static ]; then
     # The image's build, the same target dir (not rebuilt when fresh).
     "$ROOT/scripts/pgo.sh" >/dev/null
@@ -72,7 +72,7 @@ AMB_LABEL="$AMB_BUILD build"
 if [ -n "${AMB_BIN:-}" ]; then AMB=$AMB_BIN; AMB_LABEL="AMB_BIN $AMB_BIN"; fi
 [ -x "$AMB" ] || { echo "no ambassador binary at $AMB" >&2; exit 1; }
 echo "ambassador binary: $AMB ($AMB_LABEL)" >&2
-LOAD="$ROOT/target/release/examples/mtls_load"
+LOAD="$ROOT/target/release/mtls-load"
 
 SCHED_GROUPS=${SCHED_GROUPS:-one}
 case $SCHED_GROUPS in

@@ -3,7 +3,7 @@
 //! the traffic a mesh sidecar carries, then asks both to shut down, so that each writes its
 //! profile as it exits.
 //!
-//! usage: pgo_train AMBASSADOR_BINARY [SECONDS]
+//! usage: pgo-train AMBASSADOR_BINARY [SECONDS]
 //!
 //! The mix, for SECONDS (default 10) in all:
 //! - 64 keep-alive connections through the outbound: mostly GETs with a small answer, and POSTs
@@ -49,14 +49,14 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("pgo_train: cannot start a runtime: {e}");
+            eprintln!("pgo-train: cannot start a runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pgo_train: {e:#}");
+            eprintln!("pgo-train: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -66,7 +66,7 @@ async fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     ensure!(
         (2..=3).contains(&args.len()),
-        "usage: pgo_train AMBASSADOR_BINARY [SECONDS]"
+        "usage: pgo-train AMBASSADOR_BINARY [SECONDS]"
     );
     let binary = PathBuf::from(&args[1]);
     let seconds: u64 = match args.get(2) {
@@ -138,7 +138,7 @@ async fn run() -> anyhow::Result<()> {
     }
     pair.wait(Duration::from_secs(30))?;
     println!(
-        "pgo_train: {keep_alive} keep-alive requests, {closed} on new connections, {handshakes} mTLS handshakes"
+        "pgo-train: {keep_alive} keep-alive requests, {closed} on new connections, {handshakes} mTLS handshakes"
     );
     Ok(())
 }

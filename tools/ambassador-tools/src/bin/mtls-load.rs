@@ -2,7 +2,7 @@
 //! connection, does a full mTLS handshake (no session resumption) and sends one
 //! `Connection: close` request. Prints `requests_per_sec p50_ms p99_ms errors`.
 //!
-//! usage: mtls_load ADDR CERT KEY CA SERVER_NAME CONCURRENCY SECONDS
+//! usage: mtls-load ADDR CERT KEY CA SERVER_NAME CONCURRENCY SECONDS
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     anyhow::ensure!(
         args.len() == 8,
-        "usage: mtls_load ADDR CERT KEY CA SERVER_NAME CONCURRENCY SECONDS"
+        "usage: mtls-load ADDR CERT KEY CA SERVER_NAME CONCURRENCY SECONDS"
     );
     let addr: std::net::SocketAddr = args[1].parse()?;
     let certs = CertificateDer::pem_file_iter(&args[2])?.collect::<Result<Vec<_>, _>>()?;
