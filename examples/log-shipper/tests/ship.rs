@@ -51,7 +51,7 @@ fn start(file: &Path, receiver: SocketAddr, flush: &str) -> Shipper {
         .unwrap()
         .local_addr()
         .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_log-shipper"))
+    let child = Command::new(env!("CARGO_BIN_EXE_tail-demo"))
         .args(["--file", file.to_str().unwrap()])
         .args(["--endpoint", &format!("http://{receiver}/ingest")])
         .args(["--flush-interval", flush])

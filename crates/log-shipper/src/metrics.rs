@@ -1,0 +1,192 @@
+//! Prometheus metrics, registered once in the kit's registry; every component gets a clone.
+//! Labels carry input, pipeline and sink names from the configuration, file paths the inputs
+//! matched, and HTTP statuses: never a URL, a token or a log line.
+
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// input
+    pub lines_read: IntCounterVec,
+    /// input
+    pub bytes_read: IntCounterVec,
+    /// sink
+    pub lines_sent: IntCounterVec,
+    /// sink: request bodies before compression
+    pub bytes_sent: IntCounterVec,
+    /// sink, reason: buffer_full (drop_oldest policy), dead_letter_failed
+    pub lines_dropped: IntCounterVec,
+    /// input, reason: truncated (bytes a truncation took before they were read)
+    pub bytes_dropped: IntCounterVec,
+    /// sink: lines of refused batches written to the dead-letter file
+    pub lines_dead_lettered: IntCounterVec,
+    /// input: events cut to the maximum event size
+    pub events_truncated: IntCounterVec,
+    /// pipeline, stage: parser, timestamp
+    pub parse_errors: IntCounterVec,
+    /// sink: time from a batch closing to its acknowledgement
+    pub batch_latency: HistogramVec,
+    /// sink, status: an HTTP status, or timeout / connect / io
+    pub sink_errors: IntCounterVec,
+    /// sink
+    pub buffer_bytes: IntGaugeVec,
+    /// sink
+    pub buffer_lines: IntGaugeVec,
+    /// input, path
+    pub file_lag_bytes: IntGaugeVec,
+    /// input
+    pub files_tracked: IntGaugeVec,
+    /// input, kind: rename, delete, copytruncate, truncate
+    pub rotations: IntCounterVec,
+    /// Seconds since the checkpoints were last written.
+    pub checkpoint_age: Gauge,
+    pub checkpoint_writes: IntCounterVec,
+    /// result: ok, error
+    pub config_reloads: IntCounterVec,
+    pub config_generation: IntGauge,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    IntGaugeVec::new(Opts::new(name, help), labels)
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            lines_read: counter("log_shipper_lines_read_total", "Lines read by an input", &["input"])?,
+            bytes_read: counter("log_shipper_bytes_read_total", "Bytes read by an input", &["input"])?,
+            lines_sent: counter(
+                "log_shipper_lines_sent_total",
+                "Events a sink acknowledged as delivered",
+                &["sink"],
+            )?,
+            bytes_sent: counter(
+                "log_shipper_bytes_sent_total",
+                "Request bytes a sink delivered (before compression)",
+                &["sink"],
+            )?,
+            lines_dropped: counter(
+                "log_shipper_lines_dropped_total",
+                "Events dropped on purpose, by reason (buffer_full: the disk buffer was full under the drop_oldest policy)",
+                &["sink", "reason"],
+            )?,
+            bytes_dropped: counter(
+                "log_shipper_bytes_dropped_total",
+                "Bytes of a file lost before they were read (truncated: the file was truncated with no copy to read them from)",
+                &["input", "reason"],
+            )?,
+            lines_dead_lettered: counter(
+                "log_shipper_lines_dead_lettered_total",
+                "Events of batches a sink refused for good, written to the dead-letter file",
+                &["sink"],
+            )?,
+            events_truncated: counter(
+                "log_shipper_events_truncated_total",
+                "Events cut to the maximum event size (shipped, marked truncated)",
+                &["input"],
+            )?,
+            parse_errors: counter(
+                "log_shipper_parse_errors_total",
+                "Events a parser or the timestamp extraction could not read (shipped as they were)",
+                &["pipeline", "stage"],
+            )?,
+            batch_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "log_shipper_batch_latency_seconds",
+                    "Time from a batch closing to its acknowledgement by the sink, retries included",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, 300.0,
+                ]),
+                &["sink"],
+            )?,
+            sink_errors: counter(
+                "log_shipper_sink_errors_total",
+                "Failed sink requests, by HTTP status or timeout/connect/io",
+                &["sink", "status"],
+            )?,
+            buffer_bytes: gauge(
+                "log_shipper_buffer_bytes",
+                "Bytes in a sink's disk buffer",
+                &["sink"],
+            )?,
+            buffer_lines: gauge(
+                "log_shipper_buffer_lines",
+                "Events in a sink's disk buffer",
+                &["sink"],
+            )?,
+            file_lag_bytes: gauge(
+                "log_shipper_file_lag_bytes",
+                "Bytes of a file not yet acknowledged by every sink (size minus checkpoint)",
+                &["input", "path"],
+            )?,
+            files_tracked: gauge(
+                "log_shipper_files_tracked",
+                "Files an input has open",
+                &["input"],
+            )?,
+            rotations: counter(
+                "log_shipper_rotations_total",
+                "Rotations and truncations followed, by kind (rename, delete, copytruncate, truncate)",
+                &["input", "kind"],
+            )?,
+            checkpoint_age: Gauge::new(
+                "log_shipper_checkpoint_age_seconds",
+                "Seconds since the checkpoints were last written to the state directory",
+            )?,
+            checkpoint_writes: counter(
+                "log_shipper_checkpoint_writes_total",
+                "Checkpoint writes by result",
+                &["result"],
+            )?,
+            config_reloads: counter(
+                "log_shipper_config_reloads_total",
+                "Reloads of the YAML configuration by result (error: the old configuration stays)",
+                &["result"],
+            )?,
+            config_generation: IntGauge::new(
+                "log_shipper_config_generation",
+                "0 for the configuration loaded at start, +1 for each reload applied",
+            )?,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.lines_read.clone()),
+            Box::new(m.bytes_read.clone()),
+            Box::new(m.lines_sent.clone()),
+            Box::new(m.bytes_sent.clone()),
+            Box::new(m.lines_dropped.clone()),
+            Box::new(m.bytes_dropped.clone()),
+            Box::new(m.lines_dead_lettered.clone()),
+            Box::new(m.events_truncated.clone()),
+            Box::new(m.parse_errors.clone()),
+            Box::new(m.batch_latency.clone()),
+            Box::new(m.sink_errors.clone()),
+            Box::new(m.buffer_bytes.clone()),
+            Box::new(m.buffer_lines.clone()),
+            Box::new(m.file_lag_bytes.clone()),
+            Box::new(m.files_tracked.clone()),
+            Box::new(m.rotations.clone()),
+            Box::new(m.checkpoint_age.clone()),
+            Box::new(m.checkpoint_writes.clone()),
+            Box::new(m.config_reloads.clone()),
+            Box::new(m.config_generation.clone()),
+        ];
+        for c in collectors {
+            registry.register(c)?;
+        }
+        Ok(m)
+    }
+
+    /// Metrics in a registry of their own, for tests and benchmarks.
+    pub fn detached() -> Self {
+        // Registering into a fresh registry cannot collide.
+        Self::register(&Registry::new()).unwrap_or_else(|e| panic!("metrics: {e}"))
+    }
+}
