@@ -42,6 +42,18 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Response> {
+    send(addr, method, path, headers, body)?.response()
+}
+
+/// Sends a request on a new connection and returns before reading the response: for a test
+/// that acts while the request is in flight ([`Pending::wait_read_by_server`] first).
+pub fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Pending> {
     let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
     let mut head = format!(
@@ -54,9 +66,29 @@ pub fn request(
     head.push_str("\r\n");
     stream.write_all(head.as_bytes())?;
     stream.write_all(body)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_response(&raw)
+    Ok(Pending { stream })
+}
+
+/// A request sent, its response not read yet.
+#[derive(Debug)]
+pub struct Pending {
+    stream: TcpStream,
+}
+
+impl Pending {
+    /// Waits until the server has read the whole request from its socket: it is in the
+    /// server's hands (see [`crate::net`]).
+    #[track_caller]
+    pub fn wait_read_by_server(&self, timeout: Duration) {
+        crate::net::wait_read_by_peer(&self.stream, timeout);
+    }
+
+    /// Reads the whole response.
+    pub fn response(mut self) -> std::io::Result<Response> {
+        let mut raw = Vec::new();
+        self.stream.read_to_end(&mut raw)?;
+        parse_response(&raw)
+    }
 }
 
 fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
