@@ -1,14 +1,17 @@
 //! The kit as users meet it: a real sidecar process (the `kit-demo` example) receiving real
 //! signals, answering probes, and refusing bad configuration.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
+use test_support::http;
+use test_support::ports::free_addr;
+use test_support::process::{Process, Signal};
+use test_support::wait::Wait;
 
 /// `cargo test` builds the crate's examples next to the test binaries.
 fn kit_demo() -> PathBuf {
@@ -26,22 +29,11 @@ fn kit_demo() -> PathBuf {
     bin
 }
 
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
+/// The demo sidecar, ready; killed on drop.
 struct Demo {
-    child: Child,
+    process: Process,
     listen: SocketAddr,
     admin: SocketAddr,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Demo {
@@ -52,72 +44,51 @@ impl Demo {
     fn start_with(mut command: Command, extra: &[&str]) -> Demo {
         let listen = free_addr();
         let admin = free_addr();
-        let child = command
+        command
             .args(["--listen", &listen.to_string()])
             .args(["--admin-addr", &admin.to_string()])
             .args(["--log-format", "text"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn kit-demo");
-        let demo = Demo {
-            child,
+            .args(extra);
+        let mut process = Process::spawn("kit-demo", command);
+        process.wait_ready(admin, Duration::from_secs(15));
+        Demo {
+            process,
             listen,
             admin,
-        };
-        demo.wait_ready();
-        demo
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(i32::try_from(self.child.id()).expect("pid"))
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok((200, _)) = get(self.admin, "/readyz") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("kit-demo did not become ready");
     }
 
     fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "did not exit within {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.wait_exit(limit)
+    }
+
+    /// Starts `GET /slow?ms=<ms>` and returns once the demo has read it: a request in flight.
+    fn request_in_flight(
+        &self,
+        ms: u64,
+    ) -> std::thread::JoinHandle<std::io::Result<(u16, String)>> {
+        let pending = http::send(self.listen, "GET", &format!("/slow?ms={ms}"), &[], b"")
+            .expect("send the slow request");
+        pending.wait_read_by_server(Duration::from_secs(10));
+        std::thread::spawn(move || pending.response().map(|r| (r.status, r.body)))
+    }
+
+    /// Waits until /readyz fails (the shutdown has begun), within `limit`; returns its body.
+    fn wait_not_ready(&self, limit: Duration) -> String {
+        Wait::new("/readyz to fail")
+            .timeout(limit)
+            .every(Duration::from_millis(5))
+            .context(|| self.process.log())
+            .value(|| {
+                let r = http::get(self.admin, "/readyz?verbose").ok()?;
+                (r.status == 503).then_some(r.body)
+            })
     }
 }
 
 /// A plain HTTP/1.1 request on a new connection: (status, body).
 fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-    use std::io::Write;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    http::request(addr, method, path, &[], b"").map(|r| (r.status, r.body))
 }
 
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
@@ -127,17 +98,13 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
 #[test]
 fn sigterm_fails_readiness_waits_the_delay_then_drains_and_exits_zero() {
     let mut demo = Demo::start(&["--shutdown-delay", "800ms", "--shutdown-grace", "6s"]);
-    let listen = demo.listen;
-    let in_flight = std::thread::spawn(move || get(listen, "/slow?ms=2500"));
-    std::thread::sleep(Duration::from_millis(300));
+    let in_flight = demo.request_in_flight(2500);
 
-    kill(demo.pid(), Signal::SIGTERM).expect("SIGTERM");
+    demo.process.signal(Signal::SIGTERM);
     let signalled = Instant::now();
 
-    // Readiness fails at once, naming why.
-    std::thread::sleep(Duration::from_millis(100));
-    let (status, body) = get(demo.admin, "/readyz?verbose").expect("readyz");
-    assert_eq!(status, 503, "{body}");
+    // Readiness fails at once (within 100 ms), naming why.
+    let body = demo.wait_not_ready(Duration::from_millis(100).saturating_sub(signalled.elapsed()));
     assert!(
         body.contains("[-]shutdown failed: shutting down (SIGTERM)"),
         "{body}"
@@ -147,12 +114,15 @@ fn sigterm_fails_readiness_waits_the_delay_then_drains_and_exits_zero() {
     let (status, body) = get(demo.listen, "/slow?ms=0").expect("request during the delay");
     assert_eq!((status, body.as_str()), (200, "hello after 0ms\n"));
 
-    // After the delay the listener is closed: new connections are refused.
-    std::thread::sleep(Duration::from_millis(1100).saturating_sub(signalled.elapsed()));
-    let refused = TcpStream::connect_timeout(&demo.listen, Duration::from_secs(2));
+    // After the delay (by 1.1 s after the signal) the listener is closed: new connections are
+    // refused.
+    let closed = Wait::new("the listener to close after the delay")
+        .timeout(Duration::from_millis(1100).saturating_sub(signalled.elapsed()))
+        .every(Duration::from_millis(10))
+        .elapsed(|| TcpStream::connect_timeout(&demo.listen, Duration::from_secs(2)).is_err());
     assert!(
-        refused.is_err(),
-        "a new connection after the delay was accepted"
+        closed.is_some(),
+        "a new connection 1.1 s after the signal (delay 800ms) was accepted"
     );
 
     // The request in flight when the signal came completes.
@@ -170,10 +140,11 @@ fn sigterm_fails_readiness_waits_the_delay_then_drains_and_exits_zero() {
 #[test]
 fn sighup_does_not_kill_a_sidecar() {
     let mut demo = Demo::start(&[]);
-    kill(demo.pid(), Signal::SIGHUP).expect("SIGHUP");
-    std::thread::sleep(Duration::from_millis(300));
+    demo.process.signal(Signal::SIGHUP);
+    demo.process
+        .wait_signal_handled(Signal::SIGHUP, Duration::from_secs(5));
     assert!(
-        demo.child.try_wait().expect("wait").is_none(),
+        demo.process.try_exit().is_none(),
         "SIGHUP killed the sidecar"
     );
     assert_eq!(
@@ -185,13 +156,12 @@ fn sighup_does_not_kill_a_sidecar() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let mut demo = Demo::start(&["--shutdown-grace", "20s"]);
-    let listen = demo.listen;
-    let _in_flight = std::thread::spawn(move || get(listen, "/slow?ms=15000"));
-    std::thread::sleep(Duration::from_millis(300));
-    kill(demo.pid(), Signal::SIGTERM).expect("SIGTERM");
-    std::thread::sleep(Duration::from_millis(300));
+    let _in_flight = demo.request_in_flight(15000);
+    demo.process.signal(Signal::SIGTERM);
+    // The first signal is taken (the drain has begun) before the second comes.
+    demo.wait_not_ready(Duration::from_secs(5));
     let second = Instant::now();
-    kill(demo.pid(), Signal::SIGINT).expect("SIGINT");
+    demo.process.signal(Signal::SIGINT);
     let exit = demo.wait_exit(Duration::from_secs(2));
     assert_eq!(exit.code(), Some(130));
     assert!(second.elapsed() < Duration::from_secs(1));
@@ -200,11 +170,9 @@ fn a_second_signal_exits_at_once() {
 #[test]
 fn grace_period_bounds_the_drain() {
     let mut demo = Demo::start(&["--shutdown-grace", "1s"]);
-    let listen = demo.listen;
-    let _in_flight = std::thread::spawn(move || get(listen, "/slow?ms=30000"));
-    std::thread::sleep(Duration::from_millis(300));
+    let _in_flight = demo.request_in_flight(30000);
     let signalled = Instant::now();
-    kill(demo.pid(), Signal::SIGTERM).expect("SIGTERM");
+    demo.process.signal(Signal::SIGTERM);
     let exit = demo.wait_exit(Duration::from_secs(3));
     // Work was abandoned: not a clean exit, and said so.
     assert_eq!(exit.code(), Some(1));
@@ -225,8 +193,8 @@ fn works_as_pid_1() {
     // The sidecar is unshare's child; inside its namespace it is PID 1.
     let children = std::fs::read_to_string(format!(
         "/proc/{}/task/{}/children",
-        demo.child.id(),
-        demo.child.id()
+        demo.process.pid(),
+        demo.process.pid()
     ))
     .expect("children of unshare");
     let inner: i32 = children
@@ -268,11 +236,17 @@ fn admin_endpoints_answer_and_metrics_pass_promtool() {
 
     let (status, metrics) = get(demo.admin, "/metrics").expect("metrics");
     assert_eq!(status, 200);
-    assert!(metrics.contains("sidecar_build_info{"), "{metrics}");
+    let page = test_support::metrics::Metrics::parse(&metrics).expect("a metrics page");
     assert!(
-        metrics.contains("process_resident_memory_bytes"),
+        page.series("sidecar_build_info")
+            .any(|s| !s.labels.is_empty()),
         "{metrics}"
     );
+    assert!(
+        page.get("process_resident_memory_bytes", &[]).is_some(),
+        "{metrics}"
+    );
+    test_support::skip::require_program("promtool", "prometheus");
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
