@@ -6,10 +6,11 @@ use std::time::Duration;
 use sidecar_kit::cli::LogFormat;
 use sidecar_kit::{KitArgs, SidecarInfo};
 
-use crate::command::CommandSpec;
+use sidecar_kit::command::CommandSpec;
+use sidecar_kit::notify::{NotifyArgs, NotifyConfig};
+
 use crate::credentials::{Credentials, redact_url};
 use crate::git::{RefTarget, Source};
-use crate::notify::{NotifyConfig, SignalTarget, WebhookConfig, parse_signal};
 
 pub const INFO: SidecarInfo = SidecarInfo {
     name: "git-sync",
@@ -111,49 +112,9 @@ pub struct Cli {
     #[arg(long, env = "SSH_KNOWN_HOSTS_FILE", help_heading = "Credentials")]
     pub ssh_known_hosts_file: Option<PathBuf>,
 
-    /// URL to POST {"old","new","ref","link"} to after a publish.
-    #[arg(long, env = "WEBHOOK_URL", help_heading = "Notifications")]
-    pub webhook_url: Option<String>,
-    #[arg(long, env = "WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Notifications")]
-    pub webhook_timeout: Duration,
-    /// Tries per notification, with backoff between them.
-    #[arg(
-        long,
-        env = "WEBHOOK_ATTEMPTS",
-        default_value_t = 5,
-        help_heading = "Notifications"
-    )]
-    pub webhook_attempts: u32,
-    /// Command run after a publish (cwd = the link; GIT_SYNC_OLD/NEW/REF/LINK in its environment).
-    #[arg(long, env = "NOTIFY_COMMAND", help_heading = "Notifications")]
-    pub notify_command: Option<String>,
-    #[arg(long, env = "NOTIFY_COMMAND_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Notifications")]
-    pub notify_command_timeout: Duration,
-    /// Signal every process of this name after a publish (needs a shared process namespace).
-    #[arg(
-        long,
-        env = "NOTIFY_PROCESS",
-        conflicts_with = "notify_pidfile",
-        help_heading = "Notifications"
-    )]
-    pub notify_process: Option<String>,
-    /// Signal the process whose pid is in this file after a publish.
-    #[arg(long, env = "NOTIFY_PIDFILE", help_heading = "Notifications")]
-    pub notify_pidfile: Option<PathBuf>,
-    /// The signal for --notify-process / --notify-pidfile.
-    #[arg(
-        long,
-        env = "NOTIFY_SIGNAL",
-        default_value = "HUP",
-        help_heading = "Notifications"
-    )]
-    pub notify_signal: String,
-    /// File whose modification time is set after a publish (created if missing).
-    #[arg(long, env = "NOTIFY_TOUCH_FILE", help_heading = "Notifications")]
-    pub notify_touch_file: Option<PathBuf>,
-    /// Publishes closer together than this produce one notification.
-    #[arg(long, env = "NOTIFY_DEBOUNCE", default_value = "1s", value_parser = humantime::parse_duration, help_heading = "Notifications")]
-    pub notify_debounce: Duration,
+    /// Telling the app after a publish: webhook, command, signal, touched file (the kit's flags).
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 }
 
 /// Everything the service needs, validated.
@@ -174,7 +135,10 @@ pub struct Config {
     pub one_time: bool,
     pub stale_after: Duration,
     pub sync_secret_file: Option<PathBuf>,
+    /// The hooks run after a publish; the command runs in the link.
     pub notify: NotifyConfig,
+    /// `--ref` as given, for the hooks.
+    pub reference: String,
     /// The kit's --log-level and --log-format, handed to the network worker.
     pub log_filter: String,
     pub log_format: String,
@@ -263,37 +227,6 @@ impl Config {
                 CommandSpec::parse(c).map_err(|e| ConfigError(format!("--validate-command: {e}")))
             })
             .transpose()?;
-        let command = cli
-            .notify_command
-            .as_deref()
-            .map(|c| {
-                CommandSpec::parse(c).map_err(|e| ConfigError(format!("--notify-command: {e}")))
-            })
-            .transpose()?;
-        let signal = parse_signal(&cli.notify_signal)
-            .map_err(|e| ConfigError(format!("--notify-signal: {e}")))?;
-        let signal_target = match (&cli.notify_process, &cli.notify_pidfile) {
-            (Some(name), None) if !name.is_empty() => Some(SignalTarget::Name(name.clone())),
-            (None, Some(file)) => Some(SignalTarget::Pidfile(file.clone())),
-            (None, None) => None,
-            _ => return err("give one of --notify-process or --notify-pidfile"),
-        };
-        let webhook = match &cli.webhook_url {
-            Some(u) => {
-                let parsed = reqwest::Url::parse(u)
-                    .map_err(|e| ConfigError(format!("--webhook-url {u:?}: {e}")))?;
-                if !matches!(parsed.scheme(), "http" | "https") {
-                    return err(format!("--webhook-url {u:?} must be http:// or https://"));
-                }
-                Some(WebhookConfig {
-                    url: u.clone(),
-                    timeout: cli.webhook_timeout,
-                    attempts: cli.webhook_attempts.max(1),
-                    backoff: Duration::from_millis(500),
-                })
-            }
-            None => None,
-        };
         let root = if cli.root.is_absolute() {
             cli.root.clone()
         } else {
@@ -323,17 +256,16 @@ impl Config {
                 ssh_known_hosts: cli.ssh_known_hosts_file.clone(),
             },
         };
+        let mut notify = cli
+            .notify
+            .to_config()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        if let Some(command) = &mut notify.command {
+            command.cwd = Some(root.join(&cli.link));
+        }
         Ok(Config {
-            notify: NotifyConfig {
-                webhook,
-                command,
-                command_timeout: cli.notify_command_timeout,
-                signal: signal_target.map(|t| (t, signal)),
-                touch: cli.notify_touch_file.clone(),
-                debounce: cli.notify_debounce,
-                link: root.join(&cli.link),
-                reference: cli.reference.clone(),
-            },
+            notify,
+            reference: cli.reference.clone(),
             source,
             root,
             link: cli.link.clone(),

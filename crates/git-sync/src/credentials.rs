@@ -37,42 +37,11 @@ impl Credentials {
     }
 }
 
-/// `https://user:token@host/x` -> `https://user:***@host/x`: a URL is safe to log after this.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let shown = match userinfo.find(':') {
-                Some(colon) => format!("{}:***", &userinfo[..colon]),
-                None => userinfo.to_string(),
-            };
-            format!("{}{}@{}", &url[..scheme_end + 3], shown, &rest[at + 1..])
-        }
-        None => url.to_string(),
-    }
-}
+pub use sidecar_kit::telemetry::redact_url;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_password_in_url() {
-        assert_eq!(
-            redact_url("https://bob:s3cret@h:8/r.git"),
-            "https://bob:***@h:8/r.git"
-        );
-        assert_eq!(redact_url("https://h/r.git"), "https://h/r.git");
-        assert_eq!(redact_url("ssh://git@h:2222/r"), "ssh://git@h:2222/r");
-        assert_eq!(redact_url("git@h:r.git"), "git@h:r.git");
-        assert_eq!(redact_url("https://h/a@b"), "https://h/a@b");
-    }
 
     #[test]
     fn password_file_is_trimmed_and_empty_refused() {

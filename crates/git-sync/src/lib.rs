@@ -2,19 +2,18 @@
 //!
 //! The pieces, in the order a sync uses them: [`git`] asks the remote and fetches into a
 //! private bare repository with libgit2, [`export`] writes the revision's tree into a staging
-//! directory, [`command`] runs the validation gate on it, [`publish`] swaps the symlink with
-//! rename(2), [`notify`] tells the app. [`service`] is the loop that decides when, and
+//! directory, the validation gate ([`sidecar_kit::command`]) runs on it, [`publish`] swaps the
+//! symlink with rename(2), and [`sidecar_kit::notify`] tells the app. [`service`] is the loop
+//! that decides when, and
 //! [`trigger`] is the authenticated `POST /sync`. The network half of each sync runs in a
 //! [`worker`] process, so `--sync-timeout` can always stop it.
 
-pub mod command;
 pub mod config;
 pub mod credentials;
 pub mod export;
 pub mod git;
 pub mod known_hosts;
 pub mod metrics;
-pub mod notify;
 pub mod publish;
 pub mod schedule;
 pub mod service;

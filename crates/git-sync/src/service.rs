@@ -6,13 +6,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use sidecar_kit::Sidecar;
+use sidecar_kit::notify::{Change, Notifier};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 
 use crate::config::{Config, ForcePushPolicy};
 use crate::git::Cancel;
 use crate::metrics::Metrics;
-use crate::notify::{self, Published};
 use crate::schedule;
 use crate::syncer::{Outcome, SyncSettings, Syncer};
 
@@ -27,7 +27,6 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         metrics.sync_requests.clone(),
     ));
     let token = sidecar.shutdown().token();
-    let tracker = sidecar.shutdown().tracker();
 
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let hup_notify = sync_now.clone();
@@ -46,11 +45,10 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
     });
 
     let notifier = (!config.notify.is_empty()).then(|| {
-        notify::spawn(
+        Notifier::<Published>::spawn(
             config.notify.clone(),
-            metrics.clone(),
-            token.clone(),
-            &tracker,
+            Some(metrics.hooks.clone()),
+            sidecar.shutdown(),
         )
     });
 
@@ -141,10 +139,12 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
                         }
                         tracing::info!(old = ?old.map(|o| o.to_string()), %new, took = ?elapsed, "published");
                         metrics.set_published(&new.to_string());
-                        if let Some((tx, _)) = &notifier {
-                            let _ = tx.send(Published {
+                        if let Some(notifier) = &notifier {
+                            notifier.notify(Published {
                                 old: old.map(|o| o.to_string()),
                                 new: new.to_string(),
+                                reference: config.reference.clone(),
+                                link: config.root.join(&config.link),
                             });
                         }
                         "published"
@@ -242,11 +242,49 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
             () = token.cancelled() => break,
         }
     }
-    if let Some((tx, handle)) = notifier {
-        drop(tx);
-        let _ = handle.await;
+    if let Some(notifier) = notifier {
+        notifier.finish().await;
     }
     Ok(())
+}
+
+/// One publish, as the hooks tell it: the SHA before (None on the first) and after. A burst
+/// of publishes within the debounce window is one notification from before the burst to its
+/// end; a burst that ends where it started sends none.
+#[derive(Debug)]
+struct Published {
+    old: Option<String>,
+    new: String,
+    reference: String,
+    link: std::path::PathBuf,
+}
+
+impl Change for Published {
+    fn merge(&mut self, later: Self) {
+        self.new = later.new;
+    }
+
+    fn is_noop(&self) -> bool {
+        self.old.as_deref() == Some(self.new.as_str())
+    }
+
+    fn webhook_body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "old": self.old,
+            "new": self.new,
+            "ref": self.reference,
+            "link": self.link.display().to_string(),
+        })
+    }
+
+    fn command_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("GIT_SYNC_OLD".into(), self.old.clone().unwrap_or_default()),
+            ("GIT_SYNC_NEW".into(), self.new.clone()),
+            ("GIT_SYNC_REF".into(), self.reference.clone()),
+            ("GIT_SYNC_LINK".into(), self.link.display().to_string()),
+        ]
+    }
 }
 
 /// Counts a finished sync, after the failure gauge has its new value: a scrape that sees the
@@ -281,14 +319,10 @@ fn update_staleness(
 
 async fn finish_one_time(
     outcome: Outcome,
-    notifier: Option<(
-        tokio::sync::mpsc::UnboundedSender<Published>,
-        tokio::task::JoinHandle<()>,
-    )>,
+    notifier: Option<Notifier<Published>>,
 ) -> anyhow::Result<()> {
-    if let Some((tx, handle)) = notifier {
-        drop(tx);
-        let _ = handle.await;
+    if let Some(notifier) = notifier {
+        notifier.finish().await;
     }
     match outcome {
         Outcome::Published { new, .. } | Outcome::Unchanged(new) => {

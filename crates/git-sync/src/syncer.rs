@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use git2::Oid;
 
-use crate::command::{CommandError, CommandSpec};
 use crate::config::ForcePushPolicy;
 use crate::export::{ExportError, Previous, export_commit};
 use crate::git::{Cancel, GitError, PrivateRepo, RefTarget, Source};
 use crate::publish::{PublishError, Publisher, Staged};
 use crate::worker::{Network, NetworkRequest, Worker, WorkerSpec};
+use sidecar_kit::command::{CommandError, CommandSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {

@@ -50,12 +50,38 @@ pub enum ConfigError {
     /// A value that parses but makes no sense (a port of 0, two routes on one address...).
     #[error("{0}")]
     Value(String),
+    /// One setting (a flag, a field of a file) that cannot be used.
+    #[error("{field}: {message}")]
+    Field {
+        /// The setting, as the user wrote it: `--jitter`, `routes[0].timeout`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A file named by a setting cannot be read.
+    #[error("{field} {}: {source}", path.display())]
+    File {
+        /// The setting that names the file: `--password-file`.
+        field: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl ConfigError {
     /// A value that parsed but cannot be used; the message should name the setting.
     pub fn value(message: impl Into<String>) -> Self {
         Self::Value(message.into())
+    }
+
+    /// A setting that cannot be used: prints as `{field}: {message}`.
+    pub fn field(field: impl Into<String>, message: impl Display) -> Self {
+        Self::Field {
+            field: field.into(),
+            message: message.to_string(),
+        }
     }
 }
 

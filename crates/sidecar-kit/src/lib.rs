@@ -15,7 +15,10 @@
 //!   (SPIFFE and DNS SANs), and certificate hot reload that refuses bad files;
 //! - [`watch`]: file watching that sees the Kubernetes `..data` symlink swap, with a polling
 //!   fallback;
-//! - [`telemetry`]: tracing to stderr as JSON or text, and a build-info metric.
+//! - [`notify`]: telling the app about a change (webhook, command, signal, touched file),
+//!   debounced; [`command`] runs commands without a shell, with a timeout;
+//! - [`telemetry`]: tracing to stderr as JSON or text, a build-info metric, and URL redaction
+//!   for log lines.
 //!
 //! # A complete sidecar
 //!
@@ -63,7 +66,9 @@
 
 pub mod admin;
 pub mod cli;
+pub mod command;
 pub mod config;
+pub mod notify;
 pub mod readiness;
 pub mod reload;
 mod runtime;

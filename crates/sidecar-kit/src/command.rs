@@ -1,5 +1,16 @@
-//! External commands (the validation gate and the notify command): argv parsing without a
-//! shell (the image has none), and running with a timeout.
+//! External commands a sidecar runs (a validation gate, a notify command): a command line split
+//! into argv without a shell (the sidecar images have none), and running it with a timeout.
+//!
+//! ```
+//! use std::time::Duration;
+//! use sidecar_kit::command::CommandSpec;
+//!
+//! let spec = CommandSpec::parse(r#"sh -c 'test "$REV" = abc'"#).unwrap();
+//! assert_eq!(spec.program, "sh");
+//! assert_eq!(spec.args, ["-c", r#"test "$REV" = abc"#]);
+//! spec.run(std::path::Path::new("/"), &[("REV", "abc".into())], Duration::from_secs(10), &|| false)
+//!     .unwrap();
+//! ```
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -9,35 +20,60 @@ use std::time::{Duration, Instant};
 /// escapes group words; there is no expansion of any kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandSpec {
+    /// The program: a path, or a name looked up in `PATH`.
     pub program: String,
+    /// Its arguments, as given.
     pub args: Vec<String>,
 }
 
+/// Why a command did not succeed. Each message names the program.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
+    /// It could not be started (not found, not executable...).
     #[error("cannot start {program}: {source}")]
     Spawn {
+        /// The program.
         program: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// It ran past its timeout and was killed.
     #[error("{program} did not finish within {timeout:?} and was killed")]
-    Timeout { program: String, timeout: Duration },
+    Timeout {
+        /// The program.
+        program: String,
+        /// The time it was allowed.
+        timeout: Duration,
+    },
+    /// It exited unsuccessfully.
     #[error("{program} exited with {status}{}", if output.is_empty() { String::new() } else { format!(": {output}") })]
     Failed {
+        /// The program.
         program: String,
+        /// Its exit status.
         status: std::process::ExitStatus,
+        /// The tail of its stdout and stderr (at most 2 KiB), lines joined by ` | `.
         output: String,
     },
+    /// Waiting for it failed.
     #[error("waiting for {program}: {source}")]
     Wait {
+        /// The program.
         program: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// The caller's `cancelled()` turned true while it ran; it was killed.
     #[error("cancelled while {program} was running")]
-    Cancelled { program: String },
+    Cancelled {
+        /// The program.
+        program: String,
+    },
 }
 
 impl CommandSpec {
+    /// Splits a command line into program and arguments; the error says what is wrong with it
+    /// (empty, an unclosed quote, a lone trailing backslash).
     pub fn parse(line: &str) -> Result<CommandSpec, String> {
         let mut words = Vec::new();
         let mut word = String::new();
@@ -98,7 +134,7 @@ impl CommandSpec {
     ) -> Result<(), CommandError> {
         let dir = std::env::temp_dir();
         let log = dir.join(format!(
-            "git-sync-cmd-{}-{}.log",
+            "sidecar-cmd-{}-{}.log",
             std::process::id(),
             unique()
         ));
