@@ -1,7 +1,11 @@
 //! TLS building blocks for mutual TLS: PEM loading, rustls server and client configs, peer
 //! identities, and the checks run before new credentials replace old ones.
 //!
-//! The whole workspace uses one crypto provider, rustls' aws-lc-rs ([`provider`]).
+//! The whole workspace uses one crypto provider, rustls' ring ([`provider`]).
+//!
+//! A server decides who may connect with a [`PeerAuthorizer`] given to
+//! [`server_config_with_authorizer`]: it is consulted during the handshake, after the client's
+//! chain has verified.
 //!
 //! ```no_run
 //! use sidecar_kit::tls::{self, ExpectedIdentity, Identity, TrustBundle};
@@ -25,11 +29,12 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme,
 };
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
@@ -280,15 +285,59 @@ fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, 
 
 /// A server config that requires client certificates issued by `clients` (TLS 1.2 and 1.3),
 /// presenting `identity`, and offering `alpn` protocols in order of preference.
+///
+/// Any client whose chain verifies is accepted; to also decide who may connect, see
+/// [`server_config_with_authorizer`].
 pub fn server_config(
     identity: &Identity,
     clients: &TrustBundle,
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, TlsError> {
+    build_server_config(identity, clients, alpn, None)
+}
+
+/// Like [`server_config`], and once a client's chain has verified, asks `authorizer` whether
+/// that client may connect. A client it refuses fails the handshake with
+/// `CertificateError::Other` holding a [`PeerNotAllowed`] (see [`peer_not_allowed`]), so the
+/// refusal happens before any request is read and the client learns why (a TLS alert).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use sidecar_kit::tls::{self, Identity, PeerIdentity, TrustBundle};
+/// # fn demo(me: &Identity, ca: &TrustBundle) -> Result<(), tls::TlsError> {
+/// // Only the web workloads of the prod namespace may call.
+/// let only_web = |peer: &PeerIdentity| {
+///     peer.spiffe_ids.iter().any(|id| id == "spiffe://example.org/ns/prod/sa/web")
+/// };
+/// let server = tls::server_config_with_authorizer(me, ca, &[b"h2"], Arc::new(only_web))?;
+/// # let _ = server; Ok(()) }
+/// ```
+pub fn server_config_with_authorizer(
+    identity: &Identity,
+    clients: &TrustBundle,
+    alpn: &[&[u8]],
+    authorizer: Arc<dyn PeerAuthorizer>,
+) -> Result<ServerConfig, TlsError> {
+    build_server_config(identity, clients, alpn, Some(authorizer))
+}
+
+fn build_server_config(
+    identity: &Identity,
+    clients: &TrustBundle,
+    alpn: &[&[u8]],
+    authorizer: Option<Arc<dyn PeerAuthorizer>>,
+) -> Result<ServerConfig, TlsError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(clients.roots(), provider.clone())
+    let webpki = WebPkiClientVerifier::builder_with_provider(clients.roots(), provider.clone())
         .build()
         .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
+    let verifier: Arc<dyn ClientCertVerifier> = match authorizer {
+        Some(authorizer) => Arc::new(AuthorizingVerifier {
+            chain: webpki,
+            authorizer,
+        }),
+        None => webpki,
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -298,6 +347,118 @@ pub fn server_config(
         )));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
+}
+
+/// Decides which clients a server accepts, once their certificate chain has verified against
+/// the trust bundle: an allow-list of SPIFFE IDs, a namespace rule, and so on. Consulted
+/// during every full handshake (a resumed session was authorized when it was first made).
+///
+/// Any `Fn(&PeerIdentity) -> bool` closure is one.
+pub trait PeerAuthorizer: Send + Sync {
+    /// Whether the client with this certificate may connect.
+    fn allows(&self, peer: &PeerIdentity) -> bool;
+}
+
+impl<F> PeerAuthorizer for F
+where
+    F: Fn(&PeerIdentity) -> bool + Send + Sync,
+{
+    fn allows(&self, peer: &PeerIdentity) -> bool {
+        self(peer)
+    }
+}
+
+/// A client presented a valid certificate, but the server's [`PeerAuthorizer`] refused it.
+#[derive(Debug, thiserror::Error)]
+#[error("identity not allowed: {names}")]
+pub struct PeerNotAllowed {
+    /// The certificate's URI and DNS SANs, comma-separated (`no SAN` when it has none).
+    pub names: String,
+}
+
+/// The authorization refusal behind a handshake failure, if that is what it was.
+pub fn peer_not_allowed(err: &rustls::Error) -> Option<&PeerNotAllowed> {
+    match err {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            other.0.downcast_ref::<PeerNotAllowed>()
+        }
+        _ => None,
+    }
+}
+
+/// webpki's client verification, then the [`PeerAuthorizer`]'s decision.
+struct AuthorizingVerifier {
+    chain: Arc<dyn ClientCertVerifier>,
+    authorizer: Arc<dyn PeerAuthorizer>,
+}
+
+impl fmt::Debug for AuthorizingVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizingVerifier")
+            .field("chain", &self.chain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for AuthorizingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.chain
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let peer = PeerIdentity::from_der(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if self.authorizer.allows(&peer) {
+            return Ok(ClientCertVerified::assertion());
+        }
+        let names = peer.names().join(", ");
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            rustls::OtherError(Arc::new(PeerNotAllowed {
+                names: if names.is_empty() {
+                    "no SAN".to_owned()
+                } else {
+                    names
+                },
+            })),
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
 }
 
 /// Who the remote server must be.
@@ -785,5 +946,133 @@ mod tests {
             mismatch.expected,
             ExpectedIdentity::Dns("other.local".into())
         );
+    }
+
+    /// A server with `config` on a loopback port; each handshake's outcome comes back on the
+    /// channel (in TLS 1.3 the client finishes first, so only the server sees a refusal).
+    async fn serve_handshakes(
+        config: ServerConfig,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<Result<(), std::io::Error>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = tx.send(acceptor.accept(tcp).await.map(drop));
+            }
+        });
+        (addr, rx)
+    }
+
+    async fn handshake(addr: std::net::SocketAddr, client: &Identity, ca: &TrustBundle) {
+        let config = client_config(
+            Some(client),
+            ca,
+            ExpectedIdentity::Spiffe("spiffe://example.org/srv".into()),
+            &[],
+        )
+        .unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The outcome that matters is the server's; the client's may be either.
+        let _ = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("ignored").unwrap(), tcp)
+            .await;
+    }
+
+    /// An allow-list as a caller would write one: a type of its own.
+    #[derive(Debug)]
+    struct SpiffeAllowList(Vec<String>);
+
+    impl PeerAuthorizer for SpiffeAllowList {
+        fn allows(&self, peer: &PeerIdentity) -> bool {
+            peer.spiffe_ids.iter().any(|id| self.0.contains(id))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_authorizer_decides_which_verified_clients_connect() {
+        let ca = ca("mesh");
+        let server = identity(&leaf(&ca, "spiffe://example.org/srv", "srv", (-1, 30)));
+        let web = identity(&leaf(
+            &ca,
+            "spiffe://example.org/web",
+            "web.local",
+            (-1, 30),
+        ));
+        let batch = identity(&leaf(&ca, "spiffe://example.org/batch", "batch", (-1, 30)));
+        let allow = SpiffeAllowList(vec!["spiffe://example.org/web".into()]);
+        let config =
+            server_config_with_authorizer(&server, &bundle(&ca), &[], Arc::new(allow)).unwrap();
+        let (addr, mut outcomes) = serve_handshakes(config).await;
+
+        handshake(addr, &web, &bundle(&ca)).await;
+        outcomes.recv().await.unwrap().unwrap();
+
+        handshake(addr, &batch, &bundle(&ca)).await;
+        let err = outcomes.recv().await.unwrap().unwrap_err();
+        let refused = rustls_error(&err).and_then(peer_not_allowed).unwrap();
+        assert_eq!(refused.names, "spiffe://example.org/batch, batch");
+        assert_eq!(
+            refused.to_string(),
+            "identity not allowed: spiffe://example.org/batch, batch"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closure_authorizes_and_is_asked_only_after_the_chain_verified() {
+        let other_ca = ca("other");
+        let ca = ca("mesh");
+        let server = identity(&leaf(&ca, "spiffe://example.org/srv", "srv", (-1, 30)));
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = asked.clone();
+        let only_web_local = move |peer: &PeerIdentity| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            peer.dns_names.iter().any(|n| n == "web.local")
+        };
+        let config =
+            server_config_with_authorizer(&server, &bundle(&ca), &[], Arc::new(only_web_local))
+                .unwrap();
+        let (addr, mut outcomes) = serve_handshakes(config).await;
+
+        // Issued by a CA the server does not trust: refused by the chain check, not asked about.
+        let stranger = identity(&leaf(
+            &other_ca,
+            "spiffe://example.org/web",
+            "web.local",
+            (-1, 30),
+        ));
+        handshake(addr, &stranger, &bundle(&ca)).await;
+        let err = outcomes.recv().await.unwrap().unwrap_err();
+        let rustls_err = rustls_error(&err).unwrap();
+        assert!(peer_not_allowed(rustls_err).is_none(), "{rustls_err}");
+        assert!(
+            matches!(
+                rustls_err,
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+            ),
+            "{rustls_err}"
+        );
+        assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+        let web = identity(&leaf(
+            &ca,
+            "spiffe://example.org/web",
+            "web.local",
+            (-1, 30),
+        ));
+        handshake(addr, &web, &bundle(&ca)).await;
+        outcomes.recv().await.unwrap().unwrap();
+        assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+        // Without an authorizer every verified client connects, as before.
+        let plain = server_config(&server, &bundle(&ca), &[]).unwrap();
+        let (addr, mut outcomes) = serve_handshakes(plain).await;
+        let batch = identity(&leaf(&ca, "spiffe://example.org/batch", "batch", (-1, 30)));
+        handshake(addr, &batch, &bundle(&ca)).await;
+        outcomes.recv().await.unwrap().unwrap();
     }
 }
