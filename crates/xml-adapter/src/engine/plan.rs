@@ -1,4 +1,6 @@
-//! A mapping compiled for streaming: the record paths' trie, the capture plan, label order.
+//! A mapping compiled for streaming: the trie of the rules' record paths, the capture plan of
+//! what their relative paths read, and each rule's label order. Nothing here depends on the
+//! input format.
 
 use std::collections::HashMap;
 
@@ -6,18 +8,38 @@ use crate::encode::Kind;
 use crate::mapping::{Mapping, Rule};
 use crate::path::{Axis, Leaf, NameTest, Operand, Predicate, RelPath};
 
+/// A mapping compiled for streaming. Cheap to share between scrapes. A document is translated
+/// by [`Engine::translate`] or, as its bytes arrive, by a [`super::Translator`].
 #[derive(Debug)]
-pub(super) struct Edge {
+pub struct Engine {
+    pub mapping: Mapping,
+    /// All rules' record paths merged into one trie of steps; the root is node 0.
+    pub(super) trie: Vec<TrieNode>,
+    /// Names of leaf children whose text is kept while their parent is open, for the relative
+    /// paths that read an ancestor's child (`../measTypes`).
+    pub(super) kept_children: Vec<NameTest>,
+    /// Per rule: its labels (record, const, state) sorted by name, so a sample's key is built
+    /// without sorting; `None` when two labels share a name (then the general path sorts).
+    pub(super) label_order: Vec<Option<Vec<Slot>>>,
+    /// What the rules' relative paths read below their records (see [`PlanNode`]).
+    pub(super) capture_plan: Vec<PlanNode>,
+    /// Per rule: its root in `capture_plan`.
+    pub(super) plan_roots: Vec<usize>,
+}
+
+#[derive(Debug)]
+pub(super) struct TrieEdge {
     pub(super) axis: Axis,
     pub(super) test: NameTest,
-    pub(super) preds: Vec<Predicate>,
+    pub(super) predicates: Vec<Predicate>,
     pub(super) target: usize,
 }
 
 #[derive(Debug, Default)]
-pub(super) struct Node {
-    pub(super) edges: Vec<Edge>,
+pub(super) struct TrieNode {
+    pub(super) edges: Vec<TrieEdge>,
     pub(super) has_descendant_edge: bool,
+    /// The rules whose record path ends here.
     pub(super) rules: Vec<usize>,
 }
 
@@ -34,102 +56,20 @@ pub(super) enum Slot {
 /// it are captured as nodes; text is kept only where a path reads it (`text`: this node's
 /// whole text, descendants included). The rest of a record streams past uncopied.
 #[derive(Debug, Default)]
-pub(super) struct NeedNode {
+pub(super) struct PlanNode {
     pub(super) edges: Vec<(NameTest, usize)>,
     pub(super) text: bool,
 }
 
-fn need_child(need: &mut Vec<NeedNode>, at: usize, test: &NameTest) -> usize {
-    if let Some((_, n)) = need[at].edges.iter().find(|(t, _)| t == test) {
-        return *n;
-    }
-    need.push(NeedNode::default());
-    let n = need.len() - 1;
-    need[at].edges.push((test.clone(), n));
-    n
-}
-
-fn need_predicate(need: &mut Vec<NeedNode>, at: usize, p: &Predicate) {
-    match &p.operand {
-        Operand::Child(t) => {
-            let c = need_child(need, at, t);
-            need[c].text = true;
-        }
-        Operand::Text => need[at].text = true,
-        Operand::Attr(_) | Operand::Name | Operand::LocalName => {}
-    }
-}
-
-fn need_path(need: &mut Vec<NeedNode>, root: usize, path: &RelPath) {
-    // Paths above the record read the open ancestors, not the record's subtree.
-    let RelPath::Down { steps, leaf } = path else {
-        return;
-    };
-    let mut cur = root;
-    for (test, preds) in steps {
-        cur = need_child(need, cur, test);
-        for p in preds {
-            need_predicate(need, cur, p);
-        }
-    }
-    if let Leaf::Text = leaf {
-        need[cur].text = true;
-    }
-}
-
-/// A mapping compiled for streaming. Cheap to share between scrapes.
-#[derive(Debug)]
-pub struct Engine {
-    pub mapping: Mapping,
-    pub(super) nodes: Vec<Node>,
-    /// Names of leaf children that relative paths read from ancestors (`../measTypes`).
-    pub(super) captured_children: Vec<NameTest>,
-    /// Per rule: its labels (record, const, state) sorted by name, so a sample's key is built
-    /// without sorting; `None` when two labels share a name (then the general path sorts).
-    pub(super) label_order: Vec<Option<Vec<Slot>>>,
-    pub(super) need: Vec<NeedNode>,
-    /// Per rule: its root in `need`.
-    pub(super) need_root: Vec<usize>,
-}
-
 impl Engine {
     pub fn new(mapping: Mapping) -> Engine {
-        let mut nodes = vec![Node::default()];
-        let mut keys: HashMap<(usize, String), usize> = HashMap::new();
-        for (ri, rule) in mapping.rules.iter().enumerate() {
-            let mut cur = 0;
-            for step in &rule.record.steps {
-                let key = (
-                    cur,
-                    format!("{:?}|{:?}|{:?}", step.axis, step.test, step.predicates),
-                );
-                cur = match keys.get(&key) {
-                    Some(&n) => n,
-                    None => {
-                        nodes.push(Node::default());
-                        let target = nodes.len() - 1;
-                        nodes[cur].edges.push(Edge {
-                            axis: step.axis,
-                            test: step.test.clone(),
-                            preds: step.predicates.clone(),
-                            target,
-                        });
-                        if step.axis == Axis::Descendant {
-                            nodes[cur].has_descendant_edge = true;
-                        }
-                        keys.insert(key, target);
-                        target
-                    }
-                };
-            }
-            nodes[cur].rules.push(ri);
-        }
-        let mut captured_children = Vec::new();
+        let trie = compile_trie(&mapping);
+        let mut kept_children = Vec::new();
         let mut add = |p: &RelPath| {
             if let RelPath::Up { child: Some(t), .. } = p
-                && !captured_children.contains(t)
+                && !kept_children.contains(t)
             {
-                captured_children.push(t.clone());
+                kept_children.push(t.clone());
             }
         };
         for r in &mapping.rules {
@@ -142,34 +82,108 @@ impl Engine {
             }
         }
         let label_order = mapping.rules.iter().map(label_order).collect();
-        let mut need = Vec::new();
-        let mut need_root = Vec::new();
+        let mut capture_plan = Vec::new();
+        let mut plan_roots = Vec::new();
         for r in &mapping.rules {
-            need.push(NeedNode::default());
-            let root = need.len() - 1;
-            need_root.push(root);
+            capture_plan.push(PlanNode::default());
+            let root = capture_plan.len() - 1;
+            plan_roots.push(root);
             for p in &r.record_filter {
-                need_predicate(&mut need, root, p);
+                plan_predicate(&mut capture_plan, root, p);
             }
             for l in &r.labels {
-                need_path(&mut need, root, &l.path);
+                plan_path(&mut capture_plan, root, &l.path);
             }
             // An info metric's value is always 1: its value path is never read.
             if r.kind != Kind::Info {
-                need_path(&mut need, root, &r.value);
+                plan_path(&mut capture_plan, root, &r.value);
             }
             if let Some(h) = &r.histogram {
-                need_path(&mut need, root, &h.bucket);
+                plan_path(&mut capture_plan, root, &h.bucket);
             }
         }
         Engine {
             mapping,
-            nodes,
-            captured_children,
+            trie,
+            kept_children,
             label_order,
-            need,
-            need_root,
+            capture_plan,
+            plan_roots,
         }
+    }
+}
+
+/// The rules' record paths merged into one trie: steps equal in axis, test and predicates
+/// share a node.
+fn compile_trie(mapping: &Mapping) -> Vec<TrieNode> {
+    let mut trie = vec![TrieNode::default()];
+    let mut keys: HashMap<(usize, String), usize> = HashMap::new();
+    for (ri, rule) in mapping.rules.iter().enumerate() {
+        let mut cur = 0;
+        for step in &rule.record.steps {
+            let key = (
+                cur,
+                format!("{:?}|{:?}|{:?}", step.axis, step.test, step.predicates),
+            );
+            cur = match keys.get(&key) {
+                Some(&n) => n,
+                None => {
+                    trie.push(TrieNode::default());
+                    let target = trie.len() - 1;
+                    trie[cur].edges.push(TrieEdge {
+                        axis: step.axis,
+                        test: step.test.clone(),
+                        predicates: step.predicates.clone(),
+                        target,
+                    });
+                    if step.axis == Axis::Descendant {
+                        trie[cur].has_descendant_edge = true;
+                    }
+                    keys.insert(key, target);
+                    target
+                }
+            };
+        }
+        trie[cur].rules.push(ri);
+    }
+    trie
+}
+
+fn plan_child(plan: &mut Vec<PlanNode>, at: usize, test: &NameTest) -> usize {
+    if let Some((_, n)) = plan[at].edges.iter().find(|(t, _)| t == test) {
+        return *n;
+    }
+    plan.push(PlanNode::default());
+    let n = plan.len() - 1;
+    plan[at].edges.push((test.clone(), n));
+    n
+}
+
+fn plan_predicate(plan: &mut Vec<PlanNode>, at: usize, p: &Predicate) {
+    match &p.operand {
+        Operand::Child(t) => {
+            let c = plan_child(plan, at, t);
+            plan[c].text = true;
+        }
+        Operand::Text => plan[at].text = true,
+        Operand::Attr(_) | Operand::Name | Operand::LocalName => {}
+    }
+}
+
+fn plan_path(plan: &mut Vec<PlanNode>, root: usize, path: &RelPath) {
+    // Paths above the record read the open ancestors, not the record's subtree.
+    let RelPath::Down { steps, leaf } = path else {
+        return;
+    };
+    let mut cur = root;
+    for (test, preds) in steps {
+        cur = plan_child(plan, cur, test);
+        for p in preds {
+            plan_predicate(plan, cur, p);
+        }
+    }
+    if let Leaf::Text = leaf {
+        plan[cur].text = true;
     }
 }
 

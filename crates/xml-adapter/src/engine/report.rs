@@ -1,7 +1,7 @@
 //! What a translation reports: its result, why a document was refused, why a sample was dropped.
 
 use crate::encode::{Family, Kind, Sample, Suffix};
-use crate::mapping::Mapping;
+use crate::mapping::{Mapping, Rule};
 
 /// Why a document was refused. Nothing from a refused document is served.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +15,13 @@ pub enum DocumentError {
     },
 }
 
+pub(super) fn malformed(position: u64, message: impl Into<String>) -> DocumentError {
+    DocumentError::Malformed {
+        position,
+        message: message.into(),
+    }
+}
+
 /// Why a rule dropped a sample (the `reason` label of the per-rule error counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
@@ -26,7 +33,7 @@ pub enum Reason {
     RecordTooLarge,
 }
 
-pub(super) const REASONS: [Reason; 6] = [
+const REASONS: [Reason; 6] = [
     Reason::Missing,
     Reason::BadValue,
     Reason::BadLabel,
@@ -52,7 +59,7 @@ impl Reason {
         self != Reason::Missing
     }
 
-    pub(super) fn index(self) -> usize {
+    fn index(self) -> usize {
         self as usize
     }
 }
@@ -74,31 +81,82 @@ pub struct Translation {
     pub bytes: u64,
 }
 
-pub(super) const MAX_MESSAGES: usize = 20;
+const MAX_MESSAGES: usize = 20;
 
-pub(super) fn malformed(position: u64, message: impl Into<String>) -> DocumentError {
-    DocumentError::Malformed {
-        position,
-        message: message.into(),
+/// The translation being built, and the samples each rule dropped so far.
+#[derive(Debug)]
+pub(super) struct Report<'e> {
+    rules: &'e [Rule],
+    /// Per rule, per reason: dropped samples (turned into `Translation::rule_issues`).
+    dropped: Vec<[u64; REASONS.len()]>,
+    pub(super) translation: Translation,
+}
+
+impl<'e> Report<'e> {
+    pub(super) fn new(rules: &'e [Rule]) -> Report<'e> {
+        Report {
+            rules,
+            dropped: vec![[0; REASONS.len()]; rules.len()],
+            translation: Translation::default(),
+        }
     }
+
+    /// Rule `rule` dropped a sample; the message is made only while messages are kept.
+    pub(super) fn issue(&mut self, rule: usize, reason: Reason, message: impl FnOnce() -> String) {
+        self.dropped[rule][reason.index()] += 1;
+        if reason.is_error() && self.translation.messages.len() < MAX_MESSAGES {
+            let m = message();
+            let name = &self.rules[rule].name;
+            self.translation
+                .messages
+                .push(format!("rule `{name}`: {m}"));
+        }
+    }
+
+    /// A cap (`records`, `series`) cut the translation short.
+    pub(super) fn truncated(&mut self, cap: &'static str) {
+        if !self.translation.truncated.contains(&cap) {
+            self.translation.truncated.push(cap);
+        }
+    }
+
+    /// The translation, with the dropped samples counted per rule.
+    pub(super) fn finish(&mut self) -> Translation {
+        for (ri, counts) in self.dropped.iter().enumerate() {
+            for (reason, &n) in REASONS.iter().zip(counts) {
+                if n > 0 {
+                    let name = self.rules[ri].name.clone();
+                    *self
+                        .translation
+                        .rule_issues
+                        .entry((name, *reason))
+                        .or_default() += n;
+                }
+            }
+        }
+        std::mem::take(&mut self.translation)
+    }
+}
+
+/// The `up` metric's family: 1 when the document was read, 0 when it was refused.
+pub(super) fn up_family(name: &str, value: f64) -> Family {
+    let mut f = Family::new(
+        name,
+        "Whether the last read of the upstream document succeeded.",
+        Kind::Gauge,
+    );
+    f.samples.push(Sample {
+        suffix: Suffix::None,
+        labels: vec![],
+        value,
+    });
+    f
 }
 
 /// The result of one scrape, failed or not, with what `/metrics` and `/json` serve.
 pub fn failure_families(mapping: &Mapping) -> Vec<Family> {
     match &mapping.up_metric {
-        Some(up) => {
-            let mut f = Family::new(
-                up,
-                "Whether the last read of the upstream document succeeded.",
-                Kind::Gauge,
-            );
-            f.samples.push(Sample {
-                suffix: Suffix::None,
-                labels: vec![],
-                value: 0.0,
-            });
-            vec![f]
-        }
+        Some(up) => vec![up_family(up, 0.0)],
         None => Vec::new(),
     }
 }

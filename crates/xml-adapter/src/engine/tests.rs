@@ -1,4 +1,6 @@
+use super::window::WINDOW;
 use super::*;
+use crate::encode::Suffix;
 use crate::mapping::Mapping;
 
 fn run(mapping: &str, doc: &str) -> Result<Translation, DocumentError> {

@@ -1,0 +1,472 @@
+//! Records: which are open, and reading one when its element closes. Each rule the record is
+//! for reads its labels and value through the rule's relative paths (below the record from the
+//! capture, above it from the open elements), applies its transforms and policies, and folds
+//! the samples into the series.
+
+use super::capture::{Capture, NO_NODE};
+use super::input::Format;
+use super::plan::{Engine, Slot};
+use super::report::{Reason, Report};
+use super::reuse::Reuse;
+use super::series::Series;
+use super::stack::Stack;
+use crate::encode::Kind;
+use crate::mapping::MissingPolicy;
+use crate::path::RelPath;
+use crate::transform::{self, Outcome};
+
+#[derive(Debug)]
+pub(super) struct OpenRecord {
+    depth: usize,
+    /// Its captured node; `NO_NODE` when the record outgrew `max_record_bytes`, so that its
+    /// rules still count the drop.
+    pub(super) node: usize,
+    /// The rules it is for: a range of `OpenRecords::rules`.
+    rules: (usize, usize),
+}
+
+/// The records open at the moment (nested when record paths nest), and the rules of each.
+#[derive(Debug, Default)]
+pub(super) struct OpenRecords {
+    records: Vec<OpenRecord>,
+    /// Rules of the open records, a stack (ranges in `OpenRecord::rules`); the rules of the
+    /// element being opened are appended while it is matched.
+    pub(super) rules: Vec<usize>,
+}
+
+impl OpenRecords {
+    pub(super) fn reuse(&mut self) {
+        self.records.reuse();
+        self.rules.reuse();
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Opens a record of the element at `depth` for the rules appended to `rules` from
+    /// `rules_start` on, each once (a rule reached through two trie states runs once).
+    pub(super) fn open(&mut self, depth: usize, node: usize, rules_start: usize) {
+        let rules = &mut self.rules[rules_start..];
+        rules.sort_unstable();
+        // Dedup the tail in place.
+        let mut w = rules_start;
+        for r in rules_start..self.rules.len() {
+            if w == rules_start || self.rules[w - 1] != self.rules[r] {
+                self.rules[w] = self.rules[r];
+                w += 1;
+            }
+        }
+        self.rules.truncate(w);
+        self.records.push(OpenRecord {
+            depth,
+            node,
+            rules: (rules_start, w),
+        });
+    }
+
+    /// The record of the element at `depth`, which is closing, if it is one.
+    pub(super) fn close(&mut self, depth: usize) -> Option<OpenRecord> {
+        if self.records.last().is_some_and(|r| r.depth == depth) {
+            return self.records.pop();
+        }
+        None
+    }
+
+    pub(super) fn rules_of(&self, record: &OpenRecord) -> &[usize] {
+        &self.rules[record.rules.0..record.rules.1]
+    }
+
+    /// The rules of a closed record are done with.
+    pub(super) fn release(&mut self, record: OpenRecord) {
+        self.rules.truncate(record.rules.0);
+    }
+}
+
+/// One record's label values and value, read as slices of one buffer.
+#[derive(Debug, Default)]
+pub(super) struct Values {
+    text: String,
+    /// The labels' values: ranges of `text`, in the rule's label order.
+    ranges: Vec<(usize, usize)>,
+}
+
+impl Values {
+    pub(super) fn reuse(&mut self) {
+        self.text.reuse();
+        self.ranges.reuse();
+    }
+}
+
+/// What a record's relative paths read: its captured subtree and its open ancestors.
+pub(super) struct View<'r, F> {
+    pub(super) capture: &'r Capture,
+    pub(super) stack: &'r Stack,
+    pub(super) format: &'r F,
+}
+
+impl<F: Format> View<'_, F> {
+    /// Appends the value of a relative path from the record's `node` to `out`. `false` when
+    /// the path selects nothing (then nothing is appended).
+    fn read_into(&self, node: usize, path: &RelPath, out: &mut String) -> bool {
+        match path {
+            RelPath::Down { steps, leaf } => self.capture.read_down(node, steps, leaf, out),
+            RelPath::Up { sel, child, leaf } => {
+                self.stack
+                    .read_up(self.format, sel, child.as_ref(), leaf, out)
+            }
+        }
+    }
+
+    /// The value of a relative path from the record's `node`, if it selects anything.
+    fn read(&self, node: usize, path: &RelPath) -> Option<String> {
+        let mut s = String::new();
+        self.read_into(node, path, &mut s).then_some(s)
+    }
+}
+
+/// Reads closed records for their rules.
+pub(super) struct Recorder<'r, 'e, F> {
+    pub(super) engine: &'e Engine,
+    pub(super) view: View<'r, F>,
+    pub(super) values: &'r mut Values,
+    pub(super) series: &'r mut Series,
+    pub(super) report: &'r mut Report<'e>,
+}
+
+impl<F: Format> Recorder<'_, '_, F> {
+    /// Rule `ri` reads the record whose captured node is `node` (`NO_NODE`: it was too large).
+    pub(super) fn record(&mut self, ri: usize, node: usize) {
+        let engine = self.engine;
+        let rule = &engine.mapping.rules[ri];
+        if node == NO_NODE {
+            let max = engine.mapping.limits.max_record_bytes;
+            self.report.issue(ri, Reason::RecordTooLarge, || {
+                format!("a record is larger than max_record_bytes ({max})")
+            });
+            return;
+        }
+        if !rule
+            .record_filter
+            .iter()
+            .all(|p| self.view.capture.predicate(node, p))
+        {
+            return;
+        }
+        let records = &mut self.report.translation.records;
+        *records += 1;
+        if *records > engine.mapping.limits.max_records {
+            self.report.truncated("records");
+            return;
+        }
+        match &engine.label_order[ri] {
+            Some(order) if !rule.split && rule.histogram.is_none() => {
+                self.values.text.clear();
+                self.values.ranges.clear();
+                self.simple(ri, node, order);
+            }
+            _ => self.general(ri, node),
+        }
+    }
+
+    /// One sample per record (or one per state): the common case, read without allocating.
+    /// Label values go to `self.values`, in the rule's label order.
+    fn simple(&mut self, ri: usize, node: usize, order: &[Slot]) {
+        let engine = self.engine;
+        let rule = &engine.mapping.rules[ri];
+        let values = &mut *self.values;
+        for l in &rule.labels {
+            let start = values.text.len();
+            // A label path that selects nothing gives an empty value.
+            self.view.read_into(node, &l.path, &mut values.text);
+            // Leading `trim`s only narrow the range; the rest of a chain makes a new text.
+            let trims = transform::leading_trims(&l.transforms);
+            let (mut a, mut b) = (start, values.text.len());
+            if trims > 0 {
+                let raw = &values.text[a..b];
+                a += raw.len() - raw.trim_start().len();
+                b = a + raw.trim().len();
+            }
+            if trims == l.transforms.len() {
+                values.ranges.push((a, b));
+                continue;
+            }
+            match transform::apply_text(&l.transforms[trims..], &values.text[a..b]) {
+                Ok(Some(s)) => {
+                    values.text.truncate(start);
+                    values.text.push_str(&s);
+                    values.ranges.push((start, values.text.len()));
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let name = &l.name;
+                    self.report
+                        .issue(ri, Reason::BadLabel, || format!("label `{name}`: {e}"));
+                    return;
+                }
+            }
+        }
+        let vstart = values.text.len();
+        let found = match rule.kind {
+            Kind::Info => {
+                values.text.push('1');
+                true
+            }
+            _ => self.view.read_into(node, &rule.value, &mut values.text),
+        };
+        let raw: &str = if rule.present {
+            if found { "1" } else { "0" }
+        } else if found {
+            &values.text[vstart..]
+        } else {
+            let value = match rule.on_missing {
+                MissingPolicy::Skip => {
+                    return self.report.issue(ri, Reason::Missing, || {
+                        "the value path selects nothing".into()
+                    });
+                }
+                MissingPolicy::Error => {
+                    return self.report.issue(ri, Reason::BadValue, || {
+                        "the value path selects nothing".into()
+                    });
+                }
+                MissingPolicy::Zero => 0.0,
+                MissingPolicy::Nan => f64::NAN,
+            };
+            return self.push_simple(ri, order, None, value);
+        };
+        if rule.kind == Kind::Stateset {
+            let state = match transform::apply_text(&rule.transforms, raw) {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(e) => return self.report.issue(ri, Reason::BadValue, || e),
+            };
+            if !rule.states.contains(&state) {
+                let known = rule.states.join(", ");
+                return self.report.issue(ri, Reason::BadValue, || {
+                    format!("state `{state}` is not one of: {known}")
+                });
+            }
+            for s in &rule.states {
+                let v = if *s == state { 1.0 } else { 0.0 };
+                self.push_simple(ri, order, Some(s), v);
+            }
+            return;
+        }
+        let value = match transform::apply_numeric_fast(&rule.transforms, raw) {
+            Ok(Some(v)) => v,
+            // A sentinel (`skip_if`): no sample, quietly.
+            Ok(None) => return,
+            Err(e) => return self.report.issue(ri, Reason::BadValue, || e),
+        };
+        self.push_simple(ri, order, None, value);
+    }
+
+    /// A sample of the simple path: its labels are in `self.values`, keyed in `order`.
+    fn push_simple(&mut self, ri: usize, order: &[Slot], state: Option<&str>, value: f64) {
+        let engine = self.engine;
+        let rule = &engine.mapping.rules[ri];
+        if rule.kind == Kind::Counter && (value.is_nan() || value < 0.0) {
+            return self.report.issue(ri, Reason::BadValue, || {
+                format!("a counter cannot be {}", crate::encode::format_value(value))
+            });
+        }
+        let values = &*self.values;
+        self.series.start_key();
+        for slot in order {
+            let (name, v): (&str, &str) = match *slot {
+                Slot::Label(i) => {
+                    let (a, b) = values.ranges[i];
+                    (&rule.labels[i].name, &values.text[a..b])
+                }
+                Slot::Const(i) => (&rule.const_labels[i].0, &rule.const_labels[i].1),
+                // A stateset sample without a state (`on_missing: zero|nan`) has no such label.
+                Slot::State => match state {
+                    Some(s) => (&rule.name, s),
+                    None => continue,
+                },
+            };
+            self.series.key_label(name, v);
+        }
+        self.series.fold(engine, ri, value, self.report);
+    }
+
+    /// Split values, histograms, or labels that share a name: the general (allocating) path.
+    fn general(&mut self, ri: usize, node: usize) {
+        let engine = self.engine;
+        let rule = &engine.mapping.rules[ri];
+        // Labels (split labels give one value per item).
+        let mut labels: Vec<(String, Vec<String>)> = Vec::with_capacity(rule.labels.len());
+        for l in &rule.labels {
+            let raw = self.view.read(node, &l.path).unwrap_or_default();
+            let items: Vec<&str> = if l.split {
+                raw.split_whitespace().collect()
+            } else {
+                vec![raw.as_str()]
+            };
+            let mut vals = Vec::with_capacity(items.len());
+            for it in items {
+                match transform::apply_text(&l.transforms, it) {
+                    Ok(Some(v)) => vals.push(v),
+                    Ok(None) => return,
+                    Err(e) => {
+                        let name = &l.name;
+                        self.report
+                            .issue(ri, Reason::BadLabel, || format!("label `{name}`: {e}"));
+                        return;
+                    }
+                }
+            }
+            labels.push((l.name.clone(), vals));
+        }
+        let raw_value = match rule.kind {
+            Kind::Info => Some("1".to_string()),
+            _ => self.view.read(node, &rule.value),
+        };
+        let raw_value = if rule.present {
+            Some(if raw_value.is_some() { "1" } else { "0" }.to_string())
+        } else {
+            raw_value
+        };
+        let Some(raw_value) = raw_value else {
+            match rule.on_missing {
+                MissingPolicy::Skip | MissingPolicy::Error => {
+                    let reason = if rule.on_missing == MissingPolicy::Error {
+                        Reason::BadValue
+                    } else {
+                        Reason::Missing
+                    };
+                    self.report
+                        .issue(ri, reason, || "the value path selects nothing".into());
+                    return;
+                }
+                MissingPolicy::Zero => return self.emit_values(ri, &labels, vec![0.0]),
+                MissingPolicy::Nan => return self.emit_values(ri, &labels, vec![f64::NAN]),
+            }
+        };
+        if rule.kind == Kind::Stateset {
+            let state = match transform::apply_text(&rule.transforms, &raw_value) {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(e) => return self.report.issue(ri, Reason::BadValue, || e),
+            };
+            if !rule.states.contains(&state) {
+                let known = rule.states.join(", ");
+                return self.report.issue(ri, Reason::BadValue, || {
+                    format!("state `{state}` is not one of: {known}")
+                });
+            }
+            let base = flatten(&labels, 0);
+            for s in &rule.states {
+                let mut l = base.clone();
+                l.push((rule.name.clone(), s.clone()));
+                self.push(ri, l, if *s == state { 1.0 } else { 0.0 });
+            }
+            return;
+        }
+        let items: Vec<&str> = if rule.split {
+            raw_value.split_whitespace().collect()
+        } else {
+            vec![raw_value.as_str()]
+        };
+        let mut values = Vec::with_capacity(items.len());
+        for it in items {
+            match transform::apply_chain(&rule.transforms, it) {
+                Ok(Outcome::Skip) => values.push(None),
+                Ok(Outcome::Value(v)) => {
+                    let n = match v {
+                        transform::Val::Num(n) => Ok(n),
+                        transform::Val::Str(s) => transform::parse_number(&s),
+                    };
+                    match n {
+                        Ok(n) => values.push(Some(n)),
+                        Err(e) => return self.report.issue(ri, Reason::BadValue, || e),
+                    }
+                }
+                Err(e) => return self.report.issue(ri, Reason::BadValue, || e),
+            }
+        }
+        if rule.split {
+            for (name, vals) in &labels {
+                if rule.labels.iter().any(|l| l.split && &l.name == name)
+                    && vals.len() != values.len()
+                {
+                    let (a, b) = (vals.len(), values.len());
+                    return self.report.issue(ri, Reason::Zip, || {
+                        format!("label `{name}` has {a} items but the value has {b}: not zipped")
+                    });
+                }
+            }
+        }
+        if let Some(h) = &rule.histogram {
+            let Some(key) = self.view.read(node, &h.bucket) else {
+                return self
+                    .report
+                    .issue(ri, Reason::Missing, || "no bucket key".into());
+            };
+            // Records whose key is not a bucket are not part of this histogram.
+            let Some(&bound) = h.bounds.get(key.trim()) else {
+                return;
+            };
+            let Some(Some(v)) = values.first().copied() else {
+                return;
+            };
+            self.series
+                .add_bucket(rule.family, flatten(&labels, 0), ri, bound, v);
+            return;
+        }
+        let out: Vec<f64> = values.into_iter().flatten().collect();
+        if rule.split {
+            for (i, v) in out.into_iter().enumerate() {
+                let l = flatten(&labels, i);
+                self.push_checked(ri, l, v);
+            }
+        } else {
+            self.emit_values(ri, &labels, out);
+        }
+    }
+
+    fn emit_values(&mut self, ri: usize, labels: &[(String, Vec<String>)], values: Vec<f64>) {
+        for v in values {
+            let l = flatten(labels, 0);
+            self.push_checked(ri, l, v);
+        }
+    }
+
+    fn push_checked(&mut self, ri: usize, labels: Vec<(String, String)>, v: f64) {
+        let rule = &self.engine.mapping.rules[ri];
+        if rule.kind == Kind::Counter && (v.is_nan() || v < 0.0) {
+            return self.report.issue(ri, Reason::BadValue, || {
+                format!("a counter cannot be {}", crate::encode::format_value(v))
+            });
+        }
+        self.push(ri, labels, v);
+    }
+
+    fn push(&mut self, ri: usize, mut labels: Vec<(String, String)>, value: f64) {
+        let engine = self.engine;
+        let rule = &engine.mapping.rules[ri];
+        labels.extend(rule.const_labels.iter().cloned());
+        labels.sort();
+        self.series.start_key();
+        for (k, v) in &labels {
+            self.series.key_label(k, v);
+        }
+        self.series.fold(engine, ri, value, self.report);
+    }
+}
+
+/// The label set for item `i` of a (possibly split) record.
+fn flatten(labels: &[(String, Vec<String>)], i: usize) -> Vec<(String, String)> {
+    labels
+        .iter()
+        .map(|(k, v)| {
+            let val = if v.len() == 1 {
+                &v[0]
+            } else {
+                v.get(i).unwrap_or(&v[0])
+            };
+            (k.clone(), val.clone())
+        })
+        .collect()
+}
