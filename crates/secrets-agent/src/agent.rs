@@ -222,7 +222,7 @@ impl Agent {
     async fn refresh_token_if_due(&mut self, now: Instant) {
         let due = match self.auth_retry_at {
             Some(at) => at <= now,
-            None => self.auth.due().is_some_and(|at| at <= now),
+            None => self.auth.token().is_none() || self.auth.due().is_some_and(|at| at <= now),
         };
         if !due {
             return;

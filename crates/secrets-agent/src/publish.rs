@@ -14,6 +14,10 @@
 //! of another. The set is published only when some file's content, mode or owner differs
 //! from what is there; files that did not change are hard links to the previous version's,
 //! so their inode and mtime stay.
+//!
+//! Nothing is fsynced: readers see a consistent set through rename(2) alone, and after a crash
+//! of the machine the agent renders again at start and republishes whatever differs (secret
+//! volumes are often in memory anyway).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -126,7 +130,6 @@ impl Publisher {
                 write_file(&dest, file)?;
             }
         }
-        sync_dir(&version);
 
         // The swap: a new link beside ..data, renamed over it.
         let tmp = self.dir.join(DATA_TMP);
@@ -142,7 +145,6 @@ impl Publisher {
         for top in &new_tops {
             self.ensure_top_link(top)?;
         }
-        sync_dir(&self.dir);
         if let Some(old) = &old {
             remove_tree(old)?;
         }
@@ -238,14 +240,7 @@ fn write_file(dest: &Path, file: &Rendered) -> Result<(), PublishError> {
             .map_err(io("setting the owner of", dest))?;
     }
     f.set_permissions(fs::Permissions::from_mode(file.mode))
-        .map_err(io("setting the mode of", dest))?;
-    f.sync_all().map_err(io("syncing", dest))
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+        .map_err(io("setting the mode of", dest))
 }
 
 /// Every file under `dir`, relative to it.
