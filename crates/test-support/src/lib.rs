@@ -6,7 +6,7 @@
 //! - [`process`]: a real binary as a child process: its output captured for failure
 //!   messages, `/readyz` awaited, signals, graceful stop with the exit status, killed on drop.
 //! - [`metrics`]: `/metrics` scraped and parsed; a series is found by its name and its full
-//!   label set, and a missing series is `None`, never 0.
+//!   label set, and a missing series is `None`, never 0; `promtool check metrics` on a page.
 //! - [`wait`]: poll a condition until a deadline, with a message naming what did not happen.
 //! - [`http`]: a small blocking HTTP/1.1 client for admin endpoints.
 //! - [`net`]: whether the other end of a loopback connection has read what was sent.

@@ -182,6 +182,38 @@ pub fn try_scrape(addr: SocketAddr) -> Result<Metrics, String> {
     })
 }
 
+/// Runs `promtool check metrics` (Debian package `prometheus`) on a page: `Err` with
+/// promtool's complaints if it refuses it. A missing promtool fails the test.
+pub fn promtool_check(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    crate::skip::require_program("promtool", "prometheus");
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run promtool: {e}"))?;
+    // A failed write means promtool stopped reading: its output says why.
+    let _ = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(text.as_bytes()));
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("promtool: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "promtool check metrics refused the page: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 /// A series' labels, sorted by name.
 type Labels = Vec<(String, String)>;
 

@@ -37,11 +37,12 @@ pub fn value<T>(timeout: Duration, what: impl Display, f: impl FnMut() -> Option
     Wait::new(what).timeout(timeout).value(f)
 }
 
-/// [`until`] from async code (the runtime keeps running while it waits).
+/// [`until`] from async code, with an async condition (the runtime keeps running while it
+/// waits: a condition served by a task of the test's own runtime can come true).
 pub fn until_async(
     timeout: Duration,
     what: impl Display,
-    condition: impl FnMut() -> bool,
+    condition: impl AsyncFnMut() -> bool,
 ) -> impl Future<Output = ()> {
     Wait::new(what).timeout(timeout).until_async(condition)
 }
@@ -149,17 +150,18 @@ impl<'a> Wait<'a> {
         }
     }
 
-    /// [`Wait::until`] from async code.
-    pub async fn until_async(self, mut condition: impl FnMut() -> bool) {
-        self.value_async(|| condition().then_some(())).await;
+    /// [`Wait::until`] from async code, with an async condition.
+    pub async fn until_async(self, mut condition: impl AsyncFnMut() -> bool) {
+        self.value_async(async || condition().await.then_some(()))
+            .await;
     }
 
-    /// [`Wait::value`] from async code.
-    pub async fn value_async<T>(self, mut f: impl FnMut() -> Option<T>) -> T {
+    /// [`Wait::value`] from async code, with an async check.
+    pub async fn value_async<T>(self, mut f: impl AsyncFnMut() -> Option<T>) -> T {
         let started = Instant::now();
         loop {
             let checked_at = started.elapsed();
-            if let Some(v) = f() {
+            if let Some(v) = f().await {
                 return v;
             }
             if checked_at >= self.timeout {
@@ -169,12 +171,12 @@ impl<'a> Wait<'a> {
         }
     }
 
-    /// [`Wait::elapsed`] from async code.
-    pub async fn elapsed_async(self, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+    /// [`Wait::elapsed`] from async code, with an async condition.
+    pub async fn elapsed_async(self, mut condition: impl AsyncFnMut() -> bool) -> Option<Duration> {
         let started = Instant::now();
         loop {
             let checked_at = started.elapsed();
-            if condition() {
+            if condition().await {
                 return Some(started.elapsed());
             }
             if checked_at >= self.timeout {
@@ -245,7 +247,8 @@ mod tests {
     async fn value_async_returns_the_value() {
         let mut n = 0;
         let got = Wait::new("a value")
-            .value_async(|| {
+            .value_async(async || {
+                tokio::task::yield_now().await;
                 n += 1;
                 (n == 2).then_some("two")
             })
