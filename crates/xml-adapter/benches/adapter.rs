@@ -160,7 +160,8 @@ async fn memory_part(mapping_path: &std::path::Path) {
     let t = Instant::now();
     let page = common::get_text(&a.url("/metrics")).await;
     let took = t.elapsed();
-    assert_eq!(common::value(&page, "bind_up"), Some(1.0));
+    let page = test_support::metrics::Metrics::parse(&page).expect("a metrics page");
+    assert_eq!(page.value("bind_up"), Some(1.0));
     let peak = vm_hwm_kib(a.proc.pid());
     println!("| measure | value |\n|---|---|");
     println!("| VmHWM after start | {:.1} MiB |", before as f64 / 1024.0);

@@ -6,34 +6,27 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::net::UdpSocket;
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-fn require(program: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
-        || Path::new(program).is_file();
-    assert!(
-        found,
-        "`{program}` is not installed: this test needs Debian's `{package}` package"
-    );
-}
+use test_support::ports::free_port;
+use test_support::process::Process;
+use test_support::skip::require_program;
+use test_support::wait::Wait;
 
 /// `named` on free ports with one authoritative zone; killed on drop.
 struct Named {
-    _proc: Proc,
+    _proc: Process,
     dns_port: u16,
     stats_port: u16,
     _dir: tempfile::TempDir,
 }
 
 async fn start_named() -> Named {
-    require("named", "bind9");
+    require_program("named", "bind9");
     for _ in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         let (dns_port, stats_port) = (free_port(), free_port());
@@ -64,29 +57,28 @@ zone "example.test" {{ type primary; file "{d}/example.test.zone"; }};
         .unwrap();
         let mut cmd = Command::new("named");
         cmd.arg("-g").arg("-c").arg(dir.path().join("named.conf"));
-        let mut proc = spawn_logged(cmd);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = proc.child.try_wait() {
-                break;
-            }
-            if let Ok(r) = common::http()
-                .get(format!("http://127.0.0.1:{stats_port}/xml/v3/server"))
-                .send()
-                .await
-                && r.status() == 200
-                && proc.log().contains("running")
-            {
-                return Named {
-                    _proc: proc,
-                    dns_port,
-                    stats_port,
-                    _dir: dir,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut proc = Process::spawn("named", cmd);
+        let mut exited = false;
+        let up = Wait::new("named")
+            .timeout(Duration::from_secs(20))
+            .every(Duration::from_millis(100))
+            .elapsed_async(async || {
+                exited = proc.try_exit().is_some();
+                let stats = common::http()
+                    .get(format!("http://127.0.0.1:{stats_port}/xml/v3/server"))
+                    .send()
+                    .await;
+                exited || (stats.is_ok_and(|r| r.status() == 200) && proc.log().contains("running"))
+            })
+            .await;
+        if up.is_some() && !exited {
+            return Named {
+                _proc: proc,
+                dns_port,
+                stats_port,
+                _dir: dir,
+            };
         }
-        let _ = proc.child.kill();
         eprintln!("named did not come up, retrying:\n{}", proc.log());
     }
     panic!("named did not start");
@@ -123,13 +115,13 @@ fn percent_encode(s: &str) -> String {
 }
 
 struct Prometheus {
-    proc: Proc,
+    proc: Process,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
 async fn start_prometheus(target_port: u16) -> Prometheus {
-    require("prometheus", "prometheus");
+    require_program("prometheus", "prometheus");
     for _ in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -148,27 +140,27 @@ async fn start_prometheus(target_port: u16) -> Prometheus {
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"));
-        let mut proc = spawn_logged(cmd);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(_)) = proc.child.try_wait() {
-                break;
-            }
-            if let Ok(r) = common::http()
-                .get(format!("http://127.0.0.1:{port}/-/ready"))
-                .send()
-                .await
-                && r.status() == 200
-            {
-                return Prometheus {
-                    proc,
-                    port,
-                    _dir: dir,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut proc = Process::spawn("prometheus", cmd);
+        let mut exited = false;
+        let up = Wait::new("prometheus")
+            .timeout(Duration::from_secs(30))
+            .every(Duration::from_millis(100))
+            .elapsed_async(async || {
+                exited = proc.try_exit().is_some();
+                let ready = common::http()
+                    .get(format!("http://127.0.0.1:{port}/-/ready"))
+                    .send()
+                    .await;
+                exited || ready.is_ok_and(|r| r.status() == 200)
+            })
+            .await;
+        if up.is_some() && !exited {
+            return Prometheus {
+                proc,
+                port,
+                _dir: dir,
+            };
         }
-        let _ = proc.child.kill();
         eprintln!("prometheus did not come up, retrying:\n{}", proc.log());
     }
     panic!("prometheus did not start");
@@ -195,19 +187,16 @@ impl Prometheus {
     }
 
     async fn wait_for(&self, q: &str, want: f64) {
-        let started = Instant::now();
-        let mut last = None;
-        while started.elapsed() < Duration::from_secs(30) {
-            last = self.query_one(q).await;
-            if last == Some(want) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        panic!(
-            "Prometheus query `{q}`: want {want}, last {last:?}\n{}",
-            self.proc.log()
-        );
+        let last = Cell::new(None);
+        Wait::new(format_args!("Prometheus query `{q}` to give {want}"))
+            .timeout(Duration::from_secs(30))
+            .every(Duration::from_millis(250))
+            .context(|| format!("last: {:?}\n{}", last.get(), self.proc.log()))
+            .until_async(async || {
+                last.set(self.query_one(q).await);
+                last.get() == Some(want)
+            })
+            .await;
     }
 }
 
@@ -238,39 +227,36 @@ async fn real_bind9_through_the_adapter_into_real_prometheus() {
     .await;
 
     // Directly: the adapter's page for the live named.
-    let page = get_text(&adapter.url("/metrics")).await;
+    let page = scrape(&adapter.url("/metrics")).await;
     assert_eq!(
-        value(&page, "bind_up"),
+        page.value("bind_up"),
         Some(1.0),
         "{page}\n{}",
         adapter.proc.log()
     );
     assert_eq!(
-        value(&page, "bind_incoming_queries_total{type=\"A\"}"),
+        page.value("bind_incoming_queries_total{type=\"A\"}"),
         Some(f64::from(ok + nx))
     );
     assert_eq!(
-        value(&page, "bind_incoming_requests_total{opcode=\"QUERY\"}"),
+        page.value("bind_incoming_requests_total{opcode=\"QUERY\"}"),
         Some(f64::from(ok + nx))
     );
     assert_eq!(
-        value(&page, "bind_response_rcodes_total{rcode=\"NXDOMAIN\"}"),
+        page.value("bind_response_rcodes_total{rcode=\"NXDOMAIN\"}"),
         Some(f64::from(nx))
     );
     assert_eq!(
-        value(
-            &page,
-            "bind_zone_serial{view=\"_default\",zone_name=\"example.test\"}"
-        ),
+        page.value("bind_zone_serial{view=\"_default\",zone_name=\"example.test\"}"),
         Some(2024061501.0)
     );
-    let boot = value(&page, "bind_boot_time_seconds").unwrap();
+    let boot = page.value("bind_boot_time_seconds").unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
     assert!((now - boot).abs() < 300.0, "boot time {boot} vs now {now}");
-    promtool_check(&page).unwrap();
+    promtool_check(page.text()).unwrap();
 
     // Through Prometheus (which negotiates OpenMetrics with the adapter).
     let prom = start_prometheus(adapter.listen).await;
@@ -309,6 +295,6 @@ async fn real_bind9_through_the_adapter_into_real_prometheus() {
     prom.wait_for("bind_up", 0.0).await;
     prom.wait_for("xml_adapter_up", 0.0).await;
     prom.wait_for("up{job=\"bind\"}", 1.0).await;
-    let page = get_text(&adapter.url("/metrics")).await;
-    assert!(!page.contains("bind_incoming_queries_total{"));
+    let page = scrape(&adapter.url("/metrics")).await;
+    assert!(!page.text().contains("bind_incoming_queries_total{"));
 }

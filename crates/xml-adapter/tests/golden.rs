@@ -4,9 +4,9 @@
 // Test helpers panic on purpose: a failed setup is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
+use test_support::metrics::Metrics;
 use xml_adapter::encode::{Format, encode};
 use xml_adapter::engine::Engine;
 use xml_adapter::mapping::Mapping;
@@ -27,27 +27,9 @@ fn translate(engine: &Engine, fixture: &str) -> xml_adapter::engine::Translation
 }
 
 fn promtool_check(text: &str, what: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package `prometheus`) must be installed for this test");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics rejects {what}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = test_support::metrics::promtool_check(text) {
+        panic!("{what}: {e}");
+    }
 }
 
 fn golden(name: &str, text: &str) {
@@ -62,7 +44,8 @@ fn golden(name: &str, text: &str) {
     promtool_check(text, name);
 }
 
-fn check_golden(mapping: &str, fixture: &str, golden_name: &str) -> String {
+/// Checks the golden and returns the page, parsed.
+fn check_golden(mapping: &str, fixture: &str, golden_name: &str) -> Metrics {
     let e = engine(mapping);
     let t = translate(&e, fixture);
     let fams: Vec<_> = t.families.iter().collect();
@@ -71,56 +54,36 @@ fn check_golden(mapping: &str, fixture: &str, golden_name: &str) -> String {
     // The OpenMetrics rendering of the same samples must be accepted too.
     let om = encode(&fams, Format::OpenMetrics);
     assert!(om.ends_with("# EOF\n"));
-    text
-}
-
-fn parse_expected(path: &Path) -> Vec<(String, f64)> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            (series.to_string(), value.parse().unwrap())
-        })
-        .collect()
+    Metrics::parse(&text).unwrap_or_else(|e| panic!("{golden_name}: {e}"))
 }
 
 #[test]
 fn bind9_reproduces_bind_exporter_samples() {
     let mapping = "examples/mappings/bind9.yaml";
-    let mut all = String::new();
+    let mut served = Vec::new();
     for (fixture, g) in [
         ("bind9/server.xml", "bind9_server.prom"),
         ("bind9/zones.xml", "bind9_zones.prom"),
         ("bind9/tasks.xml", "bind9_tasks.prom"),
     ] {
-        all.push_str(&check_golden(mapping, fixture, g));
+        served.push(check_golden(mapping, fixture, g));
     }
-    let served: Vec<(String, f64)> = all
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| {
-            let (s, v) = l.rsplit_once(' ').unwrap();
-            (s.to_string(), v.parse::<f64>().unwrap())
-        })
-        .collect();
-    let expected =
-        parse_expected(&root().join("tests/fixtures/bind9/bind_exporter_expected_subset.txt"));
-    assert!(expected.len() > 30);
-    for (series, value) in expected {
+    let path = root().join("tests/fixtures/bind9/bind_exporter_expected_subset.txt");
+    let expected = Metrics::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(expected.samples().len() > 30);
+    for sample in expected.samples() {
+        let labels: Vec<(&str, &str)> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         assert!(
-            served.iter().any(|(s, v)| *s == series && *v == value),
-            "bind_exporter serves `{series} {value}`; the adapter does not"
+            served
+                .iter()
+                .any(|page| page.get(&sample.name, &labels) == Some(sample.value)),
+            "bind_exporter serves `{sample:?}`; the adapter does not"
         );
     }
-}
-
-fn series_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series))
-        .map(|(_, v)| v.parse().unwrap())
 }
 
 #[test]
@@ -131,9 +94,10 @@ fn monit_every_service_type() {
             &format!("monit/response_servicetype_{t}.xml"),
             &format!("monit_servicetype_{t}.prom"),
         );
-        assert_eq!(series_value(&text, "monit_up"), Some(1.0));
+        assert_eq!(text.value("monit_up"), Some(1.0));
         assert!(
-            text.contains("monit_service_status{name="),
+            text.series("monit_service_status")
+                .any(|s| s.label("name").is_some()),
             "type {t}: {text}"
         );
     }
@@ -143,7 +107,7 @@ fn monit_every_service_type() {
         "monit_servicetype_0.prom",
     );
     assert_eq!(
-        series_value(&fs, "monit_filesystem_block_used_ratio{name=\"test\"}"),
+        fs.value("monit_filesystem_block_used_ratio{name=\"test\"}"),
         Some(0.295)
     );
     for variant in [
@@ -168,20 +132,17 @@ fn passenger_two_declarations_and_ancestor_labels() {
         "passenger.prom",
     );
     assert_eq!(
-        series_value(
-            &text,
-            "passenger_process_processed_requests_total{group=\"/var/app/current/public\",pid=\"11553\"}"
+        text.value("passenger_process_processed_requests_total{group=\"/var/app/current/public\",pid=\"11553\"}"
         ),
         Some(951.0)
     );
     assert_eq!(
-        series_value(
-            &text,
+        text.value(
             "passenger_process_uptime_seconds{group=\"/var/app/current/public\",pid=\"11553\"}"
         ),
         Some(2.0 * 86400.0 + 5.0 * 3600.0 + 3.0 * 60.0 + 46.0)
     );
-    assert_eq!(series_value(&text, "passenger_processes"), Some(23.0));
+    assert_eq!(text.value("passenger_processes"), Some(23.0));
 }
 
 #[test]
@@ -192,34 +153,30 @@ fn neptune_apex_padded_values_and_us_dates() {
         "neptune_apex.prom",
     );
     assert_eq!(
-        series_value(
-            &text,
-            "neptune_apex_probe_value{name=\"RETURN_2_1W\",type=\"\"}"
-        ),
+        text.value("neptune_apex_probe_value{name=\"RETURN_2_1W\",type=\"\"}"),
         Some(35.0)
     );
     // 12/22/2018 21:55:37 at UTC-8.
     assert_eq!(
-        series_value(&text, "neptune_apex_clock_timestamp_seconds"),
+        text.value("neptune_apex_clock_timestamp_seconds"),
         Some(1545544537.0)
     );
     assert_eq!(
-        series_value(
-            &text,
-            "neptune_apex_outlet_state{device_id=\"base_Var1\",name=\"VarSpd1_I1\",neptune_apex_outlet_state=\"PF1\"}"
-        ),
-        Some(1.0)
-    );
-    assert!(text.contains("neptune_apex_info{hardware=\"1.0\",hostname=\"apex\",serial=\"AC5:12345\",software=\"5.04_7A18\"} 1"), "{text}");
-    assert_eq!(
-        series_value(
-            &text,
-            "neptune_apex_outlet_has_xstatus{name=\"RVortech_3_1\"}"
+        text.value("neptune_apex_outlet_state{device_id=\"base_Var1\",name=\"VarSpd1_I1\",neptune_apex_outlet_state=\"PF1\"}"
         ),
         Some(1.0)
     );
     assert_eq!(
-        series_value(&text, "neptune_apex_outlet_has_xstatus{name=\"LEAK\"}"),
+        text.value("neptune_apex_info{hardware=\"1.0\",hostname=\"apex\",serial=\"AC5:12345\",software=\"5.04_7A18\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        text.value("neptune_apex_outlet_has_xstatus{name=\"RVortech_3_1\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        text.value("neptune_apex_outlet_has_xstatus{name=\"LEAK\"}"),
         Some(0.0)
     );
 }
@@ -259,52 +216,36 @@ fn quakeml_namespaces_through_the_mappings_prefixes() {
         ),
     ] {
         assert!(
-            text.lines().any(|l| l.starts_with("earthquake_magnitude{")
-                && l.contains(&format!("eventid=\"{eventid}\""))
-                && l.ends_with(&format!(" {mag}"))),
+            text.series("earthquake_magnitude")
+                .any(|s| s.label("eventid") == Some(eventid) && s.value == mag),
             "{eventid}"
         );
         assert_eq!(
-            series_value(
-                &text,
-                &format!("earthquake_depth_meters{{eventid=\"{eventid}\"}}")
-            ),
+            text.value(&format!("earthquake_depth_meters{{eventid=\"{eventid}\"}}")),
             Some(depth)
         );
         assert_eq!(
-            series_value(
-                &text,
-                &format!("earthquake_latitude_degrees{{eventid=\"{eventid}\"}}")
-            ),
+            text.value(&format!(
+                "earthquake_latitude_degrees{{eventid=\"{eventid}\"}}"
+            )),
             Some(lat)
         );
         assert_eq!(
-            series_value(
-                &text,
-                &format!("earthquake_longitude_degrees{{eventid=\"{eventid}\"}}")
-            ),
+            text.value(&format!(
+                "earthquake_longitude_degrees{{eventid=\"{eventid}\"}}"
+            )),
             Some(lon)
         );
-        let ts = series_value(
-            &text,
-            &format!("earthquake_origin_timestamp_seconds{{eventid=\"{eventid}\"}}"),
-        )
-        .unwrap();
+        let ts = text
+            .value(&format!(
+                "earthquake_origin_timestamp_seconds{{eventid=\"{eventid}\"}}"
+            ))
+            .unwrap();
         assert!((ts - ts_ns as f64 / 1e9).abs() < 1e-3, "{eventid}: {ts}");
     }
-    assert_eq!(
-        text.lines()
-            .filter(|l| l.starts_with("earthquake_magnitude{"))
-            .count(),
-        15
-    );
+    assert_eq!(text.series("earthquake_magnitude").count(), 15);
     // The event without a station count has no sample (and the rule counts it as missing).
-    assert_eq!(
-        text.lines()
-            .filter(|l| l.starts_with("earthquake_stations_used{"))
-            .count(),
-        14
-    );
+    assert_eq!(text.series("earthquake_stations_used").count(), 14);
     // A mapping whose prefix points at another namespace URI matches nothing.
     let wrong = Mapping::parse(
         "namespaces: {bed: 'urn:not-quakeml'}\nrules:\n  - {name: x, type: gauge, path: '//bed:event', value: '@publicID'}\n",
@@ -327,14 +268,12 @@ fn threegpp_types_zip_with_results_in_lenient_mode() {
         "3gpp.prom",
     );
     assert_eq!(
-        series_value(
-            &text,
-            "pm_measurement{info=\"RRC\",object=\"ENBFunction=ORAN-XXXX-TB,EUtranCellFDD=TL08-123456-31\",type=\"VS.RRC.EutrantoNRRedirAttNbr\"}"
+        text.value("pm_measurement{info=\"RRC\",object=\"ENBFunction=ORAN-XXXX-TB,EUtranCellFDD=TL08-123456-31\",type=\"VS.RRC.EutrantoNRRedirAttNbr\"}"
         ),
         Some(30.0)
     );
     assert_eq!(
-        series_value(&text, "pm_file_begin_timestamp_seconds"),
+        text.value("pm_file_begin_timestamp_seconds"),
         Some(1647511200.0)
     );
     let e = engine("tests/mappings/3gpp.yaml");
@@ -348,7 +287,7 @@ fn threegpp_types_zip_with_results_in_lenient_mode() {
         )),
         Some(&6)
     );
-    assert!(!text.contains("FDDL"));
+    assert!(!text.text().contains("FDDL"));
 }
 
 #[test]

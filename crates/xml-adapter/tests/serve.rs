@@ -11,6 +11,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
+use test_support::metrics::Metrics;
+use test_support::wait::{self, Wait};
 
 fn bind_mapping() -> std::path::PathBuf {
     manifest_path("examples/mappings/bind9.yaml")
@@ -20,28 +22,28 @@ fn bind_mapping() -> std::path::PathBuf {
 async fn serves_translated_samples_self_metrics_and_json() {
     let up = start_upstream(Behaviour::Body(Arc::new(fixture("bind9/server.xml")))).await;
     let a = start_adapter(&bind_mapping(), &up.url(), &[]).await;
-    let page = get_text(&a.url("/metrics")).await;
-    assert_eq!(value(&page, "bind_up"), Some(1.0));
+    let page = scrape(&a.url("/metrics")).await;
+    assert_eq!(page.value("bind_up"), Some(1.0));
     assert_eq!(
-        value(&page, "bind_incoming_queries_total{type=\"A\"}"),
+        page.value("bind_incoming_queries_total{type=\"A\"}"),
         Some(128417.0)
     );
     assert_eq!(
-        value(
-            &page,
-            "bind_resolver_query_duration_seconds_bucket{view=\"_default\",le=\"+Inf\"}"
-        ),
+        page.value("bind_resolver_query_duration_seconds_bucket{view=\"_default\",le=\"+Inf\"}"),
         Some(227755.0)
     );
-    assert_eq!(value(&page, "xml_adapter_up"), Some(1.0));
-    assert!(value(&page, "xml_adapter_series").unwrap() > 100.0);
+    assert_eq!(page.value("xml_adapter_up"), Some(1.0));
+    assert!(page.value("xml_adapter_series").unwrap() > 100.0);
     assert!(
-        value(&page, "xml_adapter_scrape_bytes").unwrap()
-            >= fixture("bind9/server.xml").len() as f64
+        page.value("xml_adapter_scrape_bytes").unwrap() >= fixture("bind9/server.xml").len() as f64
     );
-    assert!(value(&page, "xml_adapter_last_success_timestamp_seconds").unwrap() > 1.7e9);
-    assert!(value(&page, "xml_adapter_scrape_duration_seconds").unwrap() > 0.0);
-    promtool_check(&page).unwrap();
+    assert!(
+        page.value("xml_adapter_last_success_timestamp_seconds")
+            .unwrap()
+            > 1.7e9
+    );
+    assert!(page.value("xml_adapter_scrape_duration_seconds").unwrap() > 0.0);
+    promtool_check(page.text()).unwrap();
 
     let json: serde_json::Value = serde_json::from_str(&get_text(&a.url("/json")).await).unwrap();
     assert_eq!(json["up"], true);
@@ -101,21 +103,23 @@ async fn malformed_upstream_serves_up_0_and_nothing_partial() {
     let a = start_adapter(&manifest_path("tests/mappings/monit.yaml"), &up.url(), &[]).await;
     let r = get(&a.url("/metrics"), &[]).await;
     assert_eq!(r.status(), 200);
-    let page = r.text().await.unwrap();
-    assert_eq!(value(&page, "monit_up"), Some(0.0));
-    assert_eq!(value(&page, "xml_adapter_up"), Some(0.0));
+    let page = Metrics::parse(&r.text().await.unwrap()).unwrap();
+    assert_eq!(page.value("monit_up"), Some(0.0));
+    assert_eq!(page.value("xml_adapter_up"), Some(0.0));
     // The service records before the broken element were fine, and are still not served.
-    assert!(!page.contains("monit_server_uptime_seconds"), "{page}");
-    assert!(!page.contains("monit_service_status"), "{page}");
+    assert!(
+        !page.text().contains("monit_server_uptime_seconds"),
+        "{page}"
+    );
+    assert!(!page.text().contains("monit_service_status"), "{page}");
     assert_eq!(
-        value(&page, "xml_adapter_scrape_errors_total{kind=\"malformed\"}"),
+        page.value("xml_adapter_scrape_errors_total{kind=\"malformed\"}"),
         Some(1.0)
     );
-    promtool_check(&page).unwrap();
-    assert!(
-        a.proc.wait_log("expected </block>, found </service>"),
-        "{}",
-        a.proc.log()
+    promtool_check(page.text()).unwrap();
+    a.proc.wait_log(
+        "expected </block>, found </service>",
+        Duration::from_secs(10),
     );
     // The JSON view says why.
     let json: serde_json::Value = serde_json::from_str(&get_text(&a.url("/json")).await).unwrap();
@@ -125,8 +129,8 @@ async fn malformed_upstream_serves_up_0_and_nothing_partial() {
     up.set(Behaviour::Body(Arc::new(fixture(
         "monit/response_servicetype_3.xml",
     ))));
-    let page = get_text(&a.url("/metrics")).await;
-    assert_eq!(value(&page, "monit_up"), Some(1.0));
+    let page = scrape(&a.url("/metrics")).await;
+    assert_eq!(page.value("monit_up"), Some(1.0));
 }
 
 #[tokio::test]
@@ -137,19 +141,16 @@ async fn dtd_entities_are_never_expanded() {
 <statistics><server><counters type="qtype"><counter name="A">&lol2;</counter></counters></server></statistics>"#;
     let up = start_upstream(Behaviour::Body(Arc::new(laughs.to_vec()))).await;
     let a = start_adapter(&bind_mapping(), &up.url(), &[]).await;
-    let page = get_text(&a.url("/metrics")).await;
-    assert_eq!(value(&page, "bind_up"), Some(0.0));
-    assert!(
-        a.proc.wait_log("undefined entity `&lol2;`"),
-        "{}",
-        a.proc.log()
-    );
+    let page = scrape(&a.url("/metrics")).await;
+    assert_eq!(page.value("bind_up"), Some(0.0));
+    a.proc
+        .wait_log("undefined entity `&lol2;`", Duration::from_secs(10));
     up.set(Behaviour::Body(Arc::new(
         br#"<?xml version="1.0"?><!DOCTYPE s [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><statistics><server><version>&xxe;</version></server></statistics>"#.to_vec(),
     )));
-    let page = get_text(&a.url("/metrics")).await;
-    assert_eq!(value(&page, "bind_up"), Some(0.0));
-    assert!(!page.contains("root:"), "{page}");
+    let page = scrape(&a.url("/metrics")).await;
+    assert_eq!(page.value("bind_up"), Some(0.0));
+    assert!(!page.text().contains("root:"), "{page}");
 }
 
 #[tokio::test]
@@ -161,29 +162,24 @@ async fn a_bad_value_drops_only_its_sample_and_labels_are_escaped() {
         </counters></server></statistics>";
     let up = start_upstream(Behaviour::Body(Arc::new(doc.as_bytes().to_vec()))).await;
     let a = start_adapter(&bind_mapping(), &up.url(), &[]).await;
-    let page = get_text(&a.url("/metrics")).await;
-    assert_eq!(value(&page, "bind_up"), Some(1.0));
+    let page = scrape(&a.url("/metrics")).await;
+    assert_eq!(page.value("bind_up"), Some(1.0));
     assert_eq!(
-        value(&page, "bind_incoming_queries_total{type=\"A\"}"),
+        page.value("bind_incoming_queries_total{type=\"A\"}"),
         Some(10.0)
     );
-    assert!(!page.contains("type=\"AAAA\""));
+    assert!(!page.text().contains("type=\"AAAA\""));
     assert_eq!(
-        value(
-            &page,
-            "bind_incoming_queries_total{type=\"we\\\"ird\\\\ \\nünï\"}"
-        ),
+        page.value("bind_incoming_queries_total{type=\"we\\\"ird\\\\ \\nünï\"}"),
         Some(3.0),
         "{page}"
     );
     assert_eq!(
-        value(
-            &page,
-            "xml_adapter_rule_errors_total{reason=\"bad_value\",rule=\"bind_incoming_queries_total\"}"
+        page.value("xml_adapter_rule_errors_total{reason=\"bad_value\",rule=\"bind_incoming_queries_total\"}"
         ),
         Some(1.0)
     );
-    promtool_check(&page).unwrap();
+    promtool_check(page.text()).unwrap();
 }
 
 #[tokio::test]
@@ -191,17 +187,17 @@ async fn one_kept_alive_connection_for_many_scrapes() {
     let up = start_upstream(Behaviour::Body(Arc::new(fixture("bind9/server.xml")))).await;
     let a = start_adapter(&bind_mapping(), &up.url(), &[]).await;
     for _ in 0..10 {
-        let page = get_text(&a.url("/metrics")).await;
-        assert_eq!(value(&page, "bind_up"), Some(1.0));
+        let page = scrape(&a.url("/metrics")).await;
+        assert_eq!(page.value("bind_up"), Some(1.0));
     }
     // Concurrent scrapes are serialised onto the same connection.
     let mut tasks = Vec::new();
     for _ in 0..5 {
         let url = a.url("/metrics");
-        tasks.push(tokio::spawn(async move { get_text(&url).await }));
+        tasks.push(tokio::spawn(async move { scrape(&url).await }));
     }
     for t in tasks {
-        assert_eq!(value(&t.await.unwrap(), "bind_up"), Some(1.0));
+        assert_eq!(t.await.unwrap().value("bind_up"), Some(1.0));
     }
     assert_eq!(up.requests.load(Ordering::SeqCst), 15);
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
@@ -228,7 +224,7 @@ async fn slow_upstream_answers_within_prometheus_scrape_timeout() {
     .await;
     let took = started.elapsed();
     assert_eq!(r.status(), 200);
-    let page = r.text().await.unwrap();
+    let page = Metrics::parse(&r.text().await.unwrap()).unwrap();
     assert!(
         took < Duration::from_millis(2500),
         "answered after {took:?}"
@@ -237,9 +233,9 @@ async fn slow_upstream_answers_within_prometheus_scrape_timeout() {
         took >= Duration::from_millis(1200),
         "answered after {took:?}"
     );
-    assert_eq!(value(&page, "bind_up"), Some(0.0));
+    assert_eq!(page.value("bind_up"), Some(0.0));
     assert_eq!(
-        value(&page, "xml_adapter_scrape_errors_total{kind=\"timeout\"}"),
+        page.value("xml_adapter_scrape_errors_total{kind=\"timeout\"}"),
         Some(1.0)
     );
 }
@@ -250,46 +246,47 @@ async fn upstream_closing_mid_body_is_a_failed_scrape() {
     let cut = body.len() / 2;
     let up = start_upstream(Behaviour::CloseMidBody(body, cut)).await;
     let a = start_adapter(&bind_mapping(), &up.url(), &[]).await;
-    let page = get_text(&a.url("/metrics")).await;
-    assert_eq!(value(&page, "bind_up"), Some(0.0));
-    assert!(!page.contains("bind_incoming_queries_total{"), "{page}");
+    let page = scrape(&a.url("/metrics")).await;
+    assert_eq!(page.value("bind_up"), Some(0.0));
+    assert!(
+        !page.text().contains("bind_incoming_queries_total{"),
+        "{page}"
+    );
     assert_eq!(
-        value(&page, "xml_adapter_scrape_errors_total{kind=\"fetch\"}"),
+        page.value("xml_adapter_scrape_errors_total{kind=\"fetch\"}"),
         Some(1.0)
     );
-    assert!(a.proc.wait_log("the body broke off"), "{}", a.proc.log());
+    a.proc
+        .wait_log("the body broke off", Duration::from_secs(10));
     // HTTP errors are failures too.
     up.set(Behaviour::Status(503));
-    let page = get_text(&a.url("/metrics")).await;
+    let page = scrape(&a.url("/metrics")).await;
     assert_eq!(
-        value(
-            &page,
-            "xml_adapter_scrape_errors_total{kind=\"http_status\"}"
-        ),
+        page.value("xml_adapter_scrape_errors_total{kind=\"http_status\"}"),
         Some(1.0)
     );
-    assert_eq!(value(&page, "bind_up"), Some(0.0));
+    assert_eq!(page.value("bind_up"), Some(0.0));
 }
 
 #[tokio::test]
 async fn body_cap_refuses_and_counts() {
     let up = start_upstream(Behaviour::Generated(5_000_000)).await;
     let a = start_adapter(&bind_mapping(), &up.url(), &["--max-body-bytes", "1000000"]).await;
-    let page = get_text(&a.url("/metrics")).await;
-    assert_eq!(value(&page, "bind_up"), Some(0.0));
+    let page = scrape(&a.url("/metrics")).await;
+    assert_eq!(page.value("bind_up"), Some(0.0));
     assert_eq!(
-        value(&page, "xml_adapter_scrape_errors_total{kind=\"body_cap\"}"),
+        page.value("xml_adapter_scrape_errors_total{kind=\"body_cap\"}"),
         Some(1.0)
     );
     assert_eq!(
-        value(&page, "xml_adapter_cap_truncations_total{cap=\"body\"}"),
+        page.value("xml_adapter_cap_truncations_total{cap=\"body\"}"),
         Some(1.0)
     );
     // With a Content-Length above the cap, nothing is read at all.
     up.set(Behaviour::Body(Arc::new(vec![b' '; 2_000_000])));
-    let page = get_text(&a.url("/metrics")).await;
+    let page = scrape(&a.url("/metrics")).await;
     assert_eq!(
-        value(&page, "xml_adapter_scrape_errors_total{kind=\"body_cap\"}"),
+        page.value("xml_adapter_scrape_errors_total{kind=\"body_cap\"}"),
         Some(2.0)
     );
 }
@@ -304,14 +301,14 @@ async fn a_200_mb_document_streams_through() {
         &["--max-body-bytes", "300000000", "--timeout", "300s"],
     )
     .await;
-    let page = get_text(&a.url("/metrics")).await;
-    assert_eq!(value(&page, "bind_up"), Some(1.0), "{}", a.proc.log());
+    let page = scrape(&a.url("/metrics")).await;
+    assert_eq!(page.value("bind_up"), Some(1.0), "{}", a.proc.log());
     assert_eq!(
-        value(&page, "bind_tasks{state=\"idle\"}"),
+        page.value("bind_tasks{state=\"idle\"}"),
         Some(generated_tasks(size) as f64)
     );
-    assert_eq!(value(&page, "bind_worker_threads"), Some(16.0));
-    assert!(value(&page, "xml_adapter_scrape_bytes").unwrap() > size as f64 * 0.99);
+    assert_eq!(page.value("bind_worker_threads"), Some(16.0));
+    assert!(page.value("xml_adapter_scrape_bytes").unwrap() > size as f64 * 0.99);
 }
 
 #[tokio::test]
@@ -322,10 +319,10 @@ async fn series_cap_truncates_visibly() {
     std::fs::write(&capped, format!("limits: {{max_series: 5}}\n{src}")).unwrap();
     let up = start_upstream(Behaviour::Body(Arc::new(fixture("bind9/server.xml")))).await;
     let a = start_adapter(&capped, &up.url(), &[]).await;
-    let page = get_text(&a.url("/metrics")).await;
-    assert_eq!(value(&page, "xml_adapter_series"), Some(5.0));
+    let page = scrape(&a.url("/metrics")).await;
+    assert_eq!(page.value("xml_adapter_series"), Some(5.0));
     assert_eq!(
-        value(&page, "xml_adapter_cap_truncations_total{cap=\"series\"}"),
+        page.value("xml_adapter_cap_truncations_total{cap=\"series\"}"),
         Some(1.0)
     );
 }
@@ -343,20 +340,14 @@ async fn credentials_come_from_files() {
         &["--bearer-token-file", token.to_str().unwrap()],
     )
     .await;
-    assert_eq!(
-        value(&get_text(&a.url("/metrics")).await, "bind_up"),
-        Some(1.0)
-    );
+    assert_eq!(scrape(&a.url("/metrics")).await.value("bind_up"), Some(1.0));
     // Rotated on disk: the next fetch uses the new token.
     std::fs::write(&token, "rotated").unwrap();
     up.set(Behaviour::RequireAuth(
         "Bearer rotated".into(),
         body.clone(),
     ));
-    assert_eq!(
-        value(&get_text(&a.url("/metrics")).await, "bind_up"),
-        Some(1.0)
-    );
+    assert_eq!(scrape(&a.url("/metrics")).await.value("bind_up"), Some(1.0));
     drop(a);
 
     let pw = dir.path().join("pw");
@@ -377,18 +368,12 @@ async fn credentials_come_from_files() {
         ],
     )
     .await;
-    assert_eq!(
-        value(&get_text(&a.url("/metrics")).await, "bind_up"),
-        Some(1.0)
-    );
+    assert_eq!(scrape(&a.url("/metrics")).await.value("bind_up"), Some(1.0));
     std::fs::write(&pw, "wrong").unwrap();
-    let page = get_text(&a.url("/metrics")).await;
-    assert_eq!(value(&page, "bind_up"), Some(0.0));
+    let page = scrape(&a.url("/metrics")).await;
+    assert_eq!(page.value("bind_up"), Some(0.0));
     assert_eq!(
-        value(
-            &page,
-            "xml_adapter_scrape_errors_total{kind=\"http_status\"}"
-        ),
+        page.value("xml_adapter_scrape_errors_total{kind=\"http_status\"}"),
         Some(1.0)
     );
 }
@@ -398,20 +383,14 @@ async fn polling_mode_serves_the_cache_and_its_age() {
     let up = start_upstream(Behaviour::Body(Arc::new(fixture("bind9/server.xml")))).await;
     let a = start_adapter(&bind_mapping(), &up.url(), &["--poll-interval", "1s"]).await;
     // Ready once the first fetch was attempted.
-    let started = Instant::now();
-    while get(&a.admin_url("/readyz"), &[]).await.status() != 200 {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait::until_async(Duration::from_secs(10), "/readyz 200", async || {
+        get(&a.admin_url("/readyz"), &[]).await.status() == 200
+    })
+    .await;
     for _ in 0..20 {
-        let page = get_text(&a.url("/metrics")).await;
-        assert_eq!(
-            value(&page, "bind_up"),
-            Some(1.0),
-            "{page}\n{}",
-            a.proc.log()
-        );
-        let age = value(&page, "xml_adapter_cache_age_seconds").unwrap();
+        let page = scrape(&a.url("/metrics")).await;
+        assert_eq!(page.value("bind_up"), Some(1.0), "{page}\n{}", a.proc.log());
+        let age = page.value("xml_adapter_cache_age_seconds").unwrap();
         // Bounded by the poll interval plus one fetch (generous: this machine is shared).
         assert!(
             (0.0..11.0).contains(&age),
@@ -431,10 +410,9 @@ async fn mapping_reload_refuses_a_broken_mapping_and_keeps_serving() {
     let up = start_upstream(Behaviour::Body(Arc::new(fixture("bind9/server.xml")))).await;
     let a = start_adapter(&m, &up.url(), &[]).await;
     assert_eq!(
-        value(
-            &get_text(&a.url("/metrics")).await,
-            "app_queries_total{type=\"A\"}"
-        ),
+        scrape(&a.url("/metrics"))
+            .await
+            .value("app_queries_total{type=\"A\"}"),
         Some(128417.0)
     );
 
@@ -443,46 +421,38 @@ async fn mapping_reload_refuses_a_broken_mapping_and_keeps_serving() {
         "rules:\n  - {name: app_queries_total, type: countr, path: /x}\n",
     )
     .unwrap();
-    let started = Instant::now();
-    loop {
-        let page = get_text(&a.url("/metrics")).await;
-        if value(&page, "xml_adapter_mapping_reloads_total{result=\"error\"}") == Some(1.0) {
-            assert_eq!(
-                value(&page, "app_queries_total{type=\"A\"}"),
-                Some(128417.0)
-            );
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "no reload attempt seen"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(a.proc.wait_log("new mapping refused"), "{}", a.proc.log());
+    let page = Wait::new("a refused reload of the broken mapping")
+        .timeout(Duration::from_secs(15))
+        .every(Duration::from_millis(200))
+        .value_async(async || {
+            let page = scrape(&a.url("/metrics")).await;
+            let error = page.value("xml_adapter_mapping_reloads_total{result=\"error\"}");
+            (error == Some(1.0)).then_some(page)
+        })
+        .await;
+    assert_eq!(page.value("app_queries_total{type=\"A\"}"), Some(128417.0));
+    a.proc
+        .wait_log("new mapping refused", Duration::from_secs(10));
 
     std::fs::write(&m, "rules:\n  - {name: app_requests_total, help: Requests., type: counter, path: '/statistics/server/counters[@type=\"opcode\"]/counter', labels: {opcode: '@name'}}\n").unwrap();
-    let started = Instant::now();
-    loop {
-        let page = get_text(&a.url("/metrics")).await;
-        if let Some(v) = value(&page, "app_requests_total{opcode=\"QUERY\"}") {
-            assert_eq!(v, 37634.0);
-            assert!(!page.contains("app_queries_total"));
-            assert_eq!(
-                value(
-                    &page,
-                    "xml_adapter_mapping_reloads_total{result=\"success\"}"
-                ),
-                Some(1.0)
-            );
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "new mapping not picked up"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let page = Wait::new("the new mapping in use")
+        .timeout(Duration::from_secs(15))
+        .every(Duration::from_millis(200))
+        .value_async(async || {
+            let page = scrape(&a.url("/metrics")).await;
+            let served = page.value("app_requests_total{opcode=\"QUERY\"}").is_some();
+            served.then_some(page)
+        })
+        .await;
+    assert_eq!(
+        page.value("app_requests_total{opcode=\"QUERY\"}"),
+        Some(37634.0)
+    );
+    assert!(!page.text().contains("app_queries_total"));
+    assert_eq!(
+        page.value("xml_adapter_mapping_reloads_total{result=\"success\"}"),
+        Some(1.0)
+    );
 }
 
 #[test]

@@ -6,46 +6,23 @@
 
 mod common;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use test_support::certs::{Ca, Leaf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Pki {
-    ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn pki(name: &str) -> Pki {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key).unwrap();
-    Pki {
-        ca_pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
-fn leaf(ca: &Pki, san: &str) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec![san.to_string()]).unwrap();
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
 
 /// Serves `body` over TLS, requiring a client certificate from `client_ca`.
 async fn tls_upstream(
-    server: &(String, String),
+    server: &Leaf,
     client_ca: &str,
     body: Vec<u8>,
 ) -> (u16, tokio::task::JoinHandle<()>) {
     let identity = sidecar_kit::tls::Identity::from_pem(
-        server.0.as_bytes(),
-        server.1.as_bytes(),
+        server.cert_pem.as_bytes(),
+        server.key_pem.as_bytes(),
         Path::new("server.crt"),
         Path::new("server.key"),
     )
@@ -95,19 +72,17 @@ async fn tls_upstream(
 #[tokio::test]
 async fn https_upstream_with_ca_file_and_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (server_ca, client_ca) = (pki("server ca"), pki("client ca"));
-    let server = leaf(&server_ca, "127.0.0.1");
-    let client = leaf(&client_ca, "xml-adapter.test");
-    let write = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_str().unwrap().to_string()
-    };
-    let ca_file = write("ca.crt", &server_ca.ca_pem);
-    let cert_file = write("client.crt", &client.0);
-    let key_file = write("client.key", &client.1);
-    let (port, _server) =
-        tls_upstream(&server, &client_ca.ca_pem, fixture("bind9/zones.xml")).await;
+    let (server_ca, client_ca) = (Ca::new("server ca"), Ca::new("client ca"));
+    let server = server_ca.leaf().ip(IpAddr::V4(Ipv4Addr::LOCALHOST)).sign();
+    let client = client_ca.leaf().dns("xml-adapter.test").sign();
+    let ca_file = server_ca.write(&dir.path().join("ca.crt"));
+    let ca_file = ca_file.to_str().unwrap();
+    let client_files = client.write(dir.path(), "client");
+    let (cert_file, key_file) = (
+        client_files.cert.to_str().unwrap(),
+        client_files.key.to_str().unwrap(),
+    );
+    let (port, _server) = tls_upstream(&server, client_ca.pem(), fixture("bind9/zones.xml")).await;
     let url = format!("https://127.0.0.1:{port}/xml/v3/zones");
     let mapping = manifest_path("examples/mappings/bind9.yaml");
 
@@ -116,35 +91,32 @@ async fn https_upstream_with_ca_file_and_client_certificate() {
         &url,
         &[
             "--ca-file",
-            &ca_file,
+            ca_file,
             "--client-cert",
-            &cert_file,
+            cert_file,
             "--client-key",
-            &key_file,
+            key_file,
         ],
     )
     .await;
-    let page = get_text(&a.url("/metrics")).await;
-    assert_eq!(value(&page, "bind_up"), Some(1.0), "{}", a.proc.log());
+    let page = scrape(&a.url("/metrics")).await;
+    assert_eq!(page.value("bind_up"), Some(1.0), "{}", a.proc.log());
     assert_eq!(
-        value(
-            &page,
-            "bind_zone_serial{view=\"_default\",zone_name=\"TEST_ZONE\"}"
-        ),
+        page.value("bind_zone_serial{view=\"_default\",zone_name=\"TEST_ZONE\"}"),
         Some(123.0)
     );
     drop(a);
 
     // Without the CA the server is not trusted; without a client certificate the server refuses.
     for extra in [
-        vec!["--client-cert", &cert_file, "--client-key", &key_file],
-        vec!["--ca-file", &ca_file],
+        vec!["--client-cert", cert_file, "--client-key", key_file],
+        vec!["--ca-file", ca_file],
     ] {
         let a = start_adapter(&mapping, &url, &extra).await;
-        let page = get_text(&a.url("/metrics")).await;
-        assert_eq!(value(&page, "bind_up"), Some(0.0), "{extra:?}");
+        let page = scrape(&a.url("/metrics")).await;
+        assert_eq!(page.value("bind_up"), Some(0.0), "{extra:?}");
         assert_eq!(
-            value(&page, "xml_adapter_scrape_errors_total{kind=\"fetch\"}"),
+            page.value("xml_adapter_scrape_errors_total{kind=\"fetch\"}"),
             Some(1.0),
             "{extra:?}"
         );

@@ -1,25 +1,22 @@
-//! Test helpers: the real adapter binary as a child process (killed on drop), a tiny HTTP/1.1
-//! upstream with scripted misbehaviour, and free ports on 127.0.0.1.
+//! Test helpers: the real adapter binary as a child process (test-support's, killed on drop),
+//! a tiny HTTP/1.1 upstream with scripted misbehaviour, and the adapter's pages parsed.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener as StdListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use test_support::metrics::Metrics;
+use test_support::ports::{free_port, loopback};
+use test_support::process::Process;
+use test_support::wait::Wait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[allow(unused_imports)] // not every test binary checks with promtool
+pub use test_support::metrics::promtool_check;
 
 pub fn fixture(rel: &str) -> Vec<u8> {
     std::fs::read(
@@ -34,73 +31,9 @@ pub fn manifest_path(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// A child process killed (and reaped) when the test ends, pass or fail.
-pub struct Proc {
-    pub child: Child,
-    pub log: Arc<Mutex<String>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-    /// Waits (up to 10 s) for `needle` to appear in the output, which a reader thread copies.
-    pub fn wait_log(&self, needle: &str) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if self.log().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-pub fn spawn_logged(mut cmd: Command) -> Proc {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let log = Arc::new(Mutex::new(String::new()));
-    for stream in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-    }
-    Proc { child, log }
-}
-
 /// The adapter, listening on `listen` with its admin server on `admin`.
 pub struct Adapter {
-    pub proc: Proc,
+    pub proc: Process,
     pub listen: u16,
     pub admin: u16,
 }
@@ -126,30 +59,29 @@ pub async fn start_adapter(mapping: &Path, upstream: &str, extra: &[&str]) -> Ad
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--log-format", "text", "--shutdown-grace", "2s"])
             .args(extra);
-        let mut proc = spawn_logged(cmd);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(15) {
-            if let Ok(Some(status)) = proc.child.try_wait() {
-                if proc.log().contains("in use") {
-                    break;
-                }
-                panic!("adapter exited early ({status}):\n{}", proc.log());
-            }
-            if http()
-                .get(format!("http://127.0.0.1:{listen}/"))
-                .send()
-                .await
-                .is_ok()
-            {
+        let mut proc = Process::spawn("xml-adapter", cmd);
+        let mut exited = None;
+        // The index page needs no upstream: a blocking check cannot stall the test's servers.
+        let up = Wait::new("the adapter's listener")
+            .timeout(Duration::from_secs(15))
+            .every(Duration::from_millis(50))
+            .elapsed_async(async || {
+                exited = proc.try_exit();
+                exited.is_some() || test_support::http::get(loopback(listen), "/").is_ok()
+            })
+            .await;
+        match (exited, up) {
+            (None, Some(_)) => {
                 return Adapter {
                     proc,
                     listen,
                     admin,
                 };
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            (Some(_), _) if proc.log().contains("in use") => {}
+            (Some(status), _) => panic!("adapter exited early ({status}):\n{}", proc.log()),
+            (None, None) => eprintln!("the adapter did not come up, retrying:\n{}", proc.log()),
         }
-        let _ = proc.child.kill();
     }
     panic!("the adapter did not come up");
 }
@@ -361,42 +293,8 @@ pub async fn get_text(url: &str) -> String {
     r.text().await.unwrap()
 }
 
-/// The value of one series on a text-format page.
-pub fn value(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series))
-        .map(|(_, v)| match v {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            "NaN" => f64::NAN,
-            v => v.parse().unwrap(),
-        })
-}
-
-pub fn promtool_check(text: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package `prometheus`) must be installed for this test");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+/// GETs a metrics page (200 required) and parses it.
+pub async fn scrape(url: &str) -> Metrics {
+    let text = get_text(url).await;
+    Metrics::parse(&text).unwrap_or_else(|e| panic!("{url} is not a metrics page: {e}\n{text}"))
 }
