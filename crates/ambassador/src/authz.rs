@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use sidecar_kit::tls::{PeerAuthorizer, PeerIdentity};
+
 /// A pattern that cannot be used; the message names it.
 #[derive(Debug, thiserror::Error)]
 #[error("allow pattern `{pattern}`: {why}")]
@@ -154,6 +156,13 @@ impl AllowList {
             || dns_names
                 .iter()
                 .any(|n| self.dns.iter().any(|p| p.matches(n)))
+    }
+}
+
+/// The inbound TLS server asks it about each peer whose chain verified.
+impl PeerAuthorizer for AllowList {
+    fn allows(&self, peer: &PeerIdentity) -> bool {
+        AllowList::allows(self, &peer.spiffe_ids, &peer.dns_names)
     }
 }
 

@@ -53,7 +53,7 @@ impl ListenerTls {
             Mode::Http => &[b"h2", b"http/1.1"],
             Mode::Tcp => &[],
         };
-        let config = tls::server_config(credentials, Some(&route.allow), alpn)?;
+        let config = tls::server_config(credentials, &route.allow, alpn)?;
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             by: credentials.leaf.uris.first().cloned(),

@@ -1,36 +1,25 @@
 //! The inbound TLS side: a server config that requires a client certificate from the CA bundle
-//! and refuses, during the handshake, a peer whose identity is not on the allow-list; and the
-//! reason each refused handshake is counted under.
-//!
-//! The kit's `tls::server_config` verifies the chain but has no hook for authorization, so the
-//! config is built here from the kit's pieces (identity, bundle, provider) with a verifier that
-//! wraps webpki's.
+//! and refuses, during the handshake, a peer whose identity is not on the route's allow-list
+//! (the kit's authorization hook, consulted once the chain has verified); and the
+//! `X-Forwarded-Client-Cert` header that tells the app who called; and the reason each refused
+//! handshake is counted under.
 
 use std::sync::Arc;
 
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig};
+use rustls::{CertificateError, ServerConfig};
 use sidecar_kit::reload::Credentials;
 use sidecar_kit::tls::{self, PeerIdentity, TlsError};
 
 use crate::authz::AllowList;
-
-/// The peer's certificate is valid but its identity is not on the allow-list.
-#[derive(Debug, thiserror::Error)]
-#[error("identity not allowed: {names}")]
-pub struct NotAllowed {
-    /// The certificate's URI and DNS SANs, comma-separated.
-    pub names: String,
-}
 
 /// Why an inbound handshake failed, as counted (`reason` label) and logged.
 pub fn refusal_reason(err: &std::io::Error) -> &'static str {
     let Some(rustls_err) = tls::rustls_error(err) else {
         return "handshake_error";
     };
+    if tls::peer_not_allowed(rustls_err).is_some() {
+        return "identity_not_allowed";
+    }
     match rustls_err {
         rustls::Error::NoCertificatesPresented => "no_certificate",
         rustls::Error::InvalidCertificate(cert) => match cert {
@@ -38,9 +27,6 @@ pub fn refusal_reason(err: &std::io::Error) -> &'static str {
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 "not_yet_valid"
-            }
-            CertificateError::Other(other) if other.0.downcast_ref::<NotAllowed>().is_some() => {
-                "identity_not_allowed"
             }
             _ => "handshake_error",
         },
@@ -51,103 +37,20 @@ pub fn refusal_reason(err: &std::io::Error) -> &'static str {
 /// The inbound server config for `credentials`, allowing the peers of `allow`.
 pub fn server_config(
     credentials: &Credentials,
-    allow: Option<&AllowList>,
+    allow: &AllowList,
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, TlsError> {
-    let provider = tls::provider();
-    let webpki =
-        WebPkiClientVerifier::builder_with_provider(credentials.bundle.roots(), provider.clone())
-            .build()
-            .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
-    let verifier: Arc<dyn ClientCertVerifier> = match allow {
-        Some(allow) => Arc::new(Authorizing {
-            inner: webpki,
-            allow: allow.clone(),
-        }),
-        None => webpki,
-    };
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
-            credentials.identity.certified_key()?,
-        )));
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let mut config = tls::server_config_with_authorizer(
+        &credentials.identity,
+        &credentials.bundle,
+        alpn,
+        Arc::new(allow.clone()),
+    )?;
     // Resumed sessions skip the full handshake; they were authorized when first made. The
-    // cache is allocated whole up front (about 100 bytes an entry): 1024 entries hold the last
-    // 512 peers' sessions (TLS 1.3 issues two tickets per handshake) in 100 KB; 4096 cost 400 KB
-    // of every ambassador's memory.
+    // cache is allocated whole up front, so every ambassador pays for its size: 1024 entries
+    // hold the last 512 peers' sessions (TLS 1.3 issues two tickets per handshake).
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
     Ok(config)
-}
-
-#[derive(Debug)]
-struct Authorizing {
-    inner: Arc<dyn ClientCertVerifier>,
-    allow: AllowList,
-}
-
-impl ClientCertVerifier for Authorizing {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let peer = PeerIdentity::from_der(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if self.allow.allows(&peer.spiffe_ids, &peer.dns_names) {
-            Ok(ClientCertVerified::assertion())
-        } else {
-            let names = peer.names().join(", ");
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                rustls::OtherError(Arc::new(NotAllowed {
-                    names: if names.is_empty() {
-                        "no SAN".to_owned()
-                    } else {
-                        names
-                    },
-                })),
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }
 
 /// The `X-Forwarded-Client-Cert` value for a peer, in Envoy's format:
