@@ -154,9 +154,9 @@ impl Agent {
             .min(far)
     }
 
-    /// Logs in again at once (a credential file changed).
+    /// Logs in again at once (a credential file changed); the token in use stays until then.
     pub fn login_now(&mut self) {
-        self.auth.invalidate();
+        self.auth.request_login();
         self.auth_retry_at = None;
     }
 
@@ -222,7 +222,7 @@ impl Agent {
     async fn refresh_token_if_due(&mut self, now: Instant) {
         let due = match self.auth_retry_at {
             Some(at) => at <= now,
-            None => self.auth.token().is_none() || self.auth.due().is_some_and(|at| at <= now),
+            None => self.auth.needs_login() || self.auth.due().is_some_and(|at| at <= now),
         };
         if !due {
             return;
@@ -319,9 +319,10 @@ impl Agent {
             }
         }
         let mut result = self.fetch_slot(i).await;
-        if matches!(&result, Err(e) if e.kind == ErrorKind::Denied) {
-            // The token may have been revoked or expired: log in once and try again.
-            self.auth.invalidate();
+        if matches!(&result, Err(e) if e.kind == ErrorKind::Denied)
+            && !self.auth.still_valid(&self.client).await
+        {
+            // The token was revoked or expired: log in once and try again.
             self.auth_retry_at = None;
             self.refresh_token_if_due(Instant::now()).await;
             if self.auth.secret().is_some() {

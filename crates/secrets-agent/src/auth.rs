@@ -114,6 +114,8 @@ pub struct Auth {
     sink: Option<PathBuf>,
     fraction: f64,
     token: Option<Token>,
+    /// Log in at the next refresh even though the token still works (a credential changed).
+    login_requested: bool,
     /// +1 for each login that gave a different token.
     generation: u64,
 }
@@ -126,6 +128,7 @@ impl Auth {
             sink,
             fraction,
             token: None,
+            login_requested: false,
             generation: 0,
         }
     }
@@ -146,9 +149,17 @@ impl Auth {
         self.generation
     }
 
-    /// When the token needs attention: now when there is none, never for a token that does
-    /// not expire, otherwise after the fraction of its TTL.
+    /// Whether the token needs attention now: there is none, or a login was asked for.
+    pub fn needs_login(&self) -> bool {
+        self.token.is_none() || self.login_requested
+    }
+
+    /// When the token needs attention: now when it [needs a login](Self::needs_login), never
+    /// for a token that does not expire, otherwise after the fraction of its TTL.
     pub fn due(&self) -> Option<Instant> {
+        if self.login_requested {
+            return Some(Instant::now());
+        }
         match &self.token {
             None => Some(Instant::now()),
             Some(t) if t.ttl.is_zero() => None,
@@ -156,13 +167,42 @@ impl Auth {
         }
     }
 
-    /// Forgets the token (it was refused), so the next refresh logs in.
-    pub fn invalidate(&mut self) {
-        self.token = None;
+    /// Logs in at the next refresh; the token in use stays until that succeeds.
+    pub fn request_login(&mut self) {
+        self.login_requested = true;
+    }
+
+    /// After a request was denied: whether the token itself is still good (then the policy
+    /// denied the path, and logging in again would change nothing). A token that is gone is
+    /// forgotten, so the next refresh logs in.
+    pub async fn still_valid(&mut self, client: &Client) -> bool {
+        let Some(token) = &self.token else {
+            return false;
+        };
+        match client
+            .get("auth/token/lookup-self", Some(&token.secret))
+            .await
+        {
+            Ok(_) => true,
+            Err(e) if e.kind == ErrorKind::Denied => {
+                tracing::warn!("the token was refused (revoked or expired); logging in again");
+                self.token = None;
+                false
+            }
+            // Cannot tell: keep it, the next attempt will see.
+            Err(_) => true,
+        }
     }
 
     /// Renews the token if it can be renewed, logs in otherwise (or if the renewal is refused).
     pub async fn refresh(&mut self, client: &Client) -> Result<Refreshed, Failure> {
+        if self.login_requested {
+            let result = self.login(client).await;
+            if result.is_ok() {
+                self.login_requested = false;
+            }
+            return result;
+        }
         let renewable = self
             .token
             .as_ref()

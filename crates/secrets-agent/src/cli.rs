@@ -44,6 +44,8 @@ impl AuthMethod {
 pub struct Cli {
     #[command(flatten)]
     pub kit: KitArgs,
+    #[command(flatten)]
+    pub notify: sidecar_kit::notify::NotifyArgs,
 
     /// OpenBao (or Vault) address, e.g. https://openbao.openbao.svc:8200.
     #[arg(long, env = "ADDR", value_name = "URL", help_heading = "OpenBao")]

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use sidecar_kit::notify::NotifyConfig;
 
 use crate::auth::Method;
 use crate::cli::{AuthMethod, Cli, parse_mode};
@@ -87,6 +88,7 @@ pub struct Config {
     pub one_time: bool,
     pub one_time_timeout: Duration,
     pub request_timeout: Duration,
+    pub notify: NotifyConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +151,15 @@ impl Config {
         if output_dir == Path::new("/") {
             return err("--output-dir must not be /");
         }
+        let mut notify = cli
+            .notify
+            .to_config()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        if let Some(command) = &mut notify.command {
+            command.cwd = Some(output_dir.clone());
+        }
         Ok(Self {
+            notify,
             endpoint,
             auth,
             token_sink: cli

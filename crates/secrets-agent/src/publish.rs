@@ -82,10 +82,6 @@ impl Publisher {
         Ok(this)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The version `..data` points at, if it is intact.
     pub fn current_version(&self) -> Option<String> {
         let target = fs::read_link(self.dir.join(DATA)).ok()?;

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 use sidecar_kit::Sidecar;
+use sidecar_kit::notify::{Change, Notifier};
 use sidecar_kit::readiness::ReadyCheck;
 use sidecar_kit::watch::{WatchOptions, watch_files};
 use tokio::signal::unix::{SignalKind, signal};
@@ -41,8 +42,22 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         one_time = config.one_time,
         "secrets-agent started"
     );
+    let notifier = (!config.notify.is_empty()).then(|| {
+        Notifier::<Changed>::spawn(
+            config.notify.clone(),
+            Some(metrics.hooks.clone()),
+            sidecar.shutdown(),
+        )
+    });
+    let output = Output {
+        publisher,
+        notifier,
+        dir: config.output_dir.display().to_string(),
+    };
     if config.one_time {
-        return one_time(&config, &mut agent, &publisher, &metrics, &token).await;
+        let result = one_time(&config, &mut agent, &output, &metrics, &token).await;
+        output.finish().await;
+        return result;
     }
 
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -59,7 +74,7 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
             .set(i64::from(agent.failures()));
         if agent.complete() && (changed || state.pending) {
             state.pending = false;
-            match render_and_publish(&config, &agent, &publisher, &metrics).await {
+            match render_and_publish(&config, &agent, &output, &metrics).await {
                 Ok(_) => state.published = true,
                 Err(Failed::Render(e)) => {
                     // The same data would fail again: wait for a change.
@@ -102,7 +117,49 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
             }
         }
     }
+    output.finish().await;
     Ok(())
+}
+
+/// Where rendered files go: the publisher, and the hooks that tell the app.
+struct Output {
+    publisher: Arc<Publisher>,
+    notifier: Option<Notifier<Changed>>,
+    dir: String,
+}
+
+impl Output {
+    /// Sends what the notifier still holds.
+    async fn finish(self) {
+        if let Some(notifier) = self.notifier {
+            notifier.finish().await;
+        }
+    }
+}
+
+/// The files a publish changed, as the hooks tell it: names only, never content.
+#[derive(Debug)]
+struct Changed {
+    files: BTreeSet<String>,
+    dir: String,
+}
+
+impl Change for Changed {
+    fn merge(&mut self, later: Self) {
+        self.files.extend(later.files);
+    }
+
+    fn webhook_body(&self) -> serde_json::Value {
+        serde_json::json!({ "files": self.files, "dir": self.dir })
+    }
+
+    fn command_env(&self) -> Vec<(String, String)> {
+        let files: Vec<&str> = self.files.iter().map(String::as_str).collect();
+        vec![
+            ("SECRETS_AGENT_CHANGED_FILES".to_owned(), files.join(" ")),
+            ("SECRETS_AGENT_OUTPUT_DIR".to_owned(), self.dir.clone()),
+        ]
+    }
 }
 
 #[derive(Debug, Default)]
@@ -140,7 +197,7 @@ enum Failed {
 async fn render_and_publish(
     config: &Config,
     agent: &Agent,
-    publisher: &Arc<Publisher>,
+    output: &Output,
     metrics: &Metrics,
 ) -> Result<Vec<PathBuf>, Failed> {
     let rendered = match config.renderer.render(&agent.snapshot()) {
@@ -151,8 +208,8 @@ async fn render_and_publish(
         }
     };
     // fsync and friends: off the runtime's one thread, so the admin server keeps answering.
-    let publisher_ = publisher.clone();
-    let published = tokio::task::spawn_blocking(move || publisher_.publish(&rendered))
+    let publisher = output.publisher.clone();
+    let published = tokio::task::spawn_blocking(move || publisher.publish(&rendered))
         .await
         .map_err(|e| Failed::Publish(format!("the publishing thread failed: {e}")))?;
     match published {
@@ -175,7 +232,13 @@ async fn render_and_publish(
                 .iter()
                 .map(|p| p.to_string_lossy().into_owned())
                 .collect();
-            tracing::info!(files = ?names, dir = %publisher.dir().display(), "published");
+            tracing::info!(files = ?names, dir = %output.dir, "published");
+            if let Some(notifier) = &output.notifier {
+                notifier.notify(Changed {
+                    files: names,
+                    dir: output.dir.clone(),
+                });
+            }
             Ok(changed)
         }
         Err(e) => {
@@ -188,7 +251,7 @@ async fn render_and_publish(
 async fn one_time(
     config: &Config,
     agent: &mut Agent,
-    publisher: &Arc<Publisher>,
+    output: &Output,
     metrics: &Metrics,
     token: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
@@ -211,7 +274,7 @@ async fn one_time(
             () = token.cancelled() => bail!("stopped before every secret was fetched"),
         }
     }
-    match render_and_publish(config, agent, publisher, metrics).await {
+    match render_and_publish(config, agent, output, metrics).await {
         Ok(changed) => {
             tracing::info!(
                 files = config.renderer.files().len(),

@@ -404,3 +404,77 @@ fn secret_values_stay_out_of_logs_and_metrics() {
         assert!(!metrics.text().contains(value), "{what} is in the metrics");
     }
 }
+
+#[test]
+fn the_app_is_notified_of_changed_files_by_name_never_by_value() {
+    let Some(bin) = bao_or_skip("the_app_is_notified_of_changed_files_by_name_never_by_value")
+    else {
+        return;
+    };
+    const VALUE: &str = "s3cret-in-the-files-only";
+    let bao = Bao::dev(&bin);
+    bao.kv_put("app/config", &[("api_key", VALUE), ("user", "svc")]);
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("notified");
+    let touched = dir.path().join("touched");
+    let mut args = root_token_args(&bao, dir.path());
+    args.extend([
+        "--poll-interval=1s".to_owned(),
+        "--notify-debounce=200ms".into(),
+        format!(
+            "--notify-command=sh -c 'env >> {}; echo --- >> {}'",
+            seen.display(),
+            seen.display()
+        ),
+        format!("--notify-touch-file={}", touched.display()),
+    ]);
+    let config = "secrets:\n  app: {kv: {mount: secret, path: app/config}}\nfiles:\n  - {path: key, secret: app, field: api_key}\n  - {path: user, secret: app, field: user}\n";
+    let agent = AgentSetup {
+        bao: &bao,
+        dir: dir.path(),
+        config,
+        args,
+    }
+    .start();
+    // The first publish is a change too: the app may have started first.
+    wait::until(Duration::from_secs(10), "the first notification", || {
+        std::fs::read_to_string(&seen).is_ok_and(|s| s.contains("---"))
+    });
+    let first = std::fs::read_to_string(&seen).unwrap();
+    assert!(
+        first.contains("SECRETS_AGENT_CHANGED_FILES=key user"),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!("SECRETS_AGENT_OUTPUT_DIR={}", agent.out.display())),
+        "{first}"
+    );
+    assert!(touched.exists());
+
+    bao.kv_put(
+        "app/config",
+        &[("api_key", "rotated-value"), ("user", "svc")],
+    );
+    wait::until(Duration::from_secs(10), "the second notification", || {
+        std::fs::read_to_string(&seen).is_ok_and(|s| s.matches("---").count() == 2)
+    });
+    let all = std::fs::read_to_string(&seen).unwrap();
+    let second = all.split("---").nth(1).unwrap();
+    assert!(
+        second.contains("SECRETS_AGENT_CHANGED_FILES=key\n"),
+        "only the changed file: {second}"
+    );
+    assert!(
+        !all.contains(VALUE) && !all.contains("rotated-value"),
+        "a value reached the command: {all}"
+    );
+    let m = agent.metrics();
+    assert_eq!(
+        m.get(
+            "secrets_agent_notifications_total",
+            &[("kind", "command"), ("result", "success")]
+        ),
+        Some(2.0),
+        "{m}"
+    );
+}

@@ -104,8 +104,8 @@ impl Bao {
         panic!("bao server -dev did not start");
     }
 
-    /// A configured server: TLS listener (a test CA), file storage, initialised with one
-    /// unseal key and unsealed.
+    /// A configured server: TLS listener (a test CA), storage on disk (raft: OpenBao 2 has no
+    /// `file` backend any more), initialised with one unseal key and unsealed.
     pub fn configured(bin: &Path) -> Bao {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Ca::new("openbao test CA");
@@ -118,20 +118,27 @@ impl Bao {
             .sign()
             .write(dir.path(), "server");
         let port = free_port();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
         let config = dir.path().join("bao.hcl");
         std::fs::write(
             &config,
             format!(
-                r#"storage "file" {{ path = "{data}" }}
+                r#"storage "raft" {{
+  path = "{data}"
+  node_id = "test"
+}}
 listener "tcp" {{
   address = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{cluster}"
   tls_cert_file = "{cert}"
   tls_key_file = "{key}"
 }}
 api_addr = "https://127.0.0.1:{port}"
-disable_mlock = true
+cluster_addr = "https://127.0.0.1:{cluster}"
 "#,
-                data = dir.path().join("data").display(),
+                cluster = free_port(),
+                data = data.display(),
                 cert = server.cert.display(),
                 key = server.key.display(),
             ),
@@ -170,7 +177,7 @@ disable_mlock = true
         cmd.args(["server", &format!("-config={}", config.display())])
             .env("HOME", self.dir.path());
         self.process = Some(Process::spawn("bao", cmd));
-        assert!(self.wait_up(), "bao server did not start");
+        assert!(self.wait_up(), "bao server did not start:\n{}", self.log());
     }
 
     /// Waits until the server answers (sealed or not).
