@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Builds the container images, FROM scratch, with the machine's Docker engine.
 #
-#   scripts/images.sh [--no-build] [--list] [IMAGE...]
+#   scripts/images.sh [--profile PROFILE] [--no-build] [--list] [IMAGE...]
 #
 # IMAGE is any of: ambassador xml-adapter git-sync (the sidecars) and demo-app git-server
 # prometheus (the demo and the container tests). Default: all of them.
 #
-# The binaries are built on the host, static (glibc's crt-static): the ambassador by
-# scripts/pgo.sh (profile-guided), the others in one cargo invocation; no build stage runs in
-# Docker because no base image (not even rust:*) can be pulled here.
+# The binaries are built on the host, static (glibc's crt-static), with cargo's PROFILE:
+#   release (default)  the published images: the release profile, and the ambassador
+#                      profile-guided (scripts/pgo.sh; PGO=0 leaves the profile out)
+#   ci                 the container tests' images: the same code and flags without the
+#                      whole-program optimisation or the profile, in a fraction of the time
+# No build stage runs in Docker because no base image (not even rust:*) can be pulled here.
 # --no-build reuses the binaries of the last build. Images are tagged
 # ${IMAGE_REPO:-ghcr.io/sidecars}/NAME:VERSION and :dev. A size table is printed at the end.
 set -euo pipefail
@@ -16,9 +19,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 TARGET=x86_64-unknown-linux-gnu
-# A target dir of its own: the static fat-LTO build shares nothing useful with the workspace's
-# builds, and must not wait on their lock (several engineers share target/). STAGE (below)
-# stays under target/images.
+# A target dir of its own: the static build shares nothing with the workspace's builds (another
+# target), and must not wait on their lock. STAGE (below) stays under target/images.
 export CARGO_TARGET_DIR=${IMAGES_TARGET_DIR:-$ROOT/target/static}
 REPO=${IMAGE_REPO:-ghcr.io/sidecars}
 SIDECARS=(ambassador xml-adapter git-sync)
@@ -28,17 +30,26 @@ ALL=(ambassador xml-adapter git-sync demo-app git-server prometheus)
 die() { echo "images.sh: $*" >&2; exit 1; }
 
 build=1
+profile=release
 images=()
-for arg in "$@"; do
-    case $arg in
+while [[ $# -gt 0 ]]; do
+    case $1 in
         --no-build) build=0 ;;
+        --profile) [[ $# -ge 2 ]] || die "--profile needs a cargo profile (release or ci)"
+                   profile=$2; shift ;;
+        --profile=*) profile=${1#--profile=} ;;
         --list) printf '%s\n' "${ALL[@]}"; exit 0 ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        -*) die "unknown option $arg" ;;
-        *) [[ " ${ALL[*]} " == *" $arg "* ]] || die "unknown image $arg (one of: ${ALL[*]})"
-           images+=("$arg") ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) die "unknown option $1" ;;
+        *) [[ " ${ALL[*]} " == *" $1 "* ]] || die "unknown image $1 (one of: ${ALL[*]})"
+           images+=("$1") ;;
     esac
+    shift
 done
+case $profile in
+    release|ci) ;;
+    *) die "unknown profile $profile (release or ci)" ;;
+esac
 [[ ${#images[@]} -gt 0 ]] || images=("${ALL[@]}")
 
 command -v docker >/dev/null || die "docker is not installed"
@@ -65,24 +76,25 @@ for name in "${images[@]}"; do
     [[ " ${RUST_IMAGES[*]} " == *" $name "* ]] && wanted_rust+=("$name")
 done
 
-# The ambassador is built by scripts/pgo.sh, with a profile of its own (PGO=0 skips it).
-AMBASSADOR_BIN=${PGO_TARGET_DIR:-$ROOT/target/static-pgo}/$TARGET/release/ambassador
+# With the release profile the ambassador is built by scripts/pgo.sh, with a profile of its own:
+# a profile applies to every crate compiled with it, and the ambassador's would mark the other
+# sidecars' hot code cold.
+pgo=0
+[[ $profile == release && " ${wanted_rust[*]} " == *" ambassador "* ]] && pgo=1
+AMBASSADOR_BIN=$CARGO_TARGET_DIR/$TARGET/$profile/ambassador
+[[ $pgo == 1 ]] && AMBASSADOR_BIN=${PGO_TARGET_DIR:-$ROOT/target/static-pgo}/$TARGET/release/ambassador
 if [[ $build == 1 && ${#wanted_rust[@]} -gt 0 ]]; then
     pkgs=()
-    for name in "${wanted_rust[@]}"; do [[ $name == ambassador ]] || pkgs+=(-p "$name"); done
+    for name in "${wanted_rust[@]}"; do [[ $pgo == 1 && $name == ambassador ]] || pkgs+=(-p "$name"); done
     if [[ ${#pkgs[@]} -gt 0 ]]; then
-        echo "==> cargo build --release --target $TARGET ${pkgs[*]} (static)"
-        # One invocation for the rest: CPU is scarce, and the crates share most of their
-        # dependencies. Fat LTO in one codegen unit: smaller and no slower than the workspace's
-        # thin LTO; it only costs build time, once per release (the --target dir keeps it apart
-        # from everyone's target/release).
+        echo "==> cargo build --profile $profile --target $TARGET ${pkgs[*]} (static)"
+        # One invocation: the crates share most of their dependencies.
+        lto=()
+        [[ $profile == release ]] && lto=(CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1)
         SIDECARS_REVISION=$REVISION RUSTFLAGS="-C target-feature=+crt-static" \
-            CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-            cargo build --release --locked --target "$TARGET" "${pkgs[@]}"
+            env "${lto[@]}" cargo build --profile "$profile" --locked --target "$TARGET" "${pkgs[@]}"
     fi
-    if [[ " ${wanted_rust[*]} " == *" ambassador "* ]]; then
-        # Its own build: a profile applies to every crate compiled with it, and the ambassador's
-        # would mark the other sidecars' hot code cold.
+    if [[ $pgo == 1 ]]; then
         echo "==> scripts/pgo.sh (the ambassador, static, profile-guided)"
         AMBASSADOR_BIN=$(SIDECARS_REVISION=$REVISION "$ROOT/scripts/pgo.sh")
     fi
@@ -118,7 +130,7 @@ stage() {
     install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
     case $name in
         ambassador|xml-adapter|git-sync|demo-app)
-            local bin="$CARGO_TARGET_DIR/$TARGET/release/$name"
+            local bin="$CARGO_TARGET_DIR/$TARGET/$profile/$name"
             [[ $name == ambassador ]] && bin=$AMBASSADOR_BIN
             [[ -x $bin ]] || die "$bin is missing: run without --no-build"
             # A dynamic binary would start on the host and fail in the scratch image.
