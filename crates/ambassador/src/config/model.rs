@@ -1,0 +1,98 @@
+//! The checked configuration the rest of the ambassador runs on: every listener's routes and
+//! limits, whichever of the flags and the file they came from.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sidecar_kit::reload::TlsFiles;
+use sidecar_kit::tls::ExpectedIdentity;
+
+use crate::authz::AllowList;
+use crate::resilience::{DiscoveryConfig, EndpointsConfig, RouteResilienceConfig};
+
+/// What a listener carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// HTTP/1.1 and HTTP/2, with per-request routing, headers and metrics.
+    Http,
+    /// Raw TCP bytes (L4), for apps that do not speak HTTP.
+    Tcp,
+}
+
+/// How the inbound side talks to the local app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// HTTP/1.1 (whatever the peer spoke).
+    Http1,
+    /// HTTP/2 without TLS (prior knowledge), for gRPC apps.
+    H2c,
+}
+
+/// The protections every listener applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One inbound listener: mTLS in, plain to the app.
+#[derive(Debug, Clone)]
+pub struct InboundRoute {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub app: SocketAddr,
+    pub mode: Mode,
+    pub app_protocol: AppProtocol,
+    pub allow: AllowList,
+    /// Whether to set X-Forwarded-Client-Cert (any incoming copy is always removed).
+    pub forward_client_cert: bool,
+}
+
+/// One remote service the app calls.
+#[derive(Debug, Clone)]
+pub struct OutboundRoute {
+    pub name: String,
+    /// Its own plain listener, if it has one.
+    pub listen: Option<SocketAddr>,
+    /// `Host` values that select this route on the host-routing listener.
+    pub hosts: Vec<String>,
+    pub mode: Mode,
+    /// Offer h2 through ALPN.
+    pub http2: bool,
+    /// Where the endpoints come from: the static list, or a DNS name.
+    pub discovery: EndpointsConfig,
+    pub resilience: RouteResilienceConfig,
+    pub identity: ExpectedIdentity,
+}
+
+/// The whole checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tls: TlsFiles,
+    pub limits: Limits,
+    pub access_log: bool,
+    pub inbound: Vec<InboundRoute>,
+    pub outbound: Vec<OutboundRoute>,
+    /// The listener that routes by `Host` among outbound routes that name hosts.
+    pub host_router: Option<SocketAddr>,
+    /// DNS settings for routes with `dns:` endpoints.
+    pub discovery: DiscoveryConfig,
+    /// Worker threads (shards), from `--worker-threads` (0: one per core).
+    pub threads: usize,
+}
