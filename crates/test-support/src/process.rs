@@ -42,7 +42,7 @@ pub struct Process {
 pub enum NotReady {
     /// The process exited first.
     Exited { status: ExitStatus, log: String },
-    /// It kept running but never answered `/readyz` with 200.
+    /// It kept running but never answered `/readyz` with 200 (or never listened).
     TimedOut { log: String },
 }
 
@@ -63,7 +63,7 @@ impl std::fmt::Display for NotReady {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NotReady::Exited { status, log } => write!(f, "exited before ready ({status}):\n{log}"),
-            NotReady::TimedOut { log } => write!(f, "not ready in time:\n{log}"),
+            NotReady::TimedOut { log } => write!(f, "not ready (or not listening) in time:\n{log}"),
         }
     }
 }
@@ -152,6 +152,31 @@ impl Process {
     pub fn wait_ready(&mut self, admin: SocketAddr, timeout: Duration) {
         if let Err(e) = self.try_wait_ready(admin, timeout) {
             panic!("{} on {admin}: {e}", self.name);
+        }
+    }
+
+    /// Waits until something accepts TCP connections on `addr` (a server without an admin
+    /// endpoint), failing early if the process exits.
+    pub fn try_wait_listening(
+        &mut self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(), NotReady> {
+        let mut exited = None;
+        let listening = Wait::new("listening").timeout(timeout).elapsed(|| {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                exited = Some(status);
+                return true;
+            }
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+        });
+        match (exited, listening) {
+            (Some(status), _) => Err(NotReady::Exited {
+                status,
+                log: self.log(),
+            }),
+            (None, Some(_)) => Ok(()),
+            (None, None) => Err(NotReady::TimedOut { log: self.log() }),
         }
     }
 
