@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use test_support::ports::free_port;
+use test_support::process::{Process, Signal};
 
 const LONG: &str = "1h";
 
@@ -41,7 +43,7 @@ fn post_sync_authenticated_by_token_or_hmac_and_sighup() {
             secret.to_str().unwrap(),
         ],
     );
-    wait_until(Duration::from_secs(10), "first publish", || {
+    wait::until(Duration::from_secs(10), "first publish", || {
         is_published(&root, &c1)
     });
 
@@ -63,10 +65,11 @@ fn post_sync_authenticated_by_token_or_hmac_and_sighup() {
         body,
     );
     assert_eq!(status, 401);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        is_published(&root, &c1),
-        "an unauthenticated request must not sync"
+    // Nothing happens, so nothing later can show it never will: watch for a while.
+    wait::holds_for(
+        Duration::from_millis(500),
+        "an unauthenticated request must not sync",
+        || is_published(&root, &c1),
     );
 
     let mut mac = Hmac::<Sha256>::new_from_slice(b"hook-secret").unwrap();
@@ -80,7 +83,7 @@ fn post_sync_authenticated_by_token_or_hmac_and_sighup() {
         body,
     );
     assert_eq!(status, 202);
-    wait_until(
+    wait::until(
         Duration::from_secs(10),
         "publish after signed POST /sync",
         || is_published(&root, &c2),
@@ -95,34 +98,35 @@ fn post_sync_authenticated_by_token_or_hmac_and_sighup() {
         b"",
     );
     assert_eq!(status, 202);
-    wait_until(
+    wait::until(
         Duration::from_secs(10),
         "publish after bearer POST /sync",
         || is_published(&root, &c3),
     );
 
     let c4 = fx.commit("main", &[("a", "4")], "four");
-    gs.signal("HUP");
-    wait_until(Duration::from_secs(10), "publish after SIGHUP", || {
+    gs.signal(Signal::SIGHUP);
+    wait::until(Duration::from_secs(10), "publish after SIGHUP", || {
         is_published(&root, &c4)
     });
     assert_eq!(
         gs.metric("gitsync_sync_requests_total{result=\"refused\"}"),
-        2.0
+        Some(2.0)
     );
     assert_eq!(
         gs.metric("gitsync_sync_requests_total{result=\"accepted\"}"),
-        2.0
+        Some(2.0)
     );
     assert_eq!(
         gs.metric(&format!("gitsync_published_revision_info{{sha=\"{c4}\"}}")),
-        1.0
+        Some(1.0)
     );
+    // The revision published before is not served at 0: its series is gone.
     assert_eq!(
         gs.metric(&format!("gitsync_published_revision_info{{sha=\"{c3}\"}}")),
-        0.0
+        None
     );
-    assert!(gs.metric("gitsync_last_success_timestamp_seconds") > 1.7e9);
+    assert!(gs.metric("gitsync_last_success_timestamp_seconds") > Some(1.7e9));
 }
 
 #[test]
@@ -133,7 +137,7 @@ fn post_sync_without_secret_is_loopback_only_and_works() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let gs = GitSync::start(&root, &["--repo", &daemon.url("cfg.git"), "--period", LONG]);
-    wait_until(Duration::from_secs(10), "first publish", || {
+    wait::until(Duration::from_secs(10), "first publish", || {
         is_published(&root, &c1)
     });
     let c2 = fx.commit("main", &[("a", "2")], "two");
@@ -141,7 +145,7 @@ fn post_sync_without_secret_is_loopback_only_and_works() {
         http_request(gs.admin_port, "POST", "/sync", &[], b"").0,
         202
     );
-    wait_until(Duration::from_secs(10), "publish", || {
+    wait::until(Duration::from_secs(10), "publish", || {
         is_published(&root, &c2)
     });
 }
@@ -167,31 +171,32 @@ fn force_push_follow_is_published_and_counted_while_fast_forwards_are_not() {
             "100ms",
         ],
     );
-    wait_until(Duration::from_secs(10), "first publish", || {
+    wait::until(Duration::from_secs(10), "first publish", || {
         is_published(&root, &c2)
     });
     // a fast-forward by several commits at once, on a depth-1 repository: not a force-push
     fx.commit("main", &[("a", "3")], "three");
     fx.commit("main", &[("a", "4")], "four");
     let c5 = fx.commit("main", &[("a", "5")], "five");
-    wait_until(Duration::from_secs(10), "fast-forward publish", || {
+    wait::until(Duration::from_secs(10), "fast-forward publish", || {
         is_published(&root, &c5)
     });
+    let metrics = gs.metrics();
     assert_eq!(
-        gs.metric("gitsync_force_pushes_total"),
-        0.0,
-        "a fast-forward was counted as a force-push"
+        metrics.series("gitsync_force_pushes_total").count(),
+        0,
+        "a fast-forward was counted as a force-push: {metrics}"
     );
     let rewritten = fx.force_push_rewrite("main", &[("a", "rewritten")]);
-    wait_until(Duration::from_secs(10), "force-push followed", || {
+    wait::until(Duration::from_secs(10), "force-push followed", || {
         is_published(&root, &rewritten)
     });
     assert_eq!(
         std::fs::read_to_string(root.join("current/a")).unwrap(),
         "rewritten"
     );
-    wait_until(Duration::from_secs(5), "counted", || {
-        gs.metric("gitsync_force_pushes_total{policy=\"follow\"}") == 1.0
+    wait::until(Duration::from_secs(5), "counted", || {
+        gs.metric("gitsync_force_pushes_total{policy=\"follow\"}") == Some(1.0)
     });
 }
 
@@ -218,14 +223,13 @@ fn force_push_refuse_keeps_the_tree_until_history_continues() {
             "refuse",
         ],
     );
-    wait_until(Duration::from_secs(10), "first publish", || {
+    wait::until(Duration::from_secs(10), "first publish", || {
         is_published(&root, &c2)
     });
     let rewritten = fx.force_push_rewrite("main", &[("a", "rewritten")]);
-    wait_until(Duration::from_secs(10), "refusal counted", || {
-        gs.metric("gitsync_force_pushes_total{policy=\"refuse\"}") >= 1.0
+    wait::until(Duration::from_secs(10), "refusal counted", || {
+        gs.metric("gitsync_force_pushes_total{policy=\"refuse\"}") >= Some(1.0)
     });
-    std::thread::sleep(Duration::from_millis(500));
     assert!(
         is_published(&root, &c2),
         "refused history must not be published"
@@ -234,20 +238,23 @@ fn force_push_refuse_keeps_the_tree_until_history_continues() {
         std::fs::read_to_string(root.join("current/a")).unwrap(),
         "2"
     );
-    // held back, not re-counted at every poll
-    assert_eq!(
-        gs.metric("gitsync_force_pushes_total{policy=\"refuse\"}"),
-        1.0
-    );
-    wait_until(
+    // held back at the next polls (every 100 ms), not re-counted at each of them
+    wait::until(
         Duration::from_secs(10),
-        "held back at the next poll",
-        || gs.metric("gitsync_syncs_total{result=\"held_back\"}") >= 1.0,
+        "held back at the next three polls",
+        || gs.metric("gitsync_syncs_total{result=\"held_back\"}") >= Some(3.0),
     );
-    assert!(is_published(&root, &c2));
+    assert!(
+        is_published(&root, &c2),
+        "refused history must not be published"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/a")).unwrap(),
+        "2"
+    );
     assert_eq!(
         gs.metric("gitsync_force_pushes_total{policy=\"refuse\"}"),
-        1.0
+        Some(1.0)
     );
     assert!(gs.logs().contains(&rewritten));
     // history continues from the published revision again: published
@@ -256,7 +263,7 @@ fn force_push_refuse_keeps_the_tree_until_history_continues() {
     git(&fx.work, &["commit", "-q", "-am", "three"]);
     git(&fx.work, &["push", "-q", "-f", "origin", "main"]);
     let c3 = git(&fx.work, &["rev-parse", "HEAD"]);
-    wait_until(Duration::from_secs(10), "descendant published", || {
+    wait::until(Duration::from_secs(10), "descendant published", || {
         is_published(&root, &c3)
     });
 }
@@ -282,12 +289,12 @@ fn deleted_branch_keeps_the_last_tree_and_counts_errors() {
             "200ms",
         ],
     );
-    wait_until(Duration::from_secs(10), "first publish", || {
+    wait::until(Duration::from_secs(10), "first publish", || {
         is_published(&root, &f1)
     });
     git(&fx.work, &["push", "-q", "origin", "--delete", "feature"]);
-    wait_until(Duration::from_secs(10), "errors", || {
-        gs.metric("gitsync_syncs_total{result=\"error\"}") >= 2.0
+    wait::until(Duration::from_secs(10), "errors", || {
+        gs.metric("gitsync_syncs_total{result=\"error\"}") >= Some(2.0)
     });
     assert!(is_published(&root, &f1));
     assert_eq!(
@@ -299,7 +306,7 @@ fn deleted_branch_keeps_the_last_tree_and_counts_errors() {
         "{}",
         gs.logs()
     );
-    assert!(gs.metric("gitsync_consecutive_failures") >= 2.0);
+    assert!(gs.metric("gitsync_consecutive_failures") >= Some(2.0));
 }
 
 #[test]
@@ -325,28 +332,27 @@ fn validation_refusal_publishes_nothing_and_holds_the_revision_back() {
             &validate,
         ],
     );
-    wait_until(Duration::from_secs(10), "first publish", || {
+    wait::until(Duration::from_secs(10), "first publish", || {
         is_published(&root, &good1)
     });
     let bad = fx.commit("main", &[("app.conf", "broken")], "bad");
-    wait_until(Duration::from_secs(10), "refusal", || {
-        gs.metric("gitsync_validations_refused_total") == 1.0
+    wait::until(Duration::from_secs(10), "refusal", || {
+        gs.metric("gitsync_validations_refused_total") == Some(1.0)
     });
-    std::thread::sleep(Duration::from_millis(600));
     assert!(is_published(&root, &good1));
     assert_eq!(
         std::fs::read_to_string(root.join("current/app.conf")).unwrap(),
         "good 1"
     );
     // validated once, then held back until the ref moves
-    wait_until(
+    wait::until(
         Duration::from_secs(10),
         "held back at the next polls",
-        || gs.metric("gitsync_syncs_total{result=\"held_back\"}") >= 2.0,
+        || gs.metric("gitsync_syncs_total{result=\"held_back\"}") >= Some(2.0),
     );
     let runs = std::fs::read_to_string(&ran).unwrap();
     assert_eq!(runs.lines().filter(|l| *l == bad).count(), 1, "{runs}");
-    assert_eq!(gs.metric("gitsync_validations_refused_total"), 1.0);
+    assert_eq!(gs.metric("gitsync_validations_refused_total"), Some(1.0));
     assert!(is_published(&root, &good1));
     assert!(gs.logs().contains("validation refused"), "{}", gs.logs());
     // no staging directory left behind
@@ -362,12 +368,12 @@ fn validation_refusal_publishes_nothing_and_holds_the_revision_back() {
         "{trees:?}"
     );
     let good2 = fx.commit("main", &[("app.conf", "good 2")], "fixed");
-    wait_until(Duration::from_secs(10), "fixed revision published", || {
+    wait::until(Duration::from_secs(10), "fixed revision published", || {
         is_published(&root, &good2)
     });
 }
 
-fn spawn_trap_process(dir: &Path, name: &str) -> (Guard, std::path::PathBuf) {
+fn spawn_trap_process(dir: &Path, name: &str) -> (Process, std::path::PathBuf) {
     let marker = dir.join(format!("{name}.hups"));
     let script = format!(
         "trap 'echo hup >> {}' HUP; while :; do sleep 0.05; done",
@@ -375,14 +381,13 @@ fn spawn_trap_process(dir: &Path, name: &str) -> (Guard, std::path::PathBuf) {
     );
     // A HUP ignored on entry cannot be trapped by bash (a run under nohup ignores it), so the
     // child starts with the default disposition whatever the test runner inherited.
-    let child = Command::new("env")
-        .args(["--default-signal=HUP", "bash", "-c"])
-        .arg(format!("exec -a {name} bash -c \"{script}\""))
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new("env");
+    cmd.args(["--default-signal=HUP", "bash", "-c"])
+        .arg(format!("exec -a {name} bash -c \"{script}\""));
+    let app = Process::spawn(name, cmd);
     // wait until bash has installed the trap (SIGHUP is bit 0 of the caught mask)
-    let status = format!("/proc/{}/status", child.id());
-    wait_until(Duration::from_secs(10), "the trap", || {
+    let status = format!("/proc/{}/status", app.pid());
+    wait::until(Duration::from_secs(10), "the trap", || {
         std::fs::read_to_string(&status)
             .ok()
             .and_then(|s| {
@@ -391,7 +396,7 @@ fn spawn_trap_process(dir: &Path, name: &str) -> (Guard, std::path::PathBuf) {
             })
             .is_some_and(|mask| mask & 1 == 1)
     });
-    (Guard(child), marker)
+    (app, marker)
 }
 
 #[test]
@@ -429,13 +434,13 @@ fn notifications_webhook_with_retry_command_signal_by_name_touch_debounced() {
             "2s",
         ],
     );
-    wait_until(Duration::from_secs(10), "first publish", || {
+    wait::until(Duration::from_secs(10), "first publish", || {
         is_published(&root, &c1)
     });
-    wait_until(Duration::from_secs(10), "first webhook delivered", || {
+    wait::until(Duration::from_secs(10), "first webhook delivered", || {
         hook.requests.lock().unwrap().len() == 2
     });
-    wait_until(Duration::from_secs(5), "signal", || {
+    wait::until(Duration::from_secs(5), "signal", || {
         std::fs::read_to_string(&hups)
             .map(|s| s.lines().count())
             .unwrap_or(0)
@@ -450,46 +455,66 @@ fn notifications_webhook_with_retry_command_signal_by_name_touch_debounced() {
             http_request(gs.admin_port, "POST", "/sync", &[], b"").0,
             202
         );
-        wait_until(Duration::from_secs(10), "burst publish", || {
+        wait::until(Duration::from_secs(10), "burst publish", || {
             is_published(&root, &last)
         });
     }
-    wait_until(Duration::from_secs(10), "second webhook", || {
+    wait::until(Duration::from_secs(10), "second webhook", || {
         hook.requests.lock().unwrap().len() == 3
     });
-    std::thread::sleep(Duration::from_millis(2500));
-    let reqs = hook.requests.lock().unwrap();
-    assert_eq!(reqs.len(), 3, "debounce: one notification for the burst");
-    assert_eq!(reqs[0].method, "POST");
-    assert_eq!(reqs[0].path, "/reload");
-    let first: serde_json::Value = serde_json::from_slice(&reqs[1].body).unwrap();
-    assert_eq!(first["old"], serde_json::Value::Null);
-    assert_eq!(first["new"], c1.as_str());
-    let burst: serde_json::Value = serde_json::from_slice(&reqs[2].body).unwrap();
-    assert_eq!(burst["old"], c1.as_str());
-    assert_eq!(burst["new"], last.as_str());
+    // The hooks run in turn, the webhook last: once it is counted, the notification is done
+    // (the trapped signal is written down by bash a moment later).
+    wait::until(Duration::from_secs(10), "second webhook counted", || {
+        gs.metric("gitsync_hooks_total{kind=\"webhook\",result=\"success\"}") == Some(2.0)
+    });
+    let hup_lines = || {
+        std::fs::read_to_string(&hups)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    wait::until(Duration::from_secs(5), "second signal", || hup_lines() == 2);
+    {
+        let reqs = hook.requests.lock().unwrap();
+        assert_eq!(reqs.len(), 3, "debounce: one notification for the burst");
+        assert_eq!(reqs[0].method, "POST");
+        assert_eq!(reqs[0].path, "/reload");
+        let first: serde_json::Value = serde_json::from_slice(&reqs[1].body).unwrap();
+        assert_eq!(first["old"], serde_json::Value::Null);
+        assert_eq!(first["new"], c1.as_str());
+        let burst: serde_json::Value = serde_json::from_slice(&reqs[2].body).unwrap();
+        assert_eq!(burst["old"], c1.as_str());
+        assert_eq!(burst["new"], last.as_str());
+    }
     let lines = std::fs::read_to_string(&cmd_out).unwrap();
     assert_eq!(
         lines.lines().collect::<Vec<_>>(),
         vec![format!(" {c1} 1"), format!("{c1} {last} 4")]
     );
-    assert_eq!(std::fs::read_to_string(&hups).unwrap().lines().count(), 2);
+    assert_eq!(hup_lines(), 2);
+    for kind in ["webhook", "command", "signal", "touch"] {
+        assert_eq!(
+            gs.metric(&format!(
+                "gitsync_hooks_total{{kind=\"{kind}\",result=\"success\"}}"
+            )),
+            Some(2.0),
+            "{kind}"
+        );
+    }
+    // Nothing else was sent after the burst's notification: the notifier sends in order, so
+    // the next publish's notification is the next request, and it starts from the burst's end.
+    let after = fx.commit("main", &[("a", "5")], "after the burst");
     assert_eq!(
-        gs.metric("gitsync_hooks_total{kind=\"webhook\",result=\"success\"}"),
-        2.0
+        http_request(gs.admin_port, "POST", "/sync", &[], b"").0,
+        202
     );
-    assert_eq!(
-        gs.metric("gitsync_hooks_total{kind=\"command\",result=\"success\"}"),
-        2.0
-    );
-    assert_eq!(
-        gs.metric("gitsync_hooks_total{kind=\"signal\",result=\"success\"}"),
-        2.0
-    );
-    assert_eq!(
-        gs.metric("gitsync_hooks_total{kind=\"touch\",result=\"success\"}"),
-        2.0
-    );
+    wait::until(Duration::from_secs(10), "the next webhook", || {
+        hook.requests.lock().unwrap().len() >= 4
+    });
+    let reqs = hook.requests.lock().unwrap();
+    assert_eq!(reqs.len(), 4, "debounce: one notification for the burst");
+    let next: serde_json::Value = serde_json::from_slice(&reqs[3].body).unwrap();
+    assert_eq!(next["old"], last.as_str());
+    assert_eq!(next["new"], after.as_str());
 }
 
 #[test]
@@ -501,7 +526,7 @@ fn notification_signal_by_pidfile_and_failures_counted() {
     let root = dir.path().join("root");
     let (app, hups) = spawn_trap_process(dir.path(), "pidfileapp");
     let pidfile = dir.path().join("app.pid");
-    std::fs::write(&pidfile, format!("{}\n", app.0.id())).unwrap();
+    std::fs::write(&pidfile, format!("{}\n", app.pid())).unwrap();
     let dead = Recorder::start(vec![503, 503, 503]);
     let gs = GitSync::start(
         &root,
@@ -522,22 +547,22 @@ fn notification_signal_by_pidfile_and_failures_counted() {
             "3",
         ],
     );
-    wait_until(Duration::from_secs(10), "publish", || {
+    wait::until(Duration::from_secs(10), "publish", || {
         is_published(&root, &c1)
     });
-    wait_until(Duration::from_secs(5), "signal", || {
+    wait::until(Duration::from_secs(5), "signal", || {
         std::fs::read_to_string(&hups)
             .map(|s| s.lines().count())
             .unwrap_or(0)
             == 1
     });
-    wait_until(Duration::from_secs(15), "webhook failure counted", || {
-        gs.metric("gitsync_hooks_total{kind=\"webhook\",result=\"failure\"}") == 1.0
+    wait::until(Duration::from_secs(15), "webhook failure counted", || {
+        gs.metric("gitsync_hooks_total{kind=\"webhook\",result=\"failure\"}") == Some(1.0)
     });
     assert_eq!(dead.requests.lock().unwrap().len(), 3, "three attempts");
     assert_eq!(
         gs.metric("gitsync_hooks_total{kind=\"signal\",result=\"success\"}"),
-        1.0
+        Some(1.0)
     );
 }
 
@@ -612,17 +637,17 @@ fn remote_down_keeps_the_tree_and_fails_readiness_after_the_staleness_limit() {
             "200ms",
         ],
     );
-    wait_until(Duration::from_secs(10), "publish", || {
+    wait::until(Duration::from_secs(10), "publish", || {
         is_published(&root, &c1)
     });
-    wait_until(Duration::from_secs(5), "ready", || gs.ready());
+    wait::until(Duration::from_secs(5), "ready", || gs.ready());
     http.down.store(true, std::sync::atomic::Ordering::SeqCst);
     let down_at = Instant::now();
-    wait_until(Duration::from_secs(5), "failures", || {
-        gs.metric("gitsync_syncs_total{result=\"error\"}") >= 1.0
+    wait::until(Duration::from_secs(5), "failures", || {
+        gs.metric("gitsync_syncs_total{result=\"error\"}") >= Some(1.0)
     });
     assert!(gs.ready(), "still ready within the staleness limit");
-    wait_until(Duration::from_secs(10), "not ready after the limit", || {
+    wait::until(Duration::from_secs(10), "not ready after the limit", || {
         !gs.ready()
     });
     assert!(
@@ -638,7 +663,7 @@ fn remote_down_keeps_the_tree_and_fails_readiness_after_the_staleness_limit() {
     let (_, verbose) = http_get(gs.admin_port, "/readyz?verbose");
     assert!(verbose.contains("no successful sync"), "{verbose}");
     http.down.store(false, std::sync::atomic::Ordering::SeqCst);
-    wait_until(Duration::from_secs(10), "ready again", || gs.ready());
+    wait::until(Duration::from_secs(10), "ready again", || gs.ready());
 }
 
 #[test]
@@ -673,7 +698,7 @@ fn sigterm_in_the_middle_of_a_sync_never_leaves_a_broken_link() {
         }
         let mut gs = GitSync::start(&root, &["--repo", &http.url("big.git"), "--period", LONG]);
         std::thread::sleep(Duration::from_millis(delay_ms));
-        gs.signal("TERM");
+        gs.signal(Signal::SIGTERM);
         let status = gs.wait_exit(Duration::from_secs(30));
         assert!(
             status.success(),

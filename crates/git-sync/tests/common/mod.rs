@@ -1,32 +1,26 @@
 //! Test harness: fixture repositories built with the git CLI, real git servers on 127.0.0.1
 //! (git daemon, git http-backend behind a small HTTP server with basic auth, sshd), and the
-//! git-sync binary as a child process. Every process is killed on drop.
+//! git-sync binary as a child process (test-support's). Every process is killed on drop.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub fn require(program: &str) {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "this test needs the program `{program}` (apt-get install git openssh-server)"
-    );
-}
+use test_support::metrics::Metrics;
+use test_support::ports::{free_port, loopback};
+use test_support::process::{Process, Signal};
+use test_support::skip::require_program;
+
+#[allow(unused_imports)] // not every test binary waits
+pub use test_support::wait;
 
 pub fn git(dir: &Path, args: &[&str]) -> String {
-    require("git");
+    require_program("git", "git");
     let out = Command::new("git")
         .args(args)
         .current_dir(dir)
@@ -125,69 +119,39 @@ impl Fixture {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-/// A child process killed on drop.
-pub struct Guard(pub Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `git daemon` serving a base path on a loopback port.
 pub struct GitDaemon {
     pub port: u16,
-    _child: Guard,
+    _process: Process,
 }
 
 impl GitDaemon {
     pub fn start(base: &Path) -> GitDaemon {
-        require("git");
+        require_program("git", "git");
         // Run `git-daemon` itself, not the `git daemon` wrapper: killing the wrapper would leave
         // the daemon listening after the test (one leaked process per test).
         let daemon = PathBuf::from(git(base, &["--exec-path"])).join("git-daemon");
         for _ in 0..5 {
             let port = free_port();
-            let child = Command::new(&daemon)
-                .args([
-                    "--export-all",
-                    "--reuseaddr",
-                    "--informative-errors",
-                    "--listen=127.0.0.1",
-                    &format!("--port={port}"),
-                    &format!("--base-path={}", base.display()),
-                    &base.display().to_string(),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start git daemon");
-            let child = Guard(child);
-            if wait_for_port(port, Duration::from_secs(5)) {
-                return GitDaemon {
-                    port,
-                    _child: child,
-                };
+            let mut cmd = Command::new(&daemon);
+            cmd.args([
+                "--export-all",
+                "--reuseaddr",
+                "--informative-errors",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", base.display()),
+                &base.display().to_string(),
+            ]);
+            let mut process = Process::spawn("git-daemon", cmd);
+            match process.try_wait_listening(loopback(port), Duration::from_secs(5)) {
+                Ok(()) => {
+                    return GitDaemon {
+                        port,
+                        _process: process,
+                    };
+                }
+                Err(e) => eprintln!("git daemon on port {port}: {e}; retrying"),
             }
         }
         panic!("git daemon did not start");
@@ -210,7 +174,7 @@ pub struct GitHttp {
 impl GitHttp {
     /// `auth` = Some((user, password)) requires basic auth.
     pub fn start(base: &Path, auth: Option<(&str, &str)>) -> GitHttp {
-        require("git");
+        require_program("git", "git");
         let exec_path = git(base, &["--exec-path"]);
         let backend = PathBuf::from(exec_path).join("git-http-backend");
         assert!(
@@ -452,16 +416,13 @@ pub struct Sshd {
     pub dir: tempfile::TempDir,
     pub client_key: PathBuf,
     pub known_hosts: PathBuf,
-    _child: Guard,
+    _process: Process,
 }
 
 impl Sshd {
     pub fn start() -> Sshd {
-        require("ssh-keygen");
-        assert!(
-            Path::new("/usr/sbin/sshd").exists(),
-            "this test needs /usr/sbin/sshd (apt-get install openssh-server)"
-        );
+        require_program("ssh-keygen", "openssh-client");
+        require_program("/usr/sbin/sshd", "openssh-server");
         // sshd insists on its privilege separation directory.
         std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
         let dir = tempfile::tempdir().unwrap();
@@ -487,15 +448,12 @@ impl Sshd {
                 d = d.display()
             );
             std::fs::write(d.join("sshd_config"), config).unwrap();
-            let child = Command::new("/usr/sbin/sshd")
-                .args(["-D", "-e", "-f"])
-                .arg(d.join("sshd_config"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start sshd");
-            let child = Guard(child);
-            if wait_for_port(port, Duration::from_secs(5)) {
+            let mut cmd = Command::new("/usr/sbin/sshd");
+            cmd.args(["-D", "-e", "-f"]).arg(d.join("sshd_config"));
+            let mut process = Process::spawn("sshd", cmd);
+            if let Err(e) = process.try_wait_listening(loopback(port), Duration::from_secs(5)) {
+                eprintln!("sshd on port {port}: {e}; retrying");
+            } else {
                 let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
                 let mut fields = host_pub.split_whitespace();
                 let line = format!(
@@ -509,7 +467,7 @@ impl Sshd {
                     client_key: d.join("client_key"),
                     known_hosts: d.join("known_hosts"),
                     dir,
-                    _child: child,
+                    _process: process,
                 };
             }
         }
@@ -521,12 +479,11 @@ impl Sshd {
     }
 }
 
-/// The git-sync binary under test.
+/// The git-sync binary under test, killed on drop.
 pub struct GitSync {
-    pub child: Option<Child>,
+    pub process: Process,
     pub admin_port: u16,
     pub root: PathBuf,
-    pub log: PathBuf,
 }
 
 pub fn bin() -> &'static str {
@@ -534,83 +491,60 @@ pub fn bin() -> &'static str {
 }
 
 impl GitSync {
-    /// Starts git-sync with `--root root --admin-addr 127.0.0.1:PORT` plus `args`; logs to a file.
+    /// Starts git-sync with `--root root --admin-addr 127.0.0.1:PORT` plus `args`, and waits
+    /// for its admin server to listen.
     pub fn start(root: &Path, args: &[&str]) -> GitSync {
         let admin_port = free_port();
-        let log = root.with_extension(format!("log-{admin_port}"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin())
-            .args([
-                "--root",
-                root.to_str().unwrap(),
-                "--admin-addr",
-                &format!("127.0.0.1:{admin_port}"),
-                "--log-format",
-                "text",
-            ])
-            .args(args)
-            .env("HOME", "/nonexistent")
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start git-sync");
-        assert!(
-            wait_for_port(admin_port, Duration::from_secs(10)),
-            "git-sync admin port did not open"
-        );
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "--root",
+            root.to_str().unwrap(),
+            "--admin-addr",
+            &format!("127.0.0.1:{admin_port}"),
+            "--log-format",
+            "text",
+        ])
+        .args(args)
+        .env("HOME", "/nonexistent");
+        let mut process = Process::spawn("git-sync", cmd);
+        if let Err(e) = process.try_wait_listening(loopback(admin_port), Duration::from_secs(10)) {
+            panic!("git-sync's admin port did not open: {e}");
+        }
         GitSync {
-            child: Some(child),
+            process,
             admin_port,
             root: root.to_path_buf(),
-            log,
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
-    pub fn metrics(&self) -> String {
-        http_get(self.admin_port, "/metrics").1
+    pub fn metrics(&self) -> Metrics {
+        test_support::metrics::scrape(loopback(self.admin_port))
     }
 
-    pub fn metric(&self, name_and_labels: &str) -> f64 {
-        metric_value(&self.metrics(), name_and_labels)
+    /// The value of one series (`name` or `name{label="value",...}`, the full label set); None
+    /// when git-sync does not serve it.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().value(series)
     }
 
     pub fn ready(&self) -> bool {
         http_get(self.admin_port, "/readyz").0 == 200
     }
 
-    pub fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().unwrap().id() as i32;
-        let signal: nix::sys::signal::Signal = format!("SIG{sig}").parse().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+    pub fn signal(&self, signal: Signal) {
+        self.process.signal(signal);
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut().unwrap();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "git-sync did not exit in {timeout:?}; logs:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for GitSync {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.wait_exit(timeout)
     }
 }
 
@@ -644,17 +578,7 @@ pub fn published(root: &Path, link: &str) -> Option<String> {
     Some(target.file_name()?.to_str()?.to_string())
 }
 
-pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
+/// One request to 127.0.0.1:port: (status, body), (0, "") if it could not be made.
 pub fn http_request(
     port: u16,
     method: &str,
@@ -662,44 +586,13 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let _ = s.write_all(req.as_bytes());
-    let _ = s.write_all(body);
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    test_support::http::request(loopback(port), method, path, headers, body)
+        .map(|r| (r.status, r.body))
+        .unwrap_or((0, String::new()))
 }
 
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     http_request(port, "GET", path, &[], b"")
-}
-
-/// Sums the samples whose line starts with `name_and_labels` (e.g. `gitsync_syncs_total{result="published"}`).
-pub fn metric_value(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && l.starts_with(name_and_labels))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
 }
 
 /// A tiny HTTP server recording requests (a webhook receiver); answers `statuses` in turn, then 200.
