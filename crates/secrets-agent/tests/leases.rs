@@ -1,0 +1,327 @@
+//! Secrets that expire: database credentials from OpenBao's database engine against a real
+//! PostgreSQL (renewed, then rotated, the old ones revoked), and PKI certificates re-issued at
+//! 2/3 of their lifetime and picked up by sidecar-kit's certificate reloader, never a
+//! certificate with another issue's key.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{AgentSetup, Bao, Postgres, bao_or_skip, root_token_args};
+use sidecar_kit::reload::{CredentialReloader, TlsFiles};
+use sidecar_kit::tls::Identity;
+use sidecar_kit::watch::WatchOptions;
+use test_support::wait::Wait;
+
+/// `KEY='value'` lines as the env format writes them (values without quotes inside).
+fn env_value(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}='")))
+        .map(|v| v.trim_end_matches('\'').to_owned())
+}
+
+#[test]
+fn database_credentials_are_renewed_then_rotated_and_the_old_ones_revoked() {
+    let Some(bin) =
+        bao_or_skip("database_credentials_are_renewed_then_rotated_and_the_old_ones_revoked")
+    else {
+        return;
+    };
+    let pg = Postgres::start();
+    let bao = Bao::dev(&bin);
+    bao.run(&["secrets", "enable", "database"]);
+    bao.run(&[
+        "write",
+        "database/config/pg",
+        "plugin_name=postgresql-database-plugin",
+        &format!(
+            "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable",
+            pg.port
+        ),
+        "allowed_roles=app",
+        "username=postgres",
+        &format!("password={}", pg.password),
+    ]);
+    // A 4s lease that may live 8s: renewed at 2/3 of its TTL, capped at the max, then a new
+    // one is issued before the old one ends.
+    bao.run(&[
+        "write",
+        "database/roles/app",
+        "db_name=pg",
+        "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+        "default_ttl=4s",
+        "max_ttl=8s",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = root_token_args(&bao, dir.path());
+    // The replaced lease has under a second left by then: revoke it at once to see the agent do it.
+    args.push("--revoke-grace=0s".into());
+    let config = "secrets:\n  db: {dynamic: {path: database/creds/app}}\nfiles:\n  - {path: db.env, secret: db, format: env}\n  - path: dsn\n    template: \"postgresql://{{ db.username }}:{{ db.password|uri_component }}@127.0.0.1/postgres\"\n";
+    let agent = AgentSetup {
+        bao: &bao,
+        dir: dir.path(),
+        config,
+        args,
+    }
+    .start();
+    let first = agent.read("db.env").unwrap();
+    let (user1, pass1) = (
+        env_value(&first, "username").unwrap(),
+        env_value(&first, "password").unwrap(),
+    );
+    assert_eq!(
+        pg.query_as(&user1, &pass1, "SELECT 1"),
+        Ok("1".into()),
+        "the credentials work"
+    );
+    assert!(agent.read("dsn").unwrap().contains(&user1));
+
+    let renewals = || {
+        agent
+            .metrics()
+            .get(
+                "secrets_agent_lease_renewals_total",
+                &[("secret", "db"), ("result", "ok")],
+            )
+            .unwrap_or(0.0)
+    };
+    Wait::new("the lease renewed")
+        .timeout(Duration::from_secs(15))
+        .context(|| agent.process.log())
+        .until(|| renewals() >= 1.0);
+    assert_eq!(
+        env_value(&agent.read("db.env").unwrap(), "username").unwrap(),
+        user1,
+        "a renewal keeps the credentials"
+    );
+
+    let second = Wait::new("new credentials")
+        .timeout(Duration::from_secs(20))
+        .context(|| agent.process.log())
+        .value(|| {
+            let text = agent.read("db.env")?;
+            let user = env_value(&text, "username")?;
+            (user != user1).then(|| (user, env_value(&text, "password").unwrap()))
+        });
+    assert_eq!(
+        pg.query_as(&second.0, &second.1, "SELECT 1"),
+        Ok("1".into())
+    );
+    // The replaced lease is revoked after the grace: its role is dropped.
+    Wait::new("the old role dropped")
+        .timeout(Duration::from_secs(15))
+        .context(|| agent.process.log())
+        .until(|| {
+            pg.query(&format!(
+                "SELECT count(*) FROM pg_roles WHERE rolname = '{user1}'"
+            )) == "0"
+        });
+    assert!(pg.query_as(&user1, &pass1, "SELECT 1").is_err());
+    let m = agent.metrics();
+    assert!(
+        m.get(
+            "secrets_agent_lease_revocations_total",
+            &[("secret", "db"), ("result", "ok")]
+        ) >= Some(1.0),
+        "{m}"
+    );
+    assert_eq!(agent.readyz().0, 200);
+}
+
+fn pki_server(bin: &Path, ttl_role: &str) -> Bao {
+    let bao = Bao::dev(bin);
+    bao.enable_pki();
+    // Certificates valid from now (not backdated 30s), so 2/3 of the lifetime is 2/3 of the TTL.
+    bao.run(&[
+        "write",
+        ttl_role,
+        "allow_any_name=true",
+        "allowed_uri_sans=spiffe://*",
+        "key_type=ec",
+        "key_bits=256",
+        "not_before_duration=1s",
+        "max_ttl=1h",
+    ]);
+    bao
+}
+
+const PKI_CONFIG: &str = r#"
+secrets:
+  id:
+    pki:
+      role: short
+      common_name: app.test
+      uri_sans: [spiffe://test.example/ns/shop/sa/app]
+      ttl: 12s
+files:
+  - {path: tls.crt, secret: id, fields: [certificate, ca_chain]}
+  - {path: tls.key, secret: id, field: private_key}
+  - {path: ca.crt, secret: id, fields: [ca_chain]}
+"#;
+
+#[test]
+fn certificates_are_reissued_at_two_thirds_and_the_kits_reloader_sees_whole_sets() {
+    let Some(bin) = bao_or_skip(
+        "certificates_are_reissued_at_two_thirds_and_the_kits_reloader_sees_whole_sets",
+    ) else {
+        return;
+    };
+    let bao = pki_server(&bin, "pki/roles/short");
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentSetup {
+        bao: &bao,
+        dir: dir.path(),
+        config: PKI_CONFIG,
+        args: root_token_args(&bao, dir.path()),
+    }
+    .start();
+    let out = agent.out.clone();
+
+    // A reader that takes each set as the kubelet's layout allows (resolve ..data once) and
+    // checks that the key belongs to the certificate, all through the rotations.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (checked, mismatched) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let reader = {
+        let (out, stop, checked, mismatched) = (
+            out.clone(),
+            stop.clone(),
+            checked.clone(),
+            mismatched.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(version) = std::fs::read_link(out.join("..data")) else {
+                    continue;
+                };
+                let dir = out.join(version);
+                let (Ok(cert), Ok(key)) = (
+                    std::fs::read(dir.join("tls.crt")),
+                    std::fs::read(dir.join("tls.key")),
+                ) else {
+                    continue; // replaced and removed meanwhile
+                };
+                let pair =
+                    Identity::from_pem(&cert, &key, Path::new("tls.crt"), Path::new("tls.key"))
+                        .and_then(|id| id.certified_key());
+                match pair {
+                    Ok(_) => checked.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => mismatched.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let registry = prometheus::Registry::new();
+    let files = TlsFiles {
+        cert: out.join("tls.crt"),
+        key: out.join("tls.key"),
+        ca: out.join("ca.crt"),
+    };
+    let rotations = runtime.block_on(async {
+        let reloader = CredentialReloader::load(files, &registry).expect("the kit loads the files");
+        let token = tokio_util::sync::CancellationToken::new();
+        let options = WatchOptions {
+            poll_interval: Duration::from_secs(1),
+            debounce: Duration::from_millis(50),
+            poll_only: false,
+        };
+        reloader.spawn_watcher(options, token.clone());
+        let mut updates = reloader.subscribe();
+        let mut seen = vec![(reloader.current(), SystemTime::now())];
+        let deadline = Instant::now() + Duration::from_secs(45);
+        while seen.len() < 3 && Instant::now() < deadline {
+            if tokio::time::timeout(Duration::from_secs(1), updates.changed())
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                seen.push((updates.borrow_and_update().clone(), SystemTime::now()));
+            }
+        }
+        token.cancel();
+        seen
+    });
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    assert_eq!(
+        rotations.len(),
+        3,
+        "two rotations in 45s; log:\n{}",
+        agent.process.log()
+    );
+
+    for pair in rotations.windows(2) {
+        let (old, _) = &pair[0];
+        let (new, seen) = &pair[1];
+        assert_ne!(old.leaf.serial_hex, new.leaf.serial_hex);
+        assert_eq!(
+            new.leaf.spiffe_ids,
+            vec!["spiffe://test.example/ns/shop/sa/app".to_owned()]
+        );
+        // Re-issued at 2/3 of the old certificate's lifetime: after 0.6 of it (the rest is the
+        // watcher's and the scheduler's slack), well before it ends.
+        let lifetime = old
+            .leaf
+            .not_after
+            .duration_since(old.leaf.not_before)
+            .unwrap();
+        let at = seen.duration_since(old.leaf.not_before).unwrap();
+        assert!(
+            at >= lifetime.mul_f64(0.6) && at < lifetime.mul_f64(0.95),
+            "replaced after {at:?} of a {lifetime:?} lifetime"
+        );
+    }
+    let reloads = registry
+        .gather()
+        .into_iter()
+        .find(|f| f.name() == "sidecar_tls_reloads_total")
+        .map(|f| {
+            f.get_metric()
+                .iter()
+                .map(|m| {
+                    (
+                        m.get_label()[0].value().to_owned(),
+                        m.get_counter().get_value(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        reloads,
+        vec![("ok".to_owned(), 2.0)],
+        "the kit refused a set"
+    );
+    assert_eq!(
+        mismatched.load(Ordering::Relaxed),
+        0,
+        "a reader saw a key with another certificate"
+    );
+    assert!(checked.load(Ordering::Relaxed) > 100, "the reader ran");
+
+    let current = rotations.last().unwrap().0.leaf.not_after;
+    let expiry = agent
+        .metrics()
+        .get(
+            "secrets_agent_secret_expiry_timestamp_seconds",
+            &[("secret", "id")],
+        )
+        .unwrap();
+    let want = current
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (expiry - want).abs() <= 1.0,
+        "expiry metric {expiry}, certificate {want}"
+    );
+}
