@@ -9,7 +9,22 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::ConfigError;
+/// A configuration value that is wrong; names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// Where a route's endpoints come from.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

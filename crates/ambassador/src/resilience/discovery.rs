@@ -16,8 +16,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::ConfigError;
-use super::config::{DiscoveryConfig, EndpointsConfig, split_dns_target};
+use super::config::{ConfigError, DiscoveryConfig, EndpointsConfig, split_dns_target};
 use super::metrics::RouteMetrics;
 
 /// The current endpoint addresses of a route, sorted and without duplicates.

@@ -10,34 +10,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::config::{BreakerConfig, PeakEwmaConfig};
-use super::metrics::{EndpointMetrics, RouteMetrics};
+use super::metrics::{EndpointMetrics, Health, RouteMetrics};
 
 /// The address the caller sends one try to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-}
-
-/// An endpoint's breaker state as shown in metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    Healthy,
-    /// No traffic until `until`; then one probe request decides.
-    Ejected {
-        until: Instant,
-    },
-    /// The single probe request is in flight.
-    Probing,
-}
-
-impl Health {
-    pub fn label(self) -> &'static str {
-        match self {
-            Health::Healthy => "healthy",
-            Health::Ejected { .. } => "ejected",
-            Health::Probing => "probing",
-        }
-    }
 }
 
 /// Whether an endpoint may take a try now, and how.

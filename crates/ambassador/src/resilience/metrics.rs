@@ -1,13 +1,33 @@
 //! Prometheus metrics per route and endpoint, registered once per process in the sidecar's registry.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::{
     GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
 };
 
-use super::endpoint::Health;
+/// An endpoint's breaker state as shown in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// No traffic until `until`; then one probe request decides.
+    Ejected {
+        until: Instant,
+    },
+    /// The single probe request is in flight.
+    Probing,
+}
+
+impl Health {
+    pub fn label(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Ejected { .. } => "ejected",
+            Health::Probing => "probing",
+        }
+    }
+}
 
 /// The metric families; clone freely.
 #[derive(Debug, Clone)]

@@ -28,39 +28,19 @@ use tokio_util::sync::CancellationToken;
 
 use balancer::{Balancer, Pick};
 pub use config::{
-    BalancerKind, BreakerConfig, DiscoveryConfig, EndpointsConfig, PeakEwmaConfig, RetryConfig,
-    RouteResilienceConfig, SuccessRateConfig, TimeoutConfig,
+    BalancerKind, BreakerConfig, ConfigError, DiscoveryConfig, EndpointsConfig, PeakEwmaConfig,
+    RetryConfig, RouteResilienceConfig, SuccessRateConfig, TimeoutConfig,
 };
-pub use endpoint::{Endpoint, EndpointState, Health, TryOutcome};
-pub use metrics::{Metrics, RouteMetrics};
-pub use retry::{PreparedBody, ReplayBody, RetryBudget};
+pub use endpoint::{Endpoint, EndpointState, TryOutcome};
+pub use metrics::{Health, Metrics, RouteMetrics};
+pub use retry::{BoxError, PreparedBody, ReplayBody, RetryBudget};
 pub use upstream::{ResilientUpstream, Runtime};
-
-/// Errors of any body or connection, boxed.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of a response from [`Route::call`]: the endpoint's own, or one the route made up (503, 504...).
 pub type RouteBody<B> = Either<B, Full<Bytes>>;
 
 /// Response header naming why the ambassador answered itself instead of an endpoint.
 pub const ERROR_HEADER: &str = "x-ambassador-error";
-
-/// A configuration value that is wrong; names the field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// What the "send one try" function reports when it fails: whether the endpoint was never reached.
 pub trait TryFailure: fmt::Display {

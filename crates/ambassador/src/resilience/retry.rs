@@ -11,8 +11,10 @@ use http::{HeaderMap, Method, Request};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use super::BoxError;
 use super::config::RetryConfig;
+
+/// Errors of any body or connection, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Methods RFC 9110 calls idempotent: sending them twice has the effect of sending them once.
 pub fn is_idempotent<B>(req: &Request<B>) -> bool {
