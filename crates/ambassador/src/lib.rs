@@ -1,20 +1,29 @@
 //! The ambassador: an mTLS proxy sidecar.
 //!
-//! - [`inbound`]: peers connect with mTLS; allowed identities reach the app on localhost.
-//! - [`outbound`]: the app calls a plain listener on localhost; the ambassador originates mTLS to
+//! - `inbound`: peers connect with mTLS; allowed identities reach the app on localhost.
+//! - `outbound`: the app calls a plain listener on localhost; the ambassador originates mTLS to
 //!   the remote service and checks its identity.
 //!
 //! [`serve`] runs both under sidecar-kit (admin server, reload, drain).
+//!
+//! The modules form layers, each importing only the ones below it (linkerd2-proxy's layout:
+//! its inbound and outbound never import each other; what they share lives below them):
+//!
+//! 1. `lib` ([`serve`]): binds every listener of the [`Config`].
+//! 2. `inbound`, `outbound`: one direction each; they never import each other.
+//! 3. `proxy`: what both directions use: serving a connection, per-request policy (checks,
+//!    metrics, access log), forwarding, the client pools of the next hop, refusal reasons.
+//! 4. [`resilience`] (endpoint choice, retries, circuit breaking), `config`, `authz`,
+//!    `metrics`, `shard`: no knowledge of connections or directions.
 
-pub mod authz;
-pub mod config;
-pub mod conn;
-pub mod inbound;
-pub mod metrics;
-pub mod outbound;
-pub mod proxy;
+mod authz;
+mod config;
+mod inbound;
+mod metrics;
+mod outbound;
+mod proxy;
 pub mod resilience;
-pub mod shard;
+mod shard;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,9 +43,8 @@ pub const INFO: SidecarInfo = SidecarInfo {
     version: env!("CARGO_PKG_VERSION"),
     description: "mTLS ambassador sidecar: terminates mTLS for the app (inbound) and originates \
                   it for the app's calls (outbound), checking identities both ways",
-    // One per core the process may use, each thread a shard with its own event loop
-    // (`shard`): on the mesh hop two shards served more than one thread, where a work-stealing
-    // runtime with two workers had served less (docs/benchmarks.md).
+    // One per core the process may use, each thread a shard with its own event loop (`shard`
+    // says why).
     worker_threads: 0,
 };
 
@@ -52,7 +60,7 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         .context("loading the certificates")?;
     reloader.spawn_watcher(Default::default(), sidecar.shutdown().token());
 
-    let resilience = resilience::Runtime::new(
+    let resilience = outbound::Runtime::new(
         sidecar.registry(),
         config.discovery.clone(),
         sidecar.shutdown().token(),
@@ -84,19 +92,4 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         let _ = handle.await;
     }
     Ok(())
-}
-
-/// `outer: cause: root cause`, for messages that must say everything on one line.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

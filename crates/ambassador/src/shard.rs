@@ -4,8 +4,7 @@
 //!
 //! Why not tokio's work-stealing runtime: it moves tasks between threads, so one proxied request
 //! crosses threads several times, and every crossing is a wake-up of another thread. Why not one
-//! thread for all: on the mesh hop with two cores, one thread per ambassador left a core idle
-//! about 16% of the time while the other had work queued (docs/benchmarks.md). Shards keep the
+//! thread for all: it leaves the other cores idle while work waits for the one. Shards keep the
 //! single thread's cheap hand-offs and still use every core, as nginx's workers and Envoy's do.
 //!
 //! Per thread: the HTTP/2 connections to each remote endpoint and the keep-alive pool to the
@@ -101,11 +100,6 @@ impl Shards {
     /// How many shards there are.
     pub fn len(&self) -> usize {
         self.open.len()
-    }
-
-    /// Always false: there is at least shard 0.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// Serves an accepted connection on the shard with the fewest open connections, tracked by
@@ -209,11 +203,6 @@ impl<T> ShardLocal<T> {
         // The modulo keeps a thread outside the shards (or a value made before they started)
         // on a valid one.
         &self.values[current() % self.values.len()]
-    }
-
-    /// Every shard's value.
-    pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.values.iter()
     }
 }
 

@@ -1,32 +1,22 @@
-//! The keep-alive connections to the app on localhost.
-//!
-//! HTTP/1.1: an idle stack of connections, each taken by one request and given back when its
-//! response body has been read to the end (hyper's pooled client spawned a task per request to
-//! wait for that moment, and looked the pool up in a hash map). h2c: the outbound side's few
-//! shared HTTP/2 connections.
+//! The keep-alive connections to the app on localhost: an HTTP/1.1 pool, or for h2c a few shared
+//! HTTP/2 connections, one set per worker thread.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Request, Response, Uri};
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use crate::config::AppProtocol;
-use crate::outbound::UpstreamBody;
-use crate::outbound::h2::{BoxError, H2Conns};
-use crate::outbound::transport::TransportError;
-use crate::proxy::ProxyBody;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::client::UpstreamBody;
+use crate::proxy::client::h1::{self, Http1Pool, Sender};
+use crate::proxy::client::h2::H2Conns;
+use crate::proxy::error::TransportError;
 use crate::shard::ShardLocal;
 
 /// Connections unused this long are closed rather than reused (the app may have closed them).
@@ -43,41 +33,13 @@ pub enum AppError {
     H2(TransportError),
 }
 
-type Sender = http1::SendRequest<ProxyBody>;
-
-/// The size of each read from the app (see `connect`).
-const APP_READ_BUFFER: usize = 4096;
-
-struct Pool {
-    idle: Mutex<Vec<(Sender, Instant)>>,
-}
-
-impl Pool {
-    /// The most recently used idle connection that can take a request now. Connections whose
-    /// last response was read but whose task has not marked them idle yet stay for later.
-    fn take(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        idle.retain(|(s, since)| !s.is_closed() && now.saturating_duration_since(*since) < IDLE);
-        let i = idle.iter().rposition(|(s, _)| s.is_ready())?;
-        Some(idle.remove(i).0)
-    }
-
-    fn give_back(&self, sender: Sender) {
-        if !sender.is_closed() {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.push((sender, Instant::now()));
-        }
-    }
-}
-
 /// Keep-alive connections to the app, shared by every inbound connection of a route.
 #[derive(Clone)]
 pub struct AppClient {
     addr: SocketAddr,
     authority: Authority,
     /// Each worker thread's own pool: a connection's I/O stays on the thread that uses it.
-    pool: Arc<ShardLocal<Arc<Pool>>>,
+    pool: Arc<ShardLocal<Arc<Http1Pool>>>,
     /// h2c: shared HTTP/2 connections instead of the HTTP/1.1 pool, per worker thread too.
     h2: Option<Arc<ShardLocal<Arc<H2Conns>>>>,
 }
@@ -96,11 +58,7 @@ impl AppClient {
         Self {
             addr,
             authority,
-            pool: Arc::new(ShardLocal::new(|| {
-                Arc::new(Pool {
-                    idle: Mutex::new(Vec::new()),
-                })
-            })),
+            pool: Arc::new(ShardLocal::new(|| Http1Pool::new(IDLE))),
             h2: (protocol == AppProtocol::H2c)
                 .then(|| Arc::new(ShardLocal::new(|| H2Conns::new(1, IDLE)))),
         }
@@ -134,15 +92,14 @@ impl AppClient {
                 let _ = stream.set_nodelay(true);
                 Ok(stream)
             };
-            // Boxed, as the connects below: inline, the futures of these rarer paths would add
-            // their size to every request's future (0.7 KB for this one), moved whole each time.
+            // Boxed, as the pool's connects: inline, the futures of these rarer paths would add
+            // their size to every request's future, moved whole each time.
             return Box::pin(h2.send(req, &connect, addr))
                 .await
                 .map(|r| r.map(UpstreamBody::H2))
                 .map_err(|(e, _)| AppError::H2(e));
         }
-        let connect = req.method() == Method::CONNECT;
-        if !connect {
+        if req.method() != Method::CONNECT {
             // Origin form: the path only.
             let mut parts = http::uri::Parts::default();
             parts.path_and_query = Some(
@@ -160,33 +117,8 @@ impl AppClient {
         {
             req.headers_mut().insert(header::HOST, host);
         }
-        // A connection kept idle may have been closed by the app meanwhile: a request it could
-        // not take comes back unsent, and goes once more on a new connection.
-        let pool = self.pool.get();
-        let reused = pool.take();
-        let was_reused = reused.is_some();
-        let mut sender = match reused {
-            Some(sender) => sender,
-            None => Box::pin(self.connect()).await?,
-        };
-        let response = match sender.try_send_request(req).await {
-            Ok(response) => response,
-            Err(mut e) => match e.take_message() {
-                Some(req) if was_reused => {
-                    sender = Box::pin(self.connect()).await?;
-                    sender
-                        .try_send_request(req)
-                        .await
-                        .map_err(|e| e.into_error())?
-                }
-                _ => return Err(e.into_error().into()),
-            },
-        };
-        // An accepted upgrade takes the connection over.
-        let upgrade = response.status() == http::StatusCode::SWITCHING_PROTOCOLS
-            || (connect && response.status().is_success());
-        let give_back = (!upgrade).then(|| (sender, pool.clone()));
-        Ok(response.map(|body| UpstreamBody::Pooled(PooledBody { body, give_back })))
+        let response = self.pool.get().send(req, || self.connect()).await?;
+        Ok(response.map(UpstreamBody::Pooled))
     }
 
     async fn connect(&self) -> Result<Sender, AppError> {
@@ -194,90 +126,6 @@ impl AppClient {
             .await
             .map_err(AppError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            // hyper reads into an 8 KiB buffer at least, growing it for large bodies. A response
-            // head and small body are handed on as slices of that buffer, so until the next hop
-            // has sent them the buffer stays pinned and the next read takes a fresh one: with
-            // many connections the pinned buffers were the largest part of the heap (about
-            // 30 KiB per connection at the peak, 64 connections on the mesh-hop benchmark). One
-            // page per read, as nginx's `proxy_buffer_size` defaults to, halves that; a large
-            // body costs more reads.
-            .read_buf_exact_size(Some(APP_READ_BUFFER))
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "app connection ended with an error");
-            }
-        });
-        Ok(sender)
-    }
-}
-
-/// A response body from a pooled HTTP/1.1 connection, which goes back to the pool once the body
-/// has been read to its end (a body dropped half-read closes its connection).
-pub struct PooledBody {
-    body: Incoming,
-    give_back: Option<(Sender, Arc<Pool>)>,
-}
-
-impl std::fmt::Debug for PooledBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledBody").finish_non_exhaustive()
-    }
-}
-
-impl PooledBody {
-    fn finished(&mut self) {
-        if let Some((sender, pool)) = self.give_back.take() {
-            pool.give_back(sender);
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(None) => {
-                this.finished();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.body.is_end_stream() {
-                    this.finished();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.give_back = None;
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // A body whose end was announced but never polled for is complete too (an empty body
-        // such as a 204's, or one the server read to its last byte).
-        if self.body.is_end_stream() {
-            self.finished();
-        }
+        Ok(h1::handshake(TokioIo::new(stream)).await?)
     }
 }

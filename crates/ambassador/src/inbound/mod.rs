@@ -2,7 +2,7 @@
 //! (per request, with `X-Forwarded-Client-Cert`) or as raw TCP.
 
 mod app;
-pub mod tls;
+mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,10 +12,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use sidecar_kit::Sidecar;
 use sidecar_kit::reload::{CredentialReloader, Credentials};
 use sidecar_kit::tls::PeerIdentity;
@@ -24,15 +24,18 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::app::AppClient;
 use crate::config::{AppProtocol, InboundRoute, Limits, Mode};
-use crate::conn::{
-    self, Activity, ConnectionLimit, Ended, Guarded, Reclaim, RequestGuard, Tracked, TunnelEnd,
-};
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
-use crate::proxy::{self, ResponseBody};
+use crate::proxy::conn::{
+    self, Activity, ConnectionLimit, Guarded, Reclaim, RequestGuard, Tracked, TunnelEnd,
+};
+use crate::proxy::error::error_chain;
+use crate::proxy::forward::{self, ResponseBody};
+use crate::proxy::policy::RequestPolicy;
+use crate::proxy::serve::{HttpServer, ServedResponse};
+use crate::proxy::tls::refusal_reason;
 use crate::shard::Shards;
-
-pub use app::{AppClient, AppError, PooledBody};
 
 static XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
@@ -68,14 +71,12 @@ struct Listener {
     app: AppClient,
     metrics: RouteMetrics,
     limits: Limits,
-    access_log: bool,
+    policy: RequestPolicy,
     stop: CancellationToken,
-    requested: CancellationToken,
     tracker: TaskTracker,
     /// The worker threads its connections are spread over.
     shards: Arc<Shards>,
-    http1: hyper::server::conn::http1::Builder,
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    server: HttpServer,
 }
 
 /// Binds an inbound listener (so a busy port fails the start) and returns its accept loop.
@@ -98,33 +99,16 @@ pub async fn bind(
     let tls = ListenerTls::build(&route, &reloader.current())?;
     let app_authority = Authority::try_from(route.app.to_string())
         .map_err(|e| anyhow::anyhow!("inbound `{}`: app address: {e}", route.name))?;
-    let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        // The header-read limit is applied by conn::drive, which (unlike hyper's) does not
-        // also cut keep-alive connections that merely wait for their next request.
-        .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes)
-        .half_close(true);
-    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2
-        .timer(TokioTimer::new())
-        // Above our limit, so that heads between the two reach the handler, which answers
-        // 431 and counts it (h2 would refuse them itself, uncounted).
-        .max_header_list_size(proxy::h2_header_list_limit(limits.max_header_bytes))
-        .max_concurrent_streams(1024);
     let listener = Arc::new(Listener {
         app: AppClient::new(route.app, app_authority, route.app_protocol),
         tls: ArcSwap::from_pointee(tls),
         metrics: metrics.route(Direction::Inbound, &route.name),
         limits,
-        access_log,
+        policy: RequestPolicy::new(&limits, access_log, sidecar.shutdown().requested()),
         stop: sidecar.shutdown().token(),
-        requested: sidecar.shutdown().requested(),
         tracker: sidecar.shutdown().tracker(),
         shards: shards.clone(),
-        http1,
-        http2,
+        server: HttpServer::new(limits),
         route,
     });
     spawn_reload(listener.clone(), reloader);
@@ -216,7 +200,7 @@ async fn serve_connection(listener: &Arc<Listener>, stream: TcpStream, peer: Soc
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            let reason = tls::refusal_reason(&e);
+            let reason = refusal_reason(&e);
             listener.metrics.tls_failure(reason);
             tracing::warn!(route = %listener.route.name, %peer, reason, error = %e, "peer refused");
             return;
@@ -236,7 +220,6 @@ async fn serve_connection(listener: &Arc<Listener>, stream: TcpStream, peer: Soc
     match listener.route.mode {
         Mode::Tcp => serve_tcp(listener, stream, peer, identity).await,
         Mode::Http => {
-            let activity = Activity::new(!h2);
             let peer_conn = Arc::new(PeerConn {
                 xfcc: if listener.route.forward_client_cert {
                     identity
@@ -249,41 +232,20 @@ async fn serve_connection(listener: &Arc<Listener>, stream: TcpStream, peer: Soc
                     .as_ref()
                     .and_then(|id| id.spiffe_ids.first().or(id.dns_names.first()).cloned())
                     .unwrap_or_else(|| peer.to_string()),
-                activity: activity.clone(),
                 http1: !h2,
             });
-            let (io, reclaimed) = Reclaim::new(Tracked::new(stream, activity.clone()));
-            let io = TokioIo::new(io);
             let handler = listener.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let guard = peer_conn.activity.request_started();
-                handle(handler.clone(), peer_conn.clone(), guard, req)
-            });
-            let ended = if h2 {
-                let conn = listener.http2.serve_connection(io, service);
-                conn::drive(
-                    conn,
-                    &activity,
-                    &listener.limits,
+            listener
+                .server
+                .serve(
+                    stream,
+                    h2,
+                    peer,
                     &listener.stop,
                     &listener.metrics,
+                    move |guard, req| handle(handler.clone(), peer_conn.clone(), guard, req),
                 )
-                .await
-            } else {
-                let conn = listener.http1.serve_connection(io, service).with_upgrades();
-                conn::drive(
-                    conn,
-                    &activity,
-                    &listener.limits,
-                    &listener.stop,
-                    &listener.metrics,
-                )
-                .await
-            };
-            report_end(&listener.metrics, &ended, peer);
-            if !h2 {
-                conn::close_http1(&ended, &reclaimed).await;
-            }
+                .await;
         }
     }
 }
@@ -299,7 +261,7 @@ async fn refuse_over_limit(listener: &Listener, stream: TcpStream, peer: SocketA
         let stream = match tls.acceptor.accept(stream).await {
             Ok(stream) => stream,
             Err(e) => {
-                let reason = tls::refusal_reason(&e);
+                let reason = refusal_reason(&e);
                 listener.metrics.tls_failure(reason);
                 tracing::warn!(route = %name, %peer, reason, error = %e, "peer refused");
                 return;
@@ -317,7 +279,7 @@ async fn refuse_over_limit(listener: &Listener, stream: TcpStream, peer: SocketA
             hyper::service::service_fn(move |_req: Request<Incoming>| {
                 answered.cancel();
                 let mut response: Response<ResponseBody> =
-                    proxy::answer(StatusCode::SERVICE_UNAVAILABLE, text.clone());
+                    forward::answer(StatusCode::SERVICE_UNAVAILABLE, text.clone());
                 // HTTP/2 has no `Connection` header; the GOAWAY says it there.
                 if !h2 {
                     response
@@ -328,7 +290,10 @@ async fn refuse_over_limit(listener: &Listener, stream: TcpStream, peer: SocketA
             })
         };
         if h2 {
-            let conn = listener.http2.serve_connection(TokioIo::new(io), service);
+            let conn = listener
+                .server
+                .http2
+                .serve_connection(TokioIo::new(io), service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => return,
@@ -340,6 +305,7 @@ async fn refuse_over_limit(listener: &Listener, stream: TcpStream, peer: SocketA
         } else {
             // `Connection: close` in the answer makes hyper close after it.
             let _ = listener
+                .server
                 .http1
                 .serve_connection(TokioIo::new(io), service)
                 .await;
@@ -353,23 +319,6 @@ async fn refuse_over_limit(listener: &Listener, stream: TcpStream, peer: SocketA
         .is_err()
     {
         tracing::debug!(route = %name, %peer, "refused connection did not finish in time");
-    }
-}
-
-/// Logs and counts how an HTTP connection ended.
-pub(crate) fn report_end(metrics: &RouteMetrics, ended: &Ended<hyper::Error>, peer: SocketAddr) {
-    match ended {
-        Ended::Done(Ok(())) => {}
-        Ended::Done(Err(e)) if e.is_parse_too_large() => {
-            metrics.limit_exceeded(Limit::HeaderSize);
-            tracing::warn!(route = metrics.route(), %peer, "request head too large: answered 431");
-        }
-        Ended::Done(Err(e)) => {
-            tracing::debug!(route = metrics.route(), %peer, error = %e, "connection ended with an error");
-        }
-        Ended::HeaderTimeout => {
-            tracing::warn!(route = metrics.route(), %peer, "request head not complete in time: answered 408");
-        }
     }
 }
 
@@ -417,7 +366,6 @@ struct PeerConn {
     xfcc: Option<HeaderValue>,
     /// The peer's identity for the access log.
     peer: String,
-    activity: Arc<Activity>,
     http1: bool,
 }
 
@@ -426,24 +374,16 @@ async fn handle(
     conn: Arc<PeerConn>,
     guard: RequestGuard,
     mut req: Request<Incoming>,
-) -> Result<Response<Guarded<ResponseBody>>, Infallible> {
-    let start = tokio::time::Instant::now();
-    let method = req.method().clone();
-    let path = if listener.access_log {
-        req.uri().path().to_owned()
-    } else {
-        String::new()
-    };
-    if !conn.http1
-        && let Some(response) =
-            proxy::refuse_large_h2_head(&req, listener.limits.max_header_bytes, &listener.metrics)
-    {
-        let response = finish(&listener, &conn, &method, &path, start, response);
+) -> Result<ServedResponse, Infallible> {
+    let policy = &listener.policy;
+    let exchange = policy.begin(&req, conn.http1);
+    if let Some(refused) = policy.check(&req, &exchange, &listener.metrics) {
+        let response = policy.finish(exchange, &listener.metrics, &conn.peer, refused);
         return Ok(response.map(|body| Guarded::new(body, guard)));
     }
-    let upgrade = proxy::wants_upgrade(&req);
+    let upgrade = forward::wants_upgrade(&req);
     let headers = req.headers_mut();
-    proxy::strip_hop_by_hop(headers, upgrade);
+    forward::strip_hop_by_hop(headers, upgrade);
     headers.remove(&XFCC);
     if let Some(value) = &conn.xfcc {
         headers.insert(XFCC.clone(), value.clone());
@@ -453,16 +393,16 @@ async fn handle(
         AppProtocol::Http1 => Version::HTTP_11,
         AppProtocol::H2c => Version::HTTP_2,
     };
-    // Boxed: awaited in place, the app's request future (1.7 KB) made this one 5.5 KB, which
-    // hyper's task for the stream holds and moves whole; boxed, this one is 672 bytes.
+    // Boxed: awaited in place, the app's request future would be part of this one, which
+    // hyper's task for the stream holds and moves whole.
     let response = match Box::pin(listener.app.request(req.map(Either::Left))).await {
         Ok(mut response) => {
             let status = response.status();
             match client_upgrade {
-                Some(client) if proxy::upgrade_accepted(&method, status) => {
+                Some(client) if forward::upgrade_accepted(exchange.method(), status) => {
                     let upstream = hyper::upgrade::on(&mut response);
-                    proxy::strip_hop_by_hop(response.headers_mut(), true);
-                    proxy::spawn_tunnel(
+                    forward::strip_hop_by_hop(response.headers_mut(), true);
+                    forward::spawn_tunnel(
                         &listener.tracker,
                         client,
                         upstream,
@@ -471,51 +411,24 @@ async fn handle(
                         listener.route.name.clone(),
                     );
                 }
-                _ => proxy::strip_hop_by_hop(response.headers_mut(), false),
+                _ => forward::strip_hop_by_hop(response.headers_mut(), false),
             }
             response.map(Either::Left)
         }
         Err(e) => {
             listener.metrics.upstream_error("app_unreachable");
             tracing::warn!(route = %listener.route.name, app = %listener.route.app, error = %e, "the app did not answer");
-            proxy::answer(
+            forward::answer(
                 StatusCode::BAD_GATEWAY,
                 format!(
                     "ambassador: inbound route `{}`: the app at {} did not answer: {}\n",
                     listener.route.name,
                     listener.route.app,
-                    crate::error_chain(&e)
+                    error_chain(&e)
                 ),
             )
         }
     };
-    let response = finish(&listener, &conn, &method, &path, start, response);
+    let response = policy.finish(exchange, &listener.metrics, &conn.peer, response);
     Ok(response.map(|body| Guarded::new(body, guard)))
-}
-
-fn finish(
-    listener: &Listener,
-    conn: &PeerConn,
-    method: &Method,
-    path: &str,
-    start: tokio::time::Instant,
-    mut response: Response<ResponseBody>,
-) -> Response<ResponseBody> {
-    if conn.http1 {
-        proxy::close_if_shutting_down(response.headers_mut(), &listener.requested);
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    listener.metrics.observe(response.status(), seconds);
-    if listener.access_log {
-        proxy::access_log(
-            "inbound",
-            &listener.route.name,
-            method,
-            path,
-            response.status(),
-            seconds,
-            &conn.peer,
-        );
-    }
-    response
 }

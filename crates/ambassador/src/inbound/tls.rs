@@ -1,38 +1,15 @@
 //! The inbound TLS side: a server config that requires a client certificate from the CA bundle
 //! and refuses, during the handshake, a peer whose identity is not on the route's allow-list
 //! (the kit's authorization hook, consulted once the chain has verified); and the
-//! `X-Forwarded-Client-Cert` header that tells the app who called; and the reason each refused
-//! handshake is counted under.
+//! `X-Forwarded-Client-Cert` header that tells the app who called.
 
 use std::sync::Arc;
 
-use rustls::{CertificateError, ServerConfig};
+use rustls::ServerConfig;
 use sidecar_kit::reload::Credentials;
 use sidecar_kit::tls::{self, PeerIdentity, TlsError};
 
 use crate::authz::AllowList;
-
-/// Why an inbound handshake failed, as counted (`reason` label) and logged.
-pub fn refusal_reason(err: &std::io::Error) -> &'static str {
-    let Some(rustls_err) = tls::rustls_error(err) else {
-        return "handshake_error";
-    };
-    if tls::peer_not_allowed(rustls_err).is_some() {
-        return "identity_not_allowed";
-    }
-    match rustls_err {
-        rustls::Error::NoCertificatesPresented => "no_certificate",
-        rustls::Error::InvalidCertificate(cert) => match cert {
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown_ca",
-            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                "not_yet_valid"
-            }
-            _ => "handshake_error",
-        },
-        _ => "handshake_error",
-    }
-}
 
 /// The inbound server config for `credentials`, allowing the peers of `allow`.
 pub fn server_config(

@@ -1,9 +1,9 @@
 //! Outbound: the app calls a plain listener on localhost (one per remote, or one routing by
 //! `Host`); the ambassador originates mTLS to the remote and checks who it is.
 
-pub mod h2;
-pub mod transport;
-pub mod upstream;
+mod resilient;
+mod transport;
+mod upstream;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -15,7 +15,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sidecar_kit::Sidecar;
 use sidecar_kit::reload::CredentialReloader;
 use tokio::io::AsyncWriteExt;
@@ -23,22 +22,26 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use self::resilient::Runtime;
+use self::transport::Transport;
+use self::upstream::{Upstream, UpstreamError};
 use crate::config::{Config, Limits, Mode, OutboundRoute};
-use crate::conn::{
-    self, Activity, ConnectionLimit, Guarded, Reclaim, RequestGuard, Tracked, TunnelEnd,
-};
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
-use crate::proxy::{self, ResponseBody};
+use crate::proxy::conn::{
+    self, Activity, ConnectionLimit, Guarded, RequestGuard, Tracked, TunnelEnd,
+};
+use crate::proxy::error::TransportError;
+use crate::proxy::forward::{self, ResponseBody};
+use crate::proxy::policy::RequestPolicy;
+use crate::proxy::serve::{HttpServer, ServedResponse};
 use crate::shard::Shards;
-pub use transport::{Endpoint, Transport, TransportError, UpstreamBody};
-pub use upstream::{BoxFuture, Upstream, UpstreamError};
 
 /// The single place that chooses how a route picks endpoints (the resilience layer hooks in
 /// here).
-pub fn build_upstream(
+fn build_upstream(
     route: &OutboundRoute,
     transport: Transport,
-    resilience: &crate::resilience::Runtime,
+    resilience: &Runtime,
 ) -> Result<Arc<dyn Upstream>, crate::resilience::ConfigError> {
     resilience.upstream(&route.name, &route.discovery, &route.resilience, transport)
 }
@@ -66,15 +69,13 @@ struct Listener {
     /// Counts connections and limits for the listener itself.
     metrics: RouteMetrics,
     limits: Limits,
-    access_log: bool,
+    policy: RequestPolicy,
     stop: CancellationToken,
-    requested: CancellationToken,
     tracker: TaskTracker,
     /// The worker threads its connections are spread over.
     shards: Arc<Shards>,
-    http1: hyper::server::conn::http1::Builder,
-    /// For apps that speak HTTP/2 with prior knowledge (h2c, gRPC).
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// HTTP/1.1, and HTTP/2 for apps that speak it with prior knowledge (h2c, gRPC).
+    server: HttpServer,
 }
 
 /// Binds every outbound listener of the configuration; returns their accept loops.
@@ -82,7 +83,7 @@ pub async fn bind_all(
     config: &Config,
     reloader: &Arc<CredentialReloader>,
     metrics: &Metrics,
-    resilience: &crate::resilience::Runtime,
+    resilience: &Runtime,
     shards: &Arc<Shards>,
     sidecar: &Sidecar,
 ) -> anyhow::Result<Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>> {
@@ -153,17 +154,6 @@ fn listener(
     shards: &Arc<Shards>,
     sidecar: &Sidecar,
 ) -> Listener {
-    let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes)
-        .half_close(true);
-    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2
-        .timer(TokioTimer::new())
-        .max_header_list_size(proxy::h2_header_list_limit(limits.max_header_bytes))
-        .max_concurrent_streams(1024);
     Listener {
         name: name.to_owned(),
         addr,
@@ -171,13 +161,11 @@ fn listener(
         routes,
         metrics,
         limits,
-        access_log,
+        policy: RequestPolicy::new(&limits, access_log, sidecar.shutdown().requested()),
         stop: sidecar.shutdown().token(),
-        requested: sidecar.shutdown().requested(),
         tracker: sidecar.shutdown().tracker(),
         shards: shards.clone(),
-        http1,
-        http2,
+        server: HttpServer::new(limits),
     }
 }
 
@@ -246,40 +234,18 @@ async fn serve_http(listener: &Arc<Listener>, stream: TcpStream, peer: SocketAdd
             h2.unwrap_or(false)
         }
     };
-    let activity = Activity::new(!h2);
-    let (io, reclaimed) = Reclaim::new(Tracked::new(stream, activity.clone()));
-    let io = TokioIo::new(io);
     let handler = listener.clone();
-    let conn_activity = activity.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let guard = conn_activity.request_started();
-        handle(handler.clone(), guard, req)
-    });
-    let ended = if h2 {
-        let conn = listener.http2.serve_connection(io, service);
-        conn::drive(
-            conn,
-            &activity,
-            &listener.limits,
+    listener
+        .server
+        .serve(
+            stream,
+            h2,
+            peer,
             &listener.stop,
             &listener.metrics,
+            move |guard, req| handle(handler.clone(), guard, req),
         )
-        .await
-    } else {
-        let conn = listener.http1.serve_connection(io, service).with_upgrades();
-        conn::drive(
-            conn,
-            &activity,
-            &listener.limits,
-            &listener.stop,
-            &listener.metrics,
-        )
-        .await
-    };
-    crate::inbound::report_end(&listener.metrics, &ended, peer);
-    if !h2 {
-        conn::close_http1(&ended, &reclaimed).await;
-    }
+        .await;
 }
 
 /// Whether the client opens with the HTTP/2 connection preface (`PRI * HTTP/2.0…`, prior
@@ -362,80 +328,47 @@ async fn handle(
     listener: Arc<Listener>,
     guard: RequestGuard,
     req: Request<Incoming>,
-) -> Result<Response<Guarded<ResponseBody>>, Infallible> {
+) -> Result<ServedResponse, Infallible> {
     let response = respond(listener, req).await;
     Ok(response.map(|body| Guarded::new(body, guard)))
 }
 
 async fn respond(listener: Arc<Listener>, mut req: Request<Incoming>) -> Response<ResponseBody> {
-    let start = tokio::time::Instant::now();
-    let http1 = req.version() != Version::HTTP_2;
-    let method = req.method().clone();
-    let path = if listener.access_log {
-        req.uri().path().to_owned()
-    } else {
-        String::new()
-    };
-    if !http1
-        && let Some(response) =
-            proxy::refuse_large_h2_head(&req, listener.limits.max_header_bytes, &listener.metrics)
-    {
-        return finish(
-            &listener,
-            http1,
-            &listener.metrics,
-            &method,
-            &path,
-            start,
-            response,
-        );
+    let policy = &listener.policy;
+    let exchange = policy.begin(&req, req.version() != Version::HTTP_2);
+    if let Some(refused) = policy.check(&req, &exchange, &listener.metrics) {
+        return policy.finish(exchange, &listener.metrics, "app", refused);
     }
     let route = match select_route(&listener.routes, &req) {
         Ok(route) => route.clone(),
         Err(message) => {
-            let response = proxy::answer(StatusCode::NOT_FOUND, message);
-            return finish(
-                &listener,
-                http1,
-                &listener.metrics,
-                &method,
-                &path,
-                start,
-                response,
-            );
+            let response = forward::answer(StatusCode::NOT_FOUND, message);
+            return policy.finish(exchange, &listener.metrics, "app", response);
         }
     };
-    if method == Method::CONNECT {
-        let response = proxy::answer(
+    if exchange.method() == Method::CONNECT {
+        let response = forward::answer(
             StatusCode::METHOD_NOT_ALLOWED,
             format!(
                 "ambassador: outbound route `{}` does not tunnel CONNECT; use a route with mode tcp\n",
                 route.name
             ),
         );
-        return finish(
-            &listener,
-            http1,
-            &route.metrics,
-            &method,
-            &path,
-            start,
-            response,
-        );
+        return policy.finish(exchange, &route.metrics, "app", response);
     }
 
-    let upgrade = proxy::wants_upgrade(&req);
-    proxy::strip_hop_by_hop(req.headers_mut(), upgrade);
+    let upgrade = forward::wants_upgrade(&req);
+    forward::strip_hop_by_hop(req.headers_mut(), upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     *req.version_mut() = Version::HTTP_11;
     let response = match route.upstream.call(req.map(Either::Left)).await {
         Ok(mut response) => {
             let status = response.status();
             match client_upgrade {
-                Some(client) if proxy::upgrade_accepted(&method, status) => {
+                Some(client) if forward::upgrade_accepted(exchange.method(), status) => {
                     let remote = hyper::upgrade::on(&mut response);
-                    proxy::strip_hop_by_hop(response.headers_mut(), true);
-                    proxy::spawn_tunnel(
+                    forward::strip_hop_by_hop(response.headers_mut(), true);
+                    forward::spawn_tunnel(
                         &listener.tracker,
                         client,
                         remote,
@@ -444,14 +377,14 @@ async fn respond(listener: Arc<Listener>, mut req: Request<Incoming>) -> Respons
                         route.name.clone(),
                     );
                 }
-                _ => proxy::strip_hop_by_hop(response.headers_mut(), false),
+                _ => forward::strip_hop_by_hop(response.headers_mut(), false),
             }
             response.map(Either::Left)
         }
         Err(e) => {
             route.metrics.upstream_error(e.kind());
             tracing::warn!(route = %route.name, error = %e, "outbound request failed");
-            let mut response = proxy::answer(
+            let mut response = forward::answer(
                 e.status(),
                 format!("ambassador: outbound route `{}`: {e}\n", route.name),
             );
@@ -464,41 +397,5 @@ async fn respond(listener: Arc<Listener>, mut req: Request<Incoming>) -> Respons
             response
         }
     };
-    finish(
-        &listener,
-        http1,
-        &route.metrics,
-        &method,
-        &path,
-        start,
-        response,
-    )
-}
-
-fn finish(
-    listener: &Listener,
-    http1: bool,
-    metrics: &RouteMetrics,
-    method: &Method,
-    path: &str,
-    start: tokio::time::Instant,
-    mut response: Response<ResponseBody>,
-) -> Response<ResponseBody> {
-    if http1 {
-        proxy::close_if_shutting_down(response.headers_mut(), &listener.requested);
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    metrics.observe(response.status(), seconds);
-    if listener.access_log {
-        proxy::access_log(
-            "outbound",
-            metrics.route(),
-            method,
-            path,
-            response.status(),
-            seconds,
-            "app",
-        );
-    }
-    response
+    policy.finish(exchange, &route.metrics, "app", response)
 }

@@ -1,5 +1,5 @@
 //! One outbound route's mTLS transport: a few shared HTTP/2 connections per endpoint when the
-//! remote agrees through ALPN (see [`super::h2`]), pooled keep-alive HTTP/1.1 connections
+//! remote agrees through ALPN (see [`crate::proxy::client::h2`]), pooled keep-alive HTTP/1.1 connections
 //! otherwise and for upgrades; the pod's certificate presented and the remote's identity checked
 //! on every new connection.
 
@@ -15,10 +15,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -32,9 +30,13 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 
-use super::h2::{BoxError, H2Body, H2Conns};
 use crate::metrics::RouteMetrics;
-use crate::proxy::{self, ProxyBody};
+use crate::proxy::body::ProxyBody;
+use crate::proxy::client::UpstreamBody;
+use crate::proxy::client::h2::H2Conns;
+use crate::proxy::error::{TransportError, error_chain};
+use crate::proxy::forward::wants_upgrade;
+use crate::proxy::tls::refusal_reason;
 use crate::shard::ShardLocal;
 
 /// One address of a remote service.
@@ -46,44 +48,6 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(addr: SocketAddr) -> Self {
         Self { addr }
-    }
-}
-
-/// Why a request could not be sent to an endpoint.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum TransportError {
-    /// The TCP connection failed: the server was never reached (safe to retry elsewhere).
-    #[error("cannot connect to {addr}: {message}")]
-    Connect { addr: SocketAddr, message: String },
-    /// The mTLS handshake failed; `reason` is the metrics label.
-    #[error("mTLS handshake with {addr} failed ({reason}): {message}")]
-    Tls {
-        addr: SocketAddr,
-        reason: &'static str,
-        message: String,
-    },
-    /// The server's certificate is valid but names someone else.
-    #[error("{addr}: {message}")]
-    IdentityMismatch { addr: SocketAddr, message: String },
-    /// The connection broke or the server spoke bad HTTP.
-    #[error("{0}")]
-    Http(String),
-}
-
-impl TransportError {
-    /// True when the request never reached the server (connect or handshake failure).
-    pub fn is_connect_failure(&self) -> bool {
-        !matches!(self, Self::Http(_))
-    }
-
-    /// The `kind` label of `ambassador_upstream_errors_total`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Connect { .. } => "connect",
-            Self::Tls { .. } => "tls",
-            Self::IdentityMismatch { .. } => "identity_mismatch",
-            Self::Http(_) => "http",
-        }
     }
 }
 
@@ -241,7 +205,7 @@ async fn connect_mtls_untimed(
                     message: mismatch.to_string(),
                 });
             }
-            let reason = crate::inbound::tls::refusal_reason(&e);
+            let reason = refusal_reason(&e);
             shared.metrics.tls_failure(reason);
             tracing::warn!(route = shared.metrics.route(), %addr, reason, error = %e, "mTLS handshake failed");
             Err(TransportError::Tls {
@@ -313,7 +277,7 @@ impl Write for MtlsStream {
 
 /// HTTP/2 connections opened per endpoint by each worker thread (each thread has its own, see
 /// [`crate::shard`]). One: a thread's requests share it, so its writes carry many requests at
-/// once; a second on the same thread only added a handshake and its buffers (docs/benchmarks.md).
+/// once; a second on the same thread would add a handshake and its buffers, and split them.
 pub const H2_CONNECTIONS_PER_ENDPOINT: usize = 1;
 
 /// What the transport keeps per endpoint.
@@ -343,47 +307,6 @@ impl std::fmt::Debug for Transport {
             .field("shared", &self.shared)
             .field("http2", &self.http2)
             .finish_non_exhaustive()
-    }
-}
-
-/// A response body from the next hop: an HTTP/2 stream, an HTTP/1.1 connection of hyper's
-/// pool, or one of the inbound side's pooled connections to the app.
-#[derive(Debug)]
-pub enum UpstreamBody {
-    H2(H2Body),
-    Http1(Incoming),
-    Pooled(crate::inbound::PooledBody),
-}
-
-impl http_body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Self::H2(body) => Pin::new(body).poll_frame(cx),
-            Self::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Self::Pooled(body) => Pin::new(body).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::H2(body) => body.is_end_stream(),
-            Self::Http1(body) => body.is_end_stream(),
-            Self::Pooled(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match self {
-            Self::H2(body) => body.size_hint(),
-            Self::Http1(body) => body.size_hint(),
-            Self::Pooled(body) => body.size_hint(),
-        }
     }
 }
 
@@ -459,7 +382,7 @@ impl Transport {
         addr: SocketAddr,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, TransportError> {
-        let upgrade = proxy::wants_upgrade(&req);
+        let upgrade = wants_upgrade(&req);
         let remote = self.remote(addr);
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(Scheme::HTTPS);
@@ -530,7 +453,7 @@ fn classify(err: &hyper_util::client::legacy::Error) -> TransportError {
         }
         source = cause.source();
     }
-    TransportError::Http(crate::error_chain(err))
+    TransportError::Http(error_chain(err))
 }
 
 fn spawn_reload(

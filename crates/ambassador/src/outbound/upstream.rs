@@ -1,15 +1,17 @@
 //! The seam between the outbound request path and the choice of endpoint: the handler hands
 //! each app request to its route's [`Upstream`], which picks an endpoint and sends it over the
 //! route's [`Transport`]. The resilience layer (discovery, balancing, retries, circuit
-//! breaking) implements it: `crate::resilience::ResilientUpstream`.
+//! breaking) implements it: [`super::resilient::ResilientUpstream`].
 
 use std::future::Future;
 use std::pin::Pin;
 
 use http::{Request, Response, StatusCode};
 
-use super::transport::{Endpoint, Transport, TransportError, UpstreamBody};
-use crate::proxy::ProxyBody;
+use super::transport::{Endpoint, Transport};
+use crate::proxy::body::ProxyBody;
+use crate::proxy::client::UpstreamBody;
+use crate::proxy::error::TransportError;
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -10,7 +10,6 @@ pub mod discovery;
 pub mod endpoint;
 pub mod metrics;
 pub mod retry;
-pub mod upstream;
 
 use std::fmt;
 use std::future::Future;
@@ -34,7 +33,6 @@ pub use config::{
 pub use endpoint::{Endpoint, EndpointState, TryOutcome};
 pub use metrics::{Health, Metrics, RouteMetrics};
 pub use retry::{BoxError, PreparedBody, ReplayBody, RetryBudget};
-pub use upstream::{ResilientUpstream, Runtime};
 
 /// The body of a response from [`Route::call`]: the endpoint's own, or one the route made up (503, 504...).
 pub type RouteBody<B> = Either<B, Full<Bytes>>;

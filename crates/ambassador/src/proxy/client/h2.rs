@@ -1,10 +1,10 @@
-//! HTTP/2 to one endpoint, spoken with the `h2` crate directly: a few shared connections, each
+//! HTTP/2 to one server, spoken with the `h2` crate directly: a few shared connections, each
 //! request a stream opened from the caller's own task.
 //!
-//! hyper's HTTP/2 client would hand every request to the connection's task over a channel and
-//! spawn a task per request to wait for its response; on the mesh hop that machinery cost more
-//! CPU than the stream itself. Here the caller opens the stream and awaits the response; only a
-//! request body that is not complete at once gets a task of its own to stream it.
+//! Not hyper's HTTP/2 client: it hands every request to the connection's task over a channel
+//! and spawns a task per request to wait for its response, machinery that costs more CPU than
+//! the stream itself. Here the caller opens the stream and awaits the response; only a request
+//! body that is not complete at once gets a task of its own to stream it.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -22,11 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::transport::TransportError;
-use crate::proxy::ProxyBody;
-
-/// Errors of a response body, boxed.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::proxy::body::{BoxError, ProxyBody};
+use crate::proxy::error::TransportError;
 
 /// Flow-control windows we grant the remote for response bodies. Fixed rather than adaptive:
 /// enough for a fast LAN (1 MiB per stream is 8 Gbit/s at 1 ms), and a bound on what a slow app
@@ -61,11 +58,11 @@ struct State {
     conns: Vec<Conn>,
     next: usize,
     next_id: u64,
-    /// The attempt opening a connection now (only one at a time per endpoint).
+    /// The attempt opening a connection now (only one at a time per server).
     connecting: Option<u64>,
 }
 
-/// The HTTP/2 connections to one endpoint: up to `max`, shared by all requests, opened on
+/// The HTTP/2 connections to one server: up to `max`, shared by all requests, opened on
 /// demand, closed after `idle` without a request.
 pub struct H2Conns {
     state: Mutex<State>,
@@ -242,7 +239,7 @@ impl H2Conns {
     }
 
     /// Opens a connection on a task of its own, so that a request that gives up waiting (its
-    /// timeout, its client gone) does not leave the endpoint "being connected" for ever.
+    /// timeout, its client gone) does not leave the server "being connected" for ever.
     fn spawn_open<F, Fut, T>(self: &Arc<Self>, attempt: u64, connect: &F)
     where
         F: Fn() -> Fut + Clone + Send + Sync + 'static,

@@ -1,22 +1,18 @@
-//! HTTP proxying shared by both directions: the body type, hop-by-hop headers, the
-//! ambassador's own error answers, and upgrades (WebSocket, CONNECT) turned into tunnels.
+//! HTTP forwarding both directions do alike: hop-by-hop headers, the ambassador's own
+//! answers, and upgrades (WebSocket, CONNECT) turned into tunnels.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::{Activity, Tracked, TunnelEnd, tunnel};
-
-/// Request bodies (and inbound responses): streamed from the other side, or a small body of our
-/// own (an error answer, a body buffered for a retry).
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+use crate::proxy::client::UpstreamBody;
+use crate::proxy::conn::{Activity, Tracked, TunnelEnd, tunnel};
 
 /// Responses: the next hop's, or the ambassador's own answer.
-pub type ResponseBody = Either<crate::outbound::UpstreamBody, Full<Bytes>>;
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// An answer from the ambassador itself, with a plain-text body that says what went wrong.
 pub fn answer<B>(status: StatusCode, message: String) -> Response<Either<B, Full<Bytes>>> {
@@ -30,51 +26,6 @@ pub fn answer<B>(status: StatusCode, message: String) -> Response<Either<B, Full
         .headers_mut()
         .insert("x-ambassador-error", HeaderValue::from_static("1"));
     response
-}
-
-/// The `SETTINGS_MAX_HEADER_LIST_SIZE` given to HTTP/2: twice `max_header_bytes`, so that
-/// heads up to that size reach [`refuse_large_h2_head`] (answered and counted); bigger ones are
-/// refused by the h2 layer itself (a `431` too, but not counted).
-pub fn h2_header_list_limit(max_header_bytes: usize) -> u32 {
-    u32::try_from(max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX)
-}
-
-/// An HTTP/2 request head larger than `max` bytes, as HTTP/2 counts them (RFC 9113 6.5.2: name
-/// and value of each field plus 32, pseudo-header fields included), is answered `431` and
-/// counted, as an HTTP/1 head of that size is.
-pub fn refuse_large_h2_head<B, R>(
-    req: &Request<B>,
-    max: usize,
-    metrics: &crate::metrics::RouteMetrics,
-) -> Option<Response<Either<R, Full<Bytes>>>> {
-    let uri = req.uri();
-    let mut size = 4 * 32
-        + ":method".len()
-        + req.method().as_str().len()
-        + ":path".len()
-        + uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + ":scheme".len()
-        + uri.scheme_str().map_or(0, str::len)
-        + ":authority".len()
-        + uri.authority().map_or(0, |a| a.as_str().len());
-    for (name, value) in req.headers() {
-        size += name.as_str().len() + value.len() + 32;
-    }
-    if size <= max {
-        return None;
-    }
-    metrics.limit_exceeded(crate::metrics::Limit::HeaderSize);
-    tracing::warn!(
-        route = metrics.route(),
-        size,
-        "HTTP/2 request head too large: answered 431"
-    );
-    Some(answer(
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        format!(
-            "ambassador: the request head ({size} bytes) is larger than max_header_bytes ({max})\n"
-        ),
-    ))
 }
 
 /// Whether the request asks to leave HTTP: an `Upgrade` (WebSocket) or a `CONNECT`.
@@ -96,8 +47,8 @@ const OTHER_HOP_BY_HOP: [HeaderName; 5] = [
 /// so the next hop sees the same upgrade request.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none of these or only `Connection: keep-alive` (nginx's answers): one
-    // scan of the few names present, then a removal only for those found. A hash lookup per
-    // hop-by-hop name was about 1,000 instructions per message.
+    // scan of the few names present, then a removal only for those found, rather than a hash
+    // lookup per hop-by-hop name on every message.
     let (mut connection, mut te, mut upgrade, mut other) = (false, false, false, false);
     for name in headers.keys() {
         if name == header::CONNECTION {
@@ -202,36 +153,6 @@ pub fn spawn_tunnel(
             Err(e) => tracing::debug!(route, error = %e, "tunnel ended with an error"),
         }
     });
-}
-
-/// Writes one access-log line (tracing target `access`; JSON with `--log-format json`).
-pub fn access_log(
-    direction: &str,
-    route: &str,
-    method: &Method,
-    path: &str,
-    status: StatusCode,
-    seconds: f64,
-    peer: &str,
-) {
-    tracing::info!(
-        target: "access",
-        direction,
-        route,
-        method = method.as_str(),
-        path,
-        status = status.as_u16(),
-        duration_ms = seconds * 1000.0,
-        peer,
-    );
-}
-
-/// Adds `Connection: close` to an HTTP/1 response once shutdown is requested, so clients move
-/// away while the listener still answers.
-pub fn close_if_shutting_down(headers: &mut HeaderMap, requested: &CancellationToken) {
-    if requested.is_cancelled() {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
 }
 
 #[cfg(test)]

@@ -1,16 +1,20 @@
-//! The resilient [`Upstream`] of an outbound route: discovery, balancing, retries and circuit breaking
-//! around the route's mTLS [`Transport`], one `Transport::send` per try.
+//! The resilient [`Upstream`] of an outbound route: the resilience layer's decisions
+//! (discovery, balancing, retries, circuit breaking) around the route's mTLS [`Transport`], one
+//! `Transport::send` per try.
 
 use http::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    ConfigError, DiscoveryConfig, EndpointsConfig, Metrics, Route, RouteError,
+use super::transport::{Endpoint, Transport};
+use super::upstream::{BoxFuture, Upstream, UpstreamError};
+use crate::proxy::body::ProxyBody;
+use crate::proxy::client::UpstreamBody;
+use crate::proxy::error::TransportError;
+use crate::proxy::forward::wants_upgrade;
+use crate::resilience::{
+    ConfigError, DiscoveryConfig, EndpointsConfig, Metrics, ReplayBody, Route, RouteError,
     RouteResilienceConfig, TryFailure,
 };
-use crate::outbound::transport::{Endpoint, Transport, TransportError, UpstreamBody};
-use crate::outbound::{BoxFuture, Upstream, UpstreamError};
-use crate::proxy::{self, ProxyBody};
 
 impl TryFailure for TransportError {
     fn is_connect_failure(&self) -> bool {
@@ -75,19 +79,13 @@ pub struct ResilientUpstream {
     transport: Transport,
 }
 
-impl ResilientUpstream {
-    pub fn route(&self) -> &Route {
-        &self.route
-    }
-}
-
 impl Upstream for ResilientUpstream {
     fn call(
         &self,
         req: Request<ProxyBody>,
     ) -> BoxFuture<'_, Result<Response<UpstreamBody>, UpstreamError>> {
         Box::pin(async move {
-            if proxy::wants_upgrade(&req) {
+            if wants_upgrade(&req) {
                 // An upgraded connection is a tunnel, not a request: one try, nothing to replay.
                 let endpoint = self
                     .route
@@ -100,7 +98,7 @@ impl Upstream for ResilientUpstream {
                 .route
                 .call_known_length(
                     req,
-                    |endpoint, req: Request<super::ReplayBody<ProxyBody>>| async move {
+                    |endpoint, req: Request<ReplayBody<ProxyBody>>| async move {
                         let (parts, body) = req.into_parts();
                         let body: ProxyBody = match body.into_original_or_full() {
                             Some(http_body_util::Either::Left(original)) => original,

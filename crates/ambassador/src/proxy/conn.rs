@@ -307,10 +307,6 @@ impl<T> Tracked<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
         Self { inner, activity }
     }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {

@@ -1,0 +1,57 @@
+//! Why a request could not be sent to the next hop, whichever side the next hop is on (a remote
+//! endpoint over mTLS, or the app on localhost), and how an error is told on one line.
+
+use std::net::SocketAddr;
+
+/// Why a request could not be sent to an endpoint.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    /// The TCP connection failed: the server was never reached (safe to retry elsewhere).
+    #[error("cannot connect to {addr}: {message}")]
+    Connect { addr: SocketAddr, message: String },
+    /// The mTLS handshake failed; `reason` is the metrics label.
+    #[error("mTLS handshake with {addr} failed ({reason}): {message}")]
+    Tls {
+        addr: SocketAddr,
+        reason: &'static str,
+        message: String,
+    },
+    /// The server's certificate is valid but names someone else.
+    #[error("{addr}: {message}")]
+    IdentityMismatch { addr: SocketAddr, message: String },
+    /// The connection broke or the server spoke bad HTTP.
+    #[error("{0}")]
+    Http(String),
+}
+
+impl TransportError {
+    /// True when the request never reached the server (connect or handshake failure).
+    pub fn is_connect_failure(&self) -> bool {
+        !matches!(self, Self::Http(_))
+    }
+
+    /// The `kind` label of `ambassador_upstream_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect",
+            Self::Tls { .. } => "tls",
+            Self::IdentityMismatch { .. } => "identity_mismatch",
+            Self::Http(_) => "http",
+        }
+    }
+}
+
+/// `outer: cause: root cause`, for messages that must say everything on one line.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
