@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sidecar_kit::cli::LogFormat;
+use sidecar_kit::cli::{ConfigFile, LogFormat};
+use sidecar_kit::config::ConfigError;
 use sidecar_kit::{KitArgs, SidecarInfo};
 
 use sidecar_kit::command::CommandSpec;
@@ -20,6 +21,9 @@ pub const INFO: SidecarInfo = SidecarInfo {
     description: "Keeps a shared volume on the latest good revision of a git repository",
     worker_threads: 0,
 };
+
+/// git-sync is configured by flags and `GIT_SYNC_*` variables alone: `--config` is refused.
+pub const CONFIG_FILE: ConfigFile = ConfigFile::None;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ForcePushPolicy {
@@ -144,12 +148,8 @@ pub struct Config {
     pub log_format: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
-
 fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
-    Err(ConfigError(msg.into()))
+    Err(ConfigError::value(msg))
 }
 
 fn is_ssh(url: &str) -> bool {
@@ -163,21 +163,11 @@ fn has_password_in_url(url: &str) -> bool {
 }
 
 fn readable(flag: &str, path: &std::path::Path) -> Result<(), ConfigError> {
-    match std::fs::File::open(path) {
-        Ok(_) => Ok(()),
-        Err(e) => err(format!("{flag} {}: {e}", path.display())),
-    }
+    sidecar_kit::config::require_readable(flag, path)
 }
 
 impl Config {
     pub fn from_cli(cli: &Cli) -> Result<Config, ConfigError> {
-        if let Some(file) = &cli.kit.config {
-            // Silently ignoring a file the operator believes is in force would be worse.
-            return err(format!(
-                "--config {}: git-sync is configured by flags or GIT_SYNC_* variables only, not a file",
-                file.display()
-            ));
-        }
         let url = cli.repo.trim().to_string();
         if url.is_empty() {
             return err("--repo must not be empty");
@@ -187,7 +177,7 @@ impl Config {
                 "--repo holds a password: put it in a file and pass --username and --password-file",
             );
         }
-        let target = RefTarget::parse(&cli.reference).map_err(ConfigError)?;
+        let target = RefTarget::parse(&cli.reference).map_err(ConfigError::Value)?;
         if cli.password_file.is_some() != cli.username.is_some() {
             return err("--username and --password-file go together");
         }
@@ -223,15 +213,13 @@ impl Config {
         let validate = cli
             .validate_command
             .as_deref()
-            .map(|c| {
-                CommandSpec::parse(c).map_err(|e| ConfigError(format!("--validate-command: {e}")))
-            })
+            .map(|c| CommandSpec::parse(c).map_err(|e| ConfigError::field("--validate-command", e)))
             .transpose()?;
         let root = if cli.root.is_absolute() {
             cli.root.clone()
         } else {
             std::env::current_dir()
-                .map_err(|e| ConfigError(format!("--root: {e}")))?
+                .map_err(|e| ConfigError::field("--root", e))?
                 .join(&cli.root)
         };
         if cli.link.is_empty()
@@ -256,10 +244,7 @@ impl Config {
                 ssh_known_hosts: cli.ssh_known_hosts_file.clone(),
             },
         };
-        let mut notify = cli
-            .notify
-            .to_config()
-            .map_err(|e| ConfigError(e.to_string()))?;
+        let mut notify = cli.notify.to_config()?;
         if let Some(command) = &mut notify.command {
             command.cwd = Some(root.join(&cli.link));
         }
@@ -301,7 +286,8 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, String> {
         let mut all = vec!["git-sync"];
         all.extend_from_slice(args);
-        let cli: Cli = sidecar_kit::cli::try_parse_from(&INFO, all).map_err(|e| e.to_string())?;
+        let cli: Cli =
+            sidecar_kit::cli::try_parse_with(&INFO, CONFIG_FILE, all).map_err(|e| e.to_string())?;
         Config::from_cli(&cli).map_err(|e| e.to_string())
     }
 

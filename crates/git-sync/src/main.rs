@@ -1,5 +1,6 @@
 use std::process::ExitCode;
 
+use git_sync::config::CONFIG_FILE;
 use git_sync::{Cli, Config, INFO};
 
 fn main() -> ExitCode {
@@ -14,7 +15,7 @@ fn main() -> ExitCode {
         let (filter, format) = (next(), next());
         return git_sync::worker::run_worker(&filter, &format);
     }
-    let cli: Cli = sidecar_kit::cli::parse(&INFO);
+    let cli: Cli = sidecar_kit::cli::parse_with(&INFO, CONFIG_FILE);
     let config = match Config::from_cli(&cli) {
         Ok(c) => c,
         Err(e) => return sidecar_kit::config::exit_config_error(&e),

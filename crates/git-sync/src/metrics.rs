@@ -1,9 +1,7 @@
 //! Prometheus metrics. No label ever carries a URL, a username or a secret.
 
-use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
-};
+use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use sidecar_kit::metrics::{counter, counter_vec, float_gauge, gauge, gauge_vec, histogram};
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -26,71 +24,67 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
-        let m = Metrics {
-            syncs: IntCounterVec::new(
-                Opts::new("gitsync_syncs_total", "Sync attempts by result"),
+        Ok(Metrics {
+            syncs: counter_vec(
+                registry,
+                "gitsync_syncs_total",
+                "Sync attempts by result",
                 &["result"],
             )?,
-            sync_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "gitsync_sync_duration_seconds",
-                    "Time taken by a sync attempt",
-                )
-                .buckets(vec![
+            sync_duration: histogram(
+                registry,
+                "gitsync_sync_duration_seconds",
+                "Time taken by a sync attempt",
+                &[
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     120.0,
-                ]),
+                ],
             )?,
-            last_success: Gauge::new(
+            last_success: float_gauge(
+                registry,
                 "gitsync_last_success_timestamp_seconds",
                 "Unix time of the last sync that left the published tree on the wanted revision",
             )?,
-            published_revision: IntGaugeVec::new(
-                Opts::new(
-                    "gitsync_published_revision_info",
-                    "The published revision (value 1, the SHA in a label)",
-                ),
+            published_revision: gauge_vec(
+                registry,
+                "gitsync_published_revision_info",
+                "The published revision (value 1, the SHA in a label)",
                 &["sha"],
             )?,
-            validations_refused: IntCounter::new(
+            validations_refused: counter(
+                registry,
                 "gitsync_validations_refused_total",
                 "Revisions the validation command refused (not published)",
             )?,
-            force_pushes: IntCounterVec::new(
-                Opts::new(
-                    "gitsync_force_pushes_total",
-                    "Rewritten history seen on the synced ref, by policy applied",
-                ),
+            force_pushes: counter_vec(
+                registry,
+                "gitsync_force_pushes_total",
+                "Rewritten history seen on the synced ref, by policy applied",
                 &["policy"],
             )?,
-            hooks: IntCounterVec::new(
-                Opts::new("gitsync_hooks_total", "Notifications after a publish"),
+            hooks: counter_vec(
+                registry,
+                "gitsync_hooks_total",
+                "Notifications after a publish",
                 &["kind", "result"],
             )?,
-            consecutive_failures: IntGauge::new(
+            consecutive_failures: gauge(
+                registry,
                 "gitsync_consecutive_failures",
                 "Failed syncs since the last good one",
             )?,
-            fetched_bytes: IntCounter::new(
+            fetched_bytes: counter(
+                registry,
                 "gitsync_fetched_bytes_total",
                 "Bytes received from the remote in packs",
             )?,
-            sync_requests: IntCounterVec::new(
-                Opts::new("gitsync_sync_requests_total", "POST /sync requests"),
+            sync_requests: counter_vec(
+                registry,
+                "gitsync_sync_requests_total",
+                "POST /sync requests",
                 &["result"],
             )?,
-        };
-        registry.register(Box::new(m.syncs.clone()))?;
-        registry.register(Box::new(m.sync_duration.clone()))?;
-        registry.register(Box::new(m.last_success.clone()))?;
-        registry.register(Box::new(m.published_revision.clone()))?;
-        registry.register(Box::new(m.validations_refused.clone()))?;
-        registry.register(Box::new(m.force_pushes.clone()))?;
-        registry.register(Box::new(m.hooks.clone()))?;
-        registry.register(Box::new(m.consecutive_failures.clone()))?;
-        registry.register(Box::new(m.fetched_bytes.clone()))?;
-        registry.register(Box::new(m.sync_requests.clone()))?;
-        Ok(m)
+        })
     }
 
     pub fn set_published(&self, sha: &str) {

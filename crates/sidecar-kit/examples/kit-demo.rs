@@ -15,6 +15,7 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use clap::Parser;
+use sidecar_kit::cli::ConfigFile;
 use sidecar_kit::{KitArgs, Sidecar, SidecarInfo};
 
 const INFO: SidecarInfo = SidecarInfo {
@@ -89,16 +90,13 @@ async fn serve(
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = sidecar_kit::cli::parse(&INFO);
-    let file = match cli
-        .kit
-        .config
-        .as_deref()
-        .map(sidecar_kit::config::load_yaml::<FileConfig>)
-    {
-        None => None,
-        Some(Ok(file)) => Some(file),
-        Some(Err(e)) => return sidecar_kit::config::exit_config_error(&e),
+    let cli: Cli = sidecar_kit::cli::parse_with(
+        &INFO,
+        ConfigFile::Optional("the greeting and the longest delay"),
+    );
+    let file = match cli.kit.load_config::<FileConfig>() {
+        Ok(file) => file,
+        Err(e) => return sidecar_kit::config::exit_config_error(&e),
     };
     sidecar_kit::run(&INFO, &cli.kit, |sidecar| serve(cli.listen, file, sidecar))
 }

@@ -1,4 +1,6 @@
-//! The optional YAML configuration file, and what a configuration error does.
+//! The sidecar's YAML file (`--config`), and the one error type for a configuration that cannot
+//! be used, whether the fault is in the file or in a flag: a sidecar refuses it at start with
+//! [`exit_config_error`] (exit 64), or on a reload keeps the configuration it has.
 //!
 //! Put `#[serde(deny_unknown_fields)]` on every struct you load: a misspelt key is then an error
 //! naming the file, the line and the field, instead of a setting silently ignored.
@@ -24,7 +26,9 @@ use serde::de::DeserializeOwned;
 
 use crate::EXIT_CONFIG;
 
-/// A configuration that cannot be used. Its message names the file and what is wrong there.
+/// A configuration that cannot be used. Its message names what is at fault (the file and line,
+/// the field, the flag) and what is wrong there. Every sidecar's configuration errors are this
+/// type.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -137,6 +141,23 @@ pub fn parse_yaml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, Co
     })
 }
 
+/// Checks at start that a file named by a setting can be read (a secret file, a CA bundle), so
+/// that a wrong path is refused with exit 64 instead of failing later. The error names the
+/// setting and the file.
+pub fn require_readable(field: &str, path: &Path) -> Result<(), ConfigError> {
+    let refused = |source| ConfigError::File {
+        field: field.to_owned(),
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(refused)?;
+    match file.metadata() {
+        Ok(meta) if meta.is_dir() => Err(refused(std::io::ErrorKind::IsADirectory.into())),
+        Ok(_) => Ok(()),
+        Err(e) => Err(refused(e)),
+    }
+}
+
 /// Prints a configuration error as one line on stderr and returns exit code 64.
 ///
 /// Use it in `main` before the sidecar starts: `return exit_config_error(&err)`.
@@ -195,6 +216,29 @@ mod tests {
         assert_eq!(
             err,
             "r.yaml: line 3 column 11: field `routes[0].port`: invalid u16"
+        );
+    }
+
+    #[test]
+    fn unreadable_files_name_the_setting_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "x").unwrap();
+        require_readable("--password-file", &file).unwrap();
+        let missing = dir.path().join("missing");
+        let err = require_readable("--password-file", &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("--password-file {}: ", missing.display())),
+            "{err}"
+        );
+        let err = require_readable("--ca-file", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--ca-file") && err.contains("directory"),
+            "{err}"
         );
     }
 

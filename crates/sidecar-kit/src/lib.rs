@@ -5,10 +5,12 @@
 //! - [`cli`]: a clap [`KitArgs`] struct to flatten into your own flags, with an env fallback for
 //!   every flag under your sidecar's prefix (`--admin-addr` is also `MYSIDECAR_ADMIN_ADDR`), and
 //!   exit code 64 with one clear message on a bad flag;
-//! - [`config`]: an optional YAML file with unknown fields refused and errors that name the file,
-//!   line and field;
+//! - [`config`]: the sidecar's YAML file (`--config`: optional, required or refused, as the
+//!   sidecar declares with [`cli::ConfigFile`]) with unknown fields refused, and the one
+//!   [`config::ConfigError`] whose messages name the file, line and field, or the flag;
 //! - [`admin`]: an admin server with `/livez`, `/readyz` (named [`readiness`] checks),
-//!   `/metrics` (a Prometheus registry) and `/version`, plus your own routes;
+//!   `/metrics` (a Prometheus registry; [`metrics`] registers yours in one line each) and
+//!   `/version`, plus your own routes;
 //! - [`shutdown`]: SIGTERM/SIGINT handling that fails readiness, waits a delay, stops accepting,
 //!   drains in-flight work within a grace period and exits 0 (a second signal exits at once);
 //! - [`tls`] and [`reload`]: PEM loading, rustls server/client configs for mTLS, peer identities
@@ -17,8 +19,8 @@
 //!   fallback;
 //! - [`notify`]: telling the app about a change (webhook, command, signal, touched file),
 //!   debounced; [`command`] runs commands without a shell, with a timeout;
-//! - [`telemetry`]: tracing to stderr as JSON or text, a build-info metric, and URL redaction
-//!   for log lines.
+//! - [`telemetry`]: tracing to stderr as JSON or text, a build-info metric, URL redaction and
+//!   [`error_chain`] for log lines.
 //!
 //! # A complete sidecar
 //!
@@ -68,6 +70,7 @@ pub mod admin;
 pub mod cli;
 pub mod command;
 pub mod config;
+pub mod metrics;
 pub mod notify;
 pub mod readiness;
 pub mod reload;
@@ -79,6 +82,7 @@ pub mod watch;
 
 pub use cli::KitArgs;
 pub use runtime::{Sidecar, run};
+pub use telemetry::error_chain;
 
 /// What a sidecar says about itself: its name, its env prefix and its default admin port.
 ///

@@ -32,10 +32,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prometheus::{Gauge, GaugeVec, IntCounterVec, Opts, Registry};
+use prometheus::{Gauge, GaugeVec, IntCounterVec, Registry};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics;
 use crate::tls::{self, Identity, PeerIdentity, TlsError, TrustBundle};
 use crate::watch::{WatchOptions, watch_files};
 
@@ -72,31 +73,24 @@ struct ReloadMetrics {
 
 impl ReloadMetrics {
     fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let reloads = IntCounterVec::new(
-            Opts::new(
+        Ok(Self {
+            reloads: metrics::counter_vec(
+                registry,
                 "sidecar_tls_reloads_total",
                 "Certificate reload attempts by result: ok, or why the new files were refused.",
-            ),
-            &["result"],
-        )?;
-        let expiry = GaugeVec::new(
-            Opts::new(
+                &["result"],
+            )?,
+            expiry: metrics::float_gauge_vec(
+                registry,
                 "sidecar_certificate_expiry_timestamp_seconds",
                 "Expiry (notAfter) of each certificate in use, as a Unix timestamp.",
-            ),
-            &["role", "subject", "serial"],
-        )?;
-        let last_success = Gauge::new(
-            "sidecar_tls_last_reload_success_timestamp_seconds",
-            "When credentials were last loaded successfully, as a Unix timestamp.",
-        )?;
-        registry.register(Box::new(reloads.clone()))?;
-        registry.register(Box::new(expiry.clone()))?;
-        registry.register(Box::new(last_success.clone()))?;
-        Ok(Self {
-            reloads,
-            expiry,
-            last_success,
+                &["role", "subject", "serial"],
+            )?,
+            last_success: metrics::float_gauge(
+                registry,
+                "sidecar_tls_last_reload_success_timestamp_seconds",
+                "When credentials were last loaded successfully, as a Unix timestamp.",
+            )?,
         })
     }
 }

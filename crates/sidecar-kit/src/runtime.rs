@@ -302,30 +302,13 @@ where
         Box::pin(async move {
             match self.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(error_chain(e.into().as_ref())),
+                Ok(Err(e)) => Err(crate::error_chain(e.into().as_ref())),
                 Err(join) => Err(format!(
                     "the sidecar's task panicked or was cancelled: {join}"
                 )),
             }
         })
     }
-}
-
-/// `outer: cause: root cause`, as anyhow's `{:#}` prints it.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // anyhow's Display of a context already embeds nothing of the cause, but some errors
-        // repeat their source in their message: do not print it twice.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

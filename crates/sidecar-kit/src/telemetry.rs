@@ -1,8 +1,9 @@
-//! Logs (tracing to stderr, JSON or text), the build-info metric, and URLs made safe to log.
+//! Logs (tracing to stderr, JSON or text), the build-info metric, and text made fit for a log
+//! line: an error with its causes, a URL without its password.
 
 use std::io::IsTerminal;
 
-use prometheus::{IntGaugeVec, Opts, Registry};
+use prometheus::Registry;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -40,21 +41,46 @@ pub fn init_logging(filter: &str, format: LogFormat) {
 
 /// Registers `sidecar_build_info{sidecar,version,revision} 1` in `registry`.
 pub fn register_build_info(info: &SidecarInfo, registry: &Registry) -> prometheus::Result<()> {
-    let gauge = IntGaugeVec::new(
-        Opts::new(
-            "sidecar_build_info",
-            "Build information of this sidecar; the value is always 1.",
-        ),
+    crate::metrics::gauge_vec(
+        registry,
+        "sidecar_build_info",
+        "Build information of this sidecar; the value is always 1.",
         &["sidecar", "version", "revision"],
-    )?;
-    gauge
-        .with_label_values(&[
-            info.name,
-            info.version,
-            crate::REVISION.unwrap_or("unknown"),
-        ])
-        .set(1);
-    registry.register(Box::new(gauge))
+    )?
+    .with_label_values(&[
+        info.name,
+        info.version,
+        crate::REVISION.unwrap_or("unknown"),
+    ])
+    .set(1);
+    Ok(())
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`, as anyhow's `{:#}` prints
+/// them; a cause whose text the message already ends with is not repeated.
+///
+/// ```
+/// let io = std::io::Error::other("connection refused");
+/// let err = sidecar_kit::config::ConfigError::File {
+///     field: "--ca-file".into(),
+///     path: "/etc/ca.pem".into(),
+///     source: io,
+/// };
+/// // ConfigError's message already ends with its source's.
+/// assert_eq!(sidecar_kit::error_chain(&err), "--ca-file /etc/ca.pem: connection refused");
+/// ```
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// `https://user:token@host/x` -> `https://user:***@host/x`: a URL is safe to log after this.
@@ -82,6 +108,19 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Middle);
+    #[derive(Debug, thiserror::Error)]
+    #[error("middle: root")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_prints_every_cause_once() {
+        let err = Outer(Middle(std::io::Error::other("root")));
+        assert_eq!(error_chain(&err), "outer: middle: root");
+    }
 
     #[test]
     fn redacts_password_in_url() {
