@@ -1,13 +1,15 @@
 //! Command line and the validated configuration built from it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use sidecar_kit::cli::ConfigFile;
+use sidecar_kit::config::ConfigError;
 use sidecar_kit::{KitArgs, SidecarInfo};
 
-use crate::mapping::{Mapping, MappingError};
+use crate::mapping::Mapping;
 
 pub const INFO: SidecarInfo = SidecarInfo {
     name: "xml-adapter",
@@ -17,6 +19,9 @@ pub const INFO: SidecarInfo = SidecarInfo {
     description: "Serves a legacy application's XML status page as Prometheus metrics and JSON",
     worker_threads: 0,
 };
+
+/// The adapter cannot run without its mapping, the `--config` file (`check` has its own).
+pub const CONFIG_FILE: ConfigFile = ConfigFile::Required("the mapping");
 
 #[derive(Parser, Debug)]
 #[command(name = "xml-adapter", version, about)]
@@ -146,59 +151,28 @@ pub struct TlsOptions {
     pub insecure_skip_verify: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("--config: a mapping file is required (XML_ADAPTER_CONFIG)")]
-    NoMapping,
-    #[error(transparent)]
-    Mapping(#[from] MappingError),
-    #[error("--upstream `{url}`: {message}")]
-    Upstream { url: String, message: String },
-    #[error("--header `{0}`: expected `Name: value`")]
-    Header(String),
-    #[error("{flag} {}: {source}", path.display())]
-    File {
-        flag: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Invalid(String),
-}
-
-fn readable(flag: &'static str, path: &PathBuf) -> Result<(), ConfigError> {
-    std::fs::metadata(path)
-        .and_then(|_| std::fs::read(path).map(|_| ()))
-        .map_err(|source| ConfigError::File {
-            flag,
-            path: path.clone(),
-            source,
-        })
+fn readable(flag: &str, path: &Path) -> Result<(), ConfigError> {
+    sidecar_kit::config::require_readable(flag, path)
 }
 
 impl Config {
     pub fn from_cli(cli: &Cli) -> Result<Config, ConfigError> {
-        let mapping_path = cli.kit.config.clone().ok_or(ConfigError::NoMapping)?;
+        let mapping_path = cli.kit.required_config("a mapping file")?.to_owned();
         let mapping = Mapping::load(&mapping_path)?;
-        let upstream = reqwest::Url::parse(&cli.upstream).map_err(|e| ConfigError::Upstream {
-            url: cli.upstream.clone(),
-            message: e.to_string(),
-        })?;
+        let upstream_err = |message: &dyn std::fmt::Display| {
+            ConfigError::field(format!("--upstream `{}`", cli.upstream), message)
+        };
+        let upstream = reqwest::Url::parse(&cli.upstream).map_err(|e| upstream_err(&e))?;
         if !matches!(upstream.scheme(), "http" | "https") {
-            return Err(ConfigError::Upstream {
-                url: cli.upstream.clone(),
-                message: "only http and https are supported".into(),
-            });
+            return Err(upstream_err(&"only http and https are supported"));
         }
         let mut headers = reqwest::header::HeaderMap::new();
         for h in &cli.headers {
-            let (k, v) = h
-                .split_once(':')
-                .ok_or_else(|| ConfigError::Header(h.clone()))?;
-            let name = reqwest::header::HeaderName::from_bytes(k.trim().as_bytes())
-                .map_err(|_| ConfigError::Header(h.clone()))?;
-            let value = reqwest::header::HeaderValue::from_str(v.trim())
-                .map_err(|_| ConfigError::Header(h.clone()))?;
+            let bad = || ConfigError::field(format!("--header `{h}`"), "expected `Name: value`");
+            let (k, v) = h.split_once(':').ok_or_else(bad)?;
+            let name =
+                reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()).map_err(|_| bad())?;
+            let value = reqwest::header::HeaderValue::from_str(v.trim()).map_err(|_| bad())?;
             headers.append(name, value);
         }
         let auth = match (
@@ -207,7 +181,7 @@ impl Config {
             &cli.bearer_token_file,
         ) {
             (Some(_), _, Some(_)) | (None, Some(_), Some(_)) => {
-                return Err(ConfigError::Invalid(
+                return Err(ConfigError::Value(
                     "--basic-auth-* and --bearer-token-file are exclusive".into(),
                 ));
             }
@@ -219,12 +193,12 @@ impl Config {
                 }
             }
             (Some(_), None, None) => {
-                return Err(ConfigError::Invalid(
+                return Err(ConfigError::Value(
                     "--basic-auth-user needs --basic-auth-password-file".into(),
                 ));
             }
             (None, Some(_), None) => {
-                return Err(ConfigError::Invalid(
+                return Err(ConfigError::Value(
                     "--basic-auth-password-file needs --basic-auth-user".into(),
                 ));
             }
@@ -246,17 +220,15 @@ impl Config {
             }
         }
         if cli.timeout.is_zero() {
-            return Err(ConfigError::Invalid("--timeout must be above 0".into()));
+            return Err(ConfigError::Value("--timeout must be above 0".into()));
         }
         if cli.max_body_bytes == 0 {
-            return Err(ConfigError::Invalid(
+            return Err(ConfigError::Value(
                 "--max-body-bytes must be above 0".into(),
             ));
         }
         if cli.poll_interval.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::Invalid(
-                "--poll-interval must be above 0".into(),
-            ));
+            return Err(ConfigError::Value("--poll-interval must be above 0".into()));
         }
         Ok(Config {
             mapping_path,
@@ -276,5 +248,64 @@ impl Config {
             max_body_bytes: cli.max_body_bytes,
             poll_interval: cli.poll_interval,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        let all = std::iter::once("xml-adapter").chain(args.iter().copied());
+        sidecar_kit::cli::try_parse_with(&INFO, CONFIG_FILE, all).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_mapping_is_required_except_by_check() {
+        let err = parse(&[]).unwrap_err();
+        assert!(err.contains("--config <FILE>"), "{err}");
+        let cli = parse(&["check", "--config", "m.yaml", "--input", "d.xml"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Check { .. })));
+        assert_eq!(cli.kit.config, None);
+    }
+
+    #[test]
+    fn bad_settings_name_the_flag_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mapping = dir.path().join("m.yaml");
+        std::fs::write(&mapping, "rules:\n  - {name: a, type: gauge, path: /a}\n").unwrap();
+        let m = mapping.to_str().unwrap();
+        let from = |extra: &[&str]| {
+            let mut args = vec!["--config", m];
+            args.extend_from_slice(extra);
+            Config::from_cli(&parse(&args).unwrap())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        from(&[]).unwrap();
+        assert_eq!(
+            from(&["--upstream", "ftp://h/x"]).unwrap_err(),
+            "--upstream `ftp://h/x`: only http and https are supported"
+        );
+        assert_eq!(
+            from(&["--header", "nocolon"]).unwrap_err(),
+            "--header `nocolon`: expected `Name: value`"
+        );
+        let err = from(&["--bearer-token-file", "/nonexistent/t"]).unwrap_err();
+        assert!(
+            err.starts_with("--bearer-token-file /nonexistent/t: "),
+            "{err}"
+        );
+        assert_eq!(
+            from(&["--timeout", "0s"]).unwrap_err(),
+            "--timeout must be above 0"
+        );
+        std::fs::write(&mapping, "rules: []\n").unwrap();
+        assert_eq!(from(&[]).unwrap_err(), format!("mapping {m}: no rules"));
+        let missing = dir.path().join("gone.yaml");
+        let cli = parse(&["--config", missing.to_str().unwrap()]).unwrap();
+        let err = Config::from_cli(&cli).unwrap_err().to_string();
+        assert!(err.starts_with("cannot read config file"), "{err}");
+        assert!(err.contains("gone.yaml"), "{err}");
     }
 }

@@ -179,7 +179,7 @@ impl Fetcher {
             Ok(Err(e)) => {
                 return Err(ScrapeError::Fetch {
                     url,
-                    message: error_chain(&e),
+                    message: sidecar_kit::error_chain(&e),
                 });
             }
             Ok(Ok(r)) => r,
@@ -235,17 +235,6 @@ impl Fetcher {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// The body stream, counted, capped and bounded by the deadline; errors say which.
 fn guarded(
     body: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
@@ -278,7 +267,7 @@ fn guarded(
             match next {
                 None => None,
                 Some(Err(e)) => Some((
-                    Err(std::io::Error::other(error_chain(&e))),
+                    Err(std::io::Error::other(sidecar_kit::error_chain(&e))),
                     (body, seen, true),
                 )),
                 Some(Ok(chunk)) => {

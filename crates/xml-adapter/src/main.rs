@@ -1,9 +1,9 @@
 use std::process::ExitCode;
 
-use xml_adapter::config::{Cli, Command, Config, INFO};
+use xml_adapter::config::{CONFIG_FILE, Cli, Command, Config, INFO};
 
 fn main() -> ExitCode {
-    let cli: Cli = sidecar_kit::cli::parse(&INFO);
+    let cli: Cli = sidecar_kit::cli::parse_with(&INFO, CONFIG_FILE);
     if let Some(Command::Check {
         config,
         input,

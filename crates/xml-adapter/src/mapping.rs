@@ -4,31 +4,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde::Deserialize;
+use sidecar_kit::config::ConfigError;
 
 use crate::encode::Kind;
 use crate::path::{self, Predicate, RecordPath, RelPath};
 use crate::transform::{Scalar, Transform, TransformSpec, parse_number};
-
-/// A mapping that cannot be used, with the place at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum MappingError {
-    #[error("cannot read mapping {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("mapping {0}")]
-    Yaml(sidecar_kit::config::ConfigError),
-    #[error("mapping {origin}: rule {rule} (`{name}`): {message}")]
-    Rule {
-        origin: String,
-        rule: usize,
-        name: String,
-        message: String,
-    },
-    #[error("mapping {origin}: {message}")]
-    Invalid { origin: String, message: String },
-}
 
 /// What to do when a record has no value at the value path.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -254,25 +234,25 @@ pub fn valid_label_name(n: &str) -> bool {
 }
 
 impl Mapping {
-    pub fn load(path: &Path) -> Result<Mapping, MappingError> {
-        let text = std::fs::read_to_string(path).map_err(|source| MappingError::Read {
-            path: path.display().to_string(),
+    /// Reads and compiles the mapping file (the adapter's `--config`). The error names the
+    /// file, and the line and field or the rule at fault.
+    pub fn load(path: &Path) -> Result<Mapping, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
             source,
         })?;
         Mapping::parse(&text, &path.display().to_string())
     }
 
-    pub fn parse(text: &str, origin: &str) -> Result<Mapping, MappingError> {
+    /// Compiles mapping text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Mapping, ConfigError> {
         let spec: MappingSpec =
-            sidecar_kit::config::parse_yaml(text, origin).map_err(MappingError::Yaml)?;
+            sidecar_kit::config::parse_yaml(text, &format!("mapping {origin}"))?;
         Mapping::compile(spec, origin, text)
     }
 
-    fn compile(spec: MappingSpec, origin: &str, text: &str) -> Result<Mapping, MappingError> {
-        let invalid = |message: String| MappingError::Invalid {
-            origin: origin.to_string(),
-            message,
-        };
+    fn compile(spec: MappingSpec, origin: &str, text: &str) -> Result<Mapping, ConfigError> {
+        let invalid = |message: String| ConfigError::field(format!("mapping {origin}"), message);
         if spec.rules.is_empty() {
             return Err(invalid("no rules".into()));
         }
@@ -296,11 +276,11 @@ impl Mapping {
         let mut rules = Vec::new();
         let mut needs_ns = false;
         for (i, r) in spec.rules.iter().enumerate() {
-            let rule_err = |message: String| MappingError::Rule {
-                origin: origin.to_string(),
-                rule: i + 1,
-                name: r.name.clone(),
-                message,
+            let rule_err = |message: String| {
+                ConfigError::field(
+                    format!("mapping {origin}: rule {} (`{}`)", i + 1, r.name),
+                    message,
+                )
             };
             if !valid_metric_name(&r.name) {
                 return Err(rule_err("not a valid metric name".into()));

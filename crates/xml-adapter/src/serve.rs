@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::State;
@@ -156,7 +157,7 @@ fn body_response(headers: &HeaderMap, content_type: &'static str, body: String) 
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let _in_flight = state.sidecar.shutdown().in_flight();
     let snap = state.current(&headers).await;
-    let own = state.stats.families(state.cache.is_some());
+    let own = state.stats.families();
     let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let all: Vec<&Family> = snap.families.iter().chain(own.iter()).collect();
     body_response(&headers, format.content_type(), encode(&all, format))
@@ -251,7 +252,8 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         engine: ArcSwap::from_pointee(Engine::new(config.mapping)),
         fetcher,
-        stats: Stats::default(),
+        stats: Stats::register(sidecar.registry(), config.poll_interval.is_some())
+            .context("registering metrics")?,
         timeout: config.timeout,
         timeout_offset: config.timeout_offset,
         cache: config.poll_interval.map(|_| ArcSwap::from_pointee(None)),
