@@ -19,6 +19,8 @@
 mod authz;
 mod config;
 mod inbound;
+#[cfg(test)]
+mod layers;
 mod metrics;
 mod outbound;
 mod proxy;
