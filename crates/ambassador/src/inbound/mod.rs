@@ -16,9 +16,9 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use sidecar_kit::Sidecar;
 use sidecar_kit::reload::{CredentialReloader, Credentials};
 use sidecar_kit::tls::PeerIdentity;
+use sidecar_kit::{Sidecar, error_chain};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,6 @@ use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
 use crate::proxy::conn::{
     self, Activity, ConnectionLimit, Guarded, Reclaim, RequestGuard, Tracked, TunnelEnd,
 };
-use crate::proxy::error::error_chain;
 use crate::proxy::forward::{self, ResponseBody};
 use crate::proxy::policy::RequestPolicy;
 use crate::proxy::serve::{HttpServer, ServedResponse};

@@ -1,5 +1,5 @@
 //! Why a request could not be sent to the next hop, whichever side the next hop is on (a remote
-//! endpoint over mTLS, or the app on localhost), and how an error is told on one line.
+//! endpoint over mTLS, or the app on localhost).
 
 use std::net::SocketAddr;
 
@@ -39,19 +39,4 @@ impl TransportError {
             Self::Http(_) => "http",
         }
     }
-}
-
-/// `outer: cause: root cause`, for messages that must say everything on one line.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
