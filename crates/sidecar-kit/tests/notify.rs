@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use prometheus::{IntCounterVec, Opts};
@@ -16,6 +16,7 @@ use sidecar_kit::notify::{
     Change, HookCommand, Notifier, NotifyConfig, Signal, SignalHook, SignalTarget, Webhook,
 };
 use sidecar_kit::shutdown::Shutdown;
+use test_support::wait;
 
 /// A revision moving from `old` to `new`; a burst keeps the first `old` and the last `new`.
 #[derive(Debug)]
@@ -109,7 +110,7 @@ impl TrapProcess {
             .arg(script)
             .spawn()
             .unwrap();
-        wait_until("the trap process is ready", || ready.exists());
+        wait::until(WAIT, "the trap process is ready", || ready.exists());
         TrapProcess { child, hups }
     }
 
@@ -127,20 +128,10 @@ impl Drop for TrapProcess {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+const WAIT: Duration = Duration::from_secs(15);
 
 async fn wait_until_async(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait::until_async(WAIT, what, async || done()).await;
 }
 
 fn outcomes() -> IntCounterVec {

@@ -126,10 +126,10 @@ fn metrics(registry: &Registry) -> Metrics {
 }
 
 /// Waits (5 s at most) for `check`.
-async fn wait_for(check: impl FnMut() -> bool, what: &str) {
+async fn wait_for(mut check: impl FnMut() -> bool, what: &str) {
     Wait::new(what)
         .timeout(Duration::from_secs(5))
-        .until_async(check)
+        .until_async(async || check())
         .await;
 }
 
