@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use prometheus::{IntCounterVec, Opts};
+use prometheus::IntCounterVec;
 use sidecar_kit::command::CommandSpec;
 use sidecar_kit::notify::{
     Change, HookCommand, Notifier, NotifyConfig, Signal, SignalHook, SignalTarget, Webhook,
@@ -135,7 +135,9 @@ async fn wait_until_async(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 fn outcomes() -> IntCounterVec {
-    IntCounterVec::new(Opts::new("hooks_total", "test"), &["kind", "result"]).unwrap()
+    let registry = prometheus::Registry::new();
+    sidecar_kit::metrics::counter_vec(&registry, "hooks_total", "test", &["kind", "result"])
+        .unwrap()
 }
 
 fn count(outcomes: &IntCounterVec, kind: &str, result: &str) -> u64 {
