@@ -14,6 +14,7 @@ use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use test_support::wait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -39,7 +40,7 @@ fn start_pair(
         "spiffe://test.example/ns/*/sa/client",
     ]));
     args.extend(strings(extra));
-    let inbound = Ambassador::start(&args, pki.dir.path());
+    let inbound = Ambassador::start(&args);
 
     let client = pki.secret("client", CLIENT_ID);
     let listen = addr(free_port());
@@ -53,14 +54,20 @@ fn start_pair(
         SERVER_ID,
     ]));
     args.extend(strings(extra));
-    let outbound = Ambassador::start(&args, pki.dir.path());
+    let outbound = Ambassador::start(&args);
     (inbound, remote, outbound, listen)
 }
 
-fn limit(amb: &Ambassador, direction: &str, name: &str) -> f64 {
+/// How often the limit `name` was hit on the route of the flags (`inbound` or `outbound`,
+/// named after its direction); None if never.
+fn limit(amb: &Ambassador, direction: &str, name: &str) -> Option<f64> {
     amb.metric(
         "ambassador_limits_exceeded_total",
-        &[("direction", direction), ("limit", name)],
+        &[
+            ("direction", direction),
+            ("route", direction),
+            ("limit", name),
+        ],
     )
 }
 
@@ -110,17 +117,20 @@ async fn an_oversized_head_with_a_body_following_always_gets_its_431() {
     }
     assert_eq!(
         limit(&outbound, "outbound", "header_size"),
-        (2 * ROUNDS) as f64
+        Some((2 * ROUNDS) as f64)
     );
 
     // The same over mTLS to the inbound listener.
     let me = pki.ca.good(CLIENT_ID);
-    let tls = client_tls(Some(&me), &pki.ca.pem, &[b"http/1.1"]);
+    let tls = client_tls(Some(&me), pki.ca.pem(), &[b"http/1.1"]);
     for round in 0..ROUNDS {
         let stream = mtls_connect(remote, tls.clone()).await.unwrap();
         expect_431(stream, &format!("mTLS round {round}")).await;
     }
-    assert_eq!(limit(&inbound, "inbound", "header_size"), ROUNDS as f64);
+    assert_eq!(
+        limit(&inbound, "inbound", "header_size"),
+        Some(ROUNDS as f64)
+    );
 }
 
 /// Sends an oversized POST with hyper's client on `stream` and requires the 431 to arrive
@@ -187,11 +197,14 @@ async fn a_slow_head_gets_408_and_an_idle_keep_alive_connection_is_closed_quietl
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "{took:?}"
     );
-    assert_eq!(limit(&outbound, "outbound", "header_read_timeout"), 1.0);
+    assert_eq!(
+        limit(&outbound, "outbound", "header_read_timeout"),
+        Some(1.0)
+    );
 
     // Over mTLS on the inbound listener, the same.
     let me = pki.ca.good(CLIENT_ID);
-    let mut tls = mtls_connect(remote, client_tls(Some(&me), &pki.ca.pem, &[b"http/1.1"]))
+    let mut tls = mtls_connect(remote, client_tls(Some(&me), pki.ca.pem(), &[b"http/1.1"]))
         .await
         .unwrap();
     tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-a: b\r\n")
@@ -202,7 +215,7 @@ async fn a_slow_head_gets_408_and_an_idle_keep_alive_connection_is_closed_quietl
         answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
         "{answer:?}"
     );
-    assert_eq!(limit(&inbound, "inbound", "header_read_timeout"), 1.0);
+    assert_eq!(limit(&inbound, "inbound", "header_read_timeout"), Some(1.0));
 
     // A keep-alive connection between requests is not slow: past the header-read limit it
     // still takes a request; past the idle limit it is closed without a byte.
@@ -235,8 +248,11 @@ async fn a_slow_head_gets_408_and_an_idle_keep_alive_connection_is_closed_quietl
         "an idle keep-alive connection got bytes instead of a quiet close"
     );
     assert!(idle_started.elapsed() < Duration::from_secs(4));
-    assert_eq!(limit(&outbound, "outbound", "header_read_timeout"), 1.0);
-    assert_eq!(limit(&outbound, "outbound", "idle_timeout"), 1.0);
+    assert_eq!(
+        limit(&outbound, "outbound", "header_read_timeout"),
+        Some(1.0)
+    );
+    assert_eq!(limit(&outbound, "outbound", "idle_timeout"), Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,7 +288,11 @@ async fn an_upload_streaming_after_its_response_began_is_not_taken_for_a_slow_he
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body.len(), 100);
-    assert_eq!(limit(&outbound, "outbound", "header_read_timeout"), 0.0);
+    assert_eq!(
+        limit(&outbound, "outbound", "header_read_timeout"),
+        None,
+        "counted as a slow head"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,9 +312,9 @@ async fn over_max_connections_a_peer_is_answered_503_over_mtls() {
         "--max-connections",
         "2",
     ]));
-    let inbound = Ambassador::start(&args, pki.dir.path());
+    let inbound = Ambassador::start(&args);
     let me = pki.ca.good(CLIENT_ID);
-    let h1 = client_tls(Some(&me), &pki.ca.pem, &[b"http/1.1"]);
+    let h1 = client_tls(Some(&me), pki.ca.pem(), &[b"http/1.1"]);
 
     // Two connections held open, each serving.
     let mut held = Vec::new();
@@ -317,17 +337,17 @@ async fn over_max_connections_a_peer_is_answered_503_over_mtls() {
     assert_eq!(reply.headers["connection"], "close");
     let body = String::from_utf8_lossy(&reply.body);
     assert!(body.contains("max_connections 2"), "{body}");
-    assert_eq!(limit(&inbound, "inbound", "max_connections"), 1.0);
+    assert_eq!(limit(&inbound, "inbound", "max_connections"), Some(1.0));
 
     // Over HTTP/2 too.
-    let tls = mtls_connect(remote, client_tls(Some(&me), &pki.ca.pem, &[b"h2"]))
+    let tls = mtls_connect(remote, client_tls(Some(&me), pki.ca.pem(), &[b"h2"]))
         .await
         .unwrap();
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await
             .unwrap();
-    tokio::spawn(conn);
+    let h2_connection = tokio::spawn(conn);
     let req = Request::get("https://peer.test/")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -335,9 +355,12 @@ async fn over_max_connections_a_peer_is_answered_503_over_mtls() {
         .await
         .unwrap();
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(limit(&inbound, "inbound", "max_connections"), 2.0);
+    assert_eq!(limit(&inbound, "inbound", "max_connections"), Some(2.0));
+    // It leaves the overflow once the connection is over.
     drop(send);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), h2_connection)
+        .await
+        .expect("the refused HTTP/2 connection ended");
 
     // Past the overflow budget (16 handshakes; these never start theirs), connections are
     // closed unanswered, and still counted.
@@ -345,14 +368,17 @@ async fn over_max_connections_a_peer_is_answered_503_over_mtls() {
     for _ in 0..16 {
         stuck.push(TcpStream::connect(remote).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait::until_async(Duration::from_secs(10), "the 16 accepted", async || {
+        limit(&inbound, "inbound", "max_connections") == Some(18.0)
+    })
+    .await;
     let refused = mtls_request(remote, h1.clone(), get("/")).await;
     assert!(
         refused.is_err(),
         "past the overflow: {:?}",
         refused.map(|r| r.status)
     );
-    assert_eq!(limit(&inbound, "inbound", "max_connections"), 19.0);
+    assert_eq!(limit(&inbound, "inbound", "max_connections"), Some(19.0));
 
     // The held connections were never disturbed.
     for send in &mut held {
@@ -379,7 +405,7 @@ async fn an_oversized_http2_head_is_answered_431_and_counted() {
     let (inbound, remote, _outbound, _listen) =
         start_pair(&pki, app, &["--max-header-bytes", "8192"]);
     let me = pki.ca.good(CLIENT_ID);
-    let tls = mtls_connect(remote, client_tls(Some(&me), &pki.ca.pem, &[b"h2"]))
+    let tls = mtls_connect(remote, client_tls(Some(&me), pki.ca.pem(), &[b"h2"]))
         .await
         .unwrap();
     let (mut send, conn) =
@@ -396,7 +422,7 @@ async fn an_oversized_http2_head_is_answered_431_and_counted() {
     .unwrap();
     assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert!(String::from_utf8_lossy(&reply.body).contains("max_header_bytes (8192)"));
-    assert_eq!(limit(&inbound, "inbound", "header_size"), 1.0);
+    assert_eq!(limit(&inbound, "inbound", "header_size"), Some(1.0));
     // Under the limit, on the same connection: served.
     let reply = collect(
         send.send_request(h2_get("https://peer.test/", 6_000))
@@ -406,7 +432,7 @@ async fn an_oversized_http2_head_is_answered_431_and_counted() {
     .await
     .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(limit(&inbound, "inbound", "header_size"), 1.0);
+    assert_eq!(limit(&inbound, "inbound", "header_size"), Some(1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,12 +481,15 @@ async fn the_outbound_listener_takes_h2c_with_prior_knowledge() {
     .await
     .unwrap();
     assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    assert_eq!(limit(&outbound, "outbound", "header_size"), 1.0);
+    assert_eq!(limit(&outbound, "outbound", "header_size"), Some(1.0));
     // HTTP/1.1 on the same listener still works.
     let reply = plain_request(listen, get("/")).await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
-        outbound.metric("ambassador_connections_total", &[("direction", "outbound")]),
-        2.0
+        outbound.metric(
+            "ambassador_connections_total",
+            &[("direction", "outbound"), ("route", "outbound")]
+        ),
+        Some(2.0)
     );
 }

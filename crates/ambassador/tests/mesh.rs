@@ -15,6 +15,7 @@ use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use test_support::wait::{self, Wait};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -35,12 +36,11 @@ fn start_inbound(pki: &Pki, app: SocketAddr, extra: &[&str]) -> (Ambassador, Soc
         "spiffe://test.example/ns/*/sa/client",
     ]));
     args.extend(strings(extra));
-    (Ambassador::start(&args, pki.path()), listen)
+    (Ambassador::start(&args), listen)
 }
 
 /// An outbound ambassador whose listener leads to `remote`, expecting `identity`.
 fn start_outbound(
-    pki: &Pki,
     secret: &std::path::Path,
     remote: SocketAddr,
     identity: &str,
@@ -57,13 +57,18 @@ fn start_outbound(
         identity,
     ]));
     args.extend(strings(extra));
-    (Ambassador::start(&args, pki.path()), listen)
+    (Ambassador::start(&args), listen)
 }
 
-fn refused(amb: &Ambassador, reason: &str) -> f64 {
+/// Inbound handshakes refused for `reason` (route `inbound`, from the flags).
+fn refused(amb: &Ambassador, reason: &str) -> Option<f64> {
     amb.metric(
         "ambassador_tls_failures_total",
-        &[("direction", "inbound"), ("reason", reason)],
+        &[
+            ("direction", "inbound"),
+            ("route", "inbound"),
+            ("reason", reason),
+        ],
     )
 }
 
@@ -73,28 +78,28 @@ async fn refusal_matrix_counts_each_reason_and_serves_the_allowed_peer_with_xfcc
     let app = start_app().await;
     let (inbound, listen) = start_inbound(&pki, app, &[]);
     let ca = &pki.ca;
-    let other_ca = Ca::new("someone else's CA");
+    let other_ca = test_support::certs::Ca::new("someone else's CA");
     let alpn: &[&[u8]] = &[b"http/1.1"];
 
     let cases: Vec<(&str, Arc<rustls::ClientConfig>)> = vec![
-        ("no_certificate", client_tls(None, &ca.pem, alpn)),
+        ("no_certificate", client_tls(None, ca.pem(), alpn)),
         (
             "unknown_ca",
-            client_tls(Some(&other_ca.good(CLIENT_ID)), &ca.pem, alpn),
+            client_tls(Some(&other_ca.good(CLIENT_ID)), ca.pem(), alpn),
         ),
         (
             "expired",
-            client_tls(Some(&ca.leaf(CLIENT_ID, "c.test", -30, -1)), &ca.pem, alpn),
+            client_tls(Some(&ca.peer(CLIENT_ID, "c.test", -30, -1)), ca.pem(), alpn),
         ),
         (
             "not_yet_valid",
-            client_tls(Some(&ca.leaf(CLIENT_ID, "c.test", 2, 30)), &ca.pem, alpn),
+            client_tls(Some(&ca.peer(CLIENT_ID, "c.test", 2, 30)), ca.pem(), alpn),
         ),
         (
             "identity_not_allowed",
             client_tls(
                 Some(&ca.good("spiffe://test.example/ns/prod/sa/intruder")),
-                &ca.pem,
+                ca.pem(),
                 alpn,
             ),
         ),
@@ -103,13 +108,14 @@ async fn refusal_matrix_counts_each_reason_and_serves_the_allowed_peer_with_xfcc
         let result = mtls_request(listen, config, get("/")).await;
         assert!(result.is_err(), "{reason}: the peer was served");
         // The server counts after its side of the handshake ends; allow it a moment.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while refused(&inbound, reason) < 1.0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let counted = Wait::new(format_args!("{reason} counted"))
+            .timeout(Duration::from_secs(5))
+            .elapsed_async(async || refused(&inbound, reason) >= Some(1.0))
+            .await;
+        assert!(counted.is_some(), "{reason} never counted");
         assert_eq!(
             refused(&inbound, reason),
-            1.0,
+            Some(1.0),
             "{reason} not counted once:\n{}",
             inbound.metrics()
         );
@@ -122,8 +128,13 @@ async fn refusal_matrix_counts_each_reason_and_serves_the_allowed_peer_with_xfcc
         .unwrap();
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut sink)).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(refused(&inbound, "handshake_error"), 1.0);
+    wait::until_async(
+        Duration::from_secs(5),
+        "handshake_error counted",
+        async || refused(&inbound, "handshake_error") >= Some(1.0),
+    )
+    .await;
+    assert_eq!(refused(&inbound, "handshake_error"), Some(1.0));
     let log = inbound.log_text();
     for reason in [
         "no_certificate",
@@ -141,8 +152,8 @@ async fn refusal_matrix_counts_each_reason_and_serves_the_allowed_peer_with_xfcc
         let mut config = rustls::ClientConfig::builder_with_provider(sidecar_kit::tls::provider())
             .with_protocol_versions(&[version])
             .unwrap()
-            .with_root_certificates(roots(&ca.pem))
-            .with_client_auth_cert(certs(&me.0), key(&me.1))
+            .with_root_certificates(roots(ca.pem()))
+            .with_client_auth_cert(certs(&me.cert_pem), key(&me.key_pem))
             .unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let req = Request::get("/")
@@ -162,9 +173,13 @@ async fn refusal_matrix_counts_each_reason_and_serves_the_allowed_peer_with_xfcc
     assert_eq!(
         inbound.metric(
             "ambassador_requests_total",
-            &[("direction", "inbound"), ("class", "2xx")]
+            &[
+                ("direction", "inbound"),
+                ("route", "inbound"),
+                ("class", "2xx")
+            ]
         ),
-        2.0
+        Some(2.0)
     );
 }
 
@@ -193,7 +208,6 @@ async fn outbound_refuses_a_server_with_the_wrong_identity_with_502() {
     let (_inbound, remote) = start_inbound(&pki, app, &[]);
     let client = pki.secret("client", CLIENT_ID);
     let (outbound, listen) = start_outbound(
-        &pki,
         &client,
         remote,
         "spiffe://test.example/ns/prod/sa/billing",
@@ -211,17 +225,28 @@ async fn outbound_refuses_a_server_with_the_wrong_identity_with_502() {
     assert_eq!(
         outbound.metric(
             "ambassador_tls_failures_total",
-            &[("direction", "outbound"), ("reason", "identity_mismatch")]
+            &[
+                ("direction", "outbound"),
+                ("route", "outbound"),
+                ("reason", "identity_mismatch")
+            ]
         ),
-        1.0
+        Some(1.0)
     );
     assert_eq!(
-        outbound.metric("ambassador_requests_total", &[("class", "5xx")]),
-        1.0
+        outbound.metric(
+            "ambassador_requests_total",
+            &[
+                ("direction", "outbound"),
+                ("route", "outbound"),
+                ("class", "5xx")
+            ]
+        ),
+        Some(1.0)
     );
 
     // The right identity, and the full hop works: app -> outbound -> mTLS -> inbound -> app.
-    let (_good, good_listen) = start_outbound(&pki, &client, remote, SERVER_ID, &[]);
+    let (_good, good_listen) = start_outbound(&client, remote, SERVER_ID, &[]);
     let reply = plain_request(good_listen, get("/")).await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     let xfcc = reply.headers["x-seen-xfcc"].to_str().unwrap();
@@ -232,12 +257,12 @@ async fn outbound_refuses_a_server_with_the_wrong_identity_with_502() {
 async fn certificates_rotate_ten_times_under_load_without_a_failed_request() {
     let pki = Pki::new("test mesh CA");
     let app = start_app().await;
-    let server_dir = pki.path().join("server");
-    let client_dir = pki.path().join("client");
-    std::fs::create_dir_all(&server_dir).unwrap();
-    std::fs::create_dir_all(&client_dir).unwrap();
-    write_secret(&server_dir, 0, &pki.ca.good(SERVER_ID), &pki.ca.pem);
-    write_secret(&client_dir, 0, &pki.ca.good(CLIENT_ID), &pki.ca.pem);
+    let mut server_secret = pki.volume("server", SERVER_ID);
+    let mut client_secret = pki.volume("client", CLIENT_ID);
+    let (server_dir, client_dir) = (
+        server_secret.root().to_path_buf(),
+        client_secret.root().to_path_buf(),
+    );
     let listen_in = addr(free_port());
     let mut args = cert_args(&server_dir);
     args.extend(strings(&[
@@ -248,8 +273,8 @@ async fn certificates_rotate_ten_times_under_load_without_a_failed_request() {
         "--allow-spiffe",
         CLIENT_ID,
     ]));
-    let inbound = Ambassador::start(&args, pki.path());
-    let (outbound, listen_out) = start_outbound(&pki, &client_dir, listen_in, SERVER_ID, &[]);
+    let inbound = Ambassador::start(&args);
+    let (outbound, listen_out) = start_outbound(&client_dir, listen_in, SERVER_ID, &[]);
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
@@ -290,27 +315,23 @@ async fn certificates_rotate_ten_times_under_load_without_a_failed_request() {
             }
         }));
     }
-    for generation in 1..=10 {
+    // A swap every 400 ms under load: the pace of the rotation, not a wait.
+    for _ in 1..=10 {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        write_secret(
-            &server_dir,
-            generation,
-            &pki.ca.good(SERVER_ID),
-            &pki.ca.pem,
-        );
-        write_secret(
-            &client_dir,
-            generation,
-            &pki.ca.good(CLIENT_ID),
-            &pki.ca.pem,
-        );
+        server_secret.update_leaf(&pki.ca.good(SERVER_ID), pki.ca.pem());
+        client_secret.update_leaf(&pki.ca.good(CLIENT_ID), pki.ca.pem());
     }
-    // Let the last swap be seen and served.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let reloads = |a: &Ambassador| a.metric("sidecar_tls_reloads_total", &[("result", "ok")]);
-    while (reloads(&inbound) < 10.0 || reloads(&outbound) < 10.0) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let reloads = |a: &Ambassador| {
+        a.metric("sidecar_tls_reloads_total", &[("result", "ok")])
+            .unwrap_or(0.0)
+    };
+    // The last swap seen by both...
+    let _ = Wait::new("every swap reloaded")
+        .timeout(Duration::from_secs(10))
+        .every(Duration::from_millis(100))
+        .elapsed_async(async || reloads(&inbound) >= 10.0 && reloads(&outbound) >= 10.0)
+        .await;
+    // ...and served under load for a while longer.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
@@ -321,8 +342,16 @@ async fn certificates_rotate_ten_times_under_load_without_a_failed_request() {
     assert!(reloads(&inbound) >= 10.0, "{}", inbound.log_text());
     assert!(reloads(&outbound) >= 10.0, "{}", outbound.log_text());
     for a in [&inbound, &outbound] {
-        let refused = a.metric("sidecar_tls_reloads_total", &[]) - reloads(a);
-        assert_eq!(refused, 0.0, "a swap was refused:\n{}", a.log_text());
+        let metrics = a.metrics();
+        let refused: Vec<_> = metrics
+            .series("sidecar_tls_reloads_total")
+            .filter(|s| s.label("result") != Some("ok") && s.value != 0.0)
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "a swap was refused: {refused:?}\n{}",
+            a.log_text()
+        );
     }
     let ok = ok.load(Ordering::Relaxed);
     assert!(ok > 100, "too little load to prove anything: {ok}");
@@ -341,7 +370,7 @@ async fn websocket_echo_through_outbound_and_inbound() {
     let app = start_app().await;
     let (_inbound, remote) = start_inbound(&pki, app, &[]);
     let client = pki.secret("client", CLIENT_ID);
-    let (_outbound, listen) = start_outbound(&pki, &client, remote, SERVER_ID, &[]);
+    let (_outbound, listen) = start_outbound(&client, remote, SERVER_ID, &[]);
     let stream = TcpStream::connect(listen).await.unwrap();
     let (mut ws, response) = tokio_tungstenite::client_async(format!("ws://{listen}/ws"), stream)
         .await
@@ -372,7 +401,7 @@ async fn http2_multiplexes_many_requests_on_few_connections() {
 
     // A peer speaking HTTP/2 directly: 200 concurrent streams on one mTLS connection.
     let me = pki.ca.good(CLIENT_ID);
-    let tls = mtls_connect(remote, client_tls(Some(&me), &pki.ca.pem, &[b"h2"]))
+    let tls = mtls_connect(remote, client_tls(Some(&me), pki.ca.pem(), &[b"h2"]))
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
@@ -397,14 +426,19 @@ async fn http2_multiplexes_many_requests_on_few_connections() {
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.body, "hello");
     }
-    assert_eq!(
-        inbound.metric("ambassador_connections_total", &[("direction", "inbound")]),
-        1.0
-    );
+    let inbound_connections = || {
+        inbound
+            .metric(
+                "ambassador_connections_total",
+                &[("direction", "inbound"), ("route", "inbound")],
+            )
+            .expect("inbound connections counted")
+    };
+    assert_eq!(inbound_connections(), 1.0);
 
     // Through an outbound ambassador: 64 app connections in parallel share few h2 connections.
     let client = pki.secret("client", CLIENT_ID);
-    let (_outbound, listen) = start_outbound(&pki, &client, remote, SERVER_ID, &[]);
+    let (_outbound, listen) = start_outbound(&client, remote, SERVER_ID, &[]);
     let warm = plain_request(listen, get("/")).await.unwrap();
     assert_eq!(warm.status, StatusCode::OK);
     let mut tasks = Vec::new();
@@ -420,7 +454,7 @@ async fn http2_multiplexes_many_requests_on_few_connections() {
     for t in tasks {
         t.await.unwrap();
     }
-    let conns = inbound.metric("ambassador_connections_total", &[("direction", "inbound")]) - 1.0;
+    let conns = inbound_connections() - 1.0;
     assert!(
         conns <= 4.0,
         "321 requests through the outbound ambassador used {conns} mTLS connections"
@@ -457,8 +491,7 @@ async fn connections_are_spread_over_the_worker_threads() {
     let app = start_app().await;
     let (inbound, remote) = start_inbound(&pki, app, &["--worker-threads", "2"]);
     let client = pki.secret("client", CLIENT_ID);
-    let (outbound, listen) =
-        start_outbound(&pki, &client, remote, SERVER_ID, &["--worker-threads", "2"]);
+    let (outbound, listen) = start_outbound(&client, remote, SERVER_ID, &["--worker-threads", "2"]);
     let before = [inbound.pid(), outbound.pid()].map(thread_cpu_ns);
 
     // Eight keep-alive app connections at once, 200 requests each.
@@ -508,7 +541,7 @@ async fn a_100_mb_body_streams_through_both_ways_with_bounded_memory() {
     let app = start_app().await;
     let (inbound, remote) = start_inbound(&pki, app, &[]);
     let client = pki.secret("client", CLIENT_ID);
-    let (outbound, listen) = start_outbound(&pki, &client, remote, SERVER_ID, &[]);
+    let (outbound, listen) = start_outbound(&client, remote, SERVER_ID, &[]);
     let before = (inbound.peak_rss_kib(), outbound.peak_rss_kib());
     const TOTAL: u64 = 100 * 1024 * 1024;
 
@@ -525,7 +558,14 @@ async fn a_100_mb_body_streams_through_both_ways_with_bounded_memory() {
     let reply = collect(send.send_request(req).await.unwrap())
         .await
         .unwrap();
-    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{:?}\n---- inbound\n{}\n---- outbound\n{}",
+        reply.body,
+        inbound.log_text(),
+        outbound.log_text()
+    );
     assert_eq!(reply.body, TOTAL.to_string());
 
     // Echo: the body goes up and comes back down at the same time; read it as it arrives.
@@ -569,7 +609,6 @@ async fn slowloris_and_oversized_heads_are_refused_and_counted() {
     let (inbound, remote) = start_inbound(&pki, app, &["--header-read-timeout", "1s"]);
     let client = pki.secret("client", CLIENT_ID);
     let (outbound, listen) = start_outbound(
-        &pki,
         &client,
         remote,
         SERVER_ID,
@@ -609,9 +648,13 @@ async fn slowloris_and_oversized_heads_are_refused_and_counted() {
     assert_eq!(
         outbound.metric(
             "ambassador_limits_exceeded_total",
-            &[("limit", "header_read_timeout")]
+            &[
+                ("direction", "outbound"),
+                ("route", "outbound"),
+                ("limit", "header_read_timeout")
+            ]
         ),
-        1.0
+        Some(1.0)
     );
     // A keep-alive connection idle between requests is not mistaken for slowloris.
     let stream = TcpStream::connect(listen).await.unwrap();
@@ -644,14 +687,18 @@ async fn slowloris_and_oversized_heads_are_refused_and_counted() {
     assert_eq!(
         outbound.metric(
             "ambassador_limits_exceeded_total",
-            &[("limit", "header_size")]
+            &[
+                ("direction", "outbound"),
+                ("route", "outbound"),
+                ("limit", "header_size")
+            ]
         ),
-        1.0
+        Some(1.0)
     );
 
     // The same slowloris over mTLS on the inbound side.
     let me = pki.ca.good(CLIENT_ID);
-    let mut tls = mtls_connect(remote, client_tls(Some(&me), &pki.ca.pem, &[b"http/1.1"]))
+    let mut tls = mtls_connect(remote, client_tls(Some(&me), pki.ca.pem(), &[b"http/1.1"]))
         .await
         .unwrap();
     tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
@@ -665,19 +712,23 @@ async fn slowloris_and_oversized_heads_are_refused_and_counted() {
     assert_eq!(
         inbound.metric(
             "ambassador_limits_exceeded_total",
-            &[("limit", "header_read_timeout")]
+            &[
+                ("direction", "inbound"),
+                ("route", "inbound"),
+                ("limit", "header_read_timeout")
+            ]
         ),
-        1.0
+        Some(1.0)
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_the_requests_in_flight_finish_on_both_threads_and_exits_zero() {
     let pki = Pki::new("test mesh CA");
-    let app = start_app().await;
-    let (mut inbound, remote) = start_inbound(&pki, app, &["--shutdown-grace", "10s"]);
+    let app = App::start().await;
+    let (mut inbound, remote) = start_inbound(&pki, app.addr, &["--shutdown-grace", "10s"]);
     let me = pki.ca.good(CLIENT_ID);
-    let config = client_tls(Some(&me), &pki.ca.pem, &[b"http/1.1"]);
+    let config = client_tls(Some(&me), pki.ca.pem(), &[b"http/1.1"]);
     // Two connections open at once: the second goes to the other worker thread (the one with
     // fewer open connections), so the drain is checked on both.
     let mut in_flight = Vec::new();
@@ -693,7 +744,13 @@ async fn shutdown_lets_the_requests_in_flight_finish_on_both_threads_and_exits_z
         });
         in_flight.push((slow, conn_task));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both requests are at the app when the signal comes.
+    wait::until_async(
+        Duration::from_secs(10),
+        "both /slow requests at the app",
+        async || app.slow_in_flight() == 2,
+    )
+    .await;
     inbound.signal_term();
     for (slow, conn_task) in in_flight {
         let reply = slow.await.unwrap();
@@ -708,17 +765,12 @@ async fn shutdown_lets_the_requests_in_flight_finish_on_both_threads_and_exits_z
             .unwrap();
     }
     let status = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = inbound.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "ambassador did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let status = inbound.process.wait_exit(Duration::from_secs(10));
+        (status, inbound)
     })
     .await
-    .unwrap();
+    .unwrap()
+    .0;
     assert_eq!(status.code(), Some(0));
     // New connections are refused.
     assert!(mtls_request(remote, config, get("/")).await.is_err());
@@ -743,13 +795,8 @@ async fn raw_tcp_mode_tunnels_bytes_and_passes_half_close() {
     });
     let (_inbound, remote) = start_inbound(&pki, echo_addr, &["--inbound-mode", "tcp"]);
     let client = pki.secret("client", CLIENT_ID);
-    let (_outbound, listen) = start_outbound(
-        &pki,
-        &client,
-        remote,
-        SERVER_ID,
-        &["--outbound-mode", "tcp"],
-    );
+    let (_outbound, listen) =
+        start_outbound(&client, remote, SERVER_ID, &["--outbound-mode", "tcp"]);
     let mut s = TcpStream::connect(listen).await.unwrap();
     s.write_all(b"raw bytes, not HTTP").await.unwrap();
     s.shutdown().await.unwrap();
@@ -812,7 +859,7 @@ async fn connect_from_a_peer_becomes_a_tunnel_to_the_app_with_half_close() {
     let app = start_app().await;
     let (_inbound, remote) = start_inbound(&pki, app, &[]);
     let me = pki.ca.good(CLIENT_ID);
-    let tls = mtls_connect(remote, client_tls(Some(&me), &pki.ca.pem, &[b"http/1.1"]))
+    let tls = mtls_connect(remote, client_tls(Some(&me), pki.ca.pem(), &[b"http/1.1"]))
         .await
         .unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -860,10 +907,7 @@ async fn yaml_config_routes_by_host_on_the_host_router() {
         ),
     )
     .unwrap();
-    let outbound = Ambassador::start(
-        &["--config".to_owned(), yaml.display().to_string()],
-        pki.path(),
-    );
+    let outbound = Ambassador::start(&["--config".to_owned(), yaml.display().to_string()]);
     let with_host = |host: &str| {
         Request::get("/")
             .header("host", host)
@@ -883,15 +927,23 @@ async fn yaml_config_routes_by_host_on_the_host_router() {
     assert_eq!(
         outbound.metric(
             "ambassador_requests_total",
-            &[("route", "billing"), ("class", "2xx")]
+            &[
+                ("direction", "outbound"),
+                ("route", "billing"),
+                ("class", "2xx")
+            ]
         ),
-        1.0
+        Some(1.0)
     );
     assert_eq!(
         outbound.metric(
             "ambassador_requests_total",
-            &[("route", "wrong"), ("class", "5xx")]
+            &[
+                ("direction", "outbound"),
+                ("route", "wrong"),
+                ("class", "5xx")
+            ]
         ),
-        1.0
+        Some(1.0)
     );
 }

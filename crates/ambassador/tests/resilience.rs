@@ -29,6 +29,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use dnsmasq::{Dnsmasq, free_dns_port};
+use test_support::metrics::Metrics as Page;
+use test_support::wait::Wait;
 
 // ---------- backends ----------
 
@@ -116,15 +118,12 @@ impl Backend {
     }
 
     async fn restart(&self) {
-        // The old listener closes asynchronously; retry the bind briefly.
-        for _ in 0..100 {
-            if let Ok(listener) = TcpListener::bind(self.addr).await {
-                self.serve(listener);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("cannot rebind backend {}", self.addr);
+        // The old listener closes asynchronously: bind once its address is free.
+        let listener = Wait::new(format_args!("backend {} free to bind again", self.addr))
+            .timeout(Duration::from_secs(2))
+            .value_async(async || TcpListener::bind(self.addr).await.ok())
+            .await;
+        self.serve(listener);
     }
 
     fn set(&self, status: u16, delay: Duration) {
@@ -158,12 +157,6 @@ async fn black_hole() -> (SocketAddr, CancellationToken) {
         }
     });
     (addr, stop)
-}
-
-/// A port with nothing listening (bound then released).
-fn closed_port() -> SocketAddr {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr")
 }
 
 // ---------- the route under test ----------
@@ -289,7 +282,7 @@ impl Harness {
             .map(|e| e.health)
     }
 
-    fn metric_text(&self) -> String {
+    fn metrics(&self) -> Page {
         let mut out = Vec::new();
         prometheus::Encoder::encode(
             &prometheus::TextEncoder::new(),
@@ -297,7 +290,7 @@ impl Harness {
             &mut out,
         )
         .expect("encode");
-        String::from_utf8(out).expect("utf8")
+        Page::parse(&String::from_utf8(out).expect("utf8")).expect("a metrics page")
     }
 }
 
@@ -339,15 +332,11 @@ fn load(
     })
 }
 
-async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if condition() {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    None
+/// A wait of at most `limit` for `what`, checked every 5 ms (the tests time how long it took).
+fn within(limit: Duration, what: &str) -> Wait<'static> {
+    Wait::new(what.to_owned())
+        .timeout(limit)
+        .every(Duration::from_millis(5))
 }
 
 fn quick_breaker(mut config: RouteResilienceConfig) -> RouteResilienceConfig {
@@ -378,23 +367,27 @@ async fn killed_endpoint_is_ejected_within_a_second_and_traffic_returns_when_it_
     let victim = &backends[1];
     assert!(victim.hits() > 0, "the victim took traffic before it died");
     victim.kill();
-    let ejected_after = wait_until(Duration::from_secs(3), || {
-        harness.health_of(victim.addr) == Some("ejected")
-    })
-    .await;
+    let ejected_after = within(Duration::from_secs(3), "the killed endpoint ejected")
+        .elapsed_async(async || harness.health_of(victim.addr) == Some("ejected"))
+        .await;
     let ejected_after = ejected_after.expect("the killed endpoint was never ejected");
     assert!(
         ejected_after < Duration::from_secs(1),
         "ejected only after {ejected_after:?}"
     );
-    let metrics = harness.metric_text();
-    let ejected_line = format!(
-        "ambassador_upstream_endpoint_state{{endpoint=\"{}\",route=\"orders\",state=\"ejected\"}} 1",
-        victim.addr
-    );
-    assert!(
-        metrics.contains(&ejected_line),
-        "metrics lack {ejected_line}:\n{metrics}"
+    let metrics = harness.metrics();
+    let endpoint = victim.addr.to_string();
+    assert_eq!(
+        metrics.get(
+            "ambassador_upstream_endpoint_state",
+            &[
+                ("endpoint", &endpoint),
+                ("route", "orders"),
+                ("state", "ejected")
+            ]
+        ),
+        Some(1.0),
+        "{metrics}"
     );
     assert!(
         harness
@@ -407,9 +400,11 @@ async fn killed_endpoint_is_ejected_within_a_second_and_traffic_returns_when_it_
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let hits_while_dead = victim.hits();
     victim.restart().await;
-    let returned = wait_until(Duration::from_secs(5), || {
-        victim.hits() > hits_while_dead + 20
-    })
+    let returned = within(
+        Duration::from_secs(5),
+        "traffic back on the restarted endpoint",
+    )
+    .elapsed_async(async || victim.hits() > hits_while_dead + 20)
     .await;
     stop.store(true, Ordering::Relaxed);
     let (ok, failed, errors) = running.await.expect("load");
@@ -620,7 +615,8 @@ async fn a_post_is_not_retried_after_a_response_error_but_a_get_is() {
     assert!(harness.route.metrics().retries_total() >= 14);
 
     // A POST is retried when the connection failed: it never reached the endpoint.
-    let dead = closed_port();
+    // A port with nothing listening (bound then released).
+    let dead = test_support::ports::free_addr();
     let harness = Harness::fixed(
         "ledger-2",
         &[dead, healthy.addr],
@@ -787,14 +783,15 @@ async fn dns_changes_are_used_within_the_ttl_and_removed_endpoints_drain() {
             .map(|e| e.addr)
             .collect::<Vec<_>>()
     };
-    wait_until(Duration::from_secs(3), || addrs(&harness) == vec![v4.addr])
-        .await
-        .expect("first answer");
+    within(Duration::from_secs(3), "the first answer")
+        .until_async(async || addrs(&harness) == vec![v4.addr])
+        .await;
     assert_eq!(harness.get().await.body, v4.addr.to_string());
 
     // An endpoint is added (TTL 1s).
     dns.answer(&[("127.0.0.1", "api.mesh.test"), ("::1", "api.mesh.test")]);
-    let added = wait_until(Duration::from_secs(4), || addrs(&harness).len() == 2)
+    let added = within(Duration::from_secs(4), "the v6 endpoint added")
+        .elapsed_async(async || addrs(&harness).len() == 2)
         .await
         .expect("v6 endpoint added");
     assert!(
@@ -811,15 +808,19 @@ async fn dns_changes_are_used_within_the_ttl_and_removed_endpoints_drain() {
     v4.set(200, Duration::from_millis(1500));
     let harness = Arc::new(harness);
     // Round robin: of two requests at once, one lands on each endpoint.
+    let hits_before = (v4.hits(), v6.hits());
     let in_flight: Vec<_> = (0..2)
         .map(|_| {
             let harness = Arc::clone(&harness);
             tokio::spawn(async move { harness.get().await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    within(Duration::from_secs(5), "one request at each endpoint")
+        .until_async(async || (v4.hits(), v6.hits()) == (hits_before.0 + 1, hits_before.1 + 1))
+        .await;
     dns.answer(&[("::1", "api.mesh.test")]);
-    let removed = wait_until(Duration::from_secs(4), || addrs(&harness) == vec![v6.addr])
+    let removed = within(Duration::from_secs(4), "the v4 endpoint removed")
+        .elapsed_async(async || addrs(&harness) == vec![v6.addr])
         .await
         .expect("v4 endpoint removed");
     assert!(
@@ -850,16 +851,20 @@ async fn dns_changes_are_used_within_the_ttl_and_removed_endpoints_drain() {
         "no new request went to the removed endpoint"
     );
 
-    // The DNS server dies: the last good answer stays.
+    // The DNS server dies: the last good answer stays, through several failed refreshes.
     dns.stop();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let failed_refreshes = || {
+        harness.metrics().get(
+            "ambassador_upstream_dns_refresh_total",
+            &[("result", "error"), ("route", "api")],
+        )
+    };
+    within(Duration::from_secs(10), "three failed DNS refreshes")
+        .until_async(async || failed_refreshes() >= Some(3.0))
+        .await;
     assert_eq!(addrs(&harness), vec![v6.addr]);
     assert_eq!(harness.get().await.status, StatusCode::OK);
-    assert!(
-        harness
-            .metric_text()
-            .contains("ambassador_upstream_dns_refresh_total{result=\"error\",route=\"api\"}")
-    );
+    assert!(failed_refreshes() >= Some(3.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -883,11 +888,9 @@ async fn a_route_starts_before_dns_answers_and_fills_in_when_it_does() {
 
     let _dns = Dnsmasq::start(Some(dns_port), &[("127.0.0.1", "late.mesh.test")]);
     // Lookup failures back off from the floor (200ms) towards the ceiling; a few seconds is plenty.
-    wait_until(Duration::from_secs(8), || {
-        !harness.route.endpoints().is_empty()
-    })
-    .await
-    .expect("endpoints arrive");
+    within(Duration::from_secs(8), "the endpoints to arrive")
+        .until_async(async || !harness.route.endpoints().is_empty())
+        .await;
     assert_eq!(harness.get().await.status, StatusCode::OK);
 }
 

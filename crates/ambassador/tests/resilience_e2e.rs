@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Ambassador, Ca, addr, cert_args, free_port, metric_value, write_secret};
+use common::{Ambassador, MeshCa, addr, cert_args, free_port};
 use dnsmasq::Dnsmasq;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
@@ -21,6 +21,8 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use test_support::certs::{Ca, SecretVolume};
+use test_support::wait::{self, Wait};
 use tokio::net::TcpListener;
 
 const SERVER_ID: &str = "spiffe://mesh.test/ns/shop/sa/api";
@@ -67,7 +69,8 @@ async fn app_with(name: &str, status: StatusCode, delay: Duration) -> (SocketAdd
 }
 
 struct Mesh {
-    dir: tempfile::TempDir,
+    /// Holds the secret volumes.
+    _dir: tempfile::TempDir,
     server_secret: PathBuf,
     client_secret: PathBuf,
 }
@@ -78,12 +81,10 @@ impl Mesh {
         let ca = Ca::new("mesh-test-ca");
         let server_secret = dir.path().join("server");
         let client_secret = dir.path().join("client");
-        std::fs::create_dir_all(&server_secret).expect("mkdir");
-        std::fs::create_dir_all(&client_secret).expect("mkdir");
-        write_secret(&server_secret, 1, &ca.good(SERVER_ID), &ca.pem);
-        write_secret(&client_secret, 1, &ca.good(CLIENT_ID), &ca.pem);
+        SecretVolume::create(&server_secret, &ca.good(SERVER_ID), ca.pem());
+        SecretVolume::create(&client_secret, &ca.good(CLIENT_ID), ca.pem());
         Mesh {
-            dir,
+            _dir: dir,
             server_secret,
             client_secret,
         }
@@ -100,7 +101,7 @@ impl Mesh {
             "--allow-spiffe".into(),
             CLIENT_ID.into(),
         ]);
-        Ambassador::start(&args, self.dir.path())
+        Ambassador::start(&args)
     }
 
     /// The outbound ambassador under test, with extra flags.
@@ -113,7 +114,7 @@ impl Mesh {
             SERVER_ID.into(),
         ]);
         args.extend(extra.iter().cloned());
-        Ambassador::start(&args, self.dir.path())
+        Ambassador::start(&args)
     }
 }
 
@@ -191,13 +192,16 @@ async fn get(
     }
 }
 
+/// Whether the outbound route (named `outbound`, from the flags) has `endpoint` in `state`.
 fn endpoint_state(outbound: &Ambassador, endpoint: SocketAddr, state: &str) -> bool {
-    let text = outbound.metrics();
-    metric_value(
-        &text,
+    outbound.metric(
         "ambassador_upstream_endpoint_state",
-        &[("endpoint", &endpoint.to_string()), ("state", state)],
-    ) == 1.0
+        &[
+            ("route", "outbound"),
+            ("endpoint", &endpoint.to_string()),
+            ("state", state),
+        ],
+    ) == Some(1.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,25 +256,18 @@ async fn a_killed_endpoint_is_ejected_within_a_second_and_comes_back_through_the
     tokio::time::sleep(Duration::from_secs(1)).await;
     let victim = listens[1];
     // Peak-EWMA may favour the others for a while (a first response slowed by the handshake).
-    let warm = Instant::now();
-    while apps[1].1.load(Ordering::Relaxed) == 0 {
-        assert!(
-            warm.elapsed() < Duration::from_secs(10),
-            "the victim never served before it died"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait::until_async(
+        Duration::from_secs(10),
+        "the victim to serve before it dies",
+        async || apps[1].1.load(Ordering::Relaxed) > 0,
+    )
+    .await;
     drop(inbound[1].take()); // SIGKILL
-    let killed = Instant::now();
-    let mut ejected_after = None;
-    while killed.elapsed() < Duration::from_secs(3) {
-        if endpoint_state(&outbound, victim, "ejected") {
-            ejected_after = Some(killed.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ejected_after = ejected_after.expect("the killed endpoint was never ejected");
+    let ejected_after = Wait::new("the killed endpoint ejected")
+        .timeout(Duration::from_secs(3))
+        .elapsed_async(async || endpoint_state(&outbound, victim, "ejected"))
+        .await
+        .expect("the killed endpoint was never ejected");
     assert!(
         ejected_after < Duration::from_secs(1),
         "ejected after {ejected_after:?}"
@@ -280,12 +277,10 @@ async fn a_killed_endpoint_is_ejected_within_a_second_and_comes_back_through_the
     let hits_before = apps[1].1.load(Ordering::Relaxed);
     inbound[1] = Some(mesh.inbound(victim, apps[1].0));
     // Ejections back off (1s, 2s, ...) while it stays dead; the next probe brings it back.
-    let back = Instant::now();
-    while back.elapsed() < Duration::from_secs(8)
-        && apps[1].1.load(Ordering::Relaxed) < hits_before + 20
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _ = Wait::new("traffic back on the restarted endpoint")
+        .timeout(Duration::from_secs(8))
+        .elapsed_async(async || apps[1].1.load(Ordering::Relaxed) >= hits_before + 20)
+        .await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.expect("worker");
@@ -306,8 +301,8 @@ async fn a_killed_endpoint_is_ejected_within_a_second_and_comes_back_through_the
     assert!(
         outbound.metric(
             "ambassador_upstream_ejections_total",
-            &[("endpoint", &victim.to_string())]
-        ) >= 1.0
+            &[("route", "outbound"), ("endpoint", &victim.to_string())]
+        ) >= Some(1.0)
     );
 }
 
@@ -364,8 +359,8 @@ async fn all_endpoints_down_every_request_fails_fast_with_a_503_naming_the_route
     assert!(
         outbound.metric(
             "ambassador_upstream_unavailable_total",
-            &[("reason", "all_ejected")]
-        ) >= 20.0
+            &[("route", "outbound"), ("reason", "all_ejected")]
+        ) >= Some(20.0)
     );
 }
 
@@ -375,13 +370,11 @@ async fn all_endpoints_down_every_request_fails_fast_with_a_503_naming_the_route
 async fn the_binary_follows_dns_changes_within_the_ttl() {
     let mesh = Mesh::new();
     // One port free on both loopback addresses: the name points at 127.0.0.1 and/or ::1.
-    let (port, v4, v6) = loop {
-        let port = free_port();
-        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
-        if std::net::TcpListener::bind(v6).is_ok() {
-            break (port, addr(port), v6);
-        }
-    };
+    let port = test_support::ports::free_dual_stack_port();
+    let (v4, v6) = (
+        addr(port),
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+    );
     let (app4, hits4) = app("v4").await;
     let (app6, hits6) = app("v6").await;
     let _in4 = mesh.inbound(v4, app4);
@@ -400,28 +393,21 @@ async fn the_binary_follows_dns_changes_within_the_ttl() {
         ],
     );
     let client = client();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(&client, out_addr).await.0 != StatusCode::OK {
-        assert!(
-            Instant::now() < deadline,
-            "the route never got its first DNS answer"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Wait::new("the route's first DNS answer")
+        .timeout(Duration::from_secs(5))
+        .every(Duration::from_millis(50))
+        .until_async(async || get(&client, out_addr).await.0 == StatusCode::OK)
+        .await;
 
     dns.answer(&[("127.0.0.1", "api.mesh.test"), ("::1", "api.mesh.test")]);
-    let changed = Instant::now();
-    while !endpoint_state(&outbound, v6, "healthy") {
-        assert!(
-            changed.elapsed() < Duration::from_secs(3),
-            "the added endpoint never appeared"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let added = Wait::new("the added endpoint")
+        .timeout(Duration::from_secs(3))
+        .elapsed_async(async || endpoint_state(&outbound, v6, "healthy"))
+        .await
+        .expect("the added endpoint never appeared");
     assert!(
-        changed.elapsed() < Duration::from_millis(1600),
-        "added after {:?} (TTL 1s)",
-        changed.elapsed()
+        added < Duration::from_millis(1600),
+        "added after {added:?} (TTL 1s)"
     );
     let before = hits6.load(Ordering::Relaxed);
     for _ in 0..10 {
@@ -433,18 +419,16 @@ async fn the_binary_follows_dns_changes_within_the_ttl() {
     );
 
     dns.answer(&[("::1", "api.mesh.test")]);
-    let changed = Instant::now();
-    while outbound.metric("ambassador_upstream_endpoints", &[("route", "outbound")]) != 1.0 {
-        assert!(
-            changed.elapsed() < Duration::from_secs(3),
-            "the removed endpoint never left"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let removed = Wait::new("the removed endpoint to leave")
+        .timeout(Duration::from_secs(3))
+        .elapsed_async(async || {
+            outbound.metric("ambassador_upstream_endpoints", &[("route", "outbound")]) == Some(1.0)
+        })
+        .await
+        .expect("the removed endpoint never left");
     assert!(
-        changed.elapsed() < Duration::from_millis(1600),
-        "removed after {:?} (TTL 1s)",
-        changed.elapsed()
+        removed < Duration::from_millis(1600),
+        "removed after {removed:?} (TTL 1s)"
     );
     let v4_hits = hits4.load(Ordering::Relaxed);
     for _ in 0..10 {
@@ -532,5 +516,10 @@ async fn through_the_binary_a_post_is_not_retried_after_a_503_but_a_get_is() {
         );
     }
     assert_eq!(healthy_hits.load(Ordering::Relaxed) - before, 10);
-    assert!(outbound.metric("ambassador_upstream_retries_total", &[("reason", "status")]) >= 1.0);
+    assert!(
+        outbound.metric(
+            "ambassador_upstream_retries_total",
+            &[("route", "outbound"), ("reason", "status")]
+        ) >= Some(1.0)
+    );
 }

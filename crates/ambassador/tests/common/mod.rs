@@ -1,30 +1,31 @@
-//! Test helpers: certificates made with rcgen, the real ambassador binary in a kill-on-drop
-//! guard, a small app backend, mTLS and plain HTTP clients, and /metrics reading.
+//! Test helpers: certificates (test-support's, made with rcgen), the real ambassador binary in
+//! test-support's Process (killed on drop), a small app backend, mTLS and plain HTTP clients,
+//! and /metrics read with exact series matching.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::convert::Infallible;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    SanType,
-};
+use test_support::certs::{Ca, Leaf, SecretVolume};
+use test_support::metrics::Metrics;
+use test_support::process::{Process, Signal};
 use tokio::net::{TcpListener, TcpStream};
+
+pub use test_support::ports::{free_port, loopback as addr};
 
 // ---------- certificates ----------
 
-/// A CA, one secret directory for the inbound (server) side and one for the outbound (client)
-/// side, and a temporary directory for logs.
+/// A CA, and a temporary directory for the secret volumes made from it.
 pub struct Pki {
     pub dir: tempfile::TempDir,
     pub ca: Ca,
@@ -38,14 +39,21 @@ impl Pki {
         }
     }
 
+    /// A secret volume `name` holding a good certificate for `spiffe`; its directory.
     pub fn secret(&self, name: &str, spiffe: &str) -> PathBuf {
-        let dir = self.dir.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        write_secret(&dir, 0, &self.ca.good(spiffe), &self.ca.pem);
-        dir
+        self.volume(name, spiffe).root().to_path_buf()
     }
 
-    pub fn path(&self) -> &std::path::Path {
+    /// A secret volume `name` holding a good certificate for `spiffe`, to update later.
+    pub fn volume(&self, name: &str, spiffe: &str) -> SecretVolume {
+        SecretVolume::create(
+            &self.dir.path().join(name),
+            &self.ca.good(spiffe),
+            self.ca.pem(),
+        )
+    }
+
+    pub fn path(&self) -> &Path {
         self.dir.path()
     }
 }
@@ -54,68 +62,25 @@ pub fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_owned()).collect()
 }
 
-pub struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pub pem: String,
-}
-
-impl Ca {
-    pub fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
+/// The mesh's certificates: a SPIFFE ID, a DNS name, the ID's last segment as common name.
+pub trait MeshCa {
     /// A leaf for `spiffe` (and `dns`), valid from now+`from` to now+`to` days.
-    pub fn leaf(&self, spiffe: &str, dns: &str, from: i64, to: i64) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![dns.to_owned()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, spiffe.rsplit('/').next().unwrap());
-        params
-            .subject_alt_names
-            .push(SanType::URI(spiffe.try_into().unwrap()));
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now + time::Duration::days(from);
-        params.not_after = now + time::Duration::days(to);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
+    fn peer(&self, spiffe: &str, dns: &str, from: i64, to: i64) -> Leaf;
 
-    pub fn good(&self, spiffe: &str) -> (String, String) {
-        self.leaf(spiffe, "peer.test", -1, 30)
+    /// A valid leaf for `spiffe` naming `peer.test`.
+    fn good(&self, spiffe: &str) -> Leaf {
+        self.peer(spiffe, "peer.test", -1, 30)
     }
 }
 
-/// Writes tls.crt, tls.key and ca.crt into `dir` the way a Kubernetes Secret volume does:
-/// real files in a `..<n>` directory, `..data` pointing at it, and the names linking into
-/// `..data`. Call again to swap atomically.
-pub fn write_secret(dir: &Path, generation: u32, cert: &(String, String), ca_pem: &str) {
-    let real = dir.join(format!("..gen_{generation}"));
-    std::fs::create_dir_all(&real).unwrap();
-    std::fs::write(real.join("tls.crt"), &cert.0).unwrap();
-    std::fs::write(real.join("tls.key"), &cert.1).unwrap();
-    std::fs::write(real.join("ca.crt"), ca_pem).unwrap();
-    let tmp = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(format!("..gen_{generation}"), &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    for name in ["tls.crt", "tls.key", "ca.crt"] {
-        let link = dir.join(name);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
-        }
+impl MeshCa for Ca {
+    fn peer(&self, spiffe: &str, dns: &str, from: i64, to: i64) -> Leaf {
+        self.leaf()
+            .common_name(spiffe.rsplit('/').next().unwrap())
+            .spiffe(spiffe)
+            .dns(dns)
+            .valid_days(from, to)
+            .sign()
     }
 }
 
@@ -131,78 +96,46 @@ pub fn cert_args(dir: &Path) -> Vec<String> {
     ]
 }
 
-// ---------- ports and the binary ----------
-
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
+// ---------- the binary ----------
 
 /// A running ambassador, killed on drop.
 pub struct Ambassador {
-    pub child: Child,
+    pub process: Process,
     pub admin: SocketAddr,
-    pub log: PathBuf,
 }
 
 impl Ambassador {
     /// Starts the binary with `args` (admin address added) and waits for /readyz.
-    pub fn start(args: &[String], log_dir: &Path) -> Self {
+    pub fn start(args: &[String]) -> Self {
         let admin = addr(free_port());
-        let log = log_dir.join(format!("ambassador-{}.log", admin.port()));
-        let child = Command::new(env!("CARGO_BIN_EXE_ambassador"))
-            // Two worker threads on any machine, so that every test also covers connections
-            // handed to the second thread (a test's own --worker-threads wins).
-            .env("AMBASSADOR_WORKER_THREADS", "2")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ambassador"));
+        // Two worker threads on any machine, so that every test also covers connections
+        // handed to the second thread (a test's own --worker-threads wins).
+        cmd.env("AMBASSADOR_WORKER_THREADS", "2")
             .args(args)
             .arg("--admin-addr")
             .arg(admin.to_string())
-            .args(["--log-format", "text", "--log-level", "info"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut me = Self { child, admin, log };
-        me.wait_ready();
-        me
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("ambassador exited early ({status}):\n{}", self.log_text());
-            }
-            if let Ok((200, _)) = http_get_blocking(self.admin, "/readyz") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("ambassador not ready in time:\n{}", self.log_text());
+            .args(["--log-format", "text", "--log-level", "info"]);
+        let mut process = Process::spawn("ambassador", cmd);
+        process.wait_ready(admin, Duration::from_secs(20));
+        Self { process, admin }
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
-    pub fn metrics(&self) -> String {
-        http_get_blocking(self.admin, "/metrics").unwrap().1
+    pub fn metrics(&self) -> Metrics {
+        test_support::metrics::scrape(self.admin)
     }
 
-    /// The value of the series `name` whose labels include all of `labels`, 0 if absent.
-    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_value(&self.metrics(), name, labels)
+    /// The value of the series `name` whose labels are exactly `labels`; None if not served.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.metrics().get(name, labels)
     }
 
     /// Peak resident memory (VmHWM) in KiB.
@@ -218,54 +151,8 @@ impl Ambassador {
     }
 
     pub fn signal_term(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM failed");
+        self.process.signal(Signal::SIGTERM);
     }
-}
-
-impl Drop for Ambassador {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' '))
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// A blocking HTTP/1.0 GET, for the admin server.
-pub fn http_get_blocking(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 // ---------- the app behind the inbound ambassador ----------
@@ -274,22 +161,46 @@ pub fn http_get_blocking(addr: SocketAddr, path: &str) -> std::io::Result<(u16, 
 /// `x-seen-xfcc`; `/echo` streams the request body back; `/count` answers the body's length;
 /// `/slow` answers after 1.5 s; `/ws` is a WebSocket echo.
 pub async fn start_app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(app_handler);
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await;
-            });
+    App::start().await.addr
+}
+
+/// The app of [`start_app`], and how many `/slow` requests it is working on.
+pub struct App {
+    pub addr: SocketAddr,
+    slow_in_flight: Arc<AtomicUsize>,
+}
+
+impl App {
+    pub async fn start() -> App {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let slow_in_flight = Arc::new(AtomicUsize::new(0));
+        let slow = slow_in_flight.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let slow = slow.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |req| app_handler(req, slow.clone()));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        App {
+            addr,
+            slow_in_flight,
         }
-    });
-    addr
+    }
+
+    /// `/slow` requests received and not answered yet.
+    pub fn slow_in_flight(&self) -> usize {
+        self.slow_in_flight.load(Ordering::SeqCst)
+    }
 }
 
 type AppBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -300,7 +211,10 @@ fn full(text: impl Into<Bytes>) -> AppBody {
         .boxed()
 }
 
-async fn app_handler(mut req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
+async fn app_handler(
+    mut req: Request<Incoming>,
+    slow_in_flight: Arc<AtomicUsize>,
+) -> Result<Response<AppBody>, Infallible> {
     if req.method() == http::Method::CONNECT {
         // CONNECT: accept, then echo the tunnel's bytes back with a prefix naming the target.
         let target = req.uri().to_string();
@@ -332,7 +246,9 @@ async fn app_handler(mut req: Request<Incoming>) -> Result<Response<AppBody>, In
             Response::new(full(n.to_string()))
         }
         "/slow" => {
+            slow_in_flight.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(1500)).await;
+            slow_in_flight.fetch_sub(1, Ordering::SeqCst);
             Response::new(full("slow done"))
         }
         "/ws" => {
@@ -425,11 +341,7 @@ pub fn get(path: &str) -> Request<Full<Bytes>> {
 }
 
 /// A rustls client config presenting `cert` (if any), trusting `ca_pem`, offering `alpn`.
-pub fn client_tls(
-    cert: Option<&(String, String)>,
-    ca_pem: &str,
-    alpn: &[&[u8]],
-) -> Arc<rustls::ClientConfig> {
+pub fn client_tls(cert: Option<&Leaf>, ca_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = sidecar_kit::tls::provider();
@@ -442,12 +354,12 @@ pub fn client_tls(
         .unwrap()
         .with_root_certificates(roots);
     let mut config = match cert {
-        Some((cert, key)) => builder
+        Some(leaf) => builder
             .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(cert.as_bytes())
+                CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
                     .map(|c| c.unwrap())
                     .collect(),
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
             )
             .unwrap(),
         None => builder.with_no_client_auth(),

@@ -4,66 +4,72 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+
+use test_support::ports::{free_udp_tcp_port, loopback};
+use test_support::process::{Process, Signal};
+use test_support::skip::require_program;
+
+#[allow(unused_imports)] // for the tests that reserve the port before starting it
+pub use test_support::ports::free_udp_tcp_port as free_dns_port;
 
 /// dnsmasq on a loopback port serving a hosts file we rewrite; killed on drop.
 pub struct Dnsmasq {
-    child: Child,
+    process: Process,
     pub port: u16,
     hosts: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Dnsmasq {
-    pub fn start(port: Option<u16>, names: &[(&str, &str)]) -> Dnsmasq {
+    pub fn start(fixed: Option<u16>, names: &[(&str, &str)]) -> Dnsmasq {
+        require_program("dnsmasq", "dnsmasq-base");
         let dir = tempfile::tempdir().expect("tempdir");
         // dnsmasq drops root privileges before re-reading the file on SIGHUP.
         set_mode(dir.path(), 0o755);
         let hosts = dir.path().join("hosts");
-        let log_path = dir.path().join("dnsmasq.log");
         let mut last_log = String::new();
         for _ in 0..20 {
-            let port = port.unwrap_or_else(free_dns_port);
+            let port = fixed.unwrap_or_else(free_udp_tcp_port);
             write_hosts(&hosts, names);
-            let log = std::fs::File::create(&log_path).expect("dnsmasq log file");
-            let child = Command::new("dnsmasq")
-                .args([
-                    "--no-daemon",
-                    &format!("--port={port}"),
-                    "--listen-address=127.0.0.1",
-                    "--bind-interfaces",
-                    "--no-resolv",
-                    "--no-hosts",
-                    &format!("--addn-hosts={}", hosts.display()),
-                    "--local-ttl=1",
-                    "--pid-file=",
-                ])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn();
-            let mut child = match child {
-                Ok(child) => child,
-                Err(e) => panic!(
-                    "dnsmasq is needed for the DNS tests (apt-get install dnsmasq-base): {e}"
-                ),
-            };
-            std::thread::sleep(Duration::from_millis(150));
-            match child.try_wait() {
-                Ok(None) => {
+            let mut cmd = Command::new("dnsmasq");
+            cmd.args([
+                "--no-daemon",
+                &format!("--port={port}"),
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                &format!("--addn-hosts={}", hosts.display()),
+                "--local-ttl=1",
+                "--pid-file=",
+            ]);
+            let mut process = Process::spawn("dnsmasq", cmd);
+            // It serves TCP as well as UDP: listening on TCP means it is up.
+            match process.try_wait_listening(loopback(port), Duration::from_secs(10)) {
+                Ok(()) => {
                     return Dnsmasq {
-                        child,
+                        process,
                         port,
                         hosts,
                         _dir: dir,
                     };
                 }
-                // Port taken between our probe and its bind: try another (unless the caller
-                // fixed it, when the same port may be free again a moment later).
-                _ => {
-                    last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
+                // Port taken between our probe and its bind: try another, or (when the caller
+                // fixed it) the same once it is free again.
+                Err(e) => {
+                    last_log = e.log().to_owned();
+                    if fixed.is_some() {
+                        test_support::wait::until(
+                            Duration::from_secs(5),
+                            format_args!("port {port} to be free for dnsmasq"),
+                            || {
+                                std::net::UdpSocket::bind(loopback(port)).is_ok()
+                                    && std::net::TcpListener::bind(loopback(port)).is_ok()
+                            },
+                        );
+                    }
                 }
             }
         }
@@ -71,27 +77,16 @@ impl Dnsmasq {
     }
 
     pub fn nameserver(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        loopback(self.port)
     }
 
     pub fn answer(&self, names: &[(&str, &str)]) {
         write_hosts(&self.hosts, names);
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("kill -HUP");
-        assert!(status.success());
+        self.process.signal(Signal::SIGHUP);
     }
 
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        self.stop();
+        self.process.kill();
     }
 }
 
@@ -109,22 +104,4 @@ fn write_hosts(path: &Path, names: &[(&str, &str)]) {
     std::fs::write(&tmp, text).expect("write hosts");
     set_mode(&tmp, 0o644);
     std::fs::rename(&tmp, path).expect("rename hosts");
-}
-
-/// A loopback port free for both UDP and TCP (dnsmasq binds both), chosen below the kernel's
-/// ephemeral range (32768 and up by default): an ephemeral port can be taken at any moment by one
-/// of the many connections the tests make, or by the resolver's own query sockets, and a test
-/// that reserves a port for a DNS server it starts later needs it to stay free.
-pub fn free_dns_port() -> u16 {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    for _ in 0..1000 {
-        let port = rng.random_range(20_000..32_000);
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
-        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
-        if udp.is_ok() && tcp.is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port for dnsmasq in 20000..32000");
 }
