@@ -68,11 +68,13 @@ impl Event {
         out.extend_from_slice(b"\",\"message\":");
         write_json_string(&self.message, out);
         for (key, value) in &self.fields {
-            if key == "timestamp" || key == "message" {
-                continue;
-            }
             out.push(b',');
-            write_json_string(key, out);
+            // A parsed field of the same name as the event's own keeps its value, renamed.
+            match key.as_str() {
+                "timestamp" => out.extend_from_slice(b"\"_timestamp\""),
+                "message" => out.extend_from_slice(b"\"_message\""),
+                _ => write_json_string(key, out),
+            }
             out.push(b':');
             // Writing a Value into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut *out, value);
@@ -138,7 +140,7 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
-            r#"{"timestamp":"2023-11-14T22:13:20.123456789Z","message":"a \"quoted\"\u0000 line","level":"warn"}"#
+            r#"{"timestamp":"2023-11-14T22:13:20.123456789Z","message":"a \"quoted\"\u0000 line","level":"warn","_message":"shadowed"}"#
         );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["level"], "warn");

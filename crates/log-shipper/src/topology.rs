@@ -70,7 +70,7 @@ impl Topology {
                 .filter_map(|name| sinks.iter().find(|s| s.name == *name))
                 .map(|s| s.input.clone())
                 .collect();
-            let (tx, rx) = mpsc::channel(8);
+            let (tx, rx) = mpsc::channel(4);
             let pipeline = Pipeline::new(spec, input.name().to_owned(), outputs, metrics.clone());
             pipelines.push(tokio::spawn(pipeline.run(rx)));
             match &input.kind {

@@ -241,12 +241,14 @@ impl DiskBuffer {
         if let Some(r) = segment.records.remove(pos) {
             self.lines = self.lines.saturating_sub(u64::from(r.lines));
         }
-        if segment.records.is_empty()
-            && self
+        if segment.records.is_empty() {
+            if self
                 .writer
                 .as_ref()
-                .is_none_or(|(seq, _)| *seq != id.segment)
-        {
+                .is_some_and(|(seq, _)| *seq == id.segment)
+            {
+                self.writer = None;
+            }
             self.remove_segment(index)?;
         }
         self.save_cursor()
@@ -395,6 +397,33 @@ mod tests {
         b.consume(id).unwrap();
         assert!(b.is_empty());
         assert!(b.peek().unwrap().is_none());
+    }
+
+    #[test]
+    fn consuming_everything_leaves_nothing_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = DiskBuffer::open(dir.path(), 1 << 20).unwrap();
+        for round in 0..3 {
+            put(&mut b, &events(2, "a"));
+            put(&mut b, &events(2, "b"));
+            for _ in 0..2 {
+                let (id, _) = b.peek().unwrap().unwrap();
+                b.consume(id).unwrap();
+            }
+            assert!(b.is_empty(), "round {round}");
+            assert_eq!((b.bytes(), b.lines()), (0, 0), "round {round}");
+        }
+        let segments = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "seg")
+            })
+            .count();
+        assert_eq!(segments, 0);
     }
 
     #[test]

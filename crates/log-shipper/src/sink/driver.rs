@@ -77,7 +77,7 @@ pub fn start(
         delivery.buffer.when_full,
         metrics.clone(),
     ));
-    let (tx, rx) = mpsc::channel(16);
+    let (tx, rx) = mpsc::channel(4);
     let intake = tokio::spawn(intake(rx, delivery.batch, queue.clone(), stop.clone()));
     let sender = Sender {
         name: name.to_owned(),

@@ -58,8 +58,11 @@ pub struct FileInputSpec {
 
 /// Below this many bytes a fingerprint is too short to call another file a copy.
 const COPY_MIN_FINGERPRINT: u32 = 64;
-/// Bytes read from one file before the others get their turn.
-const READ_BUDGET: usize = 1 << 20;
+/// Bytes read from one file before the others get their turn (and the most one chunk holds).
+const READ_BUDGET: usize = 256 << 10;
+/// While the pipeline does not take a chunk (back-pressure), new files are still opened this
+/// often: a file held open survives being renamed away before it is read.
+const BLOCKED_DISCOVERY: Duration = Duration::from_millis(100);
 /// Discovery runs at most this often on events (always at the poll interval).
 const DISCOVERY_MIN_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -121,6 +124,7 @@ impl Source for FileSource {
             stop_wait.cancelled().await;
             let _ = waker.try_send(());
         });
+        let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let FileSource {
                 spec,
@@ -135,6 +139,8 @@ impl Source for FileSource {
                 stop,
                 metrics,
                 table,
+                handle,
+                last_discovery: Instant::now(),
                 tails: Vec::new(),
                 retiring: Vec::new(),
                 finished: Vec::new(),
@@ -161,6 +167,8 @@ struct Reader {
     stop: CancellationToken,
     metrics: Metrics,
     table: SharedTable,
+    handle: tokio::runtime::Handle,
+    last_discovery: Instant,
     tails: Vec<Tail>,
     retiring: Vec<Retiring>,
     /// Files read to their end and acknowledged, remembered while the patterns match them.
@@ -185,19 +193,17 @@ impl Reader {
             w.watch(&self.spec.globs.watch_roots());
         }
         self.resume(checkpoints, first_start);
-        let mut last_discovery = Instant::now();
         let mut woke = false;
         loop {
             if self.stop.is_cancelled() {
                 break;
             }
-            let due = last_discovery.elapsed() >= self.spec.poll_interval;
-            if due || (woke && last_discovery.elapsed() >= DISCOVERY_MIN_INTERVAL) {
+            let since = self.last_discovery.elapsed();
+            if since >= self.spec.poll_interval || (woke && since >= DISCOVERY_MIN_INTERVAL) {
                 if let Some(w) = watcher.as_mut() {
                     w.watch(&self.spec.globs.watch_roots());
                 }
                 self.discover();
-                last_discovery = Instant::now();
             }
             let more = match self.read_all() {
                 Ok(more) => more,
@@ -212,7 +218,7 @@ impl Reader {
             let wait = self
                 .spec
                 .poll_interval
-                .saturating_sub(last_discovery.elapsed())
+                .saturating_sub(self.last_discovery.elapsed())
                 .max(Duration::from_millis(1));
             woke = match wake_rx.recv_timeout(wait) {
                 Ok(()) => true,
@@ -224,8 +230,23 @@ impl Reader {
         Ok(())
     }
 
-    fn send(&self, item: SourceItem) -> Result<(), Closed> {
-        self.out.blocking_send(item).map_err(|_| Closed)
+    /// Hands an item to the pipeline, waiting while it is busy. Meanwhile new files are
+    /// opened (not read): the app may rotate twice before reading resumes. Once stopping, an
+    /// item that cannot be handed on is dropped: it is not acknowledged, so it is read again.
+    fn send(&mut self, item: SourceItem) -> Result<(), Closed> {
+        let out = self.out.clone();
+        loop {
+            let reserve = tokio::time::timeout(BLOCKED_DISCOVERY, out.reserve());
+            match self.handle.block_on(reserve) {
+                Ok(Ok(permit)) => {
+                    permit.send(item);
+                    return Ok(());
+                }
+                Ok(Err(_)) => return Err(Closed),
+                Err(_) if self.stop.is_cancelled() => return Err(Closed),
+                Err(_) => self.discover(),
+            }
+        }
     }
 
     fn new_stream(&self, path: &Path, offset: u64) -> Arc<StreamInfo> {
@@ -388,6 +409,7 @@ impl Reader {
 
     /// Starts files that appeared; forgets finished files no longer matched.
     fn discover(&mut self) {
+        self.last_discovery = Instant::now();
         let paths = self.spec.globs.matches();
         let mut seen = Vec::with_capacity(paths.len());
         for path in paths {
@@ -434,6 +456,11 @@ impl Reader {
         while i < self.tails.len() {
             if self.stop.is_cancelled() {
                 return Ok(false);
+            }
+            // Reading without pause (a backlog) must not delay seeing new files: a file may
+            // be renamed away soon after it appears.
+            if self.last_discovery.elapsed() >= DISCOVERY_MIN_INTERVAL {
+                self.discover();
             }
             self.check(i)?;
             let max_line = self.spec.max_line_bytes;
@@ -588,16 +615,18 @@ impl Reader {
     fn release(&mut self, i: usize) -> Result<(), Closed> {
         let mut tail = self.tails.remove(i);
         tracing::info!(input = %self.spec.name, path = %tail.path.display(), "rotated file read to its end; letting it go");
-        if let Some(chunk) = tail.take_partial() {
-            self.count(&chunk);
-            self.send(SourceItem::Lines(chunk))?;
-        }
-        self.send(SourceItem::Closed(tail.stream.clone()))?;
+        let partial = tail.take_partial();
+        // Retiring before anything is sent: discovery runs while a send waits, and must not
+        // take the file for a new one.
         self.retiring.push(Retiring {
             checkpoint: checkpoint_of(&self.spec.name, &tail, tail.read_pos(), true),
             stream: tail.stream.clone(),
         });
-        Ok(())
+        if let Some(chunk) = partial {
+            self.count(&chunk);
+            self.send(SourceItem::Lines(chunk))?;
+        }
+        self.send(SourceItem::Closed(tail.stream.clone()))
     }
 
     /// Retiring files whose lines are all acknowledged are finished.
