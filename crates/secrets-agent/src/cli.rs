@@ -50,7 +50,8 @@ pub struct Cli {
     /// OpenBao (or Vault) address, e.g. https://openbao.openbao.svc:8200.
     #[arg(long, env = "ADDR", value_name = "URL", help_heading = "OpenBao")]
     pub addr: String,
-    /// CA bundle (PEM) that OpenBao's certificate must chain to; the system roots otherwise.
+    /// CA bundle (PEM) that OpenBao's certificate must chain to, trusted alone; the system's
+    /// roots when unset.
     #[arg(long, env = "CA_FILE", value_name = "FILE", help_heading = "OpenBao")]
     pub ca_file: Option<PathBuf>,
     /// Namespace sent with every request (X-Vault-Namespace), for servers that have them.

@@ -212,9 +212,11 @@ impl Client {
                     what: "--ca-file",
                     source,
                 })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+            // The CA given is the one OpenBao's certificate comes from: trust it alone.
+            builder = builder.tls_certs_only(certs);
+        } else if endpoint.addr.scheme() == "http" {
+            // No TLS at all: the system's roots need not be loaded (they cost memory).
+            builder = builder.tls_certs_only([]);
         }
         if let Some(pem) = identity {
             let id = reqwest::Identity::from_pem(pem).map_err(|source| ClientError::Tls {
