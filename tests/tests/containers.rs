@@ -6,22 +6,23 @@
 //! server container serves the config repository. Every sidecar runs as it would in a
 //! restricted pod: its image's user 65532, a read-only root filesystem, no capabilities.
 //!
-//! Where no Docker engine is reachable the tests are skipped with a printed notice; in CI
-//! (`CI=true`) a missing engine is a failure. `SIDECARS_IMAGES_PREBUILT=1` skips the image
-//! build (the images must then exist, tagged `:dev`).
+//! They need a Docker engine, so they are `#[ignore = "needs a Docker engine"]`: `cargo test`
+//! lists them as ignored, never as passed. `scripts/test.sh` runs them (`--ignored`) when an
+//! engine is reachable, and always in CI (`CI=true`), where a missing engine fails them.
+//! `SIDECARS_IMAGES_PREBUILT=1` skips the image build (the images must then exist, tagged
+//! `:dev`).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    SanType,
-};
+use test_support::certs::Ca;
+use test_support::metrics::Metrics;
+use test_support::ports::loopback;
+use test_support::skip::require_docker_engine;
+use test_support::wait::Wait;
 
 const SIDECARS: [(&str, u16); 3] = [
     ("ambassador", 9901),
@@ -43,25 +44,6 @@ fn image(name: &str) -> String {
 }
 
 // ---- the engine and the images ---------------------------------------------------------------
-
-/// Whether to run: true with an engine; false (with a notice) without one, except in CI.
-fn engine_or_skip(test: &str) -> bool {
-    let reachable = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if reachable {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "CI=true but no Docker engine is reachable (`docker info` failed): the container tests must run in CI"
-        );
-    }
-    eprintln!("notice: {test} skipped: no Docker engine is reachable (`docker info` failed)");
-    false
-}
 
 /// Builds the images once per test binary (cargo and Docker both cache, so reruns are quick).
 fn build_images() {
@@ -254,45 +236,16 @@ fn host_port(container: &str, port: u16) -> u16 {
 // ---- plain HTTP from the test to published ports on 127.0.0.1 ----------------------------------
 
 fn http(method: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    // HTTP/1.0: the server closes after the response and never chunks it, so no decoder is needed.
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    test_support::http::request(loopback(port), method, path, &[], b"").map(|r| (r.status, r.body))
 }
 
-/// Polls `check` until it returns Some or the deadline passes; then panics with `what` and logs.
-fn eventually<T>(
-    res: &Resources,
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("{what}: not within {within:?}\n{}", res.logs());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+/// A wait of `within` for `what`, checked every 250 ms; on timeout the containers' logs are
+/// part of the failure message.
+fn eventually<'a>(res: &'a Resources, what: &str, within: Duration) -> Wait<'a> {
+    Wait::new(what)
+        .timeout(within)
+        .every(Duration::from_millis(250))
+        .context(move || res.logs())
 }
 
 fn wait_ready(res: &Resources, container: &str, admin_port: u16) {
@@ -301,8 +254,8 @@ fn wait_ready(res: &Resources, container: &str, admin_port: u16) {
         res,
         &format!("{container} /readyz on :{admin_port}"),
         Duration::from_secs(60),
-        || matches!(http("GET", port, "/readyz"), Ok((200, _))).then_some(()),
-    );
+    )
+    .value(|| matches!(http("GET", port, "/readyz"), Ok((200, _))).then_some(()));
 }
 
 /// The user id the container's main process runs as, from the host's view (`docker top`).
@@ -349,34 +302,19 @@ impl Pki {
     /// A CA and one certificate per pod, each in `<dir>/<pod>/{tls.crt,tls.key,ca.crt}`.
     fn new(pods: &[&str]) -> Pki {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "container tests CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_pem = ca_params.self_signed(&ca_key).expect("CA cert").pem();
-        let issuer = Issuer::new(ca_params, ca_key);
+        let ca = Ca::new("container tests CA");
         for pod in pods {
-            let key = KeyPair::generate().expect("leaf key");
-            let mut params = CertificateParams::new(vec![(*pod).to_owned()]).expect("leaf params");
-            params.subject_alt_names.push(SanType::URI(
-                format!("{TRUST_DOMAIN}/{pod}")
-                    .try_into()
-                    .expect("SPIFFE URI"),
-            ));
-            params.extended_key_usages = vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ];
-            let cert = params.signed_by(&key, &issuer).expect("leaf cert");
+            let leaf = ca
+                .leaf()
+                .dns(pod)
+                .spiffe(&format!("{TRUST_DOMAIN}/{pod}"))
+                .sign();
             let pod_dir = dir.path().join(pod);
             std::fs::create_dir(&pod_dir).expect("pod cert dir");
-            std::fs::write(pod_dir.join("tls.crt"), cert.pem()).expect("write cert");
-            std::fs::write(pod_dir.join("tls.key"), key.serialize_pem()).expect("write key");
-            std::fs::write(pod_dir.join("ca.crt"), &ca_pem).expect("write CA");
+            leaf.write(&pod_dir, "tls");
+            ca.write(&pod_dir.join("ca.crt"));
         }
-        std::fs::write(dir.path().join("ca.crt"), &ca_pem).expect("write CA");
+        ca.write(&dir.path().join("ca.crt"));
         // The containers run as 65532: the test-only files must be readable by it.
         world_readable(dir.path());
         Pki { dir }
@@ -463,10 +401,9 @@ impl ConfigRepo {
 // ---- the tests ---------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs a Docker engine"]
 fn images_are_labelled_non_root_and_shell_less() {
-    if !engine_or_skip("images_are_labelled_non_root_and_shell_less") {
-        return;
-    }
+    require_docker_engine();
     build_images();
     for (name, _) in SIDECARS {
         let image = image(name);
@@ -511,10 +448,9 @@ fn images_are_labelled_non_root_and_shell_less() {
 
 /// The whole demo as containers, checked end to end.
 #[test]
+#[ignore = "needs a Docker engine"]
 fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
-    if !engine_or_skip("two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync") {
-        return;
-    }
+    require_docker_engine();
     build_images();
     let mut res = Resources::new("mesh");
     let (net, prefix) = res.network();
@@ -546,8 +482,8 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
         &res,
         "the first push to the git server",
         Duration::from_secs(30),
-        || repo.push().ok(),
-    );
+    )
+    .value(|| repo.push().ok());
 
     // Pod B's app (its ambassador joins its network namespace below).
     let b_app = res.run(
@@ -728,11 +664,7 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
     // A container on the same network without a certificate is refused by pod-b's ambassador,
     // and the refusal is counted with its reason.
     let b_admin = host_port(&b_app, 9901);
-    let refused_before = counter(
-        b_admin,
-        "ambassador_tls_failures_total",
-        "reason=\"no_certificate\"",
-    );
+    let refused_before = refusals(b_admin, "no_certificate");
     let ca = format!("{}:/ca.crt:ro", pki.dir.path().join("ca.crt").display());
     let (ok, text) = demo_client(
         &net,
@@ -740,27 +672,27 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
         &["get", "--ca", "/ca.crt", "https://pod-b:15443/"],
     );
     assert!(!ok, "a caller without a certificate got through: {text}");
-    let refused_after = counter(
-        b_admin,
-        "ambassador_tls_failures_total",
-        "reason=\"no_certificate\"",
-    );
+    let refused_after = refusals(b_admin, "no_certificate");
     assert!(
         refused_after > refused_before,
-        "no_certificate refusals {refused_before} -> {refused_after}"
+        "no_certificate refusals {refused_before:?} -> {refused_after:?}"
     );
 
     // The adapter serves the app's XML status page as metrics, including the call just made.
     let metrics_port = host_port(&a_app, 9108);
     let (status, metrics) = http("GET", metrics_port, "/metrics").expect("adapter /metrics");
     assert_eq!(status, 200, "{metrics}");
-    assert!(metrics.contains("legacy_app_up 1"), "{metrics}");
-    assert!(
-        metrics.contains("legacy_app_healthy{server=\"pod-a\"} 1"),
+    let metrics = Metrics::parse(&metrics).expect("a metrics page");
+    assert_eq!(metrics.value("legacy_app_up"), Some(1.0), "{metrics}");
+    assert_eq!(
+        metrics.value("legacy_app_healthy{server=\"pod-a\"}"),
+        Some(1.0),
         "{metrics}"
     );
     assert!(
-        metrics.contains("legacy_app_requests_total{route=\"/config\"}"),
+        metrics
+            .value("legacy_app_requests_total{route=\"/config\"}")
+            .is_some(),
         "{metrics}"
     );
 
@@ -770,17 +702,16 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
         &res,
         "legacy_app_up == 1 in Prometheus",
         Duration::from_secs(60),
-        || {
-            let (status, body) = http(
-                "GET",
-                prometheus_port,
-                "/api/v1/query?query=legacy_app_up%7Bjob%3D%22legacy-app%22%7D",
-            )
-            .ok()?;
-            (status == 200 && body.contains("\"result\":[{") && body.contains(",\"1\"]"))
-                .then_some(())
-        },
-    );
+    )
+    .value(|| {
+        let (status, body) = http(
+            "GET",
+            prometheus_port,
+            "/api/v1/query?query=legacy_app_up%7Bjob%3D%22legacy-app%22%7D",
+        )
+        .ok()?;
+        (status == 200 && body.contains("\"result\":[{") && body.contains(",\"1\"]")).then_some(())
+    });
 
     // A commit pushed to the git server appears in the app's volume.
     repo.commit("greeting = bonjour\n");
@@ -789,15 +720,15 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
         &res,
         "the second commit in pod-a's volume",
         Duration::from_secs(30),
-        || {
-            let (ok, text) = demo_client(
-                &in_a,
-                &[],
-                &["get", "http://127.0.0.1:8080/config/app.conf"],
-            );
-            (ok && text.contains("greeting = bonjour")).then_some(())
-        },
-    );
+    )
+    .value(|| {
+        let (ok, text) = demo_client(
+            &in_a,
+            &[],
+            &["get", "http://127.0.0.1:8080/config/app.conf"],
+        );
+        (ok && text.contains("greeting = bonjour")).then_some(())
+    });
 
     // Pod B goes away: once its endpoint has failed (and is ejected), pod-a's ambassador answers
     // 503 itself, at once, instead of letting every caller wait on a dead address.
@@ -838,11 +769,11 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
         &res,
         "calls through the ambassadors after pod-b restarted",
         Duration::from_secs(60),
-        || {
-            let (ok, text) = demo_client(&in_a, &[], &["get", "http://127.0.0.1:15001/"]);
-            (ok && text.contains("hello from pod-b")).then_some(())
-        },
-    );
+    )
+    .value(|| {
+        let (ok, text) = demo_client(&in_a, &[], &["get", "http://127.0.0.1:15001/"]);
+        (ok && text.contains("hello from pod-b")).then_some(())
+    });
 
     // A batch job in pod A without native sidecars (deploy/kubernetes/examples/job-classic):
     // it does its calls through the ambassador, then asks it to stop on loopback; the
@@ -865,16 +796,16 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
         &res,
         "pod-a's ambassador stops after the job",
         Duration::from_secs(40),
-        || {
-            let state = docker_ok(&[
-                "inspect",
-                "-f",
-                "{{.State.Status}} {{.State.ExitCode}}",
-                &a_amb,
-            ]);
-            state.starts_with("exited").then_some(state)
-        },
-    );
+    )
+    .value(|| {
+        let state = docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            &a_amb,
+        ]);
+        state.starts_with("exited").then_some(state)
+    });
     assert_eq!(
         exited, "exited 0",
         "the ambassador's exit after POST /shutdown"
@@ -883,10 +814,9 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
 
 /// The ambassador configurations shipped in deploy/ start the shipped image (ready on /readyz).
 #[test]
+#[ignore = "needs a Docker engine"]
 fn shipped_ambassador_configs_start_the_image() {
-    if !engine_or_skip("shipped_ambassador_configs_start_the_image") {
-        return;
-    }
+    require_docker_engine();
     build_images();
     let mut res = Resources::new("configs");
     let pki = Pki::new(&["pod"]);
@@ -937,11 +867,15 @@ fn ambassador_config(dir: &Path, pod: &str, peer: &str) -> PathBuf {
     )
 }
 
-/// The sum of a counter's samples whose labels contain `label` (0 when absent).
-fn counter(admin_port: u16, name: &str, label: &str) -> f64 {
-    let (_, body) = http("GET", admin_port, "/metrics").expect("admin /metrics");
-    body.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// Inbound handshakes pod-b's ambassador refused for `reason` (its inbound route is `app`);
+/// None if it never did.
+fn refusals(admin_port: u16, reason: &str) -> Option<f64> {
+    test_support::metrics::scrape(loopback(admin_port)).get(
+        "ambassador_tls_failures_total",
+        &[
+            ("direction", "inbound"),
+            ("route", "app"),
+            ("reason", reason),
+        ],
+    )
 }

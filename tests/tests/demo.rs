@@ -4,12 +4,14 @@
 //! certificate, XML status as metrics, a git commit reaching the app's config).
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
+
+use test_support::ports::free_port_range;
+use test_support::wait::Wait;
 
 /// The workspace's binaries, built by `scripts/test.sh` before the tests run.
 fn bin_dir() -> PathBuf {
@@ -23,14 +25,6 @@ fn bin_dir() -> PathBuf {
 /// One demo at a time: two would pick the same free ports.
 static ONE_DEMO: Mutex<()> = Mutex::new(());
 
-/// A base port with the 20 ports after it free right now.
-fn free_port_base() -> u16 {
-    (20_000..60_000)
-        .step_by(97)
-        .find(|base| (0..20).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
-        .unwrap()
-}
-
 #[test]
 fn the_demo_passes_all_its_checks() {
     let _one = ONE_DEMO.lock().unwrap_or_else(|p| p.into_inner());
@@ -43,7 +37,7 @@ fn the_demo_passes_all_its_checks() {
     let dir = tempfile_dir();
     let out = Command::new(&demo)
         .args(["--check", "--dir", dir.to_str().unwrap()])
-        .args(["--port-base", &free_port_base().to_string()])
+        .args(["--port-base", &free_port_range(20).to_string()])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -87,7 +81,7 @@ fn ctrl_c_after(line: &str) -> Vec<String> {
     let dir = std::env::temp_dir().join(format!("sidecars-demo-ctrl-c-{}", std::process::id()));
     let mut child = Command::new(&demo)
         .args(["--dir", dir.to_str().unwrap()])
-        .args(["--port-base", &free_port_base().to_string()])
+        .args(["--port-base", &free_port_range(20).to_string()])
         .process_group(0) // the terminal's foreground group, with the demo as its leader
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -118,13 +112,13 @@ fn ctrl_c_after(line: &str) -> Vec<String> {
         }
     }
     signal_group("-INT");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            signal_group("-KILL");
-            panic!("the demo did not stop after Ctrl-C:\n{}", seen.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let stopped = Wait::new("the demo to stop after Ctrl-C")
+        .timeout(Duration::from_secs(30))
+        .every(Duration::from_millis(50))
+        .elapsed(|| child.try_wait().unwrap().is_some());
+    if stopped.is_none() {
+        signal_group("-KILL");
+        panic!("the demo did not stop after Ctrl-C:\n{}", seen.join("\n"));
     }
     // The reader thread ends with the demo's stdout.
     seen.extend(rx.iter());
