@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 # Our sidecar images and their admin ports (sidecar-kit's per-sidecar defaults).
-SIDECARS = {"ambassador": 9901, "xml-adapter": 9902, "git-sync": 9903}
+SIDECARS = {"ambassador": 9901, "xml-adapter": 9902, "git-sync": 9903, "secrets-agent": 9905}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
 
 

@@ -197,6 +197,30 @@ class CheckerTest(unittest.TestCase):
         self.assert_problem(docs, "never completes")
 
 
+class SecretsAgentTest(unittest.TestCase):
+    def test_native_sidecar_renders_into_a_read_only_memory_volume(self):
+        docs = rendered("secrets-agent")
+        agent = container(docs, "secrets-agent")
+        self.assertEqual(agent["restartPolicy"], "Always")
+        self.assertIn("--output-dir=/secrets", agent["args"])
+        app = container(docs, "app")
+        self.assertIn({"name": "secrets", "mountPath": "/secrets", "readOnly": True}, app["volumeMounts"])
+        volumes = {v["name"]: v for v in pod(docs)["volumes"]}
+        self.assertEqual(volumes["secrets"]["emptyDir"]["medium"], "Memory")
+        token = volumes["openbao-token"]["projected"]["sources"][0]["serviceAccountToken"]
+        self.assertEqual(token["audience"], "openbao")
+        self.assertIn("secrets-agent-config", {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"})
+
+    def test_one_time_variant_is_a_plain_init_container(self):
+        docs = rendered("secrets-agent-once")
+        agent = container(docs, "secrets-agent-once")
+        self.assertNotIn("restartPolicy", agent)
+        self.assertIn("--one-time", agent["args"])
+        self.assertEqual(problems_of(docs), [])
+        agent["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": 9905}}
+        self.assertTrue(any("plain init container" in p for p in problems_of(docs)))
+
+
 class SchemaTest(unittest.TestCase):
     def test_schema_catches_unknown_and_mistyped_fields(self):
         docs = rendered("all")
