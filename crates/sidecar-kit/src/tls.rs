@@ -763,47 +763,20 @@ pub fn check_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, SanType,
-    };
-
-    struct Ca {
-        issuer: Issuer<'static, KeyPair>,
-        pem: String,
-    }
+    use test_support::certs::Ca;
 
     fn ca(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
+        Ca::new(name)
     }
 
     fn leaf(ca: &Ca, spiffe: &str, dns: &str, days: (i64, i64)) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![dns.to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::URI(spiffe.try_into().unwrap()));
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let now = time_now();
-        params.not_before = now + time::Duration::days(days.0);
-        params.not_after = now + time::Duration::days(days.1);
-        let cert = params.signed_by(&key, &ca.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn time_now() -> time::OffsetDateTime {
-        time::OffsetDateTime::now_utc()
+        let leaf = ca
+            .leaf()
+            .spiffe(spiffe)
+            .dns(dns)
+            .valid_days(days.0, days.1)
+            .sign();
+        (leaf.cert_pem, leaf.key_pem)
     }
 
     fn identity(pems: &(String, String)) -> Identity {
@@ -817,7 +790,7 @@ mod tests {
     }
 
     fn bundle(ca: &Ca) -> TrustBundle {
-        TrustBundle::from_pem(ca.pem.as_bytes(), Path::new("ca.crt")).unwrap()
+        TrustBundle::from_pem(ca.pem().as_bytes(), Path::new("ca.crt")).unwrap()
     }
 
     #[test]

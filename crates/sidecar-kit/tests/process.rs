@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::kill;
@@ -246,26 +246,9 @@ fn admin_endpoints_answer_and_metrics_pass_promtool() {
         page.get("process_resident_memory_bytes", &[]).is_some(),
         "{metrics}"
     );
-    test_support::skip::require_program("promtool", "prometheus");
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is needed to check /metrics");
-    {
-        use std::io::Write;
-        let mut stdin = promtool.stdin.take().expect("stdin");
-        stdin.write_all(metrics.as_bytes()).expect("write");
+    if let Err(e) = test_support::metrics::promtool_check(&metrics) {
+        panic!("promtool refused /metrics: {e}");
     }
-    let out = promtool.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool refused /metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     // State changes are for loopback callers; this one is, so the sidecar drains and exits.
     let (status, _) = request(demo.admin, "POST", "/shutdown").expect("shutdown");
