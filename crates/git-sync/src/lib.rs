@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod publish;
 pub mod schedule;
 pub mod service;
+pub mod signature;
 pub mod syncer;
 pub mod trigger;
 pub mod worker;
