@@ -18,6 +18,9 @@ fi
 if want git-sync; then
   echo "=== git-sync: vs the git CLI";                         cargo bench -p git-sync --bench sync
 fi
+if want secrets-agent; then
+  echo "=== secrets-agent: vs OpenBao Agent (bao agent)";      crates/secrets-agent/benches/vs_bao_agent.sh
+fi
 if want images; then
-  echo "=== image sizes";                                      scripts/images.sh ambassador xml-adapter git-sync
+  echo "=== image sizes";                                      scripts/images.sh ambassador xml-adapter git-sync secrets-agent
 fi

@@ -468,13 +468,15 @@ fn the_app_is_notified_of_changed_files_by_name_never_by_value() {
         !all.contains(VALUE) && !all.contains("rotated-value"),
         "a value reached the command: {all}"
     );
-    let m = agent.metrics();
-    assert_eq!(
-        m.get(
-            "secrets_agent_notifications_total",
-            &[("kind", "command"), ("result", "success")]
-        ),
-        Some(2.0),
-        "{m}"
+    // Counted once the command has exited, a moment after it wrote its last line.
+    wait::until(
+        Duration::from_secs(10),
+        "two successful commands counted",
+        || {
+            agent.metrics().get(
+                "secrets_agent_notifications_total",
+                &[("kind", "command"), ("result", "success")],
+            ) == Some(2.0)
+        },
     );
 }
