@@ -5,7 +5,7 @@
 //! and shutdown sends what is pending at once.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use sidecar_kit::notify::{
     Change, HookCommand, Notifier, NotifyConfig, Signal, SignalHook, SignalTarget, Webhook,
 };
 use sidecar_kit::shutdown::Shutdown;
+use test_support::process::Process;
 use test_support::wait;
 
 /// A revision moving from `old` to `new`; a burst keeps the first `old` and the last `new`.
@@ -90,7 +91,7 @@ impl Receiver {
 /// A process that appends a line to `<dir>/<name>.hups` on each SIGHUP; started as a copy of
 /// `sh` named `name`, so it can be found by name too. Killed on drop.
 struct TrapProcess {
-    child: Child,
+    process: Process,
     hups: PathBuf,
 }
 
@@ -105,26 +106,17 @@ impl TrapProcess {
             hups.display(),
             ready.display()
         );
-        let child = Command::new(&program)
-            .arg("-c")
-            .arg(script)
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new(&program);
+        cmd.arg("-c").arg(script);
+        let process = Process::spawn(name, cmd);
         wait::until(WAIT, "the trap process is ready", || ready.exists());
-        TrapProcess { child, hups }
+        TrapProcess { process, hups }
     }
 
     fn hups(&self) -> usize {
         std::fs::read_to_string(&self.hups)
             .map(|s| s.lines().count())
             .unwrap_or(0)
-    }
-}
-
-impl Drop for TrapProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -159,7 +151,7 @@ async fn a_burst_is_one_notification_through_every_hook() {
     let receiver = Receiver::start(vec![500]).await; // the first try fails: retried
     let app = TrapProcess::start(dir.path(), "kitpidapp");
     let pidfile = dir.path().join("app.pid");
-    std::fs::write(&pidfile, format!("{}\n", app.child.id())).unwrap();
+    std::fs::write(&pidfile, format!("{}\n", app.process.pid())).unwrap();
     let out = dir.path().join("cmd.out");
     let touched = dir.path().join("touched");
     let work = dir.path().join("work");
