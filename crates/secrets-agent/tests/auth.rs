@@ -36,8 +36,8 @@ fn approle_renews_its_token_and_logs_in_again_at_the_max_ttl() {
     let bao = Bao::dev(&bin);
     bao.kv_put("app/config", &[("api_key", "k1")]);
     let dir = tempfile::tempdir().unwrap();
-    // Renewed at 2/3 of 3s; the max TTL of 6s caps a renewal, and then it logs in again.
-    let (role_id, secret_id) = bao.approle(dir.path(), "3s", "6s");
+    // Renewed at 2/3 of 6s; the max TTL of 12s caps a renewal, and then it logs in again.
+    let (role_id, secret_id) = bao.approle(dir.path(), "6s", "12s");
     let sink = dir.path().join("token");
     let agent = AgentSetup {
         bao: &bao,
@@ -88,7 +88,7 @@ fn a_token_file_is_renewed_and_read_again_when_it_changes() {
     };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");
-    std::fs::write(&file, token("3s")).unwrap();
+    std::fs::write(&file, token("6s")).unwrap();
     let sink = dir.path().join("sink");
     let agent = AgentSetup {
         bao: &bao,
@@ -103,7 +103,7 @@ fn a_token_file_is_renewed_and_read_again_when_it_changes() {
     }
     .start();
     wait::Wait::new("the token renewed")
-        .timeout(Duration::from_secs(20))
+        .timeout(Duration::from_secs(30))
         .context(|| agent.process.log())
         .until(|| auth_count(&agent, "token", "renew") >= 2.0);
 

@@ -47,19 +47,19 @@ fn database_credentials_are_renewed_then_rotated_and_the_old_ones_revoked() {
         "username=postgres",
         &format!("password={}", pg.password),
     ]);
-    // A 4s lease that may live 8s: renewed at 2/3 of its TTL, capped at the max, then a new
+    // A 6s lease that may live 12s: renewed at 2/3 of its TTL, capped at the max, then a new
     // one is issued before the old one ends.
     bao.run(&[
         "write",
         "database/roles/app",
         "db_name=pg",
         "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-        "default_ttl=4s",
-        "max_ttl=8s",
+        "default_ttl=6s",
+        "max_ttl=12s",
     ]);
     let dir = tempfile::tempdir().unwrap();
     let mut args = root_token_args(&bao, dir.path());
-    // The replaced lease has under a second left by then: revoke it at once to see the agent do it.
+    // The replaced lease has about a second left by then: revoke it at once to see the agent do it.
     args.push("--revoke-grace=0s".into());
     let config = "secrets:\n  db: {dynamic: {path: database/creds/app}}\nfiles:\n  - {path: db.env, secret: db, format: env}\n  - path: dsn\n    template: \"postgresql://{{ db.username }}:{{ db.password|uri_component }}@127.0.0.1/postgres\"\n";
     let agent = AgentSetup {
