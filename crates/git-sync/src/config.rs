@@ -12,6 +12,7 @@ use sidecar_kit::notify::{NotifyArgs, NotifyConfig};
 
 use crate::credentials::{Credentials, redact_url};
 use crate::git::{RefTarget, Source};
+use crate::signature::{Policy, TrustedKeys};
 
 pub const INFO: SidecarInfo = SidecarInfo {
     name: "git-sync",
@@ -116,6 +117,30 @@ pub struct Cli {
     #[arg(long, env = "SSH_KNOWN_HOSTS_FILE", help_heading = "Credentials")]
     pub ssh_known_hosts_file: Option<PathBuf>,
 
+    /// Which signatures a revision needs before it is published: off, tag (the annotated tag
+    /// --ref names), head (the published commit, and the tag when --ref is an annotated tag) or
+    /// all (every commit since the last published one, on all parents, and the tag).
+    #[arg(long, env = "VERIFY_SIGNATURES", value_enum, default_value_t = Policy::Off, help_heading = "Signatures")]
+    pub verify_signatures: Policy,
+    /// OpenSSH allowed-signers file trusted for SSH signatures (git's gpg.format=ssh); re-read
+    /// when it changes. Repeatable (comma-separated in the variable).
+    #[arg(
+        long,
+        env = "ALLOWED_SIGNERS_FILE",
+        value_delimiter = ',',
+        help_heading = "Signatures"
+    )]
+    pub allowed_signers_file: Vec<PathBuf>,
+    /// OpenPGP public keys (armoured or binary, several per file) trusted for GnuPG signatures;
+    /// re-read when they change. Repeatable (comma-separated in the variable).
+    #[arg(
+        long,
+        env = "OPENPGP_KEYS_FILE",
+        value_delimiter = ',',
+        help_heading = "Signatures"
+    )]
+    pub openpgp_keys_file: Vec<PathBuf>,
+
     /// Telling the app after a publish: webhook, command, signal, touched file (the kit's flags).
     #[command(flatten)]
     pub notify: NotifyArgs,
@@ -139,6 +164,9 @@ pub struct Config {
     pub one_time: bool,
     pub stale_after: Duration,
     pub sync_secret_file: Option<PathBuf>,
+    pub verify: Policy,
+    /// Loaded at start (a bad file is a config error); re-read by the syncer when they change.
+    pub trusted_keys: TrustedKeys,
     /// The hooks run after a publish; the command runs in the link.
     pub notify: NotifyConfig,
     /// `--ref` as given, for the hooks.
@@ -244,6 +272,22 @@ impl Config {
                 ssh_known_hosts: cli.ssh_known_hosts_file.clone(),
             },
         };
+        let has_keys = !cli.allowed_signers_file.is_empty() || !cli.openpgp_keys_file.is_empty();
+        let trusted_keys = match (cli.verify_signatures, has_keys) {
+            (Policy::Off, false) => TrustedKeys::default(),
+            (Policy::Off, true) => {
+                return err(
+                    "--allowed-signers-file and --openpgp-keys-file need --verify-signatures (tag, head or all)",
+                );
+            }
+            (_, false) => {
+                return err(
+                    "--verify-signatures needs trusted keys: --allowed-signers-file and/or --openpgp-keys-file",
+                );
+            }
+            (_, true) => TrustedKeys::load(&cli.allowed_signers_file, &cli.openpgp_keys_file)
+                .map_err(ConfigError::value)?,
+        };
         let mut notify = cli.notify.to_config()?;
         if let Some(command) = &mut notify.command {
             command.cwd = Some(root.join(&cli.link));
@@ -268,6 +312,8 @@ impl Config {
             one_time: cli.one_time,
             stale_after: cli.stale_after,
             sync_secret_file: cli.sync_secret_file.clone(),
+            verify: cli.verify_signatures,
+            trusted_keys,
             log_filter: cli.kit.log_level.clone(),
             log_format: match cli.kit.log_format {
                 LogFormat::Json => "json",
@@ -353,5 +399,61 @@ mod tests {
             with(&["--repo", "https://h/r", "--validate-command", "sh -c 'x"])
                 .contains("--validate-command")
         );
+    }
+
+    #[test]
+    fn signature_flags_go_together_and_bad_keys_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let signers = dir.path().join("allowed_signers");
+        std::fs::write(
+            &signers,
+            "alice@example.com bogus-option ssh-ed25519 AAAA\n",
+        )
+        .unwrap();
+        let signers = signers.to_str().unwrap();
+        let base = ["--repo", "https://h/r", "--root", "/tmp/x"];
+        let with = |extra: &[&str]| {
+            let mut v: Vec<&str> = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        assert!(
+            with(&["--verify-signatures", "head"])
+                .unwrap_err()
+                .contains("--allowed-signers-file")
+        );
+        assert!(
+            with(&["--allowed-signers-file", signers])
+                .unwrap_err()
+                .contains("need --verify-signatures")
+        );
+        let err = with(&[
+            "--verify-signatures",
+            "all",
+            "--allowed-signers-file",
+            signers,
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains(&format!("--allowed-signers-file {signers}:1")),
+            "{err}"
+        );
+        let err = with(&[
+            "--verify-signatures",
+            "tag",
+            "--openpgp-keys-file",
+            "/nonexistent.asc",
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("--openpgp-keys-file /nonexistent.asc"),
+            "{err}"
+        );
+        assert!(
+            with(&["--verify-signatures", "sometimes"])
+                .unwrap_err()
+                .contains("--verify-signatures")
+        );
+        assert_eq!(with(&[]).unwrap().verify, Policy::Off);
     }
 }

@@ -4,7 +4,6 @@
 //! Everything here is blocking (libgit2); the service runs it on a blocking thread.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashSet, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,19 +12,19 @@ use std::time::{Duration, Instant};
 
 use git2::{
     AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, ErrorClass,
-    FetchOptions, ObjectType, Oid, RemoteCallbacks, Repository,
+    FetchOptions, Oid, RemoteCallbacks, Repository,
 };
 
 use crate::credentials::{Credentials, redact_url};
 use crate::known_hosts;
 
 /// The local ref a fetch writes the wanted revision to.
-const TARGET_REF: &str = "refs/git-sync/target";
+pub(crate) const TARGET_REF: &str = "refs/git-sync/target";
 /// How far a shallow repository is deepened to tell a fast-forward from a force-push
 /// before giving up and fetching the whole history.
-const DEEPEN_STEP: i32 = 64;
+pub(crate) const DEEPEN_STEP: i32 = 64;
 /// libgit2's "unshallow" depth (GIT_FETCH_DEPTH_UNSHALLOW).
-const UNSHALLOW: i32 = i32::MAX;
+pub(crate) const UNSHALLOW: i32 = i32::MAX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -239,23 +238,30 @@ pub struct Advertised {
     pub refname: Option<String>,
     /// The commit id if the advertisement tells it (peeled for annotated tags).
     pub commit: Option<Oid>,
+    /// What the ref itself points at: an annotated tag's tag object, otherwise the commit.
+    pub object: Option<Oid>,
 }
 
-/// How the new revision relates to the previously published one.
+/// What a fetch left in the private repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ancestry {
-    /// Nothing was published before.
-    First,
-    Same,
-    FastForward,
-    /// The old revision is not an ancestor of the new one (force-push, or a switch to another branch).
-    Rewritten,
+pub struct Fetched {
+    /// The commit to publish.
+    pub commit: Oid,
+    /// What the ref points at: the tag object of an annotated tag, otherwise the commit.
+    pub object: Oid,
+}
+
+impl Fetched {
+    /// The annotated tag the ref points at, if it is one.
+    pub fn tag(&self) -> Option<Oid> {
+        (self.object != self.commit).then_some(self.object)
+    }
 }
 
 /// The private (bare) repository under `--root`.
 pub struct PrivateRepo {
     path: PathBuf,
-    repo: Repository,
+    pub(crate) repo: Repository,
     /// Bytes received from the network over this repository's life (for metrics and benchmarks).
     pub received_bytes: Arc<AtomicU64>,
 }
@@ -357,20 +363,26 @@ impl PrivateRepo {
         resolve_advertised(&source.target, &list)
     }
 
-    /// Fetches the target into the private repository and returns its commit id.
+    /// Fetches the target into the private repository.
     pub fn fetch(
         &self,
         source: &Source,
         advertised: &Advertised,
         cancel: &Cancel,
-    ) -> Result<Oid, GitError> {
+    ) -> Result<Fetched, GitError> {
         let depth = source.effective_depth();
         match (&source.target, &advertised.refname) {
-            (RefTarget::Sha(oid), _) => self.fetch_sha(source, *oid, depth, cancel),
+            (RefTarget::Sha(oid), _) => {
+                let commit = self.fetch_sha(source, *oid, depth, cancel)?;
+                Ok(Fetched {
+                    commit,
+                    object: commit,
+                })
+            }
             (_, Some(refname)) => {
                 let spec = format!("+{refname}:{TARGET_REF}");
                 self.fetch_specs(source, &[spec], depth, cancel)?;
-                self.target_commit()
+                self.target()
             }
             (_, None) => Err(GitError::RefNotFound(source.target.to_string())),
         }
@@ -412,19 +424,27 @@ impl PrivateRepo {
         self.repo.find_commit(oid).is_ok()
     }
 
-    fn target_commit(&self) -> Result<Oid, GitError> {
+    fn target(&self) -> Result<Fetched, GitError> {
         let reference = self
             .repo
             .find_reference(TARGET_REF)
             .map_err(|e| GitError::git("reading the fetched ref", e, None))?;
+        let object = reference.target().ok_or_else(|| GitError::Git {
+            context: "reading the fetched ref".into(),
+            message: format!("{TARGET_REF} is a symbolic ref"),
+            corrupt: true,
+        })?;
         // Annotated tags point at a tag object: peel to the commit.
         let commit = reference
             .peel_to_commit()
             .map_err(|e| GitError::git("peeling the fetched ref to a commit", e, None))?;
-        Ok(commit.id())
+        Ok(Fetched {
+            commit: commit.id(),
+            object,
+        })
     }
 
-    fn fetch_specs(
+    pub(crate) fn fetch_specs(
         &self,
         source: &Source,
         specs: &[String],
@@ -446,73 +466,6 @@ impl PrivateRepo {
         let result = remote.fetch(specs, Some(&mut options), None);
         drop(options);
         result.map_err(|e| self.net_error("fetching", e, source, cancel, &state))
-    }
-
-    /// Is `old` an ancestor of `new`? In a shallow repository the history is deepened
-    /// (first by a bounded step, then entirely) until the answer is known.
-    pub fn ancestry(
-        &self,
-        source: &Source,
-        advertised: &Advertised,
-        old: Option<Oid>,
-        new: Oid,
-        cancel: &Cancel,
-    ) -> Result<Ancestry, GitError> {
-        let Some(old) = old else {
-            return Ok(Ancestry::First);
-        };
-        if old == new {
-            return Ok(Ancestry::Same);
-        }
-        let mut deepen = [DEEPEN_STEP, UNSHALLOW].into_iter();
-        loop {
-            match self.reaches(new, old)? {
-                Reach::Yes => return Ok(Ancestry::FastForward),
-                Reach::No => return Ok(Ancestry::Rewritten),
-                Reach::Unknown => {}
-            }
-            let (Some(depth), Some(refname)) = (deepen.next(), &advertised.refname) else {
-                return Ok(Ancestry::Rewritten);
-            };
-            if !source.transport_allows_depth() {
-                return Ok(Ancestry::Rewritten);
-            }
-            tracing::debug!(
-                depth,
-                "deepening the shallow history to tell a fast-forward from a force-push"
-            );
-            self.fetch_specs(source, &[format!("+{refname}:{TARGET_REF}")], depth, cancel)?;
-        }
-    }
-
-    /// Walks parent links as written in the commit objects (not the shallow grafts), so a
-    /// depth-1 fetch on top of the previous revision still shows the fast-forward.
-    fn reaches(&self, from: Oid, wanted: Oid) -> Result<Reach, GitError> {
-        let odb = self
-            .repo
-            .odb()
-            .map_err(|e| GitError::git("opening the object database", e, None))?;
-        let mut queue = VecDeque::from([from]);
-        let mut seen = HashSet::from([from]);
-        let mut missing = false;
-        while let Some(oid) = queue.pop_front() {
-            if oid == wanted {
-                return Ok(Reach::Yes);
-            }
-            let Ok(object) = odb.read(oid) else {
-                missing = true;
-                continue;
-            };
-            if object.kind() != ObjectType::Commit {
-                continue;
-            }
-            for parent in raw_parents(object.data()) {
-                if seen.insert(parent) {
-                    queue.push_back(parent);
-                }
-            }
-        }
-        Ok(if missing { Reach::Unknown } else { Reach::No })
     }
 
     fn net_error(
@@ -608,12 +561,6 @@ impl CallbackState {
     }
 }
 
-enum Reach {
-    Yes,
-    No,
-    Unknown,
-}
-
 impl Credentials {
     fn git_credential(
         &self,
@@ -707,6 +654,7 @@ pub fn resolve_advertised(
         return Ok(Advertised {
             refname: None,
             commit: Some(*oid),
+            object: Some(*oid),
         });
     }
     for name in target.candidates() {
@@ -721,28 +669,11 @@ pub fn resolve_advertised(
             return Ok(Advertised {
                 refname: Some(name),
                 commit: Some(commit),
+                object: Some(*oid),
             });
         }
     }
     Err(GitError::RefNotFound(target.to_string()))
-}
-
-/// Parent ids as written in a raw commit object.
-fn raw_parents(data: &[u8]) -> Vec<Oid> {
-    let mut parents = Vec::new();
-    for line in data.split(|b| *b == b'\n') {
-        if line.is_empty() {
-            break; // end of the header
-        }
-        if let Some(hex) = line.strip_prefix(b"parent ")
-            && let Some(oid) = std::str::from_utf8(hex)
-                .ok()
-                .and_then(|h| Oid::from_str(h).ok())
-        {
-            parents.push(oid);
-        }
-    }
-    parents
 }
 
 #[cfg(test)]
@@ -794,7 +725,8 @@ mod tests {
             r,
             Advertised {
                 refname: Some("refs/heads/v1".into()),
-                commit: Some(oid(2))
+                commit: Some(oid(2)),
+                object: Some(oid(2)),
             }
         );
         let r = resolve_advertised(&RefTarget::Named("rel".into()), &list).unwrap();
@@ -802,7 +734,8 @@ mod tests {
             r,
             Advertised {
                 refname: Some("refs/tags/rel".into()),
-                commit: Some(oid(5))
+                commit: Some(oid(5)),
+                object: Some(oid(4)),
             }
         );
         let r = resolve_advertised(&RefTarget::Head, &list).unwrap();
@@ -811,17 +744,5 @@ mod tests {
             resolve_advertised(&RefTarget::Named("gone".into()), &list),
             Err(GitError::RefNotFound(_))
         ));
-    }
-
-    #[test]
-    fn raw_parents_reads_header_only() {
-        let data = format!(
-            "tree {}\nparent {}\nparent {}\nauthor a <a@b> 0 +0000\n\nparent {}\n",
-            oid(9),
-            oid(1),
-            oid(2),
-            oid(3)
-        );
-        assert_eq!(raw_parents(data.as_bytes()), vec![oid(1), oid(2)]);
     }
 }

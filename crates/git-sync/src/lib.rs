@@ -12,6 +12,7 @@ pub mod config;
 pub mod credentials;
 pub mod export;
 pub mod git;
+pub mod history;
 pub mod known_hosts;
 pub mod metrics;
 pub mod publish;

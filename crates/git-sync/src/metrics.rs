@@ -5,7 +5,8 @@ use sidecar_kit::metrics::{counter, counter_vec, float_gauge, gauge, gauge_vec, 
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    /// result: published, unchanged, held_back, validation_failed, force_push_refused, error, timeout
+    /// result: published, unchanged, held_back, validation_failed, force_push_refused,
+    /// signature_refused, error, timeout
     pub syncs: IntCounterVec,
     pub sync_duration: Histogram,
     pub last_success: Gauge,
@@ -20,6 +21,11 @@ pub struct Metrics {
     pub fetched_bytes: IntCounter,
     /// result: accepted|refused|error
     pub sync_requests: IntCounterVec,
+    /// reason: unsigned, unknown_key, bad_signature, revoked_key, expired_key, not_allowed,
+    /// not_a_tag, unsupported
+    pub signature_refusals: IntCounterVec,
+    /// result: success|failure (a changed key file re-read)
+    pub trusted_keys_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -82,6 +88,18 @@ impl Metrics {
                 registry,
                 "gitsync_sync_requests_total",
                 "POST /sync requests",
+                &["result"],
+            )?,
+            signature_refusals: counter_vec(
+                registry,
+                "gitsync_signature_refusals_total",
+                "Revisions not published because a signature --verify-signatures requires is missing or bad, by reason",
+                &["reason"],
+            )?,
+            trusted_keys_reloads: counter_vec(
+                registry,
+                "gitsync_trusted_keys_reloads_total",
+                "Trusted key files re-read after they changed, by result (a failure keeps the keys in use)",
                 &["result"],
             )?,
         })

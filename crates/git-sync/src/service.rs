@@ -14,6 +14,7 @@ use crate::config::{Config, ForcePushPolicy};
 use crate::git::Cancel;
 use crate::metrics::Metrics;
 use crate::schedule;
+use crate::signature::Policy;
 use crate::syncer::{Outcome, SyncSettings, Syncer};
 
 /// Runs git-sync until shutdown (or, in one-time mode, until the first publish).
@@ -62,8 +63,13 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         validate: config.validate.clone(),
         validate_timeout: config.validate_timeout,
         force_push: config.force_push,
+        verify: config.verify,
+        trusted_keys: config.trusted_keys.clone(),
         worker: crate::worker::WorkerSpec::current_exe(&config.log_filter, &config.log_format),
     };
+    if config.verify != Policy::Off {
+        tracing::info!(policy = ?config.verify, keys = %config.trusted_keys.describe(), "signatures are verified before a publish");
+    }
     let root = config.root.clone();
     let link = config.link.clone();
     let mut syncer = tokio::task::spawn_blocking(move || Syncer::open(&root, &link, settings))
@@ -110,6 +116,23 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         cancel_on_shutdown.abort();
         let elapsed = started.elapsed();
         metrics.sync_duration.observe(elapsed.as_secs_f64());
+        match syncer.take_key_reload() {
+            Some(Ok(())) => {
+                metrics
+                    .trusted_keys_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                tracing::info!("the trusted keys changed and were re-read");
+            }
+            Some(Err(e)) => {
+                metrics
+                    .trusted_keys_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(error = %e, "cannot use the changed trusted keys; the keys in use stay");
+            }
+            None => {}
+        }
         let fetched = syncer.fetched_bytes();
         metrics
             .fetched_bytes
@@ -120,7 +143,10 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
             tracing::info!("stopping: shutdown requested");
             break;
         }
+        // ok: no error (the next sync comes after the period, not a backoff); good: the
+        // published tree is what the ref asks for (readiness and last success follow it).
         let mut ok = true;
+        let mut good = false;
         match result {
             Ok(outcome) => {
                 let label = match &outcome {
@@ -149,8 +175,8 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
                         }
                         "published"
                     }
-                    Outcome::HeldBack(sha) => {
-                        tracing::debug!(%sha, "the remote is still on a refused revision");
+                    Outcome::HeldBack { sha, reason } => {
+                        tracing::debug!(%sha, ?reason, "the remote is still on a refused revision");
                         "held_back"
                     }
                     Outcome::ValidationFailed { sha, reason } => {
@@ -163,8 +189,24 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
                         tracing::error!(%old, %new, "history was rewritten (force-push) and --force-push=refuse: keeping the published tree until the ref moves");
                         "force_push_refused"
                     }
+                    Outcome::SignatureRefused(refused) => {
+                        metrics
+                            .signature_refusals
+                            .with_label_values(&[refused.refusal.reason.label()])
+                            .inc();
+                        tracing::error!(
+                            revision = %refused.revision,
+                            object = %refused.object,
+                            kind = refused.kind_name(),
+                            reason = refused.refusal.reason.label(),
+                            detail = %refused.refusal.detail,
+                            "signature refused; keeping the published tree until the ref moves or the trusted keys change"
+                        );
+                        "signature_refused"
+                    }
                 };
-                if syncer.published().is_some() {
+                good = outcome.is_good() && syncer.published().is_some();
+                if good {
                     failures = 0;
                     last_success = Some(Instant::now());
                     let now = SystemTime::now()
@@ -196,7 +238,7 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         }
         update_staleness(
             &ready,
-            ok,
+            good,
             last_success,
             config.stale_after,
             syncer.published().is_some(),
@@ -228,7 +270,7 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
             )
         };
         // Wake up in time to fail readiness when the tree turns stale.
-        if let (false, Some(last)) = (ok, last_success) {
+        if let (false, Some(last)) = (good, last_success) {
             let stale_at = last + config.stale_after;
             wait = wait.min(
                 stale_at
@@ -296,12 +338,12 @@ fn count_sync(metrics: &Metrics, label: &str, failures: u32) {
 
 fn update_staleness(
     ready: &sidecar_kit::readiness::ReadyCheck,
-    ok: bool,
+    good: bool,
     last_success: Option<Instant>,
     stale_after: Duration,
     published: bool,
 ) {
-    if ok {
+    if good {
         return;
     }
     match last_success {
@@ -329,7 +371,10 @@ async fn finish_one_time(
             tracing::info!(sha = %new, "one-time sync done");
             Ok(())
         }
-        Outcome::HeldBack(sha) => bail!("revision {sha} was refused earlier; nothing published"),
+        Outcome::HeldBack { sha, reason } => {
+            bail!("revision {sha} was refused earlier ({reason:?}); nothing published")
+        }
+        Outcome::SignatureRefused(refused) => bail!("{refused}"),
         Outcome::ValidationFailed { sha, reason } => {
             bail!("revision {sha} was refused by the validation command: {reason}")
         }

@@ -11,6 +11,8 @@ use crate::config::ForcePushPolicy;
 use crate::export::{ExportError, Previous, export_commit};
 use crate::git::{Cancel, GitError, PrivateRepo, RefTarget, Source};
 use crate::publish::{PublishError, Publisher, Staged};
+use crate::signature::payload::ObjectKind;
+use crate::signature::{Policy, Reason, Refusal, TrustedKeys};
 use crate::worker::{Network, NetworkRequest, Worker, WorkerSpec};
 use sidecar_kit::command::{CommandError, CommandSpec};
 
@@ -57,12 +59,82 @@ pub enum Outcome {
         new: Oid,
         force_pushed: bool,
     },
-    /// The remote's revision was refused before (validation or force-push) and has not moved.
-    HeldBack(Oid),
+    /// The remote's revision was refused before and the ref has not moved.
+    HeldBack { sha: Oid, reason: HoldReason },
     /// The validation command refused this revision: nothing published.
     ValidationFailed { sha: Oid, reason: String },
     /// History was rewritten and the policy is refuse: nothing published.
     ForcePushRefused { old: Oid, new: Oid },
+    /// A signature --verify-signatures requires is missing or bad: nothing published.
+    SignatureRefused(Box<SignatureRefusal>),
+}
+
+impl Outcome {
+    /// Whether the published tree is what the ref asks for, as far as this sync goes: a
+    /// refused signature is not (readiness then follows the staleness rule), a validation or
+    /// force-push refusal is the user's policy working as configured.
+    pub fn is_good(&self) -> bool {
+        !matches!(
+            self,
+            Outcome::SignatureRefused(_)
+                | Outcome::HeldBack {
+                    reason: HoldReason::Signature,
+                    ..
+                }
+        )
+    }
+}
+
+/// Why a revision is held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldReason {
+    Validation,
+    ForcePush,
+    Signature,
+}
+
+/// The object whose signature was refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureRefusal {
+    /// The revision that was not published.
+    pub revision: Oid,
+    /// The commit or tag at fault (the revision itself, a commit since the published one, or
+    /// the annotated tag).
+    pub object: Oid,
+    pub kind: ObjectKind,
+    pub refusal: Refusal,
+}
+
+impl SignatureRefusal {
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            ObjectKind::Commit => "commit",
+            ObjectKind::Tag => "tag",
+        }
+    }
+}
+
+impl std::fmt::Display for SignatureRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.object == self.revision {
+            write!(
+                f,
+                "{} {} refused by --verify-signatures: {}",
+                self.kind_name(),
+                self.object,
+                self.refusal
+            )
+        } else {
+            write!(
+                f,
+                "{} {} (on the way to {}) refused by --verify-signatures: {}",
+                self.kind_name(),
+                self.object,
+                self.revision,
+                self.refusal
+            )
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +143,9 @@ pub struct SyncSettings {
     pub validate: Option<CommandSpec>,
     pub validate_timeout: Duration,
     pub force_push: ForcePushPolicy,
+    pub verify: Policy,
+    /// The keys signatures are checked against (empty when `verify` is off).
+    pub trusted_keys: TrustedKeys,
     /// The process that does the network half of each sync.
     pub worker: WorkerSpec,
 }
@@ -85,7 +160,13 @@ pub struct Syncer {
     worker: Worker,
     publisher: Publisher,
     published: Option<Oid>,
-    held_back: Option<Oid>,
+    /// What the ref pointed at when it was refused, and why.
+    held_back: Option<(Oid, HoldReason)>,
+    keys: TrustedKeys,
+    /// The published tree's signatures were checked (false for a tree found at start).
+    published_verified: bool,
+    /// The outcome of re-reading changed key files, for the caller's metrics and logs.
+    key_reload: Option<Result<(), String>>,
     /// The --ref the published tree came from (from the state file); a different one means the
     /// user switched refs, which is not a force-push.
     published_ref: Option<String>,
@@ -124,6 +205,9 @@ impl Syncer {
             .map(|s| s.trim().to_string());
         let worker = Worker::new(settings.worker.clone());
         Ok(Syncer {
+            keys: settings.trusted_keys.clone(),
+            published_verified: settings.verify == Policy::Off,
+            key_reload: None,
             settings,
             repo_ready: true,
             worker,
@@ -149,9 +233,113 @@ impl Syncer {
         self.received
     }
 
+    /// What re-reading changed trusted-key files gave since the last call: Ok when new keys
+    /// are in use, Err (the old keys stay) when a file is unreadable or holds a bad key.
+    pub fn take_key_reload(&mut self) -> Option<Result<(), String>> {
+        self.key_reload.take()
+    }
+
+    fn refresh_keys(&mut self) {
+        if self.settings.verify == Policy::Off {
+            return;
+        }
+        match self.keys.refresh() {
+            Ok(false) => {}
+            Ok(true) => {
+                // A revision refused for its signature gets another chance with the new keys.
+                if matches!(self.held_back, Some((_, HoldReason::Signature))) {
+                    self.held_back = None;
+                }
+                self.key_reload = Some(Ok(()));
+            }
+            Err(e) => self.key_reload = Some(Err(e)),
+        }
+    }
+
+    /// Checks the tag (when the ref is an annotated tag) and the commits the policy names.
+    fn check_signatures(
+        &self,
+        new: Oid,
+        object: Oid,
+        to_verify: &[Oid],
+    ) -> Result<Result<(), SignatureRefusal>, SyncError> {
+        let repo_path = self.publisher.repo_path();
+        let repo = git2::Repository::open_bare(&repo_path).map_err(|e| GitError::Git {
+            context: format!("opening the private repository {}", repo_path.display()),
+            message: e.message().to_string(),
+            corrupt: true,
+        })?;
+        let odb = repo.odb().map_err(|e| GitError::Git {
+            context: "opening the object database".into(),
+            message: e.message().to_string(),
+            corrupt: true,
+        })?;
+        let read = |oid: Oid| {
+            odb.read(oid)
+                .map(|o| (o.kind(), o.data().to_vec()))
+                .map_err(|e| GitError::Git {
+                    context: format!("reading {oid} to check its signature"),
+                    message: e.message().to_string(),
+                    corrupt: true,
+                })
+        };
+        let now = std::time::SystemTime::now();
+        let refuse = |object, kind, refusal| SignatureRefusal {
+            revision: new,
+            object,
+            kind,
+            refusal,
+        };
+        let tag = (object != new).then_some(object);
+        match (self.settings.verify, tag) {
+            (Policy::Tag, None) => {
+                let refusal = Refusal::new(
+                    Reason::NotATag,
+                    format!(
+                        "--verify-signatures=tag needs --ref to name an annotated tag; {} points at a commit",
+                        self.settings.source.target
+                    ),
+                );
+                return Ok(Err(refuse(new, ObjectKind::Commit, refusal)));
+            }
+            (Policy::Off, _) | (_, None) => {}
+            (_, Some(tag)) => {
+                let (kind, data) = read(tag)?;
+                if kind != git2::ObjectType::Tag {
+                    let refusal =
+                        Refusal::new(Reason::NotATag, format!("{tag} is a {kind}, not a tag"));
+                    return Ok(Err(refuse(tag, ObjectKind::Tag, refusal)));
+                }
+                match self.keys.verify(ObjectKind::Tag, &data, now) {
+                    Ok(signer) => {
+                        tracing::info!(tag = %tag, key = %signer.key, signer = %signer.identity, "tag signature verified")
+                    }
+                    Err(refusal) => return Ok(Err(refuse(tag, ObjectKind::Tag, refusal))),
+                }
+            }
+        }
+        for commit in to_verify {
+            let (_, data) = read(*commit)?;
+            match self.keys.verify(ObjectKind::Commit, &data, now) {
+                Ok(signer) if *commit == new => {
+                    tracing::info!(commit = %commit, key = %signer.key, signer = %signer.identity, checked = to_verify.len(), "commit signature verified");
+                }
+                Ok(signer) => {
+                    tracing::debug!(commit = %commit, key = %signer.key, signer = %signer.identity, "commit signature verified");
+                }
+                Err(refusal) => return Ok(Err(refuse(*commit, ObjectKind::Commit, refusal))),
+            }
+        }
+        Ok(Ok(()))
+    }
+
     pub fn sync_once(&mut self, cancel: &Cancel) -> Result<Outcome, SyncError> {
         // The link may have been damaged under us (someone deleted the tree): re-check.
-        self.published = self.publisher.current();
+        let current = self.publisher.current();
+        if current != self.published {
+            self.published_verified = self.settings.verify == Policy::Off;
+        }
+        self.published = current;
         match self.try_sync(cancel) {
             Err(e) if e.is_corrupt_repo() => {
                 tracing::warn!(error = %e, "the private repository is corrupt; cloning it again");
@@ -174,29 +362,53 @@ impl Syncer {
 
     fn try_sync(&mut self, cancel: &Cancel) -> Result<Outcome, SyncError> {
         self.ensure_repo()?;
+        self.refresh_keys();
         let source = &self.settings.source;
         let same_ref = self.published_ref.as_deref() == Some(source.target.to_string().as_str());
         if let (RefTarget::Sha(want), Some(have)) = (&source.target, self.published)
             && *want == have
+            && self.published_verified
         {
             return Ok(Outcome::Unchanged(have)); // a pin never moves: no network needed
         }
+        let verify_published = !self.published_verified && self.published.is_some();
         let request = NetworkRequest {
             repo: self.publisher.repo_path(),
             source: source.clone(),
-            published: self.published.map(|o| o.to_string()),
-            held_back: self.held_back.map(|o| o.to_string()),
+            published: self.published,
+            held_back: self.held_back.map(|(object, _)| object),
             same_ref,
+            verify: self.settings.verify,
+            verify_published,
         };
         let (received, network) = self.worker.run(&request, cancel);
         self.received += received;
-        let (new, force_pushed) = match network? {
+        let (new, object, force_pushed, to_verify) = match network? {
             Network::Unchanged(commit) => return Ok(Outcome::Unchanged(commit)),
-            Network::HeldBack(commit) => return Ok(Outcome::HeldBack(commit)),
-            Network::Fetched { new, rewritten } => (new, rewritten),
+            Network::HeldBack(sha) => {
+                let reason = self.held_back.map_or(HoldReason::Validation, |(_, r)| r);
+                return Ok(Outcome::HeldBack { sha, reason });
+            }
+            Network::Fetched {
+                new,
+                object,
+                rewritten,
+                to_verify,
+            } => (new, object, rewritten, to_verify),
         };
+        if self.settings.verify != Policy::Off {
+            if let Err(refused) = self.check_signatures(new, object, &to_verify)? {
+                self.held_back = Some((object, HoldReason::Signature));
+                return Ok(Outcome::SignatureRefused(Box::new(refused)));
+            }
+            if Some(new) == self.published {
+                // The tree found at start passed: nothing to export again.
+                self.published_verified = true;
+                return Ok(Outcome::Unchanged(new));
+            }
+        }
         if force_pushed && self.settings.force_push == ForcePushPolicy::Refuse {
-            self.held_back = Some(new);
+            self.held_back = Some((object, HoldReason::ForcePush));
             let old = self.published.unwrap_or(new);
             return Ok(Outcome::ForcePushRefused { old, new });
         }
@@ -233,13 +445,13 @@ impl Syncer {
                 Ok(()) => {}
                 Err(CommandError::Failed { status, output, .. }) => {
                     self.publisher.discard(staged)?;
-                    self.held_back = Some(new);
+                    self.held_back = Some((object, HoldReason::Validation));
                     let reason = format!("validation command exited with {status}: {output}");
                     return Ok(Outcome::ValidationFailed { sha: new, reason });
                 }
                 Err(CommandError::Timeout { timeout, .. }) => {
                     self.publisher.discard(staged)?;
-                    self.held_back = Some(new);
+                    self.held_back = Some((object, HoldReason::Validation));
                     let reason = format!("validation command timed out after {timeout:?}");
                     return Ok(Outcome::ValidationFailed { sha: new, reason });
                 }
@@ -252,6 +464,7 @@ impl Syncer {
         let old = self.published;
         self.publisher.publish(staged)?;
         self.published = Some(new);
+        self.published_verified = true;
         self.held_back = None;
         let reference = source.target.to_string();
         if self.published_ref.as_deref() != Some(reference.as_str()) {

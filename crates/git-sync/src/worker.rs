@@ -27,7 +27,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::redact_url;
-use crate::git::{Ancestry, Cancel, GitError, PrivateRepo, RefTarget, Source, remove_leftovers};
+use crate::git::{Cancel, GitError, PrivateRepo, RefTarget, Source, remove_leftovers};
+use crate::history::Ancestry;
+use crate::signature::Policy;
 
 /// The hidden first argument that makes the binary a network worker.
 pub const WORKER_ARG: &str = "__git-sync-network-worker";
@@ -41,71 +43,154 @@ pub struct NetworkRequest {
     pub repo: PathBuf,
     pub source: Source,
     /// The published commit, if any.
-    pub published: Option<String>,
-    /// A revision refused earlier (validation or force-push) that is not fetched again.
-    pub held_back: Option<String>,
+    #[serde(with = "oid_text::option")]
+    pub published: Option<Oid>,
+    /// What the ref pointed at when it was refused (validation, force-push or signature): it is
+    /// not fetched again while the ref still points there.
+    #[serde(with = "oid_text::option")]
+    pub held_back: Option<Oid>,
     /// The published tree came from the same --ref (otherwise nothing is "unchanged" and a
     /// different history is a switch, not a force-push).
     pub same_ref: bool,
+    /// Which commits the parent will check the signatures of.
+    pub verify: Policy,
+    /// The published tree's signatures were never checked (a tree from before a restart with
+    /// --verify-signatures): fetch and hand it over even when the ref has not moved.
+    pub verify_published: bool,
 }
 
 /// What the network half found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Network {
     /// The remote's ref still points at the published commit.
-    Unchanged(Oid),
+    Unchanged(#[serde(with = "oid_text")] Oid),
     /// The remote's ref points at a revision refused earlier.
-    HeldBack(Oid),
-    /// The commit is in the private repository; `rewritten`: its history does not contain
-    /// the published commit (a force-push).
-    Fetched { new: Oid, rewritten: bool },
+    HeldBack(#[serde(with = "oid_text")] Oid),
+    /// The commit is in the private repository.
+    Fetched {
+        #[serde(with = "oid_text")]
+        new: Oid,
+        /// What the ref points at: the annotated tag's tag object, otherwise `new`.
+        #[serde(with = "oid_text")]
+        object: Oid,
+        /// Its history does not contain the published commit (a force-push).
+        rewritten: bool,
+        /// The commits whose signatures the policy wants checked, newest first.
+        #[serde(with = "oid_text::vec")]
+        to_verify: Vec<Oid>,
+    },
 }
 
 /// One sync's network work, run in the worker: one ref advertisement (all a poll with
-/// nothing new costs), then the fetch and the force-push check when the ref moved.
+/// nothing new costs), then the fetch, the force-push check and, for
+/// `--verify-signatures=all`, the list of the commits since the published one.
 pub fn network_phase(
     repo: &PrivateRepo,
     request: &NetworkRequest,
     cancel: &Cancel,
 ) -> Result<Network, GitError> {
     let source = &request.source;
-    let parse = |sha: &Option<String>| sha.as_deref().and_then(|s| Oid::from_str(s).ok());
-    let published = parse(&request.published);
-    let held_back = parse(&request.held_back);
+    let (published, held_back) = (request.published, request.held_back);
+    let unchanged =
+        |commit| Some(commit) == published && request.same_ref && !request.verify_published;
     let advertised = repo.advertised(source, cancel)?;
     if let Some(commit) = advertised.commit {
-        if Some(commit) == published && request.same_ref {
+        if unchanged(commit) {
             return Ok(Network::Unchanged(commit));
         }
-        if Some(commit) == held_back {
+        if advertised.object.is_some() && advertised.object == held_back {
             return Ok(Network::HeldBack(commit));
         }
     }
-    let new = repo.fetch(source, &advertised, cancel)?;
-    if Some(new) == published && request.same_ref {
+    let fetched = repo.fetch(source, &advertised, cancel)?;
+    let new = fetched.commit;
+    if unchanged(new) {
         return Ok(Network::Unchanged(new));
     }
-    if Some(new) == held_back {
+    if Some(fetched.object) == held_back {
         return Ok(Network::HeldBack(new));
     }
     // A pin is what the user asked for, whatever its history; another --ref is a switch.
     let checks_history = request.same_ref && !matches!(source.target, RefTarget::Sha(_));
     let rewritten = checks_history
         && repo.ancestry(source, &advertised, published, new, cancel)? == Ancestry::Rewritten;
-    Ok(Network::Fetched { new, rewritten })
+    let to_verify = match request.verify {
+        Policy::Off | Policy::Tag => Vec::new(),
+        Policy::Head => vec![new],
+        Policy::All => {
+            let mut commits = repo.commits_since(source, &advertised, published, new, cancel)?;
+            if commits.is_empty() {
+                commits.push(new); // the published revision itself, checked once
+            }
+            commits
+        }
+    };
+    Ok(Network::Fetched {
+        new,
+        object: fetched.object,
+        rewritten,
+        to_verify,
+    })
+}
+
+/// Commit ids as hex strings on the pipe.
+mod oid_text {
+    use git2::Oid;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(oid: &Oid, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(oid)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Oid, D::Error> {
+        let text = String::deserialize(d)?;
+        Oid::from_str(&text)
+            .map_err(|_| serde::de::Error::custom(format!("bad object id {text:?}")))
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(oid: &Option<Oid>, s: S) -> Result<S::Ok, S::Error> {
+            match oid {
+                Some(o) => s.collect_str(o),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Oid>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|t| {
+                    Oid::from_str(&t)
+                        .map_err(|_| serde::de::Error::custom(format!("bad object id {t:?}")))
+                })
+                .transpose()
+        }
+    }
+
+    pub mod vec {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(oids: &[Oid], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(oids.iter().map(Oid::to_string))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Oid>, D::Error> {
+            Vec::<String>::deserialize(d)?
+                .iter()
+                .map(|t| {
+                    Oid::from_str(t)
+                        .map_err(|_| serde::de::Error::custom(format!("bad object id {t:?}")))
+                })
+                .collect()
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Answer {
     received_bytes: u64,
-    result: Result<WireNetwork, WireError>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-enum WireNetwork {
-    Unchanged(String),
-    HeldBack(String),
-    Fetched { new: String, rewritten: bool },
+    result: Result<Network, WireError>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -167,37 +252,6 @@ impl From<WireError> for GitError {
             },
             WireError::Other(message) => GitError::Worker(message),
         }
-    }
-}
-
-impl From<Network> for WireNetwork {
-    fn from(n: Network) -> WireNetwork {
-        match n {
-            Network::Unchanged(c) => WireNetwork::Unchanged(c.to_string()),
-            Network::HeldBack(c) => WireNetwork::HeldBack(c.to_string()),
-            Network::Fetched { new, rewritten } => WireNetwork::Fetched {
-                new: new.to_string(),
-                rewritten,
-            },
-        }
-    }
-}
-
-impl TryFrom<WireNetwork> for Network {
-    type Error = GitError;
-    fn try_from(n: WireNetwork) -> Result<Network, GitError> {
-        let oid = |s: &str| {
-            Oid::from_str(s)
-                .map_err(|_| GitError::Worker(format!("answered a bad commit id {s:?}")))
-        };
-        Ok(match n {
-            WireNetwork::Unchanged(c) => Network::Unchanged(oid(&c)?),
-            WireNetwork::HeldBack(c) => Network::HeldBack(oid(&c)?),
-            WireNetwork::Fetched { new, rewritten } => Network::Fetched {
-                new: oid(&new)?,
-                rewritten,
-            },
-        })
     }
 }
 
@@ -286,7 +340,7 @@ fn answer(line: &str, kept: &mut Option<PrivateRepo>) -> Answer {
     };
     Answer {
         received_bytes,
-        result: result.map(WireNetwork::from).map_err(WireError::from),
+        result: result.map_err(WireError::from),
     }
 }
 
@@ -358,10 +412,7 @@ impl Worker {
     ) -> (u64, Result<Network, GitError>) {
         match self.exchange(request, cancel) {
             Ok(answer) => {
-                let result = answer
-                    .result
-                    .map_err(GitError::from)
-                    .and_then(Network::try_from);
+                let result = answer.result.map_err(GitError::from);
                 (answer.received_bytes, result)
             }
             Err(e) => {

@@ -113,6 +113,15 @@ enum KeyKind {
     OpenPgp,
 }
 
+impl KeyKind {
+    fn flag(self) -> &'static str {
+        match self {
+            KeyKind::AllowedSigners => "--allowed-signers-file",
+            KeyKind::OpenPgp => "--openpgp-keys-file",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct KeyFile {
     path: PathBuf,
@@ -126,6 +135,8 @@ pub struct TrustedKeys {
     files: Vec<KeyFile>,
     ssh: AllowedSigners,
     openpgp: OpenPgpKeys,
+    /// The last refresh error reported, so an unchanged bad file is not reported again.
+    last_error: Option<String>,
 }
 
 impl TrustedKeys {
@@ -137,7 +148,7 @@ impl TrustedKeys {
             .chain(openpgp.iter().map(|p| (p, KeyKind::OpenPgp)))
             .map(|(path, kind)| {
                 Ok(KeyFile {
-                    content: read(path)?,
+                    content: read(path, kind)?,
                     path: path.clone(),
                     kind,
                 })
@@ -150,19 +161,23 @@ impl TrustedKeys {
         let mut keys = TrustedKeys::default();
         for file in &files {
             let origin = file.path.display().to_string();
+            let flag = file.kind.flag();
             match file.kind {
                 KeyKind::AllowedSigners => {
-                    let text = std::str::from_utf8(&file.content)
-                        .map_err(|_| format!("{origin}: an allowed-signers file must be text"))?;
-                    let parsed = AllowedSigners::parse(text, &origin)?;
+                    let text = std::str::from_utf8(&file.content).map_err(|_| {
+                        format!("{flag} {origin}: an allowed-signers file must be text")
+                    })?;
+                    let parsed =
+                        AllowedSigners::parse(text, &origin).map_err(|e| format!("{flag} {e}"))?;
                     if parsed.is_empty() {
-                        return Err(format!("{origin}: holds no allowed signer"));
+                        return Err(format!("{flag} {origin}: holds no allowed signer"));
                     }
                     keys.ssh.extend(parsed);
                 }
-                KeyKind::OpenPgp => keys
-                    .openpgp
-                    .extend(OpenPgpKeys::parse(&file.content, &origin)?),
+                KeyKind::OpenPgp => keys.openpgp.extend(
+                    OpenPgpKeys::parse(&file.content, &origin)
+                        .map_err(|e| format!("{flag} {e}"))?,
+                ),
             }
         }
         keys.files = files;
@@ -171,11 +186,26 @@ impl TrustedKeys {
 
     /// Re-reads the files. Ok(true) when one changed and the new keys are in use; an error
     /// (unreadable file, bad key) leaves the keys in use as they were.
+    /// A problem is reported once: while the files stay as they are, later calls say Ok(false).
     pub fn refresh(&mut self) -> Result<bool, String> {
+        match self.try_refresh() {
+            Err(e) if self.last_error.as_deref() == Some(e.as_str()) => Ok(false),
+            Err(e) => {
+                self.last_error = Some(e.clone());
+                Err(e)
+            }
+            Ok(changed) => {
+                self.last_error = None;
+                Ok(changed)
+            }
+        }
+    }
+
+    fn try_refresh(&mut self) -> Result<bool, String> {
         let mut changed = false;
         let mut files = self.files.clone();
         for file in &mut files {
-            let content = read(&file.path)?;
+            let content = read(&file.path, file.kind)?;
             if content != file.content {
                 file.content = content;
                 changed = true;
@@ -232,9 +262,9 @@ impl TrustedKeys {
     }
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
+fn read(path: &std::path::Path, kind: KeyKind) -> Result<Vec<u8>, String> {
     std::fs::read(path)
-        .map_err(|e| format!("cannot read the trusted keys file {}: {e}", path.display()))
+        .map_err(|e| format!("{} {}: cannot read it: {e}", kind.flag(), path.display()))
 }
 
 #[cfg(test)]
@@ -419,6 +449,8 @@ mod tests {
         let err = keys.refresh().unwrap_err();
         assert!(err.contains("allowed:1"), "{err}");
         keys.verify(ObjectKind::Commit, &raw, now).unwrap();
+        // reported once while the file stays bad
+        assert!(!keys.refresh().unwrap());
         let err = TrustedKeys::load(&[], &[dir.path().join("missing.asc")]).unwrap_err();
         assert!(err.contains("missing.asc"), "{err}");
     }

@@ -20,9 +20,15 @@ use test_support::skip::require_program;
 pub use test_support::wait;
 
 pub fn git(dir: &Path, args: &[&str]) -> String {
+    git_env(dir, args, &[])
+}
+
+/// `git` with extra environment variables (GNUPGHOME for signing).
+pub fn git_env(dir: &Path, args: &[&str], envs: &[(&str, &Path)]) -> String {
     require_program("git", "git");
     let out = Command::new("git")
         .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, *v)))
         .current_dir(dir)
         .env("GIT_AUTHOR_NAME", "t")
         .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
@@ -77,20 +83,7 @@ impl Fixture {
 
     /// Writes files (path, content), commits everything, pushes the branch; returns the SHA.
     pub fn commit(&self, branch: &str, files: &[(&str, &str)], message: &str) -> String {
-        let current = git(&self.work, &["symbolic-ref", "--short", "HEAD"]);
-        if current != branch {
-            let exists = Command::new("git")
-                .args(["rev-parse", "--verify", "-q", branch])
-                .current_dir(&self.work)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if exists {
-                git(&self.work, &["checkout", "-q", branch]);
-            } else {
-                git(&self.work, &["checkout", "-q", "-b", branch]);
-            }
-        }
+        self.switch_to(branch);
         for (path, content) in files {
             let p = self.work.join(path);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -105,6 +98,82 @@ impl Fixture {
         git(&self.work, &["rev-parse", "HEAD"])
     }
 
+    /// Checks the branch out in the working clone, creating it if needed.
+    fn switch_to(&self, branch: &str) {
+        let current = git(&self.work, &["symbolic-ref", "--short", "HEAD"]);
+        if current != branch {
+            let exists = Command::new("git")
+                .args(["rev-parse", "--verify", "-q", branch])
+                .current_dir(&self.work)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if exists {
+                git(&self.work, &["checkout", "-q", branch]);
+            } else {
+                git(&self.work, &["checkout", "-q", "-b", branch]);
+            }
+        }
+    }
+
+    /// Like [`Fixture::commit`], signed (`git commit -S`) the way `signing` says.
+    pub fn commit_signed(
+        &self,
+        branch: &str,
+        files: &[(&str, &str)],
+        message: &str,
+        signing: &Signing,
+    ) -> String {
+        self.switch_to(branch);
+        for (path, content) in files {
+            let p = self.work.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        git(&self.work, &["add", "-A"]);
+        let mut args = signing.git_config();
+        args.extend(["commit", "-q", "-S", "--allow-empty", "-m", message].map(String::from));
+        signing.git(&self.work, &args);
+        git(&self.work, &["push", "-q", "origin", branch]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    /// An annotated tag on `target`, signed when `signing` is given, pushed.
+    pub fn tag(&self, name: &str, target: &str, signing: Option<&Signing>) {
+        match signing {
+            Some(s) => {
+                let mut args = s.git_config();
+                args.extend(["tag", "-s", "-m", "release", name, target].map(String::from));
+                s.git(&self.work, &args);
+            }
+            None => {
+                git(&self.work, &["tag", "-a", "-m", "release", name, target]);
+            }
+        }
+        git(
+            &self.work,
+            &["push", "-q", "origin", &format!("refs/tags/{name}")],
+        );
+    }
+
+    /// A copy of the branch's last commit with its message changed and its signature kept,
+    /// force-pushed in its place: a tampered signed commit. Returns its id.
+    pub fn push_tampered_copy(&self, branch: &str) -> String {
+        git(&self.work, &["checkout", "-q", branch]);
+        let raw = git(&self.work, &["cat-file", "commit", "HEAD"]);
+        let (header, message) = raw.split_once("\n\n").expect("a commit has a message");
+        let forged = format!("{header}\n\n{message} (changed after signing)\n");
+        let path = self.dir.path().join("forged-commit");
+        std::fs::write(&path, forged).unwrap();
+        let id = git(
+            &self.work,
+            &["hash-object", "-t", "commit", "-w", path.to_str().unwrap()],
+        );
+        git(&self.work, &["reset", "-q", "--hard", &id]);
+        git(&self.work, &["push", "-q", "-f", "origin", branch]);
+        id
+    }
+
     /// Rewrites the branch's last commit and force-pushes it.
     pub fn force_push_rewrite(&self, branch: &str, files: &[(&str, &str)]) -> String {
         git(&self.work, &["checkout", "-q", branch]);
@@ -116,6 +185,182 @@ impl Fixture {
         git(&self.work, &["commit", "-q", "-m", "rewritten"]);
         git(&self.work, &["push", "-q", "-f", "origin", branch]);
         git(&self.work, &["rev-parse", "HEAD"])
+    }
+}
+
+/// How a test signs commits and tags: an SSH key (git's `gpg.format=ssh`, `ssh-keygen -Y
+/// sign`) or a GnuPG key in a throwaway GNUPGHOME.
+pub enum Signing {
+    Ssh {
+        key: PathBuf,
+    },
+    Gpg {
+        home: PathBuf,
+        key: String,
+        program: PathBuf,
+    },
+}
+
+impl Signing {
+    fn git_config(&self) -> Vec<String> {
+        let pairs = match self {
+            Signing::Ssh { key } => vec![
+                ("gpg.format", "ssh".to_string()),
+                ("user.signingkey", key.display().to_string()),
+            ],
+            Signing::Gpg { key, program, .. } => vec![
+                ("gpg.format", "openpgp".to_string()),
+                ("gpg.program", program.display().to_string()),
+                ("user.signingkey", key.clone()),
+            ],
+        };
+        pairs
+            .into_iter()
+            .flat_map(|(k, v)| ["-c".to_string(), format!("{k}={v}")])
+            .collect()
+    }
+
+    fn git(&self, dir: &Path, args: &[String]) -> String {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match self {
+            Signing::Ssh { .. } => git(dir, &args),
+            Signing::Gpg { home, .. } => git_env(dir, &args, &[("GNUPGHOME", home)]),
+        }
+    }
+}
+
+/// An ed25519 key made by ssh-keygen, for `gpg.format=ssh` signatures.
+pub struct SshSigningKey {
+    pub dir: tempfile::TempDir,
+    pub key: PathBuf,
+}
+
+impl SshSigningKey {
+    pub fn new(comment: &str) -> SshSigningKey {
+        require_program("ssh-keygen", "openssh-client");
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id_ed25519");
+        let ok = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+            .arg(&key)
+            .status()
+            .expect("ssh-keygen")
+            .success();
+        assert!(ok, "ssh-keygen failed");
+        SshSigningKey { dir, key }
+    }
+
+    pub fn signing(&self) -> Signing {
+        Signing::Ssh {
+            key: self.key.clone(),
+        }
+    }
+
+    /// An allowed-signers line for this key: `principal [options] keytype base64`.
+    pub fn allowed_signers_line(&self, principal: &str, options: &str) -> String {
+        let public = std::fs::read_to_string(self.key.with_extension("pub")).unwrap();
+        let mut fields = public.split_whitespace();
+        let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
+        if options.is_empty() {
+            format!("{principal} {kind} {key}\n")
+        } else {
+            format!("{principal} {options} {kind} {key}\n")
+        }
+    }
+}
+
+/// A GnuPG key in its own throwaway GNUPGHOME (batch generation, no passphrase); its agent is
+/// stopped on drop. `faked_time` makes the key and every signature as of that time
+/// (`--faked-system-time`, e.g. `20200101T000000`), for an expired key.
+pub struct GpgKey {
+    pub home: tempfile::TempDir,
+    pub fingerprint: String,
+    program: PathBuf,
+}
+
+impl GpgKey {
+    pub fn new(user: &str, expires: &str, faked_time: Option<&str>) -> GpgKey {
+        require_program("gpg", "gnupg");
+        let home = tempfile::tempdir().unwrap();
+        // git calls gpg.program; a wrapper adds the faked time to every call.
+        let program = home.path().join("gpg-wrapper");
+        let faked = faked_time
+            .map(|t| format!(" --faked-system-time {t}"))
+            .unwrap_or_default();
+        std::fs::write(&program, format!("#!/bin/sh\nexec gpg{faked} \"$@\"\n")).unwrap();
+        std::fs::set_permissions(
+            &program,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let mut key = GpgKey {
+            fingerprint: String::new(),
+            home,
+            program,
+        };
+        key.gpg(&["--quick-gen-key", user, "ed25519", "sign", expires]);
+        let listing = key.gpg(&["--list-keys", "--with-colons"]);
+        let fingerprint = listing
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("fpr:")
+                    .map(|r| r.trim_matches(':').to_string())
+            })
+            .expect("the new key's fingerprint");
+        key.fingerprint = fingerprint;
+        key
+    }
+
+    /// Runs gpg (through the wrapper) in this GNUPGHOME; returns stdout.
+    pub fn gpg(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.program)
+            .args(["--batch", "--yes", "--passphrase", ""])
+            .args(args)
+            .env("GNUPGHOME", self.home.path())
+            .output()
+            .expect("gpg");
+        assert!(
+            out.status.success(),
+            "gpg {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// The armoured public key (with its revocation, once [`GpgKey::revoke`] ran).
+    pub fn export(&self) -> String {
+        self.gpg(&["--armor", "--export", &self.fingerprint])
+    }
+
+    /// Imports the revocation certificate GnuPG wrote when it made the key.
+    pub fn revoke(&self) {
+        let cert = self
+            .home
+            .path()
+            .join("openpgp-revocs.d")
+            .join(format!("{}.rev", self.fingerprint));
+        let text = std::fs::read_to_string(cert).expect("GnuPG's revocation certificate");
+        // GnuPG guards it against accidental import with a leading colon.
+        let path = self.home.path().join("revoke.asc");
+        std::fs::write(&path, text.replace(":-----BEGIN", "-----BEGIN")).unwrap();
+        self.gpg(&["--import", path.to_str().unwrap()]);
+    }
+
+    pub fn signing(&self) -> Signing {
+        Signing::Gpg {
+            home: self.home.path().to_path_buf(),
+            key: self.fingerprint.clone(),
+            program: self.program.clone(),
+        }
+    }
+}
+
+impl Drop for GpgKey {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .args(["--kill", "gpg-agent"])
+            .env("GNUPGHOME", self.home.path())
+            .status();
     }
 }
 
