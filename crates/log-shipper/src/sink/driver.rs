@@ -174,8 +174,9 @@ struct Sender {
 enum Done {
     /// Every event is delivered or set aside.
     Complete,
-    /// Written to the disk buffer (shutdown with the sink failing), or left unacknowledged.
-    Stopped,
+    /// Moved to the disk buffer (the sink failing) and acknowledged there, or left
+    /// unacknowledged at the deadline.
+    Handed,
 }
 
 impl Sender {
@@ -192,7 +193,7 @@ impl Sender {
                     }
                     Item::Disk(id, _) => self.queue.consume(id),
                 },
-                Done::Stopped => {}
+                Done::Handed => {}
             }
         }
         self.queue.sync();
@@ -212,7 +213,7 @@ impl Sender {
             let subset: Vec<&Event> = pending.iter().map(|&i| events[i]).collect();
             let outcome = tokio::select! {
                 o = self.sink.send(&subset) => o,
-                () = self.stop.deadline.cancelled() => return Done::Stopped,
+                () = self.stop.deadline.cancelled() => return Done::Handed,
             };
             let (status, reason, after) = match outcome {
                 Outcome::Delivered { bytes } => {
@@ -264,16 +265,29 @@ impl Sender {
                 .sink_errors
                 .with_label_values(&[&name, &status])
                 .inc();
-            self.queue.set_failing(true);
+            // A batch from memory goes to the disk buffer at its first failure (with those
+            // queued behind it): the sources need not wait for the sink to come back.
+            if let Item::Memory(batch) = item {
+                let rest: Vec<&Event> = pending.iter().map(|&i| events[i]).collect();
+                if let Some(moved) = self.queue.spill_in_flight(&rest) {
+                    tracing::warn!(sink = %name, %status, %reason, "sink failed; its batches wait in the disk buffer");
+                    batch.acknowledge();
+                    moved.iter().for_each(Batch::acknowledge);
+                    return Done::Handed;
+                }
+            } else {
+                self.queue.set_failing(true);
+            }
             if self.stop.stopping.is_cancelled() {
-                return self.spill_at_stop(item, &pending, &events);
+                // Stopping, and what is in memory could not go to disk: it stays unacknowledged.
+                return Done::Handed;
             }
             let wait = backoff.next(after);
             tracing::warn!(sink = %name, %status, %reason, attempt, retry_in = ?wait, "sink failed; retrying");
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.stop.stopping.cancelled() => {}
-                () = self.stop.deadline.cancelled() => return Done::Stopped,
+                () = self.stop.deadline.cancelled() => return Done::Handed,
             }
         }
         self.queue.set_failing(false);
@@ -310,22 +324,5 @@ impl Sender {
                     .inc_by(events.len() as u64);
             }
         }
-    }
-
-    /// Shutting down with the sink failing: what is in memory goes to the disk buffer, if it
-    /// fits; the rest stays unacknowledged (the files still have it).
-    fn spill_at_stop(&self, item: &Item, pending: &[usize], events: &[&Event]) -> Done {
-        if let Item::Memory(batch) = item {
-            let rest: Vec<&Event> = pending.iter().map(|&i| events[i]).collect();
-            if self.queue.spill_events(&rest) {
-                batch.acknowledge();
-            }
-        }
-        for batch in self.queue.take_memory() {
-            if self.queue.spill_events(&batch.events()) {
-                batch.acknowledge();
-            }
-        }
-        Done::Stopped
     }
 }

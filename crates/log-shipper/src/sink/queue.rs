@@ -220,19 +220,33 @@ impl SinkQueue {
         self.changed.notify_waiters();
     }
 
-    /// Writes events to the disk buffer now (shutdown with the sink failing); false when there
-    /// is no buffer or no room.
-    pub fn spill_events(&self, events: &[&Event]) -> bool {
-        let payload = DiskBuffer::encode(events);
+    /// The sink has just failed: the events of the batch being sent, then the batches waiting
+    /// in memory, go to the disk buffer, in that order, so that they count as acknowledged and
+    /// the sources move on. All of them or none (no buffer, or not enough room); the sink is
+    /// marked failing either way. Returns the memory batches moved, for their acknowledgement.
+    pub fn spill_in_flight(&self, current: &[&Event]) -> Option<Vec<Batch>> {
         let mut state = self.lock();
-        matches!(self.spill(&mut state, &payload, events.len()), Spill::Done)
-    }
-
-    /// The batches waiting in memory (shutdown with the sink failing).
-    pub fn take_memory(&self) -> Vec<Batch> {
-        let taken = self.lock().memory.drain(..).collect();
+        state.failing = true;
+        let mut payloads = vec![(DiskBuffer::encode(current), current.len())];
+        for batch in &state.memory {
+            payloads.push((DiskBuffer::encode(&batch.events()), batch.lines));
+        }
+        let total: usize = payloads.iter().map(|(p, _)| p.len() + 64).sum();
+        let fits = state.disk.as_ref().is_some_and(|d| d.has_room(total));
+        let mut moved = None;
+        if fits {
+            let written = payloads
+                .iter()
+                .all(|(p, lines)| matches!(self.spill(&mut state, p, *lines), Spill::Done));
+            if written {
+                moved = Some(state.memory.drain(..).collect());
+            } else {
+                tracing::error!(sink = %self.name, "cannot move the batches in memory to the disk buffer; they wait in memory");
+            }
+        }
+        drop(state);
         self.changed.notify_waiters();
-        taken
+        moved
     }
 
     pub fn close_intake(&self) {

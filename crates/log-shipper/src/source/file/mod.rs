@@ -18,18 +18,19 @@
 
 pub mod discover;
 pub mod identity;
+mod matching;
 pub mod tail;
+mod watcher;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -39,8 +40,9 @@ use crate::checkpoint::FileCheckpoint;
 use crate::metrics::Metrics;
 use crate::source::{RawChunk, Source, SourceItem, StreamInfo, next_stream_id};
 use discover::Globs;
-use identity::{Fingerprint, dev_ino, find_by_inode, find_copy};
+use identity::{Fingerprint, dev_ino, find_copy};
 use tail::{Tail, TailState};
+use watcher::DirWatcher;
 
 /// The settings of one file input.
 #[derive(Debug, Clone)]
@@ -156,6 +158,9 @@ impl Source for FileSource {
 struct Retiring {
     checkpoint: FileCheckpoint,
     stream: Arc<StreamInfo>,
+    /// Held open until the lines are acknowledged: its inode cannot be given to a new file
+    /// meanwhile (which would then be taken for this one).
+    _file: File,
 }
 
 /// The pipeline is gone: stop.
@@ -281,173 +286,6 @@ impl Reader {
         self.tails.push(tail);
     }
 
-    fn is_tracked(&self, di: (u64, u64)) -> bool {
-        self.tails.iter().any(|t| t.dev_ino == di)
-            || self
-                .retiring
-                .iter()
-                .any(|r| (r.checkpoint.dev, r.checkpoint.inode) == di)
-    }
-
-    /// Another inode with the first bytes of a file already read: a copy (copy-truncate
-    /// rotation makes one); its lines are read from the original, or from it on truncation.
-    fn is_copy(&self, file: &File, size: u64, di: (u64, u64)) -> bool {
-        let same = |fp: &Fingerprint| {
-            fp.len >= COPY_MIN_FINGERPRINT && fp.matches(file, size).unwrap_or(false)
-        };
-        self.tails
-            .iter()
-            .any(|t| t.dev_ino != di && same(&t.fingerprint))
-            || self
-                .finished
-                .iter()
-                .any(|f| (f.dev, f.inode) != di && same(&f.fingerprint))
-    }
-
-    /// Matches the checkpoints with the files found now.
-    fn resume(&mut self, mut checkpoints: Vec<FileCheckpoint>, first_start: bool) {
-        let paths = self.spec.globs.matches();
-        let mut fresh = Vec::new();
-        for path in paths {
-            let Some((file, size, di)) = open(&path) else {
-                continue;
-            };
-            let Some(pos) = checkpoints.iter().position(|c| (c.dev, c.inode) == di) else {
-                fresh.push((path, file, size, di));
-                continue;
-            };
-            let cp = checkpoints.swap_remove(pos);
-            let same = cp.fingerprint.matches(&file, size).unwrap_or(false);
-            if same && cp.finished {
-                if size > cp.offset {
-                    self.track_with(
-                        file,
-                        path,
-                        di,
-                        cp.fingerprint,
-                        size,
-                        cp.offset,
-                        TailState::Active,
-                    );
-                } else {
-                    self.finished.push(FileCheckpoint { path, ..cp });
-                }
-            } else if same && size >= cp.offset {
-                self.track_with(
-                    file,
-                    path,
-                    di,
-                    cp.fingerprint,
-                    size,
-                    cp.offset,
-                    TailState::Active,
-                );
-            } else {
-                // Truncated or replaced while the shipper was down: the rest may be in a copy.
-                self.adopt_copy_of(&cp, di);
-                tracing::info!(input = %self.spec.name, path = %path.display(), "file was truncated or replaced since its checkpoint; reading it from the start");
-                self.track(file, path, di, size, 0);
-            }
-        }
-        for (path, file, size, di) in fresh {
-            if self.is_tracked(di) || self.is_copy(&file, size, di) {
-                continue;
-            }
-            let offset = if first_start && self.spec.start_at_end {
-                end_of_last_line(&file, size)
-            } else {
-                0
-            };
-            self.track(file, path, di, size, offset);
-        }
-        for cp in checkpoints {
-            if cp.finished {
-                continue;
-            }
-            let dir = parent(&cp.path);
-            let di = (cp.dev, cp.inode);
-            if let Some(found) = find_by_inode(&dir, di, &cp.fingerprint) {
-                if self.is_tracked(found.dev_ino) || found.size <= cp.offset {
-                    continue;
-                }
-                tracing::info!(input = %self.spec.name, was = %cp.path.display(), now = %found.path.display(), "draining a file rotated while the shipper was down");
-                self.track_with(
-                    found.file,
-                    found.path,
-                    found.dev_ino,
-                    cp.fingerprint,
-                    found.size,
-                    cp.offset,
-                    TailState::Draining,
-                );
-            } else if !self.adopt_copy_of(&cp, di) {
-                tracing::info!(input = %self.spec.name, path = %cp.path.display(), "a checkpointed file is gone; forgetting it");
-            }
-        }
-    }
-
-    /// Reads the rest of a checkpointed file from a copy of it, if there is one.
-    fn adopt_copy_of(&mut self, cp: &FileCheckpoint, not: (u64, u64)) -> bool {
-        let dir = parent(&cp.path);
-        match find_copy(&dir, not, &cp.fingerprint, cp.offset) {
-            Some(copy) if !self.is_tracked(copy.dev_ino) => {
-                tracing::info!(input = %self.spec.name, path = %copy.path.display(), offset = cp.offset, "reading the rest of a truncated file from its copy");
-                self.track_with(
-                    copy.file,
-                    copy.path,
-                    copy.dev_ino,
-                    cp.fingerprint,
-                    copy.size,
-                    cp.offset,
-                    TailState::Draining,
-                );
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Starts files that appeared; forgets finished files no longer matched.
-    fn discover(&mut self) {
-        self.last_discovery = Instant::now();
-        let paths = self.spec.globs.matches();
-        let mut seen = Vec::with_capacity(paths.len());
-        for path in paths {
-            let Some((file, size, di)) = open(&path) else {
-                continue;
-            };
-            seen.push(di);
-            if self.is_tracked(di) {
-                continue;
-            }
-            if let Some(pos) = self.finished.iter().position(|f| (f.dev, f.inode) == di) {
-                let f = &self.finished[pos];
-                if f.fingerprint.matches(&file, size).unwrap_or(false) {
-                    if size > f.offset {
-                        let f = self.finished.swap_remove(pos);
-                        tracing::info!(input = %self.spec.name, path = %path.display(), "a finished file grew again");
-                        self.track_with(
-                            file,
-                            path,
-                            di,
-                            f.fingerprint,
-                            size,
-                            f.offset,
-                            TailState::Active,
-                        );
-                    }
-                    continue;
-                }
-                self.finished.swap_remove(pos);
-            }
-            if self.is_copy(&file, size, di) {
-                continue;
-            }
-            self.track(file, path, di, size, 0);
-        }
-        self.finished.retain(|f| seen.contains(&(f.dev, f.inode)));
-    }
-
     /// Reads every tracked file; true when some file has more to read at once.
     fn read_all(&mut self) -> Result<bool, Closed> {
         let mut more = false;
@@ -548,6 +386,8 @@ impl Reader {
             if let Some(kind) = kind {
                 tracing::info!(input = %input, path = %tail.path.display(), kind, "file rotated; reading it to its end");
                 tail.state = TailState::Draining;
+                // The app may write to the old file a little longer: the wait starts now.
+                tail.idle_since = None;
                 self.metrics
                     .rotations
                     .with_label_values(&[&input, kind])
@@ -618,15 +458,17 @@ impl Reader {
         let partial = tail.take_partial();
         // Retiring before anything is sent: discovery runs while a send waits, and must not
         // take the file for a new one.
+        let stream = tail.stream.clone();
         self.retiring.push(Retiring {
             checkpoint: checkpoint_of(&self.spec.name, &tail, tail.read_pos(), true),
-            stream: tail.stream.clone(),
+            stream: stream.clone(),
+            _file: tail.file,
         });
         if let Some(chunk) = partial {
             self.count(&chunk);
             self.send(SourceItem::Lines(chunk))?;
         }
-        self.send(SourceItem::Closed(tail.stream.clone()))
+        self.send(SourceItem::Closed(stream))
     }
 
     /// Retiring files whose lines are all acknowledged are finished.
@@ -712,58 +554,5 @@ fn end_of_last_line(file: &File, size: u64) -> u64 {
             .rposition(|b| *b == b'\n')
             .map_or(size, |p| from + p as u64 + 1),
         Err(_) => size,
-    }
-}
-
-/// notify on the patterns' directories; any event but our own reads wakes the reader.
-struct DirWatcher {
-    watcher: notify::RecommendedWatcher,
-    watched: Vec<PathBuf>,
-}
-
-impl DirWatcher {
-    fn new(wake: SyncSender<()>) -> Option<Self> {
-        let handler = move |event: notify::Result<notify::Event>| {
-            let ours = matches!(
-                event.as_ref().map(|e| e.kind),
-                Ok(EventKind::Access(
-                    AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
-                ))
-            );
-            if !ours {
-                let _ = wake.try_send(());
-            }
-        };
-        match notify::recommended_watcher(handler) {
-            Ok(watcher) => Some(Self {
-                watcher,
-                watched: Vec::new(),
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, "file events unavailable; polling only");
-                None
-            }
-        }
-    }
-
-    /// Watches the directories not watched yet (a directory may appear after the start).
-    fn watch(&mut self, roots: &[(PathBuf, bool)]) {
-        for (dir, recursive) in roots {
-            if self.watched.contains(dir) || !dir.is_dir() {
-                continue;
-            }
-            let mode = if *recursive {
-                RecursiveMode::Recursive
-            } else {
-                RecursiveMode::NonRecursive
-            };
-            match self.watcher.watch(dir, mode) {
-                Ok(()) => self.watched.push(dir.clone()),
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; polling it");
-                    self.watched.push(dir.clone());
-                }
-            }
-        }
     }
 }
