@@ -13,6 +13,8 @@ use sidecar_kit::notify::{NotifyArgs, NotifyConfig};
 use crate::credentials::{Credentials, redact_url};
 use crate::git::{RefTarget, Source};
 use crate::signature::{Policy, TrustedKeys};
+use crate::transport::HttpSettings;
+use crate::transport::proxy::ProxySettings;
 
 pub const INFO: SidecarInfo = SidecarInfo {
     name: "git-sync",
@@ -116,6 +118,39 @@ pub struct Cli {
     /// known_hosts file pinning the SSH server's key (required for ssh; HOME is never used).
     #[arg(long, env = "SSH_KNOWN_HOSTS_FILE", help_heading = "Credentials")]
     pub ssh_known_hosts_file: Option<PathBuf>,
+    /// File holding a token sent as `Authorization: Bearer` to an https remote; read on every
+    /// sync. Instead of --username/--password-file.
+    #[arg(long, env = "BEARER_TOKEN_FILE", help_heading = "Credentials")]
+    pub bearer_token_file: Option<PathBuf>,
+
+    /// PEM CA bundle to verify https remotes with, instead of the system's; read on every sync.
+    #[arg(long, env = "CA_FILE", help_heading = "HTTPS")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for https remotes that ask for one; read on every sync.
+    #[arg(
+        long,
+        env = "CLIENT_CERT_FILE",
+        requires = "client_key_file",
+        help_heading = "HTTPS"
+    )]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of --client-cert-file.
+    #[arg(
+        long,
+        env = "CLIENT_KEY_FILE",
+        requires = "client_cert_file",
+        help_heading = "HTTPS"
+    )]
+    pub client_key_file: Option<PathBuf>,
+    /// HTTP proxy for http(s) remotes, `http://[user:password@]host[:port]` (default port
+    /// 1080). Without it, HTTPS_PROXY, HTTP_PROXY and ALL_PROXY (or their lower-case forms)
+    /// are used, as by git.
+    #[arg(long, env = "PROXY", help_heading = "HTTPS")]
+    pub proxy: Option<String>,
+    /// Hosts reached without the proxy, comma-separated (`*`, `example.com`, `.example.com`,
+    /// IP addresses, CIDR blocks, each with an optional `:port`). Without it, NO_PROXY.
+    #[arg(long, env = "NO_PROXY", help_heading = "HTTPS")]
+    pub no_proxy: Option<String>,
 
     /// Which signatures a revision needs before it is published: off, tag (the annotated tag
     /// --ref names), head (the published commit, and the tag when --ref is an annotated tag) or
@@ -229,6 +264,27 @@ impl Config {
         if let Some(f) = &cli.sync_secret_file {
             readable("--sync-secret-file", f)?;
         }
+        if let Some(f) = &cli.bearer_token_file {
+            readable("--bearer-token-file", f)?;
+            if cli.password_file.is_some() {
+                return err(
+                    "--bearer-token-file and --password-file are two ways to log in: give one",
+                );
+            }
+        }
+        if let Some(f) = &cli.ca_file {
+            sidecar_kit::tls::TrustBundle::load(f)
+                .map_err(|e| ConfigError::field("--ca-file", e))?;
+        }
+        if let (Some(cert), Some(key)) = (&cli.client_cert_file, &cli.client_key_file) {
+            sidecar_kit::tls::Identity::load(cert, key)
+                .and_then(|identity| identity.certified_key())
+                .map_err(|e| ConfigError::field("--client-cert-file", e))?;
+        }
+        let proxy = ProxySettings::resolve(cli.proxy.as_deref(), cli.no_proxy.as_deref(), |name| {
+            std::env::var(name).ok()
+        })
+        .map_err(ConfigError::value)?;
         if !(0.0..=1.0).contains(&cli.jitter) {
             return err(format!("--jitter {} must be between 0 and 1", cli.jitter));
         }
@@ -270,6 +326,13 @@ impl Config {
                 password_file: cli.password_file.clone(),
                 ssh_key_file: cli.ssh_key_file.clone(),
                 ssh_known_hosts: cli.ssh_known_hosts_file.clone(),
+            },
+            http: HttpSettings {
+                ca_file: cli.ca_file.clone(),
+                client_cert_file: cli.client_cert_file.clone(),
+                client_key_file: cli.client_key_file.clone(),
+                bearer_token_file: cli.bearer_token_file.clone(),
+                proxy,
             },
         };
         let has_keys = !cli.allowed_signers_file.is_empty() || !cli.openpgp_keys_file.is_empty();

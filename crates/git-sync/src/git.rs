@@ -17,6 +17,7 @@ use git2::{
 
 use crate::credentials::{Credentials, redact_url};
 use crate::known_hosts;
+use crate::transport::{HttpSettings, bridge};
 
 /// The local ref a fetch writes the wanted revision to.
 pub(crate) const TARGET_REF: &str = "refs/git-sync/target";
@@ -58,7 +59,7 @@ impl GitError {
     }
 
     fn git(context: impl Into<String>, e: git2::Error, url_to_redact: Option<&str>) -> GitError {
-        let mut message = e.message().to_string();
+        let mut message = bridge::unmap(e.message());
         if let Some(url) = url_to_redact {
             // libgit2 sometimes quotes the URL; never let userinfo reach a log line.
             message = message.replace(url, &redact_url(url));
@@ -162,6 +163,9 @@ pub struct Source {
     /// 0 = full history.
     pub depth: u32,
     pub credentials: Credentials,
+    /// CA bundle, client certificate, bearer token and proxies of an http(s) remote.
+    #[serde(default)]
+    pub http: HttpSettings,
 }
 
 impl Source {
@@ -177,6 +181,15 @@ impl Source {
             i32::try_from(self.depth).unwrap_or(i32::MAX)
         }
     }
+}
+
+/// The URL libgit2 fetches from: the HTTPS bridge's loopback URL for an http(s) remote.
+fn remote_url(source: &Source) -> Result<String, GitError> {
+    bridge::local_url(&source.url, &source.http, true).map_err(|message| GitError::Git {
+        context: format!("preparing the connection to {}", redact_url(&source.url)),
+        message,
+        corrupt: false,
+    })
 }
 
 /// Stops a sync: on shutdown ([`Cancel::cancel`]) or at its deadline (`--sync-timeout`).
@@ -346,7 +359,7 @@ impl PrivateRepo {
     pub fn advertised(&self, source: &Source, cancel: &Cancel) -> Result<Advertised, GitError> {
         let mut remote = self
             .repo
-            .remote_anonymous(&source.url)
+            .remote_anonymous(&remote_url(source)?)
             .map_err(|e| GitError::git("remote URL", e, Some(&source.url)))?;
         let state = CallbackState::default();
         let callbacks = self.callbacks(source, cancel, &state);
@@ -453,7 +466,7 @@ impl PrivateRepo {
     ) -> Result<(), GitError> {
         let mut remote = self
             .repo
-            .remote_anonymous(&source.url)
+            .remote_anonymous(&remote_url(source)?)
             .map_err(|e| GitError::git("remote URL", e, Some(&source.url)))?;
         let state = CallbackState::default();
         let mut options = FetchOptions::new();
@@ -480,6 +493,14 @@ impl PrivateRepo {
             return GitError::Cancelled;
         }
         let context = format!("{context} {}", redact_url(&source.url));
+        // The HTTPS bridge knows why it could not reach the server; libgit2 only saw a 502.
+        if let Some(message) = bridge::take_error(&source.url) {
+            return GitError::Git {
+                context,
+                message,
+                corrupt: false,
+            };
+        }
         match state.error.borrow_mut().take() {
             // A refused credential or host key is never a sign of a corrupt private repository.
             Some(message) => GitError::Git {

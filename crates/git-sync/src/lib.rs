@@ -20,6 +20,7 @@ pub mod schedule;
 pub mod service;
 pub mod signature;
 pub mod syncer;
+pub mod transport;
 pub mod trigger;
 pub mod worker;
 

@@ -52,9 +52,10 @@ fn silent_server_times_out_and_the_next_sync_works(case: Case<'_>) {
     args.extend(case.args.iter().cloned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let gs = GitSync::start(&root, &args);
-    wait::until(Duration::from_secs(20), "first publish", || {
-        published(&root, "current").as_deref() == Some(c1.as_str())
-    });
+    wait::Wait::new("first publish")
+        .timeout(Duration::from_secs(20))
+        .context(|| gs.logs())
+        .until(|| published(&root, "current").as_deref() == Some(c1.as_str()));
     wait::until(Duration::from_secs(5), "ready", || gs.ready());
 
     case.proxy.set_silent(true);
@@ -127,11 +128,10 @@ fn silent_server_times_out_and_the_next_sync_works(case: Case<'_>) {
 
     // the server answers again: the next sync publishes the new revision
     case.proxy.set_silent(false);
-    wait::until(
-        Duration::from_secs(15),
-        "publish after the timeouts",
-        || published(&root, "current").as_deref() == Some(c2.as_str()),
-    );
+    wait::Wait::new("publish after the timeouts")
+        .timeout(Duration::from_secs(15))
+        .context(|| gs.logs())
+        .until(|| published(&root, "current").as_deref() == Some(c2.as_str()));
     wait::until(Duration::from_secs(5), "ready again", || gs.ready());
     assert_eq!(
         std::fs::read_to_string(root.join("current/a")).unwrap(),

@@ -19,6 +19,27 @@ use test_support::skip::require_program;
 #[allow(unused_imports)] // not every test binary waits
 pub use test_support::wait;
 
+pub mod https;
+
+/// The proxy variables curl and git read; cleared for every git-sync a test starts, so only
+/// what the test sets applies.
+const PROXY_VARIABLES: [&str; 8] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+fn clear_proxy_variables(cmd: &mut Command) {
+    for name in PROXY_VARIABLES {
+        cmd.env_remove(name);
+    }
+}
+
 pub fn git(dir: &Path, args: &[&str]) -> String {
     git_env(dir, args, &[])
 }
@@ -739,8 +760,15 @@ impl GitSync {
     /// Starts git-sync with `--root root --admin-addr 127.0.0.1:PORT` plus `args`, and waits
     /// for its admin server to listen.
     pub fn start(root: &Path, args: &[&str]) -> GitSync {
+        Self::start_env(root, args, &[])
+    }
+
+    /// Like [`GitSync::start`], with environment variables.
+    pub fn start_env(root: &Path, args: &[&str], envs: &[(&str, &str)]) -> GitSync {
         let admin_port = free_port();
         let mut cmd = Command::new(bin());
+        clear_proxy_variables(&mut cmd);
+        cmd.envs(envs.iter().copied());
         cmd.args([
             "--root",
             root.to_str().unwrap(),
@@ -795,7 +823,15 @@ impl GitSync {
 
 /// Runs git-sync --one-time to completion; returns (status, logs).
 pub fn one_time(root: &Path, args: &[&str]) -> (ExitStatus, String) {
-    let out = Command::new(bin())
+    one_time_env(root, args, &[])
+}
+
+/// Like [`one_time`], with environment variables.
+pub fn one_time_env(root: &Path, args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String) {
+    let mut cmd = Command::new(bin());
+    clear_proxy_variables(&mut cmd);
+    let out = cmd
+        .envs(envs.iter().copied())
         .args([
             "--root",
             root.to_str().unwrap(),
