@@ -1,9 +1,15 @@
 use std::process::ExitCode;
 
 use log_shipper::{Cli, Config, INFO};
+use sidecar_kit::cli::{self, ConfigFile};
 
 fn main() -> ExitCode {
-    let cli: Cli = sidecar_kit::cli::parse(&INFO);
+    let cli: Cli = cli::parse_with(
+        &INFO,
+        ConfigFile::Optional(
+            "several inputs, pipelines and sinks (read again when it changes; flags give the defaults)",
+        ),
+    );
     let config = match Config::from_cli(&cli) {
         Ok(c) => c,
         Err(e) => return sidecar_kit::config::exit_config_error(&e),

@@ -2,9 +2,13 @@
 //! Labels carry input, pipeline and sink names from the configuration, file paths the inputs
 //! matched, and HTTP statuses: never a URL, a token or a log line.
 
-use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Gauge, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use sidecar_kit::metrics::{counter_vec, float_gauge, gauge, gauge_vec, histogram_vec};
+
+/// Batch latencies: 1 ms to 5 minutes (a retried batch waits through backoff).
+const BATCH_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -48,145 +52,165 @@ pub struct Metrics {
     pub config_generation: IntGauge,
 }
 
-fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
-    IntCounterVec::new(Opts::new(name, help), labels)
-}
-
-fn gauge(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
-    IntGaugeVec::new(Opts::new(name, help), labels)
-}
-
 impl Metrics {
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let m = Self {
-            lines_read: counter("log_shipper_lines_read_total", "Lines read by an input", &["input"])?,
-            bytes_read: counter("log_shipper_bytes_read_total", "Bytes read by an input", &["input"])?,
-            lines_sent: counter(
+    pub fn register(r: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            lines_read: counter_vec(
+                r,
+                "log_shipper_lines_read_total",
+                "Lines read by an input",
+                &["input"],
+            )?,
+            bytes_read: counter_vec(
+                r,
+                "log_shipper_bytes_read_total",
+                "Bytes read by an input",
+                &["input"],
+            )?,
+            lines_sent: counter_vec(
+                r,
                 "log_shipper_lines_sent_total",
                 "Events a sink acknowledged as delivered",
                 &["sink"],
             )?,
-            bytes_sent: counter(
+            bytes_sent: counter_vec(
+                r,
                 "log_shipper_bytes_sent_total",
                 "Request bytes a sink delivered (before compression)",
                 &["sink"],
             )?,
-            lines_dropped: counter(
+            lines_dropped: counter_vec(
+                r,
                 "log_shipper_lines_dropped_total",
                 "Events dropped on purpose, by reason (buffer_full: the disk buffer was full under the drop_oldest policy)",
                 &["sink", "reason"],
             )?,
-            bytes_dropped: counter(
+            bytes_dropped: counter_vec(
+                r,
                 "log_shipper_bytes_dropped_total",
                 "Bytes of a file lost before they were read (truncated: the file was truncated with no copy to read them from)",
                 &["input", "reason"],
             )?,
-            lines_dead_lettered: counter(
+            lines_dead_lettered: counter_vec(
+                r,
                 "log_shipper_lines_dead_lettered_total",
                 "Events of batches a sink refused for good, written to the dead-letter file",
                 &["sink"],
             )?,
-            events_truncated: counter(
+            events_truncated: counter_vec(
+                r,
                 "log_shipper_events_truncated_total",
                 "Events cut to the maximum event size (shipped, marked truncated)",
                 &["input"],
             )?,
-            parse_errors: counter(
+            parse_errors: counter_vec(
+                r,
                 "log_shipper_parse_errors_total",
                 "Events a parser or the timestamp extraction could not read (shipped as they were)",
                 &["pipeline", "stage"],
             )?,
-            batch_latency: HistogramVec::new(
-                HistogramOpts::new(
-                    "log_shipper_batch_latency_seconds",
-                    "Time from a batch closing to its acknowledgement by the sink, retries included",
-                )
-                .buckets(vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                    30.0, 60.0, 300.0,
-                ]),
+            batch_latency: histogram_vec(
+                r,
+                "log_shipper_batch_latency_seconds",
+                "Time from a batch closing to its acknowledgement by the sink, retries included",
                 &["sink"],
+                BATCH_BUCKETS,
             )?,
-            sink_errors: counter(
+            sink_errors: counter_vec(
+                r,
                 "log_shipper_sink_errors_total",
                 "Failed sink requests, by HTTP status or timeout/connect/io",
                 &["sink", "status"],
             )?,
-            buffer_bytes: gauge(
+            buffer_bytes: gauge_vec(
+                r,
                 "log_shipper_buffer_bytes",
                 "Bytes in a sink's disk buffer",
                 &["sink"],
             )?,
-            buffer_lines: gauge(
+            buffer_lines: gauge_vec(
+                r,
                 "log_shipper_buffer_lines",
                 "Events in a sink's disk buffer",
                 &["sink"],
             )?,
-            file_lag_bytes: gauge(
+            file_lag_bytes: gauge_vec(
+                r,
                 "log_shipper_file_lag_bytes",
                 "Bytes of a file not yet acknowledged by every sink (size minus checkpoint)",
                 &["input", "path"],
             )?,
-            files_tracked: gauge(
+            files_tracked: gauge_vec(
+                r,
                 "log_shipper_files_tracked",
                 "Files an input has open",
                 &["input"],
             )?,
-            rotations: counter(
+            rotations: counter_vec(
+                r,
                 "log_shipper_rotations_total",
                 "Rotations and truncations followed, by kind (rename, delete, copytruncate, truncate)",
                 &["input", "kind"],
             )?,
-            checkpoint_age: Gauge::new(
+            checkpoint_age: float_gauge(
+                r,
                 "log_shipper_checkpoint_age_seconds",
                 "Seconds since the checkpoints were last written to the state directory",
             )?,
-            checkpoint_writes: counter(
+            checkpoint_writes: counter_vec(
+                r,
                 "log_shipper_checkpoint_writes_total",
                 "Checkpoint writes by result",
                 &["result"],
             )?,
-            config_reloads: counter(
+            config_reloads: counter_vec(
+                r,
                 "log_shipper_config_reloads_total",
                 "Reloads of the YAML configuration by result (error: the old configuration stays)",
                 &["result"],
             )?,
-            config_generation: IntGauge::new(
+            config_generation: gauge(
+                r,
                 "log_shipper_config_generation",
                 "0 for the configuration loaded at start, +1 for each reload applied",
             )?,
-        };
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(m.lines_read.clone()),
-            Box::new(m.bytes_read.clone()),
-            Box::new(m.lines_sent.clone()),
-            Box::new(m.bytes_sent.clone()),
-            Box::new(m.lines_dropped.clone()),
-            Box::new(m.bytes_dropped.clone()),
-            Box::new(m.lines_dead_lettered.clone()),
-            Box::new(m.events_truncated.clone()),
-            Box::new(m.parse_errors.clone()),
-            Box::new(m.batch_latency.clone()),
-            Box::new(m.sink_errors.clone()),
-            Box::new(m.buffer_bytes.clone()),
-            Box::new(m.buffer_lines.clone()),
-            Box::new(m.file_lag_bytes.clone()),
-            Box::new(m.files_tracked.clone()),
-            Box::new(m.rotations.clone()),
-            Box::new(m.checkpoint_age.clone()),
-            Box::new(m.checkpoint_writes.clone()),
-            Box::new(m.config_reloads.clone()),
-            Box::new(m.config_generation.clone()),
-        ];
-        for c in collectors {
-            registry.register(c)?;
-        }
-        Ok(m)
+        })
     }
 
     /// Metrics in a registry of their own, for tests and benchmarks.
     pub fn detached() -> Self {
         // Registering into a fresh registry cannot collide.
         Self::register(&Registry::new()).unwrap_or_else(|e| panic!("metrics: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_registered_once_under_its_name() {
+        let registry = Registry::new();
+        let m = Metrics::register(&registry).unwrap();
+        m.lines_read.with_label_values(&["a"]).inc();
+        m.batch_latency.with_label_values(&["s"]).observe(0.2);
+        m.checkpoint_age.set(1.5);
+        let names: Vec<String> = registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        for name in [
+            "log_shipper_lines_read_total",
+            "log_shipper_batch_latency_seconds",
+            "log_shipper_checkpoint_age_seconds",
+            "log_shipper_config_generation",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
+        assert!(
+            Metrics::register(&registry).is_err(),
+            "a second registration collides"
+        );
     }
 }

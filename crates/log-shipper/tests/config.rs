@@ -64,6 +64,14 @@ fn bad_settings_exit_64_naming_the_setting() {
             with(&["--bearer-token-file", "/nonexistent/token"]),
             "--bearer-token-file",
         ),
+        (
+            with(&["--bearer-token-file", "/"]),
+            "--bearer-token-file /: Is a directory",
+        ),
+        (
+            with(&["--ca-file", "/nonexistent/ca.pem"]),
+            "--ca-file/--client-cert/--client-key /nonexistent/ca.pem: No such file",
+        ),
         (with(&["--buffer-max-bytes", "10KiB"]), "--buffer-max-bytes"),
         (vec!["--sink-url".into(), "http://x/".into()], "--file"),
         (

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use regex::Regex;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use sidecar_kit::config::require_readable;
 
+use crate::config::ConfigError;
 use crate::config::cli::{ParserKind, PresetArg, RedactPresetArg, StartAt, WatchMode};
-use crate::config::{ConfigError, err};
 use crate::pipeline::enrich::{Enrich, hostname};
 use crate::pipeline::multiline::{MultilineSpec, Preset, Rule};
 use crate::pipeline::parse::Parser;
@@ -27,7 +28,10 @@ pub(super) fn check_name(name: &str, field: &str) -> Result<(), ConfigError> {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         || name.starts_with('.')
     {
-        return Err(err(field, "a name is letters, digits, `-`, `_` and `.`"));
+        return Err(ConfigError::field(
+            field,
+            "a name is letters, digits, `-`, `_` and `.`",
+        ));
     }
     Ok(())
 }
@@ -45,15 +49,18 @@ pub(super) fn file_input(
     field: &str,
 ) -> Result<FileInputSpec, ConfigError> {
     if include.is_empty() {
-        return Err(err(field, "no file pattern"));
+        return Err(ConfigError::field(field, "no file pattern"));
     }
     let exclude: Vec<String> = match exclude {
         Some(e) => e.clone(),
         None => DEFAULT_EXCLUDE.iter().map(|s| (*s).to_owned()).collect(),
     };
-    let globs = Globs::new(include.to_vec(), &exclude).map_err(|e| err(field, e))?;
+    let globs = Globs::new(include.to_vec(), &exclude).map_err(|e| ConfigError::field(field, e))?;
     if poll_interval.is_zero() {
-        return Err(err(field, "poll interval must be more than 0"));
+        return Err(ConfigError::field(
+            field,
+            "poll interval must be more than 0",
+        ));
     }
     Ok(FileInputSpec {
         name: name.to_owned(),
@@ -68,13 +75,13 @@ pub(super) fn file_input(
 
 pub(super) fn event_bytes(n: u64, field: &str) -> Result<usize, ConfigError> {
     if n < 64 {
-        return Err(err(field, "at least 64 bytes"));
+        return Err(ConfigError::field(field, "at least 64 bytes"));
     }
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 pub(super) fn regex(pattern: &str, field: &str) -> Result<Regex, ConfigError> {
-    Regex::new(pattern).map_err(|e| err(field, format!("invalid regex: {e}")))
+    Regex::new(pattern).map_err(|e| ConfigError::field(field, format!("invalid regex: {e}")))
 }
 
 pub(super) fn multiline(
@@ -91,14 +98,14 @@ pub(super) fn multiline(
         (None, Some(s), None) => Rule::Start(regex(s, fields.0)?),
         (None, None, Some(c)) => Rule::Continue(regex(c, fields.1)?),
         _ => {
-            return Err(err(
+            return Err(ConfigError::field(
                 fields.0,
                 "give one of a preset, a start pattern, a continue pattern",
             ));
         }
     };
     if max_lines == 0 {
-        return Err(err(fields.2, "at least 1"));
+        return Err(ConfigError::field(fields.2, "at least 1"));
     }
     Ok(Some(MultilineSpec {
         rule,
@@ -123,11 +130,17 @@ pub(super) fn parser(
         },
         ParserKind::Regex => {
             let Some(p) = pattern else {
-                return Err(err(field, "the regex parser needs a pattern"));
+                return Err(ConfigError::field(
+                    field,
+                    "the regex parser needs a pattern",
+                ));
             };
             let re = regex(p, field)?;
             if re.capture_names().flatten().next().is_none() {
-                return Err(err(field, "the pattern has no named capture (?P<name>...)"));
+                return Err(ConfigError::field(
+                    field,
+                    "the pattern has no named capture (?P<name>...)",
+                ));
             }
             Parser::Regex(re)
         }
@@ -141,10 +154,10 @@ pub(super) fn timestamp(
 ) -> Result<TimestampSpec, ConfigError> {
     let formats = formats
         .iter()
-        .map(|f| Format::parse(f).map_err(|e| err(field, e)))
+        .map(|f| Format::parse(f).map_err(|e| ConfigError::field(field, e)))
         .collect::<Result<Vec<_>, _>>()?;
     if formats.is_empty() {
-        return Err(err(field, "no format"));
+        return Err(ConfigError::field(field, "no format"));
     }
     Ok(TimestampSpec {
         field: field_name.to_owned(),
@@ -159,7 +172,7 @@ pub(super) fn pairs(items: &[String], field: &str) -> Result<Vec<(String, String
             i.split_once('=')
                 .filter(|(k, _)| !k.is_empty())
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .ok_or_else(|| err(field, format!("`{i}` is not name=value")))
+                .ok_or_else(|| ConfigError::field(field, format!("`{i}` is not name=value")))
         })
         .collect()
 }
@@ -177,7 +190,7 @@ pub(super) fn enrich(
         .collect();
     for (k, var) in envs {
         let value = std::env::var(var).map_err(|_| {
-            err(
+            ConfigError::field(
                 env_field,
                 format!("field `{k}`: the environment variable {var} is not set"),
             )
@@ -220,7 +233,12 @@ pub(super) fn redactor(rules: &[RedactRule]) -> Result<Redactor, ConfigError> {
                     replacement.clone().unwrap_or_else(|| "[REDACTED]".into()),
                 );
             }
-            _ => return Err(err(field.as_str(), "give either preset or pattern")),
+            _ => {
+                return Err(ConfigError::field(
+                    field.as_str(),
+                    "give either preset or pattern",
+                ));
+            }
         }
     }
     Ok(r)
@@ -272,33 +290,44 @@ pub(super) fn http_sink(
     delivery: Delivery,
     fields: &SinkFields,
 ) -> Result<SinkSpec, ConfigError> {
-    let url = reqwest::Url::parse(url).map_err(|e| err(&fields.url, format!("`{url}`: {e}")))?;
+    let url = reqwest::Url::parse(url)
+        .map_err(|e| ConfigError::field(&fields.url, format!("`{url}`: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(err(&fields.url, "an http:// or https:// URL with a host"));
+        return Err(ConfigError::field(
+            &fields.url,
+            "an http:// or https:// URL with a host",
+        ));
     }
     let mut map = HeaderMap::new();
     for (k, v) in headers {
         let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|e| err(&fields.headers, format!("`{k}`: {e}")))?;
-        let value =
-            HeaderValue::from_str(v).map_err(|e| err(&fields.headers, format!("`{k}`: {e}")))?;
+            .map_err(|e| ConfigError::field(&fields.headers, format!("`{k}`: {e}")))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|e| ConfigError::field(&fields.headers, format!("`{k}`: {e}")))?;
         map.insert(name, value);
     }
     if let Some(path) = &token_file {
+        require_readable(&fields.token, path)?;
         let text = std::fs::read_to_string(path)
-            .map_err(|e| err(&fields.token, format!("{}: {e}", path.display())))?;
+            .map_err(|e| ConfigError::field(&fields.token, format!("{}: {e}", path.display())))?;
         if text.trim().is_empty() {
-            return Err(err(&fields.token, format!("{}: empty", path.display())));
+            return Err(ConfigError::field(
+                &fields.token,
+                format!("{}: empty", path.display()),
+            ));
         }
     }
     check_tls(&tls, &fields.tls)?;
     if delivery.batch.max_lines == 0 || delivery.batch.max_bytes < 1024 {
-        return Err(err(&fields.batch, "at least 1 line and 1 KiB"));
+        return Err(ConfigError::field(
+            &fields.batch,
+            "at least 1 line and 1 KiB",
+        ));
     }
     let b = delivery.buffer.max_bytes;
     let least = 2 * delivery.batch.max_bytes as u64 + (64 << 10);
     if b != 0 && b < least {
-        return Err(err(
+        return Err(ConfigError::field(
             &fields.buffer,
             format!("0 (no disk buffer) or at least {least} bytes (two batches)"),
         ));
@@ -319,7 +348,13 @@ pub(super) fn http_sink(
 
 pub(super) fn check_tls(tls: &TlsSpec, field: &str) -> Result<(), ConfigError> {
     use sidecar_kit::tls::{Identity, TrustBundle, check_credentials};
-    let fail = |e: &dyn std::fmt::Display| err(field, e);
+    let fail = |e: &dyn std::fmt::Display| ConfigError::field(field, e);
+    for path in [&tls.cert_file, &tls.key_file, &tls.ca_file]
+        .into_iter()
+        .flatten()
+    {
+        require_readable(field, path)?;
+    }
     match (&tls.cert_file, &tls.key_file, &tls.ca_file) {
         (Some(cert), Some(key), Some(ca)) => {
             let identity = Identity::load(cert, key).map_err(|e| fail(&e))?;

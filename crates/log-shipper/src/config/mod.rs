@@ -21,6 +21,7 @@ use crate::sink::SinkSpec;
 use crate::source::file::FileInputSpec;
 pub use cli::Cli;
 use file::FileConfig;
+pub use sidecar_kit::config::ConfigError;
 
 pub const INFO: SidecarInfo = SidecarInfo {
     name: "log-shipper",
@@ -30,24 +31,6 @@ pub const INFO: SidecarInfo = SidecarInfo {
     description: "Ships an app's log files to central stores, at least once: a line is let go only when every sink has it",
     worker_threads: 0,
 };
-
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// One setting: `--redact`, `pipelines.app.redact[0].pattern`.
-    #[error("{field}: {message}")]
-    Field { field: String, message: String },
-    /// The YAML file (its errors name the file, line and field).
-    #[error(transparent)]
-    File(#[from] sidecar_kit::config::ConfigError),
-}
-
-pub(crate) fn err(field: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
-    ConfigError::Field {
-        field: field.into(),
-        message: message.to_string(),
-    }
-}
 
 /// One input and the pipeline it feeds.
 #[derive(Debug, Clone)]
@@ -88,7 +71,9 @@ impl StateDir {
     /// Creates, locks and checks the directory; another shipper on it is an error.
     pub fn open(path: &Path) -> Result<Self, ConfigError> {
         let field = "--state-dir";
-        let fail = |e: &dyn std::fmt::Display| err(field, format!("{}: {e}", path.display()));
+        let fail = |e: &dyn std::fmt::Display| {
+            ConfigError::field(field, format!("{}: {e}", path.display()))
+        };
         std::fs::create_dir_all(path).map_err(|e| fail(&e))?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -127,13 +112,13 @@ impl Config {
         let plan = match &cli.kit.config {
             Some(path) => {
                 if !cli.files.is_empty() {
-                    return Err(err(
+                    return Err(ConfigError::field(
                         "--file",
                         "give the files in --config's inputs, or --file without --config",
                     ));
                 }
                 if cli.sink_url.is_some() {
-                    return Err(err(
+                    return Err(ConfigError::field(
                         "--sink-url",
                         "give the sinks in --config's sinks, or --sink-url without --config",
                     ));
@@ -143,7 +128,10 @@ impl Config {
             None => plan::plan_from_flags(cli)?,
         };
         if cli.checkpoint_interval.is_zero() {
-            return Err(err("--checkpoint-interval", "must be more than 0"));
+            return Err(ConfigError::field(
+                "--checkpoint-interval",
+                "must be more than 0",
+            ));
         }
         let state = StateDir::open(&cli.state_dir)?;
         let margin = Duration::from_secs(1);
@@ -168,8 +156,20 @@ impl Config {
 pub fn load_file(path: &Path, cli: &Cli) -> Result<Plan, ConfigError> {
     let file: FileConfig = sidecar_kit::config::load_yaml(path)?;
     let origin = path.display().to_string();
+    // A field of the file is named with the file: `/etc/shipper.yaml: sinks.c.url`.
     plan::plan_from_file(file, cli).map_err(|e| match e {
-        ConfigError::Field { field, message } => err(format!("{origin}: {field}"), message),
+        ConfigError::Field { field, message } => {
+            ConfigError::field(format!("{origin}: {field}"), message)
+        }
+        ConfigError::File {
+            field,
+            path,
+            source,
+        } => ConfigError::File {
+            field: format!("{origin}: {field}"),
+            path,
+            source,
+        },
         other => other,
     })
 }

@@ -9,7 +9,7 @@ use crate::config::build::{
 };
 use crate::config::cli::{Cli, ParserKind};
 use crate::config::file::{self, FileConfig};
-use crate::config::{ConfigError, InputKind, InputSpec, Plan, err};
+use crate::config::{ConfigError, InputKind, InputSpec, Plan};
 use crate::pipeline::parse::Parser;
 use crate::pipeline::{FormatSpec, PipelineSpec};
 use crate::sink::driver::Delivery;
@@ -18,13 +18,16 @@ use crate::sink::{BatchSpec, BufferSpec, RetrySpec};
 
 pub(super) fn plan_from_flags(cli: &Cli) -> Result<Plan, ConfigError> {
     if cli.files.is_empty() {
-        return Err(err(
+        return Err(ConfigError::field(
             "--file",
             "give the files to read (a glob), or --config",
         ));
     }
     let Some(url) = &cli.sink_url else {
-        return Err(err("--sink-url", "give the URL to send to, or --config"));
+        return Err(ConfigError::field(
+            "--sink-url",
+            "give the URL to send to, or --config",
+        ));
     };
     let input = file_input(
         "files",
@@ -97,7 +100,9 @@ pub(super) fn plan_from_flags(cli: &Cli) -> Result<Plan, ConfigError> {
         .map(|h| {
             h.split_once(':')
                 .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                .ok_or_else(|| err("--sink-header", format!("`{h}` is not `Name: value`")))
+                .ok_or_else(|| {
+                    ConfigError::field("--sink-header", format!("`{h}` is not `Name: value`"))
+                })
         })
         .collect::<Result<_, _>>()?;
     let tls = TlsSpec {
@@ -148,7 +153,7 @@ pub(super) fn delivery_from_cli(cli: &Cli) -> Delivery {
 
 pub(super) fn plan_from_file(file: FileConfig, cli: &Cli) -> Result<Plan, ConfigError> {
     if file.inputs.is_empty() {
-        return Err(err("inputs", "no input"));
+        return Err(ConfigError::field("inputs", "no input"));
     }
     let mut sinks = Vec::new();
     for (name, sink) in &file.sinks {
@@ -199,11 +204,11 @@ pub(super) fn plan_from_file(file: FileConfig, cli: &Cli) -> Result<Plan, Config
     for (name, p) in file.pipelines {
         let prefix = format!("pipelines.{name}");
         if p.sinks.is_empty() {
-            return Err(err(format!("{prefix}.sinks"), "no sink"));
+            return Err(ConfigError::field(format!("{prefix}.sinks"), "no sink"));
         }
         for (i, s) in p.sinks.iter().enumerate() {
             if !sinks.iter().any(|k| k.name == *s) {
-                return Err(err(
+                return Err(ConfigError::field(
                     format!("{prefix}.sinks[{i}]"),
                     format!("unknown sink `{s}`"),
                 ));
@@ -225,7 +230,7 @@ pub(super) fn plan_from_file(file: FileConfig, cli: &Cli) -> Result<Plan, Config
             )?,
         };
         if p.multiline.is_some() && multiline.is_none() {
-            return Err(err(
+            return Err(ConfigError::field(
                 format!("{prefix}.multiline"),
                 "give one of preset, start, continue",
             ));
@@ -307,7 +312,7 @@ pub(super) fn plan_from_file(file: FileConfig, cli: &Cli) -> Result<Plan, Config
         let file::InputYaml::File(f) = input;
         let pipeline = f.pipeline.clone().unwrap_or_else(|| "default".into());
         let Some(spec) = pipelines.get(&pipeline) else {
-            return Err(err(
+            return Err(ConfigError::field(
                 format!("{prefix}.pipeline"),
                 format!("unknown pipeline `{pipeline}`"),
             ));
