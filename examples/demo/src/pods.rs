@@ -1,29 +1,34 @@
-//! Starts the two pods' processes, checks what the sidecars do, and prints what to try.
+//! Starts OpenBao and the two pods' processes, checks what the sidecars do, and prints what to
+//! try.
 
-use std::os::unix::process::CommandExt;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use crate::Cli;
-use crate::certs::Authority;
+use crate::git;
+use crate::openbao::{self, OpenBao};
+use crate::processes::{Processes, bin, default_bin_dir, log_name};
+use crate::rotation::{self, Load};
 
 /// The mapping users would mount, shipped with the Kubernetes example.
 const MAPPING: &str = include_str!("../../../deploy/kubernetes/config/xml-adapter/mapping.yaml");
+const PODS: [&str; 2] = ["pod-a", "pod-b"];
 
 struct Ports {
     outbound_a: u16,
     admin_ambassador_a: u16,
+    admin_agent_a: u16,
     app_b: u16,
     inbound_b: u16,
     admin_ambassador_b: u16,
     metrics_b: u16,
     admin_adapter_b: u16,
     admin_git_sync_b: u16,
+    admin_agent_b: u16,
+    openbao: u16,
 }
 
 impl Ports {
@@ -31,99 +36,21 @@ impl Ports {
         Self {
             outbound_a: base,
             admin_ambassador_a: base + 1,
+            admin_agent_a: base + 2,
             app_b: base + 10,
             inbound_b: base + 11,
             admin_ambassador_b: base + 12,
             metrics_b: base + 13,
             admin_adapter_b: base + 14,
             admin_git_sync_b: base + 15,
+            admin_agent_b: base + 16,
+            openbao: base + 19,
         }
     }
 }
 
-/// The processes of the demo; stopped gracefully (SIGTERM, then a kill) on drop.
-struct Processes {
-    children: Vec<(String, Child)>,
-    logs: PathBuf,
-}
-
-impl Processes {
-    fn spawn(&mut self, name: &str, program: &Path, args: &[String]) -> anyhow::Result<()> {
-        let log_path = self.logs.join(log_name(name));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        // A process group of its own: a Ctrl-C in the terminal then reaches the demo only, which
-        // stops each child with one SIGTERM and a graceful drain (a second signal, the terminal's
-        // SIGINT on top, would make the sidecars exit at once, status 130).
-        let child = Command::new(program)
-            .args(args)
-            .process_group(0)
-            .env("NO_COLOR", "1")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        self.children.push((name.to_owned(), child));
-        Ok(())
-    }
-
-    fn stop(&mut self) {
-        for (_, child) in &self.children {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (name, child) in &mut self.children {
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => {
-                        println!("  stopped {name:<22} ({status})");
-                        break;
-                    }
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(50))
-                    }
-                    _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        println!("  killed  {name:<22} (did not stop in time)");
-                        break;
-                    }
-                }
-            }
-        }
-        self.children.clear();
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// `pod-b/app` logs to `pod-b-app.log`.
-fn log_name(process: &str) -> String {
-    format!("{}.log", process.replace('/', "-"))
-}
-
-fn bin(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let path = dir.join(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: build the workspace first (scripts/demo.sh does)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-fn default_bin_dir() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("target/debug"))
+fn local(port: u16) -> String {
+    format!("127.0.0.1:{port}")
 }
 
 fn s(p: &Path) -> String {
@@ -145,218 +72,63 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// Where things are, for the checks and the "try it" text.
+struct Setup {
+    dir: PathBuf,
+    logs: PathBuf,
+    bins: PathBuf,
+    bao: PathBuf,
+    ports: Ports,
+    cert_ttl: Duration,
+}
+
+impl Setup {
+    fn certs(&self, pod: &str) -> PathBuf {
+        self.dir.join(pod).join("certs")
+    }
+
+    fn token_file(&self) -> PathBuf {
+        self.dir.join("openbao/root-token")
+    }
+
+    fn repo_dir(&self) -> PathBuf {
+        self.dir.join("config-repo")
+    }
+
+    /// How long a certificate lives: its TTL and OpenBao's backdating.
+    fn lifetime(&self) -> Duration {
+        self.cert_ttl + openbao::BACKDATE
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut stop = std::pin::pin!(stop_signal().context("listening for SIGINT and SIGTERM")?);
-    let bins = cli.bin_dir.clone().unwrap_or_else(default_bin_dir);
     let dir = std::path::absolute(&cli.dir)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let p = Ports::from_base(cli.port_base);
-
-    println!("Setting up in {}", dir.display());
-    let ca = Authority::create(&dir.join("certs"))?;
-    let pod_a = ca.issue(&dir.join("certs"), "pod-a")?;
-    let pod_b = ca.issue(&dir.join("certs"), "pod-b")?;
-    let repo_dir = dir.join("config-repo");
-    let repo = git::init(&repo_dir)
-        .with_context(|| format!("creating the git repository {}", repo_dir.display()))?;
-    git::commit(&repo, "app.yaml", "greeting: hello\n", "first config")
-        .context("committing the first config")?;
-    let mapping = dir.join("mapping.yaml");
-    std::fs::write(&mapping, MAPPING).with_context(|| format!("writing {}", mapping.display()))?;
-    let volume = dir.join("pod-b/config");
-    std::fs::create_dir_all(&volume).with_context(|| format!("creating {}", volume.display()))?;
-
-    let mut procs = Processes {
-        children: Vec::new(),
-        logs: logs.clone(),
+    let setup = Setup {
+        bao: openbao::find_bao(cli.bao.as_deref())?,
+        bins: cli.bin_dir.clone().unwrap_or_else(default_bin_dir),
+        ports: Ports::from_base(cli.port_base),
+        cert_ttl: cli.cert_ttl,
+        dir,
+        logs,
     };
-    let local = |port: u16| format!("127.0.0.1:{port}");
-    procs.spawn(
-        "pod-b/app",
-        &bin(&bins, "demo-app")?,
-        &[
-            "serve".into(),
-            "--listen".into(),
-            local(p.app_b),
-            "--name".into(),
-            "pod-b".into(),
-            "--config-dir".into(),
-            s(&volume.join("current")),
-        ],
-    )?;
-    procs.spawn(
-        "pod-b/ambassador",
-        &bin(&bins, "ambassador")?,
-        &[
-            "--cert".into(),
-            s(&pod_b.cert),
-            "--key".into(),
-            s(&pod_b.key),
-            "--ca".into(),
-            s(&pod_b.ca),
-            "--inbound-listen".into(),
-            local(p.inbound_b),
-            "--inbound-app".into(),
-            local(p.app_b),
-            "--allow-spiffe".into(),
-            pod_a.spiffe_id.clone(),
-            "--admin-addr".into(),
-            local(p.admin_ambassador_b),
-        ],
-    )?;
-    procs.spawn(
-        "pod-b/xml-adapter",
-        &bin(&bins, "xml-adapter")?,
-        &[
-            "--config".into(),
-            s(&mapping),
-            "--listen".into(),
-            local(p.metrics_b),
-            "--upstream".into(),
-            format!("http://{}/status.xml", local(p.app_b)),
-            "--admin-addr".into(),
-            local(p.admin_adapter_b),
-        ],
-    )?;
-    procs.spawn(
-        "pod-b/git-sync",
-        &bin(&bins, "git-sync")?,
-        &[
-            "--repo".into(),
-            s(&repo_dir),
-            "--ref".into(),
-            "main".into(),
-            "--root".into(),
-            s(&volume),
-            "--link".into(),
-            "current".into(),
-            "--period".into(),
-            "1s".into(),
-            "--admin-addr".into(),
-            local(p.admin_git_sync_b),
-        ],
-    )?;
-    procs.spawn(
-        "pod-a/ambassador",
-        &bin(&bins, "ambassador")?,
-        &[
-            "--cert".into(),
-            s(&pod_a.cert),
-            "--key".into(),
-            s(&pod_a.key),
-            "--ca".into(),
-            s(&pod_a.ca),
-            "--outbound-listen".into(),
-            local(p.outbound_a),
-            "--outbound-endpoints".into(),
-            local(p.inbound_b),
-            "--outbound-identity".into(),
-            pod_b.spiffe_id.clone(),
-            "--admin-addr".into(),
-            local(p.admin_ambassador_a),
-        ],
-    )?;
-
-    // The workspace's one crypto provider; reqwest has none of its own here.
-    let _already = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
-    // A Ctrl-C while the sidecars start or the checks run stops everything too.
-    let checked = async {
-        let mut checks = Checks::default();
-        println!("\nWaiting for the sidecars to be ready...");
-        for (name, port) in [
-            ("pod-b/ambassador", p.admin_ambassador_b),
-            ("pod-b/xml-adapter", p.admin_adapter_b),
-            ("pod-b/git-sync", p.admin_git_sync_b),
-            ("pod-a/ambassador", p.admin_ambassador_a),
-        ] {
-            let ready = wait_until(Duration::from_secs(30), || async {
-                get(&http, &format!("http://{}/readyz", local(port)))
-                    .await
-                    .is_ok_and(|(status, _)| status == 200)
-            })
-            .await;
-            checks.record(
-                &format!("{name} is ready (/readyz on {})", local(port)),
-                ready,
-                &format!("see {}", logs.join(log_name(name)).display()),
-            );
-        }
-
-        println!("\nWhat the sidecars do:");
-        let mesh = get(&http, &format!("http://{}/", local(p.outbound_a))).await;
-        let mesh_ok = mesh.as_ref().is_ok_and(|(status, body)| {
-            *status == 200 && body.contains("hello from pod-b") && body.contains(&pod_a.spiffe_id)
-        });
-        checks.record(
-            "pod A's app calls pod B over mTLS through both ambassadors; pod B's app sees pod A's SPIFFE ID",
-            mesh_ok,
-            &format!("{mesh:?}"),
-        );
-
-        let no_cert = reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .timeout(Duration::from_secs(5))
-            .build()?
-            .get(format!("https://{}/", local(p.inbound_b)))
-            .send()
-            .await;
-        checks.record(
-            "a caller without a certificate is refused by pod B's ambassador",
-            no_cert.is_err(),
-            &format!("{no_cert:?}"),
-        );
-
-        let metrics_url = format!("http://{}/metrics", local(p.metrics_b));
-        let metrics_ok = wait_until(Duration::from_secs(10), || async {
-            get(&http, &metrics_url).await.is_ok_and(|(status, body)| {
-                status == 200
-                    && body.contains("legacy_app_healthy{server=\"pod-b\"} 1")
-                    && body.contains("legacy_app_up 1")
-            })
-        })
-        .await;
-        checks.record(
-            "the xml-adapter serves pod B's XML status page as Prometheus metrics",
-            metrics_ok,
-            &metrics_url,
-        );
-
-        let config_url = format!("http://{}/config/app.yaml", local(p.app_b));
-        let first = serves_within(&http, &config_url, "greeting: hello\n").await;
-        checks.record(
-            "git-sync published the config repository into pod B's config volume",
-            first,
-            &config_url,
-        );
-        git::commit(
-            &repo,
-            "app.yaml",
-            "greeting: bonjour\n",
-            "change the greeting",
-        )?;
-        let second = serves_within(&http, &config_url, "greeting: bonjour\n").await;
-        checks.record(
-            "a new commit appears in the app's config within seconds",
-            second,
-            &config_url,
-        );
-        anyhow::Ok(checks)
+    let procs = RefCell::new(Processes::new(setup.logs.clone()));
+    // A Ctrl-C while OpenBao and the sidecars start or the checks run stops everything too.
+    let checked = tokio::select! {
+        checks = start_and_check(&setup, &procs) => Some(checks),
+        () = &mut stop => None,
     };
-    let checks = tokio::select! {
-        checks = checked => checks?,
-        () = &mut stop => {
-            println!("\nStopping:");
-            procs.stop();
-            return Ok(false);
-        }
+    let Some(checks) = checked else {
+        println!("\nStopping:");
+        procs.borrow_mut().stop();
+        return Ok(false);
     };
+    let checks = checks?;
     let passed = checks.failed == 0;
     println!(
         "\n{} of {} checks passed.",
@@ -365,10 +137,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     );
     if cli.check {
         println!("\nStopping:");
-        procs.stop();
+        procs.borrow_mut().stop();
         return Ok(passed);
     }
 
+    let p = &setup.ports;
+    let lifetime = setup.lifetime().as_secs_f64();
     println!(
         r#"
 Try it (logs in {logs}):
@@ -381,20 +155,380 @@ Try it (logs in {logs}):
   cd {repo} && echo 'greeting: hi' > app.yaml && git commit -qam hi   # then, within seconds:
   curl http://127.0.0.1:{app}/config/app.yaml       # pod B's app reads the new config
 
+Certificates: OpenBao's PKI issues each pod's for {ttl} (+{backdate}s backdated); secrets-agent
+renews it at 2/3 of that, every {every:.0}s, and the ambassadors reload it:
+  curl -s http://127.0.0.1:{admin_a}/metrics | grep -E '^sidecar_(certificate_expiry|tls_reloads)'
+  curl -s http://127.0.0.1:{agent_a}/metrics | grep -E '^secrets_agent_(fetches|publishes|secret_expiry)'
+  ls -la {certs_a}                     # the ..data layout the ambassador watches
+  BAO_ADDR=http://127.0.0.1:{bao_port} BAO_TOKEN=$(cat {token}) {bao} read pki/cert/ca
+
 Press Ctrl-C to stop."#,
-        logs = logs.display(),
+        logs = setup.logs.display(),
         outbound = p.outbound_a,
         inbound = p.inbound_b,
         metrics = p.metrics_b,
         admin_a = p.admin_ambassador_a,
         admin_b = p.admin_ambassador_b,
-        repo = repo_dir.display(),
+        agent_a = p.admin_agent_a,
+        repo = setup.repo_dir().display(),
         app = p.app_b,
+        ttl = humantime::format_duration(setup.cert_ttl),
+        backdate = openbao::BACKDATE.as_secs(),
+        every = lifetime * 2.0 / 3.0,
+        certs_a = setup.certs("pod-a").display(),
+        bao_port = p.openbao,
+        token = setup.token_file().display(),
+        bao = setup.bao.display(),
     );
     stop.await;
     println!("\nStopping:");
-    procs.stop();
+    procs.borrow_mut().stop();
     Ok(passed)
+}
+
+/// Starts OpenBao, gets the pods' certificates from it, starts the sidecars and checks them.
+async fn start_and_check(setup: &Setup, procs: &RefCell<Processes>) -> anyhow::Result<Checks> {
+    let p = &setup.ports;
+    let dir = &setup.dir;
+    println!("Setting up in {}", dir.display());
+    let repo_dir = setup.repo_dir();
+    let repo = git::init(&repo_dir)
+        .with_context(|| format!("creating the git repository {}", repo_dir.display()))?;
+    git::commit(&repo, "app.yaml", "greeting: hello\n", "first config")
+        .context("committing the first config")?;
+    let mapping = dir.join("mapping.yaml");
+    std::fs::write(&mapping, MAPPING).with_context(|| format!("writing {}", mapping.display()))?;
+    let volume = dir.join("pod-b/config");
+    std::fs::create_dir_all(&volume).with_context(|| format!("creating {}", volume.display()))?;
+
+    // The workspace's one crypto provider; reqwest has none of its own here.
+    let _already = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let mut checks = Checks::default();
+
+    // OpenBao, in dev mode (in memory, unsealed) with a root token of this run's own.
+    println!(
+        "Starting OpenBao ({} server -dev) on {}",
+        setup.bao.display(),
+        local(p.openbao)
+    );
+    let token = format!("{:032x}", rand::random::<u128>());
+    std::fs::create_dir_all(dir.join("openbao"))?;
+    openbao::write_private(&setup.token_file(), &token)?;
+    procs.borrow_mut().spawn_with_env(
+        "openbao",
+        &setup.bao,
+        &[
+            "server".into(),
+            "-dev".into(),
+            format!("-dev-listen-address={}", local(p.openbao)),
+            "-dev-no-store-token".into(),
+        ],
+        // The environment rather than a flag: not in `ps` output.
+        &[("BAO_DEV_ROOT_TOKEN_ID", token.as_str())],
+    )?;
+    let bao = OpenBao::new(format!("http://{}", local(p.openbao)), token)?;
+    let up = wait_until(Duration::from_secs(30), || async {
+        let exited = procs.borrow_mut().exited("openbao").is_some();
+        exited || bao.is_up().await
+    })
+    .await;
+    if !up || procs.borrow_mut().exited("openbao").is_some() {
+        bail!(
+            "OpenBao did not start; see {}",
+            setup.logs.join(log_name("openbao")).display()
+        );
+    }
+    bao.set_up(&PODS).await?;
+    println!(
+        "  PKI engine `pki` (its CA made in OpenBao), a role per pod issuing its SPIFFE ID for {}, AppRole login",
+        humantime::format_duration(setup.cert_ttl)
+    );
+
+    // A secrets-agent per pod: logs in with its AppRole, issues its pod's certificate and
+    // publishes it where the ambassador reads it.
+    let ttl = humantime::format_duration(setup.cert_ttl).to_string();
+    for (pod, admin) in [("pod-a", p.admin_agent_a), ("pod-b", p.admin_agent_b)] {
+        let own = dir.join(pod);
+        let (role_id, secret_id) = bao.approle_files(pod, &own.join("approle")).await?;
+        let config = own.join("secrets-agent.yaml");
+        std::fs::write(&config, openbao::agent_config(pod, &ttl))
+            .with_context(|| format!("writing {}", config.display()))?;
+        procs.borrow_mut().spawn(
+            &format!("{pod}/secrets-agent"),
+            &bin(&setup.bins, "secrets-agent")?,
+            &[
+                format!("--addr={}", bao.addr),
+                "--auth-method=approle".into(),
+                format!("--role-id-file={}", s(&role_id)),
+                format!("--secret-id-file={}", s(&secret_id)),
+                format!("--config={}", s(&config)),
+                format!("--output-dir={}", s(&setup.certs(pod))),
+                format!("--admin-addr={}", local(admin)),
+            ],
+        )?;
+    }
+    println!("\nIssuing the pods' certificates...");
+    for (name, port) in [
+        ("pod-a/secrets-agent", p.admin_agent_a),
+        ("pod-b/secrets-agent", p.admin_agent_b),
+    ] {
+        let ready = ready_within(&http, port, Duration::from_secs(30)).await;
+        checks.record(
+            &format!(
+                "{name} published its pod's certificate from OpenBao (/readyz on {})",
+                local(port)
+            ),
+            ready,
+            &format!("see {}", setup.logs.join(log_name(name)).display()),
+        );
+    }
+
+    let (cert_a, cert_b) = (setup.certs("pod-a"), setup.certs("pod-b"));
+    let id_a = openbao::spiffe_id("pod-a");
+    let id_b = openbao::spiffe_id("pod-b");
+    {
+        let mut procs_now = procs.borrow_mut();
+        procs_now.spawn(
+            "pod-b/app",
+            &bin(&setup.bins, "demo-app")?,
+            &[
+                "serve".into(),
+                "--listen".into(),
+                local(p.app_b),
+                "--name".into(),
+                "pod-b".into(),
+                "--config-dir".into(),
+                s(&volume.join("current")),
+            ],
+        )?;
+        procs_now.spawn(
+            "pod-b/ambassador",
+            &bin(&setup.bins, "ambassador")?,
+            &[
+                "--cert".into(),
+                s(&cert_b.join("tls.crt")),
+                "--key".into(),
+                s(&cert_b.join("tls.key")),
+                "--ca".into(),
+                s(&cert_b.join("ca.crt")),
+                "--inbound-listen".into(),
+                local(p.inbound_b),
+                "--inbound-app".into(),
+                local(p.app_b),
+                "--allow-spiffe".into(),
+                id_a.clone(),
+                "--admin-addr".into(),
+                local(p.admin_ambassador_b),
+            ],
+        )?;
+        procs_now.spawn(
+            "pod-b/xml-adapter",
+            &bin(&setup.bins, "xml-adapter")?,
+            &[
+                "--config".into(),
+                s(&mapping),
+                "--listen".into(),
+                local(p.metrics_b),
+                "--upstream".into(),
+                format!("http://{}/status.xml", local(p.app_b)),
+                "--admin-addr".into(),
+                local(p.admin_adapter_b),
+            ],
+        )?;
+        procs_now.spawn(
+            "pod-b/git-sync",
+            &bin(&setup.bins, "git-sync")?,
+            &[
+                "--repo".into(),
+                s(&repo_dir),
+                "--ref".into(),
+                "main".into(),
+                "--root".into(),
+                s(&volume),
+                "--link".into(),
+                "current".into(),
+                "--period".into(),
+                "1s".into(),
+                "--admin-addr".into(),
+                local(p.admin_git_sync_b),
+            ],
+        )?;
+        procs_now.spawn(
+            "pod-a/ambassador",
+            &bin(&setup.bins, "ambassador")?,
+            &[
+                "--cert".into(),
+                s(&cert_a.join("tls.crt")),
+                "--key".into(),
+                s(&cert_a.join("tls.key")),
+                "--ca".into(),
+                s(&cert_a.join("ca.crt")),
+                "--outbound-listen".into(),
+                local(p.outbound_a),
+                "--outbound-endpoints".into(),
+                local(p.inbound_b),
+                "--outbound-identity".into(),
+                id_b,
+                "--admin-addr".into(),
+                local(p.admin_ambassador_a),
+            ],
+        )?;
+    }
+
+    println!("\nWaiting for the sidecars to be ready...");
+    for (name, port) in [
+        ("pod-b/ambassador", p.admin_ambassador_b),
+        ("pod-b/xml-adapter", p.admin_adapter_b),
+        ("pod-b/git-sync", p.admin_git_sync_b),
+        ("pod-a/ambassador", p.admin_ambassador_a),
+    ] {
+        let ready = ready_within(&http, port, Duration::from_secs(30)).await;
+        checks.record(
+            &format!("{name} is ready (/readyz on {})", local(port)),
+            ready,
+            &format!("see {}", setup.logs.join(log_name(name)).display()),
+        );
+    }
+
+    // Calls through the mesh from now until a certificate rotation has been seen.
+    let mesh_url = format!("http://{}/", local(p.outbound_a));
+    let load = Load::start(http.clone(), mesh_url.clone(), "hello from pod-b".into());
+    let admin_a = format!("http://{}/metrics", local(p.admin_ambassador_a));
+    let admin_b = format!("http://{}/metrics", local(p.admin_ambassador_b));
+    let first = [
+        serial(&http, &admin_a, "pod-a").await,
+        serial(&http, &admin_b, "pod-b").await,
+    ];
+
+    println!("\nWhat the sidecars do:");
+    let mesh = get(&http, &mesh_url).await;
+    let mesh_ok = mesh.as_ref().is_ok_and(|(status, body)| {
+        *status == 200 && body.contains("hello from pod-b") && body.contains(&id_a)
+    });
+    checks.record(
+        "pod A's app calls pod B over mTLS through both ambassadors; pod B's app sees pod A's SPIFFE ID",
+        mesh_ok,
+        &format!("{mesh:?}"),
+    );
+
+    let no_cert = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(5))
+        .build()?
+        .get(format!("https://{}/", local(p.inbound_b)))
+        .send()
+        .await;
+    checks.record(
+        "a caller without a certificate is refused by pod B's ambassador",
+        no_cert.is_err(),
+        &format!("{no_cert:?}"),
+    );
+
+    let metrics_url = format!("http://{}/metrics", local(p.metrics_b));
+    let metrics_ok = wait_until(Duration::from_secs(10), || async {
+        get(&http, &metrics_url).await.is_ok_and(|(status, body)| {
+            status == 200
+                && body.contains("legacy_app_healthy{server=\"pod-b\"} 1")
+                && body.contains("legacy_app_up 1")
+        })
+    })
+    .await;
+    checks.record(
+        "the xml-adapter serves pod B's XML status page as Prometheus metrics",
+        metrics_ok,
+        &metrics_url,
+    );
+
+    let config_url = format!("http://{}/config/app.yaml", local(p.app_b));
+    let first_config = serves_within(&http, &config_url, "greeting: hello\n").await;
+    checks.record(
+        "git-sync published the config repository into pod B's config volume",
+        first_config,
+        &config_url,
+    );
+    git::commit(
+        &repo,
+        "app.yaml",
+        "greeting: bonjour\n",
+        "change the greeting",
+    )?;
+    let second_config = serves_within(&http, &config_url, "greeting: bonjour\n").await;
+    checks.record(
+        "a new commit appears in the app's config within seconds",
+        second_config,
+        &config_url,
+    );
+
+    // The first renewal comes at 2/3 of the first certificate's lifetime; allow for a second.
+    println!(
+        "  (waiting for secrets-agent to renew the certificates: at 2/3 of their {}s life)",
+        setup.lifetime().as_secs()
+    );
+    let deadline = Instant::now() + setup.lifetime() * 2 + Duration::from_secs(10);
+    let (rotated, now) = loop {
+        let now = [
+            serial(&http, &admin_a, "pod-a").await,
+            serial(&http, &admin_b, "pod-b").await,
+        ];
+        let rotated = first
+            .iter()
+            .zip(&now)
+            .all(|(before, after)| before.is_some() && after.is_some() && before != after);
+        if rotated || Instant::now() >= deadline {
+            break (rotated, now);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let outcome = load.stop().await;
+    let after = get(&http, &mesh_url).await;
+    let after_ok = after
+        .as_ref()
+        .is_ok_and(|(status, body)| *status == 200 && body.contains("hello from pod-b"));
+    checks.record(
+        "secrets-agent renewed both pods' certificates and both ambassadors reloaded them, without a failed request",
+        rotated && outcome.failures.is_empty() && after_ok,
+        &format!(
+            "serials before {first:?}, now {now:?}; {} of {} requests failed, e.g. {:?}; after: {after:?}",
+            outcome.failures.len(),
+            outcome.sent,
+            outcome.failures.first()
+        ),
+    );
+    if rotated {
+        let show = |s: &Option<String>| s.as_deref().map(rotation::short).unwrap_or("?").to_owned();
+        println!(
+            "         pod A serial {} -> {}, pod B {} -> {}; {} requests through the mesh meanwhile, {} failed",
+            show(&first[0]),
+            show(&now[0]),
+            show(&first[1]),
+            show(&now[1]),
+            outcome.sent,
+            outcome.failures.len()
+        );
+    }
+    Ok(checks)
+}
+
+/// The serial of the certificate `pod`'s ambassador has in use, from its `/metrics`.
+async fn serial(http: &reqwest::Client, metrics_url: &str, pod: &str) -> Option<String> {
+    let (status, page) = get(http, metrics_url).await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    rotation::serial_in_use(&page, pod)
+}
+
+/// Whether the admin server on `port` answers `/readyz` with 200 within `limit`.
+async fn ready_within(http: &reqwest::Client, port: u16, limit: Duration) -> bool {
+    wait_until(limit, || async {
+        get(http, &format!("http://{}/readyz", local(port)))
+            .await
+            .is_ok_and(|(status, _)| status == 200)
+    })
+    .await
 }
 
 #[derive(Default)]
@@ -415,7 +549,10 @@ impl Checks {
     }
 }
 
-async fn get(http: &reqwest::Client, url: &str) -> Result<(u16, String), reqwest::Error> {
+pub(crate) async fn get(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<(u16, String), reqwest::Error> {
     let response = http.get(url).send().await?;
     let status = response.status().as_u16();
     Ok((status, response.text().await?))
@@ -445,39 +582,5 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The config repository, made and changed with git2 (no git program needed).
-pub(crate) mod git {
-    use std::path::Path;
-
-    use git2::{Repository, Signature};
-
-    pub fn init(dir: &Path) -> anyhow::Result<Repository> {
-        let mut options = git2::RepositoryInitOptions::new();
-        options.initial_head("main");
-        Ok(Repository::init_opts(dir, &options)?)
-    }
-
-    pub fn commit(
-        repo: &Repository,
-        file: &str,
-        content: &str,
-        message: &str,
-    ) -> anyhow::Result<()> {
-        let workdir = repo
-            .workdir()
-            .ok_or_else(|| anyhow::anyhow!("the config repository has no work tree"))?;
-        std::fs::write(workdir.join(file), content)?;
-        let mut index = repo.index()?;
-        index.add_path(Path::new(file))?;
-        index.write()?;
-        let tree = repo.find_tree(index.write_tree()?)?;
-        let author = Signature::now("demo", "demo@demo.local")?;
-        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
-        let parents: Vec<&git2::Commit> = parent.iter().collect();
-        repo.commit(Some("HEAD"), &author, &author, message, &tree, &parents)?;
-        Ok(())
     }
 }
