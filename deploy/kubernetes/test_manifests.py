@@ -221,6 +221,24 @@ class SecretsAgentTest(unittest.TestCase):
         self.assertTrue(any("plain init container" in p for p in problems_of(docs)))
 
 
+    def test_the_ambassador_reads_its_certificate_from_the_agent(self):
+        docs = rendered("ambassador-secrets-agent")
+        names = [c["name"] for c in pod(docs)["initContainers"]]
+        # The agent's startupProbe gates the ambassador, which needs the files at start.
+        self.assertEqual(names, ["secrets-agent", "ambassador"])
+        ambassador = container(docs, "ambassador")
+        self.assertIn({"name": "secrets", "mountPath": "/etc/ambassador/tls", "readOnly": True}, ambassador["volumeMounts"])
+        self.assertNotIn("ambassador-tls", {v["name"] for v in pod(docs)["volumes"]})
+        # The files the agent writes are the ones the ambassador's config names.
+        agent_config = yaml.safe_load(next(d for d in docs if d["metadata"]["name"] == "secrets-agent-config")["data"]["secrets-agent.yaml"])
+        written = {f["path"] for f in agent_config["files"]}
+        routes = yaml.safe_load(next(d for d in docs if d["metadata"]["name"] == "ambassador-config")["data"]["ambassador.yaml"])
+        for path in routes["tls"].values():
+            self.assertTrue(path.startswith("/etc/ambassador/tls/"), path)
+            self.assertIn(path.removeprefix("/etc/ambassador/tls/"), written)
+        self.assertEqual(problems_of(docs), [])
+
+
 class SchemaTest(unittest.TestCase):
     def test_schema_catches_unknown_and_mistyped_fields(self):
         docs = rendered("all")
