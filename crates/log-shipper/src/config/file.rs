@@ -127,6 +127,11 @@ pub struct RedactYaml {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SinkYaml {
     Http(HttpSinkYaml),
+    Elasticsearch(crate::config::sinks::ElasticsearchYaml),
+    SplunkHec(crate::config::sinks::SplunkHecYaml),
+    Loki(crate::config::sinks::LokiYaml),
+    Clickhouse(crate::config::sinks::ClickHouseYaml),
+    Syslog(crate::config::sinks::SyslogYaml),
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,7 @@ mod build;
 pub mod cli;
 pub mod file;
 mod plan;
+mod sinks;
 pub mod units;
 
 use std::collections::BTreeMap;

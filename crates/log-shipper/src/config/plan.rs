@@ -9,6 +9,7 @@ use crate::config::build::{
 };
 use crate::config::cli::{Cli, ParserKind};
 use crate::config::file::{self, FileConfig};
+use crate::config::sinks::store_sink;
 use crate::config::{ConfigError, InputKind, InputSpec, Plan};
 use crate::pipeline::parse::Parser;
 use crate::pipeline::{FormatSpec, PipelineSpec};
@@ -159,7 +160,10 @@ pub(super) fn plan_from_file(file: FileConfig, cli: &Cli) -> Result<Plan, Config
     for (name, sink) in &file.sinks {
         let prefix = format!("sinks.{name}");
         check_name(name, &prefix)?;
-        let file::SinkYaml::Http(h) = sink;
+        let file::SinkYaml::Http(h) = sink else {
+            sinks.push(store_sink(name, sink, cli, &prefix)?);
+            continue;
+        };
         let defaults = delivery_from_cli(cli);
         let delivery = Delivery {
             batch: BatchSpec {

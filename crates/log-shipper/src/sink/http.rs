@@ -151,16 +151,58 @@ impl<P: HttpProtocol> HttpSink<P> {
         })
     }
 
-    async fn send_events(&self, events: &[&Event]) -> Outcome {
+    /// The protocol.
+    pub fn protocol(&self) -> &P {
+        &self.protocol
+    }
+
+    /// The configured URL.
+    pub fn url(&self) -> &reqwest::Url {
+        &self.spec.url
+    }
+
+    /// Whether request bodies are gzipped.
+    pub fn gzip(&self) -> bool {
+        self.spec.gzip
+    }
+
+    /// Encodes `events`, POSTs them to the sink's URL and classifies the answer.
+    pub async fn send_events(&self, events: &[&Event]) -> Outcome {
         let mut body = Vec::with_capacity(events.iter().map(|e| e.size_hint()).sum());
         self.protocol.encode(events, &mut body);
         let bytes = body.len() as u64;
+        match self
+            .post(
+                &self.spec.url,
+                self.protocol.content_type(),
+                body,
+                self.spec.gzip,
+            )
+            .await
+        {
+            Ok(r) => self
+                .protocol
+                .classify(r.status, &r.headers, &r.body, events, bytes),
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// POSTs `body` to `url` on the shared client, with the sink's headers and token (and gzip
+    /// when `gzip`), and reads the whole answer. A transport error is the [`Outcome`] to report.
+    /// For protocols that need more than one request per batch (Splunk's acknowledgements).
+    pub async fn post(
+        &self,
+        url: &reqwest::Url,
+        content_type: &str,
+        mut body: Vec<u8>,
+        gzip: bool,
+    ) -> Result<Response, Outcome> {
         let client = self.client.load_full();
         let mut request = client
-            .post(self.spec.url.clone())
+            .post(url.clone())
             .headers(self.spec.headers.clone())
-            .header(CONTENT_TYPE, self.protocol.content_type());
-        if self.spec.gzip {
+            .header(CONTENT_TYPE, content_type);
+        if gzip {
             let mut gz = flate2::write::GzEncoder::new(
                 Vec::with_capacity(body.len() / 4),
                 flate2::Compression::fast(),
@@ -180,15 +222,25 @@ impl<P: HttpProtocol> HttpSink<P> {
                 let status = response.status();
                 let headers = response.headers().clone();
                 match response.bytes().await {
-                    Ok(body) => self
-                        .protocol
-                        .classify(status, &headers, &body, events, bytes),
-                    Err(e) => transport_error(&e),
+                    Ok(body) => Ok(Response {
+                        status,
+                        headers,
+                        body,
+                    }),
+                    Err(e) => Err(transport_error(&e)),
                 }
             }
-            Err(e) => transport_error(&e),
+            Err(e) => Err(transport_error(&e)),
         }
     }
+}
+
+/// An HTTP answer, read whole.
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: bytes::Bytes,
 }
 
 impl<P: HttpProtocol> Sink for HttpSink<P> {
@@ -221,7 +273,7 @@ fn transport_error(e: &reqwest::Error) -> Outcome {
     }
 }
 
-fn reloader(
+pub(crate) fn reloader(
     ctx: &SinkContext,
     cert: &Path,
     key: &Path,
@@ -249,7 +301,7 @@ fn reloader(
     Ok(r)
 }
 
-fn client_tls(
+pub(crate) fn client_tls(
     reloader: Option<&CredentialReloader>,
     bundle: Option<&TrustBundle>,
     expected: &ExpectedIdentity,

@@ -8,13 +8,20 @@
 //! [`http::HttpProtocol`] (a request encoder and a response classifier) on the shared
 //! [`http::HttpSink`] (client, TLS, gzip, token file); [`ndjson`] is the generic one.
 
+pub mod auth;
+pub mod clickhouse;
 pub mod deadletter;
 pub mod disk;
 pub mod driver;
+pub mod elasticsearch;
 pub mod http;
+pub mod isolate;
+pub mod loki;
 pub mod ndjson;
 pub mod queue;
 pub mod retry;
+pub mod splunk;
+pub mod syslog;
 
 use std::future::Future;
 use std::ops::Range;
@@ -186,6 +193,16 @@ mod tests {
 pub enum SinkKind {
     /// Generic HTTP, NDJSON body.
     Http(http::HttpSinkSpec),
+    /// Elasticsearch / OpenSearch `_bulk`.
+    Elasticsearch(elasticsearch::ElasticsearchSpec),
+    /// Splunk HTTP Event Collector.
+    SplunkHec(splunk::SplunkSpec),
+    /// Grafana Loki push API (JSON).
+    Loki(loki::LokiSpec),
+    /// ClickHouse over HTTP, JSONEachRow.
+    ClickHouse(clickhouse::ClickHouseSpec),
+    /// RFC 5424 over TCP or TLS, octet counting.
+    Syslog(syslog::SyslogSpec),
 }
 
 /// A configured sink.
@@ -200,5 +217,18 @@ pub struct SinkSpec {
 pub fn build(kind: &SinkKind, ctx: &http::SinkContext) -> Result<Arc<dyn Sink>, String> {
     Ok(match kind {
         SinkKind::Http(spec) => Arc::new(http::HttpSink::new(ndjson::Ndjson, spec.clone(), ctx)?),
+        SinkKind::Elasticsearch(spec) => Arc::new(http::HttpSink::new(
+            elasticsearch::Elasticsearch::new(spec),
+            spec.http.clone(),
+            ctx,
+        )?),
+        SinkKind::SplunkHec(spec) => Arc::new(splunk::SplunkHec::new(spec, ctx)?),
+        SinkKind::Loki(spec) => Arc::new(http::HttpSink::new(
+            loki::Loki::new(spec),
+            spec.http.clone(),
+            ctx,
+        )?),
+        SinkKind::ClickHouse(spec) => Arc::new(clickhouse::ClickHouse::new(spec, ctx)?),
+        SinkKind::Syslog(spec) => Arc::new(syslog::Syslog::new(spec.clone(), ctx)?),
     })
 }
