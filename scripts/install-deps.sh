@@ -17,7 +17,21 @@ met() { # CHECK -> whether it is there
   esac
 }
 
-apt_missing=(); pip_missing=()
+# A `deb` need is a Debian package that conflicts with another on the lists (syslog-ng-core and
+# rsyslog are both the system's log daemon): it is unpacked, not installed, under
+# /opt/deb/PACKAGE (its CHECK is a path there), and what it depends on is installed.
+deb_unpack() { # PACKAGE
+  local dir tmp
+  dir=/opt/deb/$1 tmp=$(mktemp -d)
+  (cd "$tmp" && $sudo apt-get download -qq "$1" 2>/dev/null)
+  $sudo mkdir -p "$dir"
+  $sudo dpkg-deb -x "$tmp"/"$1"_*.deb "$dir"
+  # Its dependencies (the first of each alternative), without versions.
+  dpkg-deb -f "$tmp"/"$1"_*.deb Depends | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/ //g' | grep -v '^$'
+  rm -rf "$tmp"
+}
+
+apt_missing=(); pip_missing=(); deb_missing=()
 for list in "$@"; do
   file="$DEPS/$list.txt"
   [ -f "$file" ] || { echo "install-deps: no list $file" >&2; exit 2; }
@@ -27,6 +41,7 @@ for list in "$@"; do
     case $kind in
       apt) apt_missing+=("$package") ;;
       pip) pip_missing+=("$package") ;;
+      deb) deb_missing+=("$package") ;;
       *) echo "install-deps: $file: unknown kind '$kind'" >&2; exit 2 ;;
     esac
   done <"$file"
@@ -48,6 +63,15 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "installing (apt): ${apt_missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+fi
+if [ ${#deb_missing[@]} -gt 0 ]; then
+  command -v dpkg-deb >/dev/null 2>&1 || { echo "install-deps: unpacking ${deb_missing[*]} needs Debian's dpkg-deb" >&2; exit 1; }
+  [ ${#apt_missing[@]} -gt 0 ] || $sudo apt-get update -qq
+  for package in "${deb_missing[@]}"; do
+    echo "unpacking (deb): $package into /opt/deb/$package"
+    mapfile -t deps < <(deb_unpack "$package")
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${deps[@]}" >/dev/null
+  done
 fi
 if [ ${#pip_missing[@]} -gt 0 ]; then
   mapfile -t pip_missing < <(printf '%s\n' "${pip_missing[@]}" | sort -u)
