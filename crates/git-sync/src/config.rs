@@ -12,7 +12,9 @@ use sidecar_kit::notify::{NotifyArgs, NotifyConfig};
 
 use crate::credentials::{Credentials, redact_url};
 use crate::git::{RefTarget, Source};
+use crate::selection::Selection;
 use crate::signature::{Policy, TrustedKeys};
+use crate::submodules::SubmoduleMode;
 use crate::transport::HttpSettings;
 use crate::transport::proxy::ProxySettings;
 
@@ -60,6 +62,23 @@ pub struct Cli {
     /// Directory holding the link, the published trees and the private repository.
     #[arg(long, env = "ROOT", help_heading = "Publishing")]
     pub root: PathBuf,
+    /// Publish this directory of the repository only: it becomes the root of the published tree.
+    #[arg(long, env = "SUBPATH", help_heading = "Publishing")]
+    pub subpath: Option<String>,
+    /// Export only these paths (directories or files, relative to --subpath), with their parent
+    /// directories: a sparse checkout of a large monorepo. Repeatable (comma-separated in the
+    /// variable).
+    #[arg(
+        long,
+        env = "SPARSE_PATHS",
+        value_delimiter = ',',
+        help_heading = "Publishing"
+    )]
+    pub sparse_path: Vec<String>,
+    /// Submodules: fetched and published in the tree (recursive: theirs too; top-level: the
+    /// repository's own only), or left out (off).
+    #[arg(long, env = "SUBMODULES", value_enum, default_value_t = SubmoduleMode::Recursive, help_heading = "Source")]
+    pub submodules: SubmoduleMode,
     /// Name of the symlink under --root that the app reads.
     #[arg(
         long,
@@ -68,6 +87,14 @@ pub struct Cli {
         help_heading = "Publishing"
     )]
     pub link: String,
+    /// Make everything git-sync writes group-writable (umask 002, executables 0775), for an
+    /// app that runs as another user of the same group (Kubernetes' fsGroup).
+    #[arg(long, env = "GROUP_WRITE", help_heading = "Publishing")]
+    pub group_write: bool,
+    /// File the last error is written to (Kubernetes' terminationMessagePath, e.g.
+    /// /dev/termination-log), emptied after a good sync. Relative to --root unless absolute.
+    #[arg(long, env = "ERROR_FILE", help_heading = "Publishing")]
+    pub error_file: Option<PathBuf>,
     /// Command run in the staged tree before publishing; a non-zero exit keeps the old tree.
     #[arg(long, env = "VALIDATE_COMMAND", help_heading = "Publishing")]
     pub validate_command: Option<String>,
@@ -202,6 +229,11 @@ pub struct Config {
     pub verify: Policy,
     /// Loaded at start (a bad file is a config error); re-read by the syncer when they change.
     pub trusted_keys: TrustedKeys,
+    pub selection: Selection,
+    pub submodules: SubmoduleMode,
+    pub group_write: bool,
+    /// Absolute.
+    pub error_file: Option<PathBuf>,
     /// The hooks run after a publish; the command runs in the link.
     pub notify: NotifyConfig,
     /// `--ref` as given, for the hooks.
@@ -335,6 +367,8 @@ impl Config {
                 proxy,
             },
         };
+        let selection = Selection::parse(cli.subpath.as_deref(), &cli.sparse_path)
+            .map_err(ConfigError::value)?;
         let has_keys = !cli.allowed_signers_file.is_empty() || !cli.openpgp_keys_file.is_empty();
         let trusted_keys = match (cli.verify_signatures, has_keys) {
             (Policy::Off, false) => TrustedKeys::default(),
@@ -351,6 +385,7 @@ impl Config {
             (_, true) => TrustedKeys::load(&cli.allowed_signers_file, &cli.openpgp_keys_file)
                 .map_err(ConfigError::value)?,
         };
+        let error_file = cli.error_file.as_ref().map(|f| root.join(f));
         let mut notify = cli.notify.to_config()?;
         if let Some(command) = &mut notify.command {
             command.cwd = Some(root.join(&cli.link));
@@ -377,6 +412,10 @@ impl Config {
             sync_secret_file: cli.sync_secret_file.clone(),
             verify: cli.verify_signatures,
             trusted_keys,
+            selection,
+            submodules: cli.submodules,
+            group_write: cli.group_write,
+            error_file,
             log_filter: cli.kit.log_level.clone(),
             log_format: match cli.kit.log_format {
                 LogFormat::Json => "json",
@@ -518,5 +557,89 @@ mod tests {
                 .contains("--verify-signatures")
         );
         assert_eq!(with(&[]).unwrap().verify, Policy::Off);
+    }
+
+    #[test]
+    fn transport_and_tree_flags_are_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.crt");
+        std::fs::write(&not_pem, "not a certificate\n").unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t\n").unwrap();
+        let base = ["--repo", "https://h/r", "--root", "/tmp/x"];
+        let with = |extra: &[&str]| {
+            let mut v: Vec<&str> = base.to_vec();
+            v.extend_from_slice(extra);
+            parse(&v)
+        };
+        let token = token.to_str().unwrap();
+        assert!(
+            with(&["--ca-file", not_pem.to_str().unwrap()])
+                .unwrap_err()
+                .contains("--ca-file")
+        );
+        assert!(
+            with(&["--client-cert-file", "/x.crt"])
+                .unwrap_err()
+                .contains("--client-key-file")
+        );
+        assert!(
+            with(&[
+                "--bearer-token-file",
+                token,
+                "--username",
+                "u",
+                "--password-file",
+                token
+            ])
+            .unwrap_err()
+            .contains("give one")
+        );
+        assert!(
+            with(&["--proxy", "socks5://p:1"])
+                .unwrap_err()
+                .contains("--proxy")
+        );
+        assert!(
+            with(&["--subpath", "a/../../etc"])
+                .unwrap_err()
+                .contains("--subpath")
+        );
+        assert!(
+            with(&["--sparse-path", ".git"])
+                .unwrap_err()
+                .contains("--sparse-path")
+        );
+        assert!(
+            with(&["--submodules", "some"])
+                .unwrap_err()
+                .contains("--submodules")
+        );
+        let c = with(&[
+            "--bearer-token-file",
+            token,
+            "--proxy",
+            "http://p:3128",
+            "--no-proxy",
+            "internal",
+            "--subpath",
+            "apps/",
+            "--sparse-path",
+            "web,api",
+            "--error-file",
+            "err.log",
+            "--group-write",
+        ])
+        .unwrap();
+        assert_eq!(c.source.http.proxy.https.as_ref().unwrap().port, 3128);
+        assert_eq!(c.source.http.proxy.no_proxy, vec!["internal"]);
+        assert_eq!(c.selection.subpath.as_deref(), Some("apps"));
+        assert_eq!(c.selection.sparse, vec!["api", "web"]);
+        assert_eq!(
+            c.error_file.as_deref(),
+            Some(std::path::Path::new("/tmp/x/err.log"))
+        );
+        assert!(c.group_write);
+        assert_eq!(c.submodules, SubmoduleMode::Recursive);
     }
 }

@@ -1,4 +1,5 @@
-//! Writes a commit's tree into a directory: plain files, no `.git`, modes and symlinks kept.
+//! Writes a commit's tree into a directory: plain files, no `.git`, modes and symlinks kept;
+//! only the `--subpath`/`--sparse-path` selection; submodules from their own repositories.
 //!
 //! Files whose blob and mode did not change since the previously published revision are
 //! hard-linked from that revision's tree instead of written again, so an incremental sync of
@@ -14,6 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use git2::{ObjectType, Oid, Repository, Tree, TreeEntry};
 
+use crate::git::oid_text;
+use crate::selection::{Decision, Selection};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("reading {what} from the private repository: {message}")]
@@ -27,6 +31,13 @@ pub enum ExportError {
     UnsafeName(String),
     #[error("the export was stopped (--sync-timeout or shutdown)")]
     Cancelled,
+    #[error("{flag} {path:?} is not in commit {commit}{why}")]
+    NotInCommit {
+        flag: &'static str,
+        path: String,
+        commit: Oid,
+        why: &'static str,
+    },
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +55,35 @@ pub struct ExportStats {
 pub struct Previous<'a> {
     pub commit: Oid,
     pub dir: &'a Path,
+}
+
+/// A submodule whose commit the network worker fetched into a repository of its own.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Submodule {
+    /// Its path in the superproject, from the repository's root (`vendor/lib`; a nested
+    /// submodule's path runs through its parent's).
+    pub path: String,
+    /// The bare repository holding its commit.
+    pub repo: PathBuf,
+    #[serde(with = "oid_text")]
+    pub commit: Oid,
+}
+
+/// What to export.
+#[derive(Debug, Clone, Copy)]
+pub struct Export<'a> {
+    /// The private repository (the caller holds no handle on it, see [`BATCH_BYTES`]).
+    pub repo: &'a Path,
+    pub commit: Oid,
+    /// Must not exist yet.
+    pub dest: &'a Path,
+    pub previous: Option<Previous<'a>>,
+    pub selection: &'a Selection,
+    pub submodules: &'a [Submodule],
+    /// `--group-write`: executables get 0775 (other files and directories follow the umask,
+    /// which --group-write sets to 002), and a previous tree that is not group-writable is not
+    /// reused.
+    pub group_write: bool,
 }
 
 fn git_err(what: impl Into<String>, e: git2::Error) -> ExportError {
@@ -70,48 +110,64 @@ struct Pending {
     path: PathBuf,
     oid: Oid,
     mode: i32,
+    /// Index of its repository: 0 the private one, 1 + n the n-th submodule's.
+    repo: usize,
 }
 
-/// Exports `commit`'s tree into `dest` (which must not exist yet), reading from the
-/// repository at `repo_path`. The caller must not hold a handle on that repository (see
-/// [`BATCH_BYTES`]).
+/// Exports the commit's tree (its selected part) into `dest`.
 pub fn export_commit(
-    repo_path: &Path,
-    commit: Oid,
-    dest: &Path,
-    previous: Option<Previous<'_>>,
+    spec: &Export<'_>,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<ExportStats, ExportError> {
-    let open = || {
-        Repository::open_bare(repo_path).map_err(|e| git_err("opening the private repository", e))
-    };
+    let mut repo_paths = vec![spec.repo.to_path_buf()];
+    repo_paths.extend(spec.submodules.iter().map(|s| s.repo.clone()));
     let mut stats = ExportStats::default();
     // 1. Walk the trees: create directories, hard-link unchanged files, list the rest.
     let pending = {
-        let repo = open()?;
-        let tree = repo
-            .find_commit(commit)
+        let repos = repo_paths
+            .iter()
+            .map(|p| {
+                Repository::open_bare(p)
+                    .map_err(|e| git_err(format!("opening the repository {}", p.display()), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let repo = &repos[0];
+        let root = repo
+            .find_commit(spec.commit)
             .and_then(|c| c.tree())
-            .map_err(|e| git_err(format!("commit {commit}"), e))?;
+            .map_err(|e| git_err(format!("commit {}", spec.commit), e))?;
+        let tree = selected_tree(repo, &root, spec.selection, spec.commit)?;
         // The previous revision's tree, if its commit is still in the private repository and
         // its directory still exists; otherwise everything is written.
-        let previous_tree = previous.and_then(|p| {
-            let tree = repo.find_commit(p.commit).and_then(|c| c.tree()).ok()?;
-            p.dir.is_dir().then(|| (tree, p.dir.to_path_buf()))
+        let previous_tree = spec.previous.and_then(|p| {
+            let root = repo.find_commit(p.commit).and_then(|c| c.tree()).ok()?;
+            let tree = selected_tree(repo, &root, spec.selection, p.commit).ok()?;
+            let mode = fs::metadata(p.dir).ok()?.permissions().mode();
+            let reusable = !spec.group_write || mode & 0o020 != 0;
+            (p.dir.is_dir() && reusable).then(|| (tree, p.dir.to_path_buf()))
         });
-        fs::create_dir(dest).map_err(|e| io_err(dest, e))?;
-        let mut path = dest.to_path_buf();
+        fs::create_dir(spec.dest).map_err(|e| io_err(spec.dest, e))?;
+        let mut path = spec.dest.to_path_buf();
         let mut walk = Walk {
-            repo: &repo,
+            repos: &repos,
+            submodules: spec.submodules,
+            selection: spec.selection,
             stats: &mut stats,
             cancelled,
             pending: Vec::new(),
         };
+        let mut rel = String::new();
+        let all = spec.selection.sparse.is_empty();
         match previous_tree {
-            Some((prev_tree, mut prev_dir)) => {
-                walk.tree(&tree, &mut path, Some((&prev_tree, &mut prev_dir)))?
-            }
-            None => walk.tree(&tree, &mut path, None)?,
+            Some((prev_tree, mut prev_dir)) => walk.tree(
+                0,
+                &tree,
+                &mut path,
+                &mut rel,
+                all,
+                Some((&prev_tree, &mut prev_dir)),
+            )?,
+            None => walk.tree(0, &tree, &mut path, &mut rel, all, None)?,
         }
         walk.pending
     };
@@ -123,19 +179,85 @@ pub fn export_commit(
             .map_or(1, |n| n.get())
             .min(4)
     };
-    let (written, bytes) = write_pending(repo_path, &pending, workers, cancelled)?;
+    let exec_mode = if spec.group_write { 0o775 } else { 0o755 };
+    let (written, bytes) = write_pending(&repo_paths, &pending, workers, exec_mode, cancelled)?;
     stats.written += written;
     stats.bytes_written += bytes;
     Ok(stats)
+}
+
+/// The tree the selection publishes: the commit's, or its --subpath directory's; every
+/// --sparse-path must be in it.
+fn selected_tree<'r>(
+    repo: &'r Repository,
+    root: &Tree<'r>,
+    selection: &Selection,
+    commit: Oid,
+) -> Result<Tree<'r>, ExportError> {
+    let missing = |flag, path: &str, why| ExportError::NotInCommit {
+        flag,
+        path: path.to_string(),
+        commit,
+        why,
+    };
+    let tree = match &selection.subpath {
+        None => root.clone(),
+        Some(sub) => {
+            let entry = root
+                .get_path(Path::new(sub))
+                .map_err(|_| missing("--subpath", sub, ""))?;
+            match entry.kind() {
+                Some(ObjectType::Tree) => repo
+                    .find_tree(entry.id())
+                    .map_err(|e| git_err(format!("tree {}", entry.id()), e))?,
+                Some(ObjectType::Commit) => {
+                    return Err(missing(
+                        "--subpath",
+                        sub,
+                        " as a directory: it is a submodule, give a path in the superproject",
+                    ));
+                }
+                _ => return Err(missing("--subpath", sub, " as a directory: it is a file")),
+            }
+        }
+    };
+    for wanted in &selection.sparse {
+        if !path_exists(repo, &tree, wanted) {
+            return Err(missing("--sparse-path", wanted, ""));
+        }
+    }
+    Ok(tree)
+}
+
+/// Whether `path` is in the tree; a path that runs into a submodule counts as present.
+fn path_exists(repo: &Repository, tree: &Tree<'_>, path: &str) -> bool {
+    let mut current = tree.clone();
+    let mut parts = path.split('/').peekable();
+    while let Some(part) = parts.next() {
+        let (kind, id) = match current.get_name(part) {
+            Some(entry) => (entry.kind(), entry.id()),
+            None => return false,
+        };
+        match kind {
+            Some(ObjectType::Commit) => return true,
+            Some(ObjectType::Tree) if parts.peek().is_some() => match repo.find_tree(id) {
+                Ok(next) => current = next,
+                Err(_) => return false,
+            },
+            _ => return parts.peek().is_none(),
+        }
+    }
+    true
 }
 
 /// Writes the pending blobs with `workers` threads, each with its own repository handle.
 /// Work goes in rounds of about [`BATCH_BYTES`] in all: at the end of a round every thread
 /// drops its handle (so libgit2 unmaps the pack, see [`BATCH_BYTES`]) before any reopens.
 fn write_pending(
-    repo_path: &Path,
+    repo_paths: &[PathBuf],
     pending: &[Pending],
     workers: usize,
+    exec_mode: u32,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<(u64, u64), ExportError> {
     let next = AtomicUsize::new(0);
@@ -147,31 +269,40 @@ fn write_pending(
         let mut error = None;
         loop {
             if error.is_none() && !failed.load(Ordering::SeqCst) {
-                match Repository::open_bare(repo_path) {
-                    Ok(repo) => {
-                        let mut round = 0usize;
-                        while round < per_round {
-                            let i = next.fetch_add(1, Ordering::SeqCst);
-                            let Some(item) = pending.get(i) else { break };
-                            if cancelled() {
-                                error = Some(ExportError::Cancelled);
+                // Opened when first needed in the round, all closed at its end.
+                let mut handles: Vec<Option<Repository>> =
+                    repo_paths.iter().map(|_| None).collect();
+                let mut round = 0usize;
+                while round < per_round {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(item) = pending.get(i) else { break };
+                    if cancelled() {
+                        error = Some(ExportError::Cancelled);
+                        break;
+                    }
+                    let repo = match &mut handles[item.repo] {
+                        Some(repo) => repo,
+                        slot => match Repository::open_bare(&repo_paths[item.repo]) {
+                            Ok(repo) => slot.insert(repo),
+                            Err(e) => {
+                                error = Some(git_err("opening the private repository", e));
                                 break;
                             }
-                            match write_blob(&repo, item) {
-                                Ok(n) => {
-                                    round += n;
-                                    written += 1;
-                                    bytes += n as u64;
-                                }
-                                Err(e) => {
-                                    error = Some(e);
-                                    break;
-                                }
-                            }
+                        },
+                    };
+                    match write_blob(repo, item, exec_mode) {
+                        Ok(n) => {
+                            round += n;
+                            written += 1;
+                            bytes += n as u64;
+                        }
+                        Err(e) => {
+                            error = Some(e);
+                            break;
                         }
                     }
-                    Err(e) => error = Some(git_err("opening the private repository", e)),
                 }
+                drop(handles);
                 if error.is_some() {
                     failed.store(true, Ordering::SeqCst);
                 }
@@ -209,7 +340,7 @@ fn write_pending(
                 }
                 Err(_) => {
                     first_error.get_or_insert(ExportError::Io {
-                        path: repo_path.to_path_buf(),
+                        path: repo_paths[0].clone(),
                         source: std::io::Error::other("an export thread panicked"),
                     });
                 }
@@ -222,16 +353,16 @@ fn write_pending(
     })
 }
 
-fn write_blob(repo: &Repository, item: &Pending) -> Result<usize, ExportError> {
+fn write_blob(repo: &Repository, item: &Pending, exec_mode: u32) -> Result<usize, ExportError> {
     let blob = repo
         .find_blob(item.oid)
         .map_err(|e| git_err(format!("blob {}", item.oid), e))?;
     let content = blob.content();
-    write_file(&item.path, content, item.mode)?;
+    write_file(&item.path, content, item.mode, exec_mode)?;
     Ok(content.len())
 }
 
-fn write_file(path: &Path, content: &[u8], mode: i32) -> Result<(), ExportError> {
+fn write_file(path: &Path, content: &[u8], mode: i32, exec_mode: u32) -> Result<(), ExportError> {
     if mode == 0o120000 {
         let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(content);
         return std::os::unix::fs::symlink(target, path).map_err(|e| io_err(path, e));
@@ -239,24 +370,31 @@ fn write_file(path: &Path, content: &[u8], mode: i32) -> Result<(), ExportError>
     let mut file = fs::File::create(path).map_err(|e| io_err(path, e))?;
     file.write_all(content).map_err(|e| io_err(path, e))?;
     if mode == 0o100755 {
-        file.set_permissions(fs::Permissions::from_mode(0o755))
+        file.set_permissions(fs::Permissions::from_mode(exec_mode))
             .map_err(|e| io_err(path, e))?;
     }
     Ok(())
 }
 
 struct Walk<'r, 's> {
-    repo: &'r Repository,
+    /// 0: the private repository; 1 + n: the n-th submodule's.
+    repos: &'r [Repository],
+    submodules: &'s [Submodule],
+    selection: &'s Selection,
     stats: &'s mut ExportStats,
     cancelled: &'s dyn Fn() -> bool,
     pending: Vec<Pending>,
 }
 
 impl Walk<'_, '_> {
+    /// `rel`: the path of `tree` in the published tree; `all`: everything under it is wanted.
     fn tree(
         &mut self,
+        repo: usize,
         tree: &Tree<'_>,
         dir: &mut PathBuf,
+        rel: &mut String,
+        all: bool,
         mut previous: Option<(&Tree<'_>, &mut PathBuf)>,
     ) -> Result<(), ExportError> {
         if (self.cancelled)() {
@@ -264,20 +402,43 @@ impl Walk<'_, '_> {
         }
         for entry in tree.iter() {
             let name = safe_name(&entry)?;
+            let rel_len = rel.len();
+            if !rel.is_empty() {
+                rel.push('/');
+            }
+            rel.push_str(name);
+            let decision = if all {
+                Decision::All
+            } else {
+                self.selection.decide(rel)
+            };
+            if decision == Decision::Skip {
+                rel.truncate(rel_len);
+                continue;
+            }
             dir.push(name);
             let old = previous
                 .as_mut()
                 .and_then(|(t, d)| t.get_name(name).map(|e| (e.to_owned(), &mut **d)));
+            let all = decision == Decision::All;
             let result = match old {
                 Some((old_entry, old_dir)) => {
                     old_dir.push(name);
-                    let r = self.entry(&entry, dir, Some((&old_entry, &mut *old_dir)));
+                    let r = self.entry(
+                        repo,
+                        &entry,
+                        dir,
+                        rel,
+                        all,
+                        Some((&old_entry, &mut *old_dir)),
+                    );
                     old_dir.pop();
                     r
                 }
-                None => self.entry(&entry, dir, None),
+                None => self.entry(repo, &entry, dir, rel, all, None),
             };
             dir.pop();
+            rel.truncate(rel_len);
             result?;
         }
         Ok(())
@@ -285,28 +446,35 @@ impl Walk<'_, '_> {
 
     fn entry(
         &mut self,
+        repo: usize,
         entry: &TreeEntry<'_>,
         path: &mut PathBuf,
+        rel: &mut String,
+        all: bool,
         previous: Option<(&TreeEntry<'_>, &mut PathBuf)>,
     ) -> Result<(), ExportError> {
+        let repos = self.repos;
         match entry.kind() {
             Some(ObjectType::Tree) => {
                 fs::create_dir(&*path).map_err(|e| io_err(path, e))?;
-                let subtree = self
-                    .repo
+                let subtree = repos[repo]
                     .find_tree(entry.id())
                     .map_err(|e| git_err(format!("tree {}", entry.id()), e))?;
                 let old_subtree = previous.and_then(|(old, dir)| {
                     let tree = (old.kind() == Some(ObjectType::Tree))
-                        .then(|| self.repo.find_tree(old.id()).ok())
+                        .then(|| repos[repo].find_tree(old.id()).ok())
                         .flatten()?;
                     Some((tree, dir))
                 });
                 match old_subtree {
-                    Some((tree, dir)) => self.tree(&subtree, path, Some((&tree, dir))),
-                    None => self.tree(&subtree, path, None),
+                    Some((tree, dir)) => {
+                        self.tree(repo, &subtree, path, rel, all, Some((&tree, dir)))
+                    }
+                    None => self.tree(repo, &subtree, path, rel, all, None),
                 }
             }
+            // A file on the way to a wanted path is not wanted itself.
+            Some(ObjectType::Blob) if !all => Ok(()),
             Some(ObjectType::Blob) => {
                 let unchanged = previous.as_ref().is_some_and(|(old, _)| {
                     old.id() == entry.id() && old.filemode() == entry.filemode()
@@ -323,16 +491,55 @@ impl Walk<'_, '_> {
                     path: path.clone(),
                     oid: entry.id(),
                     mode: entry.filemode(),
+                    repo,
                 });
                 Ok(())
             }
-            Some(ObjectType::Commit) => {
-                // A submodule: its commit lives in another repository, which we do not fetch.
-                tracing::warn!(path = %path.display(), "skipping a submodule (not supported)");
-                self.stats.skipped_submodules += 1;
-                Ok(())
-            }
+            Some(ObjectType::Commit) => self.submodule(entry, path, rel, all, previous),
             _ => Ok(()),
+        }
+    }
+
+    /// A gitlink: the submodule's tree from its own repository, when it was fetched.
+    fn submodule(
+        &mut self,
+        entry: &TreeEntry<'_>,
+        path: &mut PathBuf,
+        rel: &mut String,
+        all: bool,
+        previous: Option<(&TreeEntry<'_>, &mut PathBuf)>,
+    ) -> Result<(), ExportError> {
+        let repo_path = self.selection.repo_path(rel);
+        let Some(index) = self
+            .submodules
+            .iter()
+            .position(|s| s.path == repo_path && s.commit == entry.id())
+        else {
+            tracing::warn!(path = %repo_path, commit = %entry.id(), "skipping a submodule that was not fetched (--submodules off, or no .gitmodules entry)");
+            self.stats.skipped_submodules += 1;
+            return Ok(());
+        };
+        let repo = index + 1;
+        let repos = self.repos;
+        let tree = repos[repo]
+            .find_commit(entry.id())
+            .and_then(|c| c.tree())
+            .map_err(|e| git_err(format!("submodule {repo_path} commit {}", entry.id()), e))?;
+        fs::create_dir(&*path).map_err(|e| io_err(path, e))?;
+        let old_tree = previous.and_then(|(old, dir)| {
+            let tree = (old.kind() == Some(ObjectType::Commit))
+                .then(|| {
+                    repos[repo]
+                        .find_commit(old.id())
+                        .and_then(|c| c.tree())
+                        .ok()
+                })
+                .flatten()?;
+            Some((tree, dir))
+        });
+        match old_tree {
+            Some((old, dir)) => self.tree(repo, &tree, path, rel, all, Some((&old, dir))),
+            None => self.tree(repo, &tree, path, rel, all, None),
         }
     }
 }
@@ -358,6 +565,28 @@ fn safe_name<'a>(entry: &'a TreeEntry<'_>) -> Result<&'a str, ExportError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    fn export(
+        repo: &Path,
+        commit: Oid,
+        dest: &Path,
+        previous: Option<Previous<'_>>,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<ExportStats, ExportError> {
+        let everything = Selection::default();
+        export_commit(
+            &Export {
+                repo,
+                commit,
+                dest,
+                previous,
+                selection: &everything,
+                submodules: &[],
+                group_write: false,
+            },
+            cancelled,
+        )
+    }
 
     fn commit(repo: &Repository, files: &[(&str, &str)], parent: Option<Oid>) -> Oid {
         let mut builder = git2::build::TreeUpdateBuilder::new();
@@ -393,14 +622,14 @@ mod tests {
         );
         let c2 = commit(&repo, &[("a/changed", "2"), ("new", "n")], Some(c1));
         let t1 = dir.path().join("t1");
-        let s1 = export_commit(repo.path(), c1, &t1, None, &|| false).unwrap();
+        let s1 = export(repo.path(), c1, &t1, None, &|| false).unwrap();
         assert_eq!((s1.written, s1.linked), (3, 0));
         let t2 = dir.path().join("t2");
         let prev = Previous {
             commit: c1,
             dir: &t1,
         };
-        let s2 = export_commit(repo.path(), c2, &t2, Some(prev), &|| false).unwrap();
+        let s2 = export(repo.path(), c2, &t2, Some(prev), &|| false).unwrap();
         assert_eq!((s2.written, s2.linked), (2, 2));
         assert_eq!(fs::read_to_string(t2.join("a/changed")).unwrap(), "2");
         assert_eq!(fs::read_to_string(t1.join("a/changed")).unwrap(), "1");
@@ -410,7 +639,7 @@ mod tests {
         assert_ne!(ino(&t1.join("a/changed")), ino(&t2.join("a/changed")));
         // a vanished previous directory: everything is written
         fs::remove_dir_all(&t1).unwrap();
-        let s3 = export_commit(repo.path(), c2, &dir.path().join("t3"), Some(prev), &|| {
+        let s3 = export(repo.path(), c2, &dir.path().join("t3"), Some(prev), &|| {
             false
         })
         .unwrap();
@@ -432,12 +661,12 @@ mod tests {
             .collect();
         let c = commit(&repo, &files, None);
         let out = dir.path().join("t");
-        let stats = export_commit(repo.path(), c, &out, None, &|| false).unwrap();
+        let stats = export(repo.path(), c, &out, None, &|| false).unwrap();
         assert_eq!(stats.written, 700);
         for (name, body) in &files {
             assert_eq!(fs::read_to_string(out.join(name)).unwrap(), *body);
         }
-        let err = export_commit(repo.path(), c, &dir.path().join("t2"), None, &{
+        let err = export(repo.path(), c, &dir.path().join("t2"), None, &{
             let calls = std::sync::atomic::AtomicUsize::new(0);
             move || calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 20
         })
@@ -450,8 +679,183 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init_bare(dir.path().join("r.git")).unwrap();
         let c1 = commit(&repo, &[("a", "1")], None);
-        let err =
-            export_commit(repo.path(), c1, &dir.path().join("t"), None, &|| true).unwrap_err();
+        let err = export(repo.path(), c1, &dir.path().join("t"), None, &|| true).unwrap_err();
         assert!(matches!(err, ExportError::Cancelled));
+    }
+
+    fn export_selected(
+        repo: &Path,
+        commit: Oid,
+        dest: &Path,
+        previous: Option<Previous<'_>>,
+        selection: &Selection,
+        submodules: &[Submodule],
+    ) -> Result<ExportStats, ExportError> {
+        export_commit(
+            &Export {
+                repo,
+                commit,
+                dest,
+                previous,
+                selection,
+                submodules,
+                group_write: false,
+            },
+            &|| false,
+        )
+    }
+
+    fn files_under(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(p.strip_prefix(dir).unwrap().display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn subpath_and_sparse_paths_export_only_what_is_wanted() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path().join("r.git")).unwrap();
+        let c1 = commit(
+            &repo,
+            &[
+                ("README", "r"),
+                ("apps/web/conf/a.yaml", "a"),
+                ("apps/web/conf/b.yaml", "b"),
+                ("apps/web/index.html", "i"),
+                ("apps/web/shared.yaml", "s"),
+                ("apps/api/conf/x.yaml", "x"),
+            ],
+            None,
+        );
+        let sub = Selection::parse(Some("apps/web"), &[]).unwrap();
+        let t1 = dir.path().join("t1");
+        export_selected(repo.path(), c1, &t1, None, &sub, &[]).unwrap();
+        assert_eq!(
+            files_under(&t1),
+            ["conf/a.yaml", "conf/b.yaml", "index.html", "shared.yaml"]
+        );
+        let sparse =
+            Selection::parse(Some("apps/web"), &["conf".into(), "shared.yaml".into()]).unwrap();
+        let t2 = dir.path().join("t2");
+        let stats = export_selected(repo.path(), c1, &t2, None, &sparse, &[]).unwrap();
+        assert_eq!(
+            files_under(&t2),
+            ["conf/a.yaml", "conf/b.yaml", "shared.yaml"]
+        );
+        assert_eq!(stats.written, 3);
+        // the next revision reuses the previous one's files of the same selection
+        let c2 = commit(
+            &repo,
+            &[("apps/web/conf/b.yaml", "b2"), ("README", "r2")],
+            Some(c1),
+        );
+        let t3 = dir.path().join("t3");
+        let prev = Previous {
+            commit: c1,
+            dir: &t2,
+        };
+        let stats = export_selected(repo.path(), c2, &t3, Some(prev), &sparse, &[]).unwrap();
+        assert_eq!((stats.written, stats.linked), (1, 2));
+        assert_eq!(fs::read_to_string(t3.join("conf/b.yaml")).unwrap(), "b2");
+        // a path that is not there is an error naming the flag, nothing is left half-made
+        let missing = Selection::parse(Some("apps/mobile"), &[]).unwrap();
+        let err = export_selected(repo.path(), c2, &dir.path().join("t4"), None, &missing, &[])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--subpath \"apps/mobile\" is not in commit"),
+            "{err}"
+        );
+        let missing = Selection::parse(None, &["apps/web/conf/c.yaml".into()]).unwrap();
+        let err = export_selected(repo.path(), c2, &dir.path().join("t5"), None, &missing, &[])
+            .unwrap_err();
+        assert!(err.to_string().contains("--sparse-path"), "{err}");
+        let file = Selection::parse(Some("README"), &[]).unwrap();
+        let err =
+            export_selected(repo.path(), c2, &dir.path().join("t6"), None, &file, &[]).unwrap_err();
+        assert!(err.to_string().contains("it is a file"), "{err}");
+    }
+
+    /// A gitlink to `target` at `path` in a commit of `repo`.
+    fn commit_with_gitlink(
+        repo: &Repository,
+        files: &[(&str, &str)],
+        path: &str,
+        target: Oid,
+    ) -> Oid {
+        let base = commit(repo, files, None);
+        let mut builder = git2::build::TreeUpdateBuilder::new();
+        builder.upsert(path, target, git2::FileMode::Commit);
+        let tree_id = builder
+            .create_updated(repo, &repo.find_commit(base).unwrap().tree().unwrap())
+            .unwrap();
+        let sig = git2::Signature::now("t", "t@example.invalid").unwrap();
+        repo.commit(
+            None,
+            &sig,
+            &sig,
+            "gitlink",
+            &repo.find_tree(tree_id).unwrap(),
+            &[],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn submodules_are_exported_from_their_own_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Repository::init_bare(dir.path().join("lib.git")).unwrap();
+        let lib_commit = commit(
+            &lib,
+            &[("lib.conf", "from the submodule"), ("d/x", "x")],
+            None,
+        );
+        let repo = Repository::init_bare(dir.path().join("r.git")).unwrap();
+        let top = commit_with_gitlink(&repo, &[("main.conf", "m")], "vendor/lib", lib_commit);
+        let subs = [Submodule {
+            path: "vendor/lib".into(),
+            repo: lib.path().to_path_buf(),
+            commit: lib_commit,
+        }];
+        let everything = Selection::default();
+        let t1 = dir.path().join("t1");
+        export_selected(repo.path(), top, &t1, None, &everything, &subs).unwrap();
+        assert_eq!(
+            files_under(&t1),
+            ["main.conf", "vendor/lib/d/x", "vendor/lib/lib.conf"]
+        );
+        assert_eq!(
+            fs::read_to_string(t1.join("vendor/lib/lib.conf")).unwrap(),
+            "from the submodule"
+        );
+        // unchanged submodule: its files are hard-linked from the previous tree
+        let t2 = dir.path().join("t2");
+        let prev = Previous {
+            commit: top,
+            dir: &t1,
+        };
+        let stats = export_selected(repo.path(), top, &t2, Some(prev), &everything, &subs).unwrap();
+        assert_eq!((stats.written, stats.linked), (0, 3));
+        // sparse into the submodule
+        let sparse = Selection::parse(None, &["vendor/lib/d".into()]).unwrap();
+        let t3 = dir.path().join("t3");
+        export_selected(repo.path(), top, &t3, None, &sparse, &subs).unwrap();
+        assert_eq!(files_under(&t3), ["vendor/lib/d/x"]);
+        // not fetched (--submodules off): left out
+        let t4 = dir.path().join("t4");
+        let stats = export_selected(repo.path(), top, &t4, None, &everything, &[]).unwrap();
+        assert_eq!(files_under(&t4), ["main.conf"]);
+        assert_eq!(stats.skipped_submodules, 1);
     }
 }

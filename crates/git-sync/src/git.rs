@@ -433,7 +433,7 @@ impl PrivateRepo {
         }
     }
 
-    fn has_commit(&self, oid: Oid) -> bool {
+    pub(crate) fn has_commit(&self, oid: Oid) -> bool {
         self.repo.find_commit(oid).is_ok()
     }
 
@@ -695,6 +695,61 @@ pub fn resolve_advertised(
         }
     }
     Err(GitError::RefNotFound(target.to_string()))
+}
+
+/// Object ids as hex strings in JSON (the network worker's pipe): `#[serde(with = "oid_text")]`,
+/// and `oid_text::option`, `oid_text::vec`.
+pub mod oid_text {
+    use git2::Oid;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(oid: &Oid, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(oid)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Oid, D::Error> {
+        let text = String::deserialize(d)?;
+        Oid::from_str(&text)
+            .map_err(|_| serde::de::Error::custom(format!("bad object id {text:?}")))
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(oid: &Option<Oid>, s: S) -> Result<S::Ok, S::Error> {
+            match oid {
+                Some(o) => s.collect_str(o),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Oid>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|t| {
+                    Oid::from_str(&t)
+                        .map_err(|_| serde::de::Error::custom(format!("bad object id {t:?}")))
+                })
+                .transpose()
+        }
+    }
+
+    pub mod vec {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(oids: &[Oid], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(oids.iter().map(Oid::to_string))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Oid>, D::Error> {
+            Vec::<String>::deserialize(d)?
+                .iter()
+                .map(|t| {
+                    Oid::from_str(t)
+                        .map_err(|_| serde::de::Error::custom(format!("bad object id {t:?}")))
+                })
+                .collect()
+        }
+    }
 }
 
 #[cfg(test)]

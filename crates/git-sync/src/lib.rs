@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod credentials;
+pub mod error_file;
 pub mod export;
 pub mod git;
 pub mod history;
@@ -17,8 +18,10 @@ pub mod known_hosts;
 pub mod metrics;
 pub mod publish;
 pub mod schedule;
+pub mod selection;
 pub mod service;
 pub mod signature;
+pub mod submodules;
 pub mod syncer;
 pub mod transport;
 pub mod trigger;

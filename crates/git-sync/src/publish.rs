@@ -4,6 +4,7 @@
 //! ROOT/
 //!   LINK -> .git-sync/trees/<sha>      the app reads ROOT/LINK/...; relative, so any mount path works
 //!   .git-sync/repo.git/                the private bare repository
+//!   .git-sync/modules/<hash>.git/      a submodule's bare repository (one per URL)
 //!   .git-sync/trees/<sha>/             published trees (current, and previous ones within the grace period)
 //!   .git-sync/trees/.staging-<sha>-N/  a tree being exported and validated; never linked
 //! ```
@@ -100,6 +101,11 @@ impl Publisher {
 
     pub fn repo_path(&self) -> PathBuf {
         self.root.join(INTERNAL_DIR).join("repo.git")
+    }
+
+    /// Where the submodules' repositories live.
+    pub fn modules_path(&self) -> PathBuf {
+        self.root.join(INTERNAL_DIR).join("modules")
     }
 
     pub fn link_path(&self) -> &Path {

@@ -11,6 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 
 use crate::config::{Config, ForcePushPolicy};
+use crate::error_file::ErrorFile;
 use crate::git::Cancel;
 use crate::metrics::Metrics;
 use crate::schedule;
@@ -19,6 +20,24 @@ use crate::syncer::{Outcome, SyncSettings, Syncer};
 
 /// Runs git-sync until shutdown (or, in one-time mode, until the first publish).
 pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
+    if config.group_write {
+        // Before anything is created: the trees, the link, the private repository and the
+        // network worker (which inherits it) all get group write.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o002));
+    }
+    let mut error_file = config.error_file.as_deref().map(ErrorFile::new);
+    let result = run(config, sidecar, &mut error_file).await;
+    if let (Err(e), Some(file)) = (&result, &mut error_file) {
+        file.write(&format!("{e:#}"));
+    }
+    result
+}
+
+async fn run(
+    config: Config,
+    sidecar: Sidecar,
+    error_file: &mut Option<ErrorFile>,
+) -> anyhow::Result<()> {
     let metrics = Metrics::register(sidecar.registry()).context("registering metrics")?;
     let ready = sidecar.readiness().register("synced");
     let sync_now = Arc::new(Notify::new());
@@ -65,6 +84,9 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         force_push: config.force_push,
         verify: config.verify,
         trusted_keys: config.trusted_keys.clone(),
+        selection: config.selection.clone(),
+        submodules: config.submodules,
+        group_write: config.group_write,
         worker: crate::worker::WorkerSpec::current_exe(&config.log_filter, &config.log_format),
     };
     if config.verify != Policy::Off {
@@ -206,6 +228,13 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
                     }
                 };
                 good = outcome.is_good() && syncer.published().is_some();
+                if let Some(file) = error_file.as_mut() {
+                    match &outcome {
+                        Outcome::SignatureRefused(refused) => file.write(&refused.to_string()),
+                        _ if good => file.clear(),
+                        _ => {}
+                    }
+                }
                 if good {
                     failures = 0;
                     last_success = Some(Instant::now());
@@ -231,6 +260,9 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
                 };
                 count_sync(&metrics, label, failures);
                 tracing::error!(error = %e, failures, took = ?elapsed, "sync failed; the published tree stays");
+                if let Some(file) = error_file.as_mut() {
+                    file.write(&format!("sync failed: {e}"));
+                }
                 if config.max_failures.is_some_and(|max| failures > max) {
                     bail!("giving up after {failures} consecutive failed syncs; last error: {e}");
                 }

@@ -8,11 +8,13 @@ use std::time::Duration;
 use git2::Oid;
 
 use crate::config::ForcePushPolicy;
-use crate::export::{ExportError, Previous, export_commit};
+use crate::export::{Export, ExportError, Previous, export_commit};
 use crate::git::{Cancel, GitError, PrivateRepo, RefTarget, Source};
 use crate::publish::{PublishError, Publisher, Staged};
+use crate::selection::Selection;
 use crate::signature::payload::ObjectKind;
 use crate::signature::{Policy, Reason, Refusal, TrustedKeys};
+use crate::submodules::{SubmoduleMode, SubmoduleRequest};
 use crate::worker::{Network, NetworkRequest, Worker, WorkerSpec};
 use sidecar_kit::command::{CommandError, CommandSpec};
 
@@ -146,6 +148,10 @@ pub struct SyncSettings {
     pub verify: Policy,
     /// The keys signatures are checked against (empty when `verify` is off).
     pub trusted_keys: TrustedKeys,
+    /// The part of the repository that is published.
+    pub selection: Selection,
+    pub submodules: SubmoduleMode,
+    pub group_write: bool,
     /// The process that does the network half of each sync.
     pub worker: WorkerSpec,
 }
@@ -380,10 +386,15 @@ impl Syncer {
             same_ref,
             verify: self.settings.verify,
             verify_published,
+            submodules: SubmoduleRequest {
+                mode: self.settings.submodules,
+                selection: self.settings.selection.clone(),
+                dir: self.publisher.modules_path(),
+            },
         };
         let (received, network) = self.worker.run(&request, cancel);
         self.received += received;
-        let (new, object, force_pushed, to_verify) = match network? {
+        let (new, object, force_pushed, to_verify, submodules) = match network? {
             Network::Unchanged(commit) => return Ok(Outcome::Unchanged(commit)),
             Network::HeldBack(sha) => {
                 let reason = self.held_back.map_or(HoldReason::Validation, |(_, r)| r);
@@ -394,7 +405,8 @@ impl Syncer {
                 object,
                 rewritten,
                 to_verify,
-            } => (new, object, rewritten, to_verify),
+                submodules,
+            } => (new, object, rewritten, to_verify, submodules),
         };
         if self.settings.verify != Policy::Off {
             if let Err(refused) = self.check_signatures(new, object, &to_verify)? {
@@ -424,7 +436,16 @@ impl Syncer {
             .zip(previous_dir.as_deref())
             .map(|(commit, dir)| Previous { commit, dir });
         let repo_path = self.publisher.repo_path();
-        match export_commit(&repo_path, new, &staged.path, previous, &cancelled) {
+        let export = Export {
+            repo: &repo_path,
+            commit: new,
+            dest: &staged.path,
+            previous,
+            selection: &self.settings.selection,
+            submodules: &submodules,
+            group_write: self.settings.group_write,
+        };
+        match export_commit(&export, &cancelled) {
             Ok(stats) => tracing::debug!(?stats, sha = %new, "exported"),
             Err(e) => {
                 let _ = self.publisher.discard(staged);

@@ -27,9 +27,11 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::redact_url;
-use crate::git::{Cancel, GitError, PrivateRepo, RefTarget, Source, remove_leftovers};
+use crate::export::Submodule;
+use crate::git::{Cancel, GitError, PrivateRepo, RefTarget, Source, oid_text, remove_leftovers};
 use crate::history::Ancestry;
 use crate::signature::Policy;
+use crate::submodules::{SubmoduleRequest, fetch_submodules};
 
 /// The hidden first argument that makes the binary a network worker.
 pub const WORKER_ARG: &str = "__git-sync-network-worker";
@@ -57,6 +59,8 @@ pub struct NetworkRequest {
     /// The published tree's signatures were never checked (a tree from before a restart with
     /// --verify-signatures): fetch and hand it over even when the ref has not moved.
     pub verify_published: bool,
+    /// Which submodules to fetch, and where.
+    pub submodules: SubmoduleRequest,
 }
 
 /// What the network half found.
@@ -78,6 +82,8 @@ pub enum Network {
         /// The commits whose signatures the policy wants checked, newest first.
         #[serde(with = "oid_text::vec")]
         to_verify: Vec<Oid>,
+        /// The submodules fetched for the export.
+        submodules: Vec<Submodule>,
     },
 }
 
@@ -125,66 +131,14 @@ pub fn network_phase(
             commits
         }
     };
+    let submodules = fetch_submodules(repo, source, new, &request.submodules, cancel)?;
     Ok(Network::Fetched {
         new,
         object: fetched.object,
         rewritten,
         to_verify,
+        submodules,
     })
-}
-
-/// Commit ids as hex strings on the pipe.
-mod oid_text {
-    use git2::Oid;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(oid: &Oid, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(oid)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Oid, D::Error> {
-        let text = String::deserialize(d)?;
-        Oid::from_str(&text)
-            .map_err(|_| serde::de::Error::custom(format!("bad object id {text:?}")))
-    }
-
-    pub mod option {
-        use super::*;
-
-        pub fn serialize<S: Serializer>(oid: &Option<Oid>, s: S) -> Result<S::Ok, S::Error> {
-            match oid {
-                Some(o) => s.collect_str(o),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Oid>, D::Error> {
-            Option::<String>::deserialize(d)?
-                .map(|t| {
-                    Oid::from_str(&t)
-                        .map_err(|_| serde::de::Error::custom(format!("bad object id {t:?}")))
-                })
-                .transpose()
-        }
-    }
-
-    pub mod vec {
-        use super::*;
-
-        pub fn serialize<S: Serializer>(oids: &[Oid], s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(oids.iter().map(Oid::to_string))
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Oid>, D::Error> {
-            Vec::<String>::deserialize(d)?
-                .iter()
-                .map(|t| {
-                    Oid::from_str(t)
-                        .map_err(|_| serde::de::Error::custom(format!("bad object id {t:?}")))
-                })
-                .collect()
-        }
-    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -437,7 +391,7 @@ impl Worker {
         let mut line = serde_json::to_vec(request)
             .map_err(|e| Stop::Failed(format!("encoding the request: {e}")))?;
         line.push(b'\n');
-        let running = self.running(&request.repo)?;
+        let running = self.running(&request.repo, &request.submodules.dir)?;
         running
             .stdin
             .write_all(&line)
@@ -480,7 +434,7 @@ impl Worker {
         }
     }
 
-    fn running(&mut self, repo: &Path) -> Result<&mut Running, Stop> {
+    fn running(&mut self, repo: &Path, modules: &Path) -> Result<&mut Running, Stop> {
         // A worker that died while idle (killed by someone else, out of memory) is replaced.
         if let Some(running) = &mut self.running
             && !matches!(running.child.try_wait(), Ok(None))
@@ -491,13 +445,16 @@ impl Worker {
         }
         if self.running.is_none() {
             if self.dirty {
-                match remove_leftovers(repo) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(
-                        removed = n,
-                        "removed what the stopped network worker left in the private repository"
-                    ),
-                    Err(e) => tracing::warn!(error = %e, "cannot clean the private repository"),
+                for dir in [repo, modules].into_iter().filter(|d| d.exists()) {
+                    match remove_leftovers(dir) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(
+                            removed = n,
+                            dir = %dir.display(),
+                            "removed what the stopped network worker left behind"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "cannot clean the private repository"),
+                    }
                 }
                 self.dirty = false;
             }
