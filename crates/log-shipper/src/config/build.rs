@@ -9,7 +9,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sidecar_kit::config::require_readable;
 
 use crate::config::ConfigError;
-use crate::config::cli::{ParserKind, PresetArg, RedactPresetArg, StartAt, WatchMode};
+use crate::config::cli::{FileFormat, ParserKind, PresetArg, RedactPresetArg, StartAt, WatchMode};
 use crate::pipeline::enrich::{Enrich, hostname};
 use crate::pipeline::multiline::{MultilineSpec, Preset, Rule};
 use crate::pipeline::parse::Parser;
@@ -41,6 +41,7 @@ pub(super) fn file_input(
     name: &str,
     include: &[String],
     exclude: Option<&Vec<String>>,
+    format: FileFormat,
     start_at: StartAt,
     watch: WatchMode,
     poll_interval: Duration,
@@ -70,6 +71,7 @@ pub(super) fn file_input(
         rotate_wait,
         watch_events: watch == WatchMode::Events,
         max_line_bytes: usize::try_from(max_line).unwrap_or(usize::MAX),
+        format: format.into(),
     })
 }
 

@@ -30,6 +30,29 @@ pub enum WatchMode {
     Poll,
 }
 
+/// What the files' lines are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    /// Text: the line is the message.
+    Raw,
+    /// The container runtimes' format (containerd, CRI-O: /var/log/pods):
+    /// `<time> <stream> <P|F> <text>`, partial lines joined.
+    Cri,
+    /// Docker's json-file driver: `{"log":...,"stream":...,"time":...}`, split lines joined.
+    Docker,
+}
+
+impl From<FileFormat> for crate::source::Format {
+    fn from(f: FileFormat) -> Self {
+        match f {
+            FileFormat::Raw => Self::Raw,
+            FileFormat::Cri => Self::Cri,
+            FileFormat::Docker => Self::Docker,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ParserKind {
     Raw,
@@ -104,6 +127,10 @@ pub struct Cli {
     /// Filesystem events with polling (events), or polling only (poll).
     #[arg(long, env = "WATCH", value_enum, default_value_t = WatchMode::Events, help_heading = "Input")]
     pub watch: WatchMode,
+    /// What the files' lines are: text, or a container runtime's log format (the time and
+    /// stream come from the runtime; split lines are joined).
+    #[arg(long, env = "FORMAT", value_enum, default_value_t = FileFormat::Raw, help_heading = "Input")]
+    pub format: FileFormat,
     /// How often files are looked at without an event.
     #[arg(long, env = "POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration, help_heading = "Input")]
     pub poll_interval: Duration,

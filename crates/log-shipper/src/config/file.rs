@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::cli::{PresetArg, RedactPresetArg, StartAt, WatchMode};
+use crate::config::cli::{FileFormat, PresetArg, RedactPresetArg, StartAt, WatchMode};
 use crate::config::units::{de_opt_bytes, de_opt_duration};
 use crate::sink::WhenFull;
 
@@ -49,6 +49,8 @@ pub enum InputYaml {
 pub struct FileInputYaml {
     pub include: Vec<String>,
     pub exclude: Option<Vec<String>>,
+    /// raw (default), cri, docker.
+    pub format: Option<FileFormat>,
     pub start_at: Option<StartAt>,
     pub watch: Option<WatchMode>,
     #[serde(default, deserialize_with = "de_opt_duration")]

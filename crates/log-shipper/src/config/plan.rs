@@ -11,8 +11,8 @@ use crate::config::cli::{Cli, ParserKind};
 use crate::config::file::{self, FileConfig};
 use crate::config::sinks::store_sink;
 use crate::config::{ConfigError, InputKind, InputSpec, Plan};
+use crate::pipeline::PipelineSpec;
 use crate::pipeline::parse::Parser;
-use crate::pipeline::{FormatSpec, PipelineSpec};
 use crate::sink::driver::Delivery;
 use crate::sink::http::TlsSpec;
 use crate::sink::{BatchSpec, BufferSpec, RetrySpec};
@@ -34,6 +34,7 @@ pub(super) fn plan_from_flags(cli: &Cli) -> Result<Plan, ConfigError> {
         "files",
         &cli.files,
         Some(&cli.exclude).filter(|e| !e.is_empty()),
+        cli.format,
         cli.start_at,
         cli.watch,
         cli.poll_interval,
@@ -86,7 +87,6 @@ pub(super) fn plan_from_flags(cli: &Cli) -> Result<Plan, ConfigError> {
     let redact = redactor(&rules)?;
     let pipeline = PipelineSpec {
         name: "default".into(),
-        format: FormatSpec::Raw,
         multiline,
         parser,
         timestamp,
@@ -298,7 +298,6 @@ pub(super) fn plan_from_file(file: FileConfig, cli: &Cli) -> Result<Plan, Config
             name.clone(),
             Arc::new(PipelineSpec {
                 name,
-                format: FormatSpec::Raw,
                 multiline,
                 parser,
                 timestamp,
@@ -325,6 +324,7 @@ pub(super) fn plan_from_file(file: FileConfig, cli: &Cli) -> Result<Plan, Config
             &name,
             &f.include,
             f.exclude.as_ref(),
+            f.format.unwrap_or(cli.format),
             f.start_at.unwrap_or(cli.start_at),
             f.watch.unwrap_or(cli.watch),
             f.poll_interval.unwrap_or(cli.poll_interval),

@@ -1,13 +1,15 @@
 //! The pipeline: a source's raw lines become events and go to the pipeline's sinks.
 //!
-//! Per stream, in order: the line format ([`LineFormat`]: raw text now; container formats
-//! later) turns a line into an event, [`multiline`] joins continuation lines, then the
+//! Per stream, in order: the stream's line format ([`format`]: raw text, the container
+//! runtimes' CRI and Docker formats, the receivers' JSON and syslog) turns lines into events,
+//! [`multiline`] joins continuation lines, then the
 //! processors run on each complete event: [`parse`], [`timestamp`], [`enrich`], and
 //! [`redact`] last, so nothing leaves the process unredacted. Events of one source chunk
 //! travel together as a [`Chunk`]; its acknowledgement is registered for the position up to
 //! which every line is in an event (a pending multiline event holds the position back).
 
 pub mod enrich;
+pub mod format;
 pub mod multiline;
 pub mod parse;
 pub mod redact;
@@ -23,54 +25,16 @@ use crate::event::{Chunk, Event, now_nanos};
 use crate::metrics::Metrics;
 use crate::source::{RawChunk, SourceItem, StreamInfo};
 use enrich::Enrich;
+use format::LineFormat;
 use multiline::{Multiline, MultilineSpec};
 use parse::Parser;
 use redact::Redactor;
 use timestamp::TimestampSpec;
 
-/// Turns one raw line into an event, or holds it (a partial line to be joined with the next).
-pub trait LineFormat: Send + std::fmt::Debug {
-    /// `line` is the line's bytes without its newline; `now` the read time in nanoseconds.
-    fn decode(&mut self, line: &[u8], now: i64) -> Option<Event>;
-    /// The position of the first line held, if any (it is not shipped yet).
-    fn pending_start(&self) -> Option<u64> {
-        None
-    }
-}
-
-/// The line is the message; invalid UTF-8 is replaced by U+FFFD (shipped, never an error).
-#[derive(Debug, Default)]
-pub struct RawFormat;
-
-impl LineFormat for RawFormat {
-    fn decode(&mut self, line: &[u8], now: i64) -> Option<Event> {
-        Some(Event {
-            timestamp: now,
-            message: String::from_utf8_lossy(line).into_owned(),
-            fields: Default::default(),
-        })
-    }
-}
-
-/// Which [`LineFormat`] a pipeline's streams use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FormatSpec {
-    Raw,
-}
-
-impl FormatSpec {
-    fn build(self) -> Box<dyn LineFormat> {
-        match self {
-            Self::Raw => Box::new(RawFormat),
-        }
-    }
-}
-
 /// A pipeline's settings.
 #[derive(Debug, Clone)]
 pub struct PipelineSpec {
     pub name: String,
-    pub format: FormatSpec,
     pub multiline: Option<MultilineSpec>,
     pub parser: Parser,
     pub timestamp: Option<TimestampSpec>,
@@ -90,6 +54,30 @@ struct StreamState {
 }
 
 impl StreamState {
+    /// Hands a decoded event to multiline, or on as it is; true when multiline cut it.
+    fn join(
+        &mut self,
+        spec: &PipelineSpec,
+        decoded: format::Decoded,
+        now: Instant,
+        ready: &mut Vec<Event>,
+    ) -> bool {
+        match (&mut self.multiline, &spec.multiline) {
+            (Some(m), Some(ms)) => m.push(
+                ms,
+                decoded.event,
+                decoded.start,
+                spec.max_event_bytes,
+                now,
+                ready,
+            ),
+            _ => {
+                ready.push(decoded.event);
+                false
+            }
+        }
+    }
+
     /// Every line before this position is in an event already handed on.
     fn done_until(&self) -> u64 {
         let held = [
@@ -170,10 +158,10 @@ impl Pipeline {
 
     fn state(&mut self, info: &Arc<StreamInfo>) -> &mut StreamState {
         let multiline = self.spec.multiline.is_some();
-        let format = self.spec.format;
+        let max_bytes = self.spec.max_event_bytes;
         self.streams.entry(info.id).or_insert_with(|| StreamState {
             info: info.clone(),
-            format: format.build(),
+            format: format::build(&info.format, max_bytes),
             multiline: multiline.then(Multiline::new),
             last_end: info.ack.acked(),
         })
@@ -188,37 +176,35 @@ impl Pipeline {
         let state = self.state(&chunk.stream);
         for line in &chunk.lines {
             state.last_end = line.end;
-            let Some(mut event) = state.format.decode(chunk.bytes(line), now) else {
+            let Some(mut decoded) = state.format.decode(chunk.bytes(line), line.start, now) else {
                 continue;
             };
-            if line.truncated {
-                event.fields.insert("truncated".into(), true.into());
+            if line.truncated || decoded.cut {
+                decoded.event.fields.insert("truncated".into(), true.into());
             }
-            match (&mut state.multiline, &spec.multiline) {
-                (Some(m), Some(ms)) => {
-                    if m.push(
-                        ms,
-                        event,
-                        line.start,
-                        spec.max_event_bytes,
-                        instant,
-                        &mut ready,
-                    ) {
-                        cut += 1;
-                    }
-                }
-                _ => ready.push(event),
-            }
+            cut += u64::from(decoded.cut);
+            cut += u64::from(state.join(&spec, decoded, instant, &mut ready));
         }
+        let errors = state.format.take_errors();
         let end = state.done_until();
         let info = state.info.clone();
+        self.count(cut, errors);
+        self.emit(&info, ready, end).await
+    }
+
+    fn count(&self, cut: u64, format_errors: u64) {
         if cut > 0 {
             self.metrics
                 .events_truncated
                 .with_label_values(&[self.input.as_str()])
                 .inc_by(cut);
         }
-        self.emit(&info, ready, end).await
+        if format_errors > 0 {
+            self.metrics
+                .parse_errors
+                .with_label_values(&[self.spec.name.as_str(), "format"])
+                .inc_by(format_errors);
+        }
     }
 
     async fn flush_due(&mut self, now: Instant) -> Result<(), SinksGone> {
@@ -242,21 +228,28 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Ships what a stream holds: with `remove` (the stream ended) the format's held parts
+    /// too, and forgets the stream.
     async fn flush_stream(&mut self, id: u64, remove: bool) -> Result<(), SinksGone> {
+        let spec = self.spec.clone();
         let Some(state) = self.streams.get_mut(&id) else {
             return Ok(());
         };
-        let ready: Vec<Event> = state
-            .multiline
-            .as_mut()
-            .and_then(Multiline::flush)
-            .into_iter()
-            .collect();
+        let mut ready = Vec::new();
+        let mut cut = 0u64;
+        if remove {
+            let instant = Instant::now();
+            for decoded in state.format.flush() {
+                cut += u64::from(state.join(&spec, decoded, instant, &mut ready));
+            }
+        }
+        ready.extend(state.multiline.as_mut().and_then(Multiline::flush));
         let end = state.done_until();
         let info = state.info.clone();
         if remove {
             self.streams.remove(&id);
         }
+        self.count(cut, 0);
         self.emit(&info, ready, end).await
     }
 

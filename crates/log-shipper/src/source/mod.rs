@@ -1,5 +1,5 @@
-//! Inputs. A source reads lines from somewhere (files now; local receivers later) and hands
-//! them, in chunks per stream, to its pipeline. It learns nothing about sinks: what it may
+//! Inputs. A source reads lines from somewhere (files, or what apps send to the local
+//! receivers) and hands them, in chunks per stream, to its pipeline. It learns nothing about sinks: what it may
 //! forget is told by each stream's [`AckStream`](crate::ack::AckStream).
 //!
 //! A new kind of input implements [`Source`]: it runs until its stop token is cancelled, and
@@ -16,7 +16,26 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ack::AckStream;
 
-/// One stream of lines: a file (one generation of it), a connection.
+/// What a stream's lines are, and so how the pipeline turns them into events.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Format {
+    /// Text: the line is the message.
+    #[default]
+    Raw,
+    /// The container runtime's log files (containerd, CRI-O: `/var/log/pods`):
+    /// `<time> <stream> <P|F> <text>`, partial (`P`) lines joined.
+    Cri,
+    /// Docker's json-file driver: `{"log":"...\n","stream":"stdout","time":"..."}`, lines
+    /// split at 16 KiB joined.
+    Docker,
+    /// A JSON value per line (the HTTP receiver's JSON and NDJSON bodies): an object's keys are
+    /// fields, `message_key` the message; a string is the message.
+    Json { message_key: String },
+    /// One syslog message per line (RFC 5424 or RFC 3164, framing removed).
+    Syslog,
+}
+
+/// One stream of lines: a file (one generation of it), a connection, a request.
 #[derive(Debug)]
 pub struct StreamInfo {
     /// Unique in the process; the pipeline keeps per-stream state (multiline) under it.
@@ -27,6 +46,8 @@ pub struct StreamInfo {
     pub path: Option<Arc<str>>,
     /// Its acknowledgements.
     pub ack: Arc<AckStream>,
+    /// What its lines are.
+    pub format: Format,
 }
 
 /// One line in a [`RawChunk`]'s buffer.

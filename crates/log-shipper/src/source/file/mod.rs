@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::AckStream;
 use crate::checkpoint::FileCheckpoint;
 use crate::metrics::Metrics;
-use crate::source::{RawChunk, Source, SourceItem, StreamInfo, next_stream_id};
+use crate::source::{Format, RawChunk, Source, SourceItem, StreamInfo, next_stream_id};
 use discover::Globs;
 use identity::{Fingerprint, dev_ino, find_copy};
 use tail::{Tail, TailState};
@@ -56,6 +56,8 @@ pub struct FileInputSpec {
     /// Use filesystem events (else polling only).
     pub watch_events: bool,
     pub max_line_bytes: usize,
+    /// What the files' lines are: raw text, or a container runtime's log format.
+    pub format: Format,
 }
 
 /// Below this many bytes a fingerprint is too short to call another file a copy.
@@ -260,6 +262,7 @@ impl Reader {
             input: self.spec.name.as_str().into(),
             path: Some(path.to_string_lossy().into()),
             ack: AckStream::new(offset),
+            format: self.spec.format.clone(),
         })
     }
 

@@ -224,6 +224,7 @@ mod tests {
             input: "t".into(),
             path: None,
             ack: AckStream::new(offset),
+            format: Default::default(),
         });
         Tail::new(
             file,
