@@ -76,6 +76,7 @@ impl Capture {
     }
 
     /// A new start tag: its attributes are parsed when first asked for.
+    #[inline]
     pub(super) fn new_tag(&mut self) {
         self.tag_parsed = false;
     }
@@ -117,6 +118,7 @@ impl Capture {
     }
 
     /// Counts `bytes` of an open record towards `max_record_bytes`.
+    #[inline]
     pub(super) fn count(&mut self, bytes: u64, max_record_bytes: u64) {
         self.record_bytes += bytes;
         if self.record_bytes > max_record_bytes {
@@ -173,6 +175,7 @@ impl Capture {
     }
 
     /// Text inside the innermost captured node (and so inside its ancestors).
+    #[inline]
     pub(super) fn add_text(&mut self, text: &str) {
         let t0 = self.strings.len();
         self.strings.push_str(text);
@@ -180,6 +183,7 @@ impl Capture {
     }
 
     /// `node`'s element has ended: its text is complete.
+    #[inline]
     pub(super) fn close_node(&mut self, node: usize) {
         self.nodes[node].texts.1 = self.texts.len();
     }

@@ -40,12 +40,14 @@ impl OpenRecords {
         self.rules.reuse();
     }
 
+    #[inline]
     pub(super) fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
 
     /// Opens a record of the element at `depth` for the rules appended to `rules` from
     /// `rules_start` on, each once (a rule reached through two trie states runs once).
+    #[inline]
     pub(super) fn open(&mut self, depth: usize, node: usize, rules_start: usize) {
         let rules = &mut self.rules[rules_start..];
         rules.sort_unstable();
@@ -66,6 +68,7 @@ impl OpenRecords {
     }
 
     /// The record of the element at `depth`, which is closing, if it is one.
+    #[inline]
     pub(super) fn close(&mut self, depth: usize) -> Option<OpenRecord> {
         if self.records.last().is_some_and(|r| r.depth == depth) {
             return self.records.pop();
@@ -73,11 +76,13 @@ impl OpenRecords {
         None
     }
 
+    #[inline]
     pub(super) fn rules_of(&self, record: &OpenRecord) -> &[usize] {
         &self.rules[record.rules.0..record.rules.1]
     }
 
     /// The rules of a closed record are done with.
+    #[inline]
     pub(super) fn release(&mut self, record: OpenRecord) {
         self.rules.truncate(record.rules.0);
     }

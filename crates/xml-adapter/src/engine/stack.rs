@@ -98,14 +98,17 @@ impl Stack {
     }
 
     /// How many elements are open.
+    #[inline]
     pub(super) fn depth(&self) -> usize {
         self.frames.len()
     }
 
+    #[inline]
     pub(super) fn top(&self) -> Option<&Frame> {
         self.frames.last()
     }
 
+    #[inline]
     pub(super) fn name(&self, f: &Frame) -> &str {
         &self.tags[f.tag_start..f.tag_start + f.name_len]
     }
@@ -117,6 +120,7 @@ impl Stack {
 
     /// Pushes the trie states `el` reaches from its parent's, and appends to `rules` those
     /// whose record it is (unsorted, perhaps repeated). Returns the range of its states.
+    #[inline]
     pub(super) fn match_trie<T: StartTag>(
         &mut self,
         trie: &[TrieNode],
@@ -173,6 +177,8 @@ impl Stack {
     /// Pushes the capture-plan states of an element named (`uri`, `local`): those its parent's
     /// lead to, when the parent is captured, and the plan roots of `record_rules`, the rules
     /// whose record it is. Returns their range, and whether a path reads its text.
+    // Inlined: it runs for every element, and a call costs more than its usual work.
+    #[inline(always)]
     pub(super) fn match_plan(
         &mut self,
         engine: &Engine,
@@ -205,6 +211,7 @@ impl Stack {
     }
 
     /// Opens an element that keeps `tag` (which starts with its name).
+    #[inline]
     pub(super) fn push(&mut self, tag: &str, mut frame: Frame) {
         frame.tag_start = self.tags.len();
         frame.tag_len = tag.len();
@@ -217,6 +224,7 @@ impl Stack {
     }
 
     /// Closes the innermost element.
+    #[inline]
     pub(super) fn pop(&mut self) {
         let Some(f) = self.frames.pop() else { return };
         let depth = self.frames.len();

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use quick_xml::events::{BytesStart, Event};
+use quick_xml::events::{BytesDecl, BytesRef, BytesStart, Event};
 use quick_xml::name::{NamespaceResolver, QName, ResolveResult};
 
 use super::input::{Format, StartTag};
@@ -110,58 +110,64 @@ fn event<N: Names>(
                 run.text(&t.xml10_content(), pos)?;
             }
         }
-        Event::GeneralRef(r) => {
-            // Checked even where nobody reads the text: an undefined entity is an error.
-            let mut utf8 = [0u8; 4];
-            let text: &str = match r.resolve_char_ref() {
-                Ok(Some(c)) => c.encode_utf8(&mut utf8),
-                Ok(None) => match predefined_entity(&r) {
-                    Some(s) => s,
-                    None => {
-                        return Err(malformed(
-                            pos,
-                            format!(
-                                "undefined entity `&{};` (entities from a DTD are never expanded)",
-                                &*r
-                            ),
-                        ));
-                    }
-                },
-                Err(e) => return Err(malformed(pos, e.to_string())),
-            };
-            run.text(text, pos)?;
-        }
-        Event::Decl(d) => {
-            // Documented leniency: passenger-status prints a second declaration, and
-            // some servers print a comment first. Only the encoding matters here.
-            if let Some(Ok(enc)) = d.encoding() {
-                let e = enc.to_ascii_lowercase().replace('_', "-");
-                let ok = matches!(
-                    e.as_str(),
-                    "utf-8"
-                        | "utf8"
-                        | "us-ascii"
-                        | "ascii"
-                        | "iso-8859-1"
-                        | "iso8859-1"
-                        | "latin1"
-                        | "latin-1"
-                );
-                if !ok {
-                    return Err(malformed(
-                        pos,
-                        format!(
-                            "unsupported encoding `{enc}` (UTF-8 and ASCII-compatible text only)"
-                        ),
-                    ));
-                }
-            }
-            if run.root_seen() {
-                return Err(malformed(pos, "XML declaration after the root element"));
-            }
-        }
+        Event::GeneralRef(r) => reference(run, &r, pos)?,
+        Event::Decl(d) => declaration(run, &d, pos)?,
         Event::DocType(_) | Event::Comment(_) | Event::PI(_) => {}
         Event::Eof => {}
+    }
+    Ok(())
+}
+
+/// A character or entity reference: text, checked even where nobody reads it (an undefined
+/// entity is an error). Out of line: rare next to tags and text.
+#[inline(never)]
+fn reference(run: &mut Run<'_, Xml>, r: &BytesRef<'_>, pos: u64) -> Result<(), DocumentError> {
+    let mut utf8 = [0u8; 4];
+    let text: &str = match r.resolve_char_ref() {
+        Ok(Some(c)) => c.encode_utf8(&mut utf8),
+        Ok(None) => match predefined_entity(r) {
+            Some(s) => s,
+            None => {
+                return Err(malformed(
+                    pos,
+                    format!(
+                        "undefined entity `&{};` (entities from a DTD are never expanded)",
+                        &**r
+                    ),
+                ));
+            }
+        },
+        Err(e) => return Err(malformed(pos, e.to_string())),
+    };
+    run.text(text, pos)
+}
+
+/// The XML declaration. Documented leniency: passenger-status prints a second declaration, and
+/// some servers print a comment first. Only the encoding matters here.
+#[inline(never)]
+fn declaration(run: &Run<'_, Xml>, d: &BytesDecl<'_>, pos: u64) -> Result<(), DocumentError> {
+    if let Some(Ok(enc)) = d.encoding() {
+        let e = enc.to_ascii_lowercase().replace('_', "-");
+        let ok = matches!(
+            e.as_str(),
+            "utf-8"
+                | "utf8"
+                | "us-ascii"
+                | "ascii"
+                | "iso-8859-1"
+                | "iso8859-1"
+                | "latin1"
+                | "latin-1"
+        );
+        if !ok {
+            return Err(malformed(
+                pos,
+                format!("unsupported encoding `{enc}` (UTF-8 and ASCII-compatible text only)"),
+            ));
+        }
+    }
+    if run.root_seen() {
+        return Err(malformed(pos, "XML declaration after the root element"));
     }
     Ok(())
 }
