@@ -1,16 +1,28 @@
 //! git-sync against the git CLI, in one run, on a git daemon on 127.0.0.1.
 //!
-//! `cargo bench -p git-sync --bench sync` (needs git, and GNU time at /usr/bin/time).
-//! Environment: GITSYNC_BENCH_FILES (10000), GITSYNC_BENCH_MB (100), GITSYNC_BENCH_RUNS (5).
+//! `cargo bench -p git-sync --bench sync` (needs git, ssh-keygen, and GNU time at
+//! /usr/bin/time). Environment: GITSYNC_BENCH_FILES (10000), GITSYNC_BENCH_MB (100),
+//! GITSYNC_BENCH_RUNS (5), GITSYNC_BENCH_MONO_FILES (100000; 0 skips the monorepo),
+//! GITSYNC_BENCH_MONO_RUNS (3).
 //!
 //! Measures:
 //! 1. push-to-published latency with POST /sync and with polling (--period 1s);
 //! 2. the cost of a poll when nothing changed (CPU time, bytes on the wire) vs `git fetch`;
 //! 3. first sync (vs `git clone --depth 1`) and incremental sync (vs `git fetch --depth 1` +
-//!    `git checkout`) of a generated repository, wall time and peak RSS.
+//!    `git checkout`) of a generated repository, wall time and peak RSS;
+//! 4. the cost of signature verification on that repository, its commits signed with an SSH
+//!    key: `--verify-signatures head` on the first sync, `all` on the incremental one, against
+//!    the same syncs unverified (and `git verify-commit` on the git CLI's side);
+//! 5. a 100,000-file monorepo published whole and with `--subpath` to one directory of 1,000
+//!    files, against `git clone --depth 1` and a partial clone with a sparse checkout.
 
 // Benchmark code: a failed unwrap aborts the run with its location.
 #![allow(clippy::unwrap_used)]
+
+mod sync {
+    pub mod monorepo;
+    pub mod signed;
+}
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -321,8 +333,14 @@ fn main() {
     eprintln!("generating {files} files, {mb} MB...");
     generate(&work, files, mb, &mut rng);
     git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-q", "-m", "initial"]);
+    let signer = sync::signed::Signer::new(t);
+    signer.git(&work, &["commit", "-q", "-S", "-m", "initial"]);
     git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let mono_files = env_or("GITSYNC_BENCH_MONO_FILES", 100_000);
+    if mono_files > 0 {
+        eprintln!("generating the monorepo, {mono_files} files...");
+        sync::monorepo::generate(&srv, t, mono_files);
+    }
 
     let daemon_port = free_port();
     // `git-daemon` itself, not the `git daemon` wrapper, so that the kill reaches the listener.
@@ -367,33 +385,54 @@ fn main() {
         ]
     };
 
-    // 3a. first sync vs git clone --depth 1
+    // 3a. first sync vs git clone --depth 1; 4. the same verified
     let mut first_gs = Vec::new();
     let mut first_cli = Vec::new();
+    let mut first_gsv = Vec::new();
+    let mut first_cliv = Vec::new();
     for i in 0..runs {
         let root = t.join(format!("gs{i}"));
         let a = gs_args(&root);
         let args: Vec<&str> = a.iter().map(String::as_str).collect();
         first_gs.push(measure(t, bin, &args));
+        let root = t.join(format!("gsv{i}"));
+        let mut a = gs_args(&root);
+        a.extend(signer.git_sync_args("head"));
+        let args: Vec<&str> = a.iter().map(String::as_str).collect();
+        first_gsv.push(measure(t, bin, &args));
         let dest = t.join(format!("cli{i}"));
         first_cli.push(measure(
             t,
             "git",
             &["clone", "-q", "--depth", "1", &url, dest.to_str().unwrap()],
         ));
+        let dest = t.join(format!("cliv{i}"));
+        let script = format!(
+            "git clone -q --depth 1 {url} {d} && cd {d} && {verify} >/dev/null 2>&1",
+            d = dest.display(),
+            verify = signer.verify_commit_command("HEAD")
+        );
+        first_cliv.push(measure(t, "sh", &["-c", &script]));
     }
 
     // 3b. incremental: 1% of the files change
     change_some(&work, files, 100, 1);
-    git(&work, &["commit", "-q", "-am", "one percent"]);
+    signer.git(&work, &["commit", "-q", "-S", "-am", "one percent"]);
     git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
     let mut inc_gs = Vec::new();
     let mut inc_cli = Vec::new();
+    let mut inc_gsv = Vec::new();
+    let mut inc_cliv = Vec::new();
     for i in 0..runs {
         let root = t.join(format!("gs{i}"));
         let a = gs_args(&root);
         let args: Vec<&str> = a.iter().map(String::as_str).collect();
         inc_gs.push(measure(t, bin, &args));
+        let root = t.join(format!("gsv{i}"));
+        let mut a = gs_args(&root);
+        a.extend(signer.git_sync_args("all"));
+        let args: Vec<&str> = a.iter().map(String::as_str).collect();
+        inc_gsv.push(measure(t, bin, &args));
         let dest = t.join(format!("cli{i}"));
         inc_cli.push(measure(
             &dest,
@@ -403,14 +442,33 @@ fn main() {
                 "git fetch -q --depth 1 origin main && git checkout -q --detach FETCH_HEAD",
             ],
         ));
+        let dest = t.join(format!("cliv{i}"));
+        let script = format!(
+            "git fetch -q --depth 1 origin main && {verify} >/dev/null 2>&1 && git checkout -q --detach FETCH_HEAD",
+            verify = signer.verify_commit_command("FETCH_HEAD")
+        );
+        inc_cliv.push(measure(&dest, "sh", &["-c", &script]));
     }
     let new_sha = git(&work, &["rev-parse", "HEAD"]);
     for i in 0..runs {
-        assert_eq!(
-            published(&t.join(format!("gs{i}"))).as_deref(),
-            Some(new_sha.as_str())
-        );
+        for name in ["gs", "gsv"] {
+            assert_eq!(
+                published(&t.join(format!("{name}{i}"))).as_deref(),
+                Some(new_sha.as_str())
+            );
+        }
     }
+    // Only the runs' first sync and incremental sync are needed: free the disk.
+    for i in 0..runs {
+        for name in ["gsv", "cliv"] {
+            let _ = std::fs::remove_dir_all(t.join(format!("{name}{i}")));
+        }
+    }
+    let mono = (mono_files > 0).then(|| {
+        let mono_url = format!("git://127.0.0.1:{}/mono.git", proxy.port);
+        let mono_runs = env_or("GITSYNC_BENCH_MONO_RUNS", 3).max(1);
+        sync::monorepo::run(t, bin, &proxy, &mono_url, mono_files, mono_runs)
+    });
 
     // 2. a poll when nothing changed: git-sync (long-running) vs `git fetch` in a clone
     let polls = 30;
@@ -573,4 +631,50 @@ fn main() {
         m * 1000.0,
         x * 1000.0
     );
+    println!();
+    println!(
+        "## signature verification ({files} files, commits signed by ssh-keygen, {runs} runs, medians)"
+    );
+    println!();
+    println!("| measure | unverified | verified | cost of verifying |");
+    println!("|---|---|---|---|");
+    let cost_row = |name: &str, a: f64, b: f64| {
+        println!(
+            "| {name} | {a:.3} s | {b:.3} s | {:+.1}% |",
+            (b / a - 1.0) * 100.0
+        );
+    };
+    cost_row(
+        "git-sync first sync, wall (--verify-signatures head)",
+        med(&first_gs, |c| c.wall),
+        med(&first_gsv, |c| c.wall),
+    );
+    cost_row(
+        "git-sync first sync, CPU",
+        med(&first_gs, |c| c.cpu),
+        med(&first_gsv, |c| c.cpu),
+    );
+    cost_row(
+        "git-sync incremental 1%, wall (--verify-signatures all)",
+        med(&inc_gs, |c| c.wall),
+        med(&inc_gsv, |c| c.wall),
+    );
+    cost_row(
+        "git-sync incremental 1%, CPU",
+        med(&inc_gs, |c| c.cpu),
+        med(&inc_gsv, |c| c.cpu),
+    );
+    cost_row(
+        "git CLI clone --depth 1, wall (+ git verify-commit)",
+        med(&first_cli, |c| c.wall),
+        med(&first_cliv, |c| c.wall),
+    );
+    cost_row(
+        "git CLI fetch + checkout, wall (+ git verify-commit)",
+        med(&inc_cli, |c| c.wall),
+        med(&inc_cliv, |c| c.wall),
+    );
+    if let Some(mono) = mono {
+        mono.print();
+    }
 }

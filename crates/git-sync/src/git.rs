@@ -185,7 +185,15 @@ impl Source {
 
 /// The URL libgit2 fetches from: the HTTPS bridge's loopback URL for an http(s) remote.
 fn remote_url(source: &Source) -> Result<String, GitError> {
-    bridge::local_url(&source.url, &source.http, true).map_err(|message| GitError::Git {
+    let credentials = &source.credentials;
+    let login = bridge::Login {
+        basic: credentials
+            .username
+            .as_deref()
+            .zip(credentials.password_file.as_deref()),
+        bearer: source.http.bearer_token_file.as_deref(),
+    };
+    bridge::local_url(&source.url, &source.http, login).map_err(|message| GitError::Git {
         context: format!("preparing the connection to {}", redact_url(&source.url)),
         message,
         corrupt: false,
@@ -535,7 +543,11 @@ impl PrivateRepo {
             }
             source
                 .credentials
-                .git_credential(allowed, username_from_url)
+                .git_credential(
+                    allowed,
+                    username_from_url,
+                    source.http.bearer_token_file.is_some(),
+                )
                 .map_err(|e| state.fail(e.message().to_string()))
         });
         let url = source.url.clone();
@@ -583,10 +595,12 @@ impl CallbackState {
 }
 
 impl Credentials {
+    /// `bearer`: a bearer token is configured.
     fn git_credential(
         &self,
         allowed: CredentialType,
         username_from_url: Option<&str>,
+        bearer: bool,
     ) -> Result<Cred, git2::Error> {
         let user = self.username.as_deref().or(username_from_url);
         if allowed.contains(CredentialType::SSH_KEY) {
@@ -601,16 +615,15 @@ impl Credentials {
             return Cred::username(user.unwrap_or("git"));
         }
         if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
-            let (Some(user), Some(file)) = (user, &self.password_file) else {
-                return Err(git2::Error::from_str(
-                    "the server asks for a username and password: set --username and --password-file",
-                ));
-            };
-            // Read on every sync so a rotated secret is picked up without a restart.
-            let password = self
-                .read_password(file)
-                .map_err(|e| git2::Error::from_str(&e))?;
-            return Cred::userpass_plaintext(user, &password);
+            // HTTP(S) logins are sent by the bridge (see transport): a 401 means the server
+            // refused them, or that none is configured.
+            return Err(git2::Error::from_str(
+                if self.password_file.is_some() || bearer {
+                    "the server refused the configured login (HTTP 401)"
+                } else {
+                    "the server asks for a login: set --username and --password-file, or --bearer-token-file"
+                },
+            ));
         }
         Err(git2::Error::from_str(
             "the server asks for a kind of credential git-sync does not support",

@@ -183,6 +183,21 @@ fn bearer_token_file_is_read_on_every_sync() {
         !gs.logs().contains("expired-token"),
         "the token reached the log"
     );
+
+    // Another process of the pod (same loopback) cannot use the bridge to reach the server
+    // with git-sync's token: without the bridge's own random path prefix it is refused.
+    let worker = children_of(gs.pid());
+    let ports: Vec<u16> = worker
+        .iter()
+        .flat_map(|pid| listening_ports(*pid))
+        .collect();
+    assert!(!ports.is_empty(), "the network worker's bridge listens");
+    let requests_before = server.access_log().lines().count();
+    for port in ports {
+        let (status, body) = http_get(port, "/cfg.git/info/refs?service=git-upload-pack");
+        assert_eq!(status, 403, "{body}");
+    }
+    assert_eq!(server.access_log().lines().count(), requests_before);
 }
 
 #[test]
@@ -290,4 +305,33 @@ fn proxies_from_the_environment_and_the_flag_and_no_proxy() {
     assert!(status.success(), "{logs}\n{}", server.access_log());
     assert!(is_published(&root, &c1));
     assert!(server.access_log().contains("GET /old.git/info/refs"));
+}
+
+/// The TCP ports a process listens on (its sockets' inodes looked up in /proc/net/tcp).
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|target| {
+                    let t = target.to_string_lossy().into_owned();
+                    t.strip_prefix("socket:[")
+                        .and_then(|r| r.strip_suffix(']'))
+                        .map(String::from)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local address, state 0A = LISTEN, inode
+            (f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]))
+                .then(|| u16::from_str_radix(f[1].split(':').nth(1)?, 16).ok())
+                .flatten()
+        })
+        .collect()
 }

@@ -3,11 +3,16 @@
 //! One listener on 127.0.0.1 per remote origin, in a small tokio runtime on a thread of the
 //! network worker. Each connection carries one request: the bridge reads its head, writes it
 //! to the real server with the right `Host`, `Connection: close` and, for the remote's own
-//! origin, the bearer token, then relays the body and the response as they are. A redirect to
-//! an origin is rewritten to that origin's listener, so libgit2 never leaves the bridge. When
-//! the bridge cannot reach the server (refused connection, TLS, proxy) it answers 502 and
-//! keeps the reason, which the sync's error then names instead of libgit2's "unexpected http
-//! status code: 502".
+//! origin, the login (basic or bearer), then relays the body and the response as they are. A
+//! redirect to an origin is rewritten to that origin's listener, so libgit2 never leaves the
+//! bridge. When the bridge cannot reach the server (refused connection, TLS, proxy) it answers
+//! 502 and keeps the reason, which the sync's error then names instead of libgit2's
+//! "unexpected http status code: 502".
+//!
+//! The app's containers share the pod's loopback: every bridge URL starts with a random token
+//! of this process (`/TOKEN/path`), and a request without it is refused, so another process of
+//! the pod cannot use the bridge to reach the server with git-sync's login or client
+//! certificate. No secret crosses the loopback: the bridge adds the login itself.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -40,20 +45,25 @@ fn running() -> Option<&'static Bridge> {
     BRIDGE.get()?.as_ref().ok()
 }
 
+/// The login the bridge sends to a remote's origin: basic auth or a bearer token, from files
+/// read on every sync.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Login<'a> {
+    /// (username, password file)
+    pub basic: Option<(&'a str, &'a Path)>,
+    pub bearer: Option<&'a Path>,
+}
+
 /// What libgit2 should fetch from for `url` with `settings`: the bridge's loopback URL for an
 /// http(s) remote (its listener's settings brought up to date: files re-read), `url` itself
-/// otherwise. `bearer` says whether this remote gets the bearer token.
-pub fn local_url(url: &str, settings: &HttpSettings, bearer: bool) -> Result<String, String> {
+/// otherwise.
+pub fn local_url(url: &str, settings: &HttpSettings, login: Login<'_>) -> Result<String, String> {
     let Some(parsed) = HttpUrl::parse(url) else {
         return Ok(url.to_string());
     };
     let bridge = bridge()?;
-    let entry = bridge.prepare(&parsed.origin, settings, bearer)?;
-    let user = parsed.user.map(|u| format!("{u}@")).unwrap_or_default();
-    Ok(format!(
-        "http://{user}127.0.0.1:{}{}",
-        entry.port, parsed.path
-    ))
+    let entry = bridge.prepare(&parsed.origin, settings, login)?;
+    Ok(format!("{}{}", bridge.base(entry.port), parsed.path))
 }
 
 /// The reason the bridge last failed to reach `url`'s origin, taken (None when it did not).
@@ -74,15 +84,14 @@ pub fn unmap(message: &str) -> String {
     };
     let mut text = message.to_string();
     for (origin, entry) in origins.iter() {
-        text = text.replace(
-            &format!("http://127.0.0.1:{}", entry.port),
-            &origin.base_url(),
-        );
+        text = text.replace(&bridge.base(entry.port), &origin.base_url());
     }
     text
 }
 
 struct Bridge {
+    /// The first path segment of every bridge URL.
+    token: String,
     runtime: tokio::runtime::Handle,
     origins: Mutex<HashMap<Origin, Arc<Entry>>>,
     /// The system's CA bundle, read once, when a remote first needs it.
@@ -105,7 +114,8 @@ struct State {
     /// The files the TLS config was built from, to rebuild it only when they change.
     tls_files: Vec<Vec<u8>>,
     proxy: Option<ProxyUrl>,
-    bearer: Option<String>,
+    /// The `Authorization` value for this origin, if it has a login.
+    authorization: Option<String>,
 }
 
 impl Bridge {
@@ -120,10 +130,16 @@ impl Bridge {
             .spawn(move || runtime.block_on(std::future::pending::<()>()))
             .map_err(|e| format!("starting the HTTPS bridge: {e}"))?;
         Ok(Bridge {
+            token: format!("{:032x}", rand::random::<u128>()),
             runtime: handle,
             origins: Mutex::new(HashMap::new()),
             native_roots: OnceLock::new(),
         })
+    }
+
+    /// `http://127.0.0.1:PORT/TOKEN`, what a bridge URL starts with.
+    fn base(&self, port: u16) -> String {
+        format!("http://127.0.0.1:{port}/{}", self.token)
     }
 
     /// The origin's listener (started if new), with its state rebuilt from `settings`.
@@ -131,7 +147,7 @@ impl Bridge {
         &'static self,
         origin: &Origin,
         settings: &HttpSettings,
-        bearer: bool,
+        login: Login<'_>,
     ) -> Result<Arc<Entry>, String> {
         let entry = self.entry(origin)?;
         let previous = entry
@@ -139,7 +155,7 @@ impl Bridge {
             .lock()
             .map_err(|_| "bridge state poisoned")?
             .clone();
-        let state = self.build_state(origin, settings, bearer, Some(&previous))?;
+        let state = self.build_state(origin, settings, login, Some(&previous))?;
         *entry.state.lock().map_err(|_| "bridge state poisoned")? = Arc::new(state);
         if let Ok(mut error) = entry.error.lock() {
             *error = None;
@@ -167,7 +183,7 @@ impl Bridge {
                 tls: None,
                 tls_files: Vec::new(),
                 proxy: None,
-                bearer: None,
+                authorization: None,
             })),
             error: Mutex::new(None),
         });
@@ -186,15 +202,31 @@ impl Bridge {
         &self,
         origin: &Origin,
         settings: &HttpSettings,
-        bearer: bool,
+        login: Login<'_>,
         previous: Option<&State>,
     ) -> Result<State, String> {
         let proxy = settings
             .proxy
             .for_origin(origin.https, &origin.host, origin.port)
             .cloned();
-        let bearer = match (&settings.bearer_token_file, bearer) {
-            (Some(file), true) => Some(read_secret(file, "--bearer-token-file")?),
+        let authorization = match login {
+            Login {
+                bearer: Some(file), ..
+            } => Some(format!(
+                "Bearer {}",
+                read_secret(file, "--bearer-token-file")?
+            )),
+            Login {
+                basic: Some((user, file)),
+                ..
+            } => {
+                let password = read_secret(file, "--password-file")?;
+                let pair = format!("{user}:{password}");
+                Some(format!(
+                    "Basic {}",
+                    crate::known_hosts::base64_encode(pair.as_bytes())
+                ))
+            }
             _ => None,
         };
         let (tls, tls_files) = if origin.https {
@@ -222,7 +254,7 @@ impl Bridge {
             tls,
             tls_files,
             proxy,
-            bearer,
+            authorization,
         })
     }
 
@@ -257,19 +289,19 @@ impl Bridge {
     }
 
     /// The listener for a redirect's target, with the redirecting origin's settings but no
-    /// bearer token (a token is for the configured remote only).
+    /// login (a login is for the configured remote's origin only).
     fn redirect_target(&'static self, url: &HttpUrl, from: &State) -> Option<String> {
         let entry = if url.origin == from.origin {
             self.origins.lock().ok()?.get(&url.origin).cloned()?
         } else {
             let entry = self.entry(&url.origin).ok()?;
             let state = self
-                .build_state(&url.origin, &from.settings, false, None)
+                .build_state(&url.origin, &from.settings, Login::default(), None)
                 .ok()?;
             *entry.state.lock().ok()? = Arc::new(state);
             entry
         };
-        Some(format!("http://127.0.0.1:{}{}", entry.port, url.path))
+        Some(format!("{}{}", self.base(entry.port), url.path))
     }
 }
 
@@ -302,6 +334,8 @@ fn read_secret(file: &Path, flag: &str) -> Result<String, String> {
 async fn serve(listener: TcpListener, entry: Arc<Entry>, bridge: &'static Bridge) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
+            // out of file descriptors, most likely: give the others a moment to close
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
         let entry = entry.clone();
@@ -334,9 +368,13 @@ async fn handle(mut client: TcpStream, state: &State, entry: &Entry, bridge: &'s
     let Some((head, body_start)) = read_head(&mut client).await else {
         return; // libgit2 went away
     };
-    let request = match rewrite_request(&head, state) {
+    let request = match rewrite_request(&head, state, &bridge.token) {
         Ok(r) => r,
-        Err(e) => {
+        Err(Refused::NotOurs) => {
+            let _ = respond(&mut client, 403, "not a request of git-sync").await;
+            return;
+        }
+        Err(Refused::Bad(e)) => {
             entry.failed(state, &e);
             let _ = respond(&mut client, 400, &e).await;
             return;
@@ -417,22 +455,37 @@ fn dropped(name: &str) -> bool {
     .any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// Why the bridge does not carry a request.
+#[derive(Debug)]
+enum Refused {
+    /// Not from this process's libgit2 (no token).
+    NotOurs,
+    Bad(String),
+}
+
 /// The request head as the server (or, for plain HTTP, the proxy) gets it.
-fn rewrite_request(head: &[u8], state: &State) -> Result<Vec<u8>, String> {
+fn rewrite_request(head: &[u8], state: &State, token: &str) -> Result<Vec<u8>, Refused> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err("the bridge got a request it cannot read".into()),
+        _ => return Err(Refused::NotOurs),
     }
     let (Some(method), Some(path)) = (request.method, request.path) else {
-        return Err("the bridge got a request without a method or path".into());
+        return Err(Refused::NotOurs);
     };
-    if method.eq_ignore_ascii_case("CONNECT") || !path.starts_with('/') {
-        return Err(format!(
+    let Some(path) = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_prefix(token))
+        .filter(|p| p.starts_with('/'))
+    else {
+        return Err(Refused::NotOurs);
+    };
+    if method.eq_ignore_ascii_case("CONNECT") {
+        return Err(Refused::Bad(format!(
             "the bridge carries requests to {} only",
             state.origin.base_url()
-        ));
+        )));
     }
     let origin = &state.origin;
     let target = match (&state.proxy, origin.https) {
@@ -455,8 +508,8 @@ fn rewrite_request(head: &[u8], state: &State) -> Result<Vec<u8>, String> {
         out.push_str(&String::from_utf8_lossy(header.value));
         out.push_str("\r\n");
     }
-    if let (Some(token), false) = (&state.bearer, has_authorization) {
-        out.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    if let (Some(authorization), false) = (&state.authorization, has_authorization) {
+        out.push_str(&format!("Authorization: {authorization}\r\n"));
     }
     if let (Some(proxy), false) = (&state.proxy, origin.https) {
         out.push_str(&proxy_authorization(proxy));
@@ -640,10 +693,10 @@ async fn respond_half(
     reason: &str,
 ) -> std::io::Result<()> {
     let body = format!("git-sync: {reason}\n");
-    let text = if status == 400 {
-        "Bad Request"
-    } else {
-        "Bad Gateway"
+    let text = match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        _ => "Bad Gateway",
     };
     client
         .write_all(
@@ -661,6 +714,8 @@ async fn respond_half(
 mod tests {
     use super::*;
 
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
     fn state(https: bool, proxy: Option<&str>, bearer: Option<&str>) -> State {
         State {
             origin: Origin {
@@ -672,15 +727,15 @@ mod tests {
             tls: None,
             tls_files: Vec::new(),
             proxy: proxy.map(|p| ProxyUrl::parse(p).unwrap()),
-            bearer: bearer.map(String::from),
+            authorization: bearer.map(|t| format!("Bearer {t}")),
         }
     }
 
-    const REQUEST: &[u8] = b"POST /team/cfg.git/git-upload-pack HTTP/1.1\r\nUser-Agent: git/2.0 (libgit2 1.9)\r\nHost: 127.0.0.1:40000\r\nContent-Type: application/x-git-upload-pack-request\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n";
+    const REQUEST: &[u8] = b"POST /0123456789abcdef0123456789abcdef/team/cfg.git/git-upload-pack HTTP/1.1\r\nUser-Agent: git/2.0 (libgit2 1.9)\r\nHost: 127.0.0.1:40000\r\nContent-Type: application/x-git-upload-pack-request\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n";
 
     #[test]
     fn requests_get_the_real_host_one_connection_and_the_bearer_token() {
-        let out = rewrite_request(REQUEST, &state(true, None, Some("tok"))).unwrap();
+        let out = rewrite_request(REQUEST, &state(true, None, Some("tok")), TOKEN).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with(
             "POST /team/cfg.git/git-upload-pack HTTP/1.1\r\nHost: git.example.com\r\n"
@@ -695,16 +750,33 @@ mod tests {
             .unwrap()
             .replace("\r\n\r\n", "\r\nAuthorization: Basic YTpi\r\n\r\n");
         let text = String::from_utf8(
-            rewrite_request(basic.as_bytes(), &state(true, None, Some("tok"))).unwrap(),
+            rewrite_request(basic.as_bytes(), &state(true, None, Some("tok")), TOKEN).unwrap(),
         )
         .unwrap();
         assert!(text.contains("Authorization: Basic YTpi\r\n") && !text.contains("Bearer"));
     }
 
     #[test]
+    fn requests_without_the_token_are_not_carried() {
+        let s = state(true, None, Some("tok"));
+        for head in [
+            &b"GET /team/cfg.git/info/refs HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            &b"GET /0123456789abcdef0123456789abcdeX/r HTTP/1.1\r\n\r\n"[..],
+            &b"GET /0123456789abcdef0123456789abcdef HTTP/1.1\r\n\r\n"[..],
+            &b"garbage\r\n\r\n"[..],
+        ] {
+            assert!(
+                matches!(rewrite_request(head, &s, TOKEN), Err(Refused::NotOurs)),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+
+    #[test]
     fn plain_http_through_a_proxy_is_asked_by_absolute_url() {
         let s = state(false, Some("http://us%40r:p%3Ass@proxy:3128"), None);
-        let text = String::from_utf8(rewrite_request(REQUEST, &s).unwrap()).unwrap();
+        let text = String::from_utf8(rewrite_request(REQUEST, &s, TOKEN).unwrap()).unwrap();
         assert!(text.starts_with(
             "POST http://git.example.com:8080/team/cfg.git/git-upload-pack HTTP/1.1\r\nHost: git.example.com:8080\r\n"
         ), "{text}");
@@ -715,9 +787,9 @@ mod tests {
         );
         // https through the same proxy goes by CONNECT: origin-form, no proxy header
         let s = state(true, Some("http://u:p@proxy:3128"), None);
-        let text = String::from_utf8(rewrite_request(REQUEST, &s).unwrap()).unwrap();
+        let text = String::from_utf8(rewrite_request(REQUEST, &s, TOKEN).unwrap()).unwrap();
         assert!(text.starts_with("POST /team/") && !text.contains("Proxy-Authorization"));
-        assert!(rewrite_request(b"CONNECT x:443 HTTP/1.1\r\n\r\n", &s).is_err());
+        assert!(rewrite_request(b"CONNECT x:443 HTTP/1.1\r\n\r\n", &s, TOKEN).is_err());
     }
 
     #[test]
@@ -735,8 +807,8 @@ mod tests {
         let text = String::from_utf8(rewrite_response(moved, &s, bridge)).unwrap();
         assert!(
             text.contains(&format!(
-                "Location: http://127.0.0.1:{}/new.git/info/refs?service=git-upload-pack\r\n",
-                entry.port
+                "Location: http://127.0.0.1:{}/{}/new.git/info/refs?service=git-upload-pack\r\n",
+                entry.port, bridge.token
             )),
             "{text}"
         );
