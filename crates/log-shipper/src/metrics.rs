@@ -16,6 +16,8 @@ pub struct Metrics {
     pub lines_read: IntCounterVec,
     /// input
     pub bytes_read: IntCounterVec,
+    /// input, code: the HTTP receiver's answers
+    pub receiver_requests: IntCounterVec,
     /// sink
     pub lines_sent: IntCounterVec,
     /// sink: request bodies before compression
@@ -66,6 +68,12 @@ impl Metrics {
                 "log_shipper_bytes_read_total",
                 "Bytes read by an input",
                 &["input"],
+            )?,
+            receiver_requests: counter_vec(
+                r,
+                "log_shipper_receiver_requests_total",
+                "Requests to an HTTP receiver by status code (200: the lines are safe; 413 too large; 503 busy or not acknowledged in time)",
+                &["input", "code"],
             )?,
             lines_sent: counter_vec(
                 r,

@@ -1,4 +1,5 @@
-//! A running configuration: sinks first, then for each input its pipeline and its source.
+//! A running configuration: sinks first, then for each input its pipeline and its source (the
+//! receivers' sockets are bound here: a taken port fails the start, naming the input).
 //! Stopping goes the other way and loses nothing: sources stop reading, pipelines flush what
 //! they hold, sinks deliver (or, failing, write to their disk buffers) until the flush time is
 //! up; whatever is still unacknowledged then is read again from the files next time.
@@ -19,6 +20,8 @@ use crate::sink::driver::{self, SinkHandle, Stop};
 use crate::sink::http::SinkContext;
 use crate::source::Source;
 use crate::source::file::{FileSource, SharedTable};
+use crate::source::http::HttpSource;
+use crate::source::syslog::SyslogSource;
 
 #[derive(Debug)]
 pub struct Topology {
@@ -90,6 +93,25 @@ impl Topology {
                         metrics: metrics.clone(),
                     });
                     sources.push(source.start(tx, stop_reading.clone()));
+                }
+                InputKind::Http(http) => {
+                    let source =
+                        HttpSource::bind(http.clone(), metrics.clone(), sink_stop.deadline.clone())
+                            .map_err(|e| {
+                                anyhow::anyhow!(
+                                    "input {}: cannot listen on {}: {e}",
+                                    http.name,
+                                    http.address
+                                )
+                            })?;
+                    sources.push(Box::new(source).start(tx, stop_reading.clone()));
+                }
+                InputKind::Syslog(syslog) => {
+                    let source =
+                        SyslogSource::bind(syslog.clone(), metrics.clone()).map_err(|e| {
+                            anyhow::anyhow!("input {}: cannot listen: {e}", syslog.name)
+                        })?;
+                    sources.push(Box::new(source).start(tx, stop_reading.clone()));
                 }
             }
         }

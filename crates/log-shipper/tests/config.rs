@@ -66,7 +66,7 @@ fn bad_settings_exit_64_naming_the_setting() {
         ),
         (
             with(&["--bearer-token-file", "/"]),
-            "--bearer-token-file /: Is a directory",
+            "--bearer-token-file /: is a directory",
         ),
         (
             with(&["--ca-file", "/nonexistent/ca.pem"]),
@@ -74,6 +74,28 @@ fn bad_settings_exit_64_naming_the_setting() {
         ),
         (with(&["--buffer-max-bytes", "10KiB"]), "--buffer-max-bytes"),
         (vec!["--sink-url".into(), "http://x/".into()], "--file"),
+        (
+            vec![
+                "--http-listen".into(),
+                "nowhere".into(),
+                "--sink-url".into(),
+                "http://x/".into(),
+            ],
+            "--http-listen: `nowhere` is not an address",
+        ),
+        (
+            vec![
+                "--syslog-udp".into(),
+                "127.0.0.1:5514".into(),
+                "--http-listen".into(),
+                "127.0.0.1:9880".into(),
+                "--http-max-in-flight-bytes".into(),
+                "1KiB".into(),
+                "--sink-url".into(),
+                "http://x/".into(),
+            ],
+            "--http-max-in-flight-bytes: at least the largest body",
+        ),
         (
             vec![
                 "--file".into(),
@@ -152,6 +174,14 @@ fn bad_yaml_exits_64_naming_the_field() {
         (
             "inputs:\n  app: {type: file, include: [\"/l/*.log\"], colour: blue}\npipelines:\n  default: {sinks: [c]}\nsinks:\n  c: {type: http, url: \"http://x/\"}\n",
             "unknown field `colour`",
+        ),
+        (
+            "inputs:\n  a: {type: http, address: \"127.0.0.1:9880\"}\n  b: {type: syslog, tcp: \"localhost:9880\"}\npipelines:\n  default: {sinks: [c]}\nsinks:\n  c: {type: http, url: \"http://x/\"}\n",
+            "inputs.b: tcp 127.0.0.1:9880 is the address of input `a` too",
+        ),
+        (
+            "inputs:\n  s: {type: syslog}\npipelines:\n  default: {sinks: [c]}\nsinks:\n  c: {type: http, url: \"http://x/\"}\n",
+            "inputs.s.tcp: give a TCP or a UDP address",
         ),
     ];
     for (body, needle) in cases {

@@ -138,13 +138,58 @@ pub struct Cli {
     #[arg(long, env = "ROTATE_WAIT", default_value = "5s", value_parser = humantime::parse_duration, help_heading = "Input")]
     pub rotate_wait: Duration,
 
+    /// Listen for lines POSTed over HTTP (JSON, NDJSON or text) on this address, e.g.
+    /// `127.0.0.1:9880`; the answer comes once the lines are safe.
+    #[arg(
+        long,
+        env = "HTTP_LISTEN",
+        value_name = "ADDR",
+        help_heading = "Receivers"
+    )]
+    pub http_listen: Option<String>,
+    /// Largest request body, after decompression (413 beyond).
+    #[arg(long, env = "HTTP_MAX_BODY_BYTES", default_value = "4MiB", value_parser = bytes_arg, help_heading = "Receivers")]
+    pub http_max_body_bytes: u64,
+    /// Request bodies waiting for acknowledgement at most (503 beyond).
+    #[arg(long, env = "HTTP_MAX_IN_FLIGHT_BYTES", default_value = "16MiB", value_parser = bytes_arg, help_heading = "Receivers")]
+    pub http_max_in_flight_bytes: u64,
+    /// Longest a request waits for its lines to be acknowledged (then 503).
+    #[arg(long, env = "HTTP_ACK_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Receivers")]
+    pub http_ack_timeout: Duration,
+    /// Listen for syslog (RFC 5424, RFC 3164; octet counting or newlines) over TCP here,
+    /// e.g. `127.0.0.1:5514`.
+    #[arg(
+        long,
+        env = "SYSLOG_TCP",
+        value_name = "ADDR",
+        help_heading = "Receivers"
+    )]
+    pub syslog_tcp: Option<String>,
+    /// Listen for syslog over UDP here.
+    #[arg(
+        long,
+        env = "SYSLOG_UDP",
+        value_name = "ADDR",
+        help_heading = "Receivers"
+    )]
+    pub syslog_udp: Option<String>,
+    /// Syslog TCP connections at once.
+    #[arg(
+        long,
+        env = "SYSLOG_MAX_CONNECTIONS",
+        default_value_t = 256,
+        help_heading = "Receivers"
+    )]
+    pub syslog_max_connections: usize,
+
     /// How lines are parsed.
     #[arg(long, env = "PARSER", value_enum, default_value_t = ParserKind::Raw, help_heading = "Processing")]
     pub parser: ParserKind,
     /// For --parser regex: a pattern with named captures (`message` is the message).
     #[arg(long, env = "REGEX", help_heading = "Processing")]
     pub regex: Option<String>,
-    /// For --parser json and logfmt: the key that holds the message.
+    /// For --parser json and logfmt, and the HTTP receiver's JSON: the key that holds the
+    /// message.
     #[arg(
         long,
         env = "MESSAGE_KEY",

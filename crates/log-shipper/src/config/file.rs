@@ -42,6 +42,34 @@ pub struct FileConfig {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum InputYaml {
     File(FileInputYaml),
+    Http(HttpInputYaml),
+    Syslog(SyslogInputYaml),
+}
+
+/// The HTTP receiver.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpInputYaml {
+    /// `127.0.0.1:9880`.
+    pub address: String,
+    #[serde(default, deserialize_with = "de_opt_bytes")]
+    pub max_body_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "de_opt_bytes")]
+    pub max_in_flight_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub ack_timeout: Option<Duration>,
+    pub message_key: Option<String>,
+    pub pipeline: Option<String>,
+}
+
+/// The syslog receiver: TCP, UDP or both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogInputYaml {
+    pub tcp: Option<String>,
+    pub udp: Option<String>,
+    pub max_connections: Option<usize>,
+    pub pipeline: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,7 @@
 mod build;
 pub mod cli;
 pub mod file;
+mod inputs;
 mod plan;
 mod sinks;
 pub mod units;
@@ -20,6 +21,8 @@ use sidecar_kit::SidecarInfo;
 use crate::pipeline::PipelineSpec;
 use crate::sink::SinkSpec;
 use crate::source::file::FileInputSpec;
+use crate::source::http::HttpInputSpec;
+use crate::source::syslog::SyslogInputSpec;
 pub use cli::Cli;
 use file::FileConfig;
 pub use sidecar_kit::config::ConfigError;
@@ -43,12 +46,16 @@ pub struct InputSpec {
 #[derive(Debug, Clone)]
 pub enum InputKind {
     File(FileInputSpec),
+    Http(HttpInputSpec),
+    Syslog(SyslogInputSpec),
 }
 
 impl InputSpec {
     pub fn name(&self) -> &str {
         match &self.kind {
             InputKind::File(f) => &f.name,
+            InputKind::Http(h) => &h.name,
+            InputKind::Syslog(s) => &s.name,
         }
     }
 }
@@ -112,12 +119,7 @@ impl Config {
     pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
         let plan = match &cli.kit.config {
             Some(path) => {
-                if !cli.files.is_empty() {
-                    return Err(ConfigError::field(
-                        "--file",
-                        "give the files in --config's inputs, or --file without --config",
-                    ));
-                }
+                inputs::no_input_flags(cli)?;
                 if cli.sink_url.is_some() {
                     return Err(ConfigError::field(
                         "--sink-url",

@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::build::{
-    RedactRule, SinkFields, check_name, enrich, event_bytes, file_input, http_sink, multiline,
-    pairs, parser, redactor, timestamp,
+    RedactRule, SinkFields, check_name, enrich, event_bytes, http_sink, multiline, pairs, parser,
+    redactor, timestamp,
 };
 use crate::config::cli::{Cli, ParserKind};
 use crate::config::file::{self, FileConfig};
 use crate::config::sinks::store_sink;
-use crate::config::{ConfigError, InputKind, InputSpec, Plan};
+use crate::config::{ConfigError, Plan, inputs};
 use crate::pipeline::PipelineSpec;
 use crate::pipeline::parse::Parser;
 use crate::sink::driver::Delivery;
@@ -18,30 +18,13 @@ use crate::sink::http::TlsSpec;
 use crate::sink::{BatchSpec, BufferSpec, RetrySpec};
 
 pub(super) fn plan_from_flags(cli: &Cli) -> Result<Plan, ConfigError> {
-    if cli.files.is_empty() {
-        return Err(ConfigError::field(
-            "--file",
-            "give the files to read (a glob), or --config",
-        ));
-    }
+    let inputs = inputs::from_flags(cli, cli.max_event_bytes)?;
     let Some(url) = &cli.sink_url else {
         return Err(ConfigError::field(
             "--sink-url",
             "give the URL to send to, or --config",
         ));
     };
-    let input = file_input(
-        "files",
-        &cli.files,
-        Some(&cli.exclude).filter(|e| !e.is_empty()),
-        cli.format,
-        cli.start_at,
-        cli.watch,
-        cli.poll_interval,
-        cli.rotate_wait,
-        cli.max_event_bytes,
-        "--file",
-    )?;
     let multiline = multiline(
         cli.multiline_preset,
         cli.multiline_start.as_deref(),
@@ -124,10 +107,7 @@ pub(super) fn plan_from_flags(cli: &Cli) -> Result<Plan, ConfigError> {
         &SinkFields::flags(),
     )?;
     Ok(Plan {
-        inputs: vec![InputSpec {
-            pipeline: "default".into(),
-            kind: InputKind::File(input),
-        }],
+        inputs,
         pipelines: BTreeMap::from([("default".to_owned(), Arc::new(pipeline))]),
         sinks: vec![sink],
     })
@@ -308,35 +288,7 @@ pub(super) fn plan_from_file(file: FileConfig, cli: &Cli) -> Result<Plan, Config
             }),
         );
     }
-    let mut inputs = Vec::new();
-    for (name, input) in file.inputs {
-        let prefix = format!("inputs.{name}");
-        check_name(&name, &prefix)?;
-        let file::InputYaml::File(f) = input;
-        let pipeline = f.pipeline.clone().unwrap_or_else(|| "default".into());
-        let Some(spec) = pipelines.get(&pipeline) else {
-            return Err(ConfigError::field(
-                format!("{prefix}.pipeline"),
-                format!("unknown pipeline `{pipeline}`"),
-            ));
-        };
-        let spec = file_input(
-            &name,
-            &f.include,
-            f.exclude.as_ref(),
-            f.format.unwrap_or(cli.format),
-            f.start_at.unwrap_or(cli.start_at),
-            f.watch.unwrap_or(cli.watch),
-            f.poll_interval.unwrap_or(cli.poll_interval),
-            f.rotate_wait.unwrap_or(cli.rotate_wait),
-            spec.max_event_bytes as u64,
-            &format!("{prefix}.include"),
-        )?;
-        inputs.push(InputSpec {
-            pipeline,
-            kind: InputKind::File(spec),
-        });
-    }
+    let inputs = inputs::from_file(file.inputs, &pipelines, cli)?;
     Ok(Plan {
         inputs,
         pipelines,

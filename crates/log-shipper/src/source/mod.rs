@@ -7,6 +7,8 @@
 //! tells it what every sink has.
 
 pub mod file;
+pub mod http;
+pub mod syslog;
 
 use std::sync::Arc;
 
