@@ -244,7 +244,9 @@ impl HttpProtocol for Elasticsearch {
         }
         let mut retry = Vec::new();
         let mut rejected = Vec::new();
-        let mut worst: Option<u16> = None;
+        // The status reported: a refused item's (it goes with it to the dead-letter file),
+        // else the highest among those sent again.
+        let (mut refused_status, mut retry_status): (Option<u16>, Option<u16>) = (None, None);
         for (i, item) in response.items.iter().enumerate() {
             let Some(item) = item.values().next() else {
                 retry.push(i);
@@ -256,10 +258,11 @@ impl HttpProtocol for Elasticsearch {
             if stored {
                 continue;
             }
-            worst = Some(worst.map_or(code, |w| w.max(code)));
             if code == 408 || code == 429 || code >= 500 {
+                retry_status = Some(retry_status.map_or(code, |w| w.max(code)));
                 retry.push(i);
             } else {
+                refused_status.get_or_insert(code);
                 rejected.push((i, item_reason(code, item.error.as_ref())));
             }
         }
@@ -268,7 +271,9 @@ impl HttpProtocol for Elasticsearch {
         }
         Outcome::Partial {
             bytes,
-            status: worst.map_or_else(|| "bad_response".into(), |c| c.to_string()),
+            status: refused_status
+                .or(retry_status)
+                .map_or_else(|| "bad_response".into(), |c| c.to_string()),
             retry,
             rejected,
             after: retry_after(headers),
@@ -348,7 +353,7 @@ mod tests {
             outcome,
             Outcome::Partial {
                 bytes: 10,
-                status: "503".into(),
+                status: "400".into(),
                 retry: vec![2, 4],
                 rejected: vec![(
                     1,

@@ -4,6 +4,8 @@
 //! (scripts/install-test-deps.sh installs them all).
 #![allow(dead_code)]
 
+pub mod apis;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
