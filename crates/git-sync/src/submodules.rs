@@ -80,97 +80,106 @@ pub fn fetch_submodules(
     request: &SubmoduleRequest,
     cancel: &Cancel,
 ) -> Result<Vec<Submodule>, GitError> {
-    let mut found = Vec::new();
+    let mut walk = Walk {
+        request,
+        cancel,
+        found: Vec::new(),
+    };
     if request.mode != SubmoduleMode::Off {
-        walk(repo, source, commit, "", 0, request, cancel, &mut found)?;
+        walk.repository(repo, source, commit, "", 0)?;
     }
-    Ok(found)
+    Ok(walk.found)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn walk(
-    repo: &PrivateRepo,
-    source: &Source,
-    commit: Oid,
-    prefix: &str,
-    nesting: usize,
-    request: &SubmoduleRequest,
-    cancel: &Cancel,
-    found: &mut Vec<Submodule>,
-) -> Result<(), GitError> {
-    let git = repo.repository();
-    let tree = git
-        .find_commit(commit)
-        .and_then(|c| c.tree())
-        .map_err(|e| corrupt(format!("reading commit {commit}"), e))?;
-    let Some(entry) = tree.get_name(".gitmodules") else {
-        return Ok(());
-    };
-    let blob = git
-        .find_blob(entry.id())
-        .map_err(|e| corrupt(format!("reading .gitmodules of {commit}"), e))?;
-    let modules =
-        parse_gitmodules(&String::from_utf8_lossy(blob.content())).map_err(|e| GitError::Git {
-            context: format!("{prefix}.gitmodules of commit {commit}"),
-            message: e,
-            corrupt: false,
-        })?;
-    for module in modules {
-        let path = format!("{prefix}{}", module.path);
-        let Ok(gitlink) = tree.get_path(Path::new(&module.path)) else {
-            continue; // a stale entry: nothing at that path
+struct Walk<'a> {
+    request: &'a SubmoduleRequest,
+    cancel: &'a Cancel,
+    found: Vec<Submodule>,
+}
+
+impl Walk<'_> {
+    /// The submodules of `commit` in `repo`, whose paths start with `prefix`.
+    fn repository(
+        &mut self,
+        repo: &PrivateRepo,
+        source: &Source,
+        commit: Oid,
+        prefix: &str,
+        nesting: usize,
+    ) -> Result<(), GitError> {
+        let (request, cancel) = (self.request, self.cancel);
+        let git = repo.repository();
+        let tree = git
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(|e| corrupt(format!("reading commit {commit}"), e))?;
+        let Some(entry) = tree.get_name(".gitmodules") else {
+            return Ok(());
         };
-        if gitlink.kind() != Some(ObjectType::Commit)
-            || module.skip
-            || !request.selection.touches(&path)
-        {
-            continue;
-        }
-        if nesting >= MAX_NESTING {
-            return Err(GitError::Git {
-                context: format!("submodule {path}"),
-                message: format!("submodules nest deeper than {MAX_NESTING} levels"),
+        let blob = git
+            .find_blob(entry.id())
+            .map_err(|e| corrupt(format!("reading .gitmodules of {commit}"), e))?;
+        let modules = parse_gitmodules(&String::from_utf8_lossy(blob.content())).map_err(|e| {
+            GitError::Git {
+                context: format!("{prefix}.gitmodules of commit {commit}"),
+                message: e,
                 corrupt: false,
-            });
-        }
-        let url = resolve_url(&source.url, &module.url);
-        let failed = |message: String| GitError::Git {
-            context: format!(
-                "submodule {path} ({})",
-                crate::credentials::redact_url(&url)
-            ),
-            message,
-            corrupt: false,
-        };
-        check_url(&source.url, &url).map_err(failed)?;
-        let depth = if module.shallow { 1 } else { source.depth };
-        let sub_source = submodule_source(source, url.clone(), gitlink.id(), depth);
-        let dir = request.dir.join(repo_name(&url));
-        let (sub_repo, _) = PrivateRepo::open_or_init(&dir, None)?;
-        fetch_commit(&sub_repo, &sub_source, gitlink.id(), cancel).map_err(|e| match e {
-            GitError::Cancelled => GitError::Cancelled,
-            other => failed(other.to_string()),
+            }
         })?;
-        tracing::debug!(path = %path, commit = %gitlink.id(), "submodule fetched");
-        found.push(Submodule {
-            path: path.clone(),
-            repo: dir,
-            commit: gitlink.id(),
-        });
-        if request.mode == SubmoduleMode::Recursive {
-            walk(
-                &sub_repo,
-                &sub_source,
-                gitlink.id(),
-                &format!("{path}/"),
-                nesting + 1,
-                request,
-                cancel,
-                found,
-            )?;
+        for module in modules {
+            let path = format!("{prefix}{}", module.path);
+            let Ok(gitlink) = tree.get_path(Path::new(&module.path)) else {
+                continue; // a stale entry: nothing at that path
+            };
+            if gitlink.kind() != Some(ObjectType::Commit)
+                || module.skip
+                || !request.selection.touches(&path)
+            {
+                continue;
+            }
+            if nesting >= MAX_NESTING {
+                return Err(GitError::Git {
+                    context: format!("submodule {path}"),
+                    message: format!("submodules nest deeper than {MAX_NESTING} levels"),
+                    corrupt: false,
+                });
+            }
+            let url = resolve_url(&source.url, &module.url);
+            let failed = |message: String| GitError::Git {
+                context: format!(
+                    "submodule {path} ({})",
+                    crate::credentials::redact_url(&url)
+                ),
+                message,
+                corrupt: false,
+            };
+            check_url(&source.url, &url).map_err(failed)?;
+            let depth = if module.shallow { 1 } else { source.depth };
+            let sub_source = submodule_source(source, url.clone(), gitlink.id(), depth);
+            let dir = request.dir.join(repo_name(&url));
+            let (sub_repo, _) = PrivateRepo::open_or_init(&dir, None)?;
+            fetch_commit(&sub_repo, &sub_source, gitlink.id(), cancel).map_err(|e| match e {
+                GitError::Cancelled => GitError::Cancelled,
+                other => failed(other.to_string()),
+            })?;
+            tracing::debug!(path = %path, commit = %gitlink.id(), "submodule fetched");
+            self.found.push(Submodule {
+                path: path.clone(),
+                repo: dir,
+                commit: gitlink.id(),
+            });
+            if request.mode == SubmoduleMode::Recursive {
+                self.repository(
+                    &sub_repo,
+                    &sub_source,
+                    gitlink.id(),
+                    &format!("{path}/"),
+                    nesting + 1,
+                )?;
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 fn corrupt(context: String, e: git2::Error) -> GitError {
