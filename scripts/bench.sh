@@ -9,7 +9,7 @@ only="${1:-}"
 want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 
 if want ambassador; then
-  echo "=== ambassador: mesh hop vs nginx, HAProxy, stunnel (the image's binary)"; AMB_BUILD=static crates/ambassador/benches/mesh_hop.sh 3 8 64
+  echo "=== ambassador: mesh hop vs nginx, HAProxy, stunnel (cargo's release build and the image's)"; crates/ambassador/benches/mesh_hop.sh 7 8 64
   echo "=== ambassador: failover vs nginx, HAProxy";           crates/ambassador/benches/failover.sh 3 10 32 2
 fi
 if want xml-adapter; then

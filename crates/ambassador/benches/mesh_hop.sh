@@ -6,14 +6,13 @@
 # usage: crates/ambassador/benches/mesh_hop.sh [RUNS=3] [SECONDS=10] [CONNECTIONS=64]
 # needs: nginx haproxy stunnel4 wrk openssl (apt), cargo.
 #
-# AMB_BUILD picks the ambassador binary measured:
-#   release (default)  target/release/ambassador, the workspace's release profile (dynamic glibc)
-#   static             the binary the image ships, built by scripts/pgo.sh as scripts/images.sh
-#                      builds it (fat LTO, one codegen unit, glibc crt-static, profile-guided;
-#                      PGO=0 leaves the profile out) into target/static-pgo; no shared libraries
-#                      are mapped, so its resident memory is lower
-# SKIP_BUILD=1 uses the chosen binary as it is; AMB_BIN=path measures that binary instead (a
-# variant built elsewhere), and the tables name it.
+# AMB_BUILD names the ambassador binaries measured, side by side in the same run (default
+# "release image"):
+#   release   target/release/ambassador: `cargo build --release`, what `cargo install` gives
+#   image     the binary the image ships (scripts/pgo.sh, as scripts/images.sh builds it: static,
+#             profile-guided; PGO=0 leaves the profile out), in target/static-pgo
+#   NAME=PATH a binary built elsewhere (a variant), shown as ambassador:NAME
+# SKIP_BUILD=1 uses the binaries as they are.
 # PEER_THREADS (default 2, one per core here) sets nginx's worker_processes and HAProxy's nbthread.
 # LAYOUT picks where the processes run:
 #   shared (default)  every process may run on every core, as the kernel schedules them
@@ -45,7 +44,7 @@ done
 
 cd "$ROOT"
 PEER_THREADS=${PEER_THREADS:-2}
-AMB_BUILD=${AMB_BUILD:-release}
+AMB_BUILD=${AMB_BUILD:-release image}
 LAYOUT=${LAYOUT:-shared}
 case $LAYOUT in
   shared) ON_LOAD=(); ON_PROXY=() ;;
@@ -56,22 +55,28 @@ case $LAYOUT in
     ON_LOAD=(taskset -c 0); ON_PROXY=(taskset -c 1) ;;
   *) echo "LAYOUT must be shared or pinned, not '$LAYOUT'" >&2; exit 2 ;;
 esac
+# build name -> binary
+declare -A AMB_BIN_OF
+AMB_SETUPS=()
+for b in $AMB_BUILD; do
+  case $b in
+    release) AMB_BIN_OF[$b]="$ROOT/target/release/ambassador" ;;
+    image|static) b=image; AMB_BIN_OF[$b]="${PGO_TARGET_DIR:-$ROOT/target/static-pgo}/x86_64-unknown-linux-gnu/release/ambassador" ;;
+    *=*) AMB_BIN_OF[${b%%=*}]=${b#*=}; b=${b%%=*} ;;
+    *) echo "AMB_BUILD entries are release, image or NAME=PATH, not '$b'" >&2; exit 2 ;;
+  esac
+  AMB_SETUPS+=("ambassador:$b")
+done
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release -p ambassador --bin ambassador -p ambassador-tools --bin mtls-load >&2
-  if [ "$AMB_BUILD" = static ]; then
-    # The image's build, the same target dir (not rebuilt when fresh).
-    "$ROOT/scripts/pgo.sh" >/dev/null
-  fi
+  # The image's build, in its own target dir (not rebuilt when fresh).
+  if [ -n "${AMB_BIN_OF[image]:-}" ]; then "$ROOT/scripts/pgo.sh" >/dev/null; fi
 fi
-case $AMB_BUILD in
-  release) AMB="$ROOT/target/release/ambassador" ;;
-  static) AMB="${PGO_TARGET_DIR:-$ROOT/target/static-pgo}/x86_64-unknown-linux-gnu/release/ambassador" ;;
-  *) echo "AMB_BUILD must be release or static" >&2; exit 2 ;;
-esac
-AMB_LABEL="$AMB_BUILD build"
-if [ -n "${AMB_BIN:-}" ]; then AMB=$AMB_BIN; AMB_LABEL="AMB_BIN $AMB_BIN"; fi
-[ -x "$AMB" ] || { echo "no ambassador binary at $AMB" >&2; exit 1; }
-echo "ambassador binary: $AMB ($AMB_LABEL)" >&2
+for s in "${AMB_SETUPS[@]}"; do
+  bin=${AMB_BIN_OF[${s#ambassador:}]}
+  [ -x "$bin" ] || { echo "no ambassador binary at $bin ($s)" >&2; exit 1; }
+  echo "$s: $bin ($(stat -c %s "$bin") bytes)" >&2
+done
 LOAD="$ROOT/target/release/mtls-load"
 
 SCHED_GROUPS=${SCHED_GROUPS:-one}
@@ -103,18 +108,23 @@ cd "$W"
 source "$ROOT/crates/ambassador/benches/certs.sh"
 make_bench_certs
 
-# ---- ports: a block of 12 free ones (other programs on this machine may hold fixed ports) ----
+# ---- ports: a free block (other programs on this machine may hold fixed ports) ----
+NPORTS=$((7 + 4 * ${#AMB_SETUPS[@]}))
 port_free() { ! ss -tanH "sport = :$1" | grep -q .; }  # any state: TIME_WAIT holds a port too
 while :; do
   BASE=$(( 10000 + (RANDOM % 200) * 100 ))  # below the ephemeral range
-  ok=1; for i in $(seq 0 11); do port_free $((BASE + i)) || ok=0; done
+  ok=1; for i in $(seq 0 $((NPORTS - 1))); do port_free $((BASE + i)) || ok=0; done
   [ $ok = 1 ] && break
 done
 BACKEND=$BASE
-AMB_OUT=$((BASE+1)); AMB_IN=$((BASE+2)); AMB_ADMIN_OUT=$((BASE+3)); AMB_ADMIN_IN=$((BASE+4))
-NGX_OUT=$((BASE+5)); NGX_IN=$((BASE+6))
-HAP_OUT=$((BASE+7)); HAP_IN=$((BASE+8))
-STN_OUT=$((BASE+9)); STN_IN=$((BASE+10))
+NGX_OUT=$((BASE+1)); NGX_IN=$((BASE+2))
+HAP_OUT=$((BASE+3)); HAP_IN=$((BASE+4))
+STN_OUT=$((BASE+5)); STN_IN=$((BASE+6))
+declare -A PORT=( [backend]=$BACKEND [nginx]=$NGX_OUT [haproxy]=$HAP_OUT [stunnel]=$STN_OUT )
+declare -A IN_PORT=( [nginx]=$NGX_IN [haproxy]=$HAP_IN [stunnel]=$STN_IN )
+declare -A AMB_PIDS
+next=$((BASE + 7))
+for s in "${AMB_SETUPS[@]}"; do PORT[$s]=$next; IN_PORT[$s]=$((next + 1)); next=$((next + 4)); done
 
 # ---- backend: nginx answering a static 200 ----
 mkdir -p "$W/ngx-backend"
@@ -132,16 +142,19 @@ http {
 EOF
 start_nginx "${ON_LOAD[@]}" nginx -p "$W/ngx-backend" -c "$W/nginx-backend.conf"
 
-# ---- ambassador ----
+# ---- ambassador: a pair per build ----
 # AMB_ENV (e.g. TOKIO_WORKER_THREADS=1) and AMB_OUT_ARGS (e.g. --outbound-http2=false) try variants.
-"${ON_PROXY[@]}" "${SESSION[@]}" env ${AMB_ENV:-} "$AMB" --cert server.crt --key server.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_IN \
-  --inbound-listen 127.0.0.1:$AMB_IN --inbound-app 127.0.0.1:$BACKEND \
-  --allow-spiffe 'spiffe://bench.local/ns/a/sa/*' --log-level warn 2>"$W/amb-in.log" &
-AMB_IN_PID=$!; PIDS+=($AMB_IN_PID)
-"${ON_PROXY[@]}" "${SESSION[@]}" env ${AMB_ENV:-} "$AMB" --cert client.crt --key client.key --ca ca.crt --admin-addr 127.0.0.1:$AMB_ADMIN_OUT \
-  --outbound-listen 127.0.0.1:$AMB_OUT --outbound-endpoints 127.0.0.1:$AMB_IN \
-  --outbound-identity spiffe://bench.local/ns/b/sa/server ${AMB_OUT_ARGS:-} --log-level warn 2>"$W/amb-out.log" &
-AMB_OUT_PID=$!; PIDS+=($AMB_OUT_PID)
+for s in "${AMB_SETUPS[@]}"; do
+  bin=${AMB_BIN_OF[${s#ambassador:}]}; out=${PORT[$s]}; in=${IN_PORT[$s]}; log=$W/${s//:/-}
+  "${ON_PROXY[@]}" "${SESSION[@]}" env ${AMB_ENV:-} "$bin" --cert server.crt --key server.key --ca ca.crt --admin-addr 127.0.0.1:$((out + 2)) \
+    --inbound-listen 127.0.0.1:$in --inbound-app 127.0.0.1:$BACKEND \
+    --allow-spiffe 'spiffe://bench.local/ns/a/sa/*' --log-level warn 2>"$log-in.log" &
+  in_pid=$!; PIDS+=($in_pid)
+  "${ON_PROXY[@]}" "${SESSION[@]}" env ${AMB_ENV:-} "$bin" --cert client.crt --key client.key --ca ca.crt --admin-addr 127.0.0.1:$((out + 3)) \
+    --outbound-listen 127.0.0.1:$out --outbound-endpoints 127.0.0.1:$in \
+    --outbound-identity spiffe://bench.local/ns/b/sa/server ${AMB_OUT_ARGS:-} --log-level warn 2>"$log-out.log" &
+  PIDS+=($!); AMB_PIDS[$s]="$! $in_pid"
+done
 
 # ---- nginx: the same hop ----
 mkdir -p "$W/ngx-in" "$W/ngx-out"
@@ -265,7 +278,7 @@ STN_IN_PID=$!; PIDS+=($STN_IN_PID)
 STN_OUT_PID=$!; PIDS+=($STN_OUT_PID)
 
 sleep 1.5
-for port in $BACKEND $AMB_OUT $NGX_OUT $HAP_OUT $STN_OUT; do
+for port in "${PORT[@]}"; do
   out=$(curl -s -m 5 "http://127.0.0.1:$port/" || true)
   [ "$out" = "hello from the backend" ] || { echo "setup check failed on port $port: '$out'" >&2; tail -5 "$W"/*.log "$W"/*.err 2>/dev/null >&2; exit 1; }
 done
@@ -273,7 +286,7 @@ done
 # ---- measuring ----
 pids_of() { # setup -> the proxy processes' pids (nginx: master and workers)
   case $1 in
-    ambassador) echo "$AMB_OUT_PID $AMB_IN_PID" ;;
+    ambassador:*) echo "${AMB_PIDS[$1]}" ;;
     nginx) echo "$(pgrep -f "nginx.*$W/nginx-(in|out).conf" | tr '\n' ' ') $(pgrep -P "$(cat "$W/nginx-in.pid")" | tr '\n' ' ') $(pgrep -P "$(cat "$W/nginx-out.pid")" | tr '\n' ' ')" ;;
     haproxy) echo "$HAP_OUT_PID $HAP_IN_PID" ;;
     stunnel) echo "$STN_OUT_PID $STN_IN_PID" ;;
@@ -284,7 +297,7 @@ pids_of() { # setup -> the proxy processes' pids (nginx: master and workers)
 if [ "$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo 0)" = 1 ] && [ -r /proc/self/autogroup ]; then
   mine=$(awk '{print $1}' /proc/$$/autogroup)
   # shellcheck disable=SC2046
-  server_groups=$(for p in $(pids_of ambassador) $(pids_of nginx) $(pids_of haproxy) $(pids_of stunnel) $(cat "$W/nginx-backend.pid"); do
+  server_groups=$(for p in ${AMB_PIDS[*]} $(pids_of nginx) $(pids_of haproxy) $(pids_of stunnel) $(cat "$W/nginx-backend.pid"); do
     awk '{print $1}' "/proc/$p/autogroup" 2>/dev/null; done | sort -u)
   if [ "$SCHED_GROUPS" = one ] && [ "$server_groups" != "$mine" ]; then
     echo "SCHED_GROUPS=one, but the servers are in autogroups $(echo $server_groups) and this script in $mine" >&2; exit 1
@@ -319,10 +332,8 @@ to_ms() { # wrk latency like 812.00us / 1.20ms / 1.01s -> ms
 }
 median() { sort -g | awk '{a[NR]=$1} END { print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2) }'; }
 
-declare -A PORT=( [backend]=$BACKEND [ambassador]=$AMB_OUT [nginx]=$NGX_OUT [haproxy]=$HAP_OUT [stunnel]=$STN_OUT )
-read -r -a SETUPS <<<"${ONLY:-backend ambassador nginx haproxy stunnel}"
-declare -A RPS P99 P50 RSS_MAX RSS_SUM ERRS CPU IDLE
-AMB_RSS_ROUNDS=""
+read -r -a SETUPS <<<"${ONLY:-backend ${AMB_SETUPS[*]} nginx haproxy stunnel}"
+declare -A RPS P99 P50 RSS_MAX RSS_SUM ERRS CPU IDLE RSS_ROUNDS
 for s in "${SETUPS[@]}"; do
   "${ON_LOAD[@]}" wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:${PORT[$s]}/" >/dev/null 2>&1 || true   # warm-up
 done
@@ -340,11 +351,11 @@ for run in $(seq 1 "$RUNS"); do
     RPS[$s]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
     P50[$s]+="$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")") "
     P99[$s]+="$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")") "
-    if [ "$s" = ambassador ]; then
+    if [[ $s == ambassador:* ]]; then
       # The peak so far after each round: where it levels is the resident memory under sustained load.
       # shellcheck disable=SC2046
-      read -r max _ <<<"$(rss_kib VmHWM $(pids_of ambassador))"
-      AMB_RSS_ROUNDS+="$(awk -v k="$max" 'BEGIN { printf "%.1f", int(k * 10 / 1024) / 10 }') "
+      read -r max _ <<<"$(rss_kib VmHWM $(pids_of "$s"))"
+      RSS_ROUNDS[$s]+="$(awk -v k="$max" 'BEGIN { printf "%.1f", int(k * 10 / 1024) / 10 }') "
     fi
     e=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
     [ -n "$e" ] && ERRS[$s]+="run$run: $e "
@@ -359,10 +370,10 @@ for s in "${SETUPS[@]}"; do
 done
 
 echo
-echo "## Keep-alive mesh hop: wrk -t2 -c$CONNS -d${SECS}s, median of $RUNS runs (ambassador: $AMB_LABEL, layout: $LAYOUT, scheduling groups: $SCHED_GROUPS)"
+echo "## Keep-alive mesh hop: wrk -t2 -c$CONNS -d${SECS}s, median of $RUNS runs (layout: $LAYOUT, scheduling groups: $SCHED_GROUPS)"
 echo
-printf '| %-11s | %10s | %8s | %8s | %14s | %14s | %12s | %9s |\n' setup "req/s" "p50 ms" "p99 ms" "peak RSS/proc" "peak RSS total" "proxy CPU/req" "idle CPU"
-printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' -------------  ------------ ---------- ---------- ---------------- ---------------- -------------- -----------
+printf '| %-18s | %10s | %8s | %8s | %14s | %14s | %12s | %9s |\n' setup "req/s" "p50 ms" "p99 ms" "peak RSS/proc" "peak RSS total" "proxy CPU/req" "idle CPU"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' --------------------  ------------ ---------- ---------- ---------------- ---------------- -------------- -----------
 for s in "${SETUPS[@]}"; do
   rps=$(tr ' ' '\n' <<<"${RPS[$s]}" | grep . | median)
   p50=$(tr ' ' '\n' <<<"${P50[$s]}" | grep . | median)
@@ -370,56 +381,73 @@ for s in "${SETUPS[@]}"; do
   cpu=$(tr ' ' '\n' <<<"${CPU[$s]}" | grep . | median)
   idle=$(tr ' ' '\n' <<<"${IDLE[$s]}" | grep . | median)
   if [ "$s" = backend ]; then rmax=-; rsum=-; cpu=-; else cpu="${cpu} us"; rmax="$((RSS_MAX[$s] / 1024)).$(( (RSS_MAX[$s] % 1024) * 10 / 1024 )) MiB"; rsum="$((RSS_SUM[$s] / 1024)).$(( (RSS_SUM[$s] % 1024) * 10 / 1024 )) MiB"; fi
-  printf '| %-11s | %10.0f | %8.2f | %8.2f | %14s | %14s | %12s | %8.1f%% |\n' "$s" "$rps" "$p50" "$p99" "$rmax" "$rsum" "$cpu" "$idle"
+  printf '| %-18s | %10.0f | %8.2f | %8.2f | %14s | %14s | %12s | %8.1f%% |\n' "$s" "$rps" "$p50" "$p99" "$rmax" "$rsum" "$cpu" "$idle"
 done
 for s in "${SETUPS[@]}"; do [ -n "${ERRS[$s]:-}" ] && echo "errors $s: ${ERRS[$s]}"; done
 echo
 echo "all runs (req/s): $(for s in "${SETUPS[@]}"; do printf '%s=[%s] ' "$s" "${RPS[$s]% }"; done)"
 echo "all runs (p99 ms): $(for s in "${SETUPS[@]}"; do printf '%s=[%s] ' "$s" "${P99[$s]% }"; done)"
-[ -n "$AMB_RSS_ROUNDS" ] && echo "ambassador peak RSS per process after each round (MiB): [${AMB_RSS_ROUNDS% }]"
+for s in "${SETUPS[@]}"; do
+  [ -n "${RSS_ROUNDS[$s]:-}" ] && echo "$s peak RSS per process after each round (MiB): [${RSS_ROUNDS[$s]% }]"
+done
 
-# ---- against issue 3's targets: the ambassador vs the best peer, per round and in the median ----
+# ---- against issue 3's targets: each ambassador build vs the best peer, per round and in the median ----
 # A round is one wrk run of every setup, back to back, so its ratios share the machine's moment;
 # the medians of the table above may pair figures of different rounds.
 PEERS=()
 for s in "${SETUPS[@]}"; do case $s in nginx|haproxy|stunnel) PEERS+=("$s") ;; esac; done
-if [[ " ${SETUPS[*]} " == *" ambassador "* ]] && [ "${#PEERS[@]}" -gt 0 ]; then
-  rounds=$(for s in ambassador "${PEERS[@]}"; do echo "$s ${RPS[$s]}"; echo "$s ${P99[$s]}"; done |
-    awk -v runs="$RUNS" '
-      # lines alternate: name rps..., name p99...
-      NR % 2 == 1 { for (i = 2; i <= NF; i++) rps[$1, i - 1] = $i; names[++n] = $1; next }
-      { for (i = 2; i <= NF; i++) p99[$1, i - 1] = $i }
-      END {
-        for (r = 1; r <= runs; r++) {
-          best_rps = 0; best_p99 = 0
-          for (k = 2; k <= n; k++) {
-            if (rps[names[k], r] > best_rps) best_rps = rps[names[k], r]
-            if (best_p99 == 0 || p99[names[k], r] < best_p99) best_p99 = p99[names[k], r]
-          }
-          if (best_rps > 0 && best_p99 > 0)
-            printf "%.3f %.3f\n", rps["ambassador", r] / best_rps, p99["ambassador", r] / best_p99
-        }
-      }')
-  rps_ratios=$(awk '{print $1}' <<<"$rounds" | tr '\n' ' ')
-  p99_ratios=$(awk '{print $2}' <<<"$rounds" | tr '\n' ' ')
-  rps_met=$(awk '$1 >= 1.3' <<<"$rounds" | wc -l)
-  p99_met=$(awk '$2 <= 0.7' <<<"$rounds" | wc -l)
-  rss_mib=$(awk -v k="${RSS_MAX[ambassador]}" 'BEGIN { printf "%.1f", int(k * 10 / 1024) / 10 }')  # as the table: truncated
+AMBS=()
+for s in "${SETUPS[@]}"; do [[ $s == ambassador:* ]] && AMBS+=("$s"); done
+if [ "${#AMBS[@]}" -gt 0 ] && [ "${#PEERS[@]}" -gt 0 ]; then
   echo
   echo "## Against the targets (issue 3; best of ${PEERS[*]} in each round)"
-  echo
-  echo "req/s vs the best peer: median $(tr ' ' '\n' <<<"$rps_ratios" | grep . | median)x (target >= 1.3x; met in $rps_met of $RUNS rounds: $rps_ratios)"
-  echo "p99 vs the best peer:   median $(tr ' ' '\n' <<<"$p99_ratios" | grep . | median)x (target <= 0.7x; met in $p99_met of $RUNS rounds: $p99_ratios)"
-  echo "peak RSS per ambassador process: $rss_mib MiB (target <= 12 MiB)"
+  for a in "${AMBS[@]}"; do
+    rounds=$(for s in "$a" "${PEERS[@]}"; do echo "$s ${RPS[$s]}"; echo "$s ${P99[$s]}"; done |
+      awk -v runs="$RUNS" '
+        # lines alternate: name rps..., name p99...; the first name is the ambassador
+        NR % 2 == 1 { for (i = 2; i <= NF; i++) rps[$1, i - 1] = $i; names[++n] = $1; next }
+        { for (i = 2; i <= NF; i++) p99[$1, i - 1] = $i }
+        END {
+          for (r = 1; r <= runs; r++) {
+            best_rps = 0; best_p99 = 0
+            for (k = 2; k <= n; k++) {
+              if (rps[names[k], r] > best_rps) best_rps = rps[names[k], r]
+              if (best_p99 == 0 || p99[names[k], r] < best_p99) best_p99 = p99[names[k], r]
+            }
+            if (best_rps > 0 && best_p99 > 0)
+              printf "%.3f %.3f\n", rps[names[1], r] / best_rps, p99[names[1], r] / best_p99
+          }
+        }')
+    rps_ratios=$(awk '{print $1}' <<<"$rounds" | tr '\n' ' ')
+    p99_ratios=$(awk '{print $2}' <<<"$rounds" | tr '\n' ' ')
+    rps_met=$(awk '$1 >= 1.3' <<<"$rounds" | wc -l)
+    p99_met=$(awk '$2 <= 0.7' <<<"$rounds" | wc -l)
+    rss_mib=$(awk -v k="${RSS_MAX[$a]}" 'BEGIN { printf "%.1f", int(k * 10 / 1024) / 10 }')  # as the table: truncated
+    echo
+    echo "$a"
+    echo "  req/s vs the best peer: median $(tr ' ' '\n' <<<"$rps_ratios" | grep . | median)x (target >= 1.3x; met in $rps_met of $RUNS rounds: $rps_ratios)"
+    echo "  p99 vs the best peer:   median $(tr ' ' '\n' <<<"$p99_ratios" | grep . | median)x (target <= 0.7x; met in $p99_met of $RUNS rounds: $p99_ratios)"
+    echo "  peak RSS per process:   $rss_mib MiB (target <= 12 MiB)"
+  done
+  # Builds of the same code, round by round: what the build alone changes.
+  if [ "${#AMBS[@]}" -gt 1 ]; then
+    echo
+    for a in "${AMBS[@]:1}"; do
+      ratio=$(paste <(tr ' ' '\n' <<<"${RPS[$a]}" | grep .) <(tr ' ' '\n' <<<"${RPS[${AMBS[0]}]}" | grep .) |
+        awk '{ printf "%.3f\n", $1 / $2 }' | median)
+      p99r=$(paste <(tr ' ' '\n' <<<"${P99[$a]}" | grep .) <(tr ' ' '\n' <<<"${P99[${AMBS[0]}]}" | grep .) |
+        awk '{ printf "%.3f\n", $1 / $2 }' | median)
+      echo "$a vs ${AMBS[0]}, median of the rounds' ratios: req/s ${ratio}x, p99 ${p99r}x"
+    done
+  fi
 fi
 
 # ---- handshake per request: new TCP + full mTLS handshake + one request, against the inbound side ----
-declare -A IN_PORT=( [ambassador]=$AMB_IN [nginx]=$NGX_IN [haproxy]=$HAP_IN [stunnel]=$STN_IN )
 echo
 echo "## Handshake per request (no resumption) against the inbound side: 32 clients, ${SECS}s, median of $RUNS runs"
 echo
-printf '| %-11s | %12s | %8s | %8s | %6s |\n' setup "handshakes/s" "p50 ms" "p99 ms" errors
-printf '|%s|%s|%s|%s|%s|\n' ------------- -------------- ---------- ---------- --------
+printf '| %-18s | %12s | %8s | %8s | %6s |\n' setup "handshakes/s" "p50 ms" "p99 ms" errors
+printf '|%s|%s|%s|%s|%s|\n' -------------------- -------------- ---------- ---------- --------
 for s in "${SETUPS[@]}"; do
   [ "$s" = backend ] && continue
   R=""; L50=""; L99=""; E=0
@@ -427,6 +455,6 @@ for s in "${SETUPS[@]}"; do
     read -r r p50 p99 e <<<"$("${ON_LOAD[@]}" "$LOAD" "127.0.0.1:${IN_PORT[$s]}" "$W/client.crt" "$W/client.key" "$W/ca.crt" server.bench 32 "$SECS")"
     R+="$r "; L50+="$p50 "; L99+="$p99 "; E=$((E + e))
   done
-  printf '| %-11s | %12.0f | %8.2f | %8.2f | %6d |\n' "$s" "$(tr ' ' '\n' <<<"$R" | grep . | median)" \
+  printf '| %-18s | %12.0f | %8.2f | %8.2f | %6d |\n' "$s" "$(tr ' ' '\n' <<<"$R" | grep . | median)" \
     "$(tr ' ' '\n' <<<"$L50" | grep . | median)" "$(tr ' ' '\n' <<<"$L99" | grep . | median)" "$E"
 done
