@@ -7,9 +7,8 @@
 # Three steps, as rustc's PGO guide has them: an instrumented build (target/pgo-gen), a training
 # run of that build under a mesh sidecar's traffic (tools/ambassador-tools, pgo-train: an ambassador pair in
 # front of a small app; each process writes its profile as it exits), and the final build with
-# the merged profile (target/static-pgo). The static build flags are those of scripts/images.sh.
-# On the mesh-hop benchmark the profile cut the pair's CPU per request by about 12%
-# (docs/benchmarks.md).
+# the merged profile (target/static-pgo). The static build flags and the release profile are
+# those of scripts/images.sh.
 #
 # PGO=auto (default) falls back to a build without a profile, with a warning, where no
 # llvm-profdata that reads this rustc's profiles is installed (Debian 12: scripts/install-bench-deps.sh, or apt install llvm-19);
@@ -24,7 +23,6 @@ OUT_DIR=${PGO_TARGET_DIR:-$ROOT/target/static-pgo}
 GEN_DIR=$ROOT/target/pgo-gen
 TRAIN_DIR=$ROOT/target/pgo-train
 PROFILES=$ROOT/target/pgo-profiles
-STATIC=(env CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1)
 case $PGO in auto|0|1) ;; *) echo "pgo.sh: PGO must be auto, 0 or 1, not '$PGO'" >&2; exit 2 ;; esac
 
 # An llvm-profdata whose LLVM reads the raw profiles of this rustc's LLVM: rustup's llvm-tools
@@ -45,7 +43,7 @@ find_profdata() {
 
 build_static() { # target dir, extra RUSTFLAGS
     CARGO_TARGET_DIR=$1 RUSTFLAGS="-C target-feature=+crt-static${2:+ $2}" \
-        "${STATIC[@]}" cargo build --release --locked --target "$TARGET" -p ambassador --bin ambassador >&2
+        cargo build --release --locked --target "$TARGET" -p ambassador --bin ambassador >&2
 }
 
 without_profile() {
@@ -80,11 +78,12 @@ profile=$(compgen -G "$PROFILES/ambassador-$stamp-*.profdata" | head -1 || true)
 if [[ -z $profile ]]; then
     echo "==> training run" >&2
     rm -f "$PROFILES"/*.profraw "$PROFILES"/*.profdata
-    # A plain release build, in a directory of its own (a caller's CARGO_TARGET_DIR may be any).
-    CARGO_TARGET_DIR=$TRAIN_DIR cargo build --release --locked -p ambassador-tools --bin pgo-train >&2
+    # The traffic's client, in a directory of its own (a caller's CARGO_TARGET_DIR may be any);
+    # the ci profile: it needs to be optimised, not whole-program optimised.
+    CARGO_TARGET_DIR=$TRAIN_DIR cargo build --profile ci --locked -p ambassador-tools --bin pgo-train >&2
     # One file per process: the two ambassadors of the pair.
     LLVM_PROFILE_FILE="$PROFILES/ambassador-%p.profraw" \
-        "$TRAIN_DIR/release/pgo-train" "$INSTRUMENTED" "${TRAIN_SECONDS:-10}" >&2
+        "$TRAIN_DIR/ci/pgo-train" "$INSTRUMENTED" "${TRAIN_SECONDS:-10}" >&2
     compgen -G "$PROFILES/*.profraw" >/dev/null || fallback "the training run wrote no profile"
     "$PROFDATA" merge -o "$PROFILES/merged.profdata" "$PROFILES"/*.profraw >&2 ||
         fallback "$PROFDATA cannot read this rustc's profiles"
