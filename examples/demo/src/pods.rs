@@ -155,8 +155,8 @@ Try it (logs in {logs}):
   cd {repo} && echo 'greeting: hi' > app.yaml && git commit -qam hi   # then, within seconds:
   curl http://127.0.0.1:{app}/config/app.yaml       # pod B's app reads the new config
 
-Certificates: OpenBao's PKI issues each pod's for {ttl} (+{backdate}s backdated); secrets-agent
-renews it at 2/3 of that, every {every:.0}s, and the ambassadors reload it:
+Certificates: OpenBao's PKI issues each pod's for {ttl} (backdated {backdate}s); secrets-agent
+renews it at 2/3 of its life (a new one every {every:.0}s) and the ambassadors reload it:
   curl -s http://127.0.0.1:{admin_a}/metrics | grep -E '^sidecar_(certificate_expiry|tls_reloads)'
   curl -s http://127.0.0.1:{agent_a}/metrics | grep -E '^secrets_agent_(fetches|publishes|secret_expiry)'
   ls -la {certs_a}                     # the ..data layout the ambassador watches
@@ -174,7 +174,7 @@ Press Ctrl-C to stop."#,
         app = p.app_b,
         ttl = humantime::format_duration(setup.cert_ttl),
         backdate = openbao::BACKDATE.as_secs(),
-        every = lifetime * 2.0 / 3.0,
+        every = lifetime * 2.0 / 3.0 - openbao::BACKDATE.as_secs_f64(),
         certs_a = setup.certs("pod-a").display(),
         bao_port = p.openbao,
         token = setup.token_file().display(),
