@@ -20,7 +20,6 @@ const NON_BASE_UNITS: &[(&str, &str)] = &[
     ("mb", "bytes"),
     ("bits", "bytes"),
     ("percent", "ratio"),
-    ("celsius", "celsius is fine; kelvin is the base unit"),
 ];
 
 /// One finding, naming the metric at fault.
@@ -134,6 +133,7 @@ rules:
   - {name: app_build, help: x, type: info, path: /a}
   - {name: app_ok_total, help: fine, type: counter, path: /a, labels: {okName: "@n"}}
   - {name: app_size_bytes, help: fine, type: gauge, path: /a}
+  - {name: app_temperature_celsius, help: fine, type: gauge, path: /a}
 "#,
             "m.yaml",
         )
@@ -160,5 +160,7 @@ rules:
         );
         assert!(has("label name `okName`"), "{w:?}");
         assert!(!w.iter().any(|x| x.starts_with("app_size_bytes")), "{w:?}");
+        // Prometheus' naming guide uses celsius for temperatures.
+        assert!(!has("app_temperature_celsius"), "{w:?}");
     }
 }
