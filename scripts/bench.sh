@@ -18,6 +18,9 @@ fi
 if want git-sync; then
   echo "=== git-sync: vs the git CLI";                         cargo bench -p git-sync --bench sync
 fi
+if want log-shipper; then
+  echo "=== log-shipper: vs rsyslog, syslog-ng (file -> HTTP)"; crates/log-shipper/benches/vs_peers.sh
+fi
 if want secrets-agent; then
   echo "=== secrets-agent: vs OpenBao Agent (bao agent)";      crates/secrets-agent/benches/vs_bao_agent.sh
 fi

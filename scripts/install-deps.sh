@@ -31,12 +31,13 @@ deb_unpack() { # PACKAGE
   rm -rf "$tmp"
 }
 
-apt_missing=(); pip_missing=(); deb_missing=()
+apt_missing=(); pip_missing=(); deb_missing=(); deb_all=()
 for list in "$@"; do
   file="$DEPS/$list.txt"
   [ -f "$file" ] || { echo "install-deps: no list $file" >&2; exit 2; }
   while read -r kind check package _; do
     case $kind in ''|'#'*) continue ;; esac
+    [ "$kind" = deb ] && deb_all+=("$package")
     met "$check" && continue
     case $kind in
       apt) apt_missing+=("$package") ;;
@@ -69,7 +70,8 @@ if [ ${#deb_missing[@]} -gt 0 ]; then
   [ ${#apt_missing[@]} -gt 0 ] || $sudo apt-get update -qq
   for package in "${deb_missing[@]}"; do
     echo "unpacking (deb): $package into /opt/deb/$package"
-    mapfile -t deps < <(deb_unpack "$package")
+    # A dependency that is itself unpacked (syslog-ng-mod-http's syslog-ng-core) is not installed.
+    mapfile -t deps < <(deb_unpack "$package" | grep -vxF -f <(printf '%s\n' "${deb_all[@]}"))
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${deps[@]}" >/dev/null
   done
 fi
