@@ -13,6 +13,11 @@
 #             profile-guided; PGO=0 leaves the profile out), in target/static-pgo
 #   NAME=PATH a binary built elsewhere (a variant), shown as ambassador:NAME
 # SKIP_BUILD=1 uses the binaries as they are.
+# JWT=1 measures JWT validation on the inbound route instead of the peers: the first build's
+# pair as is, and again with a `jwt:` route (JWKS from a file, loaded once and cached) checking
+# an ES256 token and an RS256 token that wrk sends on every request (the plain pair gets the
+# same header, unchecked); it prints the extra proxy CPU per request and the p99 ratio, round
+# by round (target: at most 3 us and 1.10x). Needs python3 besides.
 # PEER_THREADS (default 2, one per core here) sets nginx's worker_processes and HAProxy's nbthread.
 # LAYOUT picks where the processes run:
 #   shared (default)  every process may run on every core, as the kernel schedules them
@@ -67,6 +72,13 @@ for b in $AMB_BUILD; do
   esac
   AMB_SETUPS+=("ambassador:$b")
 done
+JWT=${JWT:-0}
+if [ "$JWT" = 1 ]; then
+  command -v python3 >/dev/null || { echo "missing program: python3 (JWT=1 makes its tokens with it)" >&2; exit 1; }
+  first=${AMB_SETUPS[0]#ambassador:}
+  for alg in es256 rs256; do AMB_BIN_OF[$first+jwt-$alg]=${AMB_BIN_OF[$first]}; AMB_SETUPS+=("ambassador:$first+jwt-$alg"); done
+  ONLY=${ONLY:-ambassador:$first ambassador:$first+jwt-es256 ambassador:$first+jwt-rs256}
+fi
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release -p ambassador --bin ambassador -p ambassador-tools --bin mtls-load >&2
   # The image's build, in its own target dir (not rebuilt when fresh).
@@ -108,6 +120,53 @@ cd "$W"
 source "$ROOT/crates/ambassador/benches/certs.sh"
 make_bench_certs
 
+# ---- JWT=1: signing keys, their JWKS, one token each (openssl signs; python3 encodes) ----
+declare -A TOKEN
+if [ "$JWT" = 1 ]; then
+  openssl ecparam -name prime256v1 -genkey -noout -out jwt-es.key 2>/dev/null
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out jwt-rs.key 2>/dev/null
+  openssl pkey -in jwt-es.key -pubout -outform DER -out jwt-es.pub.der
+  openssl rsa -in jwt-rs.key -noout -modulus | sed 's/^Modulus=//' >jwt-rs.modulus
+  python3 - "$W" <<'PY'
+import base64, json, subprocess, sys, time
+w = sys.argv[1]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+es_point = open(f"{w}/jwt-es.pub.der", "rb").read()[-64:]
+n = bytes.fromhex(open(f"{w}/jwt-rs.modulus").read().strip())
+keys = [
+    {"kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "es", "x": b64(es_point[:32]), "y": b64(es_point[32:])},
+    {"kty": "RSA", "alg": "RS256", "kid": "rs", "n": b64(n), "e": "AQAB"},
+]
+open(f"{w}/jwks.json", "w").write(json.dumps({"keys": keys}))
+now = int(time.time())
+claims = {"iss": "https://bench.issuer", "aud": "bench", "sub": "user-1", "groups": ["admin", "dev"],
+          "iat": now, "exp": now + 86400}
+def der_to_raw(der):
+    # ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER } -> r || s, 32 bytes each
+    i = 2 if der[1] < 0x80 else 3
+    out = b""
+    for _ in range(2):
+        n = der[i + 1]; v = der[i + 2:i + 2 + n]; i += 2 + n
+        out += v.lstrip(b"\0").rjust(32, b"\0")
+    return out
+for kid, alg, key in [("es", "ES256", "jwt-es.key"), ("rs", "RS256", "jwt-rs.key")]:
+    signing = b64(json.dumps({"alg": alg, "kid": kid, "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
+    sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{w}/{key}"], input=signing.encode(),
+                         capture_output=True, check=True).stdout
+    if alg == "ES256":
+        sig = der_to_raw(sig)
+    open(f"{w}/token-{kid}", "w").write(signing + "." + b64(sig))
+PY
+  TOKEN[es256]=$(cat token-es); TOKEN[rs256]=$(cat token-rs)
+fi
+wrk_header() { # setup -> wrk's -H arguments (JWT=1: every ambassador setup gets a token)
+  case $1 in
+    ambassador:*+jwt-*) printf '%s\n' -H "Authorization: Bearer ${TOKEN[${1##*+jwt-}]}" ;;
+    ambassador:*) [ "$JWT" = 1 ] && printf '%s\n' -H "Authorization: Bearer ${TOKEN[es256]}" ;;
+  esac
+  true
+}
+
 # ---- ports: a free block (other programs on this machine may hold fixed ports) ----
 NPORTS=$((7 + 4 * ${#AMB_SETUPS[@]}))
 port_free() { ! ss -tanH "sport = :$1" | grep -q .; }  # any state: TIME_WAIT holds a port too
@@ -145,10 +204,27 @@ start_nginx "${ON_LOAD[@]}" nginx -p "$W/ngx-backend" -c "$W/nginx-backend.conf"
 # ---- ambassador: a pair per build ----
 # AMB_ENV (e.g. TOKIO_WORKER_THREADS=1) and AMB_OUT_ARGS (e.g. --outbound-http2=false) try variants.
 for s in "${AMB_SETUPS[@]}"; do
-  bin=${AMB_BIN_OF[${s#ambassador:}]}; out=${PORT[$s]}; in=${IN_PORT[$s]}; log=$W/${s//:/-}
+  bin=${AMB_BIN_OF[${s#ambassador:}]}; out=${PORT[$s]}; in=${IN_PORT[$s]}; log=$W/${s//[:+]/-}
+  if [[ $s == *+jwt-* ]]; then
+    # The same route from a file, with JWT validation.
+    cat >"$log-in.yaml" <<EOF
+inbound:
+  - name: inbound
+    listen: 127.0.0.1:$in
+    app: 127.0.0.1:$BACKEND
+    allow: {spiffe: ['spiffe://bench.local/ns/a/sa/*']}
+    jwt:
+      issuer: https://bench.issuer
+      audiences: [bench]
+      jwks: {file: $W/jwks.json}
+      roles_claim: groups
+EOF
+    in_route=(--config "$log-in.yaml")
+  else
+    in_route=(--inbound-listen 127.0.0.1:$in --inbound-app 127.0.0.1:$BACKEND --allow-spiffe 'spiffe://bench.local/ns/a/sa/*')
+  fi
   "${ON_PROXY[@]}" "${SESSION[@]}" env ${AMB_ENV:-} "$bin" --cert server.crt --key server.key --ca ca.crt --admin-addr 127.0.0.1:$((out + 2)) \
-    --inbound-listen 127.0.0.1:$in --inbound-app 127.0.0.1:$BACKEND \
-    --allow-spiffe 'spiffe://bench.local/ns/a/sa/*' --log-level warn 2>"$log-in.log" &
+    "${in_route[@]}" --log-level warn 2>"$log-in.log" &
   in_pid=$!; PIDS+=($in_pid)
   "${ON_PROXY[@]}" "${SESSION[@]}" env ${AMB_ENV:-} "$bin" --cert client.crt --key client.key --ca ca.crt --admin-addr 127.0.0.1:$((out + 3)) \
     --outbound-listen 127.0.0.1:$out --outbound-endpoints 127.0.0.1:$in \
@@ -278,9 +354,11 @@ STN_IN_PID=$!; PIDS+=($STN_IN_PID)
 STN_OUT_PID=$!; PIDS+=($STN_OUT_PID)
 
 sleep 1.5
-for port in "${PORT[@]}"; do
-  out=$(curl -s -m 5 "http://127.0.0.1:$port/" || true)
-  [ "$out" = "hello from the backend" ] || { echo "setup check failed on port $port: '$out'" >&2; tail -5 "$W"/*.log "$W"/*.err 2>/dev/null >&2; exit 1; }
+for s in "${!PORT[@]}"; do
+  port=${PORT[$s]}
+  mapfile -t hdr < <(wrk_header "$s")
+  out=$(curl -s -m 5 "${hdr[@]}" "http://127.0.0.1:$port/" || true)
+  [ "$out" = "hello from the backend" ] || { echo "setup check failed on port $port ($s): '$out'" >&2; tail -5 "$W"/*.log "$W"/*.err 2>/dev/null >&2; exit 1; }
 done
 
 # ---- measuring ----
@@ -335,13 +413,15 @@ median() { sort -g | awk '{a[NR]=$1} END { print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+
 read -r -a SETUPS <<<"${ONLY:-backend ${AMB_SETUPS[*]} nginx haproxy stunnel}"
 declare -A RPS P99 P50 RSS_MAX RSS_SUM ERRS CPU IDLE RSS_ROUNDS
 for s in "${SETUPS[@]}"; do
-  "${ON_LOAD[@]}" wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:${PORT[$s]}/" >/dev/null 2>&1 || true   # warm-up
+  mapfile -t hdr < <(wrk_header "$s")
+  "${ON_LOAD[@]}" wrk -t2 -c"$CONNS" -d2s "${hdr[@]}" "http://127.0.0.1:${PORT[$s]}/" >/dev/null 2>&1 || true   # warm-up
 done
 for run in $(seq 1 "$RUNS"); do
   for s in "${SETUPS[@]}"; do
     # shellcheck disable=SC2046
     t0=$(cpu_ticks $(pids_of "$s")); read -r i0 j0 <<<"$(cpu_stat)"
-    out=$("${ON_LOAD[@]}" wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:${PORT[$s]}/" 2>&1)
+    mapfile -t hdr < <(wrk_header "$s")
+    out=$("${ON_LOAD[@]}" wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "${hdr[@]}" "http://127.0.0.1:${PORT[$s]}/" 2>&1)
     # shellcheck disable=SC2046
     t1=$(cpu_ticks $(pids_of "$s")); read -r i1 j1 <<<"$(cpu_stat)"
     # The share of both cores left idle while it ran: CPU the setup could not put to work.
@@ -440,6 +520,20 @@ if [ "${#AMBS[@]}" -gt 0 ] && [ "${#PEERS[@]}" -gt 0 ]; then
       echo "$a vs ${AMBS[0]}, median of the rounds' ratios: req/s ${ratio}x, p99 ${p99r}x"
     done
   fi
+fi
+
+# ---- JWT=1: what validation adds, round by round against the plain pair ----
+if [ "$JWT" = 1 ]; then
+  plain=ambassador:$first
+  echo
+  echo "## JWT validation on the inbound route vs none (same build, same run; target: <= 3 us CPU/request, p99 <= 1.10x)"
+  for alg in es256 rs256; do
+    j=ambassador:$first+jwt-$alg
+    extra=$(paste <(tr ' ' '\n' <<<"${CPU[$j]}" | grep .) <(tr ' ' '\n' <<<"${CPU[$plain]}" | grep .) | awk '{ printf "%.1f\n", $1 - $2 }')
+    p99r=$(paste <(tr ' ' '\n' <<<"${P99[$j]}" | grep .) <(tr ' ' '\n' <<<"${P99[$plain]}" | grep .) | awk '{ printf "%.3f\n", $1 / $2 }')
+    echo "$alg: extra proxy CPU per request: median $(median <<<"$extra") us (rounds: $(tr '\n' ' ' <<<"$extra")); p99 ratio: median $(median <<<"$p99r")x (rounds: $(tr '\n' ' ' <<<"$p99r"))"
+  done
+  exit 0
 fi
 
 # ---- handshake per request: new TCP + full mTLS handshake + one request, against the inbound side ----

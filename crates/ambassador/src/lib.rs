@@ -13,12 +13,13 @@
 //! 2. `inbound`, `outbound`: one direction each; they never import each other.
 //! 3. `proxy`: what both directions use: serving a connection, per-request policy (checks,
 //!    metrics, access log), forwarding, the client pools of the next hop, refusal reasons.
-//! 4. [`resilience`] (endpoint choice, retries, circuit breaking), `config`, `authz`,
-//!    `metrics`, `shard`: no knowledge of connections or directions.
+//! 4. [`resilience`] (endpoint choice, retries, circuit breaking), `config`, `authz`, `jwt`
+//!    (end-user authentication), `metrics`, `shard`: no knowledge of connections or directions.
 
 mod authz;
 mod config;
 mod inbound;
+mod jwt;
 #[cfg(test)]
 mod layers;
 mod metrics;

@@ -55,6 +55,8 @@ pub struct Metrics {
     tls_failures: IntCounterVec,
     limits: IntCounterVec,
     upstream_errors: IntCounterVec,
+    /// End-user authentication's families.
+    pub jwt: crate::jwt::JwtMetrics,
 }
 
 impl Metrics {
@@ -127,6 +129,7 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(open.clone()))?;
         Ok(Self {
+            jwt: crate::jwt::JwtMetrics::register(registry)?,
             requests,
             duration,
             open,

@@ -68,6 +68,9 @@ pub(super) struct FileInbound {
     pub(super) allow: FileAllow,
     #[serde(default = "default_true")]
     pub(super) forward_client_cert: bool,
+    /// End-user authentication of the route's requests.
+    #[serde(default)]
+    pub(super) jwt: Option<crate::jwt::FileJwt>,
 }
 
 #[derive(Debug, Deserialize)]

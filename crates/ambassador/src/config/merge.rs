@@ -87,6 +87,11 @@ impl Config {
                 mode: r.mode,
                 app_protocol: r.app_protocol,
                 forward_client_cert: r.forward_client_cert,
+                jwt: r
+                    .jwt
+                    .map(|j| j.check(&at))
+                    .transpose()
+                    .map_err(ConfigError::value)?,
             });
         }
         for (i, r) in file_cfg.outbound.into_iter().enumerate() {
@@ -128,6 +133,7 @@ impl Config {
                     "--allow-spiffe/--allow-dns",
                 )?,
                 forward_client_cert: true,
+                jwt: None,
             });
         } else if cli.inbound_app.is_some() {
             return Err(ConfigError::value("--inbound-app needs --inbound-listen"));

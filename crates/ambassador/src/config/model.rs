@@ -62,6 +62,8 @@ pub struct InboundRoute {
     pub allow: AllowList,
     /// Whether to set X-Forwarded-Client-Cert (any incoming copy is always removed).
     pub forward_client_cert: bool,
+    /// End-user authentication (JWT) of the route's requests.
+    pub jwt: Option<crate::jwt::JwtConfig>,
 }
 
 /// One remote service the app calls.

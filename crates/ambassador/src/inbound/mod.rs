@@ -98,12 +98,25 @@ pub async fn bind(
     let tls = ListenerTls::build(&route, &reloader.current())?;
     let app_authority = Authority::try_from(route.app.to_string())
         .map_err(|e| anyhow::anyhow!("inbound `{}`: app address: {e}", route.name))?;
+    let mut policy = RequestPolicy::new(&limits, access_log, sidecar.shutdown().requested());
+    if let Some(jwt) = route.jwt.clone() {
+        let ready = sidecar.readiness().register(format!("jwt {}", route.name));
+        let auth = crate::jwt::Authenticator::start(
+            &route.name,
+            jwt,
+            ready,
+            &metrics.jwt,
+            sidecar.shutdown().token(),
+        )
+        .map_err(|e| anyhow::anyhow!("inbound `{}`: {e}", route.name))?;
+        policy = policy.with_jwt(auth);
+    }
     let listener = Arc::new(Listener {
         app: AppClient::new(route.app, app_authority, route.app_protocol),
         tls: ArcSwap::from_pointee(tls),
         metrics: metrics.route(Direction::Inbound, &route.name),
         limits,
-        policy: RequestPolicy::new(&limits, access_log, sidecar.shutdown().requested()),
+        policy,
         stop: sidecar.shutdown().token(),
         tracker: sidecar.shutdown().tracker(),
         shards: shards.clone(),
@@ -375,8 +388,8 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<ServedResponse, Infallible> {
     let policy = &listener.policy;
-    let exchange = policy.begin(&req, conn.http1);
-    if let Some(refused) = policy.check(&req, &exchange, &listener.metrics) {
+    let mut exchange = policy.begin(&req, conn.http1);
+    if let Some(refused) = policy.check(&mut req, &mut exchange, &listener.metrics) {
         let response = policy.finish(exchange, &listener.metrics, &conn.peer, refused);
         return Ok(response.map(|body| Guarded::new(body, guard)));
     }

@@ -335,8 +335,8 @@ async fn handle(
 
 async fn respond(listener: Arc<Listener>, mut req: Request<Incoming>) -> Response<ResponseBody> {
     let policy = &listener.policy;
-    let exchange = policy.begin(&req, req.version() != Version::HTTP_2);
-    if let Some(refused) = policy.check(&req, &exchange, &listener.metrics) {
+    let mut exchange = policy.begin(&req, req.version() != Version::HTTP_2);
+    if let Some(refused) = policy.check(&mut req, &mut exchange, &listener.metrics) {
         return policy.finish(exchange, &listener.metrics, "app", refused);
     }
     let route = match select_route(&listener.routes, &req) {

@@ -23,6 +23,8 @@ pub struct RequestPolicy {
     access_log: bool,
     /// Cancelled once shutdown is requested.
     requested: CancellationToken,
+    /// End-user authentication (inbound routes with `jwt:`).
+    jwt: Option<crate::jwt::Authenticator>,
 }
 
 /// One request on its way through: what [`RequestPolicy::finish`] needs of it.
@@ -34,6 +36,11 @@ pub struct Exchange {
     path: String,
     /// Whether the client speaks HTTP/1 on this connection.
     http1: bool,
+    /// The end user the request was authenticated as (a JWT's `sub`), for keyed rate limits
+    /// and the access log; set by the checks that authenticate.
+    pub user_id: Option<String>,
+    /// Why the request was refused by a check, for the access log.
+    pub refusal: Option<&'static str>,
 }
 
 impl Exchange {
@@ -48,7 +55,15 @@ impl RequestPolicy {
             max_header_bytes: limits.max_header_bytes,
             access_log,
             requested,
+            jwt: None,
         }
+    }
+
+    /// Checks the end user's JWT on every request (the user headers are stripped whatever
+    /// the path's mode).
+    pub fn with_jwt(mut self, jwt: crate::jwt::Authenticator) -> Self {
+        self.jwt = Some(jwt);
+        self
     }
 
     /// Starts the record of a request whose head has arrived.
@@ -62,6 +77,8 @@ impl RequestPolicy {
                 String::new()
             },
             http1,
+            user_id: None,
+            refusal: None,
         }
     }
 
@@ -69,16 +86,27 @@ impl RequestPolicy {
     /// in `metrics` (the listener's).
     pub fn check<B>(
         &self,
-        req: &Request<B>,
-        exchange: &Exchange,
+        req: &mut Request<B>,
+        exchange: &mut Exchange,
         metrics: &RouteMetrics,
     ) -> Option<Response<ResponseBody>> {
         // HTTP/1 heads are held to the limit by hyper's read buffer (431 from hyper, counted
         // when the connection ends).
-        if exchange.http1 {
-            return None;
+        if !exchange.http1
+            && let Some(refused) = refuse_large_h2_head(req, self.max_header_bytes, metrics)
+        {
+            return Some(refused);
         }
-        refuse_large_h2_head(req, self.max_header_bytes, metrics)
+        if let Some(jwt) = &self.jwt {
+            match jwt.authenticate(req) {
+                Ok(verified) => exchange.user_id = verified.and_then(|v| v.user_id.clone()),
+                Err(reason) => {
+                    exchange.refusal = Some(reason.as_str());
+                    return Some(refuse_jwt(reason));
+                }
+            }
+        }
+        None
     }
 
     /// Completes the exchange as its response head goes out: counts it in `metrics` (the
@@ -148,6 +176,21 @@ fn refuse_large_h2_head<B>(
     ))
 }
 
+/// The answer to a request refused by JWT authentication: never naming the token.
+fn refuse_jwt(reason: crate::jwt::Refusal) -> Response<ResponseBody> {
+    let (status, challenge) = crate::jwt::challenge(reason);
+    let mut response = answer(
+        status,
+        format!("ambassador: authentication: {}\n", reason.as_str()),
+    );
+    if let Some(value) = challenge {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
 /// Writes one access-log line (tracing target `access`; JSON with `--log-format json`).
 fn access_log(
     metrics: &RouteMetrics,
@@ -165,6 +208,8 @@ fn access_log(
         status = status.as_u16(),
         duration_ms = seconds * 1000.0,
         peer,
+        user = exchange.user_id.as_deref(),
+        refusal = exchange.refusal,
     );
 }
 
