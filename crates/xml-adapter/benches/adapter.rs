@@ -7,8 +7,11 @@
 //! 3. added latency: a 32 KB status page (BIND server.xml) fetched directly and through the
 //!    adapter, interleaved, 100 requests per second; p50/p99 of both and of the difference.
 //!
+//! 4. JSON throughput: BIND's JSON tasks repeated to 10 MB, the adapter's engine with the
+//!    shipped BIND 9 JSON mapping vs a bare json-event-parser parse of the same bytes (medians).
+//!
 //! Run: `crates/xml-adapter/benches/run.sh` (or `cargo bench -p xml-adapter --bench adapter`).
-//! `BENCH_ONLY=latency` (or `throughput`, `memory`, comma-separated) runs only those parts.
+//! `BENCH_ONLY=latency` (or `throughput`, `memory`, `json`, comma-separated) runs only those parts.
 
 // A benchmark harness: a failed setup should stop it loudly.
 #![allow(clippy::unwrap_used)]
@@ -106,7 +109,7 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 async fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    const PARTS: [&str; 3] = ["throughput", "memory", "latency"];
+    const PARTS: [&str; 4] = ["throughput", "memory", "latency", "json"];
     if let Some(bad) = only
         .split(',')
         .map(str::trim)
@@ -121,12 +124,78 @@ async fn main() {
         let engine = Engine::new(Mapping::load(&mapping_path).unwrap());
         throughput_part(&engine);
     }
+    if part("json") {
+        let json_mapping = common::manifest_path("examples/mappings/bind9-json.yaml");
+        let engine = Engine::new(Mapping::load(&json_mapping).unwrap());
+        json_part(&engine);
+    }
     if part("memory") {
         memory_part(&mapping_path).await;
     }
     if part("latency") {
         latency_part(&mapping_path).await;
     }
+}
+
+/// BIND's JSON tasks section, its tasks repeated until the document reaches `target` bytes.
+pub fn json_tasks(target: usize) -> Vec<u8> {
+    let task = r#"{"id":"0x7f9e3be88440","name":"server","references":8,"state":"idle","quantum":25,"events":0}"#;
+    let (head, tail) = (
+        r#"{"json-stats-version":"1.7","taskmgr":{"thread-model":"threaded","default-quantum":25,"tasks":["#,
+        "]}}\n",
+    );
+    let mut out = String::with_capacity(target + task.len());
+    out.push_str(head);
+    let mut first = true;
+    while out.len() + task.len() + 1 + tail.len() <= target {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(task);
+    }
+    out.push_str(tail);
+    out.into_bytes()
+}
+
+fn bare_json_parse(bytes: &[u8]) -> u64 {
+    let mut parser = json_event_parser::SliceJsonParser::new(bytes);
+    let mut events = 0u64;
+    loop {
+        match parser.parse_next().unwrap() {
+            json_event_parser::JsonEvent::Eof => break,
+            _ => events += 1,
+        }
+    }
+    events
+}
+
+fn json_part(engine: &Engine) {
+    println!(
+        "## JSON throughput (medians; ratio = adapter / bare json-event-parser, target >= 0.5)\n"
+    );
+    println!("| document | bare json-event-parser parse | adapter (BIND 9 JSON mapping) | ratio |");
+    println!("|---|---|---|---|");
+    let doc = json_tasks(10_000_000);
+    let mb = doc.len() as f64 / 1e6;
+    let (mut bare, mut adapter) = (Vec::new(), Vec::new());
+    let mut records = 0.0;
+    for _ in 0..15 {
+        let t = Instant::now();
+        std::hint::black_box(bare_json_parse(&doc));
+        bare.push(mb / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let out = engine
+            .translate(BufReader::with_capacity(64 * 1024, &doc[..]))
+            .unwrap();
+        adapter.push(mb / t.elapsed().as_secs_f64());
+        records = out.records as f64;
+    }
+    let (b, a) = (median(bare), median(adapter));
+    println!(
+        "| BIND JSON tasks ({mb:.1} MB, {records:.0} records) | {b:.0} MB/s | {a:.0} MB/s | {:.2} |\n",
+        a / b
+    );
 }
 
 fn throughput_part(engine: &Engine) {

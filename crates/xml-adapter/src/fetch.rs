@@ -193,6 +193,12 @@ impl Fetcher {
         if resp.content_length().is_some_and(|l| l > self.max_body) {
             return Err(ScrapeError::BodyCap(self.max_body));
         }
+        // Says the document's format when the mapping's `format` is `auto`.
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let stop = Arc::new(AtomicU8::new(STOP_NONE));
         let mut body = std::pin::pin!(guarded(
             resp.bytes_stream(),
@@ -201,7 +207,11 @@ impl Fetcher {
             bytes.clone(),
             stop.clone(),
         ));
-        let mut translator = Translator::with_scratch(&engine, std::mem::take(&mut *one));
+        let mut translator = Translator::for_content_type(
+            &engine,
+            std::mem::take(&mut *one),
+            content_type.as_deref(),
+        );
         let result = loop {
             match body.next().await {
                 None => {

@@ -151,9 +151,26 @@ pub struct MappingSpec {
     /// refusing the document. Truncated documents are refused either way.
     #[serde(default)]
     pub lenient: bool,
+    /// The documents' format: `auto` (the default) from the `Content-Type`, else their first
+    /// byte; or always `xml` or `json`.
+    #[serde(default)]
+    pub format: InputFormat,
     #[serde(default)]
     pub limits: LimitsSpec,
     pub rules: Vec<RuleSpec>,
+}
+
+/// The format of the documents a mapping reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    /// From the response's `Content-Type` (JSON for `application/json` and `+json` types, XML
+    /// for XML types); otherwise from the document's first byte other than white space
+    /// (`{` or `[`: JSON).
+    #[default]
+    Auto,
+    Xml,
+    Json,
 }
 
 /// A label as compiled.
@@ -210,6 +227,7 @@ pub struct Mapping {
     pub namespaces: BTreeMap<String, String>,
     pub up_metric: Option<String>,
     pub lenient: bool,
+    pub format: InputFormat,
     pub limits: LimitsSpec,
     pub needs_namespaces: bool,
     /// The source text, for `check` and for telling reloads apart.
@@ -422,8 +440,10 @@ impl Mapping {
             needs_ns |= record.needs_namespaces()
                 || value.needs_namespaces()
                 || labels.iter().any(|l| l.path.needs_namespaces())
-                || content.iter().any(|p| matches!(&p.operand, path::Operand::Attr(t) | path::Operand::Child(t) if t.needs_namespaces()))
-                || histogram.as_ref().is_some_and(|h| h.bucket.needs_namespaces());
+                || content.iter().any(Predicate::needs_namespaces)
+                || histogram
+                    .as_ref()
+                    .is_some_and(|h| h.bucket.needs_namespaces());
             if prefixed_above_record(&value)
                 || labels.iter().any(|l| prefixed_above_record(&l.path))
                 || histogram
@@ -461,6 +481,7 @@ impl Mapping {
             namespaces: spec.namespaces,
             up_metric: spec.up_metric,
             lenient: spec.lenient,
+            format: spec.format,
             limits: spec.limits,
             needs_namespaces: needs_ns,
             source: text.to_string(),

@@ -4,6 +4,11 @@
 //! (`@name`, `child/grandchild`, `ancestor::view/@name`, `../measTypes`) are evaluated when a record
 //! closes, against the record's own small subtree and the stack of its open ancestors. The grammar
 //! is parsed here; evaluation lives in [`crate::engine`].
+//!
+//! A JSON document is read as elements: an object's member is named by its key, an array's item
+//! by its index, so `/servers/*[name="web1"]/requests`, `/qtypes/*` with `name()` as a label,
+//! `//frontend` and `/items/0` read JSON with the same steps. A key that is no name is quoted:
+//! `/"rx bytes"`.
 
 use std::collections::BTreeMap;
 
@@ -53,6 +58,8 @@ pub enum Operand {
     Attr(NameTest),
     /// Text of the first child element with this name (record step only).
     Child(NameTest),
+    /// Text of the first element down these child steps (`field/name`; record step only).
+    ChildPath(Vec<NameTest>),
     /// The element's own text (`.` or `text()`), record step only.
     Text,
     Name,
@@ -78,7 +85,18 @@ pub struct Predicate {
 impl Predicate {
     /// Needs the element's content, so can only be decided when the element closes.
     pub fn needs_content(&self) -> bool {
-        matches!(self.operand, Operand::Child(_) | Operand::Text)
+        matches!(
+            self.operand,
+            Operand::Child(_) | Operand::ChildPath(_) | Operand::Text
+        )
+    }
+
+    pub fn needs_namespaces(&self) -> bool {
+        match &self.operand {
+            Operand::Attr(t) | Operand::Child(t) => t.needs_namespaces(),
+            Operand::ChildPath(ts) => ts.iter().any(NameTest::needs_namespaces),
+            Operand::Text | Operand::Name | Operand::LocalName => false,
+        }
     }
 
     pub fn test(&self, value: Option<&str>) -> bool {
@@ -202,6 +220,10 @@ impl<'a> Parser<'a> {
     }
 
     fn name_test(&mut self) -> Result<NameTest, PathError> {
+        // A quoted name: a JSON key with characters a name cannot hold (`"a b"`, `'x/y'`).
+        if self.rest().starts_with(['"', '\'']) {
+            return Ok(NameTest::Local(self.string_lit()?));
+        }
         let first = self.ident().ok_or_else(|| self.fail("expected a name"))?;
         if self.rest().starts_with(':') && !self.rest().starts_with("::") {
             self.pos += 1;
@@ -256,7 +278,15 @@ impl<'a> Parser<'a> {
         if self.eat("text()") || self.eat(".") {
             return Ok(Operand::Text);
         }
-        Ok(Operand::Child(self.name_test()?))
+        let first = self.name_test()?;
+        if !self.rest().starts_with('/') {
+            return Ok(Operand::Child(first));
+        }
+        let mut steps = vec![first];
+        while self.eat("/") {
+            steps.push(self.name_test()?);
+        }
+        Ok(Operand::ChildPath(steps))
     }
 
     fn predicate(&mut self) -> Result<Predicate, PathError> {
@@ -463,11 +493,7 @@ impl RelPath {
             RelPath::Down { steps, leaf } => {
                 leaf_ns(leaf)
                     || steps.iter().any(|(t, preds)| {
-                        t.needs_namespaces()
-                            || preds.iter().any(|p| match &p.operand {
-                                Operand::Attr(t) | Operand::Child(t) => t.needs_namespaces(),
-                                _ => false,
-                            })
+                        t.needs_namespaces() || preds.iter().any(Predicate::needs_namespaces)
                     })
             }
             RelPath::Up { sel, child, leaf } => {
@@ -482,11 +508,7 @@ impl RelPath {
 impl RecordPath {
     pub fn needs_namespaces(&self) -> bool {
         self.steps.iter().any(|s| {
-            s.test.needs_namespaces()
-                || s.predicates.iter().any(|p| match &p.operand {
-                    Operand::Attr(t) | Operand::Child(t) => t.needs_namespaces(),
-                    _ => false,
-                })
+            s.test.needs_namespaces() || s.predicates.iter().any(Predicate::needs_namespaces)
         })
     }
 }
@@ -577,6 +599,28 @@ mod tests {
         ));
         assert!(parse_rel_path("../a/b", &ns()).is_err());
         assert!(parse_rel_path("a[", &ns()).is_err());
+    }
+
+    #[test]
+    fn quoted_names_hold_any_key() {
+        let p = parse_record_path(r#"/"a b"/'x/y'[ "k:1" = "v" ]"#, &ns()).unwrap();
+        assert_eq!(p.steps[0].test, NameTest::Local("a b".into()));
+        assert_eq!(p.steps[1].test, NameTest::Local("x/y".into()));
+        assert!(matches!(
+            &p.steps[1].predicates[0].operand,
+            Operand::Child(NameTest::Local(k)) if k == "k:1"
+        ));
+        assert!(matches!(
+            parse_rel_path(r#"stats/"rx bytes""#, &ns()).unwrap(),
+            RelPath::Down { ref steps, leaf: Leaf::Text } if steps.len() == 2
+        ));
+        assert!(parse_record_path(r#"/"unterminated"#, &ns()).is_err());
+        let p = parse_record_path(r#"/*/*[field/name="scur"]"#, &ns()).unwrap();
+        assert!(matches!(
+            &p.steps[1].predicates[0].operand,
+            Operand::ChildPath(steps) if steps.len() == 2
+        ));
+        assert!(parse_record_path(r#"/a[b/c="x"]/d"#, &ns()).is_err());
     }
 
     #[test]

@@ -334,3 +334,70 @@ fn monit_invalid_documents_are_refused_with_reasons() {
     let t = translate(&e, "monit/response_invalidxml_2.xml");
     assert!(t.series > 0);
 }
+
+/// The series a page serves, keyed by name and labels.
+fn series(page: &Metrics) -> std::collections::BTreeMap<String, f64> {
+    page.samples()
+        .iter()
+        .map(|s| (format!("{}{:?}", s.name, s.labels), s.value))
+        .collect()
+}
+
+#[test]
+fn bind9_json_channel_reads_as_its_xml_channel() {
+    let json = check_golden(
+        "examples/mappings/bind9-json.yaml",
+        "bind9/live-9.18.json",
+        "bind9_live_json.prom",
+    );
+    let xml = check_golden(
+        "examples/mappings/bind9.yaml",
+        "bind9/live-9.18.xml",
+        "bind9_live_xml.prom",
+    );
+    assert_eq!(
+        json.get("bind_incoming_queries_total", &[("type", "A")]),
+        Some(6.0)
+    );
+    assert_eq!(
+        json.get("bind_response_rcodes_total", &[("rcode", "NXDOMAIN")]),
+        Some(2.0)
+    );
+    // Captured a moment apart from the same server: only the statistics channel's own tasks
+    // may have moved. BIND's JSON channel leaves out the server and resolver counters that are
+    // zero, which its XML channel prints.
+    let (j, x) = (series(&json), series(&xml));
+    assert!(j.len() > 40, "{json}");
+    let moved: Vec<_> = j
+        .keys()
+        .chain(x.keys())
+        .filter(|k| j.get(*k) != x.get(*k))
+        .filter(|k| !(j.get(*k).is_none() && x.get(*k) == Some(&0.0)))
+        .collect();
+    assert!(
+        moved.iter().all(|k| k.starts_with("bind_tasks[")),
+        "differ: {moved:?}\nJSON:\n{json}\nXML:\n{xml}"
+    );
+}
+
+#[test]
+fn haproxy_json_stats_page() {
+    let page = check_golden(
+        "examples/mappings/haproxy-json.yaml",
+        "haproxy/live-2.6.json",
+        "haproxy_live_json.prom",
+    );
+    assert_eq!(
+        page.get("haproxy_frontend_http_requests_total", &[("proxy", "web")]),
+        Some(4.0),
+        "{page}"
+    );
+    assert_eq!(
+        page.get(
+            "haproxy_server_sessions_total",
+            &[("proxy", "app"), ("server", "s1")]
+        ),
+        Some(4.0),
+        "{page}"
+    );
+}

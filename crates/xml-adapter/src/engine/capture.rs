@@ -242,6 +242,16 @@ impl Capture {
                 .children(node)
                 .find(|&c| t.matches(self.uri(c), self.local(c)))
                 .map(|c| self.text(c)),
+            Operand::ChildPath(steps) => {
+                let mut at = Some(node);
+                for t in steps {
+                    at = at.and_then(|n| {
+                        self.children(n)
+                            .find(|&c| t.matches(self.uri(c), self.local(c)))
+                    });
+                }
+                at.map(|c| self.text(c))
+            }
             Operand::Text => Some(self.text(node)),
             Operand::Name => Some(Cow::Borrowed(self.name(node))),
             Operand::LocalName => Some(Cow::Borrowed(self.local(node))),

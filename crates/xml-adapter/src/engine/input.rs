@@ -28,6 +28,12 @@ pub(super) trait StartTag {
 
 /// The input format of a run, as the stages that outlive a start tag need it.
 pub(super) trait Format {
+    /// The format's name in errors.
+    const NAME: &'static str;
+
+    /// Names may carry a prefix (`prefix:local`); a JSON key's `:` is part of the name.
+    const PREFIXED_NAMES: bool;
+
     /// Appends to `out` the value of the first attribute that `test` matches in `source` (what
     /// [`StartTag::source`] kept; its name is `name_len` bytes). `false` when none matches.
     fn kept_attribute(

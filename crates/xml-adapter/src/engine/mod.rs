@@ -1,7 +1,8 @@
 //! The streaming evaluator: one pass over the document, no DOM of it.
 //!
-//! The input format's front end ([`Translator`] for XML: `window`, `xml`) turns the document
-//! into start tags, text and end tags for a run (`run`), which is the same whatever the format:
+//! The input format's front end (`window` and `xml` for XML, `json` for JSON; the
+//! [`Translator`] picks one) turns the document into start tags, text and end tags for a run
+//! (`run`), which is the same whatever the format:
 //! - `plan`: the mapping compiled once ([`Engine`]): all rules' record paths merged into one
 //!   trie of steps, and what their relative paths read;
 //! - `stack`: the open elements, each with the trie states it matched;
@@ -17,6 +18,9 @@
 
 mod capture;
 mod input;
+mod json;
+#[cfg(test)]
+mod json_tests;
 mod plan;
 mod record;
 mod report;
@@ -26,10 +30,11 @@ mod series;
 mod stack;
 #[cfg(test)]
 mod tests;
+mod translator;
 mod window;
 mod xml;
 
 pub use plan::Engine;
 pub use report::{DocumentError, Reason, Translation, failure_families};
 pub use run::Scratch;
-pub use window::Translator;
+pub use translator::{Translator, format_of_content_type};

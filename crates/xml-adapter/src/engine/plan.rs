@@ -165,6 +165,13 @@ fn plan_predicate(plan: &mut Vec<PlanNode>, at: usize, p: &Predicate) {
             let c = plan_child(plan, at, t);
             plan[c].text = true;
         }
+        Operand::ChildPath(steps) => {
+            let mut c = at;
+            for t in steps {
+                c = plan_child(plan, c, t);
+            }
+            plan[c].text = true;
+        }
         Operand::Text => plan[at].text = true,
         Operand::Attr(_) | Operand::Name | Operand::LocalName => {}
     }

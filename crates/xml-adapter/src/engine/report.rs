@@ -6,8 +6,13 @@ use crate::mapping::{Mapping, Rule};
 /// Why a document was refused. Nothing from a refused document is served.
 #[derive(Debug, thiserror::Error)]
 pub enum DocumentError {
-    #[error("malformed XML at byte {position}: {message}")]
-    Malformed { position: u64, message: String },
+    #[error("malformed {format} at byte {position}: {message}")]
+    Malformed {
+        /// `XML` or `JSON`.
+        format: &'static str,
+        position: u64,
+        message: String,
+    },
     #[error("reading the document failed after {position} bytes: {source}")]
     Read {
         position: u64,
@@ -17,6 +22,15 @@ pub enum DocumentError {
 
 pub(super) fn malformed(position: u64, message: impl Into<String>) -> DocumentError {
     DocumentError::Malformed {
+        format: "XML",
+        position,
+        message: message.into(),
+    }
+}
+
+pub(super) fn malformed_json(position: u64, message: impl Into<String>) -> DocumentError {
+    DocumentError::Malformed {
+        format: "JSON",
         position,
         message: message.into(),
     }

@@ -103,10 +103,11 @@ impl<'e, F: Format> Run<'e, F> {
             s.stack.root_seen = true;
         }
         if depth >= limits.max_depth {
-            return Err(malformed(
-                pos,
-                format!("elements nested deeper than max_depth {}", limits.max_depth),
-            ));
+            return Err(DocumentError::Malformed {
+                format: F::NAME,
+                position: pos,
+                message: format!("elements nested deeper than max_depth {}", limits.max_depth),
+            });
         }
         let qname = tag.name();
         let uri = if engine.mapping.needs_namespaces {
@@ -117,7 +118,11 @@ impl<'e, F: Format> Run<'e, F> {
         let el = Element {
             tag,
             qname,
-            local: local_part(qname),
+            local: if F::PREFIXED_NAMES {
+                local_part(qname)
+            } else {
+                qname
+            },
             uri: uri.as_deref(),
         };
         s.capture.new_tag();
@@ -171,6 +176,20 @@ impl<'e, F: Format> Run<'e, F> {
         frame.kept_child = kept_child;
         s.stack.push(kept, frame);
         Ok(())
+    }
+
+    /// The document's top-level value, for a format whose paths start inside it (JSON: `/a`
+    /// selects the member `a` of the top-level object). It matches no step of a path.
+    pub(super) fn start_root(&mut self) {
+        let s = &mut self.scratch;
+        s.stack.root_seen = true;
+        s.stack.push_root();
+    }
+
+    /// Closes the innermost element, whatever its name (a format whose parser checked the
+    /// nesting).
+    pub(super) fn end_top(&mut self) {
+        self.close_top();
     }
 
     /// Text of the innermost open element (or outside the root), at byte `pos`.

@@ -223,6 +223,17 @@ impl Stack {
         self.frames.push(frame);
     }
 
+    /// Opens the document's top-level value (see [`super::run::Run::start_root`]): its trie
+    /// states are the document's own, so its children match the paths' first steps.
+    pub(super) fn push_root(&mut self) {
+        let start = self.trie_states.len();
+        self.trie_states.push((0, false));
+        let mut frame = Frame::new(0);
+        frame.trie_states = (start, start + 1);
+        frame.plan_states = (self.plan_states.len(), self.plan_states.len());
+        self.push("", frame);
+    }
+
     /// Closes the innermost element.
     #[inline]
     pub(super) fn pop(&mut self) {
@@ -311,7 +322,7 @@ fn start_predicate<T: StartTag>(
         Operand::LocalName => Some(el.local),
         Operand::Attr(test) => capture.tag_attr(el.tag, test)?,
         // Content predicates were moved to the rule's record filter at load.
-        Operand::Child(_) | Operand::Text => return Ok(true),
+        Operand::Child(_) | Operand::ChildPath(_) | Operand::Text => return Ok(true),
     };
     Ok(p.test(value))
 }

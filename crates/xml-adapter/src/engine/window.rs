@@ -1,6 +1,4 @@
-//! An XML document fed to quick-xml as its bytes arrive: the [`Translator`] and its window.
-
-use std::io::BufRead;
+//! An XML document fed to quick-xml as its bytes arrive: the [`XmlTranslator`] and its window.
 
 use quick_xml::Reader;
 use quick_xml::events::Event;
@@ -17,38 +15,14 @@ pub(super) const WINDOW: usize = 64 * 1024;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
-impl Engine {
-    /// Reads a whole XML document and translates it. Any error refuses the whole document.
-    pub fn translate<R: BufRead>(&self, mut input: R) -> Result<Translation, DocumentError> {
-        let mut t = Translator::new(self);
-        loop {
-            let chunk = match input.fill_buf() {
-                Ok([]) => break,
-                Ok(chunk) => chunk,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(DocumentError::Read {
-                        position: t.position(),
-                        source,
-                    });
-                }
-            };
-            let n = chunk.len();
-            t.feed(chunk)?;
-            input.consume(n);
-        }
-        t.finish()
-    }
-}
-
-/// An XML document translated as its bytes arrive ([`Translator::feed`]), so a fetch
+/// An XML document translated as its bytes arrive ([`XmlTranslator::feed`]), so a fetch
 /// translates the body chunk by chunk where it receives it. The bytes collect in a window of
 /// at least [`WINDOW`] bytes that quick-xml parses in place (no copy of each event, as its
 /// buffered reader makes); an event cut by the window's end is parsed again from its start
 /// once more bytes are in. The window only grows to hold one event, so memory does not follow
 /// the document.
 #[derive(Debug)]
-pub struct Translator<'e> {
+pub(super) struct XmlTranslator<'e> {
     run: Run<'e, Xml>,
     window: Vec<u8>,
     /// Position of `window[0]` in the document.
@@ -56,34 +30,31 @@ pub struct Translator<'e> {
     /// Parse once the window holds this much.
     parse_at: usize,
     min_window: usize,
+    /// The longest one event (a tag, a text node) may be: the window holds an event whole, so
+    /// a longer one refuses the document rather than take its size in memory.
+    max_event: usize,
     /// The bindings in scope, when the mapping uses namespaces.
     namespaces: Option<NamespaceResolver>,
 }
 
-impl<'e> Translator<'e> {
-    pub fn new(engine: &'e Engine) -> Translator<'e> {
-        Translator::with_scratch(engine, Scratch::default())
-    }
-
-    /// A translator on the buffers an earlier one left ([`Translator::finish_keep`]).
-    pub fn with_scratch(engine: &'e Engine, scratch: Scratch) -> Translator<'e> {
-        Translator::with_window(engine, scratch, WINDOW)
-    }
-
+impl<'e> XmlTranslator<'e> {
     pub(super) fn with_window(
         engine: &'e Engine,
         mut scratch: Scratch,
         min_window: usize,
-    ) -> Translator<'e> {
+    ) -> XmlTranslator<'e> {
         let mut window = std::mem::take(&mut scratch.window);
         window.reuse();
         window.reserve(2 * min_window);
-        Translator {
+        XmlTranslator {
             run: Run::new(engine, Xml, scratch),
             window,
             window_start: 0,
             parse_at: min_window,
             min_window,
+            max_event: usize::try_from(engine.mapping.limits.max_record_bytes)
+                .unwrap_or(usize::MAX)
+                .max(min_window),
             namespaces: engine
                 .mapping
                 .needs_namespaces
@@ -92,12 +63,12 @@ impl<'e> Translator<'e> {
     }
 
     /// Bytes received so far.
-    pub fn position(&self) -> u64 {
+    pub(super) fn position(&self) -> u64 {
         self.window_start + self.window.len() as u64
     }
 
     /// The next bytes of the document. An error refuses the document: feed no more.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), DocumentError> {
+    pub(super) fn feed(&mut self, bytes: &[u8]) -> Result<(), DocumentError> {
         self.window.extend_from_slice(bytes);
         if self.window.len() >= self.parse_at {
             self.parse(false)?;
@@ -105,13 +76,9 @@ impl<'e> Translator<'e> {
         Ok(())
     }
 
-    /// The document has ended: the rest is parsed and the translation made.
-    pub fn finish(self) -> Result<Translation, DocumentError> {
-        self.finish_keep().0
-    }
-
-    /// [`Translator::finish`], and the buffers for the next document.
-    pub fn finish_keep(mut self) -> (Result<Translation, DocumentError>, Scratch) {
+    /// The document has ended: the rest is parsed and the translation made; and the buffers
+    /// for the next document.
+    pub(super) fn finish_keep(mut self) -> (Result<Translation, DocumentError>, Scratch) {
         let result = self.parse(true).and_then(|()| {
             let end = self.position();
             self.run.check_end(end)?;
@@ -121,7 +88,7 @@ impl<'e> Translator<'e> {
     }
 
     /// The buffers for the next document, when this one is abandoned.
-    pub fn into_scratch(self) -> Scratch {
+    pub(super) fn into_scratch(self) -> Scratch {
         let mut scratch = self.run.into_scratch();
         scratch.window = self.window;
         scratch
@@ -169,6 +136,15 @@ impl<'e> Translator<'e> {
         }
         let used = skip + used;
         let left = self.window.len() - used;
+        if used == 0 && left > self.max_event {
+            return Err(malformed(
+                base,
+                format!(
+                    "a tag or text node longer than max_record_bytes ({} bytes)",
+                    self.max_event
+                ),
+            ));
+        }
         // The window must grow when one event fills all of it.
         self.parse_at = if used == 0 {
             self.min_window.max(2 * self.window.len())

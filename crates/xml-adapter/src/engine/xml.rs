@@ -16,6 +16,9 @@ use crate::path::NameTest;
 pub(super) struct Xml;
 
 impl Format for Xml {
+    const NAME: &'static str = "XML";
+    const PREFIXED_NAMES: bool = true;
+
     fn kept_attribute(
         &self,
         source: &str,

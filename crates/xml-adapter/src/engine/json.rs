@@ -1,0 +1,222 @@
+//! A JSON document fed to json-event-parser's push parser as its bytes arrive, its events
+//! turned into the elements a [`Run`] reads, so that the mapping language is the same:
+//! - the top-level value is the root, which matches no step: `/a` is its member `a`;
+//! - an object's member is an element named by its key; an array's item, an element named by
+//!   its index (`0`, `1`, ...), so `*` matches every key or every item;
+//! - a scalar is the text of its element: a number as written, a string decoded, `true` and
+//!   `false`; `null` has no text.
+//!
+//! Nothing of the document is kept but the parser's bytes not parsed yet (one token at most)
+//! and what the run keeps of the open elements and records.
+
+use json_event_parser::{JsonEvent, LowLevelJsonParser};
+
+use super::input::{Format, StartTag};
+use super::plan::Engine;
+use super::report::{DocumentError, Translation, malformed_json};
+use super::reuse::Reuse;
+use super::run::{Run, Scratch};
+use crate::path::NameTest;
+
+/// The JSON input format: elements have no attributes.
+#[derive(Debug)]
+pub(super) struct Json;
+
+impl Format for Json {
+    const NAME: &'static str = "JSON";
+    const PREFIXED_NAMES: bool = false;
+
+    fn kept_attribute(&self, _: &str, _: usize, _: &NameTest, _: &mut String) -> bool {
+        false
+    }
+}
+
+/// A member's key or an item's index, as a start tag.
+struct Key<'a>(&'a str);
+
+impl StartTag for Key<'_> {
+    fn name(&self) -> &str {
+        self.0
+    }
+
+    fn namespace(&self) -> Option<String> {
+        None
+    }
+
+    fn size(&self) -> usize {
+        // The key, its quotes and the colon.
+        self.0.len() + 3
+    }
+
+    fn source(&self) -> &str {
+        self.0
+    }
+
+    fn attributes(&self, _: impl FnMut(Option<&str>, &str, &str)) -> Result<(), DocumentError> {
+        Ok(())
+    }
+}
+
+/// An open object or array.
+#[derive(Debug, Clone, Copy)]
+enum Container {
+    Object,
+    /// The index of its next item.
+    Array(u64),
+}
+
+/// A JSON document translated as its bytes arrive (see [`super::Translator`]).
+pub(super) struct JsonTranslator<'e> {
+    run: Run<'e, Json>,
+    parser: LowLevelJsonParser,
+    /// Bytes received and not parsed yet: the start of a token cut by a chunk's end.
+    window: Vec<u8>,
+    /// Position of `window[0]` in the document.
+    window_start: u64,
+    containers: Vec<Container>,
+    /// An item's index as a name.
+    index: String,
+    ended: bool,
+}
+
+impl std::fmt::Debug for JsonTranslator<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonTranslator")
+            .field("run", &self.run)
+            .field("position", &self.position())
+            .field("containers", &self.containers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'e> JsonTranslator<'e> {
+    pub(super) fn new(engine: &'e Engine, mut scratch: Scratch) -> JsonTranslator<'e> {
+        let mut window = std::mem::take(&mut scratch.window);
+        window.reuse();
+        // The parser's own stack is bounded too: the run refuses deeper documents first.
+        let depth = engine.mapping.limits.max_depth.saturating_add(2);
+        JsonTranslator {
+            run: Run::new(engine, Json, scratch),
+            parser: LowLevelJsonParser::new().with_max_stack_size(depth),
+            window,
+            window_start: 0,
+            containers: Vec::new(),
+            index: String::new(),
+            ended: false,
+        }
+    }
+
+    pub(super) fn position(&self) -> u64 {
+        self.window_start + self.window.len() as u64
+    }
+
+    pub(super) fn feed(&mut self, bytes: &[u8]) -> Result<(), DocumentError> {
+        if self.window.is_empty() {
+            // Parsed straight from the chunk; only a cut token's bytes are copied.
+            let used = self.parse(bytes, false)?;
+            self.window.extend_from_slice(&bytes[used..]);
+            self.window_start += used as u64;
+            return Ok(());
+        }
+        self.window.extend_from_slice(bytes);
+        let window = std::mem::take(&mut self.window);
+        let used = self.parse(&window, false);
+        self.window = window;
+        let used = used?;
+        self.window.drain(..used);
+        self.window_start += used as u64;
+        Ok(())
+    }
+
+    pub(super) fn finish_keep(mut self) -> (Result<Translation, DocumentError>, Scratch) {
+        let window = std::mem::take(&mut self.window);
+        let result = self.parse(&window, true).and_then(|used| {
+            let end = self.window_start + used as u64;
+            if !self.ended {
+                return Err(malformed_json(end, "the document ends early: truncated?"));
+            }
+            self.run.check_end(end)?;
+            Ok(self.run.finish())
+        });
+        self.window = window;
+        (result, self.into_scratch())
+    }
+
+    pub(super) fn into_scratch(self) -> Scratch {
+        let mut scratch = self.run.into_scratch();
+        scratch.window = self.window;
+        scratch
+    }
+
+    /// Parses the complete tokens of `input`, which starts at `window_start`; all of them
+    /// when `last`. Returns the bytes used.
+    fn parse(&mut self, input: &[u8], last: bool) -> Result<usize, DocumentError> {
+        let mut used = 0usize;
+        loop {
+            let r = self.parser.parse_next(&input[used..], last);
+            let at = self.window_start + used as u64;
+            used += r.consumed_bytes;
+            match r.event {
+                None => return Ok(used),
+                Some(Ok(JsonEvent::Eof)) => {
+                    self.ended = true;
+                    return Ok(used);
+                }
+                Some(Ok(ev)) => self.event(ev, at)?,
+                Some(Err(e)) => {
+                    return Err(malformed_json(e.location().start.offset, e.message()));
+                }
+            }
+        }
+    }
+
+    /// One event, whose token starts at or after byte `pos`.
+    fn event(&mut self, ev: JsonEvent<'_>, pos: u64) -> Result<(), DocumentError> {
+        let value = match ev {
+            JsonEvent::ObjectKey(k) => return self.run.start(&Key(&k), pos),
+            JsonEvent::EndObject | JsonEvent::EndArray => {
+                self.containers.pop();
+                self.run.end_top();
+                return Ok(());
+            }
+            JsonEvent::Eof => return Ok(()),
+            v => v,
+        };
+        // A value starts: an array's item is an element of its own; a member's element
+        // started with its key.
+        match self.containers.last_mut() {
+            None => self.run.start_root(),
+            Some(Container::Array(next)) => {
+                use std::fmt::Write;
+                self.index.clear();
+                let _ = write!(self.index, "{next}");
+                *next += 1;
+                self.run.start(&Key(&self.index), pos)?;
+            }
+            Some(Container::Object) => {}
+        }
+        let text: &str = match &value {
+            JsonEvent::StartObject => {
+                self.containers.push(Container::Object);
+                return Ok(());
+            }
+            JsonEvent::StartArray => {
+                self.containers.push(Container::Array(0));
+                return Ok(());
+            }
+            JsonEvent::String(s) | JsonEvent::Number(s) => s,
+            JsonEvent::Boolean(true) => "true",
+            JsonEvent::Boolean(false) => "false",
+            _ => "",
+        };
+        if !text.is_empty() {
+            if self.run.needs_text() {
+                self.run.text(text, pos)?;
+            } else {
+                self.run.skip_text(text.len());
+            }
+        }
+        self.run.end_top();
+        Ok(())
+    }
+}
