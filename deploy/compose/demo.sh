@@ -111,6 +111,7 @@ up)
     wait_for http://127.0.0.1:9901/readyz
     wait_for http://127.0.0.1:9902/readyz
     wait_for http://127.0.0.1:9903/readyz
+    wait_for http://127.0.0.1:9904/readyz
     wait_for http://127.0.0.1:9911/readyz
     wait_for http://127.0.0.1:9905/readyz
     wait_for http://127.0.0.1:9915/readyz
@@ -137,6 +138,10 @@ The demo is up. Try:
   # the legacy app's XML status page as Prometheus metrics, and Prometheus scraping them:
   curl -s 127.0.0.1:9108/metrics
   curl -s '127.0.0.1:9090/api/v1/query?query=legacy_app_requests_total'
+
+  # pod-a's access log, delivered line by line by its log-shipper to the log store:
+  curl -s 127.0.0.1:8090/lines
+  curl -s 127.0.0.1:9904/metrics | grep -E '^log_shipper_lines_(read|sent)'
 
   # a config commit that appears in the app's volume (git-sync polls every 5s):
   $0 commit "greeting = bonjour"

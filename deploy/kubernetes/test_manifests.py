@@ -253,3 +253,23 @@ class SchemaTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class LogShipperTest(unittest.TestCase):
+    def test_native_sidecar_reads_the_apps_log_volume_read_only(self):
+        docs = rendered("log-shipper")
+        shipper = container(docs, "log-shipper")
+        self.assertEqual(shipper["restartPolicy"], "Always")
+        self.assertIn({"name": "app-logs", "mountPath": "/var/log/app", "readOnly": True}, shipper["volumeMounts"])
+        self.assertIn({"name": "log-shipper-state", "mountPath": "/var/lib/log-shipper"}, shipper["volumeMounts"])
+        self.assertIn("--state-dir=/var/lib/log-shipper", shipper["args"])
+        # The fields the shipped config enriches each line with come from the Downward API.
+        env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in shipper["env"]}
+        self.assertEqual(env, {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "NODE_NAME": "spec.nodeName"})
+        config = yaml.safe_load(next(d for d in docs if d["metadata"]["name"] == "log-shipper-config")["data"]["log-shipper.yaml"])
+        self.assertEqual(set(config["pipelines"]["app"]["fields"]["env"].values()), set(env))
+        self.assertEqual(config["inputs"]["app"]["include"], ["/var/log/app/*.log*"])
+        app = container(docs, "app")
+        self.assertIn({"name": "app-logs", "mountPath": "/var/log/app"}, app["volumeMounts"])
+        self.assertIn({"name": "DEMO_APP_ACCESS_LOG", "value": "/var/log/app/access.log"}, app["env"])
+        self.assertEqual(problems_of(docs), [])

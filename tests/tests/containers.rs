@@ -3,7 +3,8 @@
 //! Two "pods" on a private Docker network, each an app container (the demo app) owning the
 //! network namespace with sidecar containers joined to it (`--network container:<app>`):
 //! pod A has the ambassador, the xml-adapter and git-sync; pod B has the ambassador. A git
-//! server container serves the config repository. Every sidecar runs as it would in a
+//! server container serves the config repository. A third pod's log-shipper ships its app's
+//! access log from a shared volume. Every sidecar runs as it would in a
 //! restricted pod: its image's user 65532, a read-only root filesystem, no capabilities.
 //!
 //! They need a Docker engine, so they are `#[ignore = "needs a Docker engine"]`: `cargo test`
@@ -24,10 +25,12 @@ use test_support::ports::loopback;
 use test_support::skip::require_docker_engine;
 use test_support::wait::Wait;
 
-const SIDECARS: [(&str, u16); 3] = [
+const SIDECARS: [(&str, u16); 5] = [
     ("ambassador", 9901),
     ("xml-adapter", 9902),
     ("git-sync", 9903),
+    ("log-shipper", 9904),
+    ("secrets-agent", 9905),
 ];
 const TRUST_DOMAIN: &str = "spiffe://containers.test/ns/e2e/sa";
 
@@ -809,6 +812,129 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
     assert_eq!(
         exited, "exited 0",
         "the ambassador's exit after POST /shutdown"
+    );
+}
+
+/// The log-shipper image tails the app's log file on a shared volume (read-only for it), ships
+/// every line once, and keeps its place across a restart in its state volume.
+#[test]
+#[ignore = "needs a Docker engine"]
+fn log_shipper_ships_the_apps_log_from_a_shared_volume_across_a_restart() {
+    require_docker_engine();
+    build_images();
+    let mut res = Resources::new("logs");
+    let logs = res.shared_tmpfs("app-logs");
+    let state = res.shared_tmpfs("shipper-state");
+    let app = res.run(
+        "pod",
+        &[
+            "-v",
+            &format!("{logs}:/logs"),
+            "-p",
+            "127.0.0.1::8080",
+            "-p",
+            "127.0.0.1::8090",
+            "-p",
+            "127.0.0.1::9904",
+        ],
+        &[
+            &image("demo-app"),
+            "serve",
+            "--name",
+            "pod",
+            "--access-log",
+            "/logs/access.log",
+        ],
+    );
+    let in_pod = format!("container:{app}");
+    res.run(
+        "store",
+        &["--network", &in_pod],
+        &[&image("demo-app"), "collect", "--listen", "127.0.0.1:8090"],
+    );
+    let shipper = res.run(
+        "log-shipper",
+        &[
+            "--network",
+            &in_pod,
+            "-v",
+            &format!("{logs}:/logs:ro"),
+            "-v",
+            &format!("{state}:/var/lib/log-shipper"),
+            "-e",
+            "POD_NAME=pod",
+        ],
+        &[
+            &image("log-shipper"),
+            "--file=/logs/*.log",
+            "--parser=json",
+            "--env-field=pod=POD_NAME",
+            "--sink-url=http://127.0.0.1:8090/ingest",
+            "--batch-timeout=200ms",
+        ],
+    );
+    wait_ready(&res, &app, 9904);
+    let (app_port, store_port) = (host_port(&app, 8080), host_port(&app, 8090));
+    let requests = |n: usize| {
+        for _ in 0..n {
+            let answer = http("GET", app_port, "/");
+            assert!(
+                matches!(answer, Ok((200, _))),
+                "the app answered {answer:?}"
+            );
+        }
+    };
+    let stored = |want: u64| {
+        eventually(
+            &res,
+            &format!("{want} lines in the log store"),
+            Duration::from_secs(60),
+        )
+        .value(|| {
+            let (status, body) = http("GET", store_port, "/lines").ok()?;
+            let count: u64 = body.lines().next()?.strip_prefix("lines: ")?.parse().ok()?;
+            (status == 200 && count >= want).then_some((count, body))
+        })
+    };
+    requests(50);
+    let (count, body) = stored(50);
+    assert_eq!(count, 50, "each line once:\n{body}");
+    assert!(
+        body.lines()
+            .skip(1)
+            .all(|l| l.contains(r#""pod":"pod""#) && l.contains(r#""status":200"#)),
+        "every line parsed and enriched:\n{body}"
+    );
+
+    // A graceful restart (SIGTERM, as a rollout sends) keeps the checkpoint: no line again.
+    docker_ok(&["restart", "-t", "20", &shipper]);
+    requests(30);
+    let (count, body) = stored(80);
+    assert_eq!(count, 80, "no line shipped twice:\n{body}");
+    // A line sent again would come within a batch timeout (200 ms) of the others.
+    let count_now = || {
+        http("GET", store_port, "/lines")
+            .ok()
+            .and_then(|(_, body)| {
+                body.lines()
+                    .next()?
+                    .strip_prefix("lines: ")?
+                    .parse::<u64>()
+                    .ok()
+            })
+    };
+    test_support::wait::holds_for(
+        Duration::from_secs(3),
+        "the log store keeps 80 lines",
+        || count_now() == Some(80),
+    );
+    let sent: f64 = test_support::metrics::scrape(loopback(host_port(&app, 9904)))
+        .series("log_shipper_lines_sent_total")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(
+        sent, 30.0,
+        "the restarted log-shipper sent only the new lines"
     );
 }
 

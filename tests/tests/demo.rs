@@ -3,7 +3,7 @@
 //! pass every one of its own checks (both pods' certificates issued by OpenBao through
 //! secrets-agent, mesh call over mTLS with identities, refusal without a certificate, XML status
 //! as metrics, a git commit reaching the app's config, a certificate rotation picked up by both
-//! ambassadors without a failed request).
+//! ambassadors without a failed request, every line of the app's access log in the log store).
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -48,7 +48,7 @@ fn the_demo_passes_all_its_checks() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("12 of 12 checks passed."), "{stdout}");
+    assert!(stdout.contains("14 of 14 checks passed."), "{stdout}");
     assert!(
         !stdout.contains("killed"),
         "a process did not stop on SIGTERM:\n{stdout}"

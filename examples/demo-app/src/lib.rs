@@ -3,10 +3,12 @@
 //! The sidecar images are `FROM scratch` and no image can be pulled on the build machine, so
 //! the app next to them is built here too. It does what the demo needs from an app and nothing
 //! more: plain HTTP on one port, an XML status page for the xml-adapter, the files git-sync
-//! publishes into its config volume, and a small HTTP(S) client (`get`, `job`) because a
-//! `FROM scratch` image has no curl.
+//! publishes into its config volume, an access log file for the log-shipper, a stand-in log
+//! store (`collect`), and a small HTTP(S) client (`get`, `job`) because a `FROM scratch` image
+//! has no curl.
 
 mod client;
+mod collect;
 mod server;
 
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub use client::{GetArgs, JobArgs};
+pub use collect::CollectArgs;
 pub use server::ServeArgs;
 
 #[derive(clap::Parser, Debug)]
@@ -31,6 +34,9 @@ pub enum Command {
     Get(GetArgs),
     /// A batch job: call a URL a few times, then ask each sidecar to stop (`POST /shutdown`).
     Job(JobArgs),
+    /// A stand-in log store: takes NDJSON on `POST /ingest`, answers `GET /lines` with how many
+    /// lines it holds and the last of them.
+    Collect(CollectArgs),
 }
 
 /// Everything that can go wrong, named for the user.
@@ -43,6 +49,11 @@ pub enum DemoError {
     },
     #[error("cannot read the CA bundle {}: {source}", path.display())]
     CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the access log {}: {source}", path.display())]
+    AccessLog {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -66,6 +77,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Serve(args) => server::serve(args).await,
             Command::Get(args) => client::get(args).await,
             Command::Job(args) => client::job(args).await,
+            Command::Collect(args) => collect::collect(args).await,
         }
     });
     match result {

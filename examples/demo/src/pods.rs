@@ -28,6 +28,8 @@ struct Ports {
     admin_adapter_b: u16,
     admin_git_sync_b: u16,
     admin_agent_b: u16,
+    admin_shipper_b: u16,
+    log_store: u16,
     openbao: u16,
 }
 
@@ -44,6 +46,8 @@ impl Ports {
             admin_adapter_b: base + 14,
             admin_git_sync_b: base + 15,
             admin_agent_b: base + 16,
+            admin_shipper_b: base + 17,
+            log_store: base + 18,
             openbao: base + 19,
         }
     }
@@ -154,6 +158,8 @@ Try it (logs in {logs}):
   curl http://127.0.0.1:{admin_b}/readyz?verbose    # readiness checks of pod B's ambassador
   cd {repo} && echo 'greeting: hi' > app.yaml && git commit -qam hi   # then, within seconds:
   curl http://127.0.0.1:{app}/config/app.yaml       # pod B's app reads the new config
+  curl http://127.0.0.1:{store}/lines               # pod B's access log, shipped by its log-shipper
+  curl http://127.0.0.1:{shipper}/metrics           # the log-shipper: lines read, sent, file lag
 
 Certificates: OpenBao's PKI issues each pod's for {ttl} (backdated {backdate}s); secrets-agent
 renews it at 2/3 of its life (a new one every {every:.0}s) and the ambassadors reload it:
@@ -172,6 +178,8 @@ Press Ctrl-C to stop."#,
         agent_a = p.admin_agent_a,
         repo = setup.repo_dir().display(),
         app = p.app_b,
+        store = p.log_store,
+        shipper = p.admin_shipper_b,
         ttl = humantime::format_duration(setup.cert_ttl),
         backdate = openbao::BACKDATE.as_secs(),
         every = lifetime * 2.0 / 3.0 - openbao::BACKDATE.as_secs_f64(),
@@ -200,6 +208,10 @@ async fn start_and_check(setup: &Setup, procs: &RefCell<Processes>) -> anyhow::R
     std::fs::write(&mapping, MAPPING).with_context(|| format!("writing {}", mapping.display()))?;
     let volume = dir.join("pod-b/config");
     std::fs::create_dir_all(&volume).with_context(|| format!("creating {}", volume.display()))?;
+    // The volume pod B's app writes its log files to and its log-shipper reads.
+    let app_logs = dir.join("pod-b/app-logs");
+    std::fs::create_dir_all(&app_logs)
+        .with_context(|| format!("creating {}", app_logs.display()))?;
 
     // The workspace's one crypto provider; reqwest has none of its own here.
     let _already = rustls::crypto::ring::default_provider().install_default();
@@ -302,7 +314,38 @@ async fn start_and_check(setup: &Setup, procs: &RefCell<Processes>) -> anyhow::R
                 "pod-b".into(),
                 "--config-dir".into(),
                 s(&volume.join("current")),
+                "--access-log".into(),
+                s(&app_logs.join("access.log")),
             ],
+        )?;
+        // The central log store, played by the demo app (a real one is Elasticsearch, Loki,
+        // ClickHouse, Splunk or a syslog server: see docs/log-shipper.md).
+        procs_now.spawn(
+            "log-store",
+            &bin(&setup.bins, "demo-app")?,
+            &["collect".into(), "--listen".into(), local(p.log_store)],
+        )?;
+        procs_now.spawn_with_env(
+            "pod-b/log-shipper",
+            &bin(&setup.bins, "log-shipper")?,
+            &[
+                "--file".into(),
+                format!("{}/*.log", s(&app_logs)),
+                "--parser".into(),
+                "json".into(),
+                "--env-field".into(),
+                "pod=POD_NAME".into(),
+                "--sink-url".into(),
+                format!("http://{}/ingest", local(p.log_store)),
+                "--batch-timeout".into(),
+                "200ms".into(),
+                "--state-dir".into(),
+                s(&dir.join("pod-b/log-shipper")),
+                "--admin-addr".into(),
+                local(p.admin_shipper_b),
+            ],
+            // As the Downward API gives it in a pod.
+            &[("POD_NAME", "pod-b")],
         )?;
         procs_now.spawn(
             "pod-b/ambassador",
@@ -383,6 +426,7 @@ async fn start_and_check(setup: &Setup, procs: &RefCell<Processes>) -> anyhow::R
         ("pod-b/ambassador", p.admin_ambassador_b),
         ("pod-b/xml-adapter", p.admin_adapter_b),
         ("pod-b/git-sync", p.admin_git_sync_b),
+        ("pod-b/log-shipper", p.admin_shipper_b),
         ("pod-a/ambassador", p.admin_ambassador_a),
     ] {
         let ready = ready_within(&http, port, Duration::from_secs(30)).await;
@@ -508,6 +552,45 @@ async fn start_and_check(setup: &Setup, procs: &RefCell<Processes>) -> anyhow::R
             outcome.sent,
             outcome.failures.len()
         );
+    }
+
+    // Every request pod B's app served wrote a line to its access log; the log-shipper must
+    // have delivered each of them to the store, with the pod's name from the environment.
+    let access_log = app_logs.join("access.log");
+    let store_url = format!("http://{}/lines", local(p.log_store));
+    let seen = std::cell::Cell::new((0, 0));
+    let shipped = wait_until(Duration::from_secs(20), || async {
+        let written = std::fs::read_to_string(&access_log)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        let Ok((200, body)) = get(&http, &store_url).await else {
+            return false;
+        };
+        let stored = body
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("lines: "))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0);
+        seen.set((written, stored));
+        let enriched = body.lines().skip(1).any(|l| {
+            l.contains(r#""pod":"pod-b""#) && l.contains(&id_a) && l.contains(r#""status":200"#)
+        });
+        written > 0 && stored == written && enriched
+    })
+    .await;
+    checks.record(
+        "the log-shipper delivered every line of pod B's access log to the log store, parsed and with the pod's name",
+        shipped,
+        &format!(
+            "{} lines written, {} in the store ({store_url}); see {}",
+            seen.get().0,
+            seen.get().1,
+            setup.logs.join(log_name("pod-b/log-shipper")).display()
+        ),
+    );
+    if shipped {
+        println!("         {} access log lines shipped", seen.get().0);
     }
     Ok(checks)
 }
