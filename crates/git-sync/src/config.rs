@@ -17,6 +17,7 @@ use crate::signature::{Policy, TrustedKeys};
 use crate::submodules::SubmoduleMode;
 use crate::transport::HttpSettings;
 use crate::transport::proxy::ProxySettings;
+use crate::tree_policy::{FetchLimits, SymlinkPolicy, TreeLimits, parse_size};
 
 pub const INFO: SidecarInfo = SidecarInfo {
     name: "git-sync",
@@ -79,6 +80,47 @@ pub struct Cli {
     /// repository's own only), or left out (off).
     #[arg(long, env = "SUBMODULES", value_enum, default_value_t = SubmoduleMode::Recursive, help_heading = "Source")]
     pub submodules: SubmoduleMode,
+    /// Only these submodule URL prefixes are fetched (each ending in `/`, e.g.
+    /// `https://git.example.com/`). Without it, local paths and file:// are refused for a
+    /// remote superproject, and so are loopback, link-local and private addresses unless the
+    /// superproject's host is of the same kind. Repeatable (comma-separated in the variable).
+    #[arg(
+        long,
+        env = "SUBMODULE_URL_ALLOW",
+        value_delimiter = ',',
+        help_heading = "Source"
+    )]
+    pub submodule_url_allow: Vec<String>,
+    /// Most bytes one fetch may receive (K, M, G suffixes; 0 = no limit): a bigger pack
+    /// stops the fetch and the revision is refused.
+    #[arg(
+        long,
+        env = "MAX_FETCH_SIZE",
+        default_value = "0",
+        help_heading = "Source"
+    )]
+    pub max_fetch_size: String,
+    /// Symlinks that resolve outside the published tree (absolute, `../` out of it, through
+    /// other links, loops): refuse the revision, drop the link, or allow it.
+    #[arg(long, env = "SYMLINKS", value_enum, default_value_t = SymlinkPolicy::Refuse, help_heading = "Publishing")]
+    pub symlinks: SymlinkPolicy,
+    /// Largest file a revision may hold (K, M, G suffixes; 0 = no limit); checked before
+    /// the file is read.
+    #[arg(
+        long,
+        env = "MAX_FILE_SIZE",
+        default_value = "0",
+        help_heading = "Publishing"
+    )]
+    pub max_file_size: String,
+    /// Largest published tree, the sum of its files' sizes (K, M, G suffixes; 0 = no limit).
+    #[arg(
+        long,
+        env = "MAX_TREE_SIZE",
+        default_value = "0",
+        help_heading = "Publishing"
+    )]
+    pub max_tree_size: String,
     /// Name of the symlink under --root that the app reads.
     #[arg(
         long,
@@ -232,6 +274,8 @@ pub struct Config {
     pub selection: Selection,
     pub submodules: SubmoduleMode,
     pub group_write: bool,
+    /// --symlinks and the export's size limits.
+    pub limits: TreeLimits,
     /// Absolute.
     pub error_file: Option<PathBuf>,
     /// The hooks run after a publish; the command runs in the link.
@@ -349,6 +393,27 @@ impl Config {
                 cli.link
             ));
         }
+        let size = |flag: &str, text: &str| {
+            parse_size(text).map_err(|e| ConfigError::value(format!("{flag} {e}")))
+        };
+        let limits = TreeLimits {
+            symlinks: cli.symlinks,
+            max_file_size: size("--max-file-size", &cli.max_file_size)?,
+            max_tree_size: size("--max-tree-size", &cli.max_tree_size)?,
+        };
+        if let Some(bad) = cli
+            .submodule_url_allow
+            .iter()
+            .find(|p| !p.contains("://") || !p.ends_with('/'))
+        {
+            return err(format!(
+                "--submodule-url-allow {bad:?} must be a URL prefix ending in / (scheme://host/...)"
+            ));
+        }
+        let fetch_limits = FetchLimits {
+            max_fetch_size: size("--max-fetch-size", &cli.max_fetch_size)?,
+            submodule_urls: cli.submodule_url_allow.clone(),
+        };
         let source = Source {
             url,
             target,
@@ -366,6 +431,7 @@ impl Config {
                 bearer_token_file: cli.bearer_token_file.clone(),
                 proxy,
             },
+            limits: fetch_limits,
         };
         let selection = Selection::parse(cli.subpath.as_deref(), &cli.sparse_path)
             .map_err(ConfigError::value)?;
@@ -415,6 +481,7 @@ impl Config {
             selection,
             submodules: cli.submodules,
             group_write: cli.group_write,
+            limits,
             error_file,
             log_filter: cli.kit.log_level.clone(),
             log_format: match cli.kit.log_format {
@@ -641,5 +708,38 @@ mod tests {
         );
         assert!(c.group_write);
         assert_eq!(c.submodules, SubmoduleMode::Recursive);
+        assert_eq!(c.limits, TreeLimits::default());
+        let c = with(&[
+            "--symlinks",
+            "drop",
+            "--max-file-size",
+            "1M",
+            "--max-tree-size",
+            "2G",
+            "--max-fetch-size",
+            "512K",
+            "--submodule-url-allow",
+            "https://git.example.com/",
+        ])
+        .unwrap();
+        assert_eq!(c.limits.symlinks, SymlinkPolicy::Drop);
+        assert_eq!(c.limits.max_file_size, Some(1 << 20));
+        assert_eq!(c.limits.max_tree_size, Some(2 << 30));
+        assert_eq!(c.source.limits.max_fetch_size, Some(512 << 10));
+        assert!(
+            with(&["--max-file-size", "lots"])
+                .unwrap_err()
+                .contains("--max-file-size")
+        );
+        assert!(
+            with(&["--submodule-url-allow", "https://git.example.com"])
+                .unwrap_err()
+                .contains("--submodule-url-allow")
+        );
+        assert!(
+            with(&["--symlinks", "follow"])
+                .unwrap_err()
+                .contains("--symlinks")
+        );
     }
 }

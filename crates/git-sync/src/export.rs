@@ -11,12 +11,15 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use git2::{ObjectType, Oid, Repository, Tree, TreeEntry};
 
 use crate::git::oid_text;
 use crate::selection::{Decision, Selection};
+use crate::tree_policy::{
+    LinkCheck, Refusal, RefusalReason, SymlinkPolicy, TreeLimits, check_link, check_name, shown,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -27,8 +30,9 @@ pub enum ExportError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the tree holds an unsafe path component {0:?}: refusing to export it")]
-    UnsafeName(String),
+    /// The revision breaks the tree policy (links, names, sizes): it is not published.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("the export was stopped (--sync-timeout or shutdown)")]
     Cancelled,
     #[error("{flag} {path:?} is not in commit {commit}{why}")]
@@ -48,6 +52,8 @@ pub struct ExportStats {
     pub linked: u64,
     pub bytes_written: u64,
     pub skipped_submodules: u64,
+    /// Links left out by `--symlinks=drop`.
+    pub dropped_symlinks: u64,
 }
 
 /// A previously exported revision to reuse unchanged files from.
@@ -84,6 +90,8 @@ pub struct Export<'a> {
     /// which --group-write sets to 002), and a previous tree that is not group-writable is not
     /// reused.
     pub group_write: bool,
+    /// `--symlinks` and the size limits.
+    pub limits: TreeLimits,
 }
 
 fn git_err(what: impl Into<String>, e: git2::Error) -> ExportError {
@@ -123,7 +131,7 @@ pub fn export_commit(
     repo_paths.extend(spec.submodules.iter().map(|s| s.repo.clone()));
     let mut stats = ExportStats::default();
     // 1. Walk the trees: create directories, hard-link unchanged files, list the rest.
-    let pending = {
+    let (pending, linked_bytes) = {
         let repos = repo_paths
             .iter()
             .map(|p| {
@@ -155,6 +163,8 @@ pub fn export_commit(
             stats: &mut stats,
             cancelled,
             pending: Vec::new(),
+            count_linked: spec.limits.max_tree_size.is_some(),
+            linked_bytes: 0,
         };
         let mut rel = String::new();
         let all = spec.selection.sparse.is_empty();
@@ -169,7 +179,7 @@ pub fn export_commit(
             )?,
             None => walk.tree(0, &tree, &mut path, &mut rel, all, None)?,
         }
-        walk.pending
+        (walk.pending, walk.linked_bytes)
     };
     // 2. Write the blobs on a few threads.
     let workers = if pending.len() < 256 {
@@ -180,10 +190,96 @@ pub fn export_commit(
             .min(4)
     };
     let exec_mode = if spec.group_write { 0o775 } else { 0o755 };
-    let (written, bytes) = write_pending(&repo_paths, &pending, workers, exec_mode, cancelled)?;
+    let sizes = Sizes {
+        limits: spec.limits,
+        tree_bytes: AtomicU64::new(linked_bytes),
+        dest: spec.dest,
+    };
+    sizes.add(0, spec.dest)?;
+    let (written, bytes) =
+        write_pending(&repo_paths, &pending, workers, exec_mode, &sizes, cancelled)?;
     stats.written += written;
     stats.bytes_written += bytes;
+    if spec.limits.symlinks != SymlinkPolicy::Allow {
+        let links = pending.iter().filter(|p| p.mode == 0o120000);
+        stats.dropped_symlinks = check_symlinks(spec.dest, links, spec.limits.symlinks)?;
+    }
     Ok(stats)
+}
+
+/// Checks every link written; drops or refuses the ones that leave the tree.
+fn check_symlinks<'p>(
+    dest: &Path,
+    links: impl Iterator<Item = &'p Pending>,
+    policy: SymlinkPolicy,
+) -> Result<u64, ExportError> {
+    // All are judged before any is removed: a link through a dropped one must be judged
+    // with it in place.
+    let mut escaping = Vec::new();
+    for link in links {
+        let rel = link.path.strip_prefix(dest).unwrap_or(&link.path);
+        if let LinkCheck::Escapes(why) = check_link(dest, rel).map_err(|e| io_err(&link.path, e))? {
+            escaping.push((link, rel, why));
+        }
+    }
+    let mut dropped = 0;
+    for (link, rel, why) in escaping {
+        if policy == SymlinkPolicy::Drop {
+            fs::remove_file(&link.path).map_err(|e| io_err(&link.path, e))?;
+            tracing::warn!(link = %shown(rel), %why, "left a symlink out of the published tree (--symlinks=drop)");
+            dropped += 1;
+        } else {
+            return Err(Refusal::new(
+                RefusalReason::SymlinkEscape,
+                format!(
+                    "the symlink {} leaves the published tree ({why}); --symlinks=drop would leave it out",
+                    shown(rel)
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(dropped)
+}
+
+/// The size limits, checked before a blob is read.
+struct Sizes<'a> {
+    limits: TreeLimits,
+    /// Bytes of the tree so far (hard-linked and written files).
+    tree_bytes: AtomicU64,
+    dest: &'a Path,
+}
+
+impl Sizes<'_> {
+    fn active(&self) -> bool {
+        self.limits.max_file_size.is_some() || self.limits.max_tree_size.is_some()
+    }
+
+    /// Counts a file of `size` bytes at `path`.
+    fn add(&self, size: u64, path: &Path) -> Result<(), Refusal> {
+        let rel = || shown(path.strip_prefix(self.dest).unwrap_or(path));
+        if let Some(max) = self.limits.max_file_size
+            && size > max
+        {
+            return Err(Refusal::new(
+                RefusalReason::FileSize,
+                format!("{} is {size} bytes, over --max-file-size ({max})", rel()),
+            ));
+        }
+        let total = self.tree_bytes.fetch_add(size, Ordering::SeqCst) + size;
+        if let Some(max) = self.limits.max_tree_size
+            && total > max
+        {
+            return Err(Refusal::new(
+                RefusalReason::TreeSize,
+                format!(
+                    "the tree reaches {total} bytes at {}, over --max-tree-size ({max})",
+                    rel()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The tree the selection publishes: the commit's, or its --subpath directory's; every
@@ -258,6 +354,7 @@ fn write_pending(
     pending: &[Pending],
     workers: usize,
     exec_mode: u32,
+    sizes: &Sizes<'_>,
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<(u64, u64), ExportError> {
     let next = AtomicUsize::new(0);
@@ -290,7 +387,7 @@ fn write_pending(
                             }
                         },
                     };
-                    match write_blob(repo, item, exec_mode) {
+                    match write_blob(repo, item, exec_mode, sizes) {
                         Ok(n) => {
                             round += n;
                             written += 1;
@@ -353,7 +450,20 @@ fn write_pending(
     })
 }
 
-fn write_blob(repo: &Repository, item: &Pending, exec_mode: u32) -> Result<usize, ExportError> {
+fn write_blob(
+    repo: &Repository,
+    item: &Pending,
+    exec_mode: u32,
+    sizes: &Sizes<'_>,
+) -> Result<usize, ExportError> {
+    if sizes.active() {
+        // The header alone: a blob over the limit is never inflated into memory.
+        let (size, _) = repo
+            .odb()
+            .and_then(|odb| odb.read_header(item.oid))
+            .map_err(|e| git_err(format!("blob {}", item.oid), e))?;
+        sizes.add(size as u64, &item.path)?;
+    }
     let blob = repo
         .find_blob(item.oid)
         .map_err(|e| git_err(format!("blob {}", item.oid), e))?;
@@ -367,7 +477,13 @@ fn write_file(path: &Path, content: &[u8], mode: i32, exec_mode: u32) -> Result<
         let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(content);
         return std::os::unix::fs::symlink(target, path).map_err(|e| io_err(path, e));
     }
-    let mut file = fs::File::create(path).map_err(|e| io_err(path, e))?;
+    // create_new: never through a link or over a file already written (names that collide on
+    // a case-insensitive volume).
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| io_err(path, e))?;
     file.write_all(content).map_err(|e| io_err(path, e))?;
     if mode == 0o100755 {
         file.set_permissions(fs::Permissions::from_mode(exec_mode))
@@ -384,6 +500,9 @@ struct Walk<'r, 's> {
     stats: &'s mut ExportStats,
     cancelled: &'s dyn Fn() -> bool,
     pending: Vec<Pending>,
+    /// Hard-linked bytes are counted for --max-tree-size only.
+    count_linked: bool,
+    linked_bytes: u64,
 }
 
 impl Walk<'_, '_> {
@@ -485,6 +604,9 @@ impl Walk<'_, '_> {
                     && fs::hard_link(&**old_path, &*path).is_ok()
                 {
                     self.stats.linked += 1;
+                    if self.count_linked {
+                        self.linked_bytes += fs::symlink_metadata(&*path).map_or(0, |m| m.len());
+                    }
                     return Ok(());
                 }
                 self.pending.push(Pending {
@@ -546,19 +668,7 @@ impl Walk<'_, '_> {
 
 /// Tree entry names come from the remote: refuse anything that could escape the export.
 fn safe_name<'a>(entry: &'a TreeEntry<'_>) -> Result<&'a str, ExportError> {
-    let bytes = entry.name_bytes();
-    let name = std::str::from_utf8(bytes)
-        .map_err(|_| ExportError::UnsafeName(String::from_utf8_lossy(bytes).into_owned()))?;
-    if name.is_empty()
-        || name == "."
-        || name == ".."
-        || name.contains('/')
-        || name.contains('\0')
-        || name.eq_ignore_ascii_case(".git")
-    {
-        return Err(ExportError::UnsafeName(name.to_string()));
-    }
-    Ok(name)
+    Ok(check_name(entry.name_bytes())?)
 }
 
 #[cfg(test)]
@@ -583,6 +693,7 @@ mod tests {
                 selection: &everything,
                 submodules: &[],
                 group_write: false,
+                limits: TreeLimits::default(),
             },
             cancelled,
         )
@@ -700,6 +811,7 @@ mod tests {
                 selection,
                 submodules,
                 group_write: false,
+                limits: TreeLimits::default(),
             },
             &|| false,
         )

@@ -18,6 +18,7 @@ use git2::{
 use crate::credentials::{Credentials, redact_url};
 use crate::known_hosts;
 use crate::transport::{HttpSettings, bridge};
+use crate::tree_policy::{Refusal, RefusalReason};
 
 /// The local ref a fetch writes the wanted revision to.
 pub(crate) const TARGET_REF: &str = "refs/git-sync/target";
@@ -45,6 +46,9 @@ pub enum GitError {
     Timeout { remote: String, timeout: Duration },
     #[error("the network worker failed: {0}")]
     Worker(String),
+    /// The tree policy refuses what the remote sent (--max-fetch-size, a submodule URL).
+    #[error(transparent)]
+    Refused(crate::tree_policy::Refusal),
     #[error("private repository {path}: {source}")]
     Io {
         path: PathBuf,
@@ -166,6 +170,9 @@ pub struct Source {
     /// CA bundle, client certificate, bearer token and proxies of an http(s) remote.
     #[serde(default)]
     pub http: HttpSettings,
+    /// --max-fetch-size and --submodule-url-allow.
+    #[serde(default)]
+    pub limits: crate::tree_policy::FetchLimits,
 }
 
 impl Source {
@@ -500,6 +507,9 @@ impl PrivateRepo {
         if cancel.is_cancelled() {
             return GitError::Cancelled;
         }
+        if let Some(refusal) = state.refused.borrow_mut().take() {
+            return GitError::Refused(refusal);
+        }
         let context = format!("{context} {}", redact_url(&source.url));
         // The HTTPS bridge knows why it could not reach the server; libgit2 only saw a 502.
         if let Some(message) = bridge::take_error(&source.url) {
@@ -529,10 +539,22 @@ impl PrivateRepo {
         let mut cb = RemoteCallbacks::new();
         let received = self.received_bytes.clone();
         let last_seen = Cell::new(0u64);
+        let max_fetch = source.limits.max_fetch_size;
         cb.transfer_progress(move |p| {
             let now = p.received_bytes() as u64;
             let before = last_seen.replace(now);
             received.fetch_add(now.saturating_sub(before), Ordering::Relaxed);
+            if let Some(max) = max_fetch
+                && now > max
+            {
+                *state.refused.borrow_mut() = Some(Refusal::new(
+                    RefusalReason::FetchSize,
+                    format!(
+                        "the remote sent more than --max-fetch-size ({max} bytes) in one fetch; stopped"
+                    ),
+                ));
+                return false;
+            }
             !cancel.is_cancelled()
         });
         cb.sideband_progress(move |_| !cancel.is_cancelled());
@@ -584,6 +606,8 @@ impl PrivateRepo {
 struct CallbackState {
     attempts: Cell<u32>,
     error: RefCell<Option<String>>,
+    /// Set when the transfer broke --max-fetch-size.
+    refused: RefCell<Option<Refusal>>,
 }
 
 impl CallbackState {

@@ -24,6 +24,7 @@ pub mod signature;
 pub mod submodules;
 pub mod syncer;
 pub mod transport;
+pub mod tree_policy;
 pub mod trigger;
 pub mod worker;
 

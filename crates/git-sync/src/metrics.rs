@@ -26,6 +26,9 @@ pub struct Metrics {
     pub signature_refusals: IntCounterVec,
     /// result: success|failure (a changed key file re-read)
     pub trusted_keys_reloads: IntCounterVec,
+    /// reason: symlink_escape, unsafe_name, file_size, tree_size, fetch_size, submodule_url
+    pub tree_refusals: IntCounterVec,
+    pub symlinks_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -101,6 +104,24 @@ impl Metrics {
                 "gitsync_trusted_keys_reloads_total",
                 "Trusted key files re-read after they changed, by result (a failure keeps the keys in use)",
                 &["result"],
+            )?,
+            tree_refusals: {
+                let refusals = counter_vec(
+                    registry,
+                    "gitsync_tree_refusals_total",
+                    "Revisions not published because they break the tree policy (links out of the tree, unsafe names, size limits, submodule URLs), by reason",
+                    &["reason"],
+                )?;
+                // Every reason is exported from the start, at 0, so alerts can rate() it.
+                for reason in crate::tree_policy::RefusalReason::ALL {
+                    refusals.with_label_values(&[reason.label()]);
+                }
+                refusals
+            },
+            symlinks_dropped: counter(
+                registry,
+                "gitsync_symlinks_dropped_total",
+                "Symlinks left out of published trees by --symlinks=drop (they led out of the tree)",
             )?,
         })
     }

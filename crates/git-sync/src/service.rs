@@ -87,6 +87,7 @@ async fn run(
         selection: config.selection.clone(),
         submodules: config.submodules,
         group_write: config.group_write,
+        limits: config.limits,
         worker: crate::worker::WorkerSpec::current_exe(&config.log_filter, &config.log_format),
     };
     if config.verify != Policy::Off {
@@ -112,6 +113,7 @@ async fn run(
     let mut failures: u32 = 0;
     let mut last_success: Option<Instant> = None;
     let mut fetched_seen = 0u64;
+    let mut dropped_seen = 0u64;
     loop {
         let started = Instant::now();
         let cancel = Cancel::with_timeout(config.sync_timeout);
@@ -160,6 +162,11 @@ async fn run(
             .fetched_bytes
             .inc_by(fetched.saturating_sub(fetched_seen));
         fetched_seen = fetched;
+        let dropped = syncer.dropped_symlinks();
+        metrics
+            .symlinks_dropped
+            .inc_by(dropped.saturating_sub(dropped_seen));
+        dropped_seen = dropped;
 
         if token.is_cancelled() {
             tracing::info!("stopping: shutdown requested");
@@ -226,11 +233,27 @@ async fn run(
                         );
                         "signature_refused"
                     }
+                    Outcome::TreeRefused { sha, refusal } => {
+                        metrics
+                            .tree_refusals
+                            .with_label_values(&[refusal.reason.label()])
+                            .inc();
+                        tracing::error!(
+                            revision = ?sha.map(|s| s.to_string()),
+                            reason = refusal.reason.label(),
+                            detail = %refusal.detail,
+                            "the revision breaks the tree policy; keeping the published tree until the ref moves"
+                        );
+                        "tree_refused"
+                    }
                 };
                 good = outcome.is_good() && syncer.published().is_some();
                 if let Some(file) = error_file.as_mut() {
                     match &outcome {
                         Outcome::SignatureRefused(refused) => file.write(&refused.to_string()),
+                        Outcome::TreeRefused { refusal, .. } => {
+                            file.write(&format!("revision refused: {refusal}"))
+                        }
                         _ if good => file.clear(),
                         _ => {}
                     }
@@ -407,6 +430,7 @@ async fn finish_one_time(
             bail!("revision {sha} was refused earlier ({reason:?}); nothing published")
         }
         Outcome::SignatureRefused(refused) => bail!("{refused}"),
+        Outcome::TreeRefused { refusal, .. } => bail!("revision refused: {refusal}"),
         Outcome::ValidationFailed { sha, reason } => {
             bail!("revision {sha} was refused by the validation command: {reason}")
         }

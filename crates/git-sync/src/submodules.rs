@@ -23,6 +23,7 @@ use crate::export::Submodule;
 use crate::git::{Cancel, GitError, PrivateRepo, RefTarget, Source, UNSHALLOW};
 use crate::selection::Selection;
 use crate::transport::HttpUrl;
+use crate::tree_policy::{Refusal, RefusalReason, check_submodule_host};
 
 /// `--submodules`.
 #[derive(
@@ -153,7 +154,15 @@ impl Walk<'_> {
                 message,
                 corrupt: false,
             };
-            check_url(&source.url, &url).map_err(failed)?;
+            check_url(&source.url, &url, &source.limits.submodule_urls).map_err(|why| {
+                GitError::Refused(Refusal::new(
+                    RefusalReason::SubmoduleUrl,
+                    format!(
+                        "submodule {path} ({}) is not fetched: {why}",
+                        crate::credentials::redact_url(&url)
+                    ),
+                ))
+            })?;
             let depth = if module.shallow { 1 } else { source.depth };
             let sub_source = submodule_source(source, url.clone(), gitlink.id(), depth);
             let dir = request.dir.join(repo_name(&url));
@@ -259,6 +268,7 @@ fn submodule_source(parent: &Source, url: String, commit: Oid, depth: u32) -> So
         depth,
         credentials,
         http,
+        limits: parent.limits.clone(),
     }
 }
 
@@ -273,9 +283,16 @@ fn is_local(url: &str) -> bool {
 }
 
 /// Refuses what a hostile `.gitmodules` could use to reach into the container.
-fn check_url(parent: &str, url: &str) -> Result<(), String> {
+fn check_url(parent: &str, url: &str, allow: &[String]) -> Result<(), String> {
     if url.is_empty() || url.starts_with('-') {
         return Err(format!("the URL {url:?} is not allowed"));
+    }
+    if !allow.is_empty() {
+        return if allow.iter().any(|prefix| url.starts_with(prefix.as_str())) {
+            Ok(())
+        } else {
+            Err("it is not under any --submodule-url-allow prefix".to_string())
+        };
     }
     if is_local(url) {
         return if is_local(parent) {
@@ -291,7 +308,7 @@ fn check_url(parent: &str, url: &str) -> Result<(), String> {
         .any(|p| url.len() > p.len() && url[..p.len()].eq_ignore_ascii_case(p));
     let scp_like = !url.contains("://") && url.contains(':') && !url.contains("::");
     if allowed || scp_like {
-        Ok(())
+        check_submodule_host(parent, url)
     } else {
         Err(format!(
             "the URL {:?} is not allowed: https, http, ssh and git only",
@@ -499,19 +516,24 @@ mod tests {
     #[test]
     fn hostile_urls_are_refused() {
         let remote = "https://host/super.git";
-        assert!(check_url(remote, "https://host/lib.git").is_ok());
-        assert!(check_url(remote, "git@host:lib.git").is_ok());
-        assert!(check_url(remote, "git://host/lib.git").is_ok());
+        assert!(check_url(remote, "https://host/lib.git", &[]).is_ok());
+        assert!(check_url(remote, "git@host:lib.git", &[]).is_ok());
+        assert!(check_url(remote, "git://host/lib.git", &[]).is_ok());
         assert!(
-            check_url(remote, "file:///etc")
+            check_url(remote, "file:///etc", &[])
                 .unwrap_err()
                 .contains("protocol.file.allow")
         );
-        assert!(check_url(remote, "/var/run/secrets").is_err());
-        assert!(check_url(remote, "ext::sh -c touch% /tmp/pwned").is_err());
-        assert!(check_url(remote, "-uhost:x").is_err());
-        assert!(check_url(remote, "ftp://host/x").is_err());
-        assert!(check_url("/srv/super.git", "/srv/lib.git").is_ok());
+        assert!(check_url(remote, "/var/run/secrets", &[]).is_err());
+        assert!(check_url(remote, "ext::sh -c touch% /tmp/pwned", &[]).is_err());
+        assert!(check_url(remote, "-uhost:x", &[]).is_err());
+        assert!(check_url(remote, "ftp://host/x", &[]).is_err());
+        assert!(check_url("/srv/super.git", "/srv/lib.git", &[]).is_ok());
+        assert!(check_url(remote, "http://169.254.169.254/latest", &[]).is_err());
+        let allow = ["https://host/".to_string()];
+        assert!(check_url(remote, "https://host/lib.git", &allow).is_ok());
+        assert!(check_url(remote, "https://host.evil/lib.git", &allow).is_err());
+        assert!(check_url(remote, "https://github.com/o/r", &allow).is_err());
     }
 
     #[test]
@@ -531,6 +553,7 @@ mod tests {
                 ca_file: Some("/ca".into()),
                 ..Default::default()
             },
+            limits: Default::default(),
         };
         let same = submodule_source(
             &parent,

@@ -15,6 +15,7 @@ use crate::selection::Selection;
 use crate::signature::payload::ObjectKind;
 use crate::signature::{Policy, Reason, Refusal, TrustedKeys};
 use crate::submodules::{SubmoduleMode, SubmoduleRequest};
+use crate::tree_policy::{self, TreeLimits};
 use crate::worker::{Network, NetworkRequest, Worker, WorkerSpec};
 use sidecar_kit::command::{CommandError, CommandSpec};
 
@@ -69,6 +70,12 @@ pub enum Outcome {
     ForcePushRefused { old: Oid, new: Oid },
     /// A signature --verify-signatures requires is missing or bad: nothing published.
     SignatureRefused(Box<SignatureRefusal>),
+    /// The revision (the ref's commit or tag, when known) breaks the tree policy: a link out
+    /// of the tree, an unsafe name, a size limit, a submodule URL: nothing published.
+    TreeRefused {
+        sha: Option<Oid>,
+        refusal: tree_policy::Refusal,
+    },
 }
 
 impl Outcome {
@@ -79,8 +86,9 @@ impl Outcome {
         !matches!(
             self,
             Outcome::SignatureRefused(_)
+                | Outcome::TreeRefused { .. }
                 | Outcome::HeldBack {
-                    reason: HoldReason::Signature,
+                    reason: HoldReason::Signature | HoldReason::Tree,
                     ..
                 }
         )
@@ -93,6 +101,7 @@ pub enum HoldReason {
     Validation,
     ForcePush,
     Signature,
+    Tree,
 }
 
 /// The object whose signature was refused, and why.
@@ -152,6 +161,8 @@ pub struct SyncSettings {
     pub selection: Selection,
     pub submodules: SubmoduleMode,
     pub group_write: bool,
+    /// `--symlinks` and the size limits of the export.
+    pub limits: TreeLimits,
     /// The process that does the network half of each sync.
     pub worker: WorkerSpec,
 }
@@ -178,6 +189,8 @@ pub struct Syncer {
     published_ref: Option<String>,
     /// Bytes fetched over the process's life (as the worker reports them).
     received: u64,
+    /// Links left out by --symlinks=drop over the process's life.
+    dropped_symlinks: u64,
     state_file: PathBuf,
 }
 
@@ -223,6 +236,7 @@ impl Syncer {
             published_ref,
             state_file,
             received: 0,
+            dropped_symlinks: 0,
         })
     }
 
@@ -237,6 +251,11 @@ impl Syncer {
     /// Bytes fetched so far.
     pub fn fetched_bytes(&self) -> u64 {
         self.received
+    }
+
+    /// Links left out by --symlinks=drop so far.
+    pub fn dropped_symlinks(&self) -> u64 {
+        self.dropped_symlinks
     }
 
     /// What re-reading changed trusted-key files gave since the last call: Ok when new keys
@@ -400,6 +419,15 @@ impl Syncer {
                 let reason = self.held_back.map_or(HoldReason::Validation, |(_, r)| r);
                 return Ok(Outcome::HeldBack { sha, reason });
             }
+            Network::Refused { object, refusal } => {
+                if let Some(object) = object {
+                    self.held_back = Some((object, HoldReason::Tree));
+                }
+                return Ok(Outcome::TreeRefused {
+                    sha: object,
+                    refusal,
+                });
+            }
             Network::Fetched {
                 new,
                 object,
@@ -444,9 +472,21 @@ impl Syncer {
             selection: &self.settings.selection,
             submodules: &submodules,
             group_write: self.settings.group_write,
+            limits: self.settings.limits,
         };
         match export_commit(&export, &cancelled) {
-            Ok(stats) => tracing::debug!(?stats, sha = %new, "exported"),
+            Ok(stats) => {
+                self.dropped_symlinks += stats.dropped_symlinks;
+                tracing::debug!(?stats, sha = %new, "exported");
+            }
+            Err(ExportError::Refused(refusal)) => {
+                self.publisher.discard(staged)?;
+                self.held_back = Some((object, HoldReason::Tree));
+                return Ok(Outcome::TreeRefused {
+                    sha: Some(new),
+                    refusal,
+                });
+            }
             Err(e) => {
                 let _ = self.publisher.discard(staged);
                 return Err(e.into());

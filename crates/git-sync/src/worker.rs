@@ -85,6 +85,13 @@ pub enum Network {
         /// The submodules fetched for the export.
         submodules: Vec<Submodule>,
     },
+    /// The fetch broke the tree policy (--max-fetch-size, a submodule URL); `object` is what
+    /// the ref points at, when the remote said.
+    Refused {
+        #[serde(with = "oid_text::option")]
+        object: Option<Oid>,
+        refusal: crate::tree_policy::Refusal,
+    },
 }
 
 /// One sync's network work, run in the worker: one ref advertisement (all a poll with
@@ -108,7 +115,27 @@ pub fn network_phase(
             return Ok(Network::HeldBack(commit));
         }
     }
-    let fetched = repo.fetch(source, &advertised, cancel)?;
+    let object = advertised.object.or(match source.target {
+        RefTarget::Sha(sha) => Some(sha),
+        _ => None,
+    });
+    match fetch_phase(repo, request, &advertised, cancel) {
+        Err(GitError::Refused(refusal)) => Ok(Network::Refused { object, refusal }),
+        other => other,
+    }
+}
+
+fn fetch_phase(
+    repo: &PrivateRepo,
+    request: &NetworkRequest,
+    advertised: &crate::git::Advertised,
+    cancel: &Cancel,
+) -> Result<Network, GitError> {
+    let source = &request.source;
+    let (published, held_back) = (request.published, request.held_back);
+    let unchanged =
+        |commit| Some(commit) == published && request.same_ref && !request.verify_published;
+    let fetched = repo.fetch(source, advertised, cancel)?;
     let new = fetched.commit;
     if unchanged(new) {
         return Ok(Network::Unchanged(new));
@@ -119,12 +146,12 @@ pub fn network_phase(
     // A pin is what the user asked for, whatever its history; another --ref is a switch.
     let checks_history = request.same_ref && !matches!(source.target, RefTarget::Sha(_));
     let rewritten = checks_history
-        && repo.ancestry(source, &advertised, published, new, cancel)? == Ancestry::Rewritten;
+        && repo.ancestry(source, advertised, published, new, cancel)? == Ancestry::Rewritten;
     let to_verify = match request.verify {
         Policy::Off | Policy::Tag => Vec::new(),
         Policy::Head => vec![new],
         Policy::All => {
-            let mut commits = repo.commits_since(source, &advertised, published, new, cancel)?;
+            let mut commits = repo.commits_since(source, advertised, published, new, cancel)?;
             if commits.is_empty() {
                 commits.push(new); // the published revision itself, checked once
             }
@@ -160,6 +187,7 @@ enum WireError {
         path: PathBuf,
         message: String,
     },
+    Refused(crate::tree_policy::Refusal),
     Other(String),
 }
 
@@ -177,6 +205,7 @@ impl From<GitError> for WireError {
             },
             GitError::RefNotFound(r) => WireError::RefNotFound(r),
             GitError::ShaNotFound(s) => WireError::ShaNotFound(s),
+            GitError::Refused(r) => WireError::Refused(r),
             GitError::Io { path, source } => WireError::Io {
                 path,
                 message: source.to_string(),
@@ -204,6 +233,7 @@ impl From<WireError> for GitError {
                 path,
                 source: std::io::Error::other(message),
             },
+            WireError::Refused(r) => GitError::Refused(r),
             WireError::Other(message) => GitError::Worker(message),
         }
     }
