@@ -32,6 +32,14 @@ pub enum Limit {
     HeaderReadTimeout,
     MaxConnections,
     IdleTimeout,
+    /// A connection that had sent no request was closed to make room in the pending budget.
+    PendingConnections,
+    /// A request refused because the app already had `max_app_requests` in flight.
+    MaxAppRequests,
+    /// A connection closed for resetting more streams than it let finish.
+    StreamResets,
+    /// A request refused by the route's `rate_limit` (answered 429).
+    RateLimit,
 }
 
 impl Limit {
@@ -41,6 +49,10 @@ impl Limit {
             Self::HeaderReadTimeout => "header_read_timeout",
             Self::MaxConnections => "max_connections",
             Self::IdleTimeout => "idle_timeout",
+            Self::PendingConnections => "pending_connections",
+            Self::MaxAppRequests => "max_app_requests",
+            Self::StreamResets => "stream_resets",
+            Self::RateLimit => "rate_limit",
         }
     }
 }
@@ -57,6 +69,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     /// End-user authentication's families.
     pub jwt: crate::jwt::JwtMetrics,
+    protocol_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -106,7 +119,8 @@ impl Metrics {
             Opts::new(
                 "ambassador_limits_exceeded_total",
                 "Connections or requests stopped by a protection limit: header_size, \
-                 header_read_timeout, max_connections, idle_timeout.",
+                 header_read_timeout, max_connections, idle_timeout, pending_connections, \
+                 max_app_requests, stream_resets, rate_limit.",
             ),
             &["direction", "route", "limit"],
         )?;
@@ -117,7 +131,19 @@ impl Metrics {
             ),
             &["direction", "route", "kind"],
         )?;
+        let protocol_errors = IntCounterVec::new(
+            Opts::new(
+                "ambassador_protocol_errors_total",
+                "Clients' protocol errors, by kind: bad_request (an HTTP/1 request hyper could not \
+                 parse, answered 400), ambiguous_request (two Host headers or an h2c upgrade, \
+                 answered 400), stream_reset (a request abandoned by its client before the \
+                 answer), goaway_<reason> (an HTTP/2 connection closed with a GOAWAY of ours, \
+                 e.g. goaway_enhance_your_calm for a flood, goaway_protocol_error).",
+            ),
+            &["direction", "route", "kind"],
+        )?;
         for c in [
+            &protocol_errors,
             &requests,
             &connections,
             &tls_failures,
@@ -137,6 +163,7 @@ impl Metrics {
             tls_failures,
             limits,
             upstream_errors,
+            protocol_errors,
         })
     }
 
@@ -209,6 +236,13 @@ impl RouteMetrics {
         self.family
             .limits
             .with_label_values(&[self.direction.as_str(), &self.route, limit.as_str()])
+            .inc();
+    }
+
+    pub fn protocol_error(&self, kind: &str) {
+        self.family
+            .protocol_errors
+            .with_label_values(&[self.direction.as_str(), &self.route, kind])
             .inc();
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::model::{AppProtocol, Mode};
+use super::model::{AppProtocol, ForwardedHeaders, Mode};
 use crate::resilience::{DiscoveryConfig, RouteResilienceConfig};
 
 #[derive(Debug, Deserialize, Default)]
@@ -18,6 +18,10 @@ pub(super) struct FileConfig {
     pub(super) limits: Option<FileLimits>,
     #[serde(default)]
     pub(super) access_log: Option<bool>,
+    #[serde(default)]
+    pub(super) access_log_query: Option<bool>,
+    #[serde(default)]
+    pub(super) new_traces: Option<crate::trace::NewTraces>,
     #[serde(default)]
     pub(super) inbound: Vec<FileInbound>,
     #[serde(default)]
@@ -43,6 +47,8 @@ pub(super) struct FileLimits {
     pub(super) header_read_timeout: Option<String>,
     pub(super) max_connections: Option<usize>,
     pub(super) idle_timeout: Option<String>,
+    pub(super) max_pending_connections: Option<usize>,
+    pub(super) max_app_requests: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -68,6 +74,12 @@ pub(super) struct FileInbound {
     pub(super) allow: FileAllow,
     #[serde(default = "default_true")]
     pub(super) forward_client_cert: bool,
+    #[serde(default)]
+    pub(super) rate_limit: Option<crate::ratelimit::RateLimitConfig>,
+    #[serde(default)]
+    pub(super) forwarded: ForwardedHeaders,
+    #[serde(default = "default_true")]
+    pub(super) request_id: bool,
     /// End-user authentication of the route's requests.
     #[serde(default)]
     pub(super) jwt: Option<crate::jwt::FileJwt>,

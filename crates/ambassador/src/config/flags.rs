@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sidecar_kit::KitArgs;
 
-use super::model::{AppProtocol, Mode};
+use super::model::{AppProtocol, ForwardedHeaders, Mode};
 
 /// The command line.
 #[derive(clap::Parser, Debug)]
@@ -121,6 +121,25 @@ pub struct Cli {
         help_heading = "Limits"
     )]
     pub max_connections: Option<usize>,
+    /// Connections per listener that have not sent their first request yet (inbound: including
+    /// the TLS handshake), within --max-connections; when full, the oldest of them is closed to
+    /// make room [default: 512].
+    #[arg(
+        long,
+        env = "MAX_PENDING_CONNECTIONS",
+        value_name = "N",
+        help_heading = "Limits"
+    )]
+    pub max_pending_connections: Option<usize>,
+    /// Inbound: requests in flight to the app at once per route; more are answered 503 at
+    /// once; 0 = no limit [default: 512].
+    #[arg(
+        long,
+        env = "MAX_APP_REQUESTS",
+        value_name = "N",
+        help_heading = "Limits"
+    )]
+    pub max_app_requests: Option<usize>,
     /// A connection with no traffic and no request in flight for this long is closed.
     #[arg(long, env = "IDLE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Limits")]
     pub idle_timeout: Option<Duration>,
@@ -185,4 +204,18 @@ pub struct Cli {
     /// Write one JSON access-log line per request (target `access`).
     #[arg(long, env = "ACCESS_LOG", help_heading = "Logging")]
     pub access_log: bool,
+
+    /// Show query strings in the access log (they may carry secrets).
+    #[arg(long, env = "ACCESS_LOG_QUERY", help_heading = "Logging")]
+    pub access_log_query: bool,
+
+    /// A request without a valid W3C `traceparent` starts a trace: unsampled, sampled, or off
+    /// (none added) [default: unsampled].
+    #[arg(long, env = "NEW_TRACES", value_enum, help_heading = "Logging")]
+    pub new_traces: Option<crate::trace::NewTraces>,
+
+    /// Inbound: the headers that tell the app the peer's address and the scheme (incoming copies
+    /// are always replaced).
+    #[arg(long, env = "INBOUND_FORWARDED", value_enum, default_value_t = ForwardedHeaders::XForwarded, help_heading = "Inbound (one route)")]
+    pub inbound_forwarded: ForwardedHeaders,
 }

@@ -87,6 +87,13 @@ impl Config {
                 mode: r.mode,
                 app_protocol: r.app_protocol,
                 forward_client_cert: r.forward_client_cert,
+                rate_limit: r
+                    .rate_limit
+                    .map(|l| l.validate().map(|()| l))
+                    .transpose()
+                    .map_err(|e| ConfigError::value(format!("{at}: {e}")))?,
+                forwarded: r.forwarded,
+                request_id: r.request_id,
                 jwt: r
                     .jwt
                     .map(|j| j.check(&at))
@@ -133,6 +140,9 @@ impl Config {
                     "--allow-spiffe/--allow-dns",
                 )?,
                 forward_client_cert: true,
+                rate_limit: None,
+                forwarded: cli.inbound_forwarded,
+                request_id: true,
                 jwt: None,
             });
         } else if cli.inbound_app.is_some() {
@@ -174,6 +184,11 @@ impl Config {
             tls,
             limits,
             access_log,
+            access_log_query: cli.access_log_query || file_cfg.access_log_query.unwrap_or(false),
+            new_traces: cli
+                .new_traces
+                .or(file_cfg.new_traces)
+                .unwrap_or_default(),
             inbound,
             outbound,
             host_router,
@@ -318,6 +333,14 @@ fn limits(cli: &Cli, file: &FileLimits, origin: &str) -> Result<Limits, ConfigEr
             "idle_timeout",
             defaults.idle_timeout,
         )?,
+        max_pending_connections: cli
+            .max_pending_connections
+            .or(file.max_pending_connections)
+            .unwrap_or(defaults.max_pending_connections),
+        max_app_requests: cli
+            .max_app_requests
+            .or(file.max_app_requests)
+            .unwrap_or(defaults.max_app_requests),
     };
     // hyper refuses a read buffer under 8 KiB; say so here instead of panicking later.
     if limits.max_header_bytes < 8192 {
@@ -329,6 +352,11 @@ fn limits(cli: &Cli, file: &FileLimits, origin: &str) -> Result<Limits, ConfigEr
     if limits.max_connections == 0 {
         return Err(ConfigError::value(
             "max_connections: 0 would refuse everything",
+        ));
+    }
+    if limits.max_pending_connections == 0 {
+        return Err(ConfigError::value(
+            "max_pending_connections: 0 would refuse everything",
         ));
     }
     if limits.header_read_timeout.is_zero() || limits.idle_timeout.is_zero() {

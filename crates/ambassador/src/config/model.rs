@@ -38,6 +38,11 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// Connections (per listener) that have not sent a first request yet, within
+    /// `max_connections`; the oldest is closed to make room for a new one.
+    pub max_pending_connections: usize,
+    /// Requests in flight to the app at once (per inbound route); 0: no limit.
+    pub max_app_requests: usize,
 }
 
 impl Default for Limits {
@@ -47,6 +52,8 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             idle_timeout: Duration::from_secs(300),
+            max_pending_connections: 512,
+            max_app_requests: 512,
         }
     }
 }
@@ -62,8 +69,39 @@ pub struct InboundRoute {
     pub allow: AllowList,
     /// Whether to set X-Forwarded-Client-Cert (any incoming copy is always removed).
     pub forward_client_cert: bool,
+    /// Token buckets the route's requests take from, if limited.
+    pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
+    /// Which headers tell the app the peer's address and the scheme.
+    pub forwarded: ForwardedHeaders,
+    /// Whether to add `X-Request-Id` to requests that come without one.
+    pub request_id: bool,
     /// End-user authentication (JWT) of the route's requests.
     pub jwt: Option<crate::jwt::JwtConfig>,
+}
+
+/// The headers an inbound route sets to tell the app who connected and how (any incoming copy
+/// is replaced: the peer could have written anything there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeaders {
+    /// `X-Forwarded-For` (the peer's IP address) and `X-Forwarded-Proto: https`.
+    #[default]
+    XForwarded,
+    /// `Forwarded: for=...;proto=https` (RFC 7239).
+    Forwarded,
+    /// Both of the above.
+    Both,
+    /// Neither (incoming copies still removed).
+    Off,
+}
+
+/// How every listener logs and traces its requests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Telemetry {
+    pub access_log: bool,
+    /// Whether the access log shows query strings (they may carry secrets).
+    pub access_log_query: bool,
+    pub new_traces: crate::trace::NewTraces,
 }
 
 /// One remote service the app calls.
@@ -89,6 +127,9 @@ pub struct Config {
     pub tls: TlsFiles,
     pub limits: Limits,
     pub access_log: bool,
+    pub access_log_query: bool,
+    /// What a request without a trace context gets.
+    pub new_traces: crate::trace::NewTraces,
     pub inbound: Vec<InboundRoute>,
     pub outbound: Vec<OutboundRoute>,
     /// The listener that routes by `Host` among outbound routes that name hosts.
@@ -97,4 +138,14 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     /// Worker threads (shards), from `--worker-threads` (0: one per core).
     pub threads: usize,
+}
+
+impl Config {
+    pub fn telemetry(&self) -> Telemetry {
+        Telemetry {
+            access_log: self.access_log,
+            access_log_query: self.access_log_query,
+            new_traces: self.new_traces,
+        }
+    }
 }

@@ -33,6 +33,17 @@ pub enum AppError {
     H2(TransportError),
 }
 
+impl AppError {
+    /// True when the peer's own request body failed (malformed, cut short), not the app.
+    pub fn is_caller_failure(&self) -> bool {
+        match self {
+            Self::Http(e) => e.is_user(),
+            Self::H2(e) => e.is_caller_failure(),
+            Self::Connect(_) => false,
+        }
+    }
+}
+
 /// Keep-alive connections to the app, shared by every inbound connection of a route.
 #[derive(Clone)]
 pub struct AppClient {
@@ -73,7 +84,15 @@ impl AppClient {
         if let Some(h2) = self.h2.as_deref().map(ShardLocal::get) {
             let mut parts = std::mem::take(req.uri_mut()).into_parts();
             parts.scheme = Some(http::uri::Scheme::HTTP);
-            parts.authority = Some(self.authority.clone());
+            // RFC 9113 8.3.1: `:authority` from the request's own (an HTTP/2 client's
+            // `:authority`, an HTTP/1.1 client's `Host`, which HTTP/2 does not carry); the app's
+            // address only for a request that names none.
+            let host = req.headers_mut().remove(header::HOST);
+            parts.authority = parts
+                .authority
+                .take()
+                .or_else(|| host.and_then(|h| Authority::try_from(h.as_bytes()).ok()))
+                .or_else(|| Some(self.authority.clone()));
             if parts.path_and_query.is_none() {
                 parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
             }
@@ -99,6 +118,17 @@ impl AppClient {
                 .map(|r| r.map(UpstreamBody::H2))
                 .map_err(|(e, _)| AppError::H2(e));
         }
+        if !req.headers().contains_key(header::HOST) {
+            // An HTTP/2 client's `:authority` becomes `Host` (RFC 9113 8.3.1); the app's address
+            // only for a request that names none.
+            let host = req
+                .uri()
+                .authority()
+                .map_or(self.authority.as_str(), Authority::as_str);
+            if let Ok(host) = HeaderValue::from_str(host) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
         if req.method() != Method::CONNECT {
             // Origin form: the path only.
             let mut parts = http::uri::Parts::default();
@@ -111,11 +141,6 @@ impl AppClient {
             if let Ok(uri) = Uri::from_parts(parts) {
                 *req.uri_mut() = uri;
             }
-        }
-        if !req.headers().contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(self.authority.as_str())
-        {
-            req.headers_mut().insert(header::HOST, host);
         }
         let response = self.pool.get().send(req, || self.connect()).await?;
         Ok(response.map(UpstreamBody::Pooled))

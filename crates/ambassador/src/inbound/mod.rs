@@ -2,7 +2,8 @@
 //! (per request, with `X-Forwarded-Client-Cert`) or as raw TCP.
 
 mod app;
-mod tls;
+mod forwarded;
+pub(crate) mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,8 +28,10 @@ use tokio_util::task::TaskTracker;
 use self::app::AppClient;
 use crate::config::{AppProtocol, InboundRoute, Limits, Mode};
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
+use crate::proxy::body::Counted;
 use crate::proxy::conn::{
-    self, Activity, ConnectionLimit, Guarded, Reclaim, RequestGuard, Tracked, TunnelEnd,
+    self, Activity, ConnectionLimit, Guarded, LogLimiter, PendingBudget, PendingGuard, Reclaim,
+    RequestGuard, Tracked, TunnelEnd,
 };
 use crate::proxy::forward::{self, ResponseBody};
 use crate::proxy::policy::RequestPolicy;
@@ -76,13 +79,17 @@ struct Listener {
     /// The worker threads its connections are spread over.
     shards: Arc<Shards>,
     server: HttpServer,
+    /// Requests in flight to the app (`max_app_requests`), when limited.
+    app_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Refusals an attacker can cause at will are logged at most once a second.
+    refusal_log: LogLimiter,
 }
 
 /// Binds an inbound listener (so a busy port fails the start) and returns its accept loop.
 pub async fn bind(
     route: InboundRoute,
     limits: Limits,
-    access_log: bool,
+    telemetry: crate::config::Telemetry,
     reloader: &Arc<CredentialReloader>,
     metrics: &Metrics,
     shards: &Arc<Shards>,
@@ -98,7 +105,10 @@ pub async fn bind(
     let tls = ListenerTls::build(&route, &reloader.current())?;
     let app_authority = Authority::try_from(route.app.to_string())
         .map_err(|e| anyhow::anyhow!("inbound `{}`: app address: {e}", route.name))?;
-    let mut policy = RequestPolicy::new(&limits, access_log, sidecar.shutdown().requested());
+    let mut policy = RequestPolicy::new(&limits, telemetry, sidecar.shutdown().requested());
+    if let Some(rate_limit) = &route.rate_limit {
+        policy = policy.with_rate_limit(crate::ratelimit::RateLimiter::new(rate_limit));
+    }
     if let Some(jwt) = route.jwt.clone() {
         let ready = sidecar.readiness().register(format!("jwt {}", route.name));
         let auth = crate::jwt::Authenticator::start(
@@ -121,6 +131,9 @@ pub async fn bind(
         tracker: sidecar.shutdown().tracker(),
         shards: shards.clone(),
         server: HttpServer::new(limits),
+        app_slots: (limits.max_app_requests > 0)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(limits.max_app_requests))),
+        refusal_log: LogLimiter::new(),
         route,
     });
     spawn_reload(listener.clone(), reloader);
@@ -160,6 +173,7 @@ fn spawn_reload(listener: Arc<Listener>, reloader: &Arc<CredentialReloader>) {
 async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
     let budget = ConnectionLimit::new(listener.limits.max_connections);
     let overflow = ConnectionLimit::new(OVERFLOW_HANDSHAKES);
+    let pending = PendingBudget::new(listener.limits.max_pending_connections);
     loop {
         let accepted = tokio::select! {
             () = listener.stop.cancelled() => break,
@@ -177,11 +191,15 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
         let Some(permit) = budget.try_acquire() else {
             listener.metrics.limit_exceeded(Limit::MaxConnections);
             let Some(permit) = overflow.try_acquire() else {
-                tracing::warn!(route = %listener.route.name, %peer, "connection closed: max_connections reached");
+                if let Some(held) = listener.refusal_log.allow() {
+                    tracing::warn!(route = %listener.route.name, %peer, similar_lines_held_back = held, "connection closed: max_connections reached");
+                }
                 drop(stream);
                 continue;
             };
-            tracing::warn!(route = %listener.route.name, %peer, "connection refused with 503: max_connections reached");
+            if let Some(held) = listener.refusal_log.allow() {
+                tracing::warn!(route = %listener.route.name, %peer, similar_lines_held_back = held, "connection refused with 503: max_connections reached");
+            }
             let listener = listener.clone();
             listener.tracker.clone().spawn(async move {
                 let _permit = permit;
@@ -189,37 +207,56 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
             });
             continue;
         };
+        let (place, evicted) = pending.admit();
+        if evicted {
+            listener.metrics.limit_exceeded(Limit::PendingConnections);
+            if let Some(held) = listener.refusal_log.allow() {
+                tracing::warn!(route = %listener.route.name, similar_lines_held_back = held, "max_pending_connections reached: the oldest connection without a request was closed");
+            }
+        }
         let on = listener.clone();
         listener
             .shards
             .spawn(&listener.tracker, stream, move |stream| async move {
                 let _permit = permit;
                 let _open = on.metrics.connection_opened();
-                serve_connection(&on, stream, peer).await;
+                serve_connection(&on, stream, peer, place).await;
             });
     }
     tracing::info!(route = %listener.route.name, "inbound listener closed");
 }
 
-async fn serve_connection(listener: &Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
+async fn serve_connection(
+    listener: &Arc<Listener>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    place: PendingGuard,
+) {
     let _ = stream.set_nodelay(true);
     let tls = listener.tls.load_full();
-    let handshake = tokio::time::timeout(
-        listener.limits.header_read_timeout,
-        tls.acceptor.accept(stream),
-    )
-    .await;
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(
+            listener.limits.header_read_timeout,
+            tls.acceptor.accept(stream),
+        ) => handshake,
+        // Its place in the pending budget went to a newer connection (counted at eviction).
+        () = place.evicted.cancelled() => return,
+    };
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             let reason = refusal_reason(&e);
             listener.metrics.tls_failure(reason);
-            tracing::warn!(route = %listener.route.name, %peer, reason, error = %e, "peer refused");
+            if let Some(held) = listener.refusal_log.allow() {
+                tracing::warn!(route = %listener.route.name, %peer, reason, error = %e, similar_lines_held_back = held, "peer refused");
+            }
             return;
         }
         Err(_) => {
             listener.metrics.tls_failure("handshake_error");
-            tracing::warn!(route = %listener.route.name, %peer, reason = "handshake_error", "TLS handshake timed out");
+            if let Some(held) = listener.refusal_log.allow() {
+                tracing::warn!(route = %listener.route.name, %peer, reason = "handshake_error", similar_lines_held_back = held, "TLS handshake timed out");
+            }
             return;
         }
     };
@@ -230,7 +267,11 @@ async fn serve_connection(listener: &Arc<Listener>, stream: TcpStream, peer: Soc
         .and_then(|leaf| PeerIdentity::from_der(leaf).ok());
     let h2 = session.alpn_protocol() == Some(b"h2");
     match listener.route.mode {
-        Mode::Tcp => serve_tcp(listener, stream, peer, identity).await,
+        Mode::Tcp => {
+            // A tunnel has no requests: an authenticated peer leaves the pending budget now.
+            drop(place);
+            serve_tcp(listener, stream, peer, identity).await
+        }
         Mode::Http => {
             let peer_conn = Arc::new(PeerConn {
                 xfcc: if listener.route.forward_client_cert {
@@ -245,6 +286,7 @@ async fn serve_connection(listener: &Arc<Listener>, stream: TcpStream, peer: Soc
                     .and_then(|id| id.spiffe_ids.first().or(id.dns_names.first()).cloned())
                     .unwrap_or_else(|| peer.to_string()),
                 http1: !h2,
+                forwarded: forwarded::ConnForwarded::new(listener.route.forwarded, peer),
             });
             let handler = listener.clone();
             listener
@@ -253,6 +295,7 @@ async fn serve_connection(listener: &Arc<Listener>, stream: TcpStream, peer: Soc
                     stream,
                     h2,
                     peer,
+                    Some(place),
                     &listener.stop,
                     &listener.metrics,
                     move |guard, req| handle(handler.clone(), peer_conn.clone(), guard, req),
@@ -275,7 +318,9 @@ async fn refuse_over_limit(listener: &Listener, stream: TcpStream, peer: SocketA
             Err(e) => {
                 let reason = refusal_reason(&e);
                 listener.metrics.tls_failure(reason);
-                tracing::warn!(route = %name, %peer, reason, error = %e, "peer refused");
+                if let Some(held) = listener.refusal_log.allow() {
+                    tracing::warn!(route = %name, %peer, reason, error = %e, similar_lines_held_back = held, "peer refused");
+                }
                 return;
             }
         };
@@ -379,12 +424,13 @@ struct PeerConn {
     /// The peer's identity for the access log.
     peer: String,
     http1: bool,
+    forwarded: forwarded::ConnForwarded,
 }
 
 async fn handle(
     listener: Arc<Listener>,
     conn: Arc<PeerConn>,
-    guard: RequestGuard,
+    mut guard: RequestGuard,
     mut req: Request<Incoming>,
 ) -> Result<ServedResponse, Infallible> {
     let policy = &listener.policy;
@@ -393,6 +439,31 @@ async fn handle(
         let response = policy.finish(exchange, &listener.metrics, &conn.peer, refused);
         return Ok(response.map(|body| Guarded::new(body, guard)));
     }
+    if let Some(refused) = policy.limit_rate(&mut exchange, &conn.peer, &listener.metrics) {
+        let response = policy.finish(exchange, &listener.metrics, &conn.peer, refused);
+        return Ok(response.map(|body| Guarded::new(body, guard)));
+    }
+    if let Some(slots) = &listener.app_slots {
+        match slots.clone().try_acquire_owned() {
+            // Held until the response has been sent: the app's connection is busy until then.
+            Ok(permit) => guard.hold(permit),
+            Err(_) => {
+                listener.metrics.limit_exceeded(Limit::MaxAppRequests);
+                let mut response: Response<ResponseBody> = forward::answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "ambassador: inbound route `{}`: the app has {} requests in flight already (max_app_requests)\n",
+                        listener.route.name, listener.limits.max_app_requests
+                    ),
+                );
+                response
+                    .headers_mut()
+                    .insert("x-ambassador-error", HeaderValue::from_static("overloaded"));
+                let response = policy.finish(exchange, &listener.metrics, &conn.peer, response);
+                return Ok(response.map(|body| Guarded::new(body, guard)));
+            }
+        }
+    }
     let upgrade = forward::wants_upgrade(&req);
     let headers = req.headers_mut();
     forward::strip_hop_by_hop(headers, upgrade);
@@ -400,6 +471,11 @@ async fn handle(
     if let Some(value) = &conn.xfcc {
         headers.insert(XFCC.clone(), value.clone());
     }
+    conn.forwarded.apply(headers);
+    if listener.route.request_id {
+        exchange.set_request_id(forwarded::ensure_request_id(headers));
+    }
+    exchange.set_upstream(Some(listener.route.app), 0);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     *req.version_mut() = match listener.route.app_protocol {
         AppProtocol::Http1 => Version::HTTP_11,
@@ -407,7 +483,9 @@ async fn handle(
     };
     // Boxed: awaited in place, the app's request future would be part of this one, which
     // hyper's task for the stream holds and moves whole.
-    let response = match Box::pin(listener.app.request(req.map(Either::Left))).await {
+    let response = match Box::pin(listener.app.request(
+        req.map(|body| Either::Left(Counted::new(body, exchange.request_bytes()))),
+    )).await {
         Ok(mut response) => {
             let status = response.status();
             match client_upgrade {
@@ -426,6 +504,17 @@ async fn handle(
                 _ => forward::strip_hop_by_hop(response.headers_mut(), false),
             }
             response.map(Either::Left)
+        }
+        Err(e) if e.is_caller_failure() => {
+            listener.metrics.upstream_error("request_body");
+            forward::answer(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "ambassador: inbound route `{}`: the request body could not be read: {}\n",
+                    listener.route.name,
+                    error_chain(&e)
+                ),
+            )
         }
         Err(e) => {
             listener.metrics.upstream_error("app_unreachable");

@@ -24,11 +24,14 @@ use tokio_util::task::TaskTracker;
 
 pub use self::resilient::Runtime;
 use self::transport::Transport;
-use self::upstream::{Upstream, UpstreamError};
+use self::upstream::{Tries, Upstream, UpstreamError};
 use crate::config::{Config, Limits, Mode, OutboundRoute};
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
+use crate::proxy::access_log::Logged;
+use crate::proxy::body::Counted;
 use crate::proxy::conn::{
-    self, Activity, ConnectionLimit, Guarded, RequestGuard, Tracked, TunnelEnd,
+    self, Activity, ConnectionLimit, Guarded, LogLimiter, PendingBudget, PendingGuard, Prefixed,
+    RequestGuard, Tracked, TunnelEnd,
 };
 use crate::proxy::error::TransportError;
 use crate::proxy::forward::{self, ResponseBody};
@@ -76,6 +79,8 @@ struct Listener {
     shards: Arc<Shards>,
     /// HTTP/1.1, and HTTP/2 for apps that speak it with prior knowledge (h2c, gRPC).
     server: HttpServer,
+    /// Refusals are logged at most once a second.
+    refusal_log: LogLimiter,
 }
 
 /// Binds every outbound listener of the configuration; returns their accept loops.
@@ -87,7 +92,7 @@ pub async fn bind_all(
     shards: &Arc<Shards>,
     sidecar: &Sidecar,
 ) -> anyhow::Result<Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>> {
-    let (limits, access_log) = (config.limits, config.access_log);
+    let (limits, access_log) = (config.limits, config.telemetry());
     let stop = sidecar.shutdown().token();
     let mut by_host = HashMap::new();
     let mut loops: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
@@ -150,7 +155,7 @@ fn listener(
     routes: Routes,
     metrics: RouteMetrics,
     limits: Limits,
-    access_log: bool,
+    access_log: crate::config::Telemetry,
     shards: &Arc<Shards>,
     sidecar: &Sidecar,
 ) -> Listener {
@@ -166,6 +171,7 @@ fn listener(
         tracker: sidecar.shutdown().tracker(),
         shards: shards.clone(),
         server: HttpServer::new(limits),
+        refusal_log: LogLimiter::new(),
     }
 }
 
@@ -183,6 +189,7 @@ async fn bind_one(listener: Listener) -> anyhow::Result<impl Future<Output = ()>
 
 async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
     let budget = ConnectionLimit::new(listener.limits.max_connections);
+    let pending = PendingBudget::new(listener.limits.max_pending_connections);
     loop {
         let accepted = tokio::select! {
             () = listener.stop.cancelled() => break,
@@ -199,7 +206,9 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
         let _ = stream.set_nodelay(true);
         let Some(permit) = budget.try_acquire() else {
             listener.metrics.limit_exceeded(Limit::MaxConnections);
-            tracing::warn!(listener = %listener.name, %peer, "connection refused: max_connections reached");
+            if let Some(held) = listener.refusal_log.allow() {
+                tracing::warn!(listener = %listener.name, %peer, similar_lines_held_back = held, "connection refused: max_connections reached");
+            }
             if listener.mode == Mode::Http {
                 // Plain HTTP: the app gets a real answer, not a reset.
                 tokio::spawn(async move {
@@ -211,28 +220,54 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
             }
             continue;
         };
+        // A tunnel has no first request to wait for: only HTTP connections are pending.
+        let place = (listener.mode == Mode::Http).then(|| {
+            let (place, evicted) = pending.admit();
+            if evicted {
+                listener.metrics.limit_exceeded(Limit::PendingConnections);
+                if let Some(held) = listener.refusal_log.allow() {
+                    tracing::warn!(listener = %listener.name, similar_lines_held_back = held, "max_pending_connections reached: the oldest connection without a request was closed");
+                }
+            }
+            place
+        });
         let on = listener.clone();
         listener
             .shards
             .spawn(&listener.tracker, stream, move |stream| async move {
                 let _permit = permit;
                 let _open = on.metrics.connection_opened();
-                match on.mode {
-                    Mode::Http => serve_http(&on, stream, peer).await,
-                    Mode::Tcp => serve_tcp(&on, stream, peer).await,
+                match (on.mode, place) {
+                    (Mode::Http, Some(place)) => serve_http(&on, stream, peer, place).await,
+                    _ => serve_tcp(&on, stream, peer).await,
                 }
             });
     }
     tracing::info!(listener = %listener.name, "outbound listener closed");
 }
 
-async fn serve_http(listener: &Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
+async fn serve_http(
+    listener: &Arc<Listener>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    place: PendingGuard,
+) {
+    // Whether the client opens with the HTTP/2 connection preface (`PRI * HTTP/2.0…`, prior
+    // knowledge, as gRPC over plain TCP does). Three bytes decide: no HTTP/1 method starts with
+    // `PRI`. They are read (waiting for each to arrive), then read again by hyper.
+    let mut stream = Prefixed::new(Vec::new(), stream);
     let h2 = tokio::select! {
         () = listener.stop.cancelled() => return,
-        h2 = tokio::time::timeout(listener.limits.header_read_timeout, sends_h2_preface(&stream)) => {
-            // A client that sent nothing yet is HTTP/1's to judge (idle and header limits).
-            h2.unwrap_or(false)
-        }
+        () = place.evicted.cancelled() => return,
+        h2 = tokio::time::timeout(listener.limits.header_read_timeout, stream.starts_with(b"PRI")) => match h2 {
+            Ok(Ok(h2)) => h2,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                // Nothing, or not three bytes, within the header read limit: not a client.
+                listener.metrics.limit_exceeded(Limit::HeaderReadTimeout);
+                return;
+            }
+        },
     };
     let handler = listener.clone();
     listener
@@ -241,33 +276,12 @@ async fn serve_http(listener: &Arc<Listener>, stream: TcpStream, peer: SocketAdd
             stream,
             h2,
             peer,
+            Some(place),
             &listener.stop,
             &listener.metrics,
             move |guard, req| handle(handler.clone(), guard, req),
         )
         .await;
-}
-
-/// Whether the client opens with the HTTP/2 connection preface (`PRI * HTTP/2.0…`, prior
-/// knowledge, as gRPC over plain TCP does); peeked, so hyper still reads every byte. Three bytes
-/// decide: no HTTP/1 method starts with `PRI` (hyper's HTTP/1 would refuse it anyway).
-async fn sends_h2_preface(stream: &TcpStream) -> bool {
-    const PREFIX: &[u8; 3] = b"PRI";
-    let mut buf = [0u8; 3];
-    loop {
-        let n = match stream.peek(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => n,
-        };
-        if buf[..n] != PREFIX[..n] {
-            return false;
-        }
-        if n == PREFIX.len() {
-            return true;
-        }
-        // Only "P" or "PR" so far: peek would return them again at once, so wait a little.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 async fn serve_tcp(listener: &Listener, stream: TcpStream, peer: SocketAddr) {
@@ -333,7 +347,10 @@ async fn handle(
     Ok(response.map(|body| Guarded::new(body, guard)))
 }
 
-async fn respond(listener: Arc<Listener>, mut req: Request<Incoming>) -> Response<ResponseBody> {
+async fn respond(
+    listener: Arc<Listener>,
+    mut req: Request<Incoming>,
+) -> Response<Logged<ResponseBody>> {
     let policy = &listener.policy;
     let mut exchange = policy.begin(&req, req.version() != Version::HTTP_2);
     if let Some(refused) = policy.check(&mut req, &mut exchange, &listener.metrics) {
@@ -361,7 +378,12 @@ async fn respond(listener: Arc<Listener>, mut req: Request<Incoming>) -> Respons
     forward::strip_hop_by_hop(req.headers_mut(), upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     *req.version_mut() = Version::HTTP_11;
-    let response = match route.upstream.call(req.map(Either::Left)).await {
+    let tries = Tries::default();
+    let body = |body| Either::Left(Counted::new(body, exchange.request_bytes()));
+    let called = route.upstream.call(req.map(body), &tries).await;
+    let (endpoint, retries) = tries.get();
+    exchange.set_upstream(endpoint, retries);
+    let response = match called {
         Ok(mut response) => {
             let status = response.status();
             match client_upgrade {

@@ -6,7 +6,7 @@ use http::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
 use super::transport::{Endpoint, Transport};
-use super::upstream::{BoxFuture, Upstream, UpstreamError};
+use super::upstream::{BoxFuture, Tries, Upstream, UpstreamError};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::client::UpstreamBody;
 use crate::proxy::error::TransportError;
@@ -19,6 +19,10 @@ use crate::resilience::{
 impl TryFailure for TransportError {
     fn is_connect_failure(&self) -> bool {
         TransportError::is_connect_failure(self)
+    }
+
+    fn caller_failed(&self) -> bool {
+        self.is_caller_failure()
     }
 
     fn endpoint_is_wrong(&self) -> bool {
@@ -80,10 +84,11 @@ pub struct ResilientUpstream {
 }
 
 impl Upstream for ResilientUpstream {
-    fn call(
-        &self,
+    fn call<'a>(
+        &'a self,
         req: Request<ProxyBody>,
-    ) -> BoxFuture<'_, Result<Response<UpstreamBody>, UpstreamError>> {
+        tries: &'a Tries,
+    ) -> BoxFuture<'a, Result<Response<UpstreamBody>, UpstreamError>> {
         Box::pin(async move {
             if wants_upgrade(&req) {
                 // An upgraded connection is a tunnel, not a request: one try, nothing to replay.
@@ -91,6 +96,7 @@ impl Upstream for ResilientUpstream {
                     .route
                     .pick_for_connection()
                     .ok_or(UpstreamError::NoEndpoint)?;
+                tries.record(endpoint.addr);
                 return Ok(self.transport.send(endpoint.addr, req).await?);
             }
             let transport = &self.transport;
@@ -99,6 +105,7 @@ impl Upstream for ResilientUpstream {
                 .call_known_length(
                     req,
                     |endpoint, req: Request<ReplayBody<ProxyBody>>| async move {
+                        tries.record(endpoint.addr);
                         let (parts, body) = req.into_parts();
                         let body: ProxyBody = match body.into_original_or_full() {
                             Some(http_body_util::Either::Left(original)) => original,

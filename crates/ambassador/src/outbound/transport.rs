@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::uri::{Authority, PathAndQuery, Scheme};
+use http::header;
 use http::{Request, Response, Uri};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::Client;
@@ -394,6 +395,15 @@ impl Transport {
         *req.uri_mut() = Uri::from_parts(parts)
             .map_err(|e| TransportError::Http(format!("bad request target: {e}")))?;
         if !upgrade && !remote.http1_only.load(Ordering::Relaxed) {
+            // RFC 9113 8.3.1: the app's `Host` goes to HTTP/2 as `:authority` (not as a header
+            // beside the endpoint's address), so the remote's app sees the name it was called by.
+            let host = req.headers_mut().remove(header::HOST);
+            if let Some(authority) = host
+                .as_ref()
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            {
+                set_authority(&mut req, authority);
+            }
             let shared = self.shared.clone();
             let remote_h1 = remote.clone();
             let connect = move || {
@@ -417,8 +427,13 @@ impl Transport {
             req = match remote.h2.get().send(req, &connect, addr).await {
                 Ok(response) => return Ok(response.map(UpstreamBody::H2)),
                 // Not sent, and the remote turned out to speak HTTP/1.1 only: send it that way.
-                Err((_, Some(req))) if remote.http1_only.load(Ordering::Relaxed) => {
+                Err((_, Some(mut req))) if remote.http1_only.load(Ordering::Relaxed) => {
                     tracing::debug!(route = self.shared.metrics.route(), %addr, "the remote does not speak h2: using HTTP/1.1");
+                    // The HTTP/1.1 client connects to the URI's authority: the endpoint's again.
+                    set_authority(&mut req, remote.authority.clone());
+                    if let Some(host) = host {
+                        req.headers_mut().insert(header::HOST, host);
+                    }
                     req
                 }
                 Err((e, _)) => return Err(e),
@@ -452,6 +467,11 @@ fn classify(err: &hyper_util::client::legacy::Error) -> TransportError {
         if let Some(ours) = cause.downcast_ref::<TransportError>() {
             return ours.clone();
         }
+        if let Some(hyper) = cause.downcast_ref::<hyper::Error>()
+            && hyper.is_user()
+        {
+            return TransportError::RequestBody(error_chain(err));
+        }
         source = cause.source();
     }
     TransportError::Http(error_chain(err))
@@ -482,4 +502,13 @@ fn spawn_reload(
             }
         }
     });
+}
+
+/// Replaces the authority of `req`'s (absolute) URI.
+fn set_authority<B>(req: &mut Request<B>, authority: Authority) {
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.authority = Some(authority);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
 }

@@ -35,6 +35,7 @@ impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoEndpoint => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Transport(t) if t.is_caller_failure() => StatusCode::BAD_REQUEST,
             Self::Transport(_) => StatusCode::BAD_GATEWAY,
             Self::Unavailable { status, .. } => *status,
         }
@@ -50,12 +51,36 @@ impl UpstreamError {
     }
 }
 
+/// Where a request was sent, for the access log: the endpoint of its last try and how many
+/// tries there were.
+#[derive(Debug, Default)]
+pub struct Tries {
+    last: std::sync::Mutex<Option<std::net::SocketAddr>>,
+    count: std::sync::atomic::AtomicU32,
+}
+
+impl Tries {
+    pub fn record(&self, endpoint: std::net::SocketAddr) {
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint);
+    }
+
+    /// The last endpoint tried, and the retries after the first try.
+    pub fn get(&self) -> (Option<std::net::SocketAddr>, u32) {
+        let count = self.count.load(std::sync::atomic::Ordering::Relaxed);
+        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        (last, count.saturating_sub(1))
+    }
+}
+
 /// What the outbound handler calls once per app request.
 pub trait Upstream: Send + Sync + std::fmt::Debug + 'static {
-    fn call(
-        &self,
+    fn call<'a>(
+        &'a self,
         req: Request<ProxyBody>,
-    ) -> BoxFuture<'_, Result<Response<UpstreamBody>, UpstreamError>>;
+        tries: &'a Tries,
+    ) -> BoxFuture<'a, Result<Response<UpstreamBody>, UpstreamError>>;
 
     /// An endpoint for a raw TCP connection (TCP routes), if any.
     fn pick(&self) -> Option<Endpoint>;

@@ -1,10 +1,13 @@
-//! What every accepted connection shares: activity tracking for the idle and header-read limits,
-//! the drive loop that applies them and the shutdown, and the connection-count limit.
+//! What every accepted connection shares: activity tracking for the idle, header-read and
+//! first-request limits, the drive loop that applies them and the shutdown, the connection-count
+//! limit, the smaller budget of connections that have not sent a request yet, and the logging of
+//! refusals at a bounded rate.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -15,6 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
 use crate::metrics::{Limit, RouteMetrics};
+
+/// Streams reset by the client after they were accepted, per connection, before the reset
+/// ratio is looked at: below this, any client may cancel as it likes.
+pub const RESET_ALLOWANCE: u64 = 100;
 
 fn now_ms() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
@@ -34,16 +41,66 @@ pub struct Activity {
     in_flight: AtomicU32,
     /// Whether this connection reads HTTP/1 heads (the header-read limit applies).
     http1: bool,
+    /// When the connection started being served (ms since start).
+    opened: u64,
+    /// Requests started on this connection.
+    requests: AtomicU64,
+    /// Requests the client abandoned (reset or disconnected) before their response head.
+    resets: AtomicU64,
+    /// Set once resets outnumber the requests answered: the connection is closed.
+    abusive: AtomicBool,
+    /// Cancelled to close the connection at once: evicted from the pending budget while it had
+    /// sent no request, or too many resets.
+    close: CancellationToken,
+    /// The connection's place in its listener's pending budget, given up at its first request.
+    pending: Mutex<Option<PendingGuard>>,
 }
 
 impl Activity {
     pub fn new(http1: bool) -> Arc<Self> {
+        Self::with_pending(http1, None)
+    }
+
+    /// An activity record for a connection that holds a place in the pending budget until its
+    /// first request (and is closed if that place is taken from it before).
+    pub fn with_pending(http1: bool, pending: Option<PendingGuard>) -> Arc<Self> {
+        let close = pending
+            .as_ref()
+            .map_or_else(CancellationToken::new, |p| p.evicted.clone());
+        let now = now_ms();
         Arc::new(Self {
-            last: AtomicU64::new(now_ms()),
+            last: AtomicU64::new(now),
             head_started: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             http1,
+            opened: now,
+            requests: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            abusive: AtomicBool::new(false),
+            close,
+            pending: Mutex::new(pending),
         })
+    }
+
+    /// A request the client abandoned before its response head (an HTTP/2 reset, a closed
+    /// connection). True the first time resets pass the allowance and outnumber the requests
+    /// that were answered: the caller closes the connection.
+    pub fn on_reset(&self) -> bool {
+        let resets = self.resets.fetch_add(1, Ordering::Relaxed) + 1;
+        let answered = self.requests.load(Ordering::Relaxed).saturating_sub(resets);
+        if resets > RESET_ALLOWANCE
+            && resets > answered
+            && !self.abusive.swap(true, Ordering::Relaxed)
+        {
+            self.close.cancel();
+            return true;
+        }
+        false
+    }
+
+    /// Whether the connection was closed for its resets.
+    pub fn is_abusive(&self) -> bool {
+        self.abusive.load(Ordering::Relaxed)
     }
 
     fn on_read(&self) {
@@ -65,8 +122,18 @@ impl Activity {
     pub fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.head_started.store(0, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.requests.fetch_add(1, Ordering::Relaxed) == 0 {
+            // The first request: the connection leaves the pending budget.
+            drop(
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(),
+            );
+        }
         RequestGuard {
             activity: self.clone(),
+            permit: None,
         }
     }
 }
@@ -75,6 +142,15 @@ impl Activity {
 #[derive(Debug)]
 pub struct RequestGuard {
     activity: Arc<Activity>,
+    /// A place in a shared limit (the app's concurrent requests) held as long as the request.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl RequestGuard {
+    /// Keeps `permit` until the request's response has been sent.
+    pub fn hold(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.permit = Some(permit);
+    }
 }
 
 impl Drop for RequestGuard {
@@ -274,7 +350,7 @@ pub async fn close_http1<S: AsyncRead + AsyncWrite + Unpin>(
     let linger = match ended {
         Ended::HeaderTimeout => true,
         Ended::Done(Err(e)) => e.is_parse(),
-        Ended::Done(Ok(())) => false,
+        Ended::Done(Ok(())) | Ended::Closed(_) => false,
     };
     if !linger {
         return;
@@ -404,11 +480,30 @@ pub enum Ended<E> {
     Done(Result<(), E>),
     /// A client took longer than the header-read limit to send a request head; it was cut.
     HeaderTimeout,
+    /// Closed by the ambassador: no first request within the header-read limit, a place in the
+    /// pending budget taken by a newer connection, too many resets, or a graceful close the
+    /// client did not let finish.
+    Closed(Closed),
 }
 
-/// Drives a hyper connection to its end, applying the idle and header-read limits and the
-/// shutdown: on `stop` (or when idle) it asks the connection to finish gracefully (HTTP/1:
-/// `Connection: close` after the response in flight; HTTP/2: GOAWAY, streams in flight finish).
+/// Why the ambassador closed a connection itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// No request within the header-read limit of the connection's start.
+    NoRequest,
+    /// Its place in the pending budget went to a newer connection.
+    Evicted,
+    /// It reset more streams than it let finish.
+    Resets,
+    /// A graceful close (idle, shutdown) that the client did not let finish in time.
+    Forced,
+}
+
+/// Drives a hyper connection to its end, applying the idle, header-read and first-request
+/// limits and the shutdown: on `stop` (or when idle) it asks the connection to finish gracefully
+/// (HTTP/1: `Connection: close` after the response in flight; HTTP/2: GOAWAY, streams in flight
+/// finish). A connection that sent no request within the header-read limit is closed, and so is
+/// one whose graceful close takes longer than that limit again (unless requests are in flight).
 pub async fn drive<C, E>(
     conn: C,
     activity: &Activity,
@@ -421,11 +516,22 @@ where
 {
     let mut conn = std::pin::pin!(conn);
     let mut closing = false;
+    // When a graceful close started by the ambassador must be over.
+    let mut closing_deadline = u64::MAX;
     let sleep = tokio::time::sleep(limits.header_read_timeout.min(limits.idle_timeout));
     let mut sleep = std::pin::pin!(sleep);
+    let header_ms = millis(limits.header_read_timeout);
+    let idle_ms = millis(limits.idle_timeout);
     loop {
         tokio::select! {
             result = conn.as_mut() => return Ended::Done(result),
+            () = activity.close.cancelled() => {
+                if activity.is_abusive() {
+                    metrics.limit_exceeded(Limit::StreamResets);
+                    return Ended::Closed(Closed::Resets);
+                }
+                return Ended::Closed(Closed::Evicted);
+            }
             () = stop.cancelled(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful();
@@ -433,23 +539,39 @@ where
             () = sleep.as_mut() => {
                 let now = now_ms();
                 let head = activity.head_started.load(Ordering::Relaxed);
-                let header_ms = millis(limits.header_read_timeout);
                 if head != 0 && now + 1 >= head + header_ms {
                     metrics.limit_exceeded(Limit::HeaderReadTimeout);
                     return Ended::HeaderTimeout;
                 }
+                let in_flight = activity.in_flight.load(Ordering::Relaxed);
+                if closing && in_flight == 0 && now >= closing_deadline {
+                    return Ended::Closed(Closed::Forced);
+                }
+                let first = activity.requests.load(Ordering::Relaxed) == 0;
+                if first && now >= activity.opened + header_ms {
+                    // Silent, or dripping bytes that never make a request (an HTTP/2 preface
+                    // sent a byte at a time): its idle clock never runs out, this one does.
+                    metrics.limit_exceeded(Limit::HeaderReadTimeout);
+                    return Ended::Closed(Closed::NoRequest);
+                }
                 let last = activity.last.load(Ordering::Relaxed);
-                let idle_ms = millis(limits.idle_timeout);
-                let idle = activity.in_flight.load(Ordering::Relaxed) == 0 && head == 0;
+                let idle = in_flight == 0 && head == 0;
                 if !closing && idle && now >= last + idle_ms {
                     metrics.limit_exceeded(Limit::IdleTimeout);
                     closing = true;
+                    closing_deadline = now + header_ms;
                     conn.as_mut().graceful();
                 }
                 // Wake again at the nearest deadline that could fire.
                 let mut next = last + idle_ms;
                 if head != 0 {
                     next = next.min(head - 1 + header_ms);
+                }
+                if first {
+                    next = next.min(activity.opened + header_ms);
+                }
+                if closing {
+                    next = next.min(closing_deadline);
                 }
                 let wait = next.saturating_sub(now).max(50);
                 sleep.as_mut().reset(Instant::now() + Duration::from_millis(wait));
@@ -519,5 +641,289 @@ impl ConnectionLimit {
     /// A permit for one more connection, or None when the listener is full.
     pub fn try_acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         self.permits.clone().try_acquire_owned().ok()
+    }
+}
+
+/// The budget of connections that have not sent a complete first request yet (inbound: from
+/// accept, through the TLS handshake, to the first request head). They cost memory and prove
+/// nothing, so they get a smaller budget than `max_connections`; when it is full, the oldest
+/// of them is closed to make room, so a flood of silent connections cannot keep new clients out:
+/// a real client leaves the budget within milliseconds, an attacker's connection waits its turn
+/// to be closed.
+#[derive(Debug, Clone)]
+pub struct PendingBudget {
+    inner: Arc<PendingInner>,
+}
+
+#[derive(Debug)]
+struct PendingInner {
+    max: usize,
+    next: AtomicU64,
+    /// By age: the first entry is the oldest.
+    waiting: Mutex<BTreeMap<u64, CancellationToken>>,
+}
+
+impl PendingBudget {
+    pub fn new(max: usize) -> Self {
+        Self {
+            inner: Arc::new(PendingInner {
+                max: max.max(1),
+                next: AtomicU64::new(0),
+                waiting: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// A place for a new connection; true as well when the oldest pending connection was
+    /// evicted for it.
+    pub fn admit(&self) -> (PendingGuard, bool) {
+        let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let evicted = CancellationToken::new();
+        let mut waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut evicted_one = false;
+        while waiting.len() >= self.inner.max {
+            match waiting.pop_first() {
+                Some((_, oldest)) => {
+                    oldest.cancel();
+                    evicted_one = true;
+                }
+                None => break,
+            }
+        }
+        waiting.insert(id, evicted.clone());
+        drop(waiting);
+        (
+            PendingGuard {
+                budget: self.inner.clone(),
+                id,
+                evicted,
+            },
+            evicted_one,
+        )
+    }
+
+    /// Connections holding a place now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+}
+
+/// A connection's place in the [`PendingBudget`]; given back when dropped.
+#[derive(Debug)]
+pub struct PendingGuard {
+    budget: Arc<PendingInner>,
+    id: u64,
+    /// Cancelled when a newer connection took the place.
+    pub evicted: CancellationToken,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.budget
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Lets one log line through per second and says how many were held back meanwhile, for
+/// refusals an attacker can cause at will (one line per refused connection would let a flood
+/// fill the disk and spend a core on logging).
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    /// The second (since start) of the last line let through, plus one; 0 before the first.
+    second: AtomicU64,
+    held: AtomicU64,
+}
+
+impl LogLimiter {
+    pub const fn new() -> Self {
+        Self {
+            second: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// Some(lines held back since the last one) when a line may be logged now.
+    pub fn allow(&self) -> Option<u64> {
+        let second = now_ms() / 1000 + 1;
+        let last = self.second.load(Ordering::Relaxed);
+        if last != second
+            && self
+                .second
+                .compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// A stream whose first bytes were read to decide how to serve it; they are read again first.
+#[derive(Debug)]
+pub struct Prefixed<T> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Self {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> Prefixed<T> {
+    /// Reads until `want` bytes are in (or the stream ends, or what came already differs from
+    /// `want`'s start), without waking between bytes that are not there yet. True when the
+    /// stream starts with `want`.
+    pub async fn starts_with(&mut self, want: &[u8]) -> io::Result<bool> {
+        while self.prefix.len() < want.len() {
+            if !want.starts_with(&self.prefix) {
+                return Ok(false);
+            }
+            let mut byte = [0u8; 16];
+            let room = (want.len() - self.prefix.len()).min(byte.len());
+            let n = self.inner.read(&mut byte[..room]).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            self.prefix.extend_from_slice(&byte[..n]);
+        }
+        Ok(self.prefix.starts_with(want))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_pending_budget_evicts_the_oldest() {
+        let budget = PendingBudget::new(2);
+        let (a, ev_a) = budget.admit();
+        let (b, _) = budget.admit();
+        assert!(!ev_a);
+        let (c, evicted) = budget.admit();
+        assert!(evicted);
+        assert!(a.evicted.is_cancelled(), "the oldest goes");
+        assert!(!b.evicted.is_cancelled() && !c.evicted.is_cancelled());
+        drop(b);
+        assert_eq!(budget.len(), 1);
+        let (_d, evicted) = budget.admit();
+        assert!(!evicted, "room was given back");
+        drop(a);
+        assert_eq!(budget.len(), 2, "an evicted guard gives back nothing twice");
+    }
+
+    #[test]
+    fn resets_close_a_connection_only_past_the_allowance_and_the_answers() {
+        let activity = Activity::new(false);
+        for _ in 0..RESET_ALLOWANCE {
+            let _ = activity.request_started();
+            assert!(!activity.on_reset());
+        }
+        // Many answered requests make room for as many resets.
+        for _ in 0..500 {
+            let _ = activity.request_started();
+        }
+        assert!(!activity.on_reset());
+        for _ in 0..1000 {
+            let _ = activity.request_started();
+            if activity.on_reset() {
+                assert!(activity.is_abusive());
+                return;
+            }
+        }
+        panic!("a connection resetting every request must be closed");
+    }
+
+    #[test]
+    fn the_log_limiter_lets_one_line_a_second_through() {
+        let limiter = LogLimiter::new();
+        assert_eq!(limiter.allow(), Some(0));
+        assert_eq!(limiter.allow(), None);
+        assert_eq!(limiter.allow(), None);
+    }
+
+    #[tokio::test]
+    async fn prefixed_reads_its_prefix_again() {
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b"PRI * HTTP/2.0").await.unwrap();
+        let mut p = Prefixed::new(Vec::new(), b);
+        assert!(p.starts_with(b"PRI").await.unwrap());
+        let mut buf = [0u8; 14];
+        p.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"PRI * HTTP/2.0");
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b"GET / HTTP/1.1").await.unwrap();
+        let mut p = Prefixed::new(Vec::new(), b);
+        assert!(!p.starts_with(b"PRI").await.unwrap());
+        let mut buf = [0u8; 14];
+        p.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"GET / HTTP/1.1");
     }
 }

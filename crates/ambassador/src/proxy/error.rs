@@ -22,12 +22,21 @@ pub enum TransportError {
     /// The connection broke or the server spoke bad HTTP.
     #[error("{0}")]
     Http(String),
+    /// The caller's own request body failed (a malformed chunk, an upload cut short): it says
+    /// nothing about the server, and the caller is answered 400.
+    #[error("the request body could not be read: {0}")]
+    RequestBody(String),
 }
 
 impl TransportError {
     /// True when the request never reached the server (connect or handshake failure).
     pub fn is_connect_failure(&self) -> bool {
-        !matches!(self, Self::Http(_))
+        !matches!(self, Self::Http(_) | Self::RequestBody(_))
+    }
+
+    /// True when the caller's request broke, not the server.
+    pub fn is_caller_failure(&self) -> bool {
+        matches!(self, Self::RequestBody(_))
     }
 
     /// The `kind` label of `ambassador_upstream_errors_total`.
@@ -37,6 +46,7 @@ impl TransportError {
             Self::Tls { .. } => "tls",
             Self::IdentityMismatch { .. } => "identity_mismatch",
             Self::Http(_) => "http",
+            Self::RequestBody(_) => "request_body",
         }
     }
 }

@@ -51,6 +51,12 @@ pub trait TryFailure: fmt::Display {
     fn endpoint_is_wrong(&self) -> bool {
         false
     }
+
+    /// True when the caller's own request broke the try (its body was malformed or cut short):
+    /// it says nothing about the endpoint, so it neither counts against it nor is retried.
+    fn caller_failed(&self) -> bool {
+        false
+    }
 }
 
 /// A ready-made [`TryFailure`] for senders without an error type of their own.
@@ -511,6 +517,15 @@ impl Route {
                         TryOutcome::Success
                     };
                     (outcome, retry.then_some("status"), Ok(response))
+                }
+                Ok(Err(error)) if error.caller_failed() => {
+                    // Neither a success nor a failure of the endpoint: the guard drops unscored.
+                    drop(guard);
+                    return Err(RouteError::Failed {
+                        route: Arc::clone(&self.inner.name),
+                        endpoint: state.addr(),
+                        error,
+                    });
                 }
                 Ok(Err(error)) => {
                     let connect = error.is_connect_failure();

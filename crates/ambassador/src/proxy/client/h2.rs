@@ -297,8 +297,11 @@ impl H2Conns {
             }
         };
         drop(send);
-        let pipe = (!eos).then(|| tokio::spawn(pipe_body(body, stream)).abort_handle());
-        respond(response, PipeGuard(pipe), addr)
+        let body_failed = Arc::new(std::sync::OnceLock::new());
+        let pipe = (!eos).then(|| {
+            tokio::spawn(pipe_body(body, stream, body_failed.clone())).abort_handle()
+        });
+        respond(response, PipeGuard(pipe), addr, &body_failed)
             .await
             .map_err(|e| (e, None))
     }
@@ -308,8 +311,14 @@ async fn respond(
     response: ResponseFuture,
     pipe: PipeGuard,
     addr: std::net::SocketAddr,
+    body_failed: &std::sync::OnceLock<String>,
 ) -> Result<Response<H2Body>, TransportError> {
-    match response.await {
+    let result = response.await;
+    if let (Err(_), Some(why)) = (&result, body_failed.get()) {
+        // We reset the stream because the caller's body failed: the remote is not to blame.
+        return Err(TransportError::RequestBody(why.clone()));
+    }
+    match result {
         Ok(response) => {
             let exact = response
                 .headers()
@@ -396,7 +405,11 @@ async fn drive<T>(
 }
 
 /// Streams a request body into its h2 stream, within the flow-control window the remote grants.
-async fn pipe_body(mut body: ProxyBody, mut stream: SendStream<Bytes>) {
+async fn pipe_body(
+    mut body: ProxyBody,
+    mut stream: SendStream<Bytes>,
+    failed: Arc<std::sync::OnceLock<String>>,
+) {
     loop {
         let frame = poll_fn(|cx| {
             if let Poll::Ready(reset) = stream.poll_reset(cx) {
@@ -414,6 +427,7 @@ async fn pipe_body(mut body: ProxyBody, mut stream: SendStream<Bytes>) {
             }
             Ok(Some(Err(e))) => {
                 tracing::debug!(error = %e, "request body failed: resetting the stream");
+                let _ = failed.set(e.to_string());
                 stream.send_reset(Reason::CANCEL);
                 return;
             }
