@@ -361,7 +361,7 @@ fn bind9_json_channel_reads_as_its_xml_channel() {
     );
     assert_eq!(
         json.get("bind_response_rcodes_total", &[("rcode", "NXDOMAIN")]),
-        Some(2.0)
+        Some(6.0)
     );
     // Captured a moment apart from the same server: only the statistics channel's own tasks
     // may have moved. BIND's JSON channel leaves out the server and resolver counters that are
@@ -372,7 +372,7 @@ fn bind9_json_channel_reads_as_its_xml_channel() {
         .keys()
         .chain(x.keys())
         .filter(|k| j.get(*k) != x.get(*k))
-        .filter(|k| !(j.get(*k).is_none() && x.get(*k) == Some(&0.0)))
+        .filter(|k| j.contains_key(*k) || x.get(*k) != Some(&0.0))
         .collect();
     assert!(
         moved.iter().all(|k| k.starts_with("bind_tasks[")),

@@ -4,7 +4,7 @@
 //! - an object's member is an element named by its key; an array's item, an element named by
 //!   its index (`0`, `1`, ...), so `*` matches every key or every item;
 //! - a scalar is the text of its element: a number as written, a string decoded, `true` and
-//!   `false`; `null` has no text.
+//!   `false`; a `null` member or item is absent (so `on_missing` decides, never a 0).
 //!
 //! Nothing of the document is kept but the parser's bytes not parsed yet (one token at most)
 //! and what the run keeps of the open elements and records.
@@ -74,8 +74,9 @@ pub(super) struct JsonTranslator<'e> {
     /// Position of `window[0]` in the document.
     window_start: u64,
     containers: Vec<Container>,
-    /// An item's index as a name.
-    index: String,
+    /// The key of the member whose value comes next, or an item's index: the name of the
+    /// element that value starts.
+    name: String,
     ended: bool,
 }
 
@@ -101,7 +102,7 @@ impl<'e> JsonTranslator<'e> {
             window,
             window_start: 0,
             containers: Vec::new(),
-            index: String::new(),
+            name: String::new(),
             ended: false,
         }
     }
@@ -173,7 +174,11 @@ impl<'e> JsonTranslator<'e> {
     /// One event, whose token starts at or after byte `pos`.
     fn event(&mut self, ev: JsonEvent<'_>, pos: u64) -> Result<(), DocumentError> {
         let value = match ev {
-            JsonEvent::ObjectKey(k) => return self.run.start(&Key(&k), pos),
+            JsonEvent::ObjectKey(k) => {
+                self.name.clear();
+                self.name.push_str(&k);
+                return Ok(());
+            }
             JsonEvent::EndObject | JsonEvent::EndArray => {
                 self.containers.pop();
                 self.run.end_top();
@@ -182,18 +187,23 @@ impl<'e> JsonTranslator<'e> {
             JsonEvent::Eof => return Ok(()),
             v => v,
         };
-        // A value starts: an array's item is an element of its own; a member's element
-        // started with its key.
+        // A value starts: its element is named by its key or index.
         match self.containers.last_mut() {
             None => self.run.start_root(),
             Some(Container::Array(next)) => {
                 use std::fmt::Write;
-                self.index.clear();
-                let _ = write!(self.index, "{next}");
+                self.name.clear();
+                let _ = write!(self.name, "{next}");
                 *next += 1;
-                self.run.start(&Key(&self.index), pos)?;
+                if !matches!(value, JsonEvent::Null) {
+                    self.run.start(&Key(&self.name), pos)?;
+                }
             }
-            Some(Container::Object) => {}
+            Some(Container::Object) => {
+                if !matches!(value, JsonEvent::Null) {
+                    self.run.start(&Key(&self.name), pos)?;
+                }
+            }
         }
         let text: &str = match &value {
             JsonEvent::StartObject => {
@@ -207,6 +217,8 @@ impl<'e> JsonTranslator<'e> {
             JsonEvent::String(s) | JsonEvent::Number(s) => s,
             JsonEvent::Boolean(true) => "true",
             JsonEvent::Boolean(false) => "false",
+            // Absent, unless it is the whole document (a root without text).
+            JsonEvent::Null if !self.containers.is_empty() => return Ok(()),
             _ => "",
         };
         if !text.is_empty() {
