@@ -165,7 +165,16 @@ impl<'e> JsonTranslator<'e> {
                 }
                 Some(Ok(ev)) => self.event(ev, at)?,
                 Some(Err(e)) => {
-                    return Err(malformed_json(e.location().start.offset, e.message()));
+                    let at = e.location().start.offset;
+                    // Every byte was offered before the end without an error: what fails
+                    // only at the end is a value or container the document left open.
+                    if last {
+                        return Err(malformed_json(
+                            at,
+                            format!("the document ends early: truncated? ({})", e.message()),
+                        ));
+                    }
+                    return Err(malformed_json(at, e.message()));
                 }
             }
         }

@@ -185,6 +185,10 @@ fn malformed_documents_are_refused_whole() {
             assert!(e.starts_with("malformed JSON at byte "), "{doc}: {e}");
         }
     }
+    for cut in [10, 25, 40, SERVERS.len() - 1] {
+        let e = run(m, &SERVERS[..cut]).unwrap_err().to_string();
+        assert!(e.contains("truncated?"), "{cut}: {e}");
+    }
     let bad_utf8 = b"{\"qtypes\": {\"A\": \"\xff\"}}";
     let e = engine(m).translate(&bad_utf8[..]).unwrap_err().to_string();
     assert!(e.starts_with("malformed JSON"), "{e}");
