@@ -25,8 +25,10 @@ mod layers;
 mod metrics;
 mod outbound;
 mod proxy;
+mod ratelimit;
 pub mod resilience;
 mod shard;
+mod trace;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -75,7 +77,7 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         let accept = inbound::bind(
             route.clone(),
             config.limits,
-            config.access_log,
+            config.telemetry(),
             &reloader,
             &metrics,
             &shards,

@@ -7,4 +7,6 @@ mod merge;
 mod model;
 
 pub use self::flags::Cli;
-pub use self::model::{AppProtocol, Config, InboundRoute, Limits, Mode, OutboundRoute};
+pub use self::model::{
+    AppProtocol, Config, ForwardedHeaders, InboundRoute, Limits, Mode, OutboundRoute, Telemetry,
+};

@@ -11,6 +11,7 @@
 //!
 //! Each module here imports only modules listed after it (and `config`, `metrics`).
 
+pub mod access_log;
 pub mod body;
 pub mod client;
 pub mod conn;

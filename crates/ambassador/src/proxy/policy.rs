@@ -12,15 +12,26 @@ use http::{Method, Request, Response, StatusCode};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Limits;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use crate::config::{Limits, Telemetry};
 use crate::metrics::{Limit, RouteMetrics};
+use crate::proxy::access_log::{Entry, Logged};
 use crate::proxy::forward::{ResponseBody, answer};
+use crate::ratelimit::{RateKey, RateLimiter, retry_after_seconds};
+use crate::trace::{self, NewTraces};
 
 /// The per-request policies of one listener.
 #[derive(Debug)]
 pub struct RequestPolicy {
     max_header_bytes: usize,
     access_log: bool,
+    access_log_query: bool,
+    new_traces: NewTraces,
+    /// The route's token buckets (inbound routes with `rate_limit:`).
+    rate_limit: Option<RateLimiter>,
     /// Cancelled once shutdown is requested.
     requested: CancellationToken,
     /// End-user authentication (inbound routes with `jwt:`).
@@ -32,8 +43,8 @@ pub struct RequestPolicy {
 pub struct Exchange {
     start: Instant,
     method: Method,
-    /// The path, when the access log is on.
-    path: String,
+    /// What the access log will say, when it is on.
+    log: Option<Box<Entry>>,
     /// Whether the client speaks HTTP/1 on this connection.
     http1: bool,
     /// The end user the request was authenticated as (a JWT's `sub`), for keyed rate limits
@@ -47,13 +58,36 @@ impl Exchange {
     pub fn method(&self) -> &Method {
         &self.method
     }
+
+    /// The counter of request body bytes the access log reports, when it is on.
+    pub fn request_bytes(&self) -> Option<Arc<AtomicU64>> {
+        self.log.as_ref().map(|e| e.request_bytes.clone())
+    }
+
+    /// Records where the request went and how many times it was sent again, for the log.
+    pub fn set_upstream(&mut self, endpoint: Option<SocketAddr>, retries: u32) {
+        if let Some(entry) = &mut self.log {
+            entry.upstream = endpoint;
+            entry.retries = retries;
+        }
+    }
+
+    /// Records the request's `X-Request-Id`, for the log.
+    pub fn set_request_id(&mut self, id: &HeaderValue) {
+        if let Some(entry) = &mut self.log {
+            entry.request_id = id.to_str().ok().map(str::to_owned);
+        }
+    }
 }
 
 impl RequestPolicy {
-    pub fn new(limits: &Limits, access_log: bool, requested: CancellationToken) -> Self {
+    pub fn new(limits: &Limits, telemetry: Telemetry, requested: CancellationToken) -> Self {
         Self {
             max_header_bytes: limits.max_header_bytes,
-            access_log,
+            access_log: telemetry.access_log,
+            access_log_query: telemetry.access_log_query,
+            new_traces: telemetry.new_traces,
+            rate_limit: None,
             requested,
             jwt: None,
         }
@@ -66,16 +100,20 @@ impl RequestPolicy {
         self
     }
 
+    /// Limits the rate of the route's requests ([`RequestPolicy::limit_rate`]).
+    pub fn with_rate_limit(mut self, limiter: RateLimiter) -> Self {
+        self.rate_limit = Some(limiter);
+        self
+    }
+
     /// Starts the record of a request whose head has arrived.
     pub fn begin<B>(&self, req: &Request<B>, http1: bool) -> Exchange {
         Exchange {
             start: Instant::now(),
             method: req.method().clone(),
-            path: if self.access_log {
-                req.uri().path().to_owned()
-            } else {
-                String::new()
-            },
+            log: self
+                .access_log
+                .then(|| Box::new(Entry::new(req, self.access_log_query))),
             http1,
             user_id: None,
             refusal: None,
@@ -90,6 +128,10 @@ impl RequestPolicy {
         exchange: &mut Exchange,
         metrics: &RouteMetrics,
     ) -> Option<Response<ResponseBody>> {
+        let trace_id = trace::propagate(req.headers_mut(), self.new_traces);
+        if let Some(entry) = &mut exchange.log {
+            entry.trace_id = trace_id;
+        }
         // HTTP/1 heads are held to the limit by hyper's read buffer (431 from hyper, counted
         // when the connection ends).
         if !exchange.http1
@@ -109,6 +151,38 @@ impl RequestPolicy {
         None
     }
 
+    /// `429 Too Many Requests` with `Retry-After` when the bucket of the request's caller
+    /// (`peer`, or the user [`RequestPolicy::check`] authenticated) is empty; counted in
+    /// `metrics`.
+    pub fn limit_rate(
+        &self,
+        exchange: &mut Exchange,
+        peer: &str,
+        metrics: &RouteMetrics,
+    ) -> Option<Response<ResponseBody>> {
+        let limiter = self.rate_limit.as_ref()?;
+        let key = match limiter.key() {
+            RateKey::Route => "",
+            RateKey::Peer => peer,
+            RateKey::User => exchange.user_id.as_deref().unwrap_or(peer),
+        };
+        let wait = limiter.acquire(key).err()?;
+        metrics.limit_exceeded(Limit::RateLimit);
+        exchange.refusal = Some("rate_limited");
+        let seconds = retry_after_seconds(wait);
+        let mut response = answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "ambassador: route `{}`: rate limit reached; retry in {seconds} s\n",
+                metrics.route()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        Some(response)
+    }
+
     /// Completes the exchange as its response head goes out: counts it in `metrics` (the
     /// route's), logs it with `peer` (who called), and asks an HTTP/1 client to close once
     /// shutdown is requested.
@@ -118,16 +192,22 @@ impl RequestPolicy {
         metrics: &RouteMetrics,
         peer: &str,
         mut response: Response<ResponseBody>,
-    ) -> Response<ResponseBody> {
+    ) -> Response<Logged<ResponseBody>> {
         if exchange.http1 {
             close_if_shutting_down(response.headers_mut(), &self.requested);
         }
         let seconds = exchange.start.elapsed().as_secs_f64();
         metrics.observe(response.status(), seconds);
-        if self.access_log {
-            access_log(metrics, &exchange, response.status(), seconds, peer);
-        }
-        response
+        let Some(mut entry) = exchange.log else {
+            return response.map(Logged::plain);
+        };
+        entry.status = response.status().as_u16();
+        entry.direction = metrics.direction();
+        metrics.route().clone_into(&mut entry.route);
+        peer.clone_into(&mut entry.peer);
+        entry.user = exchange.user_id;
+        entry.refusal = exchange.refusal;
+        response.map(|body| Logged::new(body, Some(entry)))
     }
 }
 
@@ -189,28 +269,6 @@ fn refuse_jwt(reason: crate::jwt::Refusal) -> Response<ResponseBody> {
             .insert(header::WWW_AUTHENTICATE, value);
     }
     response
-}
-
-/// Writes one access-log line (tracing target `access`; JSON with `--log-format json`).
-fn access_log(
-    metrics: &RouteMetrics,
-    exchange: &Exchange,
-    status: StatusCode,
-    seconds: f64,
-    peer: &str,
-) {
-    tracing::info!(
-        target: "access",
-        direction = metrics.direction().as_str(),
-        route = metrics.route(),
-        method = exchange.method.as_str(),
-        path = exchange.path.as_str(),
-        status = status.as_u16(),
-        duration_ms = seconds * 1000.0,
-        peer,
-        user = exchange.user_id.as_deref(),
-        refusal = exchange.refusal,
-    );
 }
 
 /// Adds `Connection: close` to an HTTP/1 response once shutdown is requested, so clients move
