@@ -39,7 +39,7 @@ pub enum Limit {
     /// A connection closed for resetting more streams than it let finish.
     StreamResets,
     /// A request refused by the route's `rate_limit` (answered 429).
-    RateLimit,
+    RateLimited,
 }
 
 impl Limit {
@@ -52,7 +52,7 @@ impl Limit {
             Self::PendingConnections => "pending_connections",
             Self::MaxAppRequests => "max_app_requests",
             Self::StreamResets => "stream_resets",
-            Self::RateLimit => "rate_limit",
+            Self::RateLimited => "rate_limit",
         }
     }
 }

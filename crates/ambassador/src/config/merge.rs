@@ -185,10 +185,7 @@ impl Config {
             limits,
             access_log,
             access_log_query: cli.access_log_query || file_cfg.access_log_query.unwrap_or(false),
-            new_traces: cli
-                .new_traces
-                .or(file_cfg.new_traces)
-                .unwrap_or_default(),
+            new_traces: cli.new_traces.or(file_cfg.new_traces).unwrap_or_default(),
             inbound,
             outbound,
             host_router,

@@ -481,11 +481,10 @@ async fn handle(
         AppProtocol::Http1 => Version::HTTP_11,
         AppProtocol::H2c => Version::HTTP_2,
     };
+    let req = req.map(|body| Either::Left(Counted::new(body, exchange.request_bytes())));
     // Boxed: awaited in place, the app's request future would be part of this one, which
     // hyper's task for the stream holds and moves whole.
-    let response = match Box::pin(listener.app.request(
-        req.map(|body| Either::Left(Counted::new(body, exchange.request_bytes()))),
-    )).await {
+    let response = match Box::pin(listener.app.request(req)).await {
         Ok(mut response) => {
             let status = response.status();
             match client_upgrade {

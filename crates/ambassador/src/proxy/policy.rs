@@ -167,7 +167,7 @@ impl RequestPolicy {
             RateKey::User => exchange.user_id.as_deref().unwrap_or(peer),
         };
         let wait = limiter.acquire(key).err()?;
-        metrics.limit_exceeded(Limit::RateLimit);
+        metrics.limit_exceeded(Limit::RateLimited);
         exchange.refusal = Some("rate_limited");
         let seconds = retry_after_seconds(wait);
         let mut response = answer(

@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
 use crate::metrics::{Direction, Limit, RouteMetrics};
+use crate::proxy::access_log::Logged;
 use crate::proxy::conn::{
     self, Activity, Closed, Ended, Guarded, LogLimiter, PendingGuard, Reclaim, RequestGuard,
     Tracked,
 };
-use crate::proxy::access_log::Logged;
 use crate::proxy::forward::{self, ResponseBody};
 use crate::proxy::policy::h2_header_list_limit;
 
