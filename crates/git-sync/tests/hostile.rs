@@ -148,7 +148,7 @@ impl Running {
     /// Waits for a refusal for `reason`, then for two more syncs: the revision stays held
     /// back (counted once) and the first tree stays published.
     fn assert_refused(&self, reason: &str, detail: &str) {
-        wait::until(DEADLINE, &format!("a {reason} refusal"), || {
+        wait::until(DEADLINE, format!("a {reason} refusal"), || {
             self.refusals(reason) >= 1.0
         });
         let held = |gs: &GitSync| {
