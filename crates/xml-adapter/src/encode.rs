@@ -17,6 +17,8 @@ pub enum Kind {
     Info,
     Stateset,
     Histogram,
+    /// Quantiles read from the document (a `quantile` label), with `_sum` and `_count`.
+    Summary,
 }
 
 /// The part of a sample name after the family name.
@@ -73,6 +75,16 @@ impl Family {
             Kind::Gauge | Kind::Info | Kind::Stateset => "gauge",
             Kind::Untyped => "untyped",
             Kind::Histogram => "histogram",
+            Kind::Summary => "summary",
+        }
+    }
+
+    /// The type `/json` and `check --format json` give a sample: the mapping's own word.
+    fn json_type(&self) -> &'static str {
+        match self.kind {
+            Kind::Info => "info",
+            Kind::Stateset => "stateset",
+            _ => self.text_type(),
         }
     }
 
@@ -84,6 +96,7 @@ impl Family {
             Kind::Info => "info",
             Kind::Stateset => "stateset",
             Kind::Histogram => "histogram",
+            Kind::Summary => "summary",
         }
     }
 
@@ -296,7 +309,39 @@ pub fn encode(families: &[&Family], format: Format) -> String {
         if om && let Some(unit) = &f.unit {
             let _ = writeln!(out, "# UNIT {header_name} {unit}");
         }
-        for s in &f.samples {
+        // OpenMetrics wants a histogram's or summary's `_count` and `_sum` both or neither; a
+        // document that gives no sum leaves the count to the `+Inf` bucket (text 0.0.4 keeps it).
+        let with_sum: Vec<&[(String, String)]> =
+            if om && matches!(f.kind, Kind::Histogram | Kind::Summary) {
+                f.samples
+                    .iter()
+                    .filter(|s| s.suffix == Suffix::Sum)
+                    .map(|s| s.labels.as_slice())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        let mut order: Vec<&Sample> = f.samples.iter().collect();
+        if om && f.kind == Kind::Stateset {
+            // A stateset's states are one point: contiguous, whatever labels sort after the
+            // state label (a stable sort keeps the states' order).
+            let point = |s: &Sample| {
+                s.labels
+                    .iter()
+                    .filter(|(k, _)| *k != f.name)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            order.sort_by_cached_key(|s| point(s));
+        }
+        for s in order {
+            if om
+                && s.suffix == Suffix::Count
+                && matches!(f.kind, Kind::Histogram | Kind::Summary)
+                && !with_sum.contains(&s.labels.as_slice())
+            {
+                continue;
+            }
             f.write_sample_name(&mut out, s, om);
             write_labels(&mut out, &s.labels);
             out.push(' ');
@@ -328,7 +373,7 @@ pub fn encode_json(families: &[&Family]) -> serde_json::Value {
             };
             samples.push(serde_json::json!({
                 "name": f.sample_name(s, false),
-                "type": f.text_type(),
+                "type": f.json_type(),
                 "help": f.help,
                 "labels": labels,
                 "value": value,
@@ -422,6 +467,51 @@ mod tests {
             Format::Text004
         );
         assert_eq!(Format::negotiate(Some("application/json")), Format::Text004);
+    }
+
+    #[test]
+    fn openmetrics_count_only_with_sum() {
+        let mut h = Family::new("rtt_seconds", "RTT.", Kind::Histogram);
+        let s = |suffix, labels: &[(&str, &str)], value| Sample {
+            suffix,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value,
+        };
+        h.samples
+            .push(s(Suffix::Bucket, &[("v", "a"), ("le", "+Inf")], 3.0));
+        h.samples.push(s(Suffix::Count, &[("v", "a")], 3.0));
+        h.samples
+            .push(s(Suffix::Bucket, &[("v", "b"), ("le", "+Inf")], 2.0));
+        h.samples.push(s(Suffix::Count, &[("v", "b")], 2.0));
+        h.samples.push(s(Suffix::Sum, &[("v", "b")], 0.5));
+        let om = encode(&[&h], Format::OpenMetrics);
+        assert!(!om.contains("rtt_seconds_count{v=\"a\"}"), "{om}");
+        assert!(om.contains("rtt_seconds_count{v=\"b\"} 2\n"), "{om}");
+        assert!(om.contains("rtt_seconds_sum{v=\"b\"} 0.5\n"), "{om}");
+        let text = encode(&[&h], Format::Text004);
+        assert!(text.contains("rtt_seconds_count{v=\"a\"} 3\n"), "{text}");
+    }
+
+    #[test]
+    fn json_types_are_the_mappings() {
+        let mut info = Family::new("app_build_info", "", Kind::Info);
+        info.samples.push(Sample {
+            suffix: Suffix::None,
+            labels: vec![],
+            value: 1.0,
+        });
+        let mut set = Family::new("app_state", "", Kind::Stateset);
+        set.samples.push(Sample {
+            suffix: Suffix::None,
+            labels: vec![("app_state".into(), "up".into())],
+            value: 1.0,
+        });
+        let j = encode_json(&[&info, &set]);
+        assert_eq!(j[0]["type"], "info");
+        assert_eq!(j[1]["type"], "stateset");
     }
 
     #[test]

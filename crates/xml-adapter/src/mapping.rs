@@ -99,6 +99,18 @@ pub struct RuleSpec {
     /// Stateset: the possible states; the value text says which one is set.
     #[serde(default)]
     pub states: Vec<String>,
+    /// Summary: relative path of the record's quantile (e.g. `@quantile`), in [0, 1].
+    #[serde(default)]
+    pub quantile: Option<String>,
+    /// Histogram or summary: relative path of the sum of the observations (served as `_sum`).
+    #[serde(default)]
+    pub sum: Option<String>,
+    /// Transforms of the sum (the rule's own `transforms` apply to the bucket or quantile).
+    #[serde(default)]
+    pub sum_transforms: Vec<TransformSpec>,
+    /// Summary: relative path of the number of observations (served as `_count`).
+    #[serde(default)]
+    pub count: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,9 +196,15 @@ pub struct Label {
 
 #[derive(Debug)]
 pub struct Histogram {
+    /// The bucket key, or a summary's quantile.
     pub bucket: RelPath,
+    /// Bucket key -> upper bound; empty for a summary.
     pub bounds: HashMap<String, f64>,
     pub cumulative: bool,
+    pub sum: Option<RelPath>,
+    pub sum_transforms: Vec<Transform>,
+    pub count: Option<RelPath>,
+    pub summary: bool,
 }
 
 /// A compiled rule.
@@ -388,6 +406,7 @@ impl Mapping {
             }
             let reserved: &[&str] = match r.kind {
                 Kind::Histogram => &["le"],
+                Kind::Summary => &["quantile"],
                 _ => &[],
             };
             for res in reserved {
@@ -408,12 +427,52 @@ impl Mapping {
                 if !bounds.values().any(|b| *b == f64::INFINITY) {
                     return Err(rule_err("a histogram needs a `+Inf` bucket".into()));
                 }
+                if r.quantile.is_some() || r.count.is_some() {
+                    return Err(rule_err(
+                        "`quantile`/`count` are for `type: summary` (a histogram's count is \
+                         its `+Inf` bucket)"
+                            .into(),
+                    ));
+                }
                 Some(Histogram {
                     bucket: rel(bucket)?,
                     bounds,
                     cumulative: r.cumulative,
+                    sum: r.sum.as_deref().map(rel).transpose()?,
+                    sum_transforms: compile_chain(&r.sum_transforms)?,
+                    count: None,
+                    summary: false,
+                })
+            } else if r.kind == Kind::Summary {
+                if r.bucket.is_some() || !r.buckets.is_empty() {
+                    return Err(rule_err(
+                        "`bucket`/`buckets` are for `type: histogram`".into(),
+                    ));
+                }
+                let need = |f: &Option<String>, what: &str| {
+                    f.as_deref()
+                        .ok_or_else(|| rule_err(format!("a summary needs `{what}`")))
+                        .and_then(rel)
+                };
+                Some(Histogram {
+                    bucket: need(&r.quantile, "quantile")?,
+                    bounds: HashMap::new(),
+                    cumulative: false,
+                    sum: Some(need(&r.sum, "sum")?),
+                    sum_transforms: compile_chain(&r.sum_transforms)?,
+                    count: Some(need(&r.count, "count")?),
+                    summary: true,
                 })
             } else {
+                if r.quantile.is_some()
+                    || r.sum.is_some()
+                    || r.count.is_some()
+                    || !r.sum_transforms.is_empty()
+                {
+                    return Err(rule_err(
+                        "`quantile`/`sum`/`count` are for `type: summary` and `histogram`".into(),
+                    ));
+                }
                 if r.bucket.is_some() || !r.buckets.is_empty() {
                     return Err(rule_err(
                         "`bucket`/`buckets` are for `type: histogram`".into(),
@@ -431,7 +490,12 @@ impl Mapping {
             } else if !r.states.is_empty() {
                 return Err(rule_err("`states` is for `type: stateset`".into()));
             }
-            if r.split && matches!(r.kind, Kind::Histogram | Kind::Stateset | Kind::Info) {
+            if r.split
+                && matches!(
+                    r.kind,
+                    Kind::Histogram | Kind::Summary | Kind::Stateset | Kind::Info
+                )
+            {
                 return Err(rule_err(
                     "`split` works with counter, gauge and untyped".into(),
                 ));
@@ -441,14 +505,20 @@ impl Mapping {
                 || value.needs_namespaces()
                 || labels.iter().any(|l| l.path.needs_namespaces())
                 || content.iter().any(Predicate::needs_namespaces)
-                || histogram
-                    .as_ref()
-                    .is_some_and(|h| h.bucket.needs_namespaces());
+                || histogram.as_ref().is_some_and(|h| {
+                    [Some(&h.bucket), h.sum.as_ref(), h.count.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .any(RelPath::needs_namespaces)
+                });
             if prefixed_above_record(&value)
                 || labels.iter().any(|l| prefixed_above_record(&l.path))
-                || histogram
-                    .as_ref()
-                    .is_some_and(|h| prefixed_above_record(&h.bucket))
+                || histogram.as_ref().is_some_and(|h| {
+                    [Some(&h.bucket), h.sum.as_ref(), h.count.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .any(prefixed_above_record)
+                })
             {
                 // Ancestors keep only their raw start tag, whose prefixes are not resolved.
                 return Err(rule_err(
@@ -589,6 +659,14 @@ rules:
             (
                 "rules:\n  - {name: a, type: stateset, path: /a}\n",
                 "states",
+            ),
+            (
+                "rules:\n  - {name: a, type: summary, path: /a, quantile: '@q', sum: ../s}\n",
+                "a summary needs `count`",
+            ),
+            (
+                "rules:\n  - {name: a, type: gauge, path: /a, sum: ../s}\n",
+                "for `type: summary`",
             ),
             (
                 "rules:\n  - {name: xml_adapter_up, type: gauge, path: /a}\n",

@@ -47,7 +47,8 @@ pub enum TransformSpec {
         from: String,
         to: String,
     },
-    /// Multiply by a factor (`0.001` for milliseconds to seconds).
+    /// Multiply by a factor (`0.001` for milliseconds to seconds); exact when the text is
+    /// decimal (`1005` scaled by `0.001` is `1.005`).
     Scale(f64),
     /// Add a constant (e.g. a UTC offset in seconds after `date`).
     Add(f64),
@@ -55,6 +56,11 @@ pub enum TransformSpec {
     Bytes,
     /// `0d 1h 3m 2s`, `1h30m`, `250ms`, `01:02:03` to seconds.
     Duration,
+    /// `2400 MHz`, `35 C`, `87%`, `1.5 KB/s` to the number before the unit (the unit is not
+    /// converted: follow with `scale`).
+    Number,
+    /// `{unit: MHz}`: like `number`, but the text must end in exactly this unit.
+    Unit(String),
     /// `{date: rfc3339}` or a strftime-style format (`%m/%d/%Y %H:%M:%S`) to epoch seconds, UTC
     /// unless the format has `%z`.
     Date(String),
@@ -87,6 +93,8 @@ pub enum Transform {
     Add(f64),
     Bytes,
     Duration,
+    Number,
+    Unit(String),
     Date(DateFormat),
     SkipIf(Vec<String>),
     NanIf(Vec<String>),
@@ -174,6 +182,14 @@ impl TransformSpec {
             TransformSpec::Add(f) => Transform::Add(*f),
             TransformSpec::Bytes => Transform::Bytes,
             TransformSpec::Duration => Transform::Duration,
+            TransformSpec::Number => Transform::Number,
+            TransformSpec::Unit(u) => {
+                let u = u.trim();
+                if u.is_empty() || u.starts_with(|c: char| c.is_ascii_digit()) {
+                    return Err(format!("unit `{u}` must be a unit name such as `MHz`"));
+                }
+                Transform::Unit(u.to_string())
+            }
             TransformSpec::Date(f) => {
                 if f.eq_ignore_ascii_case("rfc3339") || f.eq_ignore_ascii_case("iso8601") {
                     Transform::Date(DateFormat::Rfc3339)
@@ -265,10 +281,28 @@ impl Transform {
             Transform::Replace(r, to) => {
                 Val::Str(r.replace_all(&v.into_text(), to.as_str()).into_owned())
             }
-            Transform::Scale(f) => Val::Num(v.num()? * f),
+            Transform::Scale(f) => Val::Num(match &v {
+                Val::Str(s) => decimal_mul(s, *f).map_or_else(|| v.num().map(|n| n * f), Ok)?,
+                Val::Num(n) => n * f,
+            }),
             Transform::Add(f) => Val::Num(v.num()? + f),
             Transform::Bytes => Val::Num(parse_bytes(&v.into_text())?),
             Transform::Duration => Val::Num(parse_duration(&v.into_text())?),
+            Transform::Number => {
+                let text = v.into_text();
+                Val::Str(split_number_text(&text)?.0.to_string())
+            }
+            Transform::Unit(unit) => {
+                let text = v.into_text();
+                let (n, rest) = split_number_text(&text)?;
+                if rest != unit {
+                    return Err(format!(
+                        "`{}`: expected a number in `{unit}`, found unit `{rest}`",
+                        truncate(&text)
+                    ));
+                }
+                Val::Str(n.to_string())
+            }
             Transform::Date(fmt) => {
                 let text = v.into_text();
                 Val::Num(match fmt {
@@ -298,23 +332,71 @@ impl Transform {
     }
 }
 
-fn split_number_unit(s: &str) -> Result<(f64, &str), String> {
+/// The number a text starts with (as text) and the unit after it, both trimmed.
+fn split_number_text(s: &str) -> Result<(&str, &str), String> {
     let t = s.trim();
     let end = t
         .char_indices()
         .find(|(_, c)| !(c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E')))
         .map_or(t.len(), |(i, _)| i);
-    // `e` may start a unit ("5 EiB") rather than an exponent: back off if the number fails.
+    // `e` may start a unit (`5 EiB`) rather than an exponent: back off until it parses.
     let mut cut = end;
-    loop {
-        if let Ok(n) = t[..cut].parse::<f64>() {
-            return Ok((n, t[cut..].trim()));
-        }
-        if cut == 0 {
-            return Err(format!("`{}` does not start with a number", truncate(t)));
+    while cut > 0 {
+        if t[..cut].parse::<f64>().is_ok() {
+            return Ok((&t[..cut], t[cut..].trim()));
         }
         cut -= 1;
     }
+    Err(format!("`{}` does not start with a number", truncate(t)))
+}
+
+/// A decimal text as an integer and a power of ten, when it fits.
+fn parse_decimal(s: &str) -> Option<(i128, i32)> {
+    let t = s.trim();
+    let (t, exp) = match t.find(['e', 'E']) {
+        Some(i) => (&t[..i], t[i + 1..].parse::<i32>().ok()?),
+        None => (t, 0),
+    };
+    let (neg, t) = match t.as_bytes().first()? {
+        b'-' => (true, &t[1..]),
+        b'+' => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let mut m: i128 = 0;
+    for b in int.bytes().chain(frac.bytes()) {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        m = m.checked_mul(10)?.checked_add(i128::from(b - b'0'))?;
+    }
+    let exp = exp.checked_sub(i32::try_from(frac.len()).ok()?)?;
+    Some((if neg { -m } else { m }, exp))
+}
+
+/// `text * factor` computed in decimal and rounded once, so that `1005 * 0.001` is `1.005`
+/// (binary floating point gives `1.0050000000000001`). `None` when the text is not a plain
+/// decimal or the digits do not fit.
+fn decimal_mul(text: &str, factor: f64) -> Option<f64> {
+    if !factor.is_finite() {
+        return None;
+    }
+    let (a, ea) = parse_decimal(text)?;
+    // `{:e}` prints the shortest digits that read back as the same factor: `0.001` is `1e-3`.
+    let (b, eb) = parse_decimal(&format!("{factor:e}"))?;
+    let m = a.checked_mul(b)?;
+    format!("{m}e{}", ea.checked_add(eb)?).parse::<f64>().ok()
+}
+
+fn split_number_unit(s: &str) -> Result<(f64, &str), String> {
+    let (n, unit) = split_number_text(s)?;
+    let n = n
+        .parse::<f64>()
+        .map_err(|_| format!("`{}` does not start with a number", truncate(s)))?;
+    Ok((n, unit))
 }
 
 /// `19968 MiB` -> 20937965568.
@@ -620,6 +702,58 @@ mod tests {
 
     fn chain(specs: &[TransformSpec]) -> Vec<Transform> {
         specs.iter().map(|s| s.compile().unwrap()).collect()
+    }
+
+    #[test]
+    fn scale_is_exact_on_decimal_text() {
+        let chain = [TransformSpec::Scale(0.001).compile().unwrap()];
+        assert_eq!(apply_numeric(&chain, "1005").unwrap(), Some(1.005));
+        assert_eq!(apply_numeric(&chain, "-2.5e3").unwrap(), Some(-2.5));
+        assert_eq!(apply_numeric(&chain, " 7 ").unwrap(), Some(0.007));
+        let third = [TransformSpec::Scale(0.1).compile().unwrap()];
+        assert_eq!(apply_numeric(&third, "3").unwrap(), Some(0.3));
+        // Not decimal text: the float product.
+        assert_eq!(apply_numeric(&chain, "+Inf").unwrap(), Some(f64::INFINITY));
+    }
+
+    #[test]
+    fn units_without_a_regex() {
+        let number = [TransformSpec::Number.compile().unwrap()];
+        for (text, want) in [
+            ("2400 MHz", 2400.0),
+            ("35 C", 35.0),
+            ("87%", 87.0),
+            ("1.5 KB/s", 1.5),
+            ("12W", 12.0),
+            ("-3.25 dBm", -3.25),
+            ("42", 42.0),
+        ] {
+            assert_eq!(apply_numeric(&number, text).unwrap(), Some(want), "{text}");
+        }
+        assert!(
+            apply_numeric(&number, "MHz")
+                .unwrap_err()
+                .contains("does not start")
+        );
+        let mhz = [
+            TransformSpec::Unit("MHz".into()).compile().unwrap(),
+            TransformSpec::Scale(1e6).compile().unwrap(),
+        ];
+        assert_eq!(
+            apply_numeric(&mhz, "2400.5 MHz").unwrap(),
+            Some(2_400_500_000.0)
+        );
+        let e = apply_numeric(&mhz, "2.4 GHz").unwrap_err();
+        assert!(
+            e.contains("expected a number in `MHz`, found unit `GHz`"),
+            "{e}"
+        );
+        let kbs = [
+            TransformSpec::Unit("KB/s".into()).compile().unwrap(),
+            TransformSpec::Scale(1000.0).compile().unwrap(),
+        ];
+        assert_eq!(apply_numeric(&kbs, "1.5 KB/s").unwrap(), Some(1500.0));
+        assert!(TransformSpec::Unit("".into()).compile().is_err());
     }
 
     #[test]

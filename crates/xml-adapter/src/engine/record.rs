@@ -409,15 +409,50 @@ impl<F: Format> Recorder<'_, '_, F> {
                     .report
                     .issue(ri, Reason::Missing, || "no bucket key".into());
             };
-            // Records whose key is not a bucket are not part of this histogram.
-            let Some(&bound) = h.bounds.get(key.trim()) else {
+            let bound = if h.summary {
+                match transform::parse_number(&key) {
+                    Ok(q) if (0.0..=1.0).contains(&q) => q,
+                    _ => {
+                        return self.report.issue(ri, Reason::BadValue, || {
+                            format!("quantile `{}` is not a number in [0, 1]", key.trim())
+                        });
+                    }
+                }
+            } else {
+                // Records whose key is not a bucket are not part of this histogram.
+                let Some(&bound) = h.bounds.get(key.trim()) else {
+                    return;
+                };
+                bound
+            };
+            let Some(Some(value)) = values.first().copied() else {
                 return;
             };
-            let Some(Some(v)) = values.first().copied() else {
-                return;
+            let read = |path: Option<&crate::path::RelPath>, chain, what: &str| {
+                let Some(path) = path else {
+                    return Ok(None);
+                };
+                let Some(raw) = self.view.read(node, path) else {
+                    return Ok(None);
+                };
+                transform::apply_numeric(chain, &raw).map_err(|e| format!("{what}: {e}"))
+            };
+            let sum = read(h.sum.as_ref(), &h.sum_transforms[..], "sum");
+            let count = read(h.count.as_ref(), &[][..], "count");
+            let (sum, count) = match (sum, count) {
+                (Ok(s), Ok(c)) => (s, c),
+                (Err(e), _) | (_, Err(e)) => {
+                    return self.report.issue(ri, Reason::BadValue, || e);
+                }
+            };
+            let point = super::series::Point {
+                bound,
+                value,
+                sum,
+                count,
             };
             self.series
-                .add_bucket(rule.family, flatten(&labels, 0), ri, bound, v);
+                .add_bucket(rule.family, flatten(&labels, 0), ri, point);
             return;
         }
         let out: Vec<f64> = values.into_iter().flatten().collect();

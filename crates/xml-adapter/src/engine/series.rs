@@ -37,8 +37,27 @@ struct SeriesTable {
     live: usize,
 }
 
-/// Per family: label set -> (rule, (upper bound, count) per bucket record).
-type HistogramGroups = HashMap<Vec<(String, String)>, (usize, Vec<(f64, f64)>)>;
+/// Per family: label set -> its buckets (or quantiles), sum and count.
+type HistogramGroups = HashMap<Vec<(String, String)>, Group>;
+
+/// One histogram's or summary's records so far.
+#[derive(Debug)]
+struct Group {
+    rule: usize,
+    /// (upper bound, count) per bucket record, or (quantile, value) per quantile record.
+    points: Vec<(f64, f64)>,
+    sum: Option<f64>,
+    count: Option<f64>,
+}
+
+/// What one bucket or quantile record gives.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Point {
+    pub(super) bound: f64,
+    pub(super) value: f64,
+    pub(super) sum: Option<f64>,
+    pub(super) count: Option<f64>,
+}
 
 #[derive(Debug, Default)]
 pub(super) struct Series {
@@ -145,19 +164,25 @@ impl Series {
         table.last = Some(i);
     }
 
-    /// A histogram rule's bucket record: `value` for the bucket `bound` of the label set.
+    /// A histogram rule's bucket record (or a summary's quantile record) of the label set.
     pub(super) fn add_bucket(
         &mut self,
         family: usize,
         labels: Vec<(String, String)>,
         ri: usize,
-        bound: f64,
-        value: f64,
+        point: Point,
     ) {
         let entry = self.histograms[family]
             .entry(labels)
-            .or_insert_with(|| (ri, Vec::new()));
-        entry.1.push((bound, value));
+            .or_insert_with(|| Group {
+                rule: ri,
+                points: Vec::new(),
+                sum: None,
+                count: None,
+            });
+        entry.points.push((point.bound, point.value));
+        entry.sum = point.sum.or(entry.sum);
+        entry.count = point.count.or(entry.count);
     }
 
     /// The families of the document (the `up` metric first, when the mapping has one), and
@@ -209,10 +234,61 @@ impl Series {
             }
             let mut groups: Vec<_> = hist.into_iter().collect();
             groups.sort_by(|a, b| a.0.cmp(&b.0));
-            for (labels, (ri, mut buckets)) in groups {
+            for (labels, group) in groups {
+                let ri = group.rule;
                 let rule = &engine.mapping.rules[ri];
                 let Some(h) = &rule.histogram else { continue };
+                let mut buckets = group.points;
                 buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let mut l = labels.clone();
+                l.extend(rule.const_labels.iter().cloned());
+                l.sort();
+                let tail = |fam: &mut Family, l: &[(String, String)], count: f64| {
+                    fam.samples.push(Sample {
+                        suffix: Suffix::Count,
+                        labels: l.to_vec(),
+                        value: count,
+                    });
+                    if let Some(sum) = group.sum {
+                        fam.samples.push(Sample {
+                            suffix: Suffix::Sum,
+                            labels: l.to_vec(),
+                            value: sum,
+                        });
+                    }
+                };
+                if h.summary {
+                    if buckets.windows(2).any(|w| w[0].0 == w[1].0) {
+                        let l = format!("{labels:?}");
+                        report.issue(ri, Reason::Duplicate, || {
+                            format!("a quantile appears twice for {l}")
+                        });
+                        continue;
+                    }
+                    let (Some(count), Some(_)) = (group.count, group.sum) else {
+                        let l = format!("{labels:?}");
+                        report.issue(ri, Reason::Missing, || {
+                            format!("no sum or no count for {l}")
+                        });
+                        continue;
+                    };
+                    if series + buckets.len() as u64 + 2 > max_series {
+                        report.truncated("series");
+                        continue;
+                    }
+                    series += buckets.len() as u64 + 2;
+                    for (q, v) in &buckets {
+                        let mut ql = l.clone();
+                        ql.push(("quantile".into(), crate::encode::format_value(*q)));
+                        fam.samples.push(Sample {
+                            suffix: Suffix::None,
+                            labels: ql,
+                            value: *v,
+                        });
+                    }
+                    tail(&mut fam, &l, count);
+                    continue;
+                }
                 if buckets.windows(2).any(|w| w[0].0 == w[1].0) {
                     let l = format!("{labels:?}");
                     report.issue(ri, Reason::Duplicate, || {
@@ -225,7 +301,7 @@ impl Series {
                     report.issue(ri, Reason::Missing, || format!("no +Inf bucket for {l}"));
                     continue;
                 }
-                if series + buckets.len() as u64 + 1 > max_series {
+                if series + buckets.len() as u64 + 1 + u64::from(group.sum.is_some()) > max_series {
                     report.truncated("series");
                     continue;
                 }
@@ -250,16 +326,9 @@ impl Series {
                     });
                     continue;
                 }
-                let mut l = labels.clone();
-                l.extend(rule.const_labels.iter().cloned());
-                l.sort();
-                series += full.len() as u64 + 1;
+                series += full.len() as u64 + 1 + u64::from(group.sum.is_some());
                 fam.samples.extend(full);
-                fam.samples.push(Sample {
-                    suffix: Suffix::Count,
-                    labels: l,
-                    value: acc,
-                });
+                tail(&mut fam, &l, acc);
             }
             families.push(fam);
         }
