@@ -166,20 +166,24 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 async fn json(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let _in_flight = state.sidecar.shutdown().in_flight();
     let snap = state.current(&headers).await;
-    let fams: Vec<&Family> = snap.families.iter().collect();
-    let at = snap
-        .at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let doc = serde_json::json!({
-        "up": snap.error.is_none(),
-        "error": snap.error,
-        "fetched_at": at,
-        "samples": encode_json(&fams),
-    });
+    let doc = json_document(&snap.families, snap.error.as_deref(), snap.at);
     let text =
         serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     body_response(&headers, "application/json", text)
+}
+
+/// The `/json` envelope (also what `check --format json` prints).
+fn json_document(families: &[Family], error: Option<&str>, at: SystemTime) -> serde_json::Value {
+    let fams: Vec<&Family> = families.iter().collect();
+    let at = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    serde_json::json!({
+        "up": error.is_none(),
+        "error": error,
+        "fetched_at": at,
+        "samples": encode_json(&fams),
+    })
 }
 
 async fn index() -> &'static str {
@@ -330,7 +334,8 @@ pub fn check(
         crate::config::CheckFormat::Text => encode(&fams, Format::Text004),
         crate::config::CheckFormat::Openmetrics => encode(&fams, Format::OpenMetrics),
         crate::config::CheckFormat::Json => {
-            serde_json::to_string_pretty(&encode_json(&fams)).unwrap_or_default() + "\n"
+            let doc = json_document(&families, error.as_deref(), SystemTime::now());
+            serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
         }
     };
     print!("{out}");

@@ -205,4 +205,22 @@ fn summaries_histogram_sums_and_units_in_every_format() {
         "{text}"
     );
     assert!(text.contains("app_rtt_seconds_count 3\n"), "{text}");
+
+    // The /json envelope, as the server serves it.
+    let (code, json, err) = check(&mapping, &input, "json");
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["up"], true, "{json}");
+    assert!(doc["error"].is_null(), "{json}");
+    assert!(
+        doc["fetched_at"].as_f64().is_some_and(|t| t > 0.0),
+        "{json}"
+    );
+    let samples = doc["samples"].as_array().unwrap();
+    assert!(
+        samples
+            .iter()
+            .any(|s| s["name"] == "app_latency_seconds_sum" && s["type"] == "summary"),
+        "{json}"
+    );
 }
