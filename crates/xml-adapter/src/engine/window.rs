@@ -124,6 +124,9 @@ impl<'e> XmlTranslator<'e> {
                 Ok(Event::Text(_)) if !last && reader.buffer_position() as usize == view.len() => {
                     break;
                 }
+                Ok(_) if reader.buffer_position() as usize - pos > self.max_event => {
+                    return Err(too_long(at, self.max_event));
+                }
                 Ok(ev) => {
                     event_with(&mut self.run, self.namespaces.as_mut(), ev, at)?;
                     used = reader.buffer_position() as usize;
@@ -137,13 +140,7 @@ impl<'e> XmlTranslator<'e> {
         let used = skip + used;
         let left = self.window.len() - used;
         if used == 0 && left > self.max_event {
-            return Err(malformed(
-                base,
-                format!(
-                    "a tag or text node longer than max_record_bytes ({} bytes)",
-                    self.max_event
-                ),
-            ));
+            return Err(too_long(base, self.max_event));
         }
         // The window must grow when one event fills all of it.
         self.parse_at = if used == 0 {
@@ -155,6 +152,13 @@ impl<'e> XmlTranslator<'e> {
         self.window_start += used as u64;
         Ok(())
     }
+}
+
+fn too_long(at: u64, max: usize) -> DocumentError {
+    malformed(
+        at,
+        format!("a tag or text node longer than max_record_bytes ({max} bytes)"),
+    )
 }
 
 fn configure(c: &mut quick_xml::reader::Config) {
@@ -186,5 +190,29 @@ fn cut_by_window(e: &quick_xml::Error, win: &[u8], start: usize) -> bool {
             _ => !rest.iter().any(|b| matches!(b, b'<' | b'&')),
         },
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::Engine;
+    use crate::mapping::Mapping;
+
+    fn translate(attr: usize) -> Result<u64, String> {
+        let mapping = "rules:\n  - {name: v, help: V., type: gauge, path: /d/v, value: '@n'}\n";
+        let engine = Engine::new(Mapping::parse(mapping, "test.yaml").expect("mapping"));
+        let doc = format!("<d><v n=\"1\" pad=\"{}\"/></d>", "x".repeat(attr));
+        engine
+            .translate(doc.as_bytes())
+            .map(|t| t.series)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn one_event_longer_than_the_cap_refuses_the_document() {
+        // The cap is max_record_bytes (1 MiB by default), and never less than the window.
+        assert_eq!(translate(super::WINDOW / 2), Ok(1));
+        let err = translate(2 << 20).expect_err("a 2 MiB tag");
+        assert!(err.contains("longer than max_record_bytes"), "{err}");
     }
 }
