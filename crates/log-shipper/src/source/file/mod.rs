@@ -63,7 +63,9 @@ pub struct FileInputSpec {
 /// Below this many bytes a fingerprint is too short to call another file a copy.
 const COPY_MIN_FINGERPRINT: u32 = 64;
 /// Bytes read from one file before the others get their turn (and the most one chunk holds).
-const READ_BUDGET: usize = 256 << 10;
+/// A chunk's events stay in memory until every batch holding one of them is sent, so the
+/// chunk size, not only the batch size, bounds the shipper's memory under a backlog.
+const READ_BUDGET: usize = 64 << 10;
 /// While the pipeline does not take a chunk (back-pressure), new files are still opened this
 /// often: a file held open survives being renamed away before it is read.
 const BLOCKED_DISCOVERY: Duration = Duration::from_millis(100);
