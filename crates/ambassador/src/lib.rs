@@ -18,6 +18,8 @@
 
 mod authz;
 mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 mod inbound;
 mod jwt;
 #[cfg(test)]

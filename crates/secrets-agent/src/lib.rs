@@ -13,6 +13,8 @@ mod agent;
 mod auth;
 mod cli;
 mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod openbao;
 mod publish;

@@ -1,0 +1,45 @@
+//! What the fuzz targets share: cutting one input into several, and a config file to hand to a
+//! sidecar's real loader (which reads its `--config` from a path).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// Splits `data` at its first NUL byte: (before, after). Without one, the second part is empty.
+pub fn split2(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[]),
+    }
+}
+
+/// Splits `data` at its first two NUL bytes.
+pub fn split3(data: &[u8]) -> (&[u8], &[u8], &[u8]) {
+    let (a, rest) = split2(data);
+    let (b, c) = split2(rest);
+    (a, b, c)
+}
+
+/// The bytes as text, or `None` when they are not UTF-8 (the sidecars read their text inputs
+/// as UTF-8 and refuse the rest before any parser sees them).
+pub fn text(data: &[u8]) -> Option<&str> {
+    std::str::from_utf8(data).ok()
+}
+
+/// Writes `data` to this process's config file and returns its path: one file per fuzzing
+/// process, rewritten for each input.
+pub fn config_file(data: &[u8]) -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    let path = PATH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sidecars-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating the fuzz config directory");
+        dir.join("config.yaml")
+    });
+    std::fs::write(path, data).expect("writing the fuzz config file");
+    path.clone()
+}
+
+/// Chunk sizes for feeding a stream parser: taken from the input's first byte, so the fuzzer
+/// explores where reads are cut.
+pub fn chunk_size(data: &[u8]) -> usize {
+    data.first().map_or(1, |&b| usize::from(b % 64) + 1)
+}
