@@ -267,6 +267,15 @@ mod tests {
         let cli = parse(&["check", "--config", "m.yaml", "--input", "d.xml"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Check { .. })));
         assert_eq!(cli.kit.config, None);
+        // --help says what the adapter then enforces: the mapping is required.
+        let help = sidecar_kit::cli::command_with::<Cli>(&INFO, CONFIG_FILE)
+            .render_long_help()
+            .to_string();
+        assert!(
+            help.contains("The YAML file with the mapping (required)."),
+            "{help}"
+        );
+        assert!(!help.contains("Optional YAML"), "{help}");
     }
 
     #[test]
