@@ -261,7 +261,8 @@ async fn start_and_check(setup: &Setup, procs: &RefCell<Processes>) -> anyhow::R
 
     // A secrets-agent per pod: logs in with its AppRole, issues its pod's certificate and
     // publishes it where the ambassador reads it.
-    let ttl = humantime::format_duration(setup.cert_ttl).to_string();
+    // Whole seconds: OpenBao reads Go durations, and humantime's `1m 33s` has a space in it.
+    let ttl = format!("{}s", setup.cert_ttl.as_secs().max(1));
     for (pod, admin) in [("pod-a", p.admin_agent_a), ("pod-b", p.admin_agent_b)] {
         let own = dir.join(pod);
         let (role_id, secret_id) = bao.approle_files(pod, &own.join("approle")).await?;
