@@ -317,6 +317,15 @@ async fn keys_over_https_trust_only_the_configured_ca() {
         "{}",
         ready.body
     );
+    // The failure is the fetch from OpenBao over HTTPS, not the configuration.
+    assert!(
+        ready.body.contains(&format!(
+            "{}/.well-known/openid-configuration",
+            issuer.issuer()
+        )),
+        "{}",
+        ready.body
+    );
     let reply = untrusted.bearer(&token).await;
     assert_eq!(
         reply.status,
