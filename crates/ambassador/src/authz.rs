@@ -120,7 +120,10 @@ impl DnsPattern {
         if self.wildcard {
             let n = dns.len();
             let s = self.name.len();
-            n > s && dns[n - s..].eq_ignore_ascii_case(&self.name) && !dns[..n - s].contains('.')
+            // A peer's name may hold any UTF-8: the suffix is compared as bytes, never cut
+            // inside a character.
+            let (head, tail) = dns.as_bytes().split_at(n.saturating_sub(s));
+            n > s && tail.eq_ignore_ascii_case(self.name.as_bytes()) && !head.contains(&b'.')
         } else {
             dns.eq_ignore_ascii_case(&self.name)
         }
@@ -216,6 +219,15 @@ mod tests {
         let exact = DnsPattern::parse("web.prod.svc").unwrap();
         assert!(exact.matches("WEB.prod.svc"));
         assert!(!exact.matches("web.prod.svc.evil"));
+    }
+
+    #[test]
+    fn dns_wildcard_on_a_name_with_multibyte_characters() {
+        // The suffix was sliced at a byte inside `é`: a panic (found writing the fuzz target).
+        let w = DnsPattern::parse("*.a").unwrap();
+        assert!(!w.matches("éa"));
+        assert!(w.matches("é.a"));
+        assert!(!w.matches("x.éa"));
     }
 
     #[test]
