@@ -298,9 +298,8 @@ impl H2Conns {
         };
         drop(send);
         let body_failed = Arc::new(std::sync::OnceLock::new());
-        let pipe = (!eos).then(|| {
-            tokio::spawn(pipe_body(body, stream, body_failed.clone())).abort_handle()
-        });
+        let pipe = (!eos)
+            .then(|| tokio::spawn(pipe_body(body, stream, body_failed.clone())).abort_handle());
         respond(response, PipeGuard(pipe), addr, &body_failed)
             .await
             .map_err(|e| (e, None))
