@@ -191,13 +191,13 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
         let Some(permit) = budget.try_acquire() else {
             listener.metrics.limit_exceeded(Limit::MaxConnections);
             let Some(permit) = overflow.try_acquire() else {
-                if let Some(held) = listener.refusal_log.allow() {
+                if let Some(held) = listener.refusal_log.allow("max_connections") {
                     tracing::warn!(route = %listener.route.name, %peer, similar_lines_held_back = held, "connection closed: max_connections reached");
                 }
                 drop(stream);
                 continue;
             };
-            if let Some(held) = listener.refusal_log.allow() {
+            if let Some(held) = listener.refusal_log.allow("max_connections") {
                 tracing::warn!(route = %listener.route.name, %peer, similar_lines_held_back = held, "connection refused with 503: max_connections reached");
             }
             let listener = listener.clone();
@@ -210,7 +210,7 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
         let (place, evicted) = pending.admit();
         if evicted {
             listener.metrics.limit_exceeded(Limit::PendingConnections);
-            if let Some(held) = listener.refusal_log.allow() {
+            if let Some(held) = listener.refusal_log.allow("max_pending_connections") {
                 tracing::warn!(route = %listener.route.name, similar_lines_held_back = held, "max_pending_connections reached: the oldest connection without a request was closed");
             }
         }
@@ -247,14 +247,14 @@ async fn serve_connection(
         Ok(Err(e)) => {
             let reason = refusal_reason(&e);
             listener.metrics.tls_failure(reason);
-            if let Some(held) = listener.refusal_log.allow() {
+            if let Some(held) = listener.refusal_log.allow(reason) {
                 tracing::warn!(route = %listener.route.name, %peer, reason, error = %e, similar_lines_held_back = held, "peer refused");
             }
             return;
         }
         Err(_) => {
             listener.metrics.tls_failure("handshake_error");
-            if let Some(held) = listener.refusal_log.allow() {
+            if let Some(held) = listener.refusal_log.allow("handshake_error") {
                 tracing::warn!(route = %listener.route.name, %peer, reason = "handshake_error", similar_lines_held_back = held, "TLS handshake timed out");
             }
             return;
@@ -318,7 +318,7 @@ async fn refuse_over_limit(listener: &Listener, stream: TcpStream, peer: SocketA
             Err(e) => {
                 let reason = refusal_reason(&e);
                 listener.metrics.tls_failure(reason);
-                if let Some(held) = listener.refusal_log.allow() {
+                if let Some(held) = listener.refusal_log.allow(reason) {
                     tracing::warn!(route = %name, %peer, reason, error = %e, similar_lines_held_back = held, "peer refused");
                 }
                 return;

@@ -206,7 +206,7 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
         let _ = stream.set_nodelay(true);
         let Some(permit) = budget.try_acquire() else {
             listener.metrics.limit_exceeded(Limit::MaxConnections);
-            if let Some(held) = listener.refusal_log.allow() {
+            if let Some(held) = listener.refusal_log.allow("max_connections") {
                 tracing::warn!(listener = %listener.name, %peer, similar_lines_held_back = held, "connection refused: max_connections reached");
             }
             if listener.mode == Mode::Http {
@@ -225,7 +225,7 @@ async fn accept_loop(listener: Arc<Listener>, tcp: TcpListener) {
             let (place, evicted) = pending.admit();
             if evicted {
                 listener.metrics.limit_exceeded(Limit::PendingConnections);
-                if let Some(held) = listener.refusal_log.allow() {
+                if let Some(held) = listener.refusal_log.allow("max_pending_connections") {
                     tracing::warn!(listener = %listener.name, similar_lines_held_back = held, "max_pending_connections reached: the oldest connection without a request was closed");
                 }
             }

@@ -737,32 +737,43 @@ impl Drop for PendingGuard {
 /// fill the disk and spend a core on logging).
 #[derive(Debug, Default)]
 pub struct LogLimiter {
+    /// Per kind of refusal (a handful of fixed names): one kind's flood never hides another's
+    /// first line.
+    kinds: std::sync::Mutex<Vec<(&'static str, KindLimit)>>,
+}
+
+#[derive(Debug, Default)]
+struct KindLimit {
     /// The second (since start) of the last line let through, plus one; 0 before the first.
-    second: AtomicU64,
-    held: AtomicU64,
+    second: u64,
+    held: u64,
 }
 
 impl LogLimiter {
     pub const fn new() -> Self {
         Self {
-            second: AtomicU64::new(0),
-            held: AtomicU64::new(0),
+            kinds: std::sync::Mutex::new(Vec::new()),
         }
     }
 
-    /// Some(lines held back since the last one) when a line may be logged now.
-    pub fn allow(&self) -> Option<u64> {
+    /// Some(lines of this kind held back since the last one) when a line of `kind` may be
+    /// logged now: one a second per kind.
+    pub fn allow(&self, kind: &'static str) -> Option<u64> {
         let second = now_ms() / 1000 + 1;
-        let last = self.second.load(Ordering::Relaxed);
-        if last != second
-            && self
-                .second
-                .compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            return Some(self.held.swap(0, Ordering::Relaxed));
+        let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        let at = match kinds.iter().position(|(k, _)| *k == kind) {
+            Some(at) => at,
+            None => {
+                kinds.push((kind, KindLimit::default()));
+                kinds.len() - 1
+            }
+        };
+        let limit = &mut kinds[at].1;
+        if limit.second != second {
+            limit.second = second;
+            return Some(std::mem::take(&mut limit.held));
         }
-        self.held.fetch_add(1, Ordering::Relaxed);
+        limit.held += 1;
         None
     }
 }
@@ -902,11 +913,14 @@ mod tests {
     }
 
     #[test]
-    fn the_log_limiter_lets_one_line_a_second_through() {
+    fn the_log_limiter_lets_one_line_a_second_through_per_kind() {
         let limiter = LogLimiter::new();
-        assert_eq!(limiter.allow(), Some(0));
-        assert_eq!(limiter.allow(), None);
-        assert_eq!(limiter.allow(), None);
+        assert_eq!(limiter.allow("unknown_ca"), Some(0));
+        assert_eq!(limiter.allow("unknown_ca"), None);
+        assert_eq!(limiter.allow("unknown_ca"), None);
+        // Another kind of refusal is not hidden by the first one's flood.
+        assert_eq!(limiter.allow("expired"), Some(0));
+        assert_eq!(limiter.allow("expired"), None);
     }
 
     #[tokio::test]

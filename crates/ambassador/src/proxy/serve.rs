@@ -165,7 +165,7 @@ impl Drop for ResetWatch {
         self.metrics.protocol_error("stream_reset");
         if self.activity.on_reset() {
             static LOG: LogLimiter = LogLimiter::new();
-            if let Some(held) = LOG.allow() {
+            if let Some(held) = LOG.allow("stream_resets") {
                 tracing::warn!(
                     route = self.metrics.route(),
                     similar_lines_held_back = held,
@@ -209,17 +209,17 @@ fn report_end(metrics: &RouteMetrics, ended: &Ended<hyper::Error>, peer: SocketA
         }
         Ended::HeaderTimeout => "request head not complete in time: answered 408",
     };
-    // An attacker causes these at will: at most one line a second per direction.
+    // An attacker causes these at will: at most one line a second per direction and kind.
     static INBOUND: LogLimiter = LogLimiter::new();
     static OUTBOUND: LogLimiter = LogLimiter::new();
     match metrics.direction() {
         Direction::Inbound => {
-            if let Some(held) = INBOUND.allow() {
+            if let Some(held) = INBOUND.allow(line) {
                 tracing::warn!(target: "ambassador::inbound", route, %peer, similar_lines_held_back = held, "{line}");
             }
         }
         Direction::Outbound => {
-            if let Some(held) = OUTBOUND.allow() {
+            if let Some(held) = OUTBOUND.allow(line) {
                 tracing::warn!(target: "ambassador::outbound", route, %peer, similar_lines_held_back = held, "{line}");
             }
         }
