@@ -8,7 +8,7 @@ mod common;
 mod jwt_support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,179 +21,9 @@ use test_support::certs::Ca;
 use test_support::process::Process;
 use test_support::wait::Wait;
 
-use jwt_support::{bao_or_skip, kid_of, start_header_app};
+use jwt_support::{Issuer, bao_or_skip, kid_of, start_header_app};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A `bao server -dev -dev-tls` with an OIDC provider: key `es` (ES256), role `web` (audience
-/// `web-api`), user `alice`.
-struct TlsIssuer {
-    bin: PathBuf,
-    /// `https://127.0.0.1:PORT`.
-    addr: String,
-    /// Holds OpenBao's CA, certificate and key, and the CLI's HOME.
-    dir: tempfile::TempDir,
-    _process: Process,
-    user_token: String,
-    entity_id: String,
-}
-
-impl TlsIssuer {
-    fn start(bin: &Path) -> TlsIssuer {
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
-            let mut cmd = Command::new(bin);
-            cmd.args([
-                "server",
-                "-dev",
-                "-dev-tls",
-                &format!("-dev-tls-cert-dir={}", dir.path().display()),
-                "-dev-root-token-id=root",
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-                "-dev-no-store-token",
-            ])
-            .env("HOME", dir.path());
-            let mut process = Process::spawn("bao", cmd);
-            let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let up = Wait::new("bao to listen with TLS")
-                .timeout(DEADLINE)
-                .elapsed(|| {
-                    process.try_exit().is_some() || std::net::TcpStream::connect(listen).is_ok()
-                })
-                .is_some()
-                && process.try_exit().is_none();
-            if up {
-                let mut issuer = TlsIssuer {
-                    bin: bin.to_owned(),
-                    addr: format!("https://127.0.0.1:{port}"),
-                    dir,
-                    _process: process,
-                    user_token: String::new(),
-                    entity_id: String::new(),
-                };
-                assert!(issuer.ca().is_file(), "bao -dev-tls wrote no CA");
-                issuer.configure();
-                return issuer;
-            }
-        }
-        panic!("bao server -dev -dev-tls did not start");
-    }
-
-    /// The CA that signed OpenBao's server certificate.
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("vault-ca.pem")
-    }
-
-    fn configure(&mut self) {
-        self.run(
-            "root",
-            &[
-                "write",
-                "identity/oidc/key/es",
-                "algorithm=ES256",
-                "allowed_client_ids=*",
-                "rotation_period=24h",
-                "verification_ttl=24h",
-            ],
-        );
-        self.run(
-            "root",
-            &[
-                "write",
-                "identity/oidc/role/web",
-                "key=es",
-                "ttl=1h",
-                "client_id=web-api",
-            ],
-        );
-        self.run("root", &["auth", "enable", "userpass"]);
-        self.run(
-            "root",
-            &[
-                "write",
-                "auth/userpass/users/alice",
-                "password=pw",
-                "token_policies=default",
-            ],
-        );
-        let policy = self.dir.path().join("oidc.hcl");
-        std::fs::write(
-            &policy,
-            "path \"identity/oidc/token/*\" { capabilities = [\"read\"] }\n",
-        )
-        .unwrap();
-        self.run(
-            "root",
-            &["policy", "write", "oidc", &policy.display().to_string()],
-        );
-        self.user_token = self
-            .run(
-                "root",
-                &[
-                    "login",
-                    "-method=userpass",
-                    "-no-store",
-                    "-token-only",
-                    "username=alice",
-                    "password=pw",
-                ],
-            )
-            .trim()
-            .to_owned();
-        let lookup: Value =
-            serde_json::from_str(&self.run(&self.user_token, &["token", "lookup", "-format=json"]))
-                .unwrap();
-        self.entity_id = lookup["data"]["entity_id"].as_str().unwrap().to_owned();
-        self.run(
-            "root",
-            &[
-                "write",
-                "identity/group",
-                "name=admin",
-                &format!("member_entity_ids={}", self.entity_id),
-                "policies=oidc",
-            ],
-        );
-    }
-
-    /// `bao ARGS` with `token` over TLS, which must succeed; its stdout.
-    fn run(&self, token: &str, args: &[&str]) -> String {
-        let out = Command::new(&self.bin)
-            .args(args)
-            .env("BAO_ADDR", &self.addr)
-            .env("BAO_CACERT", self.ca())
-            .env("BAO_TOKEN", token)
-            .env("HOME", self.dir.path())
-            .env_remove("VAULT_ADDR")
-            .env_remove("VAULT_TOKEN")
-            .env_remove("VAULT_CACERT")
-            .env_remove("BAO_SKIP_VERIFY")
-            .env_remove("VAULT_SKIP_VERIFY")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "bao {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn issuer(&self) -> String {
-        format!("{}/v1/identity/oidc", self.addr)
-    }
-
-    fn token(&self) -> String {
-        let out: Value = serde_json::from_str(&self.run(
-            &self.user_token,
-            &["read", "-format=json", "identity/oidc/token/web"],
-        ))
-        .unwrap();
-        out["data"]["token"].as_str().unwrap().to_owned()
-    }
-}
 
 struct Setup {
     /// Holds the certificates' directory.
@@ -206,7 +36,7 @@ struct Setup {
 /// An ambassador with one inbound route `web` in front of the header app, whose keys come
 /// from `issuer` by discovery, trusting `ca` for the key server. Waits for readiness when
 /// `ready`, else only for the admin server.
-async fn start(issuer: &TlsIssuer, ca: &Path, ready: bool) -> Setup {
+async fn start(issuer: &Issuer, ca: &Path, ready: bool) -> Setup {
     let pki = Pki::new("jwt https test CA");
     let server = pki.secret("server", "spiffe://td/ns/prod/sa/web");
     let client_leaf = pki.ca.good("spiffe://td/ns/prod/sa/frontend");
@@ -276,9 +106,9 @@ async fn keys_over_https_trust_only_the_configured_ca() {
     let Some(bin) = bao_or_skip("keys_over_https_trust_only_the_configured_ca") else {
         return;
     };
-    let issuer = TlsIssuer::start(&bin);
+    let issuer = Issuer::start_tls(&bin);
     assert!(issuer.issuer().starts_with("https://"));
-    let token = issuer.token();
+    let token = issuer.token("web");
     assert!(!kid_of(&token).is_empty());
 
     // OpenBao's own CA: discovery and the JWKS are fetched over HTTPS, the route gets ready

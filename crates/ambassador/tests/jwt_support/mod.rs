@@ -62,10 +62,13 @@ pub fn bao_or_skip(test: &str) -> Option<PathBuf> {
 
 /// A dev-mode OpenBao with an OIDC provider: keys `es` (ES256) and `rs` (RS256), roles `web`
 /// and `web-rs` (audience `web-api`, `groups` in the token), user `alice` in group `admin`.
+/// Plain HTTP, or HTTPS with a CA of OpenBao's own (`start_tls`).
 pub struct Issuer {
     bin: PathBuf,
     pub addr: String,
+    /// The CLI's HOME; with TLS, OpenBao's CA, certificate and key too.
     dir: tempfile::TempDir,
+    tls: bool,
     process: Option<Process>,
     /// alice's bao token.
     user_token: String,
@@ -74,6 +77,15 @@ pub struct Issuer {
 
 impl Issuer {
     pub fn start(bin: &Path) -> Issuer {
+        Issuer::start_with(bin, false)
+    }
+
+    /// `bao server -dev -dev-tls`: HTTPS, its certificate signed by [`Issuer::ca`].
+    pub fn start_tls(bin: &Path) -> Issuer {
+        Issuer::start_with(bin, true)
+    }
+
+    fn start_with(bin: &Path, tls: bool) -> Issuer {
         let mut issuer = None;
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
@@ -87,6 +99,12 @@ impl Issuer {
                 "-dev-no-store-token",
             ])
             .env("HOME", dir.path());
+            if tls {
+                cmd.args([
+                    "-dev-tls".to_owned(),
+                    format!("-dev-tls-cert-dir={}", dir.path().display()),
+                ]);
+            }
             let mut process = Process::spawn("bao", cmd);
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
             let up = Wait::new("bao to listen")
@@ -97,10 +115,12 @@ impl Issuer {
                 .is_some()
                 && process.try_exit().is_none();
             if up {
+                let scheme = if tls { "https" } else { "http" };
                 issuer = Some(Issuer {
                     bin: bin.to_owned(),
-                    addr: format!("http://127.0.0.1:{port}"),
+                    addr: format!("{scheme}://127.0.0.1:{port}"),
                     dir,
+                    tls,
                     process: Some(process),
                     user_token: String::new(),
                     entity_id: String::new(),
@@ -109,8 +129,16 @@ impl Issuer {
             }
         }
         let mut issuer = issuer.expect("bao server -dev did not start");
+        if tls {
+            assert!(issuer.ca().is_file(), "bao -dev-tls wrote no CA");
+        }
         issuer.configure();
         issuer
+    }
+
+    /// The CA that signed OpenBao's server certificate (with TLS).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("vault-ca.pem")
     }
 
     fn configure(&mut self) {
@@ -192,15 +220,20 @@ impl Issuer {
 
     /// `bao ARGS` with `token`, which must succeed; its stdout.
     pub fn run(&self, token: &str, args: &[&str]) -> String {
-        let out = Command::new(&self.bin)
-            .args(args)
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
             .env("BAO_ADDR", &self.addr)
             .env("BAO_TOKEN", token)
             .env("HOME", self.dir.path())
             .env_remove("VAULT_ADDR")
             .env_remove("VAULT_TOKEN")
-            .output()
-            .unwrap();
+            .env_remove("VAULT_CACERT")
+            .env_remove("BAO_SKIP_VERIFY")
+            .env_remove("VAULT_SKIP_VERIFY");
+        if self.tls {
+            cmd.env("BAO_CACERT", self.ca());
+        }
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "bao {args:?} failed: {}{}",
