@@ -16,48 +16,8 @@ use test_support::wait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const SERVER_ID: &str = "spiffe://test.example/ns/prod/sa/server";
-const CLIENT_ID: &str = "spiffe://test.example/ns/prod/sa/client";
-
 /// The memory limit of the shipped Kubernetes component (deploy/kubernetes/components/ambassador).
 const SHIPPED_LIMIT_KIB: u64 = 64 * 1024;
-
-/// An inbound ambassador in front of `app`, and an outbound one leading to it; `extra` goes to
-/// both.
-fn start_pair(
-    pki: &Pki,
-    app: SocketAddr,
-    extra: &[&str],
-) -> (Ambassador, SocketAddr, Ambassador, SocketAddr) {
-    let server = pki.secret("server", SERVER_ID);
-    let remote = addr(free_port());
-    let mut args = cert_args(&server);
-    args.extend(strings(&[
-        "--inbound-listen",
-        &remote.to_string(),
-        "--inbound-app",
-        &app.to_string(),
-        "--allow-spiffe",
-        "spiffe://test.example/ns/*/sa/client",
-    ]));
-    args.extend(strings(extra));
-    let inbound = Ambassador::start(&args);
-
-    let client = pki.secret("client", CLIENT_ID);
-    let listen = addr(free_port());
-    let mut args = cert_args(&client);
-    args.extend(strings(&[
-        "--outbound-listen",
-        &listen.to_string(),
-        "--outbound-endpoints",
-        &remote.to_string(),
-        "--outbound-identity",
-        SERVER_ID,
-    ]));
-    args.extend(strings(extra));
-    let outbound = Ambassador::start(&args);
-    (inbound, remote, outbound, listen)
-}
 
 fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -18,43 +18,7 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const SERVER_ID: &str = "spiffe://test.example/ns/prod/sa/server";
-const CLIENT_ID: &str = "spiffe://test.example/ns/prod/sa/client";
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-fn start_pair(
-    pki: &Pki,
-    app: SocketAddr,
-    extra: &[&str],
-) -> (Ambassador, SocketAddr, Ambassador, SocketAddr) {
-    let server = pki.secret("server", SERVER_ID);
-    let remote = addr(free_port());
-    let mut args = cert_args(&server);
-    args.extend(strings(&[
-        "--inbound-listen",
-        &remote.to_string(),
-        "--inbound-app",
-        &app.to_string(),
-        "--allow-spiffe",
-        "spiffe://test.example/ns/*/sa/client",
-    ]));
-    args.extend(strings(extra));
-    let inbound = Ambassador::start(&args);
-    let client = pki.secret("client", CLIENT_ID);
-    let listen = addr(free_port());
-    let mut args = cert_args(&client);
-    args.extend(strings(&[
-        "--outbound-listen",
-        &listen.to_string(),
-        "--outbound-endpoints",
-        &remote.to_string(),
-        "--outbound-identity",
-        SERVER_ID,
-    ]));
-    args.extend(strings(extra));
-    let outbound = Ambassador::start(&args);
-    (inbound, remote, outbound, listen)
-}
 
 // ---------- frames by hand ----------
 

@@ -22,9 +22,6 @@ use test_support::wait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const SERVER_ID: &str = "spiffe://test.example/ns/prod/sa/server";
-const CLIENT_ID: &str = "spiffe://test.example/ns/prod/sa/client";
-
 /// What the app received: method, path, and the body as read (or the error reading it).
 #[derive(Debug, Clone)]
 struct Seen {
@@ -113,32 +110,7 @@ struct Mesh {
 }
 
 fn start_pair(pki: Pki, app: SocketAddr, extra: &[&str]) -> Mesh {
-    let server = pki.secret("server", SERVER_ID);
-    let remote = addr(free_port());
-    let mut args = cert_args(&server);
-    args.extend(strings(&[
-        "--inbound-listen",
-        &remote.to_string(),
-        "--inbound-app",
-        &app.to_string(),
-        "--allow-spiffe",
-        "spiffe://test.example/ns/*/sa/client",
-    ]));
-    args.extend(strings(extra));
-    let inbound = Ambassador::start(&args);
-    let client = pki.secret("client", CLIENT_ID);
-    let listen = addr(free_port());
-    let mut args = cert_args(&client);
-    args.extend(strings(&[
-        "--outbound-listen",
-        &listen.to_string(),
-        "--outbound-endpoints",
-        &remote.to_string(),
-        "--outbound-identity",
-        SERVER_ID,
-    ]));
-    args.extend(strings(extra));
-    let outbound = Ambassador::start(&args);
+    let (inbound, remote, outbound, listen) = common::start_pair(&pki, app, extra);
     Mesh {
         pki,
         inbound,

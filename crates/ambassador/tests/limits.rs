@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,46 +16,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use test_support::wait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const SERVER_ID: &str = "spiffe://test.example/ns/prod/sa/server";
-const CLIENT_ID: &str = "spiffe://test.example/ns/prod/sa/client";
-
-/// An inbound ambassador in front of `app`, and an outbound one leading to it; `extra` goes to
-/// both.
-fn start_pair(
-    pki: &Pki,
-    app: SocketAddr,
-    extra: &[&str],
-) -> (Ambassador, SocketAddr, Ambassador, SocketAddr) {
-    let server = pki.secret("server", SERVER_ID);
-    let remote = addr(free_port());
-    let mut args = cert_args(&server);
-    args.extend(strings(&[
-        "--inbound-listen",
-        &remote.to_string(),
-        "--inbound-app",
-        &app.to_string(),
-        "--allow-spiffe",
-        "spiffe://test.example/ns/*/sa/client",
-    ]));
-    args.extend(strings(extra));
-    let inbound = Ambassador::start(&args);
-
-    let client = pki.secret("client", CLIENT_ID);
-    let listen = addr(free_port());
-    let mut args = cert_args(&client);
-    args.extend(strings(&[
-        "--outbound-listen",
-        &listen.to_string(),
-        "--outbound-endpoints",
-        &remote.to_string(),
-        "--outbound-identity",
-        SERVER_ID,
-    ]));
-    args.extend(strings(extra));
-    let outbound = Ambassador::start(&args);
-    (inbound, remote, outbound, listen)
-}
 
 /// How often the limit `name` was hit on the route of the flags (`inbound` or `outbound`,
 /// named after its direction); None if never.

@@ -98,6 +98,48 @@ pub fn cert_args(dir: &Path) -> Vec<String> {
 
 // ---------- the binary ----------
 
+/// The SPIFFE IDs of [`start_pair`]'s two sides.
+pub const SERVER_ID: &str = "spiffe://test.example/ns/prod/sa/server";
+pub const CLIENT_ID: &str = "spiffe://test.example/ns/prod/sa/client";
+
+/// An inbound ambassador (`SERVER_ID`, allowing `CLIENT_ID`) in front of `app`, and an outbound
+/// one (`CLIENT_ID`) leading to it: (inbound, its listener, outbound, its listener). `extra` goes
+/// to both.
+pub fn start_pair(
+    pki: &Pki,
+    app: SocketAddr,
+    extra: &[&str],
+) -> (Ambassador, SocketAddr, Ambassador, SocketAddr) {
+    let server = pki.secret("server", SERVER_ID);
+    let remote = addr(free_port());
+    let mut args = cert_args(&server);
+    args.extend(strings(&[
+        "--inbound-listen",
+        &remote.to_string(),
+        "--inbound-app",
+        &app.to_string(),
+        "--allow-spiffe",
+        "spiffe://test.example/ns/*/sa/client",
+    ]));
+    args.extend(strings(extra));
+    let inbound = Ambassador::start(&args);
+
+    let client = pki.secret("client", CLIENT_ID);
+    let listen = addr(free_port());
+    let mut args = cert_args(&client);
+    args.extend(strings(&[
+        "--outbound-listen",
+        &listen.to_string(),
+        "--outbound-endpoints",
+        &remote.to_string(),
+        "--outbound-identity",
+        SERVER_ID,
+    ]));
+    args.extend(strings(extra));
+    let outbound = Ambassador::start(&args);
+    (inbound, remote, outbound, listen)
+}
+
 /// A running ambassador, killed on drop.
 pub struct Ambassador {
     pub process: Process,
