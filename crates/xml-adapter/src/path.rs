@@ -195,8 +195,9 @@ impl<'a> Parser<'a> {
         }
     }
     fn skip_ws(&mut self) {
-        while self.rest().starts_with(char::is_whitespace) {
-            self.pos += 1;
+        // Whitespace may be more than one byte (U+00A0, U+2006).
+        while let Some(c) = self.rest().chars().next().filter(|c| c.is_whitespace()) {
+            self.pos += c.len_utf8();
         }
     }
     fn fail(&self, message: impl Into<String>) -> PathError {
@@ -627,5 +628,17 @@ mod tests {
     fn bad_regex_is_named() {
         let e = parse_record_path(r#"/a[matches(@n, "(")]"#, &ns()).unwrap_err();
         assert!(e.message.contains("bad regex"), "{e}");
+    }
+
+    #[test]
+    fn multibyte_whitespace_is_skipped_whole() {
+        // Found by fuzzing (xml_path): skipping U+2006 one byte at a time sliced inside it.
+        let ns = BTreeMap::new();
+        let _ = parse_rel_path("a[b!=\"\"]\u{2006}/c", &ns);
+        let _ = parse_record_path("/a[@b=\"\"]\u{a0}", &ns);
+        assert!(parse_rel_path("\u{2006}@name", &ns).is_ok());
+        let found = "item[@avic=\"\u{12}\"][Adn/ics/mtics/tas=\"\u{12}\"][Adn/ys/taics/mgg\u{2006}r/threaa!=\"\"]/keu";
+        let _ = parse_record_path(found, &ns);
+        let _ = parse_rel_path(found, &ns);
     }
 }
