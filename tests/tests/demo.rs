@@ -130,9 +130,11 @@ fn ctrl_c_after(line: &str) -> Vec<String> {
         .filter(|l| l.contains("stopped"))
         .cloned()
         .collect();
+    // OpenBao, two secrets-agents, pod B's app, the log store, pod B's log-shipper, ambassador,
+    // xml-adapter and git-sync, pod A's ambassador.
     assert_eq!(
         stopped.len(),
-        8,
+        10,
         "every process reports its end:\n{}",
         seen.join("\n")
     );
