@@ -815,11 +815,11 @@ fn two_pods_talk_through_their_ambassadors_with_adapter_and_git_sync() {
     );
 }
 
-/// The log-shipper image tails the app's log file on a shared volume (read-only for it) and
-/// ships every line once, parsed and enriched from the environment.
+/// The log-shipper image tails the app's log file on a shared volume (read-only for it), ships
+/// every line once, and keeps its place across a restart in its state volume.
 #[test]
 #[ignore = "needs a Docker engine"]
-fn log_shipper_ships_the_apps_log_from_a_shared_volume() {
+fn log_shipper_ships_the_apps_log_from_a_shared_volume_across_a_restart() {
     require_docker_engine();
     build_images();
     let mut res = Resources::new("logs");
@@ -830,6 +830,11 @@ fn log_shipper_ships_the_apps_log_from_a_shared_volume() {
         &[
             "-v",
             &format!("{logs}:/logs"),
+            // The app holds the pod's volumes for the pod's life, as a pod holds its emptyDirs:
+            // Docker empties a tmpfs volume when no container has it mounted, which would lose
+            // the log-shipper's checkpoints while it restarts.
+            "-v",
+            &format!("{state}:/held/log-shipper-state:ro"),
             "-p",
             "127.0.0.1::8080",
             "-p",
@@ -853,7 +858,7 @@ fn log_shipper_ships_the_apps_log_from_a_shared_volume() {
         // On every address: the test reads it through the port Docker publishes.
         &[&image("demo-app"), "collect", "--listen", "0.0.0.0:8090"],
     );
-    res.run(
+    let shipper = res.run(
         "log-shipper",
         &[
             "--network",
@@ -905,6 +910,37 @@ fn log_shipper_ships_the_apps_log_from_a_shared_volume() {
             .skip(1)
             .all(|l| l.contains(r#""pod":"pod""#) && l.contains(r#""status":200"#)),
         "every line parsed and enriched:\n{body}"
+    );
+
+    // A graceful restart (SIGTERM, as a rollout sends) keeps the checkpoint: no line again.
+    docker_ok(&["restart", "-t", "20", &shipper]);
+    requests(30);
+    let (count, body) = stored(80);
+    assert_eq!(count, 80, "no line shipped twice:\n{body}");
+    // A line sent again would come within a batch timeout (200 ms) of the others.
+    let count_now = || {
+        http("GET", store_port, "/lines")
+            .ok()
+            .and_then(|(_, body)| {
+                body.lines()
+                    .next()?
+                    .strip_prefix("lines: ")?
+                    .parse::<u64>()
+                    .ok()
+            })
+    };
+    test_support::wait::holds_for(
+        Duration::from_secs(3),
+        "the log store keeps 80 lines",
+        || count_now() == Some(80),
+    );
+    let sent: f64 = test_support::metrics::scrape(loopback(host_port(&app, 9904)))
+        .series("log_shipper_lines_sent_total")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(
+        sent, 30.0,
+        "the restarted log-shipper sent only the new lines"
     );
 }
 
