@@ -7,98 +7,28 @@
 mod common;
 mod jwt_support;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use bytes::Bytes;
-use common::*;
-use http::Request;
-use http_body_util::Full;
 use serde_json::{Value, json};
 use test_support::certs::Ca;
-use test_support::process::Process;
 use test_support::wait::Wait;
 
-use jwt_support::{Issuer, bao_or_skip, kid_of, start_header_app};
+use jwt_support::setup::{Setup, block, start};
+use jwt_support::{Issuer, bao_or_skip, kid_of};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-struct Setup {
-    /// Holds the certificates' directory.
-    _pki: Pki,
-    ambassador: Ambassador,
-    listen: SocketAddr,
-    client: std::sync::Arc<rustls::ClientConfig>,
-}
-
-/// An ambassador with one inbound route `web` in front of the header app, whose keys come
-/// from `issuer` by discovery, trusting `ca` for the key server. Waits for readiness when
-/// `ready`, else only for the admin server.
-async fn start(issuer: &Issuer, ca: &Path, ready: bool) -> Setup {
-    let pki = Pki::new("jwt https test CA");
-    let server = pki.secret("server", "spiffe://td/ns/prod/sa/web");
-    let client_leaf = pki.ca.good("spiffe://td/ns/prod/sa/frontend");
-    let client = client_tls(Some(&client_leaf), pki.ca.pem(), &[b"http/1.1"]);
-    let app = start_header_app().await;
-    let listen = addr(free_port());
-    let config = pki.path().join("ambassador.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "tls: {{cert: {s}/tls.crt, key: {s}/tls.key, ca: {s}/ca.crt}}\n\
-             inbound:\n  - name: web\n    listen: {listen}\n    app: {app}\n    \
-             allow: {{spiffe: ['spiffe://td/ns/prod/sa/frontend']}}\n    jwt:\n      \
-             issuer: {iss}\n      audiences: [web-api]\n      \
-             jwks: {{discovery: true, ca: '{ca}', refresh_interval: 1h, unknown_kid_interval: 1s}}\n",
-            s = server.display(),
-            iss = issuer.issuer(),
-            ca = ca.display(),
-        ),
-    )
-    .unwrap();
-    let args = strings(&["--config", &config.display().to_string()]);
-    let ambassador = if ready {
-        Ambassador::start(&args)
-    } else {
-        let admin = addr(free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ambassador"));
-        cmd.args(&args)
-            .arg("--admin-addr")
-            .arg(admin.to_string())
-            .args(["--log-format", "text", "--log-level", "info"]);
-        let process = Process::spawn("ambassador", cmd);
-        Wait::new("the admin server")
-            .timeout(DEADLINE)
-            .until(|| std::net::TcpStream::connect(admin).is_ok());
-        Ambassador { process, admin }
-    };
-    Setup {
-        _pki: pki,
-        ambassador,
-        listen,
-        client,
-    }
-}
-
-impl Setup {
-    async fn bearer(&self, token: &str) -> Reply {
-        let req = Request::get("/")
-            .header("host", "web.test")
-            .header("authorization", format!("Bearer {token}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        mtls_request(self.listen, self.client.clone(), req)
-            .await
-            .unwrap()
-    }
-
-    fn metric(&self, name: &str, label: (&str, &str)) -> f64 {
-        self.ambassador
-            .metric(name, &[("route", "web"), label])
-            .unwrap_or(0.0)
-    }
+/// An ambassador whose route `web` finds its keys at `issuer` by discovery, trusting `ca` for
+/// the key server.
+async fn start_with_ca(issuer: &Issuer, ca: &Path, ready: bool) -> Setup {
+    let jwt = format!(
+        "issuer: {iss}\naudiences: [web-api]\n\
+         jwks: {{discovery: true, ca: '{ca}', refresh_interval: 1h, unknown_kid_interval: 1s}}\n",
+        iss = issuer.issuer(),
+        ca = ca.display(),
+    );
+    start(&block(&jwt), ready).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,9 +43,9 @@ async fn keys_over_https_trust_only_the_configured_ca() {
 
     // OpenBao's own CA: discovery and the JWKS are fetched over HTTPS, the route gets ready
     // and the issuer's token reaches the app as the user's id.
-    let trusted = start(&issuer, &issuer.ca(), true).await;
+    let trusted = start_with_ca(&issuer, &issuer.ca(), true).await;
     assert!(trusted.metric("ambassador_jwt_jwks_refreshes_total", ("result", "ok")) >= 1.0);
-    let reply = trusted.bearer(&token).await;
+    let reply = trusted.bearer("/", &token).await;
     assert_eq!(
         reply.status,
         200,
@@ -130,7 +60,7 @@ async fn keys_over_https_trust_only_the_configured_ca() {
     // Another CA: the same server's certificate does not chain to it, so the keys never load.
     let dir = tempfile::tempdir().unwrap();
     let other = Ca::new("not OpenBao's CA").write(&dir.path().join("other-ca.pem"));
-    let untrusted = start(&issuer, &other, false).await;
+    let untrusted = start_with_ca(&issuer, &other, false).await;
     Wait::new("a failed JWKS fetch over HTTPS")
         .timeout(DEADLINE)
         .until(|| {
@@ -156,7 +86,7 @@ async fn keys_over_https_trust_only_the_configured_ca() {
         "{}",
         ready.body
     );
-    let reply = untrusted.bearer(&token).await;
+    let reply = untrusted.bearer("/", &token).await;
     assert_eq!(
         reply.status,
         503,

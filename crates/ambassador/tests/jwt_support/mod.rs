@@ -4,6 +4,8 @@
 //! got, as JSON.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod setup;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
