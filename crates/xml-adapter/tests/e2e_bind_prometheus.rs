@@ -7,7 +7,6 @@
 mod common;
 
 use std::cell::Cell;
-use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
 
@@ -30,33 +29,7 @@ async fn start_named() -> Named {
     for _ in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         let (dns_port, stats_port) = (free_port(), free_port());
-        let d = dir.path().display();
-        std::fs::write(
-            dir.path().join("named.conf"),
-            format!(
-                r#"options {{
-  directory "{d}";
-  pid-file "{d}/named.pid";
-  session-keyfile "{d}/session.key";
-  listen-on port {dns_port} {{ 127.0.0.1; }};
-  listen-on-v6 {{ none; }};
-  recursion no;
-  dnssec-validation no;
-}};
-statistics-channels {{ inet 127.0.0.1 port {stats_port} allow {{ 127.0.0.1; }}; }};
-zone "example.test" {{ type primary; file "{d}/example.test.zone"; }};
-"#
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("example.test.zone"),
-            "$TTL 300\n@ IN SOA ns.example.test. admin.example.test. 2024061501 3600 600 86400 300\n\
-             @ IN NS ns.example.test.\nns IN A 127.0.0.1\nwww IN A 127.0.0.2\n",
-        )
-        .unwrap();
-        let mut cmd = Command::new("named");
-        cmd.arg("-g").arg("-c").arg(dir.path().join("named.conf"));
+        let cmd = named_conf(dir.path(), dns_port, stats_port);
         let mut proc = Process::spawn("named", cmd);
         let mut exited = false;
         let up = Wait::new("named")
@@ -82,25 +55,6 @@ zone "example.test" {{ type primary; file "{d}/example.test.zone"; }};
         eprintln!("named did not come up, retrying:\n{}", proc.log());
     }
     panic!("named did not start");
-}
-
-/// Sends one DNS query over UDP and returns the response code.
-fn dns_query(port: u16, name: &str, id: u16) -> u8 {
-    let mut q = Vec::new();
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x00, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    sock.send_to(&q, ("127.0.0.1", port)).unwrap();
-    let mut buf = [0u8; 512];
-    let (n, _) = sock.recv_from(&mut buf).unwrap();
-    assert!(n >= 12 && buf[..2] == id.to_be_bytes());
-    buf[3] & 0x0f
 }
 
 fn percent_encode(s: &str) -> String {

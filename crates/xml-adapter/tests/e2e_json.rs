@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
 
@@ -58,56 +57,6 @@ async fn start(
         eprintln!("{name} did not come up, retrying:\n{}", proc.log());
     }
     panic!("{name} did not start");
-}
-
-fn named_conf(dir: &std::path::Path, dns: u16, stats: u16) -> Command {
-    let d = dir.display();
-    std::fs::write(
-        dir.join("named.conf"),
-        format!(
-            r#"options {{
-  directory "{d}";
-  pid-file "{d}/named.pid";
-  session-keyfile "{d}/session.key";
-  listen-on port {dns} {{ 127.0.0.1; }};
-  listen-on-v6 {{ none; }};
-  recursion no;
-  dnssec-validation no;
-}};
-statistics-channels {{ inet 127.0.0.1 port {stats} allow {{ 127.0.0.1; }}; }};
-zone "example.test" {{ type primary; file "{d}/example.test.zone"; }};
-"#
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("example.test.zone"),
-        "$TTL 300\n@ IN SOA ns.example.test. admin.example.test. 2024061501 3600 600 86400 300\n\
-         @ IN NS ns.example.test.\nns IN A 127.0.0.1\nwww IN A 127.0.0.2\n",
-    )
-    .unwrap();
-    let mut cmd = Command::new("named");
-    cmd.arg("-g").arg("-c").arg(dir.join("named.conf"));
-    cmd
-}
-
-/// Sends one DNS query (type A) over UDP and returns the response code.
-fn dns_query(port: u16, name: &str, id: u16) -> u8 {
-    let mut q = Vec::new();
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x00, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    sock.send_to(&q, ("127.0.0.1", port)).unwrap();
-    let mut buf = [0u8; 512];
-    let (n, _) = sock.recv_from(&mut buf).unwrap();
-    assert!(n >= 12 && buf[..2] == id.to_be_bytes());
-    buf[3] & 0x0f
 }
 
 /// The page's series whose name starts with `prefix`, keyed by name and labels.
