@@ -71,24 +71,37 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     s[((s.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn throughput(engine: &Engine, size: usize, runs: usize) {
-    let doc = repeated_tasks(size);
+/// The bare parse and the adapter over `doc`, interleaved `runs` times so both see the same
+/// machine noise: their median MB/s and the records the adapter matched.
+fn side_by_side(
+    engine: &Engine,
+    doc: &[u8],
+    runs: usize,
+    bare_parse: impl Fn(&[u8]),
+) -> (f64, f64, f64) {
     let mb = doc.len() as f64 / 1e6;
     let (mut bare, mut adapter) = (Vec::new(), Vec::new());
-    let mut tasks = 0.0;
+    let mut records = 0.0;
     for _ in 0..runs {
-        // Interleaved so both see the same machine noise.
         let t = Instant::now();
-        std::hint::black_box(bare_parse(&doc));
+        bare_parse(doc);
         bare.push(mb / t.elapsed().as_secs_f64());
         let t = Instant::now();
         let out = engine
-            .translate(BufReader::with_capacity(64 * 1024, &doc[..]))
+            .translate(BufReader::with_capacity(64 * 1024, doc))
             .unwrap();
         adapter.push(mb / t.elapsed().as_secs_f64());
-        tasks = out.records as f64;
+        records = out.records as f64;
     }
-    let (b, a) = (median(bare), median(adapter));
+    (median(bare), median(adapter), records)
+}
+
+fn throughput(engine: &Engine, size: usize, runs: usize) {
+    let doc = repeated_tasks(size);
+    let mb = doc.len() as f64 / 1e6;
+    let (b, a, tasks) = side_by_side(engine, &doc, runs, |d| {
+        std::hint::black_box(bare_parse(d));
+    });
     println!(
         "| tasks.xml x{:.0} ({mb:.1} MB, {tasks:.0} records) | {b:.0} MB/s | {a:.0} MB/s | {:.2} |",
         mb / (TASKS.len() as f64 / 1e6),
@@ -178,20 +191,9 @@ fn json_part(engine: &Engine) {
     println!("|---|---|---|---|");
     let doc = json_tasks(10_000_000);
     let mb = doc.len() as f64 / 1e6;
-    let (mut bare, mut adapter) = (Vec::new(), Vec::new());
-    let mut records = 0.0;
-    for _ in 0..15 {
-        let t = Instant::now();
-        std::hint::black_box(bare_json_parse(&doc));
-        bare.push(mb / t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let out = engine
-            .translate(BufReader::with_capacity(64 * 1024, &doc[..]))
-            .unwrap();
-        adapter.push(mb / t.elapsed().as_secs_f64());
-        records = out.records as f64;
-    }
-    let (b, a) = (median(bare), median(adapter));
+    let (b, a, records) = side_by_side(engine, &doc, 15, |d| {
+        std::hint::black_box(bare_json_parse(d));
+    });
     println!(
         "| BIND JSON tasks ({mb:.1} MB, {records:.0} records) | {b:.0} MB/s | {a:.0} MB/s | {:.2} |\n",
         a / b
