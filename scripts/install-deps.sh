@@ -7,6 +7,10 @@
 #   scripts/install-deps.sh test [bench ...]
 set -euo pipefail
 DEPS="$(cd "$(dirname "$0")" && pwd)/deps"
+# One install at a time (the test and benchmark scripts may start together): apt and pip
+# refuse a second concurrent run rather than wait.
+exec 9>"${TMPDIR:-/tmp}/sidecars-install-deps.lock"
+flock 9
 [ $# -gt 0 ] || { echo "usage: $0 LIST... (lists: $(cd "$DEPS" && ls | sed 's/\.txt$//' | tr '\n' ' '))" >&2; exit 2; }
 
 met() { # CHECK -> whether it is there
@@ -66,6 +70,7 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
 fi
 if [ ${#deb_missing[@]} -gt 0 ]; then
+  mapfile -t deb_missing < <(printf '%s\n' "${deb_missing[@]}" | sort -u)
   command -v dpkg-deb >/dev/null 2>&1 || { echo "install-deps: unpacking ${deb_missing[*]} needs Debian's dpkg-deb" >&2; exit 1; }
   [ ${#apt_missing[@]} -gt 0 ] || $sudo apt-get update -qq
   for package in "${deb_missing[@]}"; do
