@@ -9,6 +9,7 @@
 #
 #   scripts/fuzz.sh                      # every target, 60 s each
 #   FUZZ_SECONDS=600 scripts/fuzz.sh xml_document tls_pem
+#   FUZZ_JOBS=1 scripts/fuzz.sh          # one target at a time (default: one per core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -143,16 +144,34 @@ printf '{%% if db.x is defined %%}{{ db.x }}{%% else %%}none{%% endif %%}\0"plai
 export AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_NO_AFFINITY=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
 export AFL_SKIP_CRASHES=1 AFL_QUIET=1
 
+# One afl-fuzz per core (FUZZ_JOBS): the targets are independent, and CI's budget is wall time.
+JOBS=${FUZZ_JOBS:-$(nproc)}
+run_target() { # target
+  local t=$1 bin=$ROOT/fuzz/target/release/$1
+  rm -rf "${OUT:?}/$t"
+  cargo afl fuzz -V "$SECONDS_PER_TARGET" -t 2000 -i "$SEEDS/$t" -o "$OUT/$t" -- "$bin" \
+    >"$OUT/$t.log" 2>&1 || { echo "afl-fuzz failed on $t:"; tail -20 "$OUT/$t.log"; return 2; }
+}
+for t in "${TARGETS[@]}"; do
+  [ -x "$ROOT/fuzz/target/release/$t" ] || { echo "no target $t" >&2; exit 2; }
+  [ -n "$(ls -A "$SEEDS/$t" 2>/dev/null)" ] || { echo "no seeds for $t" >&2; exit 2; }
+done
+echo "== fuzzing ${#TARGETS[@]} targets, $SECONDS_PER_TARGET s each, $JOBS at a time"
+pids=()
+for t in "${TARGETS[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  run_target "$t" &
+  pids+=($!)
+done
+broken=0
+for p in "${pids[@]}"; do wait "$p" || broken=1; done
+[ "$broken" = 0 ] || exit 2
+
 failed=0
 summary=$OUT/summary.txt
 printf '%-22s %12s %8s %6s %6s\n' target executions execs/s crashes hangs | tee "$summary"
 for t in "${TARGETS[@]}"; do
   bin=$ROOT/fuzz/target/release/$t
-  [ -x "$bin" ] || { echo "no target $t" >&2; exit 2; }
-  [ -n "$(ls -A "$SEEDS/$t" 2>/dev/null)" ] || { echo "no seeds for $t" >&2; exit 2; }
-  rm -rf "${OUT:?}/$t"
-  cargo afl fuzz -V "$SECONDS_PER_TARGET" -t 2000 -i "$SEEDS/$t" -o "$OUT/$t" -- "$bin" \
-    >"$OUT/$t.log" 2>&1 || { echo "afl-fuzz failed on $t:"; tail -20 "$OUT/$t.log"; exit 2; }
   stats=$OUT/$t/default/fuzzer_stats
   stat() { sed -n "s/^$1 *: *//p" "$stats"; }
   crashes=$(stat saved_crashes) hangs=$(stat saved_hangs)
