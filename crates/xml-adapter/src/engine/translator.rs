@@ -5,7 +5,7 @@ use std::io::BufRead;
 
 use super::json::JsonTranslator;
 use super::plan::Engine;
-use super::report::{DocumentError, Translation};
+use super::report::{DocumentError, Translation, malformed, malformed_json};
 use super::run::Scratch;
 use super::window::{WINDOW, XmlTranslator};
 use crate::mapping::InputFormat;
@@ -63,13 +63,15 @@ pub struct Translator<'e> {
 
 #[derive(Debug)]
 enum Inner<'e> {
-    /// The format is read from the first byte that is not white space; the bytes before it
-    /// wait here.
+    /// The document's first bytes wait here until its encoding is checked (a UTF-16 or
+    /// UTF-32 document is refused naming its encoding) and, when the format is not known
+    /// (`format`), until the first byte that is not white space says it.
     Sniffing {
         engine: &'e Engine,
         scratch: Scratch,
         head: Vec<u8>,
         min_window: usize,
+        format: Option<InputFormat>,
     },
     Xml(XmlTranslator<'e>),
     Json(JsonTranslator<'e>),
@@ -121,19 +123,30 @@ impl<'e> Translator<'e> {
         format: Option<InputFormat>,
         min_window: usize,
     ) -> Translator<'e> {
-        let inner = match format {
-            Some(InputFormat::Json) => Inner::Json(JsonTranslator::new(engine, scratch)),
-            Some(InputFormat::Xml) => {
-                Inner::Xml(XmlTranslator::with_window(engine, scratch, min_window))
-            }
-            Some(InputFormat::Auto) | None => Inner::Sniffing {
+        Translator {
+            inner: Inner::Sniffing {
                 engine,
                 scratch,
                 head: Vec::new(),
                 min_window,
+                format: format.filter(|f| *f != InputFormat::Auto),
             },
-        };
-        Translator { inner }
+        }
+    }
+
+    /// The format's translator, on the buffers of `scratch`.
+    fn started(
+        engine: &'e Engine,
+        scratch: Scratch,
+        format: InputFormat,
+        min_window: usize,
+    ) -> Inner<'e> {
+        match format {
+            InputFormat::Json => Inner::Json(JsonTranslator::new(engine, scratch)),
+            InputFormat::Xml | InputFormat::Auto => {
+                Inner::Xml(XmlTranslator::with_window(engine, scratch, min_window))
+            }
+        }
     }
 
     /// Bytes received so far.
@@ -151,9 +164,13 @@ impl<'e> Translator<'e> {
         match &mut self.inner {
             Inner::Xml(t) => t.feed(bytes),
             Inner::Json(t) => t.feed(bytes),
-            Inner::Sniffing { head, .. } => {
+            Inner::Sniffing { head, format, .. } => {
                 head.extend_from_slice(bytes);
-                match sniff(head) {
+                if head.len() < ENCODING_HEAD {
+                    return Ok(());
+                }
+                check_encoding(head, *format)?;
+                match format.or_else(|| sniff(head)) {
                     Some(format) => self.decide(format),
                     None => Ok(()),
                 }
@@ -169,11 +186,12 @@ impl<'e> Translator<'e> {
             scratch,
             head,
             min_window,
+            ..
         } = std::mem::replace(&mut self.inner, Inner::Gone)
         else {
             return Ok(());
         };
-        *self = Translator::start(engine, scratch, Some(format), min_window);
+        self.inner = Translator::started(engine, scratch, format, min_window);
         self.feed(&head)
     }
 
@@ -184,9 +202,13 @@ impl<'e> Translator<'e> {
 
     /// [`Translator::finish`], and the buffers for the next document.
     pub fn finish_keep(mut self) -> (Result<Translation, DocumentError>, Scratch) {
-        if matches!(self.inner, Inner::Sniffing { .. }) {
-            // Nothing but white space: the XML reader says what is wrong with that.
-            if let Err(e) = self.decide(InputFormat::Xml) {
+        if let Inner::Sniffing { head, format, .. } = &self.inner {
+            // A short document; or nothing but white space, which the XML reader refuses.
+            let format = *format;
+            let decided = check_encoding(head, format)
+                .map(|()| format.or_else(|| sniff(head)).unwrap_or(InputFormat::Xml))
+                .and_then(|f| self.decide(f));
+            if let Err(e) = decided {
                 return (Err(e), self.into_scratch());
             }
         }
@@ -212,6 +234,33 @@ impl<'e> Translator<'e> {
             Inner::Gone => Scratch::default(),
         }
     }
+}
+
+/// How many bytes of the document's start [`check_encoding`] looks at.
+const ENCODING_HEAD: usize = 4;
+
+/// Refuses a document in UTF-16 or UTF-32, naming the encoding: by its byte order mark, or by
+/// the zero bytes around its first ASCII character (`<`, `{`, `[`, white space).
+fn check_encoding(head: &[u8], format: Option<InputFormat>) -> Result<(), DocumentError> {
+    let encoding = match head {
+        [0, 0, 0xFE, 0xFF, ..] => "UTF-32BE",
+        [0xFF, 0xFE, 0, 0, ..] => "UTF-32LE",
+        [0xFE, 0xFF, ..] => "UTF-16BE",
+        [0xFF, 0xFE, ..] => "UTF-16LE",
+        [0, 0, 0, a, ..] if a.is_ascii() => "UTF-32BE",
+        [a, 0, 0, 0, ..] if a.is_ascii() && *a != 0 => "UTF-32LE",
+        [0, a, ..] if a.is_ascii() && *a != 0 => "UTF-16BE",
+        [a, 0, ..] if a.is_ascii() && *a != 0 => "UTF-16LE",
+        _ => return Ok(()),
+    };
+    let message = format!(
+        "the document is encoded in {encoding}; only UTF-8 and ASCII-compatible documents are \
+         read (convert it, e.g. with iconv, or serve it as UTF-8)"
+    );
+    Err(match format {
+        Some(InputFormat::Json) => malformed_json(0, message),
+        _ => malformed(0, message),
+    })
 }
 
 /// The format the document's first byte other than a byte order mark and white space says:
@@ -248,6 +297,52 @@ mod tests {
         ] {
             assert_eq!(format_of_content_type(ct), f, "{ct}");
         }
+    }
+
+    #[test]
+    fn utf16_and_utf32_are_refused_naming_the_encoding() {
+        let engine = Engine::new(
+            crate::mapping::Mapping::parse(
+                "rules:\n  - {name: a, type: gauge, path: /a}\n",
+                "test.yaml",
+            )
+            .expect("mapping"),
+        );
+        let utf16le: Vec<u8> = "\u{FEFF}<a>1</a>"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let utf16be: Vec<u8> = "<a>1</a>"
+            .encode_utf16()
+            .flat_map(u16::to_be_bytes)
+            .collect();
+        let json16: Vec<u8> = "{\"a\": 1}"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        for (doc, want) in [
+            (&utf16le[..], "UTF-16LE"),
+            (&utf16be[..], "UTF-16BE"),
+            (&json16[..], "UTF-16LE"),
+            (b"\xFE\xFF\x00<", "UTF-16BE"),
+            (b"\xFF\xFE\x00\x00<\x00\x00\x00", "UTF-32LE"),
+            (b"\x00\x00\x00<", "UTF-32BE"),
+            (b"\xFF\xFE", "UTF-16LE"),
+        ] {
+            let e = engine.translate(doc).expect_err("refused").to_string();
+            assert!(e.contains(want) && e.contains("at byte 0"), "{want}: {e}");
+            // Fed a byte at a time, the encoding is named all the same.
+            let mut t = Translator::new(&engine);
+            let e = doc
+                .iter()
+                .try_for_each(|b| t.feed(std::slice::from_ref(b)))
+                .err()
+                .or_else(|| t.finish().err())
+                .expect("refused")
+                .to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        assert_eq!(engine.translate(&b"<a>1</a>"[..]).expect("UTF-8").series, 1);
     }
 
     #[test]
