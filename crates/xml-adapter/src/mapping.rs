@@ -7,8 +7,13 @@ use serde::Deserialize;
 use sidecar_kit::config::ConfigError;
 
 use crate::encode::Kind;
-use crate::path::{self, Predicate, RecordPath, RelPath};
-use crate::transform::{Scalar, Transform, TransformSpec, parse_number};
+use crate::path::{Predicate, RecordPath, RelPath};
+use crate::transform::{Scalar, Transform, TransformSpec};
+
+mod compile;
+mod locate;
+#[cfg(test)]
+mod tests;
 
 /// What to do when a record has no value at the value path.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -226,6 +231,21 @@ pub struct Rule {
     pub on_duplicate: DuplicatePolicy,
     pub histogram: Option<Histogram>,
     pub states: Vec<String>,
+    /// `[not(*)]` on the record step: only elements without element children are records.
+    pub leaf_only: bool,
+}
+
+impl Rule {
+    /// Every relative path the rule reads (a `concat`'s paths one by one).
+    pub fn paths(&self) -> impl Iterator<Item = &RelPath> {
+        let h = self.histogram.as_ref();
+        std::iter::once(&self.value)
+            .chain(self.labels.iter().map(|l| &l.path))
+            .chain(h.map(|h| &h.bucket))
+            .chain(h.and_then(|h| h.sum.as_ref()))
+            .chain(h.and_then(|h| h.count.as_ref()))
+            .flat_map(RelPath::paths)
+    }
 }
 
 #[derive(Debug)]
@@ -270,8 +290,8 @@ pub fn valid_label_name(n: &str) -> bool {
 }
 
 impl Mapping {
-    /// Reads and compiles the mapping file (the adapter's `--config`). The error names the
-    /// file, and the line and field or the rule at fault.
+    /// Reads and compiles the mapping file (the adapter's `--config`). Every error names the
+    /// file, the line and column, and the field (`rules[0].path`, indexes 0-based).
     pub fn load(path: &Path) -> Result<Mapping, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -284,424 +304,6 @@ impl Mapping {
     pub fn parse(text: &str, origin: &str) -> Result<Mapping, ConfigError> {
         let spec: MappingSpec =
             sidecar_kit::config::parse_yaml(text, &format!("mapping {origin}"))?;
-        Mapping::compile(spec, origin, text)
-    }
-
-    fn compile(spec: MappingSpec, origin: &str, text: &str) -> Result<Mapping, ConfigError> {
-        let invalid = |message: String| ConfigError::field(format!("mapping {origin}"), message);
-        if spec.rules.is_empty() {
-            return Err(invalid("no rules".into()));
-        }
-        if let Some(up) = &spec.up_metric
-            && !valid_metric_name(up)
-        {
-            return Err(invalid(format!(
-                "up_metric `{up}` is not a valid metric name"
-            )));
-        }
-        for (p, uri) in &spec.namespaces {
-            if uri.is_empty() || !valid_label_name(p) {
-                return Err(invalid(format!(
-                    "namespace prefix `{p}` needs a name and a URI"
-                )));
-            }
-        }
-        let ns = &spec.namespaces;
-        let mut families: Vec<FamilySpec> = Vec::new();
-        let mut by_name: HashMap<String, usize> = HashMap::new();
-        let mut rules = Vec::new();
-        let mut needs_ns = false;
-        for (i, r) in spec.rules.iter().enumerate() {
-            let rule_err = |message: String| {
-                ConfigError::field(
-                    format!("mapping {origin}: rule {} (`{}`)", i + 1, r.name),
-                    message,
-                )
-            };
-            if !valid_metric_name(&r.name) {
-                return Err(rule_err("not a valid metric name".into()));
-            }
-            if r.name.starts_with("xml_adapter_") {
-                return Err(rule_err(
-                    "names starting with `xml_adapter_` are reserved for the adapter's own metrics"
-                        .into(),
-                ));
-            }
-            if spec.up_metric.as_deref() == Some(r.name.as_str()) {
-                return Err(rule_err("the same name as `up_metric`".into()));
-            }
-            if let Some(unit) = &r.unit {
-                let stem = r.name.strip_suffix("_total").unwrap_or(&r.name);
-                // OpenMetrics parsers (Prometheus included) refuse a UNIT that is not the suffix.
-                if !valid_label_name(unit) || !stem.ends_with(&format!("_{unit}")) {
-                    return Err(rule_err(format!(
-                        "unit `{unit}` must be the last part of the name (before `_total`)"
-                    )));
-                }
-            }
-            let record =
-                path::parse_record_path(&r.path, ns).map_err(|e| rule_err(e.to_string()))?;
-            let mut record = record;
-            let last = record.steps.len() - 1;
-            let (content, start): (Vec<_>, Vec<_>) = record.steps[last]
-                .predicates
-                .drain(..)
-                .partition(Predicate::needs_content);
-            record.steps[last].predicates = start;
-            let rel = |p: &str| {
-                let parsed = path::parse_rel_path(p, ns).map_err(|e| rule_err(e.to_string()))?;
-                if let RelPath::Up {
-                    child: None,
-                    leaf: path::Leaf::Text,
-                    ..
-                } = parsed
-                {
-                    // An ancestor is still open when the record closes: its text is incomplete.
-                    return Err(rule_err(format!(
-                        "`{p}`: the text of an open ancestor cannot be read; read one of its \
-                         leaf children (`../name`, `ancestor::x/name`) or an attribute"
-                    )));
-                }
-                Ok(parsed)
-            };
-            let compile_chain = |specs: &[TransformSpec]| {
-                specs
-                    .iter()
-                    .map(TransformSpec::compile)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(&rule_err)
-            };
-            let mut labels = Vec::new();
-            for (name, l) in &r.labels {
-                if !valid_label_name(name) {
-                    return Err(rule_err(format!("`{name}` is not a valid label name")));
-                }
-                let (p, t, split) = match l {
-                    LabelSpec::Path(p) => (p.as_str(), &[][..], false),
-                    LabelSpec::Full(f) => (f.path.as_str(), &f.transforms[..], f.split),
-                };
-                if split && !r.split {
-                    return Err(rule_err(format!(
-                        "label `{name}` is split but the value is not (`split: true` on the rule)"
-                    )));
-                }
-                labels.push(Label {
-                    name: name.clone(),
-                    path: rel(p)?,
-                    transforms: compile_chain(t)?,
-                    split,
-                });
-            }
-            let mut const_labels = Vec::new();
-            for (k, v) in &r.const_labels {
-                if !valid_label_name(k) {
-                    return Err(rule_err(format!("`{k}` is not a valid label name")));
-                }
-                if r.labels.contains_key(k) {
-                    return Err(rule_err(format!(
-                        "label `{k}` is both a label and a const label"
-                    )));
-                }
-                const_labels.push((k.clone(), v.clone()));
-            }
-            let reserved: &[&str] = match r.kind {
-                Kind::Histogram => &["le"],
-                Kind::Summary => &["quantile"],
-                _ => &[],
-            };
-            for res in reserved {
-                if r.labels.contains_key(*res) || r.const_labels.contains_key(*res) {
-                    return Err(rule_err(format!("label `{res}` is reserved for this type")));
-                }
-            }
-            let histogram = if r.kind == Kind::Histogram {
-                let bucket = r.bucket.as_deref().ok_or_else(|| {
-                    rule_err("a histogram needs `bucket` (the bucket key path)".into())
-                })?;
-                let mut bounds = HashMap::new();
-                for (k, v) in &r.buckets {
-                    let b = parse_number(&v.to_text())
-                        .map_err(|e| rule_err(format!("bucket `{k}`: {e}")))?;
-                    bounds.insert(k.clone(), b);
-                }
-                if !bounds.values().any(|b| *b == f64::INFINITY) {
-                    return Err(rule_err("a histogram needs a `+Inf` bucket".into()));
-                }
-                if r.quantile.is_some() || r.count.is_some() {
-                    return Err(rule_err(
-                        "`quantile`/`count` are for `type: summary` (a histogram's count is \
-                         its `+Inf` bucket)"
-                            .into(),
-                    ));
-                }
-                Some(Histogram {
-                    bucket: rel(bucket)?,
-                    bounds,
-                    cumulative: r.cumulative,
-                    sum: r.sum.as_deref().map(rel).transpose()?,
-                    sum_transforms: compile_chain(&r.sum_transforms)?,
-                    count: None,
-                    summary: false,
-                })
-            } else if r.kind == Kind::Summary {
-                if r.bucket.is_some() || !r.buckets.is_empty() {
-                    return Err(rule_err(
-                        "`bucket`/`buckets` are for `type: histogram`".into(),
-                    ));
-                }
-                let need = |f: &Option<String>, what: &str| {
-                    f.as_deref()
-                        .ok_or_else(|| rule_err(format!("a summary needs `{what}`")))
-                        .and_then(rel)
-                };
-                Some(Histogram {
-                    bucket: need(&r.quantile, "quantile")?,
-                    bounds: HashMap::new(),
-                    cumulative: false,
-                    sum: Some(need(&r.sum, "sum")?),
-                    sum_transforms: compile_chain(&r.sum_transforms)?,
-                    count: Some(need(&r.count, "count")?),
-                    summary: true,
-                })
-            } else {
-                if r.quantile.is_some()
-                    || r.sum.is_some()
-                    || r.count.is_some()
-                    || !r.sum_transforms.is_empty()
-                {
-                    return Err(rule_err(
-                        "`quantile`/`sum`/`count` are for `type: summary` and `histogram`".into(),
-                    ));
-                }
-                if r.bucket.is_some() || !r.buckets.is_empty() {
-                    return Err(rule_err(
-                        "`bucket`/`buckets` are for `type: histogram`".into(),
-                    ));
-                }
-                None
-            };
-            if r.kind == Kind::Stateset {
-                if r.states.is_empty() {
-                    return Err(rule_err("a stateset needs `states`".into()));
-                }
-                if r.labels.contains_key(&r.name) {
-                    return Err(rule_err("a stateset's own name is its state label".into()));
-                }
-            } else if !r.states.is_empty() {
-                return Err(rule_err("`states` is for `type: stateset`".into()));
-            }
-            if r.split
-                && matches!(
-                    r.kind,
-                    Kind::Histogram | Kind::Summary | Kind::Stateset | Kind::Info
-                )
-            {
-                return Err(rule_err(
-                    "`split` works with counter, gauge and untyped".into(),
-                ));
-            }
-            let value = rel(r.value.as_deref().unwrap_or("."))?;
-            needs_ns |= record.needs_namespaces()
-                || value.needs_namespaces()
-                || labels.iter().any(|l| l.path.needs_namespaces())
-                || content.iter().any(Predicate::needs_namespaces)
-                || histogram.as_ref().is_some_and(|h| {
-                    [Some(&h.bucket), h.sum.as_ref(), h.count.as_ref()]
-                        .into_iter()
-                        .flatten()
-                        .any(RelPath::needs_namespaces)
-                });
-            if prefixed_above_record(&value)
-                || labels.iter().any(|l| prefixed_above_record(&l.path))
-                || histogram.as_ref().is_some_and(|h| {
-                    [Some(&h.bucket), h.sum.as_ref(), h.count.as_ref()]
-                        .into_iter()
-                        .flatten()
-                        .any(prefixed_above_record)
-                })
-            {
-                // Ancestors keep only their raw start tag, whose prefixes are not resolved.
-                return Err(rule_err(
-                    "prefixed names above the record are not supported".into(),
-                ));
-            }
-            let family = family_index(&mut families, &mut by_name, r).map_err(&rule_err)?;
-            rules.push(Rule {
-                name: r.name.clone(),
-                kind: r.kind,
-                family,
-                record,
-                record_filter: content,
-                labels,
-                const_labels,
-                value,
-                transforms: compile_chain(&r.transforms)?,
-                present: r.present,
-                split: r.split,
-                on_missing: r.on_missing,
-                on_duplicate: r.on_duplicate,
-                histogram,
-                states: r.states.clone(),
-            });
-        }
-        Ok(Mapping {
-            origin: origin.to_string(),
-            rules,
-            families,
-            namespaces: spec.namespaces,
-            up_metric: spec.up_metric,
-            lenient: spec.lenient,
-            format: spec.format,
-            limits: spec.limits,
-            needs_namespaces: needs_ns,
-            source: text.to_string(),
-        })
-    }
-}
-
-fn prefixed_above_record(p: &RelPath) -> bool {
-    match p {
-        RelPath::Down { .. } => false,
-        RelPath::Up { .. } => p.needs_namespaces(),
-    }
-}
-
-/// Rules with the same metric name share one family (so it is written contiguously); they must
-/// agree on its type.
-fn family_index(
-    families: &mut Vec<FamilySpec>,
-    by_name: &mut HashMap<String, usize>,
-    r: &RuleSpec,
-) -> Result<usize, String> {
-    if let Some(&i) = by_name.get(&r.name) {
-        let f = &mut families[i];
-        if f.kind != r.kind {
-            return Err(format!(
-                "another rule defines `{}` as {:?}; rules sharing a name must share a type",
-                r.name, f.kind
-            ));
-        }
-        if f.help.is_empty() {
-            f.help = r.help.clone();
-        }
-        return Ok(i);
-    }
-    families.push(FamilySpec {
-        name: r.name.clone(),
-        help: r.help.clone(),
-        kind: r.kind,
-        unit: r.unit.clone(),
-    });
-    by_name.insert(r.name.clone(), families.len() - 1);
-    Ok(families.len() - 1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_a_full_rule() {
-        let m = Mapping::parse(
-            r#"
-namespaces: {q: "urn:q"}
-up_metric: app_up
-rules:
-  - name: app_state
-    help: State.
-    type: gauge
-    path: //q:service[@type="3"]
-    labels:
-      name: name
-      kind: {path: "@kind", transforms: [trim, lower]}
-    const_labels: {source: legacy}
-    value: status
-    transforms: [trim, {map: {UP: 1, DOWN: 0}}, {scale: 2}]
-    on_missing: zero
-    on_duplicate: sum
-"#,
-            "test.yaml",
-        )
-        .unwrap();
-        assert_eq!(m.rules.len(), 1);
-        assert!(m.needs_namespaces);
-        assert_eq!(m.rules[0].transforms.len(), 3);
-        assert_eq!(m.rules[0].on_duplicate, DuplicatePolicy::Sum);
-        assert_eq!(m.up_metric.as_deref(), Some("app_up"));
-    }
-
-    #[test]
-    fn unknown_fields_are_refused_with_origin() {
-        let e = Mapping::parse(
-            "rules:\n  - name: a\n    type: gauge\n    path: /a\n    vaule: b\n",
-            "m.yaml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("m.yaml") && e.contains("vaule"), "{e}");
-    }
-
-    #[test]
-    fn bad_rules_name_the_rule() {
-        for (yaml, want) in [
-            (
-                "rules:\n  - {name: 'bad name', type: gauge, path: /a}\n",
-                "valid metric name",
-            ),
-            (
-                "rules:\n  - {name: a, type: gauge, path: 'a/b'}\n",
-                "must start with",
-            ),
-            (
-                "rules:\n  - {name: a, type: histogram, path: /a, bucket: '@n', buckets: {x: 1}}\n",
-                "+Inf",
-            ),
-            (
-                "rules:\n  - {name: a, type: stateset, path: /a}\n",
-                "states",
-            ),
-            (
-                "rules:\n  - {name: a, type: summary, path: /a, quantile: '@q', sum: ../s}\n",
-                "a summary needs `count`",
-            ),
-            (
-                "rules:\n  - {name: a, type: gauge, path: /a, sum: ../s}\n",
-                "for `type: summary`",
-            ),
-            (
-                "rules:\n  - {name: xml_adapter_up, type: gauge, path: /a}\n",
-                "reserved",
-            ),
-            (
-                "rules:\n  - {name: a, type: gauge, path: /a, labels: {__x: '@y'}}\n",
-                "label name",
-            ),
-            (
-                "rules:\n  - {name: a, type: gauge, path: /a, transforms: [{regex: '('}]}\n",
-                "bad regex",
-            ),
-            (
-                "rules:\n  - {name: a_bytes, type: gauge, unit: seconds, path: /a}\n",
-                "unit `seconds`",
-            ),
-            (
-                "rules:\n  - {name: a, type: gauge, path: /a}\n  - {name: a, type: counter, path: /b}\n",
-                "share a type",
-            ),
-        ] {
-            let e = Mapping::parse(yaml, "m.yaml").unwrap_err().to_string();
-            assert!(e.contains(want), "{yaml}: {e}");
-        }
-    }
-
-    #[test]
-    fn metric_and_label_names() {
-        assert!(valid_metric_name("bind_up"));
-        assert!(valid_metric_name("a:b_c1"));
-        assert!(!valid_metric_name("1abc"));
-        assert!(!valid_metric_name(""));
-        assert!(valid_label_name("view"));
-        assert!(!valid_label_name("__name__"));
-        assert!(!valid_label_name("a-b"));
+        compile::compile(spec, origin, text).map_err(|f| f.into_config_error(origin, text))
     }
 }

@@ -9,6 +9,11 @@
 //! by its index, so `/servers/*[name="web1"]/requests`, `/qtypes/*` with `name()` as a label,
 //! `//frontend` and `/items/0` read JSON with the same steps. A key that is no name is quoted:
 //! `/"rx bytes"`.
+//!
+//! Beyond the paths: `position()` (an element's 1-based position among its parent's element
+//! children, known when its start tag streams past), `[not(*)]` (a leaf: decided when the
+//! record's first child element starts, or when it closes without one), and
+//! `concat(path, "text", path, ...)` (one value joined from several paths and literals).
 
 use std::collections::BTreeMap;
 
@@ -64,11 +69,15 @@ pub enum Operand {
     Text,
     Name,
     LocalName,
+    /// The element's 1-based position among its parent's element children.
+    Position,
 }
 
 #[derive(Debug, Clone)]
 pub enum Op {
     Exists,
+    /// `not(operand)`: the operand selects nothing.
+    Absent,
     Eq(String),
     Ne(String),
     StartsWith(String),
@@ -95,13 +104,22 @@ impl Predicate {
         match &self.operand {
             Operand::Attr(t) | Operand::Child(t) => t.needs_namespaces(),
             Operand::ChildPath(ts) => ts.iter().any(NameTest::needs_namespaces),
-            Operand::Text | Operand::Name | Operand::LocalName => false,
+            Operand::Text | Operand::Name | Operand::LocalName | Operand::Position => false,
         }
+    }
+
+    /// `not(*)`: the element has no child element (a leaf).
+    pub fn is_leaf_test(&self) -> bool {
+        matches!(
+            (&self.operand, &self.op),
+            (Operand::Child(NameTest::Any), Op::Absent)
+        )
     }
 
     pub fn test(&self, value: Option<&str>) -> bool {
         match (&self.op, value) {
             (Op::Exists, v) => v.is_some(),
+            (Op::Absent, v) => v.is_none(),
             // Absent is "not equal": users write `[@x!="a"]` to mean "anything but a".
             (Op::Ne(_), None) => true,
             (_, None) => false,
@@ -150,6 +168,15 @@ pub enum Leaf {
     Attr(NameTest),
     Name,
     LocalName,
+    /// The element's 1-based position among its parent's element children.
+    Position,
+}
+
+/// A piece of `concat(...)`.
+#[derive(Debug, Clone)]
+pub enum Part {
+    Path(RelPath),
+    Literal(String),
 }
 
 /// A relative path, evaluated from a record.
@@ -167,6 +194,9 @@ pub enum RelPath {
         child: Option<NameTest>,
         leaf: Leaf,
     },
+    /// `concat(a, "-", b)`: the parts' values joined; it selects something when one of its
+    /// paths does.
+    Concat(Vec<Part>),
 }
 
 struct Parser<'a> {
@@ -276,6 +306,9 @@ impl<'a> Parser<'a> {
         if self.eat("local-name()") {
             return Ok(Operand::LocalName);
         }
+        if self.eat("position()") {
+            return Ok(Operand::Position);
+        }
         if self.eat("text()") || self.eat(".") {
             return Ok(Operand::Text);
         }
@@ -290,8 +323,33 @@ impl<'a> Parser<'a> {
         Ok(Operand::ChildPath(steps))
     }
 
+    /// A quoted string, or (for `position()`) a whole number.
+    fn literal(&mut self) -> Result<String, PathError> {
+        self.skip_ws();
+        let digits = self.rest().bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 {
+            let n = self.rest()[..digits].to_string();
+            self.pos += digits;
+            return Ok(n);
+        }
+        self.string_lit()
+    }
+
     fn predicate(&mut self) -> Result<Predicate, PathError> {
         self.skip_ws();
+        if self.eat("not(") {
+            let operand = self.operand()?;
+            self.skip_ws();
+            if !self.eat(")") {
+                return Err(
+                    self.fail("expected `)` (`not` takes one operand: `not(*)`, `not(@a)`)")
+                );
+            }
+            return Ok(Predicate {
+                operand,
+                op: Op::Absent,
+            });
+        }
         for (func, mk) in [
             ("starts-with(", Op::StartsWith as fn(String) -> Op),
             ("contains(", Op::Contains),
@@ -322,9 +380,9 @@ impl<'a> Parser<'a> {
         let operand = self.operand()?;
         self.skip_ws();
         let op = if self.eat("!=") {
-            Op::Ne(self.string_lit()?)
+            Op::Ne(self.literal()?)
         } else if self.eat("=") {
-            Op::Eq(self.string_lit()?)
+            Op::Eq(self.literal()?)
         } else {
             Op::Exists
         };
@@ -391,12 +449,77 @@ pub fn parse_record_path(
     Ok(RecordPath { steps })
 }
 
-/// Parses a relative path evaluated from a record.
+/// Parses a relative path evaluated from a record, or `concat(...)` of several.
 pub fn parse_rel_path(
     src: &str,
     namespaces: &BTreeMap<String, String>,
 ) -> Result<RelPath, PathError> {
     let src = src.trim();
+    if let Some(args) = src.strip_prefix("concat(") {
+        return parse_concat(src, args, namespaces);
+    }
+    parse_one_rel_path(src, namespaces)
+}
+
+/// The arguments of `concat(`...`)`: relative paths and quoted literals, split on the commas
+/// outside quotes and brackets.
+fn parse_concat(
+    src: &str,
+    args: &str,
+    namespaces: &BTreeMap<String, String>,
+) -> Result<RelPath, PathError> {
+    let Some(args) = args.trim_end().strip_suffix(')') else {
+        return Err(err(src, "expected `)` at the end of `concat(...)`"));
+    };
+    let mut parts = Vec::new();
+    let (mut start, mut quote, mut depth) = (0usize, None, 0usize);
+    let mut pieces = Vec::new();
+    for (i, c) in args.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '(') => depth += 1,
+            (None, ']' | ')') => depth = depth.saturating_sub(1),
+            (None, ',') if depth == 0 => {
+                pieces.push(&args[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if quote.is_some() {
+        return Err(err(src, "unterminated string"));
+    }
+    pieces.push(&args[start..]);
+    for piece in pieces {
+        let piece = piece.trim();
+        let quoted = piece.len() >= 2
+            && (piece.starts_with('"') && piece.ends_with('"')
+                || piece.starts_with('\'') && piece.ends_with('\''));
+        if quoted {
+            parts.push(Part::Literal(piece[1..piece.len() - 1].to_string()));
+        } else if piece.is_empty() || piece.starts_with("concat(") {
+            return Err(err(
+                src,
+                "`concat` takes relative paths and quoted strings, separated by commas",
+            ));
+        } else {
+            let path = parse_one_rel_path(piece, namespaces)
+                .map_err(|e| err(src, format!("`{}`: {}", e.path, e.message)))?;
+            parts.push(Part::Path(path));
+        }
+    }
+    if !parts.iter().any(|p| matches!(p, Part::Path(_))) {
+        return Err(err(src, "`concat` needs at least one path"));
+    }
+    Ok(RelPath::Concat(parts))
+}
+
+fn parse_one_rel_path(
+    src: &str,
+    namespaces: &BTreeMap<String, String>,
+) -> Result<RelPath, PathError> {
     let mut p = Parser {
         src,
         pos: 0,
@@ -431,6 +554,9 @@ pub fn parse_rel_path(
         }
         if p.eat("local-name()") {
             return Ok(Some(Leaf::LocalName));
+        }
+        if p.eat("position()") {
+            return Ok(Some(Leaf::Position));
         }
         if p.eat("@") {
             return Ok(Some(Leaf::Attr(p.name_test()?)));
@@ -488,6 +614,19 @@ pub fn parse_rel_path(
 }
 
 impl RelPath {
+    /// The paths this one reads: itself, or the paths of a `concat`.
+    pub fn paths(&self) -> impl Iterator<Item = &RelPath> {
+        let parts: &[Part] = match self {
+            RelPath::Concat(parts) => parts,
+            _ => &[],
+        };
+        let own = (!matches!(self, RelPath::Concat(_))).then_some(self);
+        own.into_iter().chain(parts.iter().filter_map(|p| match p {
+            Part::Path(p) => Some(p),
+            Part::Literal(_) => None,
+        }))
+    }
+
     pub fn needs_namespaces(&self) -> bool {
         let leaf_ns = |l: &Leaf| matches!(l, Leaf::Attr(t) if t.needs_namespaces());
         match self {
@@ -502,6 +641,7 @@ impl RelPath {
                     || child.as_ref().is_some_and(NameTest::needs_namespaces)
                     || matches!(sel, AncestorSel::Named(t) if t.needs_namespaces())
             }
+            RelPath::Concat(_) => self.paths().any(RelPath::needs_namespaces),
         }
     }
 }
@@ -640,5 +780,47 @@ mod tests {
         let found = "item[@avic=\"\u{12}\"][Adn/ics/mtics/tas=\"\u{12}\"][Adn/ys/taics/mgg\u{2006}r/threaa!=\"\"]/keu";
         let _ = parse_record_path(found, &ns);
         let _ = parse_rel_path(found, &ns);
+    }
+
+    #[test]
+    fn position_not_and_concat() {
+        let p =
+            parse_record_path(r#"/a[position()=2]/b[not(@x)][position() != "1"]"#, &ns()).unwrap();
+        assert!(matches!(
+            p.steps[0].predicates[0].operand,
+            Operand::Position
+        ));
+        assert!(matches!(p.steps[0].predicates[0].op, Op::Eq(ref n) if n == "2"));
+        assert!(matches!(p.steps[1].predicates[0].op, Op::Absent));
+        assert!(!p.steps[0].predicates[0].needs_content());
+        let leaf = parse_record_path("//*[not(*)]", &ns()).unwrap();
+        assert!(leaf.steps[0].predicates[0].is_leaf_test());
+        // A leaf test needs the element's content: the last step only.
+        assert!(parse_record_path("/a[not(*)]/b", &ns()).is_err());
+        assert!(parse_record_path("/a[not(@x]", &ns()).is_err());
+        assert!(matches!(
+            parse_rel_path("position()", &ns()).unwrap(),
+            RelPath::Down { ref steps, leaf: Leaf::Position } if steps.is_empty()
+        ));
+        assert!(matches!(
+            parse_rel_path("../position()", &ns()).unwrap(),
+            RelPath::Up {
+                leaf: Leaf::Position,
+                ..
+            }
+        ));
+        let RelPath::Concat(parts) = parse_rel_path(
+            r#"concat(ancestor::v/@name, "/", a[@k="x,y"]/b, ', ')"#,
+            &ns(),
+        )
+        .unwrap() else {
+            panic!("a concat");
+        };
+        assert_eq!(parts.len(), 4);
+        assert!(matches!(&parts[1], Part::Literal(s) if s == "/"));
+        assert!(matches!(&parts[3], Part::Literal(s) if s == ", "));
+        assert!(matches!(&parts[2], Part::Path(RelPath::Down { steps, .. }) if steps.len() == 2));
+        let e = parse_rel_path("concat(a, ../b/c)", &ns()).unwrap_err();
+        assert!(e.message.contains("`../b/c`"), "{e}");
     }
 }

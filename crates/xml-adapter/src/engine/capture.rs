@@ -37,6 +37,8 @@ struct Node {
     /// Text segments of this node and its descendants, in document order: a range of
     /// `Capture::texts` (its end is `NO_NODE` while the node is open).
     texts: (usize, usize),
+    /// Its 1-based position among its parent's element children (captured or not).
+    position: u32,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +135,7 @@ impl Capture {
         local: &str,
         uri: Option<&str>,
         parent: Option<usize>,
+        position: u32,
     ) -> Result<usize, DocumentError> {
         self.parse_tag(tag)?;
         let q0 = self.strings.len();
@@ -163,6 +166,7 @@ impl Capture {
             last_child: NO_NODE,
             next_sibling: NO_NODE,
             texts: (self.texts.len(), NO_NODE),
+            position,
         });
         if let Some(p) = parent {
             match self.nodes[p].last_child {
@@ -226,6 +230,7 @@ impl Capture {
             }
             Leaf::Name => out.push_str(self.name(cur)),
             Leaf::LocalName => out.push_str(self.local(cur)),
+            Leaf::Position => push_number(out, self.nodes[cur].position),
             Leaf::Attr(test) => match self.attr(cur, test) {
                 Some(v) => out.push_str(v),
                 None => return false,
@@ -255,6 +260,7 @@ impl Capture {
             Operand::Text => Some(self.text(node)),
             Operand::Name => Some(Cow::Borrowed(self.name(node))),
             Operand::LocalName => Some(Cow::Borrowed(self.local(node))),
+            Operand::Position => Some(Cow::Owned(self.nodes[node].position.to_string())),
         };
         p.test(v.as_deref())
     }
@@ -318,6 +324,12 @@ impl Capture {
             }
         }
     }
+}
+
+/// Appends `n` in decimal.
+pub(super) fn push_number(out: &mut String, n: u32) {
+    use std::fmt::Write;
+    let _ = write!(out, "{n}");
 }
 
 fn intern(uris: &mut Vec<String>, uri: &str) -> usize {

@@ -21,6 +21,8 @@ mod input;
 mod json;
 #[cfg(test)]
 mod json_tests;
+#[cfg(test)]
+mod lang_tests;
 mod plan;
 mod record;
 mod report;

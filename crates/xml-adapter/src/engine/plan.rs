@@ -18,6 +18,11 @@ pub struct Engine {
     /// Names of leaf children whose text is kept while their parent is open, for the relative
     /// paths that read an ancestor's child (`../measTypes`).
     pub(super) kept_children: Vec<NameTest>,
+    /// A path reads an attribute above its record (`ancestor::view/@name`): the open elements
+    /// that may be such ancestors keep their whole start tag, not only their name.
+    pub(super) reads_ancestor_attributes: bool,
+    /// A rule's records are leaves only (`[not(*)]`).
+    pub(super) leaf_only: bool,
     /// Per rule: its labels (record, const, state) sorted by name, so a sample's key is built
     /// without sorting; `None` when two labels share a name (then the general path sorts).
     pub(super) label_order: Vec<Option<Vec<Slot>>>,
@@ -65,20 +70,20 @@ impl Engine {
     pub fn new(mapping: Mapping) -> Engine {
         let trie = compile_trie(&mapping);
         let mut kept_children = Vec::new();
-        let mut add = |p: &RelPath| {
-            if let RelPath::Up { child: Some(t), .. } = p
-                && !kept_children.contains(t)
-            {
-                kept_children.push(t.clone());
-            }
-        };
-        for r in &mapping.rules {
-            add(&r.value);
-            for l in &r.labels {
-                add(&l.path);
-            }
-            if let Some(h) = &r.histogram {
-                add(&h.bucket);
+        let mut reads_ancestor_attributes = false;
+        for p in mapping.rules.iter().flat_map(|r| r.paths()) {
+            match p {
+                RelPath::Up { child: Some(t), .. } => {
+                    if !kept_children.contains(t) {
+                        kept_children.push(t.clone());
+                    }
+                }
+                RelPath::Up {
+                    child: None,
+                    leaf: Leaf::Attr(_),
+                    ..
+                } => reads_ancestor_attributes = true,
+                _ => {}
             }
         }
         let label_order = mapping.rules.iter().map(label_order).collect();
@@ -99,13 +104,20 @@ impl Engine {
                 plan_path(&mut capture_plan, root, &r.value);
             }
             if let Some(h) = &r.histogram {
-                plan_path(&mut capture_plan, root, &h.bucket);
+                for p in [Some(&h.bucket), h.sum.as_ref(), h.count.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    plan_path(&mut capture_plan, root, p);
+                }
             }
         }
         Engine {
+            leaf_only: mapping.rules.iter().any(|r| r.leaf_only),
             mapping,
             trie,
             kept_children,
+            reads_ancestor_attributes,
             label_order,
             capture_plan,
             plan_roots,
@@ -173,11 +185,17 @@ fn plan_predicate(plan: &mut Vec<PlanNode>, at: usize, p: &Predicate) {
             plan[c].text = true;
         }
         Operand::Text => plan[at].text = true,
-        Operand::Attr(_) | Operand::Name | Operand::LocalName => {}
+        Operand::Attr(_) | Operand::Name | Operand::LocalName | Operand::Position => {}
     }
 }
 
 fn plan_path(plan: &mut Vec<PlanNode>, root: usize, path: &RelPath) {
+    if let RelPath::Concat(_) = path {
+        for p in path.paths() {
+            plan_path(plan, root, p);
+        }
+        return;
+    }
     // Paths above the record read the open ancestors, not the record's subtree.
     let RelPath::Down { steps, leaf } = path else {
         return;

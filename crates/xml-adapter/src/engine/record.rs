@@ -12,7 +12,7 @@ use super::series::Series;
 use super::stack::Stack;
 use crate::encode::Kind;
 use crate::mapping::MissingPolicy;
-use crate::path::RelPath;
+use crate::path::{NameTest, Part, RelPath};
 use crate::transform::{self, Outcome};
 
 #[derive(Debug)]
@@ -67,6 +67,34 @@ impl OpenRecords {
         });
     }
 
+    /// The element at `depth` has a child element: its record, if it is one, is not one for
+    /// the rules that want leaves (`[not(*)]`). `true` when that leaves it no rule (it is no
+    /// record any more).
+    pub(super) fn drop_leaf_only(&mut self, depth: usize, rules: &[crate::mapping::Rule]) -> bool {
+        let Some(record) = self.records.last_mut() else {
+            return false;
+        };
+        if record.depth != depth {
+            return false;
+        }
+        // The innermost record's rules are the tail of `self.rules`.
+        let (start, end) = record.rules;
+        let mut w = start;
+        for r in start..end {
+            if !rules[self.rules[r]].leaf_only {
+                self.rules[w] = self.rules[r];
+                w += 1;
+            }
+        }
+        self.rules.truncate(w);
+        record.rules.1 = w;
+        if w == start {
+            self.records.pop();
+            return true;
+        }
+        false
+    }
+
     /// The record of the element at `depth`, which is closing, if it is one.
     #[inline]
     pub(super) fn close(&mut self, depth: usize) -> Option<OpenRecord> {
@@ -108,25 +136,38 @@ pub(super) struct View<'r, F> {
     pub(super) capture: &'r Capture,
     pub(super) stack: &'r Stack,
     pub(super) format: &'r F,
+    /// The leaf children kept for paths above a record (`Engine::kept_children`).
+    pub(super) kept: &'r [NameTest],
 }
 
 impl<F: Format> View<'_, F> {
-    /// Appends the value of a relative path from the record's `node` to `out`. `false` when
-    /// the path selects nothing (then nothing is appended).
-    fn read_into(&self, node: usize, path: &RelPath, out: &mut String) -> bool {
+    /// Appends the value of rule `ri`'s relative path from the record's `node` to `out`.
+    /// `false` when the path selects nothing (then nothing is appended).
+    fn read_into(&self, ri: usize, node: usize, path: &RelPath, out: &mut String) -> bool {
         match path {
             RelPath::Down { steps, leaf } => self.capture.read_down(node, steps, leaf, out),
             RelPath::Up { sel, child, leaf } => {
                 self.stack
-                    .read_up(self.format, sel, child.as_ref(), leaf, out)
+                    .read_up(self.format, sel, child.as_ref(), leaf, out, ri, self.kept)
+            }
+            RelPath::Concat(parts) => {
+                let mut found = false;
+                for part in parts {
+                    match part {
+                        Part::Literal(s) => out.push_str(s),
+                        Part::Path(p) => found |= self.read_into(ri, node, p, out),
+                    }
+                }
+                found
             }
         }
     }
 
-    /// The value of a relative path from the record's `node`, if it selects anything.
-    fn read(&self, node: usize, path: &RelPath) -> Option<String> {
+    /// The value of rule `ri`'s relative path from the record's `node`, if it selects
+    /// anything.
+    fn read(&self, ri: usize, node: usize, path: &RelPath) -> Option<String> {
         let mut s = String::new();
-        self.read_into(node, path, &mut s).then_some(s)
+        self.read_into(ri, node, path, &mut s).then_some(s)
     }
 }
 
@@ -183,7 +224,7 @@ impl<F: Format> Recorder<'_, '_, F> {
         for l in &rule.labels {
             let start = values.text.len();
             // A label path that selects nothing gives an empty value.
-            self.view.read_into(node, &l.path, &mut values.text);
+            self.view.read_into(ri, node, &l.path, &mut values.text);
             // Leading `trim`s only narrow the range; the rest of a chain makes a new text.
             let trims = transform::leading_trims(&l.transforms);
             let (mut a, mut b) = (start, values.text.len());
@@ -217,7 +258,7 @@ impl<F: Format> Recorder<'_, '_, F> {
                 values.text.push('1');
                 true
             }
-            _ => self.view.read_into(node, &rule.value, &mut values.text),
+            _ => self.view.read_into(ri, node, &rule.value, &mut values.text),
         };
         let raw: &str = if rule.present {
             if found { "1" } else { "0" }
@@ -303,7 +344,7 @@ impl<F: Format> Recorder<'_, '_, F> {
         // Labels (split labels give one value per item).
         let mut labels: Vec<(String, Vec<String>)> = Vec::with_capacity(rule.labels.len());
         for l in &rule.labels {
-            let raw = self.view.read(node, &l.path).unwrap_or_default();
+            let raw = self.view.read(ri, node, &l.path).unwrap_or_default();
             let items: Vec<&str> = if l.split {
                 raw.split_whitespace().collect()
             } else {
@@ -326,7 +367,7 @@ impl<F: Format> Recorder<'_, '_, F> {
         }
         let raw_value = match rule.kind {
             Kind::Info => Some("1".to_string()),
-            _ => self.view.read(node, &rule.value),
+            _ => self.view.read(ri, node, &rule.value),
         };
         let raw_value = if rule.present {
             Some(if raw_value.is_some() { "1" } else { "0" }.to_string())
@@ -404,7 +445,7 @@ impl<F: Format> Recorder<'_, '_, F> {
             }
         }
         if let Some(h) = &rule.histogram {
-            let Some(key) = self.view.read(node, &h.bucket) else {
+            let Some(key) = self.view.read(ri, node, &h.bucket) else {
                 return self
                     .report
                     .issue(ri, Reason::Missing, || "no bucket key".into());
@@ -432,7 +473,7 @@ impl<F: Format> Recorder<'_, '_, F> {
                 let Some(path) = path else {
                     return Ok(None);
                 };
-                let Some(raw) = self.view.read(node, path) else {
+                let Some(raw) = self.view.read(ri, node, path) else {
                     return Ok(None);
                 };
                 transform::apply_numeric(chain, &raw).map_err(|e| format!("{what}: {e}"))

@@ -45,15 +45,18 @@ pub enum Reason {
     Duplicate,
     Zip,
     RecordTooLarge,
+    /// An ancestor's child came after records that read it (they read nothing).
+    LateChild,
 }
 
-const REASONS: [Reason; 6] = [
+const REASONS: [Reason; 7] = [
     Reason::Missing,
     Reason::BadValue,
     Reason::BadLabel,
     Reason::Duplicate,
     Reason::Zip,
     Reason::RecordTooLarge,
+    Reason::LateChild,
 ];
 
 impl Reason {
@@ -65,6 +68,7 @@ impl Reason {
             Reason::Duplicate => "duplicate",
             Reason::Zip => "zip_mismatch",
             Reason::RecordTooLarge => "record_too_large",
+            Reason::LateChild => "late_child",
         }
     }
 
@@ -117,7 +121,18 @@ impl<'e> Report<'e> {
 
     /// Rule `rule` dropped a sample; the message is made only while messages are kept.
     pub(super) fn issue(&mut self, rule: usize, reason: Reason, message: impl FnOnce() -> String) {
-        self.dropped[rule][reason.index()] += 1;
+        self.issues(rule, reason, 1, message);
+    }
+
+    /// [`Report::issue`] for `n` samples at once.
+    pub(super) fn issues(
+        &mut self,
+        rule: usize,
+        reason: Reason,
+        n: u64,
+        message: impl FnOnce() -> String,
+    ) {
+        self.dropped[rule][reason.index()] += n;
         if reason.is_error() && self.translation.messages.len() < MAX_MESSAGES {
             let m = message();
             let name = &self.rules[rule].name;

@@ -5,7 +5,7 @@ use super::capture::{Capture, NO_NODE};
 use super::input::{Format, StartTag};
 use super::plan::Engine;
 use super::record::{OpenRecords, Recorder, Values, View};
-use super::report::{DocumentError, Report, Translation, malformed};
+use super::report::{DocumentError, Reason, Report, Translation, malformed};
 use super::series::Series;
 use super::stack::{Element, Frame, Stack};
 
@@ -109,6 +109,16 @@ impl<'e, F: Format> Run<'e, F> {
                 message: format!("elements nested deeper than max_depth {}", limits.max_depth),
             });
         }
+        if engine.leaf_only
+            && s.stack.top().is_some_and(|f| f.children == 0)
+            && s.records.drop_leaf_only(depth - 1, &engine.mapping.rules)
+        {
+            // The element's parent was a record only for leaf-only rules: it is not one.
+            if s.records.is_empty() {
+                s.capture.clear();
+                s.stack.uncapture_top();
+            }
+        }
         let qname = tag.name();
         let uri = if engine.mapping.needs_namespaces {
             tag.namespace()
@@ -124,6 +134,7 @@ impl<'e, F: Format> Run<'e, F> {
                 qname
             },
             uri: uri.as_deref(),
+            position: s.stack.next_position(),
         };
         s.capture.new_tag();
 
@@ -147,7 +158,10 @@ impl<'e, F: Format> Run<'e, F> {
         let mut capture = None;
         if plan_states.1 > plan_states.0 && !s.capture.too_large {
             let parent = s.stack.top().and_then(|f| f.capture);
-            capture = Some(s.capture.add_node(tag, el.local, el.uri, parent)?);
+            capture = Some(
+                s.capture
+                    .add_node(tag, el.local, el.uri, parent, el.position)?,
+            );
         }
         if is_record {
             // A record too large to capture still opens, so that its rules count the drop.
@@ -163,12 +177,26 @@ impl<'e, F: Format> Run<'e, F> {
             s.stack.child_text.clear();
         }
         // Ancestors' attributes are read only by records below them, which need trie states.
-        let kept = if trie_states.1 > trie_states.0 {
+        let kept = if engine.reads_ancestor_attributes && trie_states.1 > trie_states.0 {
             tag.source()
         } else {
             qname
         };
+        // What the open elements keep is bounded like a record, whatever the nesting.
+        if (s.stack.kept_bytes() + kept.len()) as u64 > limits.max_record_bytes {
+            return Err(DocumentError::Malformed {
+                format: F::NAME,
+                position: pos,
+                message: format!(
+                    "the start tags of the {} open elements hold more than max_record_bytes \
+                     ({} bytes)",
+                    depth + 1,
+                    limits.max_record_bytes
+                ),
+            });
+        }
         let mut frame = Frame::new(qname.len());
+        frame.position = el.position;
         frame.trie_states = trie_states;
         frame.capture = capture;
         frame.plan_states = plan_states;
@@ -271,6 +299,7 @@ impl<'e, F: Format> Run<'e, F> {
                     capture: &s.capture,
                     stack: &s.stack,
                     format: &self.format,
+                    kept: &self.engine.kept_children,
                 },
                 values: &mut s.values,
                 series: &mut s.series,
@@ -284,7 +313,15 @@ impl<'e, F: Format> Run<'e, F> {
                 s.capture.clear();
             }
         }
-        s.stack.pop();
+        s.stack.pop(&self.engine.kept_children);
+        for (rule, records) in s.stack.late.drain(..) {
+            self.report.issues(rule, Reason::LateChild, records, || {
+                format!(
+                    "{records} record(s) read a child of an ancestor that the document prints \
+                     after them: they read nothing there (an empty label)"
+                )
+            });
+        }
     }
 
     /// The checks once the document has ended at byte `end`.

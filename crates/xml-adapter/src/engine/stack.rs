@@ -2,10 +2,16 @@
 //! reached, and the text of the leaf children that paths read from an ancestor; reading a path
 //! that climbs above a record.
 //!
+//! A record that reads an ancestor's leaf child the document prints only after the record
+//! (`ancestor::x/id` with `<id>` after it) reads nothing; when that child then arrives, the
+//! records that missed it are counted (`late_child`), so the empty values are not silent.
+//!
 //! Every open element carries the set of trie states it matched. An element whose set is empty
 //! (and whose parent has no `//` state) costs only the well-formedness bookkeeping.
 
-use super::capture::Capture;
+use std::cell::RefCell;
+
+use super::capture::{Capture, push_number};
 use super::input::{Format, StartTag};
 use super::plan::{Engine, TrieNode};
 use super::report::DocumentError;
@@ -18,6 +24,8 @@ pub(super) struct Element<'a, T> {
     pub(super) qname: &'a str,
     pub(super) local: &'a str,
     pub(super) uri: Option<&'a str>,
+    /// Its 1-based position among its parent's element children.
+    pub(super) position: u32,
 }
 
 #[derive(Debug)]
@@ -38,7 +46,10 @@ pub(super) struct Frame {
     /// It may be a kept leaf child: its text collects in `Stack::child_text` (only the
     /// innermost open element can be a leaf, so one buffer serves).
     pub(super) kept_child: bool,
-    has_child: bool,
+    /// Its element children so far.
+    pub(super) children: u32,
+    /// Its 1-based position among its parent's element children.
+    pub(super) position: u32,
 }
 
 impl Frame {
@@ -52,7 +63,8 @@ impl Frame {
             plan_states: (0, 0),
             reads_text: false,
             kept_child: false,
-            has_child: false,
+            children: 0,
+            position: 1,
         }
     }
 }
@@ -64,6 +76,16 @@ struct KeptChild {
     parent_depth: usize,
     local: String,
     text: String,
+}
+
+/// Records of `rule` that read the leaf child `child` (an index of `Engine::kept_children`)
+/// of the open element at `parent_depth` and found none yet.
+#[derive(Debug)]
+struct Miss {
+    parent_depth: usize,
+    child: usize,
+    rule: usize,
+    records: u64,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +101,10 @@ pub(super) struct Stack {
     kept_children: Vec<KeptChild>,
     /// The text of the innermost element while it may be a kept child.
     pub(super) child_text: String,
+    /// Kept children that records below their parent read before they arrived.
+    misses: RefCell<Vec<Miss>>,
+    /// (rule, records) that read a kept child which arrived after them: to be reported.
+    pub(super) late: Vec<(usize, u64)>,
     pub(super) root_seen: bool,
     pub(super) root_closed: bool,
 }
@@ -92,6 +118,8 @@ impl Stack {
         self.trie_states.push((0, false));
         self.plan_states.reuse();
         self.kept_children.clear();
+        self.misses.get_mut().clear();
+        self.late.clear();
         self.child_text.reuse();
         self.root_seen = false;
         self.root_closed = false;
@@ -111,6 +139,27 @@ impl Stack {
     #[inline]
     pub(super) fn name(&self, f: &Frame) -> &str {
         &self.tags[f.tag_start..f.tag_start + f.name_len]
+    }
+
+    /// Bytes the open elements keep of their start tags.
+    #[inline]
+    pub(super) fn kept_bytes(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// The position the next element child of the innermost open element will have.
+    #[inline]
+    pub(super) fn next_position(&self) -> u32 {
+        self.frames
+            .last()
+            .map_or(1, |f| f.children.saturating_add(1))
+    }
+
+    /// The innermost element no longer has a capture node (its record was cancelled).
+    pub(super) fn uncapture_top(&mut self) {
+        if let Some(f) = self.frames.last_mut() {
+            f.capture = None;
+        }
     }
 
     /// Is an element named `name` open?
@@ -217,7 +266,7 @@ impl Stack {
         frame.tag_len = tag.len();
         self.tags.push_str(tag);
         if let Some(parent) = self.frames.last_mut() {
-            parent.has_child = true;
+            parent.children = parent.children.saturating_add(1);
             parent.kept_child = false;
         }
         self.frames.push(frame);
@@ -234,9 +283,10 @@ impl Stack {
         self.push("", frame);
     }
 
-    /// Closes the innermost element.
+    /// Closes the innermost element. `kept` are the names of the children kept for paths
+    /// above a record (`Engine::kept_children`).
     #[inline]
-    pub(super) fn pop(&mut self) {
+    pub(super) fn pop(&mut self, kept: &[NameTest]) {
         let Some(f) = self.frames.pop() else { return };
         let depth = self.frames.len();
         // Children kept for ancestor references die with their parent.
@@ -247,9 +297,25 @@ impl Stack {
         {
             self.kept_children.pop();
         }
-        if f.kept_child && !f.has_child && depth > 0 {
+        let misses = self.misses.get_mut();
+        if !misses.is_empty() {
+            misses.retain(|m| m.parent_depth < depth);
+        }
+        if f.kept_child && f.children == 0 && depth > 0 {
             let name = self.name(&f);
             let local = name.rsplit(':').next().unwrap_or(name).to_string();
+            let misses = self.misses.get_mut();
+            if !misses.is_empty() {
+                let late = &mut self.late;
+                misses.retain(|m| {
+                    let arrived = m.parent_depth == depth - 1
+                        && kept.get(m.child).is_some_and(|t| t.matches(None, &local));
+                    if arrived {
+                        late.push((m.rule, m.records));
+                    }
+                    !arrived
+                });
+            }
             self.kept_children.push(KeptChild {
                 parent_depth: depth - 1,
                 local,
@@ -266,7 +332,8 @@ impl Stack {
 
     /// Appends to `out` what a path above the record (the innermost open element) selects:
     /// the ancestor `sel`, then its kept `child`'s text or its `leaf`. `false` when that selects
-    /// nothing.
+    /// nothing; a child not there (yet) is noted against rule `rule`, see [`Miss`].
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn read_up<F: Format>(
         &self,
         format: &F,
@@ -274,6 +341,8 @@ impl Stack {
         child: Option<&NameTest>,
         leaf: &Leaf,
         out: &mut String,
+        rule: usize,
+        kept: &[NameTest],
     ) -> bool {
         let record_depth = self.frames.len() - 1;
         let depth = match sel {
@@ -294,7 +363,24 @@ impl Stack {
                     out.push_str(&c.text);
                     true
                 }
-                None => false,
+                None => {
+                    if let Some(child) = kept.iter().position(|t| t == child) {
+                        let mut misses = self.misses.borrow_mut();
+                        match misses
+                            .iter_mut()
+                            .find(|m| m.parent_depth == depth && m.child == child && m.rule == rule)
+                        {
+                            Some(m) => m.records += 1,
+                            None => misses.push(Miss {
+                                parent_depth: depth,
+                                child,
+                                rule,
+                                records: 1,
+                            }),
+                        }
+                    }
+                    false
+                }
             };
         }
         let f = &self.frames[depth];
@@ -303,6 +389,7 @@ impl Stack {
         match leaf {
             Leaf::Name => out.push_str(name),
             Leaf::LocalName => out.push_str(name.rsplit(':').next().unwrap_or(name)),
+            Leaf::Position => push_number(out, f.position),
             Leaf::Attr(test) => return format.kept_attribute(tag, f.name_len, test, out),
             // Text of an open ancestor is not complete yet: refused at load.
             Leaf::Text => return false,
@@ -320,9 +407,27 @@ fn start_predicate<T: StartTag>(
     let value = match &p.operand {
         Operand::Name => Some(el.qname),
         Operand::LocalName => Some(el.local),
+        Operand::Position => {
+            let mut buf = [0u8; 10];
+            return Ok(p.test(Some(format_u32(&mut buf, el.position))));
+        }
         Operand::Attr(test) => capture.tag_attr(el.tag, test)?,
         // Content predicates were moved to the rule's record filter at load.
         Operand::Child(_) | Operand::ChildPath(_) | Operand::Text => return Ok(true),
     };
     Ok(p.test(value))
+}
+
+/// `n` in decimal, written into `buf` (no allocation in the matching of a start tag).
+fn format_u32(buf: &mut [u8; 10], mut n: u32) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }

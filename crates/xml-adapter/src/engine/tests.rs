@@ -3,7 +3,7 @@ use super::*;
 use crate::encode::Suffix;
 use crate::mapping::Mapping;
 
-fn run(mapping: &str, doc: &str) -> Result<Translation, DocumentError> {
+pub(super) fn run(mapping: &str, doc: &str) -> Result<Translation, DocumentError> {
     Engine::new(Mapping::parse(mapping, "test.yaml").unwrap()).translate(doc.as_bytes())
 }
 
@@ -100,7 +100,7 @@ fn reused_buffers_translate_each_document_afresh() {
     }
 }
 
-fn samples(t: &Translation) -> Vec<String> {
+pub(super) fn samples(t: &Translation) -> Vec<String> {
     t.families
         .iter()
         .flat_map(|f| {
