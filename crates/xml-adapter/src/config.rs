@@ -1,7 +1,7 @@
 //! Command line and the validated configuration built from it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -9,7 +9,10 @@ use sidecar_kit::cli::ConfigFile;
 use sidecar_kit::config::ConfigError;
 use sidecar_kit::{KitArgs, SidecarInfo};
 
+pub use crate::http::{Auth, TlsOptions};
+use crate::http::{BasicAuthSpec, HttpSettings, HttpSpec, Names, TlsSpec, split_header};
 use crate::mapping::Mapping;
+use crate::probe::ProbeConfig;
 
 pub const INFO: SidecarInfo = SidecarInfo {
     name: "xml-adapter",
@@ -74,6 +77,47 @@ pub struct Cli {
     #[arg(long, env = "INSECURE_SKIP_VERIFY")]
     pub insecure_skip_verify: bool,
 
+    /// The request method (a status endpoint that wants a POST).
+    #[arg(long, env = "METHOD", default_value = "GET")]
+    pub method: String,
+
+    /// The request body, inline (needs --method POST or another method that takes one).
+    #[arg(long, env = "BODY", conflicts_with = "body_file")]
+    pub body: Option<String>,
+
+    /// The request body, from a file read at start.
+    #[arg(long, env = "BODY_FILE")]
+    pub body_file: Option<PathBuf>,
+
+    /// The request's Content-Type (for the body).
+    #[arg(long, env = "CONTENT_TYPE")]
+    pub content_type: Option<String>,
+
+    /// Fetch the upstream through this HTTP proxy (`http://host:port`; CONNECT for https).
+    #[arg(long, env = "PROXY", conflicts_with = "proxy_from_env")]
+    pub proxy: Option<String>,
+
+    /// Hosts reached without --proxy (NO_PROXY syntax: `localhost,.internal,10.0.0.0/8`).
+    #[arg(long = "no-proxy", env = "NO_PROXY_HOSTS", requires = "proxy")]
+    pub no_proxy: Option<String>,
+
+    /// Take the proxy from HTTP_PROXY/HTTPS_PROXY/ALL_PROXY and NO_PROXY (ignored otherwise).
+    #[arg(long, env = "PROXY_FROM_ENV")]
+    pub proxy_from_env: bool,
+
+    /// Serve /probe?module=NAME&target=URL (needs an allow-list of targets).
+    #[arg(long, env = "PROBE")]
+    pub probe: bool,
+
+    /// YAML file of probe modules and allowed targets (implies --probe).
+    #[arg(long, env = "PROBE_CONFIG")]
+    pub probe_config: Option<PathBuf>,
+
+    /// A target /probe may fetch: a host (`host`, `host:port`) or a URL prefix
+    /// (`http://host:port/path/`); repeatable.
+    #[arg(long = "probe-allow", env = "PROBE_ALLOW", value_delimiter = ',')]
+    pub probe_allow: Vec<String>,
+
     /// Upper bound of one fetch; Prometheus's X-Prometheus-Scrape-Timeout-Seconds (minus
     /// --timeout-offset) lowers it per scrape.
     #[arg(long, env = "TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -122,37 +166,12 @@ pub struct Config {
     pub mapping: Mapping,
     pub listen: SocketAddr,
     pub upstream: reqwest::Url,
-    pub headers: reqwest::header::HeaderMap,
-    pub auth: Auth,
-    pub tls: TlsOptions,
-    pub timeout: Duration,
+    /// How the upstream is asked (also the probe's `default` module).
+    pub http: HttpSettings,
     pub timeout_offset: Duration,
-    pub max_body_bytes: u64,
     pub poll_interval: Option<Duration>,
-}
-
-#[derive(Debug, Clone)]
-pub enum Auth {
-    None,
-    Basic {
-        user: String,
-        password_file: PathBuf,
-    },
-    Bearer {
-        token_file: PathBuf,
-    },
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct TlsOptions {
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    pub insecure_skip_verify: bool,
-}
-
-fn readable(flag: &str, path: &Path) -> Result<(), ConfigError> {
-    sidecar_kit::config::require_readable(flag, path)
+    /// `/probe`'s modules and allow-list, when probing is on.
+    pub probe: Option<ProbeConfig>,
 }
 
 impl Config {
@@ -166,87 +185,92 @@ impl Config {
         if !matches!(upstream.scheme(), "http" | "https") {
             return Err(upstream_err(&"only http and https are supported"));
         }
-        let mut headers = reqwest::header::HeaderMap::new();
-        for h in &cli.headers {
-            let bad = || ConfigError::field(format!("--header `{h}`"), "expected `Name: value`");
-            let (k, v) = h.split_once(':').ok_or_else(bad)?;
-            let name =
-                reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()).map_err(|_| bad())?;
-            let value = reqwest::header::HeaderValue::from_str(v.trim()).map_err(|_| bad())?;
-            headers.append(name, value);
-        }
-        let auth = match (
-            &cli.basic_auth_user,
-            &cli.basic_auth_password_file,
-            &cli.bearer_token_file,
-        ) {
-            (Some(_), _, Some(_)) | (None, Some(_), Some(_)) => {
-                return Err(ConfigError::Value(
-                    "--basic-auth-* and --bearer-token-file are exclusive".into(),
-                ));
-            }
-            (Some(user), Some(file), None) => {
-                readable("--basic-auth-password-file", file)?;
-                Auth::Basic {
-                    user: user.clone(),
-                    password_file: file.clone(),
-                }
-            }
-            (Some(_), None, None) => {
+        let headers = cli
+            .headers
+            .iter()
+            .map(|h| split_header(h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let basic_auth = match (&cli.basic_auth_user, &cli.basic_auth_password_file) {
+            (Some(user), Some(file)) => Some(BasicAuthSpec {
+                user: user.clone(),
+                password_file: file.clone(),
+            }),
+            (Some(_), None) => {
                 return Err(ConfigError::Value(
                     "--basic-auth-user needs --basic-auth-password-file".into(),
                 ));
             }
-            (None, Some(_), None) => {
+            (None, Some(_)) => {
                 return Err(ConfigError::Value(
                     "--basic-auth-password-file needs --basic-auth-user".into(),
                 ));
             }
-            (None, None, Some(file)) => {
-                readable("--bearer-token-file", file)?;
-                Auth::Bearer {
-                    token_file: file.clone(),
-                }
-            }
-            (None, None, None) => Auth::None,
+            (None, None) => None,
         };
-        for (flag, p) in [
-            ("--ca-file", &cli.ca_file),
-            ("--client-cert", &cli.client_cert),
-            ("--client-key", &cli.client_key),
-        ] {
-            if let Some(p) = p {
-                readable(flag, p)?;
-            }
+        if basic_auth.is_some() && cli.bearer_token_file.is_some() {
+            return Err(ConfigError::Value(
+                "--basic-auth-* and --bearer-token-file are exclusive".into(),
+            ));
         }
         if cli.timeout.is_zero() {
             return Err(ConfigError::Value("--timeout must be above 0".into()));
         }
-        if cli.max_body_bytes == 0 {
-            return Err(ConfigError::Value(
-                "--max-body-bytes must be above 0".into(),
-            ));
-        }
-        if cli.poll_interval.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::Value("--poll-interval must be above 0".into()));
-        }
-        Ok(Config {
-            mapping_path,
-            mapping,
-            listen: cli.listen,
-            upstream,
-            headers,
-            auth,
-            tls: TlsOptions {
+        let spec = HttpSpec {
+            headers: Default::default(),
+            basic_auth,
+            bearer_token_file: cli.bearer_token_file.clone(),
+            tls: TlsSpec {
                 ca_file: cli.ca_file.clone(),
                 client_cert: cli.client_cert.clone(),
                 client_key: cli.client_key.clone(),
                 insecure_skip_verify: cli.insecure_skip_verify,
             },
-            timeout: cli.timeout,
+            timeout: None,
+            max_body_bytes: Some(cli.max_body_bytes),
+            method: Some(cli.method.clone()),
+            body: cli.body.clone(),
+            body_file: cli.body_file.clone(),
+            content_type: cli.content_type.clone(),
+            proxy: cli.proxy.clone(),
+            no_proxy: cli.no_proxy.clone(),
+            proxy_from_env: cli.proxy_from_env,
+        };
+        let mut http = spec.build(Names::Flags, None, cli.timeout, cli.max_body_bytes)?;
+        for (k, v) in headers {
+            // Both were checked by split_header.
+            if let (Ok(k), Ok(v)) = (
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+                reqwest::header::HeaderValue::from_str(&v),
+            ) {
+                http.headers.append(k, v);
+            }
+        }
+        if cli.poll_interval.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::Value("--poll-interval must be above 0".into()));
+        }
+        let probe = if cli.probe || cli.probe_config.is_some() {
+            Some(ProbeConfig::load(
+                cli.probe_config.as_deref(),
+                &cli.probe_allow,
+                cli.timeout,
+                cli.max_body_bytes,
+            )?)
+        } else if !cli.probe_allow.is_empty() {
+            return Err(ConfigError::Value(
+                "--probe-allow needs --probe or --probe-config".into(),
+            ));
+        } else {
+            None
+        };
+        Ok(Config {
+            mapping_path,
+            mapping,
+            listen: cli.listen,
+            upstream,
+            http,
             timeout_offset: cli.timeout_offset,
-            max_body_bytes: cli.max_body_bytes,
             poll_interval: cli.poll_interval,
+            probe,
         })
     }
 }

@@ -14,8 +14,10 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 
-use crate::config::{Auth, Config};
+use crate::config::Config;
 use crate::engine::{DocumentError, Engine, Scratch, Translation, Translator};
+use crate::http::{Auth, HttpSettings, ProxySetting};
+use crate::probe::AllowList;
 
 /// Why a scrape served no translated samples; the `kind` label of the error counter.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +28,7 @@ pub enum ScrapeError {
     Status { url: String, status: u16 },
     #[error("no complete answer from the upstream within {0:?}")]
     Timeout(Duration),
-    #[error("the upstream body exceeds --max-body-bytes ({0} bytes)")]
+    #[error("the upstream body exceeds the body cap ({0} bytes)")]
     BodyCap(u64),
     #[error("cannot read credentials: {0}")]
     Credentials(String),
@@ -63,13 +65,33 @@ pub enum ClientError {
     },
 }
 
+/// An HTTP client with one set of request settings; it fetches any URL it is given.
 #[derive(Debug)]
-pub struct Fetcher {
+pub struct Client {
     client: reqwest::Client,
-    url: reqwest::Url,
     headers: reqwest::header::HeaderMap,
     auth: Auth,
+    method: reqwest::Method,
+    body: Option<Bytes>,
     max_body: u64,
+}
+
+/// What a fetch measured, filled in as far as it got.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timing {
+    /// The upstream's HTTP status, once the response head arrived.
+    pub status: Option<u16>,
+    /// From the start of the fetch to the response head.
+    pub headers_after: Option<Duration>,
+    /// Time spent translating (the chunks are translated as they arrive).
+    pub parse: Duration,
+}
+
+/// The one fixed upstream (`--upstream`): fetches are serialised over one connection.
+#[derive(Debug)]
+pub struct Fetcher {
+    client: Client,
+    url: reqwest::Url,
     /// One fetch at a time: one connection to the legacy application. It guards the
     /// translator's buffers, which each fetch leaves to the next.
     one: tokio::sync::Mutex<Scratch>,
@@ -80,8 +102,14 @@ const STOP_NONE: u8 = 0;
 const STOP_CAP: u8 = 1;
 const STOP_DEADLINE: u8 = 2;
 
-impl Fetcher {
-    pub fn new(config: &Config) -> Result<Fetcher, ClientError> {
+impl Client {
+    /// `idle` is how many idle connections per host are kept; `allow`, when given, is checked
+    /// again on every redirect (a probe target cannot redirect out of the allow-list).
+    pub fn new(
+        settings: &HttpSettings,
+        idle: usize,
+        allow: Option<AllowList>,
+    ) -> Result<Client, ClientError> {
         let read = |what: &'static str, path: &std::path::PathBuf| {
             std::fs::read(path).map_err(|source| ClientError::File {
                 what,
@@ -94,12 +122,40 @@ impl Fetcher {
         sidecar_kit::tls::install_default_provider();
         let mut b = reqwest::Client::builder()
             .http1_only()
-            .pool_max_idle_per_host(1)
+            .pool_max_idle_per_host(idle)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
-            .no_proxy()
             .user_agent(concat!("xml-adapter/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &config.tls.ca_file {
+        b = match &settings.proxy {
+            ProxySetting::Direct => b.no_proxy(),
+            // reqwest reads HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY by itself.
+            ProxySetting::Env => b,
+            ProxySetting::Url { url, no_proxy } => {
+                let proxy = reqwest::Proxy::all(url.clone())
+                    .map_err(|source| ClientError::Tls {
+                        what: "--proxy",
+                        source,
+                    })?
+                    .no_proxy(no_proxy.as_deref().and_then(reqwest::NoProxy::from_string));
+                b.proxy(proxy)
+            }
+        };
+        if let Some(allow) = allow {
+            b = b.redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= 10 {
+                    attempt.error("more than 10 redirects")
+                } else if allow.allows(attempt.url()) {
+                    attempt.follow()
+                } else {
+                    let to = attempt.url().to_string();
+                    attempt.error(format!(
+                        "a redirect to {to}, which the allow-list does not allow"
+                    ))
+                }
+            }));
+        }
+        let tls = &settings.tls;
+        if let Some(ca) = &tls.ca_file {
             let pem = read("--ca-file", ca)?;
             for cert in
                 reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| ClientError::Tls {
@@ -110,7 +166,7 @@ impl Fetcher {
                 b = b.add_root_certificate(cert);
             }
         }
-        if let (Some(cert), Some(key)) = (&config.tls.client_cert, &config.tls.client_key) {
+        if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
             let mut pem = read("--client-cert", cert)?;
             pem.extend_from_slice(b"\n");
             pem.extend(read("--client-key", key)?);
@@ -120,41 +176,45 @@ impl Fetcher {
             })?;
             b = b.identity(id);
         }
-        if config.tls.insecure_skip_verify {
+        if tls.insecure_skip_verify {
             b = b.tls_danger_accept_invalid_certs(true);
         }
         let client = b.build().map_err(|source| ClientError::Tls {
             what: "HTTP client",
             source,
         })?;
-        Ok(Fetcher {
+        Ok(Client {
             client,
-            url: config.upstream.clone(),
-            headers: config.headers.clone(),
-            auth: config.auth.clone(),
-            max_body: config.max_body_bytes,
-            one: tokio::sync::Mutex::new(Scratch::default()),
+            headers: settings.headers.clone(),
+            auth: settings.auth.clone(),
+            method: settings.method.clone(),
+            body: settings.body.clone(),
+            max_body: settings.max_body_bytes,
         })
     }
 
-    /// Fetches and translates one document within `budget`. `bytes` counts what was read, even
-    /// when the scrape fails.
-    pub async fn scrape(
+    /// Fetches `url` and translates it by the deadline. `bytes` counts what was read, even when
+    /// the fetch fails; `scratch` holds the translator's buffers before and after.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fetch(
         &self,
-        engine: Arc<Engine>,
+        url: &reqwest::Url,
+        engine: &Engine,
+        deadline: Instant,
         budget: Duration,
-        bytes: Arc<AtomicU64>,
+        bytes: &Arc<AtomicU64>,
+        scratch: &mut Scratch,
+        timing: &mut Timing,
     ) -> Result<Translation, ScrapeError> {
-        let deadline = Instant::now() + budget;
+        let started = Instant::now();
         let timeout = ScrapeError::Timeout(budget);
-        let mut one = match tokio::time::timeout_at(deadline, self.one.lock()).await {
-            Ok(g) => g,
-            Err(_) => return Err(timeout),
-        };
         let mut req = self
             .client
-            .get(self.url.clone())
+            .request(self.method.clone(), url.clone())
             .headers(self.headers.clone());
+        if let Some(body) = &self.body {
+            req = req.body(body.clone());
+        }
         req = match &self.auth {
             Auth::None => req,
             Auth::Basic {
@@ -173,20 +233,22 @@ impl Fetcher {
                 req.bearer_auth(t.trim())
             }
         };
-        let url = self.url.to_string();
+        let url_text = url.to_string();
         let resp = match tokio::time::timeout_at(deadline, req.send()).await {
             Err(_) => return Err(timeout),
             Ok(Err(e)) => {
                 return Err(ScrapeError::Fetch {
-                    url,
+                    url: url_text,
                     message: sidecar_kit::error_chain(&e),
                 });
             }
             Ok(Ok(r)) => r,
         };
+        timing.status = Some(resp.status().as_u16());
+        timing.headers_after = Some(started.elapsed());
         if !resp.status().is_success() {
             return Err(ScrapeError::Status {
-                url,
+                url: url_text,
                 status: resp.status().as_u16(),
             });
         }
@@ -207,27 +269,29 @@ impl Fetcher {
             bytes.clone(),
             stop.clone(),
         ));
-        let mut translator = Translator::for_content_type(
-            &engine,
-            std::mem::take(&mut *one),
-            content_type.as_deref(),
-        );
+        let mut translator =
+            Translator::for_content_type(engine, std::mem::take(scratch), content_type.as_deref());
         let result = loop {
             match body.next().await {
                 None => {
-                    let (result, scratch) = translator.finish_keep();
-                    *one = scratch;
+                    let t = std::time::Instant::now();
+                    let (result, kept) = translator.finish_keep();
+                    timing.parse += t.elapsed();
+                    *scratch = kept;
                     break result;
                 }
                 Some(Ok(chunk)) => {
-                    if let Err(e) = translator.feed(&chunk) {
-                        *one = translator.into_scratch();
+                    let t = std::time::Instant::now();
+                    let fed = translator.feed(&chunk);
+                    timing.parse += t.elapsed();
+                    if let Err(e) = fed {
+                        *scratch = translator.into_scratch();
                         break Err(e);
                     }
                 }
                 Some(Err(source)) => {
                     let position = translator.position();
-                    *one = translator.into_scratch();
+                    *scratch = translator.into_scratch();
                     break Err(DocumentError::Read { position, source });
                 }
             }
@@ -237,11 +301,48 @@ impl Fetcher {
             (Err(_), STOP_CAP) => Err(ScrapeError::BodyCap(self.max_body)),
             (Err(_), STOP_DEADLINE) => Err(timeout),
             (Err(DocumentError::Read { source, .. }), _) => Err(ScrapeError::Fetch {
-                url,
+                url: url_text,
                 message: format!("the body broke off: {source}"),
             }),
             (Err(e), _) => Err(ScrapeError::Document(e)),
         }
+    }
+}
+
+impl Fetcher {
+    pub fn new(config: &Config) -> Result<Fetcher, ClientError> {
+        Ok(Fetcher {
+            client: Client::new(&config.http, 1, None)?,
+            url: config.upstream.clone(),
+            one: tokio::sync::Mutex::new(Scratch::default()),
+        })
+    }
+
+    /// Fetches and translates one document within `budget`. `bytes` counts what was read, even
+    /// when the scrape fails.
+    pub async fn scrape(
+        &self,
+        engine: Arc<Engine>,
+        budget: Duration,
+        bytes: Arc<AtomicU64>,
+    ) -> Result<Translation, ScrapeError> {
+        let deadline = Instant::now() + budget;
+        let mut one = match tokio::time::timeout_at(deadline, self.one.lock()).await {
+            Ok(g) => g,
+            Err(_) => return Err(ScrapeError::Timeout(budget)),
+        };
+        let mut timing = Timing::default();
+        self.client
+            .fetch(
+                &self.url,
+                &engine,
+                deadline,
+                budget,
+                &bytes,
+                &mut one,
+                &mut timing,
+            )
+            .await
     }
 }
 

@@ -1,6 +1,7 @@
 //! The adapter's HTTP listener (/metrics, /json) and its background work (polling, mapping
 //! reload), wired into the sidecar kit's lifecycle.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,6 +22,7 @@ use crate::encode::{Family, Format, encode, encode_json};
 use crate::engine::{Engine, failure_families};
 use crate::fetch::Fetcher;
 use crate::mapping::Mapping;
+use crate::probe_serve::Probes;
 use crate::stats::Stats;
 
 /// The outcome of the latest fetch, as served.
@@ -40,6 +42,8 @@ struct AppState {
     timeout_offset: Duration,
     /// Polling mode: the latest snapshot.
     cache: Option<ArcSwap<Option<Snapshot>>>,
+    /// Probe mode: `/probe`.
+    probes: Option<Probes>,
     sidecar: Sidecar,
 }
 
@@ -135,7 +139,11 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         })
 }
 
-fn body_response(headers: &HeaderMap, content_type: &'static str, body: String) -> Response {
+pub(crate) fn body_response(
+    headers: &HeaderMap,
+    content_type: &'static str,
+    body: String,
+) -> Response {
     let mut resp_headers = HeaderMap::new();
     resp_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp_headers.insert(
@@ -186,8 +194,29 @@ fn json_document(families: &[Family], error: Option<&str>, at: SystemTime) -> se
     })
 }
 
-async fn index() -> &'static str {
-    "xml-adapter: /metrics (Prometheus text or OpenMetrics), /json (the same samples as JSON)\n"
+async fn index(State(state): State<Arc<AppState>>) -> &'static str {
+    if state.probes.is_some() {
+        "xml-adapter: /metrics (Prometheus text or OpenMetrics), /json (the same samples as JSON), \
+         /probe?module=NAME&target=URL\n"
+    } else {
+        "xml-adapter: /metrics (Prometheus text or OpenMetrics), /json (the same samples as JSON)\n"
+    }
+}
+
+async fn probe(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let _in_flight = state.sidecar.shutdown().in_flight();
+    match &state.probes {
+        Some(p) => p.handle(state.engine.load_full(), &params, &headers).await,
+        None => (
+            StatusCode::NOT_FOUND,
+            "probe mode is off: start with --probe-config or --probe and --probe-allow\n",
+        )
+            .into_response(),
+    }
 }
 
 /// Builds the router for the adapter's listener; public for tests that embed it.
@@ -196,6 +225,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/", get(index))
         .route("/metrics", get(metrics))
         .route("/json", get(json))
+        .route("/probe", get(probe))
         .with_state(state)
 }
 
@@ -252,15 +282,26 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
+    let probe_on = config.probe.is_some();
+    let probes = match config.probe {
+        Some(p) => Some(Probes::new(
+            p,
+            &config.http,
+            config.timeout_offset,
+            sidecar.registry(),
+        )?),
+        None => None,
+    };
     let mapping_ready = sidecar.readiness().register("mapping");
     let state = Arc::new(AppState {
         engine: ArcSwap::from_pointee(Engine::new(config.mapping)),
         fetcher,
         stats: Stats::register(sidecar.registry(), config.poll_interval.is_some())
             .context("registering metrics")?,
-        timeout: config.timeout,
+        timeout: config.http.timeout,
         timeout_offset: config.timeout_offset,
         cache: config.poll_interval.map(|_| ArcSwap::from_pointee(None)),
+        probes,
         sidecar: sidecar.clone(),
     });
     mapping_ready.set_ready();
@@ -270,7 +311,12 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         let upstream_ready = sidecar.readiness().register("first-fetch");
         tracker.spawn(poll(state.clone(), interval, upstream_ready));
     }
-    tracing::info!(listen = %config.listen, upstream = %config.upstream, "serving /metrics and /json");
+    tracing::info!(
+        listen = %config.listen,
+        upstream = %config.upstream,
+        probe = probe_on,
+        "serving /metrics and /json"
+    );
     let token = sidecar.shutdown().token();
     // Small responses must not wait for delayed ACKs (Nagle): latency is part of the contract.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
