@@ -334,7 +334,10 @@ mod tests {
             "--timeout must be above 0"
         );
         std::fs::write(&mapping, "rules: []\n").unwrap();
-        assert_eq!(from(&[]).unwrap_err(), format!("mapping {m}: no rules"));
+        assert_eq!(
+            from(&[]).unwrap_err(),
+            format!("mapping {m}: line 1 column 8: field `rules`: no rules")
+        );
         let missing = dir.path().join("gone.yaml");
         let cli = parse(&["--config", missing.to_str().unwrap()]).unwrap();
         let err = Config::from_cli(&cli).unwrap_err().to_string();
