@@ -74,6 +74,8 @@ pub struct Client {
     method: reqwest::Method,
     body: Option<Bytes>,
     max_body: u64,
+    /// The proxy, said in fetch errors.
+    proxy: Option<String>,
 }
 
 /// What a fetch measured, filled in as far as it got.
@@ -190,6 +192,17 @@ impl Client {
             method: settings.method.clone(),
             body: settings.body.clone(),
             max_body: settings.max_body_bytes,
+            proxy: match &settings.proxy {
+                ProxySetting::Url {
+                    url,
+                    no_proxy: None,
+                } => Some(format!("through the proxy {url}")),
+                ProxySetting::Url {
+                    url,
+                    no_proxy: Some(n),
+                } => Some(format!("proxy {url}, except for {n}")),
+                _ => None,
+            },
         })
     }
 
@@ -237,9 +250,13 @@ impl Client {
         let resp = match tokio::time::timeout_at(deadline, req.send()).await {
             Err(_) => return Err(timeout),
             Ok(Err(e)) => {
+                let mut message = sidecar_kit::error_chain(&e);
+                if let Some(p) = &self.proxy {
+                    message.push_str(&format!(" ({p})"));
+                }
                 return Err(ScrapeError::Fetch {
                     url: url_text,
-                    message: sidecar_kit::error_chain(&e),
+                    message,
                 });
             }
             Ok(Ok(r)) => r,

@@ -142,7 +142,7 @@ impl Names<'_> {
                     "ca_file" | "client_cert" | "client_key" => format!("tls.{key}"),
                     k => k.to_string(),
                 };
-                format!("{origin}: modules.{module}.{field}")
+                format!("{origin}: modules.{module}.http.{field}")
             }
         }
     }
@@ -325,8 +325,11 @@ fn proxy_url(field: &str, text: &str) -> Result<reqwest::Url, ConfigError> {
         return Err(bad(&"an HTTP proxy is `http://host:port` (or https)"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        // Secrets come from files, never from flags or the probe file's plain text.
-        return Err(bad(&"credentials in the proxy URL are refused"));
+        // Secrets come from files, never from flags or a file's plain text; not echoed either.
+        return Err(ConfigError::field(
+            field,
+            "credentials in the proxy URL are refused",
+        ));
     }
     if url.host_str().is_none() {
         return Err(bad(&"no host"));
@@ -372,25 +375,25 @@ mod tests {
         assert!(matches!(s.proxy, ProxySetting::Url { .. }));
         assert_eq!(
             build("body: x\n").unwrap_err(),
-            "p.yaml: modules.m.method: a request body needs a method that takes one (POST, PUT...), not GET"
+            "p.yaml: modules.m.http.method: a request body needs a method that takes one (POST, PUT...), not GET"
         );
         assert_eq!(
             build("proxy: http://u:p@h:1\n").unwrap_err(),
-            "p.yaml: modules.m.proxy `http://u:p@h:1`: credentials in the proxy URL are refused"
+            "p.yaml: modules.m.http.proxy: credentials in the proxy URL are refused"
         );
         assert_eq!(
             build("timeout: 0s\n").unwrap_err(),
-            "p.yaml: modules.m.timeout: must be above 0"
+            "p.yaml: modules.m.http.timeout: must be above 0"
         );
         assert!(
             build("no_proxy: x\n")
                 .unwrap_err()
-                .contains("modules.m.no_proxy: needs")
+                .contains("modules.m.http.no_proxy: needs")
         );
         assert!(
             build("tls: {ca_file: /nonexistent}\n")
                 .unwrap_err()
-                .starts_with("p.yaml: modules.m.tls.ca_file /nonexistent")
+                .starts_with("p.yaml: modules.m.http.tls.ca_file /nonexistent")
         );
         assert!(build("methd: GET\n").unwrap_err().contains("methd"));
     }
