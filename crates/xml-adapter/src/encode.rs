@@ -36,6 +36,8 @@ pub struct Sample {
     /// Label pairs in output order; names are validated when the mapping loads.
     pub labels: Vec<(String, String)>,
     pub value: f64,
+    /// Epoch seconds, when the mapping reads the sample's time from the document.
+    pub timestamp: Option<f64>,
 }
 
 /// One metric family: every sample of a family is written contiguously under one HELP/TYPE.
@@ -283,6 +285,27 @@ fn write_labels(out: &mut String, labels: &[(String, String)]) {
     out.push('}');
 }
 
+/// A sample's timestamp, to the millisecond: integer milliseconds in the 0.0.4 text format,
+/// seconds with a decimal fraction in OpenMetrics (never an exponent).
+fn write_timestamp(out: &mut String, seconds: f64, openmetrics: bool) {
+    let ms = (seconds * 1000.0).round();
+    if !ms.is_finite() || ms.abs() >= 9e15 {
+        return;
+    }
+    let ms = ms as i64;
+    if !openmetrics {
+        let _ = write!(out, " {ms}");
+        return;
+    }
+    let sign = if ms < 0 { "-" } else { "" };
+    let (whole, frac) = (ms.unsigned_abs() / 1000, ms.unsigned_abs() % 1000);
+    let _ = write!(out, " {sign}{whole}");
+    if frac != 0 {
+        let digits = format!("{frac:03}");
+        let _ = write!(out, ".{}", digits.trim_end_matches('0'));
+    }
+}
+
 /// Writes families in the given format. OpenMetrics output ends with `# EOF`.
 pub fn encode(families: &[&Family], format: Format) -> String {
     let om = format == Format::OpenMetrics;
@@ -346,6 +369,9 @@ pub fn encode(families: &[&Family], format: Format) -> String {
             write_labels(&mut out, &s.labels);
             out.push(' ');
             write_value(&mut out, s.value);
+            if let Some(ts) = s.timestamp {
+                write_timestamp(&mut out, ts, om);
+            }
             out.push('\n');
         }
     }
@@ -371,13 +397,17 @@ pub fn encode_json(families: &[&Family]) -> serde_json::Value {
             } else {
                 serde_json::Value::String(format_value(s.value))
             };
-            samples.push(serde_json::json!({
+            let mut sample = serde_json::json!({
                 "name": f.sample_name(s, false),
                 "type": f.json_type(),
                 "help": f.help,
                 "labels": labels,
                 "value": value,
-            }));
+            });
+            if let (Some(ts), Some(obj)) = (s.timestamp, sample.as_object_mut()) {
+                obj.insert("timestamp".into(), serde_json::json!(ts));
+            }
+            samples.push(sample);
         }
     }
     serde_json::Value::Array(samples)
@@ -415,6 +445,7 @@ mod tests {
             suffix: Suffix::None,
             labels: vec![("path".into(), "a\"b\\c\nd é".into())],
             value: 3.0,
+            timestamp: None,
         });
         f
     }
@@ -437,6 +468,7 @@ mod tests {
             suffix: Suffix::None,
             labels: vec![("version".into(), "1.2".into())],
             value: 1.0,
+            timestamp: None,
         });
         let out = encode(&[&counter(), &info], Format::OpenMetrics);
         assert_eq!(
@@ -479,6 +511,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             value,
+            timestamp: None,
         };
         h.samples
             .push(s(Suffix::Bucket, &[("v", "a"), ("le", "+Inf")], 3.0));
@@ -502,16 +535,53 @@ mod tests {
             suffix: Suffix::None,
             labels: vec![],
             value: 1.0,
+            timestamp: None,
         });
         let mut set = Family::new("app_state", "", Kind::Stateset);
         set.samples.push(Sample {
             suffix: Suffix::None,
             labels: vec![("app_state".into(), "up".into())],
             value: 1.0,
+            timestamp: None,
         });
         let j = encode_json(&[&info, &set]);
         assert_eq!(j[0]["type"], "info");
         assert_eq!(j[1]["type"], "stateset");
+    }
+
+    #[test]
+    fn timestamps_in_both_formats() {
+        let mut g = Family::new("job_last_run", "", Kind::Gauge);
+        for (ts, v) in [
+            (Some(1626325868.926), 1.0),
+            (Some(1626325868.0), 2.0),
+            (None, 3.0),
+        ] {
+            g.samples.push(Sample {
+                suffix: Suffix::None,
+                labels: vec![("v".into(), format!("{v}"))],
+                value: v,
+                timestamp: ts,
+            });
+        }
+        let text = encode(&[&g], Format::Text004);
+        assert!(
+            text.contains("job_last_run{v=\"1\"} 1 1626325868926\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("job_last_run{v=\"2\"} 2 1626325868000\n"),
+            "{text}"
+        );
+        assert!(text.contains("job_last_run{v=\"3\"} 3\n"), "{text}");
+        let om = encode(&[&g], Format::OpenMetrics);
+        assert!(
+            om.contains("job_last_run{v=\"1\"} 1 1626325868.926\n"),
+            "{om}"
+        );
+        assert!(om.contains("job_last_run{v=\"2\"} 2 1626325868\n"), "{om}");
+        assert_eq!(encode_json(&[&g])[0]["timestamp"], 1626325868.926);
+        assert!(encode_json(&[&g])[2].get("timestamp").is_none());
     }
 
     #[test]
@@ -521,6 +591,7 @@ mod tests {
             suffix: Suffix::None,
             labels: vec![],
             value: f64::NAN,
+            timestamp: None,
         });
         let j = encode_json(&[&g]);
         assert_eq!(j[0]["value"], "NaN");

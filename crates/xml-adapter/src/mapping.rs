@@ -116,6 +116,49 @@ pub struct RuleSpec {
     /// Summary: relative path of the number of observations (served as `_count`).
     #[serde(default)]
     pub count: Option<String>,
+    /// The samples' timestamp, read from the record (off by default).
+    #[serde(default)]
+    pub timestamp: Option<TimestampSpec>,
+}
+
+/// Where a rule's samples take their timestamp: a relative path (epoch seconds), or a path
+/// with transforms and a format.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TimestampSpec {
+    Path(String),
+    Full(TimestampFull),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimestampFull {
+    pub path: String,
+    #[serde(default)]
+    pub format: TimestampFormat,
+    /// Applied before the format is read (`trim`, `regex`...).
+    #[serde(default)]
+    pub transforms: Vec<TransformSpec>,
+}
+
+/// How a timestamp is written in the document.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampFormat {
+    /// Epoch seconds (a fraction allowed).
+    #[default]
+    Seconds,
+    /// Epoch milliseconds.
+    Milliseconds,
+    /// `2021-07-15T05:11:08.926Z`.
+    Rfc3339,
+}
+
+/// A rule's timestamp as compiled: its path, and the transforms that make it epoch seconds.
+#[derive(Debug)]
+pub struct Timestamp {
+    pub path: RelPath,
+    pub transforms: Vec<Transform>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +276,7 @@ pub struct Rule {
     pub states: Vec<String>,
     /// `[not(*)]` on the record step: only elements without element children are records.
     pub leaf_only: bool,
+    pub timestamp: Option<Timestamp>,
 }
 
 impl Rule {
@@ -244,6 +288,7 @@ impl Rule {
             .chain(h.map(|h| &h.bucket))
             .chain(h.and_then(|h| h.sum.as_ref()))
             .chain(h.and_then(|h| h.count.as_ref()))
+            .chain(self.timestamp.as_ref().map(|t| &t.path))
             .flat_map(RelPath::paths)
     }
 }

@@ -209,6 +209,7 @@ impl Probes {
                 suffix: Suffix::None,
                 labels: vec![],
                 value: v,
+                timestamp: None,
             });
             f
         };
@@ -259,6 +260,7 @@ impl Probes {
                 suffix: Suffix::None,
                 labels: vec![("kind".into(), kind.into())],
                 value: 1.0,
+                timestamp: None,
             });
             families.push(f);
         }

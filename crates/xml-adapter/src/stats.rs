@@ -246,6 +246,7 @@ fn family(collector: &dyn Collector, kind: Kind, fixed: &[&str]) -> Family {
                 Kind::Counter => m.get_counter().get_value(),
                 _ => m.get_gauge().get_value(),
             },
+            timestamp: None,
         })
         .collect();
     samples.sort_by_cached_key(|s| {

@@ -11,7 +11,7 @@ use super::reuse::Reuse;
 use super::series::Series;
 use super::stack::Stack;
 use crate::encode::Kind;
-use crate::mapping::MissingPolicy;
+use crate::mapping::{MissingPolicy, Timestamp};
 use crate::path::{NameTest, Part, RelPath};
 use crate::transform::{self, Outcome};
 
@@ -205,6 +205,10 @@ impl<F: Format> Recorder<'_, '_, F> {
             self.report.truncated("records");
             return;
         }
+        self.series.timestamp = rule
+            .timestamp
+            .as_ref()
+            .and_then(|t| self.timestamp(ri, node, t));
         match &engine.label_order[ri] {
             Some(order) if !rule.split && rule.histogram.is_none() => {
                 self.values.text.clear();
@@ -213,6 +217,23 @@ impl<F: Format> Recorder<'_, '_, F> {
             }
             _ => self.general(ri, node),
         }
+    }
+
+    /// The record's timestamp (epoch seconds). One that is missing or unreadable drops only
+    /// itself: the samples are served without it, and it is counted.
+    fn timestamp(&mut self, ri: usize, node: usize, t: &Timestamp) -> Option<f64> {
+        let parsed = match self.view.read(ri, node, &t.path) {
+            None => Err("the timestamp path selects nothing".to_string()),
+            Some(text) => match transform::apply_numeric(&t.transforms, &text) {
+                Ok(Some(v)) if v.is_finite() && v >= 0.0 => Ok(v),
+                Ok(Some(v)) => Err(format!("timestamp `{text}` gives {v}, not a time")),
+                Ok(None) => Err(format!("timestamp `{text}` gives no value")),
+                Err(e) => Err(format!("timestamp `{text}`: {e}")),
+            },
+        };
+        parsed
+            .map_err(|e| self.report.issue(ri, Reason::BadTimestamp, || e))
+            .ok()
     }
 
     /// One sample per record (or one per state): the common case, read without allocating.

@@ -47,9 +47,11 @@ pub enum Reason {
     RecordTooLarge,
     /// An ancestor's child came after records that read it (they read nothing).
     LateChild,
+    /// The timestamp was missing or unreadable: the sample is served without one.
+    BadTimestamp,
 }
 
-const REASONS: [Reason; 7] = [
+const REASONS: [Reason; 8] = [
     Reason::Missing,
     Reason::BadValue,
     Reason::BadLabel,
@@ -57,6 +59,7 @@ const REASONS: [Reason; 7] = [
     Reason::Zip,
     Reason::RecordTooLarge,
     Reason::LateChild,
+    Reason::BadTimestamp,
 ];
 
 impl Reason {
@@ -69,6 +72,7 @@ impl Reason {
             Reason::Zip => "zip_mismatch",
             Reason::RecordTooLarge => "record_too_large",
             Reason::LateChild => "late_child",
+            Reason::BadTimestamp => "bad_timestamp",
         }
     }
 
@@ -178,6 +182,7 @@ pub(super) fn up_family(name: &str, value: f64) -> Family {
         suffix: Suffix::None,
         labels: vec![],
         value,
+        timestamp: None,
     });
     f
 }

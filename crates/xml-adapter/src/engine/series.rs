@@ -23,6 +23,8 @@ struct Pending {
     /// The document that gave it: a table outlives a document (see [`super::Scratch`]), and
     /// a series last seen in an earlier one is new in this one.
     generation: u64,
+    /// Epoch seconds, from the record (rules with a `timestamp`).
+    timestamp: Option<f64>,
 }
 
 /// One family's series so far, by key. Consecutive records often give the same series (a
@@ -71,6 +73,8 @@ pub(super) struct Series {
     count: u64,
     /// Histogram buckets per family, gathered until the document ends.
     histograms: Vec<HistogramGroups>,
+    /// The timestamp of the record being read, for the samples it folds in.
+    pub(super) timestamp: Option<f64>,
 }
 
 impl Series {
@@ -135,8 +139,18 @@ impl Series {
             p.count += 1;
             match policy {
                 DuplicatePolicy::First | DuplicatePolicy::Error => {}
-                DuplicatePolicy::Last => p.value = value,
-                DuplicatePolicy::Sum => p.value += value,
+                DuplicatePolicy::Last => {
+                    p.value = value;
+                    p.timestamp = self.timestamp;
+                }
+                // A sum is as recent as its latest part.
+                DuplicatePolicy::Sum => {
+                    p.value += value;
+                    p.timestamp = match (p.timestamp, self.timestamp) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
             }
             return;
         }
@@ -151,6 +165,7 @@ impl Series {
             value,
             count: 1,
             generation,
+            timestamp: self.timestamp,
         };
         // A series of an earlier document keeps its key and its slot.
         if let Some(i) = found {
@@ -230,6 +245,7 @@ impl Series {
                     suffix: Suffix::None,
                     labels,
                     value: p.value,
+                    timestamp: p.timestamp,
                 });
             }
             let mut groups: Vec<_> = hist.into_iter().collect();
@@ -248,12 +264,14 @@ impl Series {
                         suffix: Suffix::Count,
                         labels: l.to_vec(),
                         value: count,
+                        timestamp: None,
                     });
                     if let Some(sum) = group.sum {
                         fam.samples.push(Sample {
                             suffix: Suffix::Sum,
                             labels: l.to_vec(),
                             value: sum,
+                            timestamp: None,
                         });
                     }
                 };
@@ -284,6 +302,7 @@ impl Series {
                             suffix: Suffix::None,
                             labels: ql,
                             value: *v,
+                            timestamp: None,
                         });
                     }
                     tail(&mut fam, &l, count);
@@ -317,6 +336,7 @@ impl Series {
                         suffix: Suffix::Bucket,
                         labels: l,
                         value: acc,
+                        timestamp: None,
                     });
                 }
                 if full.windows(2).any(|w| w[1].value < w[0].value) {

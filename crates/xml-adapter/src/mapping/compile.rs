@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::locate::{Fault, Field};
 use super::{
-    FamilySpec, Histogram, Label, LabelSpec, Mapping, MappingSpec, Rule, RuleSpec,
-    valid_label_name, valid_metric_name,
+    FamilySpec, Histogram, Label, LabelSpec, Mapping, MappingSpec, Rule, RuleSpec, Timestamp,
+    TimestampFormat, TimestampSpec, valid_label_name, valid_metric_name,
 };
 use crate::encode::Kind;
 use crate::path::{self, Leaf, Predicate, RelPath};
@@ -187,6 +187,35 @@ fn compile_rule(r: &RuleSpec, at: &Field, spec: &MappingSpec) -> Result<Rule, Fa
         ));
     }
     let value = rel(at.key("value"), r.value.as_deref().unwrap_or("."))?;
+    let timestamp = match &r.timestamp {
+        None => None,
+        Some(t) => {
+            let field = at.key("timestamp");
+            if matches!(r.kind, Kind::Histogram | Kind::Summary) {
+                return Err(Fault::new(
+                    field,
+                    "a timestamp works with counter, gauge, untyped, info and stateset",
+                ));
+            }
+            let (p, specs, format) = match t {
+                TimestampSpec::Path(p) => (p.as_str(), &[][..], TimestampFormat::Seconds),
+                TimestampSpec::Full(f) => (f.path.as_str(), &f.transforms[..], f.format),
+            };
+            let mut transforms = chain(field.clone(), specs)?;
+            let last = match format {
+                TimestampFormat::Seconds => None,
+                TimestampFormat::Milliseconds => Some(TransformSpec::Scale(0.001)),
+                TimestampFormat::Rfc3339 => Some(TransformSpec::Date("rfc3339".into())),
+            };
+            if let Some(spec) = last {
+                transforms.extend(chain(field.clone(), &[spec])?);
+            }
+            Some(Timestamp {
+                path: rel(field, p)?,
+                transforms,
+            })
+        }
+    };
     let rule = Rule {
         name: r.name.clone(),
         kind: r.kind,
@@ -204,6 +233,7 @@ fn compile_rule(r: &RuleSpec, at: &Field, spec: &MappingSpec) -> Result<Rule, Fa
         histogram,
         states: r.states.clone(),
         leaf_only: !leaf.is_empty(),
+        timestamp,
     };
     Ok(rule)
 }
