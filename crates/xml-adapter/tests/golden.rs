@@ -125,6 +125,37 @@ fn monit_every_service_type() {
 }
 
 #[test]
+fn passenger_position_leaves_and_concat() {
+    let text = check_golden(
+        "tests/mappings/passenger_features.yaml",
+        "misc/passenger_status.xml",
+        "passenger_features.prom",
+    );
+    let group = "/var/app/current/public (default=true)";
+    assert_eq!(
+        text.value(&format!(
+            "passenger_group_option{{group=\"{group}\",option=\"min_processes\"}}"
+        )),
+        Some(22.0)
+    );
+    // Leaves whose text is no number are not records; elements with children never are.
+    assert!(
+        !text.text().contains("option=\"app_root\"") && !text.text().contains("option=\"options\""),
+        "{text}"
+    );
+    assert_eq!(
+        text.value(
+            "passenger_process_slot_info{id=\"QQUrbCVYxbJYpfgyDOwJ/1\",pid=\"11553\",slot=\"1\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        text.value("passenger_first_process_pid{group=\"QQUrbCVYxbJYpfgyDOwJ\"}"),
+        Some(11553.0)
+    );
+}
+
+#[test]
 fn passenger_two_declarations_and_ancestor_labels() {
     let text = check_golden(
         "tests/mappings/passenger.yaml",
