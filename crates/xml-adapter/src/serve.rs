@@ -359,8 +359,12 @@ pub fn check(
     let (families, error, issues) = match engine.translate(std::io::BufReader::new(file)) {
         Ok(t) => {
             for ((rule, reason), n) in &t.rule_issues {
+                let what = match reason {
+                    crate::engine::Reason::BadTimestamp => "served without their timestamp",
+                    _ => "dropped",
+                };
                 eprintln!(
-                    "note: rule `{rule}`: {n} sample(s) dropped ({})",
+                    "note: rule `{rule}`: {n} sample(s) {what} ({})",
                     reason.as_str()
                 );
             }

@@ -111,6 +111,9 @@ impl Engine {
                     plan_path(&mut capture_plan, root, p);
                 }
             }
+            if let Some(t) = &r.timestamp {
+                plan_path(&mut capture_plan, root, &t.path);
+            }
         }
         Engine {
             leaf_only: mapping.rules.iter().any(|r| r.leaf_only),
