@@ -40,6 +40,8 @@ pub enum Limit {
     StreamResets,
     /// A request refused by the route's `rate_limit` (answered 429).
     RateLimited,
+    /// A request whose body came slower than `min_body_rate` (answered 408).
+    MinBodyRate,
 }
 
 impl Limit {
@@ -53,6 +55,7 @@ impl Limit {
             Self::MaxAppRequests => "max_app_requests",
             Self::StreamResets => "stream_resets",
             Self::RateLimited => "rate_limit",
+            Self::MinBodyRate => "min_body_rate",
         }
     }
 }
@@ -120,7 +123,7 @@ impl Metrics {
                 "ambassador_limits_exceeded_total",
                 "Connections or requests stopped by a protection limit: header_size, \
                  header_read_timeout, max_connections, idle_timeout, pending_connections, \
-                 max_app_requests, stream_resets, rate_limit.",
+                 max_app_requests, stream_resets, rate_limit, min_body_rate.",
             ),
             &["direction", "route", "limit"],
         )?;

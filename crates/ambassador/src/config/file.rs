@@ -49,6 +49,7 @@ pub(super) struct FileLimits {
     pub(super) idle_timeout: Option<String>,
     pub(super) max_pending_connections: Option<usize>,
     pub(super) max_app_requests: Option<usize>,
+    pub(super) min_body_rate: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -113,7 +113,7 @@ pub struct Cli {
     /// Time a client has to send a complete request head (against slowloris).
     #[arg(long, env = "HEADER_READ_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Limits")]
     pub header_read_timeout: Option<Duration>,
-    /// Connections open at once per listener; more are refused and counted.
+    /// Connections open at once per listener; more are refused and counted [default: 512].
     #[arg(
         long,
         env = "MAX_CONNECTIONS",
@@ -123,7 +123,7 @@ pub struct Cli {
     pub max_connections: Option<usize>,
     /// Connections per listener that have not sent their first request yet (inbound: including
     /// the TLS handshake), within --max-connections; when full, the oldest of them is closed to
-    /// make room [default: 512].
+    /// make room [default: 128, at most a quarter of --max-connections].
     #[arg(
         long,
         env = "MAX_PENDING_CONNECTIONS",
@@ -140,6 +140,16 @@ pub struct Cli {
         help_heading = "Limits"
     )]
     pub max_app_requests: Option<usize>,
+    /// The slowest a request body may come until its response head, in bytes a second on
+    /// average after a grace of --header-read-timeout; slower is answered 408; 0 = not checked
+    /// [default: 1024].
+    #[arg(
+        long,
+        env = "MIN_BODY_RATE",
+        value_name = "BYTES_PER_SECOND",
+        help_heading = "Limits"
+    )]
+    pub min_body_rate: Option<u64>,
     /// A connection with no traffic and no request in flight for this long is closed.
     #[arg(long, env = "IDLE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Limits")]
     pub idle_timeout: Option<Duration>,

@@ -330,14 +330,26 @@ fn limits(cli: &Cli, file: &FileLimits, origin: &str) -> Result<Limits, ConfigEr
             "idle_timeout",
             defaults.idle_timeout,
         )?,
+        // Unset, it stays well below max_connections: connections still silent must never
+        // hold every place, or new clients would be refused before any could be evicted.
         max_pending_connections: cli
             .max_pending_connections
             .or(file.max_pending_connections)
-            .unwrap_or(defaults.max_pending_connections),
+            .unwrap_or_else(|| {
+                let max = cli
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(defaults.max_connections);
+                defaults.max_pending_connections.min(max / 4).max(1)
+            }),
         max_app_requests: cli
             .max_app_requests
             .or(file.max_app_requests)
             .unwrap_or(defaults.max_app_requests),
+        min_body_rate: cli
+            .min_body_rate
+            .or(file.min_body_rate)
+            .unwrap_or(defaults.min_body_rate),
     };
     // hyper refuses a read buffer under 8 KiB; say so here instead of panicking later.
     if limits.max_header_bytes < 8192 {

@@ -43,6 +43,9 @@ pub struct Limits {
     pub max_pending_connections: usize,
     /// Requests in flight to the app at once (per inbound route); 0: no limit.
     pub max_app_requests: usize,
+    /// The slowest a request body may come, in bytes a second on average after a grace of
+    /// `header_read_timeout`, until the response head; 0: not checked.
+    pub min_body_rate: u64,
 }
 
 impl Default for Limits {
@@ -50,10 +53,13 @@ impl Default for Limits {
         Self {
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
-            max_connections: 10_000,
+            // Idle connections on the shipped configuration's two listeners fit the shipped
+            // 64 MiB memory limit with a quarter to spare (docs/ambassador.md, Limits).
+            max_connections: 512,
             idle_timeout: Duration::from_secs(300),
-            max_pending_connections: 512,
+            max_pending_connections: 128,
             max_app_requests: 512,
+            min_body_rate: 1024,
         }
     }
 }

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use self::app::AppClient;
 use crate::config::{AppProtocol, InboundRoute, Limits, Mode};
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
-use crate::proxy::body::Counted;
+use crate::proxy::body::{Counted, Pace};
 use crate::proxy::conn::{
     self, Activity, ConnectionLimit, Guarded, LogLimiter, PendingBudget, PendingGuard, Reclaim,
     RequestGuard, Tracked, TunnelEnd,
@@ -481,10 +481,23 @@ async fn handle(
         AppProtocol::Http1 => Version::HTTP_11,
         AppProtocol::H2c => Version::HTTP_2,
     };
-    let req = req.map(|body| Either::Left(Counted::new(body, exchange.request_bytes())));
+    let pace = Pace::for_request(&req, &listener.limits);
+    let req =
+        req.map(|body| Either::Left(Counted::new(body, exchange.request_bytes(), pace.as_ref())));
     // Boxed: awaited in place, the app's request future would be part of this one, which
     // hyper's task for the stream holds and moves whole.
-    let response = match Box::pin(listener.app.request(req)).await {
+    let answered = Box::pin(listener.app.request(req)).await;
+    if let Some(pace) = &pace {
+        pace.answered();
+    }
+    let response = match answered {
+        Err(_) if pace.as_ref().is_some_and(Pace::was_cut) => {
+            listener.metrics.limit_exceeded(Limit::MinBodyRate);
+            forward::body_too_slow(
+                &format!("inbound route `{}`", listener.route.name),
+                conn.http1,
+            )
+        }
         Ok(mut response) => {
             let status = response.status();
             match client_upgrade {

@@ -28,7 +28,7 @@ use self::upstream::{Tries, Upstream, UpstreamError};
 use crate::config::{Config, Limits, Mode, OutboundRoute};
 use crate::metrics::{Direction, Limit, Metrics, RouteMetrics};
 use crate::proxy::access_log::Logged;
-use crate::proxy::body::Counted;
+use crate::proxy::body::{Counted, Pace};
 use crate::proxy::conn::{
     self, Activity, ConnectionLimit, Guarded, LogLimiter, PendingBudget, PendingGuard, Prefixed,
     RequestGuard, Tracked, TunnelEnd,
@@ -352,7 +352,8 @@ async fn respond(
     mut req: Request<Incoming>,
 ) -> Response<Logged<ResponseBody>> {
     let policy = &listener.policy;
-    let mut exchange = policy.begin(&req, req.version() != Version::HTTP_2);
+    let http1 = req.version() != Version::HTTP_2;
+    let mut exchange = policy.begin(&req, http1);
     if let Some(refused) = policy.check(&mut req, &mut exchange, &listener.metrics) {
         return policy.finish(exchange, &listener.metrics, "app", refused);
     }
@@ -379,8 +380,12 @@ async fn respond(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     *req.version_mut() = Version::HTTP_11;
     let tries = Tries::default();
-    let body = |body| Either::Left(Counted::new(body, exchange.request_bytes()));
+    let pace = Pace::for_request(&req, &listener.limits);
+    let body = |body| Either::Left(Counted::new(body, exchange.request_bytes(), pace.as_ref()));
     let called = route.upstream.call(req.map(body), &tries).await;
+    if let Some(pace) = &pace {
+        pace.answered();
+    }
     let (endpoint, retries) = tries.get();
     exchange.set_upstream(endpoint, retries);
     let response = match called {
@@ -402,6 +407,10 @@ async fn respond(
                 _ => forward::strip_hop_by_hop(response.headers_mut(), false),
             }
             response.map(Either::Left)
+        }
+        Err(_) if pace.as_ref().is_some_and(Pace::was_cut) => {
+            route.metrics.limit_exceeded(Limit::MinBodyRate);
+            forward::body_too_slow(&format!("outbound route `{}`", route.name), http1)
         }
         Err(e) => {
             route.metrics.upstream_error(e.kind());

@@ -28,6 +28,23 @@ pub fn answer<B>(status: StatusCode, message: String) -> Response<Either<B, Full
     response
 }
 
+/// The answer to a request whose body came slower than `min_body_rate`; an HTTP/1 connection
+/// is closed after it (the rest of the body would be read as the next request).
+pub fn body_too_slow<B>(route: &str, http1: bool) -> Response<Either<B, Full<Bytes>>> {
+    let mut response = answer(
+        StatusCode::REQUEST_TIMEOUT,
+        format!(
+            "ambassador: {route}: the request body came slower than min_body_rate allows (min_body_rate)\n"
+        ),
+    );
+    if http1 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 /// Whether the request asks to leave HTTP: an `Upgrade` (WebSocket) or a `CONNECT`.
 pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE)
