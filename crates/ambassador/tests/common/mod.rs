@@ -201,7 +201,8 @@ impl Ambassador {
 
 /// A small HTTP app on 127.0.0.1: `/` answers "hello" and echoes the XFCC header it got in
 /// `x-seen-xfcc`; `/echo` streams the request body back; `/count` answers the body's length;
-/// `/slow` answers after 1.5 s; `/ws` is a WebSocket echo.
+/// `/slow` answers after 1.5 s; `/big` streams 64 MiB made as it is sent; `/ws` is a WebSocket
+/// echo.
 pub async fn start_app() -> SocketAddr {
     App::start().await.addr
 }
@@ -210,6 +211,16 @@ pub async fn start_app() -> SocketAddr {
 pub struct App {
     pub addr: SocketAddr,
     slow_in_flight: Arc<AtomicUsize>,
+    counters: Arc<AppCounters>,
+}
+
+/// What the app has seen so far.
+#[derive(Debug, Default)]
+pub struct AppCounters {
+    /// `/slow` requests received (never decreases).
+    pub slow_started: AtomicUsize,
+    /// Connections open to the app now.
+    pub open_connections: AtomicUsize,
 }
 
 impl App {
@@ -217,16 +228,30 @@ impl App {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let slow_in_flight = Arc::new(AtomicUsize::new(0));
+        let counters = Arc::new(AppCounters::default());
         let slow = slow_in_flight.clone();
+        let seen = counters.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let slow = slow.clone();
+                let seen = seen.clone();
+                seen.open_connections.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |req| app_handler(req, slow.clone()));
+                    // Counted down however the connection ends.
+                    struct Open(Arc<AppCounters>);
+                    impl Drop for Open {
+                        fn drop(&mut self) {
+                            self.0.open_connections.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    let _open = Open(seen.clone());
+                    let counted = seen.clone();
+                    let service = hyper::service::service_fn(move |req| {
+                        app_handler(req, slow.clone(), counted.clone())
+                    });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
@@ -236,7 +261,13 @@ impl App {
         App {
             addr,
             slow_in_flight,
+            counters,
         }
+    }
+
+    /// What the app has seen.
+    pub fn counters(&self) -> &AppCounters {
+        &self.counters
     }
 
     /// `/slow` requests received and not answered yet.
@@ -256,6 +287,7 @@ fn full(text: impl Into<Bytes>) -> AppBody {
 async fn app_handler(
     mut req: Request<Incoming>,
     slow_in_flight: Arc<AtomicUsize>,
+    counters: Arc<AppCounters>,
 ) -> Result<Response<AppBody>, Infallible> {
     if req.method() == http::Method::CONNECT {
         // CONNECT: accept, then echo the tunnel's bytes back with a prefix naming the target.
@@ -281,13 +313,23 @@ async fn app_handler(
             let mut body = req.into_body();
             let mut n: u64 = 0;
             while let Some(frame) = body.frame().await {
-                if let Ok(data) = frame.unwrap().into_data() {
+                // A body cut short ends the count; the client is gone anyway.
+                let Ok(frame) = frame else { break };
+                if let Ok(data) = frame.into_data() {
                     n += data.len() as u64;
                 }
             }
             Response::new(full(n.to_string()))
         }
+        "/big" => {
+            use futures_util::StreamExt;
+            let chunk = Bytes::from(vec![b'b'; 64 * 1024]);
+            let stream = futures_util::stream::iter(0..1024)
+                .map(move |_| Ok::<_, hyper::Error>(Frame::data(chunk.clone())));
+            Response::new(BodyExt::boxed(StreamBody::new(stream)))
+        }
         "/slow" => {
+            counters.slow_started.fetch_add(1, Ordering::SeqCst);
             slow_in_flight.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(1500)).await;
             slow_in_flight.fetch_sub(1, Ordering::SeqCst);
