@@ -122,18 +122,35 @@ fn check_names_a_utf16_documents_encoding() {
 }
 
 #[test]
-fn check_notes_an_ancestors_child_printed_after_the_records() {
+fn an_ancestors_child_printed_after_the_records_is_waited_for_or_noted() {
     let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("doc.xml");
+    std::fs::write(
+        &doc,
+        "<pools><pool><member name='a' size='1'/><member name='b' size='2'/><id>p1</id></pool></pools>",
+    )
+    .unwrap();
+    // The samples wait for the pool's id.
     let m = dir.path().join("m.yaml");
     std::fs::write(
         &m,
         "rules:\n  - {name: pool_size, help: Size., type: gauge, path: /pools/pool/member, labels: {pool: ancestor::pool/id, member: '@name'}, value: '@size'}\n",
     )
     .unwrap();
-    let doc = dir.path().join("doc.xml");
+    let out = check(&m, &doc);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("pool_size{member=\"a\",pool=\"p1\"} 1"),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("late_child"), "{stderr}");
+    // Split values are read at once: the empty labels are noted.
+    let m = dir.path().join("split.yaml");
     std::fs::write(
-        &doc,
-        "<pools><pool><member name='a' size='1'/><member name='b' size='2'/><id>p1</id></pool></pools>",
+        &m,
+        "rules:\n  - {name: pool_size, help: Size., type: gauge, path: /pools/pool/member, split: true, labels: {pool: ancestor::pool/id, member: '@name'}, value: '@size'}\n",
     )
     .unwrap();
     let out = check(&m, &doc);

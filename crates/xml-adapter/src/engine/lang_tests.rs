@@ -108,28 +108,48 @@ rules:
 }
 
 #[test]
-fn an_ancestors_child_printed_after_the_record_is_counted() {
+fn an_ancestors_child_printed_after_the_record_is_waited_for() {
     let m = r#"
 rules:
-  - {name: v, type: gauge, path: /r/g/i, labels: {id: ancestor::g/id, n: '@n'}, value: '@n'}
+  - {name: v, type: gauge, path: /r/g/i, labels: {id: {path: ancestor::g/id, transforms: [upper]}, n: '@n'}, value: '@n'}
 "#;
-    // The first group prints its id first, the second after its records.
-    let doc =
-        "<r><g><id>a</id><i n='1'/></g><g><i n='2'/><i n='3'/><id>b</id></g><g><i n='4'/></g></r>";
+    // The first group prints its id first, the second after its records, the third none.
+    let doc = "<r><g><id>a</id><i n='1'/></g><g><i n='2'/><i n='3'/><id>b</id><i n='4'/></g>\
+               <g><i n='5'/></g></r>";
     let t = run(m, doc).unwrap();
     assert_eq!(
         samples(&t),
         vec![
-            "v{id=,n=2} 2",
-            "v{id=,n=3} 3",
-            "v{id=,n=4} 4",
-            "v{id=a,n=1} 1"
+            "v{id=,n=5} 5",
+            "v{id=A,n=1} 1",
+            "v{id=B,n=2} 2",
+            "v{id=B,n=3} 3",
+            "v{id=B,n=4} 4"
         ]
     );
-    // The two records of the second group are counted; the third group has no id at all.
+    assert!(t.rule_issues.is_empty(), "{:?}", t.rule_issues);
+}
+
+#[test]
+fn records_past_the_wait_cap_are_served_at_once_and_counted() {
+    // Waiting samples are bounded by max_record_bytes: with 2 KiB, some of 100 wait.
+    let m = r#"
+limits: {max_record_bytes: 2048}
+rules:
+  - {name: v, type: gauge, path: /r/g/i, labels: {id: ancestor::g/id, n: '@n'}, value: '@n'}
+"#;
+    let items: String = (0..100).map(|n| format!("<i n='{n}'/>")).collect();
+    let doc = format!("<r><g>{items}<id>b</id></g></r>");
+    let t = run(m, &doc).unwrap();
+    let got = samples(&t);
+    let waited = got.iter().filter(|s| s.contains("id=b")).count();
+    let served = got.iter().filter(|s| s.contains("id=,")).count();
+    assert_eq!(waited + served, 100, "{got:?}");
+    assert!(waited > 0 && served > 0, "{got:?}");
+    // Those served without waiting are counted: their label is empty.
     assert_eq!(
         t.rule_issues.get(&("v".to_string(), Reason::LateChild)),
-        Some(&2),
+        Some(&(served as u64)),
         "{:?}",
         t.rule_issues
     );
@@ -137,6 +157,18 @@ rules:
         t.messages.iter().any(|m| m.contains("prints after them")),
         "{:?}",
         t.messages
+    );
+    // The general path (split values) does not wait: counted too.
+    let m = r#"
+rules:
+  - {name: v, type: gauge, path: /r/g/i, split: true, labels: {id: ancestor::g/id}, value: '@n'}
+"#;
+    let t = run(m, "<r><g><i n='1 2'/><id>b</id></g></r>").unwrap();
+    assert_eq!(
+        t.rule_issues.get(&("v".to_string(), Reason::LateChild)),
+        Some(&1),
+        "{:?}",
+        t.rule_issues
     );
 }
 

@@ -17,6 +17,7 @@
 //! and values are read as slices of them.
 
 mod capture;
+mod defer;
 mod input;
 mod json;
 #[cfg(test)]

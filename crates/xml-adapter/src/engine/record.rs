@@ -4,6 +4,7 @@
 //! the samples into the series.
 
 use super::capture::{Capture, NO_NODE};
+use super::defer::{Deferred, Waiting};
 use super::input::Format;
 use super::plan::{Engine, Slot};
 use super::report::{Reason, Report};
@@ -178,6 +179,15 @@ pub(super) struct Recorder<'r, 'e, F> {
     pub(super) values: &'r mut Values,
     pub(super) series: &'r mut Series,
     pub(super) report: &'r mut Report<'e>,
+    pub(super) deferred: &'r mut Deferred,
+}
+
+/// A label of the record being read that waits for an ancestor's child printed after it.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    label: usize,
+    parent_depth: usize,
+    child: usize,
 }
 
 impl<F: Format> Recorder<'_, '_, F> {
@@ -242,10 +252,26 @@ impl<F: Format> Recorder<'_, '_, F> {
         let engine = self.engine;
         let rule = &engine.mapping.rules[ri];
         let values = &mut *self.values;
-        for l in &rule.labels {
+        let mut pending = None;
+        for (li, l) in rule.labels.iter().enumerate() {
             let start = values.text.len();
             // A label path that selects nothing gives an empty value.
-            self.view.read_into(ri, node, &l.path, &mut values.text);
+            let found = self.view.read_into(ri, node, &l.path, &mut values.text);
+            if !found
+                && pending.is_none()
+                && rule.kind != Kind::Stateset
+                && matches!(l.path, RelPath::Up { child: Some(_), .. })
+                && let Some((parent_depth, child)) = self.view.stack.take_miss()
+            {
+                // An ancestor's child not seen yet: the sample may wait for it.
+                pending = Some(Pending {
+                    label: li,
+                    parent_depth,
+                    child,
+                });
+                values.ranges.push((start, start));
+                continue;
+            }
             // Leading `trim`s only narrow the range; the rest of a chain makes a new text.
             let trims = transform::leading_trims(&l.transforms);
             let (mut a, mut b) = (start, values.text.len());
@@ -300,7 +326,7 @@ impl<F: Format> Recorder<'_, '_, F> {
                 MissingPolicy::Zero => 0.0,
                 MissingPolicy::Nan => f64::NAN,
             };
-            return self.push_simple(ri, order, None, value);
+            return self.push_or_wait(ri, order, pending, value);
         };
         if rule.kind == Kind::Stateset {
             let state = match transform::apply_text(&rule.transforms, raw) {
@@ -326,7 +352,49 @@ impl<F: Format> Recorder<'_, '_, F> {
             Ok(None) => return,
             Err(e) => return self.report.issue(ri, Reason::BadValue, || e),
         };
-        self.push_simple(ri, order, None, value);
+        self.push_or_wait(ri, order, pending, value);
+    }
+
+    /// [`Recorder::push_simple`], or, when a label waits for an ancestor's child
+    /// (`pending`), the sample waits too, if `max_record_bytes` allows.
+    fn push_or_wait(&mut self, ri: usize, order: &[Slot], pending: Option<Pending>, value: f64) {
+        let Some(p) = pending else {
+            return self.push_simple(ri, order, None, value);
+        };
+        let engine = self.engine;
+        let rule = &engine.mapping.rules[ri];
+        if rule.kind == Kind::Counter && (value.is_nan() || value < 0.0) {
+            return self.push_simple(ri, order, None, value);
+        }
+        let values = &*self.values;
+        let waiting = Waiting {
+            parent_depth: p.parent_depth,
+            child: p.child,
+            rule: ri,
+            label: p.label,
+            labels: values
+                .ranges
+                .iter()
+                .map(|&(a, b)| values.text[a..b].to_string())
+                .collect(),
+            value,
+            timestamp: self.series.timestamp,
+        };
+        match self
+            .deferred
+            .wait(waiting, engine.mapping.limits.max_record_bytes)
+        {
+            Ok(()) => self.view.stack.unnote_miss(p.parent_depth, p.child, ri),
+            Err(w) => {
+                // No room to wait: served now with the label as a path selecting nothing.
+                let mut fold = super::defer::Fold {
+                    engine,
+                    series: self.series,
+                    report: self.report,
+                };
+                fold.serve(w, "");
+            }
+        }
     }
 
     /// A sample of the simple path: its labels are in `self.values`, keyed in `order`.

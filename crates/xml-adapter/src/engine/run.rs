@@ -2,6 +2,7 @@
 //! format-independent stages from matching a start tag to the finished families.
 
 use super::capture::{Capture, NO_NODE};
+use super::defer::{Deferred, Fold};
 use super::input::{Format, StartTag};
 use super::plan::Engine;
 use super::record::{OpenRecords, Recorder, Values, View};
@@ -22,6 +23,7 @@ pub struct Scratch {
     records: OpenRecords,
     values: Values,
     series: Series,
+    deferred: Deferred,
 }
 
 /// A document being translated, in the input format `F`.
@@ -49,6 +51,7 @@ impl<'e, F: Format> Run<'e, F> {
         scratch.capture.reuse();
         scratch.records.reuse();
         scratch.values.reuse();
+        scratch.deferred.reuse();
         scratch.series.begin(engine.mapping.families.len());
         Run {
             engine,
@@ -304,6 +307,7 @@ impl<'e, F: Format> Run<'e, F> {
                 values: &mut s.values,
                 series: &mut s.series,
                 report: &mut self.report,
+                deferred: &mut s.deferred,
             };
             for &ri in s.records.rules_of(&record) {
                 recorder.record(ri, node);
@@ -314,6 +318,17 @@ impl<'e, F: Format> Run<'e, F> {
             }
         }
         s.stack.pop(&self.engine.kept_children);
+        if !s.deferred.is_empty() {
+            let mut fold = Fold {
+                engine: self.engine,
+                series: &mut s.series,
+                report: &mut self.report,
+            };
+            if let Some((parent_depth, local, text)) = s.stack.just_kept() {
+                s.deferred.arrived(parent_depth, local, text, &mut fold);
+            }
+            s.deferred.closed(s.stack.depth(), &mut fold);
+        }
         for (rule, records) in s.stack.late.drain(..) {
             self.report.issues(rule, Reason::LateChild, records, || {
                 format!(

@@ -3,13 +3,14 @@
 //! that climbs above a record.
 //!
 //! A record that reads an ancestor's leaf child the document prints only after the record
-//! (`ancestor::x/id` with `<id>` after it) reads nothing; when that child then arrives, the
-//! records that missed it are counted (`late_child`), so the empty values are not silent.
+//! (`ancestor::x/id` with `<id>` after it) reads nothing there. Its sample waits for the child
+//! when it can (see `defer`); otherwise, when that child then arrives, the records that
+//! missed it are counted (`late_child`), so the empty values are not silent.
 //!
 //! Every open element carries the set of trie states it matched. An element whose set is empty
 //! (and whose parent has no `//` state) costs only the well-formedness bookkeeping.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use super::capture::{Capture, push_number};
 use super::input::{Format, StartTag};
@@ -105,6 +106,10 @@ pub(super) struct Stack {
     misses: RefCell<Vec<Miss>>,
     /// (rule, records) that read a kept child which arrived after them: to be reported.
     pub(super) late: Vec<(usize, u64)>,
+    /// The last kept child a path missed: (its parent's depth, index in `kept`).
+    last_miss: Cell<Option<(usize, usize)>>,
+    /// The last `pop` kept the element it closed as a leaf child.
+    just_kept: bool,
     pub(super) root_seen: bool,
     pub(super) root_closed: bool,
 }
@@ -120,6 +125,8 @@ impl Stack {
         self.kept_children.clear();
         self.misses.get_mut().clear();
         self.late.clear();
+        self.last_miss.set(None);
+        self.just_kept = false;
         self.child_text.reuse();
         self.root_seen = false;
         self.root_closed = false;
@@ -160,6 +167,37 @@ impl Stack {
         if let Some(f) = self.frames.last_mut() {
             f.capture = None;
         }
+    }
+
+    /// The kept child the last path read above its record missed, if it did: (the depth
+    /// of its parent, its index in `Engine::kept_children`).
+    #[inline]
+    pub(super) fn take_miss(&self) -> Option<(usize, usize)> {
+        self.last_miss.take()
+    }
+
+    /// A miss of rule `rule` is not to be counted: its sample waits for the child.
+    pub(super) fn unnote_miss(&self, parent_depth: usize, child: usize, rule: usize) {
+        let mut misses = self.misses.borrow_mut();
+        if let Some(i) = misses
+            .iter()
+            .position(|m| m.parent_depth == parent_depth && m.child == child && m.rule == rule)
+        {
+            misses[i].records -= 1;
+            if misses[i].records == 0 {
+                misses.remove(i);
+            }
+        }
+    }
+
+    /// The leaf child the last `pop` kept: its parent's depth, its local name and its text.
+    pub(super) fn just_kept(&self) -> Option<(usize, &str, &str)> {
+        if !self.just_kept {
+            return None;
+        }
+        self.kept_children
+            .last()
+            .map(|c| (c.parent_depth, c.local.as_str(), c.text.as_str()))
     }
 
     /// Is an element named `name` open?
@@ -287,6 +325,7 @@ impl Stack {
     /// above a record (`Engine::kept_children`).
     #[inline]
     pub(super) fn pop(&mut self, kept: &[NameTest]) {
+        self.just_kept = false;
         let Some(f) = self.frames.pop() else { return };
         let depth = self.frames.len();
         // Children kept for ancestor references die with their parent.
@@ -316,6 +355,7 @@ impl Stack {
                     !arrived
                 });
             }
+            self.just_kept = true;
             self.kept_children.push(KeptChild {
                 parent_depth: depth - 1,
                 local,
@@ -344,6 +384,7 @@ impl Stack {
         rule: usize,
         kept: &[NameTest],
     ) -> bool {
+        self.last_miss.set(None);
         let record_depth = self.frames.len() - 1;
         let depth = match sel {
             AncestorSel::Up(n) => record_depth.checked_sub(*n),
@@ -365,6 +406,7 @@ impl Stack {
                 }
                 None => {
                     if let Some(child) = kept.iter().position(|t| t == child) {
+                        self.last_miss.set(Some((depth, child)));
                         let mut misses = self.misses.borrow_mut();
                         match misses
                             .iter_mut()
