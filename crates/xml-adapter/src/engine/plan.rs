@@ -73,10 +73,8 @@ impl Engine {
         let mut reads_ancestor_attributes = false;
         for p in mapping.rules.iter().flat_map(|r| r.paths()) {
             match p {
-                RelPath::Up { child: Some(t), .. } => {
-                    if !kept_children.contains(t) {
-                        kept_children.push(t.clone());
-                    }
+                RelPath::Up { child: Some(t), .. } if !kept_children.contains(t) => {
+                    kept_children.push(t.clone());
                 }
                 RelPath::Up {
                     child: None,

@@ -161,7 +161,7 @@ fn compile_rule(r: &RuleSpec, at: &Field, spec: &MappingSpec) -> Result<Rule, Fa
             }
         }
     }
-    let histogram = histogram(r, at, &rel, &chain)?;
+    let histogram = histogram(r, at, ns)?;
     if r.kind == Kind::Stateset {
         if r.states.is_empty() {
             return Err(fault("type", "a stateset needs `states`".into()));
@@ -242,9 +242,12 @@ fn compile_rule(r: &RuleSpec, at: &Field, spec: &MappingSpec) -> Result<Rule, Fa
 fn histogram(
     r: &RuleSpec,
     at: &Field,
-    rel: &dyn Fn(Field, &str) -> Result<RelPath, Fault>,
-    chain: &dyn Fn(Field, &[TransformSpec]) -> Result<Vec<Transform>, Fault>,
+    ns: &BTreeMap<String, String>,
 ) -> Result<Option<Histogram>, Fault> {
+    let rel = |field: Field, p: &str| rel_path(p, ns).map_err(|m| Fault::new(field, m));
+    let chain = |field: Field, specs: &[TransformSpec]| {
+        compile_chain(specs).map_err(|m| Fault::new(field, m))
+    };
     let fault = |key: &str, message: &str| Fault::new(at.key(key), message);
     let path =
         |key: &str, p: &Option<String>| p.as_deref().map(|p| rel(at.key(key), p)).transpose();
