@@ -12,7 +12,7 @@ use sidecar_kit::{KitArgs, SidecarInfo};
 pub use crate::http::{Auth, TlsOptions};
 use crate::http::{BasicAuthSpec, HttpSettings, HttpSpec, Names, TlsSpec, split_header};
 use crate::mapping::Mapping;
-use crate::probe::ProbeConfig;
+use crate::probe::{ProbeConfig, ProbeSource};
 
 pub const INFO: SidecarInfo = SidecarInfo {
     name: "xml-adapter",
@@ -249,12 +249,12 @@ impl Config {
             return Err(ConfigError::Value("--poll-interval must be above 0".into()));
         }
         let probe = if cli.probe || cli.probe_config.is_some() {
-            Some(ProbeConfig::load(
-                cli.probe_config.as_deref(),
-                &cli.probe_allow,
-                cli.timeout,
-                cli.max_body_bytes,
-            )?)
+            Some(ProbeConfig::load(ProbeSource {
+                file: cli.probe_config.clone(),
+                flag_allow: cli.probe_allow.clone(),
+                default_timeout: cli.timeout,
+                default_max_body: cli.max_body_bytes,
+            })?)
         } else if !cli.probe_allow.is_empty() {
             return Err(ConfigError::Value(
                 "--probe-allow needs --probe or --probe-config".into(),

@@ -5,7 +5,7 @@
 //! adapter make it fetch any URL (an SSRF relay into the pod's network).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -42,6 +42,7 @@ struct ModuleSpec {
 #[derive(Debug)]
 pub struct Module {
     pub mapping: Mapping,
+    pub mapping_path: PathBuf,
     pub http: HttpSettings,
 }
 
@@ -134,23 +135,43 @@ fn parse_allowed(e: &str) -> Result<Allowed, String> {
     })
 }
 
+/// Where probe mode's configuration comes from, kept to read it again when the files change.
+#[derive(Debug, Clone)]
+pub struct ProbeSource {
+    pub file: Option<PathBuf>,
+    pub flag_allow: Vec<String>,
+    pub default_timeout: Duration,
+    pub default_max_body: u64,
+}
+
 /// What probe mode runs with.
 #[derive(Debug)]
 pub struct ProbeConfig {
     pub allow: AllowList,
     /// The probe file's modules (the `default` module is the adapter's own mapping and flags).
     pub modules: BTreeMap<String, Module>,
+    pub source: ProbeSource,
 }
 
 impl ProbeConfig {
+    /// The files a change of which reloads the probe configuration.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.source.file.iter().cloned().collect();
+        files.extend(self.modules.values().map(|m| m.mapping_path.clone()));
+        files
+    }
+
     /// Reads the probe file (if any) and joins its allow-list to `--probe-allow`'s. Refused
     /// without any allowed target.
-    pub fn load(
-        file: Option<&Path>,
-        flag_allow: &[String],
-        default_timeout: Duration,
-        default_max_body: u64,
-    ) -> Result<ProbeConfig, ConfigError> {
+    pub fn load(source: ProbeSource) -> Result<ProbeConfig, ConfigError> {
+        let ProbeSource {
+            file,
+            flag_allow,
+            default_timeout,
+            default_max_body,
+        } = &source;
+        let (file, default_timeout, default_max_body) =
+            (file.as_deref(), *default_timeout, *default_max_body);
         let mut entries: Vec<(String, String)> = flag_allow
             .iter()
             .filter(|a| !a.trim().is_empty())
@@ -193,11 +214,19 @@ impl ProbeConfig {
                     default_timeout,
                     default_max_body,
                 )?;
-                let mut mapping = Mapping::load(&resolve(base, &m.mapping))?;
+                let mapping_path = resolve(base, &m.mapping);
+                let mut mapping = Mapping::load(&mapping_path)?;
                 if let Some(f) = m.format {
                     mapping.format = f;
                 }
-                modules.insert(name, Module { mapping, http });
+                modules.insert(
+                    name,
+                    Module {
+                        mapping,
+                        mapping_path,
+                        http,
+                    },
+                );
             }
         }
         let allow = AllowList::parse(&entries)?;
@@ -207,7 +236,11 @@ impl ProbeConfig {
                     .into(),
             ));
         }
-        Ok(ProbeConfig { allow, modules })
+        Ok(ProbeConfig {
+            allow,
+            modules,
+            source,
+        })
     }
 }
 
@@ -266,7 +299,13 @@ mod tests {
 
     #[test]
     fn no_allow_list_is_refused() {
-        let e = ProbeConfig::load(None, &[], Duration::from_secs(1), 1).unwrap_err();
+        let e = ProbeConfig::load(ProbeSource {
+            file: None,
+            flag_allow: vec![],
+            default_timeout: Duration::from_secs(1),
+            default_max_body: 1,
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("--probe-allow"), "{e}");
     }
 }

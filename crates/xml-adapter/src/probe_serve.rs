@@ -5,10 +5,12 @@
 //! the fixed `--upstream` of `/metrics` is held to one connection.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus::IntCounterVec;
@@ -18,7 +20,7 @@ use crate::encode::{Family, Format, Kind, Sample, Suffix, encode};
 use crate::engine::{Engine, Scratch, failure_families};
 use crate::fetch::{Client, ClientError, Timing};
 use crate::http::HttpSettings;
-use crate::probe::{AllowList, DEFAULT_MODULE, ProbeConfig};
+use crate::probe::{AllowList, DEFAULT_MODULE, ProbeConfig, ProbeSource};
 
 /// Translator buffers kept for the next probe of a module.
 const KEPT_SCRATCH: usize = 4;
@@ -34,27 +36,21 @@ struct ProbeModule {
     scratch: Mutex<Vec<Scratch>>,
 }
 
-/// Probe mode, ready to serve.
+/// The modules and allow-list in force; replaced whole when the probe files change.
 #[derive(Debug)]
-pub struct Probes {
+struct ModuleSet {
     allow: AllowList,
     modules: HashMap<String, ProbeModule>,
-    timeout_offset: Duration,
-    probes: IntCounterVec,
 }
 
-impl Probes {
-    /// The probe file's modules plus `default` (the `--config` mapping with the flags' request
+impl ModuleSet {
+    /// The probe file's modules plus `default` (the `--config` mapping with the request flags'
     /// settings, `default_http`).
-    pub fn new(
-        config: ProbeConfig,
-        default_http: &HttpSettings,
-        timeout_offset: Duration,
-        registry: &prometheus::Registry,
-    ) -> Result<Probes, anyhow::Error> {
+    fn build(config: ProbeConfig, default_http: &HttpSettings) -> Result<ModuleSet, anyhow::Error> {
         let ProbeConfig {
             allow,
             modules: specs,
+            ..
         } = config;
         let module = |engine, http: &HttpSettings| -> Result<ProbeModule, ClientError> {
             Ok(ProbeModule {
@@ -71,18 +67,115 @@ impl Probes {
                 .map_err(|e| anyhow::anyhow!("probe module `{name}`: {e}"))?;
             modules.insert(name, built);
         }
+        Ok(ModuleSet { allow, modules })
+    }
+}
+
+/// Probe mode, ready to serve.
+#[derive(Debug)]
+pub struct Probes {
+    set: ArcSwap<ModuleSet>,
+    source: ProbeSource,
+    /// The files whose change reloads the set.
+    watched: Mutex<Vec<PathBuf>>,
+    default_http: HttpSettings,
+    timeout_offset: Duration,
+    probes: IntCounterVec,
+    reloads: IntCounterVec,
+}
+
+impl Probes {
+    pub fn new(
+        config: ProbeConfig,
+        default_http: &HttpSettings,
+        timeout_offset: Duration,
+        registry: &prometheus::Registry,
+    ) -> Result<Probes, anyhow::Error> {
+        let source = config.source.clone();
+        let watched = config.watched_files();
+        let set = ModuleSet::build(config, default_http)?;
         let probes = sidecar_kit::metrics::counter_vec(
             registry,
             "xml_adapter_probes_total",
             "Probes served, by module and result (success, failure, refused).",
             &["module", "result"],
         )?;
+        let reloads = sidecar_kit::metrics::counter_vec(
+            registry,
+            "xml_adapter_probe_reloads_total",
+            "Reloads of the probe file and its modules' mappings, by result.",
+            &["result"],
+        )?;
         Ok(Probes {
-            allow,
-            modules,
+            set: ArcSwap::from_pointee(set),
+            source,
+            watched: Mutex::new(watched),
+            default_http: default_http.clone(),
             timeout_offset,
             probes,
+            reloads,
         })
+    }
+
+    /// Reads the probe file and the modules' mappings again; a configuration that does not
+    /// load is refused (logged, counted) and the modules in force keep serving.
+    fn reload(&self) {
+        let loaded = ProbeConfig::load(self.source.clone())
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                let watched = c.watched_files();
+                ModuleSet::build(c, &self.default_http).map(|set| (set, watched))
+            });
+        match loaded {
+            Ok((set, watched)) => {
+                self.set.store(Arc::new(set));
+                *lock(&self.watched) = watched;
+                self.reloads.with_label_values(&["success"]).inc();
+                tracing::info!("probe modules reloaded");
+            }
+            Err(e) => {
+                self.reloads.with_label_values(&["error"]).inc();
+                tracing::error!(
+                    error = %format!("{e:#}"),
+                    "new probe configuration refused; the previous one keeps serving"
+                );
+            }
+        }
+    }
+
+    /// Reloads when the probe file or a module's mapping changes, until the sidecar stops.
+    pub async fn watch(self: Arc<Self>, sidecar: sidecar_kit::Sidecar) {
+        let options = sidecar_kit::watch::WatchOptions {
+            poll_interval: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let token = sidecar.shutdown().token();
+        loop {
+            let files = lock(&self.watched).clone();
+            if files.is_empty() {
+                return;
+            }
+            let this_set = token.child_token();
+            let mut changes =
+                sidecar_kit::watch::watch_files(files.clone(), options, this_set.clone());
+            loop {
+                if !changes.changed().await {
+                    return;
+                }
+                let p = self.clone();
+                if tokio::task::spawn_blocking(move || p.reload())
+                    .await
+                    .is_err()
+                {
+                    tracing::error!("probe reload task failed");
+                }
+                // A module added or removed: watch the new set of files.
+                if *lock(&self.watched) != files {
+                    this_set.cancel();
+                    break;
+                }
+            }
+        }
     }
 
     /// Prometheus says how long it will wait: the probe answers (with probe_success 0 if need
@@ -110,9 +203,10 @@ impl Probes {
         headers: &HeaderMap,
     ) -> Response {
         let name = params.get("module").map_or(DEFAULT_MODULE, String::as_str);
-        let Some(module) = self.modules.get(name) else {
+        let set = self.set.load_full();
+        let Some(module) = set.modules.get(name) else {
             let known: Vec<&str> = {
-                let mut k: Vec<&str> = self.modules.keys().map(String::as_str).collect();
+                let mut k: Vec<&str> = set.modules.keys().map(String::as_str).collect();
                 k.sort_unstable();
                 k
             };
@@ -146,7 +240,7 @@ impl Probes {
                 );
             }
         };
-        if !self.allow.allows(&url) {
+        if !set.allow.allows(&url) {
             refused();
             tracing::warn!(module = name, target = %url, "probe target refused: not in the allow-list");
             return refuse(

@@ -43,7 +43,7 @@ struct AppState {
     /// Polling mode: the latest snapshot.
     cache: Option<ArcSwap<Option<Snapshot>>>,
     /// Probe mode: `/probe`.
-    probes: Option<Probes>,
+    probes: Option<Arc<Probes>>,
     sidecar: Sidecar,
 }
 
@@ -284,12 +284,12 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", config.listen))?;
     let probe_on = config.probe.is_some();
     let probes = match config.probe {
-        Some(p) => Some(Probes::new(
+        Some(p) => Some(Arc::new(Probes::new(
             p,
             &config.http,
             config.timeout_offset,
             sidecar.registry(),
-        )?),
+        )?)),
         None => None,
     };
     let mapping_ready = sidecar.readiness().register("mapping");
@@ -307,6 +307,9 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
     mapping_ready.set_ready();
     let tracker = sidecar.shutdown().tracker();
     tracker.spawn(watch_mapping(state.clone(), config.mapping_path.clone()));
+    if let Some(p) = &state.probes {
+        tracker.spawn(p.clone().watch(sidecar.clone()));
+    }
     if let Some(interval) = config.poll_interval {
         let upstream_ready = sidecar.readiness().register("first-fetch");
         tracker.spawn(poll(state.clone(), interval, upstream_ready));

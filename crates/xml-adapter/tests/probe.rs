@@ -371,3 +371,87 @@ fn probe_mode_without_an_allow_list_or_with_a_bad_file_does_not_start() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("--probe-allow needs --probe"), "{err}");
 }
+
+#[tokio::test]
+async fn the_probe_file_and_module_mappings_reload_and_a_bad_one_keeps_the_old() {
+    let app = start_upstream(Behaviour::Body(Arc::new(
+        br#"{"requests": 1027, "errors": 3}"#.to_vec(),
+    )))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let module_mapping = write(dir.path(), "app.yaml", JSON_MAPPING);
+    let allowed = format!("allowed_targets: ['127.0.0.1:{}']\n", app.port);
+    let probe_file = write(
+        dir.path(),
+        "probe.yaml",
+        &format!("{allowed}modules:\n  app: {{mapping: app.yaml, format: json}}\n"),
+    );
+    let a = start_adapter(
+        &manifest_path("examples/mappings/bind9.yaml"),
+        &app.url(),
+        &["--probe-config", probe_file.to_str().unwrap()],
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{}/", app.port);
+    let page = probe(&probe_url(&a, Some("app"), &url), &[]).await;
+    assert_eq!(page.value("app_requests_total"), Some(1027.0));
+
+    // The module's mapping changes: the next probes use the new one.
+    std::fs::write(
+        &module_mapping,
+        JSON_MAPPING.replace("app_requests_total", "app_hits_total"),
+    )
+    .unwrap();
+    let target = probe_url(&a, Some("app"), &url);
+    test_support::wait::Wait::new("the module's new mapping")
+        .timeout(Duration::from_secs(30))
+        .every(Duration::from_millis(200))
+        .until_async(async || probe(&target, &[]).await.value("app_hits_total") == Some(1027.0))
+        .await;
+
+    // A broken probe file is refused: the modules in force keep serving.
+    std::fs::write(
+        &probe_file,
+        format!("{allowed}modules:\n  app: {{mapping: app.yaml, http: {{timeot: 1s}}}}\n"),
+    )
+    .unwrap();
+    a.proc
+        .wait_log("new probe configuration refused", Duration::from_secs(30));
+    let page = probe(&target, &[]).await;
+    assert_eq!(page.value("app_hits_total"), Some(1027.0));
+    let admin = scrape(&a.admin_url("/metrics")).await;
+    assert!(
+        admin
+            .value("xml_adapter_probe_reloads_total{result=\"error\"}")
+            .unwrap()
+            >= 1.0,
+        "{admin}"
+    );
+
+    // A new module, and a new mapping file it brings, are picked up too.
+    write(
+        dir.path(),
+        "other.yaml",
+        &JSON_MAPPING.replace("app_errors_total", "other_errors_total"),
+    );
+    std::fs::write(
+        &probe_file,
+        format!(
+            "{allowed}modules:\n  app: {{mapping: app.yaml, format: json}}\n  other: {{mapping: other.yaml, format: json}}\n"
+        ),
+    )
+    .unwrap();
+    let other = probe_url(&a, Some("other"), &url);
+    test_support::wait::Wait::new("the new module")
+        .timeout(Duration::from_secs(30))
+        .every(Duration::from_millis(200))
+        .until_async(async || {
+            let r = get(&other, &[]).await;
+            r.status() == 200
+                && Metrics::parse(&r.text().await.unwrap())
+                    .unwrap()
+                    .value("other_errors_total")
+                    == Some(3.0)
+        })
+        .await;
+}
