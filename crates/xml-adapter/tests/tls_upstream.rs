@@ -1,5 +1,6 @@
 //! An https upstream that wants a client certificate (certificates generated here with rcgen):
-//! the adapter verifies it with --ca-file and presents --client-cert/--client-key.
+//! the adapter verifies it with --ca-file and presents --client-cert/--client-key; a probe
+//! module does the same from its own `tls` settings, also through a proxy's CONNECT tunnel.
 
 // Test helpers panic on purpose: a failed setup is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -119,6 +120,66 @@ async fn https_upstream_with_ca_file_and_client_certificate() {
             page.value("xml_adapter_scrape_errors_total{kind=\"fetch\"}"),
             Some(1.0),
             "{extra:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn probe_module_with_its_own_tls_settings_and_through_a_connect_tunnel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca) = (Ca::new("server ca"), Ca::new("client ca"));
+    let server = server_ca.leaf().ip(IpAddr::V4(Ipv4Addr::LOCALHOST)).sign();
+    let client = client_ca.leaf().dns("xml-adapter.test").sign();
+    server_ca.write(&dir.path().join("ca.crt"));
+    client.write(dir.path(), "client");
+    let (port, _server) = tls_upstream(&server, client_ca.pem(), fixture("bind9/zones.xml")).await;
+    let target = format!("https://127.0.0.1:{port}/xml/v3/zones");
+    let mapping = manifest_path("examples/mappings/bind9.yaml");
+    let tls = "tls: {ca_file: ca.crt, client_cert: client.crt, client_key: client.key}";
+    let proxy = common::tinyproxy::available("tinyproxy", "tinyproxy")
+        .then(common::tinyproxy::Tinyproxy::start);
+    let proxied = proxy.as_ref().map_or(String::new(), |p| {
+        format!(
+            "  proxied: {{mapping: {}, http: {{{tls}, proxy: '{}'}}}}\n",
+            mapping.display(),
+            p.url()
+        )
+    });
+    // Relative files are relative to the probe file.
+    let probe_file = dir.path().join("probe.yaml");
+    std::fs::write(
+        &probe_file,
+        format!(
+            "allowed_targets: ['https://127.0.0.1:{port}/xml/']\nmodules:\n  bind:\n    mapping: {}\n    http: {{{tls}}}\n  untrusted: {{mapping: {}}}\n{proxied}",
+            mapping.display(),
+            mapping.display()
+        ),
+    )
+    .unwrap();
+    let a = start_adapter(
+        &mapping,
+        &target,
+        &["--probe-config", probe_file.to_str().unwrap()],
+    )
+    .await;
+    let probe = |module: &str| a.url(&format!("/probe?module={module}&target={target}"));
+    let page = scrape(&probe("bind")).await;
+    assert_eq!(page.value("probe_success"), Some(1.0), "{}", a.proc.log());
+    assert_eq!(
+        page.value("bind_zone_serial{view=\"_default\",zone_name=\"TEST_ZONE\"}"),
+        Some(123.0)
+    );
+    // The module without the CA does not trust the server.
+    let page = scrape(&probe("untrusted")).await;
+    assert_eq!(page.value("probe_success"), Some(0.0));
+    assert_eq!(page.value("probe_error{kind=\"fetch\"}"), Some(1.0));
+    if let Some(proxy) = proxy {
+        let page = scrape(&probe("proxied")).await;
+        assert_eq!(page.value("probe_success"), Some(1.0), "{}", a.proc.log());
+        assert!(
+            proxy.tunnelled(&format!("127.0.0.1:{port}")),
+            "{:?}",
+            proxy.requests()
         );
     }
 }

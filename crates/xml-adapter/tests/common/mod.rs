@@ -2,6 +2,8 @@
 //! a tiny HTTP/1.1 upstream with scripted misbehaviour, and the adapter's pages parsed.
 #![allow(dead_code)]
 
+pub mod tinyproxy;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
