@@ -293,13 +293,18 @@ async fn posts_the_configured_body_to_a_post_only_status_endpoint() {
         dir.path(),
         "probe.yaml",
         &format!(
-            "allowed_targets: ['http://127.0.0.1:{port}/api']\nmodules:\n  status:\n    mapping: app.yaml\n    http:\n      method: POST\n      body: '{BODY}'\n      content_type: application/json\n"
+            "allowed_targets: ['http://127.0.0.1:{port}/api']\nmodules:\n  status:\n    mapping: app.yaml\n    http:\n      method: POST\n      body: '{BODY}'\n      content_type: application/json\n      headers: {{X-Api-Key: k2}}\n"
         ),
     );
     let a = start_adapter(&mapping, &url, &["--probe-config", file.to_str().unwrap()]).await;
     let page = scrape(&a.url(&format!("/probe?module=status&target={url}"))).await;
     assert_eq!(page.value("probe_success"), Some(1.0), "{page}");
     assert_eq!(page.value("app_requests_total"), Some(42.0));
+    let last = heads.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        last.contains("x-api-key: k2"),
+        "the module's header: {last}"
+    );
     // The default module GETs, as the flags say.
     let page = scrape(&a.url(&format!("/probe?target={url}"))).await;
     assert_eq!(page.value("probe_success"), Some(0.0));
