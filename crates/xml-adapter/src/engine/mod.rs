@@ -24,6 +24,7 @@ mod json;
 mod json_tests;
 #[cfg(test)]
 mod lang_tests;
+mod open;
 mod plan;
 mod record;
 mod report;
