@@ -2,9 +2,12 @@
 //! sink encodes. A [`Chunk`] is the unit that moves from a pipeline to the sinks: events of one
 //! stream, in order, with the acknowledgement that releases their position in the source.
 
+use std::cmp::Ordering;
+use std::iter::Peekable;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -13,32 +16,126 @@ use crate::ack::AckRef;
 /// Structured fields of an event (parsed from the line, or added by enrichment).
 pub type Fields = serde_json::Map<String, serde_json::Value>;
 
-/// One log event. Serialized as is into the disk buffer (`t`, `m`, `f`), so a replay after a
-/// restart ships exactly what was read.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Fields every event of a stream has (enrichment: static and environment values, the host,
+/// the file), made once per stream and shared by its events, with their JSON written once.
+#[derive(Debug, PartialEq)]
+pub struct SharedFields {
+    fields: Fields,
+    /// The fields as [`Event::write_json`] writes them, each `,"key":value`.
+    json: Vec<u8>,
+}
+
+impl SharedFields {
+    /// `None` when there are no fields.
+    pub fn new(fields: Fields) -> Option<Arc<Self>> {
+        if fields.is_empty() {
+            return None;
+        }
+        let mut json = Vec::new();
+        for (key, value) in &fields {
+            write_json_field(key, value, &mut json);
+        }
+        Some(Arc::new(Self { fields, json }))
+    }
+
+    pub fn fields(&self) -> &Fields {
+        &self.fields
+    }
+}
+
+/// One log event. Serialized into the disk buffer as `t`, `m` and `f` (its own and its shared
+/// fields, merged), so a replay after a restart ships exactly what was read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "Stored")]
 pub struct Event {
     /// Nanoseconds since the Unix epoch: the time parsed from the line, or the time it was read.
-    #[serde(rename = "t")]
     pub timestamp: i64,
     /// The line's text (several lines for a multiline event), UTF-8 (invalid bytes replaced).
-    #[serde(rename = "m")]
     pub message: String,
-    /// Everything else: parsed fields, enrichment, `truncated`.
-    #[serde(
-        rename = "f",
-        default,
-        skip_serializing_if = "serde_json::Map::is_empty"
-    )]
+    /// The event's own fields: parsed, from the line format, `truncated`.
     pub fields: Fields,
+    /// Its stream's enrichment; an own field of the same name wins.
+    pub shared: Option<Arc<SharedFields>>,
+}
+
+/// The disk form.
+#[derive(Deserialize)]
+struct Stored {
+    #[serde(rename = "t")]
+    timestamp: i64,
+    #[serde(rename = "m")]
+    message: String,
+    #[serde(rename = "f", default)]
+    fields: Fields,
+}
+
+impl From<Stored> for Event {
+    fn from(s: Stored) -> Self {
+        Self {
+            timestamp: s.timestamp,
+            message: s.message,
+            fields: s.fields,
+            shared: None,
+        }
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct All<'a>(&'a Event);
+        impl Serialize for All<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.all_fields())
+            }
+        }
+        let has_fields = self.all_fields().next().is_some();
+        let mut s = serializer.serialize_struct("Event", 2 + usize::from(has_fields))?;
+        s.serialize_field("t", &self.timestamp)?;
+        s.serialize_field("m", &self.message)?;
+        if has_fields {
+            s.serialize_field("f", &All(self))?;
+        }
+        s.end()
+    }
+}
+
+/// Equal when time, message and the merged fields are.
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.timestamp == other.timestamp
+            && self.message == other.message
+            && self.all_fields().eq(other.all_fields())
+    }
 }
 
 impl Event {
     /// An event read now.
     pub fn new(message: String) -> Self {
+        Self::at(now_nanos(), message, Fields::new())
+    }
+
+    /// An event with its own fields and no shared ones.
+    pub fn at(timestamp: i64, message: String, fields: Fields) -> Self {
         Self {
-            timestamp: now_nanos(),
+            timestamp,
             message,
-            fields: Fields::new(),
+            fields,
+            shared: None,
+        }
+    }
+
+    /// A field, its own or its stream's.
+    pub fn field(&self, name: &str) -> Option<&serde_json::Value> {
+        self.fields
+            .get(name)
+            .or_else(|| self.shared.as_ref()?.fields.get(name))
+    }
+
+    /// Every field, its own and its stream's, ordered by name.
+    pub fn all_fields(&self) -> AllFields<'_> {
+        AllFields {
+            own: self.fields.iter().peekable(),
+            shared: self.shared.as_ref().map(|s| s.fields.iter().peekable()),
         }
     }
 
@@ -49,7 +146,8 @@ impl Event {
             .iter()
             .map(|(k, v)| k.len() + value_size(v) + 4)
             .sum();
-        self.message.len() + fields + 48
+        let shared = self.shared.as_ref().map_or(0, |s| s.json.len());
+        self.message.len() + fields + shared + 48
     }
 
     /// The timestamp as RFC 3339 in UTC with nanoseconds.
@@ -67,19 +165,58 @@ impl Event {
         out.extend_from_slice(self.timestamp_rfc3339().as_bytes());
         out.extend_from_slice(b"\",\"message\":");
         write_json_string(&self.message, out);
-        for (key, value) in &self.fields {
-            out.push(b',');
-            // A parsed field of the same name as the event's own keeps its value, renamed.
-            match key.as_str() {
-                "timestamp" => out.extend_from_slice(b"\"_timestamp\""),
-                "message" => out.extend_from_slice(b"\"_message\""),
-                _ => write_json_string(key, out),
+        match &self.shared {
+            Some(shared) if self.fields.is_empty() => out.extend_from_slice(&shared.json),
+            _ => {
+                for (key, value) in self.all_fields() {
+                    write_json_field(key, value, out);
+                }
             }
-            out.push(b':');
-            // Writing a Value into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut *out, value);
         }
         out.push(b'}');
+    }
+}
+
+/// Appends `,"key":value`; a field named like the event's own keys keeps its value, renamed.
+fn write_json_field(key: &str, value: &serde_json::Value, out: &mut Vec<u8>) {
+    out.push(b',');
+    match key {
+        "timestamp" => out.extend_from_slice(b"\"_timestamp\""),
+        "message" => out.extend_from_slice(b"\"_message\""),
+        _ => write_json_string(key, out),
+    }
+    out.push(b':');
+    // Writing a Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// An event's own and shared fields merged by name ([`Event::all_fields`]).
+#[derive(Debug)]
+pub struct AllFields<'a> {
+    own: Peekable<serde_json::map::Iter<'a>>,
+    shared: Option<Peekable<serde_json::map::Iter<'a>>>,
+}
+
+impl<'a> Iterator for AllFields<'a> {
+    type Item = (&'a String, &'a serde_json::Value);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let Some(shared) = self.shared.as_mut() else {
+            return self.own.next();
+        };
+        let order = match (self.own.peek(), shared.peek()) {
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+            (Some(_), None) => Ordering::Less,
+            (None, _) => Ordering::Greater,
+        };
+        match order {
+            Ordering::Less => self.own.next(),
+            Ordering::Equal => {
+                shared.next();
+                self.own.next()
+            }
+            Ordering::Greater => shared.next(),
+        }
     }
 }
 
@@ -144,6 +281,65 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["level"], "warn");
+    }
+
+    fn shared(pairs: &[(&str, &str)]) -> Option<Arc<SharedFields>> {
+        SharedFields::new(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).into()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn shared_fields_merge_by_name_and_own_fields_win() {
+        let mut e = Event::new("m".into());
+        e.timestamp = 1_700_000_000_123_456_789;
+        e.fields.insert("b".into(), "own".into());
+        e.fields.insert("d".into(), 4.into());
+        e.shared = shared(&[("a", "1"), ("b", "shared"), ("c", "3"), ("message", "m2")]);
+        let names: Vec<&str> = e.all_fields().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "d", "message"]);
+        assert_eq!(e.field("b").unwrap(), "own");
+        assert_eq!(e.field("c").unwrap(), "3");
+        assert!(e.field("z").is_none());
+        let mut out = Vec::new();
+        e.write_json(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"timestamp":"2023-11-14T22:13:20.123456789Z","message":"m","a":"1","b":"own","c":"3","d":4,"_message":"m2"}"#
+        );
+    }
+
+    #[test]
+    fn shared_fields_alone_are_written_as_if_they_were_the_events_own() {
+        let mut own = Event::new("x".into());
+        own.fields.insert("file".into(), "/var/log/a.log".into());
+        own.fields.insert("host".into(), "pod-a".into());
+        let mut shared_only = Event::new("x".into());
+        shared_only.timestamp = own.timestamp;
+        shared_only.shared = shared(&[("host", "pod-a"), ("file", "/var/log/a.log")]);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        own.write_json(&mut a);
+        shared_only.write_json(&mut b);
+        assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+        assert_eq!(own, shared_only);
+        assert_eq!(own.size_hint(), shared_only.size_hint());
+    }
+
+    #[test]
+    fn disk_form_holds_the_shared_fields_too() {
+        let mut e = Event::new("x".into());
+        e.fields.insert("n".into(), 3.into());
+        e.shared = shared(&[("host", "pod-a")]);
+        let text = serde_json::to_string(&e).unwrap();
+        let back: Event = serde_json::from_str(&text).unwrap();
+        assert!(back.shared.is_none());
+        assert_eq!(back.fields["host"], "pod-a");
+        assert_eq!(back, e);
+        let bare = serde_json::to_string(&Event::at(1, "y".into(), Fields::new())).unwrap();
+        assert_eq!(bare, r#"{"t":1,"m":"y"}"#);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::event::{Chunk, Event, now_nanos};
+use crate::event::{Chunk, Event, SharedFields, now_nanos};
 use crate::metrics::Metrics;
 use crate::source::{RawChunk, SourceItem, StreamInfo};
 use enrich::Enrich;
@@ -51,6 +51,8 @@ struct StreamState {
     format: Box<dyn LineFormat>,
     multiline: Option<Multiline>,
     last_end: u64,
+    /// The enrichment every event of the stream gets.
+    shared: Option<Arc<SharedFields>>,
 }
 
 impl StreamState {
@@ -157,13 +159,13 @@ impl Pipeline {
     }
 
     fn state(&mut self, info: &Arc<StreamInfo>) -> &mut StreamState {
-        let multiline = self.spec.multiline.is_some();
-        let max_bytes = self.spec.max_event_bytes;
+        let spec = &self.spec;
         self.streams.entry(info.id).or_insert_with(|| StreamState {
             info: info.clone(),
-            format: format::build(&info.format, max_bytes),
-            multiline: multiline.then(Multiline::new),
+            format: format::build(&info.format, spec.max_event_bytes),
+            multiline: spec.multiline.is_some().then(Multiline::new),
             last_end: info.ack.acked(),
+            shared: spec.enrich.shared(info, &spec.redact),
         })
     }
 
@@ -188,8 +190,9 @@ impl Pipeline {
         let errors = state.format.take_errors();
         let end = state.done_until();
         let info = state.info.clone();
+        let shared = state.shared.clone();
         self.count(cut, errors);
-        self.emit(&info, ready, end).await
+        self.emit(&info, shared.as_ref(), ready, end).await
     }
 
     fn count(&self, cut: u64, format_errors: u64) {
@@ -246,11 +249,12 @@ impl Pipeline {
         ready.extend(state.multiline.as_mut().and_then(Multiline::flush));
         let end = state.done_until();
         let info = state.info.clone();
+        let shared = state.shared.clone();
         if remove {
             self.streams.remove(&id);
         }
         self.count(cut, 0);
-        self.emit(&info, ready, end).await
+        self.emit(&info, shared.as_ref(), ready, end).await
     }
 
     async fn close(&mut self, id: u64) -> Result<(), SinksGone> {
@@ -261,6 +265,7 @@ impl Pipeline {
     async fn emit(
         &mut self,
         info: &Arc<StreamInfo>,
+        shared: Option<&Arc<SharedFields>>,
         mut events: Vec<Event>,
         end: u64,
     ) -> Result<(), SinksGone> {
@@ -271,7 +276,7 @@ impl Pipeline {
             return Ok(());
         }
         for event in &mut events {
-            self.process(event, info);
+            self.process(event, info, shared);
         }
         let ack = info.ack.register(end, self.outputs.len() as u32);
         let chunk = Arc::new(Chunk {
@@ -284,7 +289,7 @@ impl Pipeline {
         Ok(())
     }
 
-    fn process(&self, event: &mut Event, info: &StreamInfo) {
+    fn process(&self, event: &mut Event, info: &StreamInfo, shared: Option<&Arc<SharedFields>>) {
         let spec = &self.spec;
         if !spec.parser.apply(event) {
             self.metrics
@@ -300,7 +305,7 @@ impl Pipeline {
                 .with_label_values(&[spec.name.as_str(), "timestamp"])
                 .inc();
         }
-        spec.enrich.apply(event, info);
+        spec.enrich.apply(event, info, shared);
         spec.redact.apply(event);
     }
 }

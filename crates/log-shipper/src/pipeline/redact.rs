@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use regex::{Captures, Regex};
 use serde_json::Value;
 
-use crate::event::Event;
+use crate::event::{Event, Fields};
 
 /// Named rules for common secrets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +80,12 @@ impl Redactor {
         if let Cow::Owned(s) = self.redact(&event.message) {
             event.message = s;
         }
-        for value in event.fields.values_mut() {
+        self.apply_fields(&mut event.fields);
+    }
+
+    /// Redacts every string field (nested ones too).
+    pub fn apply_fields(&self, fields: &mut Fields) {
+        for value in fields.values_mut() {
             self.redact_value(value);
         }
     }

@@ -154,7 +154,7 @@ fn write_document(event: &Event, out: &mut Vec<u8>) {
     out.extend_from_slice(event.timestamp_rfc3339().as_bytes());
     out.extend_from_slice(b"\",\"message\":");
     write_json_string(&event.message, out);
-    for (key, value) in &event.fields {
+    for (key, value) in event.all_fields() {
         out.push(b',');
         match key.as_str() {
             "@timestamp" | "message" => write_json_string(&format!("_{key}"), out),

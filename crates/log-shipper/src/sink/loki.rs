@@ -77,7 +77,7 @@ impl Template {
                 Part::Text(t) => out.push_str(t),
                 Part::Field(name) => {
                     fields += 1;
-                    match event.fields.get(name) {
+                    match event.field(name) {
                         Some(serde_json::Value::String(s)) => {
                             found += 1;
                             out.push_str(s);

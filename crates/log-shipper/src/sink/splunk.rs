@@ -117,7 +117,7 @@ impl Hec {
             )
             .as_bytes(),
         );
-        if let Some(serde_json::Value::String(host)) = event.fields.get("host") {
+        if let Some(serde_json::Value::String(host)) = event.field("host") {
             out.extend_from_slice(b",\"host\":");
             write_json_string(host, out);
         }
@@ -137,7 +137,7 @@ impl Hec {
             EventFormat::Json => {
                 out.extend_from_slice(b"{\"message\":");
                 write_json_string(&event.message, out);
-                for (key, value) in &event.fields {
+                for (key, value) in event.all_fields() {
                     if self.indexed_fields.contains(key) {
                         continue;
                     }
@@ -156,7 +156,7 @@ impl Hec {
         }
         let mut first = true;
         for name in &self.indexed_fields {
-            let Some(value) = event.fields.get(name) else {
+            let Some(value) = event.field(name) else {
                 continue;
             };
             out.extend_from_slice(if first { b",\"fields\":{" } else { b"," });

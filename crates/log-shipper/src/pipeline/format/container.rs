@@ -69,6 +69,7 @@ impl Joiner {
                         timestamp,
                         message: String::new(),
                         fields,
+                        shared: None,
                     },
                     cut: false,
                 }
@@ -124,6 +125,7 @@ fn raw(line: &[u8], start: u64, now: i64) -> Decoded {
             timestamp: now,
             message: text(line),
             fields: Fields::new(),
+            shared: None,
         },
         start,
         cut: false,

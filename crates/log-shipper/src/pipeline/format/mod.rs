@@ -64,6 +64,7 @@ impl LineFormat for Raw {
                 timestamp: now,
                 message: text(line),
                 fields: Fields::new(),
+                shared: None,
             },
             start,
             cut: false,

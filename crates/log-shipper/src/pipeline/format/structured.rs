@@ -62,6 +62,7 @@ impl LineFormat for Json {
                 timestamp: now,
                 message,
                 fields,
+                shared: None,
             },
             start,
             cut: false,
@@ -142,6 +143,7 @@ impl LineFormat for Syslog {
                     timestamp,
                     message: m.msg.to_owned(),
                     fields,
+                    shared: None,
                 }
             }
             Err(_) => {
@@ -150,6 +152,7 @@ impl LineFormat for Syslog {
                     timestamp: now,
                     message: input.into_owned(),
                     fields: Fields::new(),
+                    shared: None,
                 }
             }
         };

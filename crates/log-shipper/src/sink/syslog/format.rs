@@ -101,7 +101,7 @@ impl FormatSpec {
         let severity = self
             .severity_field
             .as_ref()
-            .and_then(|f| event.fields.get(f))
+            .and_then(|f| event.field(f))
             .and_then(|v| match v {
                 serde_json::Value::String(s) => severity(s),
                 serde_json::Value::Number(n) => n.as_u64().and_then(|n| severity(&n.to_string())),
@@ -114,7 +114,7 @@ impl FormatSpec {
         out.push(b' ');
         let field = |name: &Option<String>| {
             name.as_ref()
-                .and_then(|f| event.fields.get(f))
+                .and_then(|f| event.field(f))
                 .and_then(|v| v.as_str().map(str::to_owned))
         };
         let hostname = field(&self.hostname_field).unwrap_or_else(|| self.hostname.clone());
@@ -142,7 +142,7 @@ impl FormatSpec {
         out.extend_from_slice(id.as_bytes());
         let mut params = 0;
         for name in &self.sd_fields {
-            let Some(value) = event.fields.get(name) else {
+            let Some(value) = event.field(name) else {
                 continue;
             };
             params += 1;
