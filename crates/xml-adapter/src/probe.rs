@@ -286,6 +286,34 @@ mod tests {
     }
 
     #[test]
+    fn tricks_do_not_reach_another_host() {
+        let a = list(&["http://app:8080/status/", "127.0.0.1:9000", "[::1]:9100"]);
+        for (u, allowed) in [
+            // Userinfo and fragments that look like the allowed host.
+            ("http://app:8080@evil/status/x", false),
+            ("http://evil#@app:8080/status/x", false),
+            ("http://evil\\@app:8080/status/x", false),
+            ("http://app:8080\\@evil/status/x", false),
+            ("http://x@app:8080/status/x", true),
+            // Case, default ports, other spellings of one address.
+            ("HTTP://APP:8080/status/x", true),
+            ("http://2130706433:9000/", true),
+            ("http://0x7f.1:9000/", true),
+            ("http://127.0.0.1:9001/", false),
+            ("http://[0:0:0:0:0:0:0:1]:9100/", true),
+            ("http://[::1]:9101/", false),
+            // Paths resolved before they are compared.
+            ("http://app:8080/status/./x", true),
+            ("http://app:8080/status/x/../../admin", false),
+            ("http://app:8080/%2E%2E/status/x", true),
+            ("http://app:8080/x/%2e%2e/status/y", true),
+            ("http://app:8080/statusx", false),
+        ] {
+            assert_eq!(a.allows(&url(u)), allowed, "{u}");
+        }
+    }
+
+    #[test]
     fn bad_entries_are_named() {
         for bad in ["ftp://h/", "h/path", "http://u@h/", "http://h/?q"] {
             let e = AllowList::parse(&[("--probe-allow".into(), bad.into())]).unwrap_err();
