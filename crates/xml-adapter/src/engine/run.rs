@@ -4,8 +4,8 @@
 use super::capture::{Capture, NO_NODE};
 use super::defer::{Deferred, Fold};
 use super::input::{Format, StartTag};
-use super::plan::Engine;
 use super::open::OpenRecords;
+use super::plan::Engine;
 use super::record::{Recorder, Values, View};
 use super::report::{DocumentError, Reason, Report, Translation, malformed};
 use super::series::Series;
@@ -334,7 +334,7 @@ impl<'e, F: Format> Run<'e, F> {
             self.report.issues(rule, Reason::LateChild, records, || {
                 format!(
                     "{records} record(s) read a child of an ancestor that the document prints \
-                     after them: they read nothing there (an empty label)"
+                     after them: they read nothing there (an empty label, or a missing value)"
                 )
             });
         }
