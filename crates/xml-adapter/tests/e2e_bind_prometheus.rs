@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use test_support::ports::free_port;
+use test_support::ports::{free_port, free_udp_tcp_port};
 use test_support::process::Process;
 use test_support::skip::require_program;
 use test_support::wait::Wait;
@@ -28,7 +28,7 @@ async fn start_named() -> Named {
     require_program("named", "bind9");
     for _ in 0..5 {
         let dir = tempfile::tempdir().unwrap();
-        let (dns_port, stats_port) = (free_port(), free_port());
+        let (dns_port, stats_port) = (free_udp_tcp_port(), free_port());
         let cmd = named_conf(dir.path(), dns_port, stats_port);
         let mut proc = Process::spawn("named", cmd);
         let mut exited = false;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use test_support::metrics::Metrics;
-use test_support::ports::free_port;
+use test_support::ports::{free_port, free_udp_tcp_port};
 use test_support::process::Process;
 use test_support::skip::require_program;
 use test_support::wait::Wait;
@@ -34,7 +34,8 @@ async fn start(
 ) -> Server {
     for _ in 0..5 {
         let dir = tempfile::tempdir().unwrap();
-        let ports = (free_port(), free_port());
+        // The first port may be a UDP one too (named's DNS port).
+        let ports = (free_udp_tcp_port(), free_port());
         let mut proc = Process::spawn(name, conf(dir.path(), ports.0, ports.1));
         let mut exited = false;
         let url = format!("http://127.0.0.1:{}{ready}", ports.1);
