@@ -33,7 +33,10 @@ pub const INFO: SidecarInfo = SidecarInfo {
     admin_port: 9904,
     version: env!("CARGO_PKG_VERSION"),
     description: "Ships an app's log files to central stores, at least once: a line is let go only when every sink has it",
-    worker_threads: 0,
+    // One runtime thread (each file input reads on a blocking thread of its own): a sidecar
+    // gets a share of a core, and every thread that allocates costs a malloc arena of its
+    // own. `--worker-threads 0` gives one per core.
+    worker_threads: 1,
 };
 
 /// One input and the pipeline it feeds.
