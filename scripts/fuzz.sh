@@ -17,7 +17,7 @@ SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
 OUT=${FUZZ_OUT:-$ROOT/fuzz/out}
 
 ALL=(ambassador_config git_sync_flags log_shipper_config secrets_agent_config xml_mapping
-  xml_path xml_transforms xml_document spiffe_dns_patterns xfcc tls_pem git_sync_webhook
+  xml_path xml_transforms xml_document json_document spiffe_dns_patterns xfcc tls_pem git_sync_webhook
   log_parsers log_container log_syslog secrets_template)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 
@@ -93,6 +93,13 @@ done
 for f in $XA/tests/fixtures/misc/passenger_status.xml; do
   { printf '\2'; cat "$f"; } >"$SEEDS/xml_document/passenger-$(basename "$f")"
 done
+
+# The first byte picks the mapping: 0 BIND's JSON, 1 HAProxy's JSON, 2 a small one (tight caps).
+mkdir -p "$SEEDS/json_document"
+{ printf '\0'; cat $XA/tests/fixtures/bind9/live-9.18.json; } >"$SEEDS/json_document/bind.json"
+{ printf '\1'; cat $XA/tests/fixtures/haproxy/live-2.6.json; } >"$SEEDS/json_document/haproxy.json"
+printf '\2{"items": [{"name": "a", "v": 1}, {"name": "b"}, null], "x": {"y": [true, 2.5e3]}}' |
+  seed json_document small
 
 printf 'spiffe://td/ns/*/sa/web\0spiffe://td/ns/prod/sa/web' | seed spiffe_dns_patterns one
 printf 'spiffe://*/ns/prod/**\0spiffe://other.td/ns/prod/sa/a/b' | seed spiffe_dns_patterns rest
