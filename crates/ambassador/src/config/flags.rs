@@ -123,7 +123,7 @@ pub struct Cli {
     pub max_connections: Option<usize>,
     /// Connections per listener that have not sent their first request yet (inbound: including
     /// the TLS handshake), within --max-connections; when full, the oldest of them is closed to
-    /// make room [default: 128, at most a quarter of --max-connections].
+    /// make room [default: 256, at most half of --max-connections].
     #[arg(
         long,
         env = "MAX_PENDING_CONNECTIONS",

@@ -340,7 +340,7 @@ fn limits(cli: &Cli, file: &FileLimits, origin: &str) -> Result<Limits, ConfigEr
                     .max_connections
                     .or(file.max_connections)
                     .unwrap_or(defaults.max_connections);
-                defaults.max_pending_connections.min(max / 4).max(1)
+                defaults.max_pending_connections.min(max / 2).max(1)
             }),
         max_app_requests: cli
             .max_app_requests

@@ -57,7 +57,7 @@ impl Default for Limits {
             // 64 MiB memory limit with a quarter to spare (docs/ambassador.md, Limits).
             max_connections: 512,
             idle_timeout: Duration::from_secs(300),
-            max_pending_connections: 128,
+            max_pending_connections: 256,
             max_app_requests: 512,
             min_body_rate: 1024,
         }

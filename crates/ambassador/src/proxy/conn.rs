@@ -493,16 +493,16 @@ pub enum Closed {
     NoRequest,
     /// Its place in the pending budget went to a newer connection.
     Evicted,
-    /// It reset more streams than it let finish.
+    /// It reset more streams than it let finish, and did not let the graceful close finish.
     Resets,
     /// A graceful close (idle, shutdown) that the client did not let finish in time.
     Forced,
 }
 
 /// Drives a hyper connection to its end, applying the idle, header-read and first-request
-/// limits and the shutdown: on `stop` (or when idle) it asks the connection to finish gracefully
-/// (HTTP/1: `Connection: close` after the response in flight; HTTP/2: GOAWAY, streams in flight
-/// finish). A connection that sent no request within the header-read limit is closed, and so is
+/// limits and the shutdown: on `stop`, when idle or once its client reset too many streams, it
+/// asks the connection to finish gracefully (HTTP/1: `Connection: close` after the response in
+/// flight; HTTP/2: GOAWAY, streams in flight finish). A connection that sent no request within the header-read limit is closed, and so is
 /// one whose graceful close takes longer than that limit again (unless requests are in flight).
 pub async fn drive<C, E>(
     conn: C,
@@ -516,6 +516,9 @@ where
 {
     let mut conn = std::pin::pin!(conn);
     let mut closing = false;
+    // Closing for its resets: gracefully, so that the requests of other clients sharing the
+    // connection (an ambassador's pooled connection carries many) still finish.
+    let mut resets_closing = false;
     // When a graceful close started by the ambassador must be over.
     let mut closing_deadline = u64::MAX;
     let sleep = tokio::time::sleep(limits.header_read_timeout.min(limits.idle_timeout));
@@ -525,10 +528,17 @@ where
     loop {
         tokio::select! {
             result = conn.as_mut() => return Ended::Done(result),
-            () = activity.close.cancelled() => {
+            () = activity.close.cancelled(), if !resets_closing => {
                 if activity.is_abusive() {
                     metrics.limit_exceeded(Limit::StreamResets);
-                    return Ended::Closed(Closed::Resets);
+                    resets_closing = true;
+                    if !closing {
+                        closing = true;
+                        conn.as_mut().graceful();
+                    }
+                    closing_deadline = closing_deadline.min(now_ms() + header_ms);
+                    sleep.as_mut().reset(Instant::now() + Duration::from_millis(header_ms.min(1000)));
+                    continue;
                 }
                 return Ended::Closed(Closed::Evicted);
             }
@@ -545,7 +555,7 @@ where
                 }
                 let in_flight = activity.in_flight.load(Ordering::Relaxed);
                 if closing && in_flight == 0 && now >= closing_deadline {
-                    return Ended::Closed(Closed::Forced);
+                    return Ended::Closed(if resets_closing { Closed::Resets } else { Closed::Forced });
                 }
                 let first = activity.requests.load(Ordering::Relaxed) == 0;
                 if first && now >= activity.opened + header_ms {

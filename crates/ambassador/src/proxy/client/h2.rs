@@ -25,11 +25,14 @@ use tokio::time::Instant;
 use crate::proxy::body::{BoxError, ProxyBody};
 use crate::proxy::error::TransportError;
 
-/// Flow-control windows we grant the remote for response bodies. Fixed rather than adaptive:
-/// enough for a fast LAN (1 MiB per stream is 8 Gbit/s at 1 ms), and a bound on what a slow app
-/// can make the ambassador buffer.
-const STREAM_WINDOW: u32 = 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// Flow-control windows we grant the remote for response bodies. Fixed rather than adaptive: a
+/// bound on what a client that stops reading can make the ambassador buffer (one stream
+/// window), and enough for a LAN (64 KiB per stream is 500 Mbit/s at 1 ms). The connection's
+/// window holds every stream's window at once (the remote allows 256 streams): data waiting
+/// for a client that stopped reading is never released, so with a smaller connection window
+/// a few such streams would stop every other stream of the connection.
+const STREAM_WINDOW: u32 = 64 * 1024;
+const CONNECTION_WINDOW: u32 = 256 * STREAM_WINDOW;
 /// A ping on every connection this often; no pong within the timeout closes it.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
