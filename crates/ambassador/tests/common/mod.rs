@@ -23,6 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub use test_support::ports::{free_port, loopback as addr};
 
+pub mod h2raw;
+
 // ---------- certificates ----------
 
 /// A CA, and a temporary directory for the secret volumes made from it.
@@ -265,9 +267,9 @@ impl App {
         }
     }
 
-    /// What the app has seen.
-    pub fn counters(&self) -> &AppCounters {
-        &self.counters
+    /// What the app has seen (shared: it keeps counting).
+    pub fn counters(&self) -> Arc<AppCounters> {
+        self.counters.clone()
     }
 
     /// `/slow` requests received and not answered yet.
