@@ -22,7 +22,8 @@
 //!   go to; each sink acknowledges once it is done with them. The acknowledged position moves
 //!   only over a fully acknowledged prefix, and it is what [`checkpoint`] writes (atomically)
 //!   for each file. A restart resumes there.
-//! - **Events** ([`event`]): an [`event::Event`] is a timestamp, a message and JSON fields; a
+//! - **Events** ([`event`]): an [`event::Event`] is a timestamp, a message, its own JSON fields
+//!   and its stream's [`event::SharedFields`] (the enrichment, made once per stream); a
 //!   [`event::Chunk`] carries one source chunk's events and their acknowledgement.
 //! - **Pipeline** ([`pipeline`]): per stream a [`pipeline::LineFormat`] (raw now; CRI and
 //!   Docker JSON plug in here) and [`pipeline::multiline`]; then per event the parser,
