@@ -200,9 +200,8 @@ impl<'e> JsonTranslator<'e> {
         match self.containers.last_mut() {
             None => self.run.start_root(),
             Some(Container::Array(next)) => {
-                use std::fmt::Write;
                 self.name.clear();
-                let _ = write!(self.name, "{next}");
+                push_index(&mut self.name, *next);
                 *next += 1;
                 if !matches!(value, JsonEvent::Null) {
                     self.run.start(&Key(&self.name), pos)?;
@@ -239,5 +238,36 @@ impl<'e> JsonTranslator<'e> {
         }
         self.run.end_top();
         Ok(())
+    }
+}
+
+/// Appends `n` in decimal: an item's index, the name of its element (formatting machinery
+/// costs more than the rest of reading a small item).
+fn push_index(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn indexes_are_written_in_decimal() {
+        for n in [0, 7, 10, 99, 1234567, u64::MAX] {
+            let mut s = String::from("x");
+            s.clear();
+            super::push_index(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
     }
 }

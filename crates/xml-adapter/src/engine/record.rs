@@ -43,6 +43,7 @@ pub(super) struct View<'r, F> {
 impl<F: Format> View<'_, F> {
     /// Appends the value of rule `ri`'s relative path from the record's `node` to `out`.
     /// `false` when the path selects nothing (then nothing is appended).
+    #[inline]
     fn read_into(&self, ri: usize, node: usize, path: &RelPath, out: &mut String) -> bool {
         match path {
             RelPath::Down { steps, leaf } => self.capture.read_down(node, steps, leaf, out),
@@ -50,17 +51,21 @@ impl<F: Format> View<'_, F> {
                 self.stack
                     .read_up(self.format, sel, child.as_ref(), leaf, out, ri, self.kept)
             }
-            RelPath::Concat(parts) => {
-                let mut found = false;
-                for part in parts {
-                    match part {
-                        Part::Literal(s) => out.push_str(s),
-                        Part::Path(p) => found |= self.read_into(ri, node, p, out),
-                    }
-                }
-                found
+            RelPath::Concat(parts) => self.read_concat(ri, node, parts, out),
+        }
+    }
+
+    /// `concat(...)`: out of line, so that the common paths inline.
+    #[inline(never)]
+    fn read_concat(&self, ri: usize, node: usize, parts: &[Part], out: &mut String) -> bool {
+        let mut found = false;
+        for part in parts {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::Path(p) => found |= self.read_into(ri, node, p, out),
             }
         }
+        found
     }
 
     /// The value of rule `ri`'s relative path from the record's `node`, if it selects

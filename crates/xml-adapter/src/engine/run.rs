@@ -186,8 +186,11 @@ impl<'e, F: Format> Run<'e, F> {
         } else {
             qname
         };
-        // What the open elements keep is bounded like a record, whatever the nesting.
-        if (s.stack.kept_bytes() + kept.len()) as u64 > limits.max_record_bytes {
+        // The attributes open elements keep are bounded like a record, whatever the nesting
+        // (a name alone is bounded by the longest event and max_depth).
+        if kept.len() > qname.len()
+            && (s.stack.kept_bytes() + kept.len()) as u64 > limits.max_record_bytes
+        {
             return Err(DocumentError::Malformed {
                 format: F::NAME,
                 position: pos,
@@ -330,13 +333,15 @@ impl<'e, F: Format> Run<'e, F> {
             }
             s.deferred.closed(s.stack.depth(), &mut fold);
         }
-        for (rule, records) in s.stack.late.drain(..) {
-            self.report.issues(rule, Reason::LateChild, records, || {
-                format!(
-                    "{records} record(s) read a child of an ancestor that the document prints \
-                     after them: they read nothing there (an empty label, or a missing value)"
-                )
-            });
+        if !s.stack.late.is_empty() {
+            for (rule, records) in s.stack.late.drain(..) {
+                self.report.issues(rule, Reason::LateChild, records, || {
+                    format!(
+                        "{records} record(s) read a child of an ancestor that the document prints \
+                         after them: they read nothing there (an empty label, or a missing value)"
+                    )
+                });
+            }
         }
     }
 

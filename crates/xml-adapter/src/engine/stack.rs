@@ -47,7 +47,7 @@ pub(super) struct Frame {
     /// It may be a kept leaf child: its text collects in `Stack::child_text` (only the
     /// innermost open element can be a leaf, so one buffer serves).
     pub(super) kept_child: bool,
-    /// Its element children so far.
+    /// Its element children so far (wrapping after 2^32: no document has that many).
     pub(super) children: u32,
     /// Its 1-based position among its parent's element children.
     pub(super) position: u32,
@@ -157,9 +157,7 @@ impl Stack {
     /// The position the next element child of the innermost open element will have.
     #[inline]
     pub(super) fn next_position(&self) -> u32 {
-        self.frames
-            .last()
-            .map_or(1, |f| f.children.saturating_add(1))
+        self.frames.last().map_or(1, |f| f.children.wrapping_add(1))
     }
 
     /// The innermost element no longer has a capture node (its record was cancelled).
@@ -203,6 +201,21 @@ impl Stack {
     /// Is an element named `name` open?
     pub(super) fn is_open(&self, name: &str) -> bool {
         self.frames.iter().any(|f| self.name(f) == name)
+    }
+
+    /// The leaf child `local` of the open element at `parent_depth` has closed: the records
+    /// that missed it are late.
+    #[cold]
+    fn arrived(&mut self, parent_depth: usize, local: &str, kept: &[NameTest]) {
+        let late = &mut self.late;
+        self.misses.get_mut().retain(|m| {
+            let arrived = m.parent_depth == parent_depth
+                && kept.get(m.child).is_some_and(|t| t.matches(None, local));
+            if arrived {
+                late.push((m.rule, m.records));
+            }
+            !arrived
+        });
     }
 
     /// Pushes the trie states `el` reaches from its parent's, and appends to `rules` those
@@ -304,7 +317,7 @@ impl Stack {
         frame.tag_len = tag.len();
         self.tags.push_str(tag);
         if let Some(parent) = self.frames.last_mut() {
-            parent.children = parent.children.saturating_add(1);
+            parent.children = parent.children.wrapping_add(1);
             parent.kept_child = false;
         }
         self.frames.push(frame);
@@ -336,24 +349,14 @@ impl Stack {
         {
             self.kept_children.pop();
         }
-        let misses = self.misses.get_mut();
-        if !misses.is_empty() {
-            misses.retain(|m| m.parent_depth < depth);
+        if !self.misses.get_mut().is_empty() {
+            self.misses.get_mut().retain(|m| m.parent_depth < depth);
         }
         if f.kept_child && f.children == 0 && depth > 0 {
             let name = self.name(&f);
             let local = name.rsplit(':').next().unwrap_or(name).to_string();
-            let misses = self.misses.get_mut();
-            if !misses.is_empty() {
-                let late = &mut self.late;
-                misses.retain(|m| {
-                    let arrived = m.parent_depth == depth - 1
-                        && kept.get(m.child).is_some_and(|t| t.matches(None, &local));
-                    if arrived {
-                        late.push((m.rule, m.records));
-                    }
-                    !arrived
-                });
+            if !self.misses.get_mut().is_empty() {
+                self.arrived(depth - 1, &local, kept);
             }
             self.just_kept = true;
             self.kept_children.push(KeptChild {
