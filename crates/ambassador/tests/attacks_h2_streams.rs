@@ -188,29 +188,27 @@ fn frames_with_len(mut bytes: &[u8]) -> Vec<(u8, usize)> {
 /// nothing is buffered for them beyond the flow-control windows: the inbound (HTTP/1 to the
 /// app) stays under the shipped limit, the outbound holds at most one stream window (64 KiB)
 /// of the remote's data per stalled stream, plus the stream's state. Good clients keep >= 99%
-/// meanwhile (the stalled streams' data no longer uses up the pooled connection's window),
-/// and once the stalled clients go, their requests to the app are let go too.
+/// meanwhile (the stalled streams' data no longer uses up the pooled connection's window).
+/// With nothing moving for the idle timeout (10 s here) the ambassador closes the stalled
+/// connections itself, and their requests to the app are let go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_held_at_zero_window_buffer_nothing_and_stall_no_one_else() {
     let pki = Pki::new("test h2 streams CA");
     let app = App::start().await;
-    let (inbound, _remote, outbound, listen) = start_pair(&pki, app.addr, &[]);
+    let (inbound, _remote, outbound, listen) =
+        start_pair(&pki, app.addr, &["--idle-timeout", "10s"]);
     let counters = app.counters();
     let conns_before = counters.open_connections.load(Ordering::SeqCst);
     assert!(plain_request(listen, get("/")).await.is_ok());
     let out_before = rss_kib(outbound.pid());
-    let mut stalled = Vec::new();
-    let mut data = 0;
-    for _ in 0..4 {
-        let (s, n) = zero_window(listen, 100).await;
-        stalled.push(s);
-        data += n;
-    }
+    let opened = futures_util::future::join_all((0..4).map(|_| zero_window(listen, 100))).await;
+    let data: usize = opened.iter().map(|(_, n)| n).sum();
+    let mut stalled: Vec<TcpStream> = opened.into_iter().map(|(s, _)| s).collect();
     let rss = |amb: &Ambassador| rss_kib(amb.pid());
+    let (rss_in, rss_out) = (rss(&inbound), rss(&outbound));
     let good = tokio::task::spawn_blocking(move || h2load(listen, 3000))
         .await
         .unwrap();
-    let (rss_in, rss_out) = (rss(&inbound), rss(&outbound));
     let held_at_app = counters
         .open_connections
         .load(Ordering::SeqCst)
@@ -239,12 +237,32 @@ async fn streams_held_at_zero_window_buffer_nothing_and_stall_no_one_else() {
         per_stream < 256,
         "outbound: {per_stream} KiB a stalled stream ({out_before} -> {rss_out} KiB)"
     );
-    drop(stalled);
+    // The stalled clients stay; the ambassador closes them (they read what it sent before,
+    // its GOAWAY or nothing, then the end).
+    let started = Instant::now();
+    for s in &mut stalled {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(120), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    panic!("a stalled connection was held for two minutes past its idle timeout")
+                }
+            }
+        }
+    }
+    println!(
+        "FIGURES zero window: the stalled connections closed by the ambassador {:.1} s after h2load ended",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(limit(&outbound, "outbound", "idle_timeout") >= 4.0);
     test_support::wait::until(
         Duration::from_secs(60),
         "the stalled streams' app requests to be let go",
         || counters.open_connections.load(Ordering::SeqCst) <= conns_before + 64,
     );
+    drop(stalled);
 }
 
 /// More streams than SETTINGS_MAX_CONCURRENT_STREAMS (256): 300 `GET /slow` opened at once on

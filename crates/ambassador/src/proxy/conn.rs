@@ -37,8 +37,10 @@ pub struct Activity {
     last: AtomicU64,
     /// When the first byte of a request head arrived (ms since start, +1), 0 when not reading one.
     head_started: AtomicU64,
-    /// Requests handed to the handler whose response head is not out yet.
+    /// Requests handed to the handler whose response has not been sent whole yet.
     in_flight: AtomicU32,
+    /// Of those, the ones still waiting for their response head (from the app or the remote).
+    awaiting_head: AtomicU32,
     /// Whether this connection reads HTTP/1 heads (the header-read limit applies).
     http1: bool,
     /// When the connection started being served (ms since start).
@@ -72,6 +74,7 @@ impl Activity {
             last: AtomicU64::new(now),
             head_started: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
+            awaiting_head: AtomicU32::new(0),
             http1,
             opened: now,
             requests: AtomicU64::new(0),
@@ -122,6 +125,7 @@ impl Activity {
     pub fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.head_started.store(0, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.awaiting_head.fetch_add(1, Ordering::Relaxed);
         if self.requests.fetch_add(1, Ordering::Relaxed) == 0 {
             // The first request: the connection leaves the pending budget.
             drop(
@@ -134,6 +138,7 @@ impl Activity {
         RequestGuard {
             activity: self.clone(),
             permit: None,
+            head_out: false,
         }
     }
 }
@@ -144,6 +149,8 @@ pub struct RequestGuard {
     activity: Arc<Activity>,
     /// A place in a shared limit (the app's concurrent requests) held as long as the request.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Whether the response head is out (the request no longer waits for the next hop).
+    head_out: bool,
 }
 
 impl RequestGuard {
@@ -151,10 +158,20 @@ impl RequestGuard {
     pub fn hold(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
         self.permit = Some(permit);
     }
+
+    /// The response head is out: from now on, only the client can keep the request from
+    /// finishing.
+    fn head_out(&mut self) {
+        if !self.head_out {
+            self.head_out = true;
+            self.activity.awaiting_head.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        self.head_out();
         self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -169,7 +186,9 @@ pub struct Guarded<B> {
 }
 
 impl<B> Guarded<B> {
-    pub fn new(body: B, guard: RequestGuard) -> Self {
+    /// The response `body` of the request `guard` marks, whose head is ready.
+    pub fn new(body: B, mut guard: RequestGuard) -> Self {
+        guard.head_out();
         Self {
             body,
             guard: Some(guard),
@@ -497,6 +516,8 @@ pub enum Closed {
     Resets,
     /// A graceful close (idle, shutdown) that the client did not let finish in time.
     Forced,
+    /// Responses ready, but the client took none of their bytes for the idle limit.
+    Stalled,
 }
 
 /// Drives a hyper connection to its end, applying the idle, header-read and first-request
@@ -557,6 +578,17 @@ where
                 if closing && in_flight == 0 && now >= closing_deadline {
                     return Ended::Closed(if resets_closing { Closed::Resets } else { Closed::Forced });
                 }
+                let last = activity.last.load(Ordering::Relaxed);
+                if in_flight > 0
+                    && activity.awaiting_head.load(Ordering::Relaxed) == 0
+                    && now >= last + idle_ms
+                {
+                    // Every response is ready and nothing has moved for the idle limit: the
+                    // client stopped reading (a full socket, an HTTP/2 window held at zero).
+                    // A graceful close would wait on it too.
+                    metrics.limit_exceeded(Limit::IdleTimeout);
+                    return Ended::Closed(Closed::Stalled);
+                }
                 let first = activity.requests.load(Ordering::Relaxed) == 0;
                 if first && now >= activity.opened + header_ms {
                     // Silent, or dripping bytes that never make a request (an HTTP/2 preface
@@ -564,7 +596,6 @@ where
                     metrics.limit_exceeded(Limit::HeaderReadTimeout);
                     return Ended::Closed(Closed::NoRequest);
                 }
-                let last = activity.last.load(Ordering::Relaxed);
                 let idle = in_flight == 0 && head == 0;
                 if !closing && idle && now >= last + idle_ms {
                     metrics.limit_exceeded(Limit::IdleTimeout);

@@ -186,6 +186,10 @@ fn report_end(metrics: &RouteMetrics, ended: &Ended<hyper::Error>, peer: SocketA
             return;
         }
         Ended::Closed(Closed::Resets) => return,
+        Ended::Closed(Closed::Stalled) => {
+            tracing::debug!(route, %peer, "connection closed: its client took nothing of the responses for the idle timeout");
+            return;
+        }
         Ended::Closed(Closed::NoRequest) => {
             tracing::debug!(route, %peer, "connection closed: no request within the header read timeout");
             return;
