@@ -254,12 +254,13 @@ where
 /// Pipelining floods: 5,000 requests written back to back on one connection are answered in
 /// order, each with its own answer (through the outbound, then over mTLS to the inbound);
 /// 2,000,000 requests (54 MB) written by a client that never reads are not all taken: the
-/// ambassador stops reading once its answers are not read, and its memory stays flat.
+/// ambassador stops reading once its answers are not read, its memory stays flat, and with
+/// nothing moving for the idle timeout (8 s here) it closes the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_and_an_unread_flood_stays_bounded() {
     let pki = Pki::new("test slow CA");
     let app = start_app().await;
-    let (inbound, remote, outbound, listen) = start_pair(&pki, app, &[]);
+    let (inbound, remote, outbound, listen) = start_pair(&pki, app, &["--idle-timeout", "8s"]);
     let me = pki.ca.good(CLIENT_ID);
     let tls = client_tls(Some(&me), pki.ca.pem(), &[b"http/1.1"]);
 
@@ -297,6 +298,19 @@ async fn pipelined_requests_are_answered_in_order_and_an_unread_flood_stays_boun
         after.saturating_sub(before) < 16 * 1024,
         "RSS {before} -> {after} KiB"
     );
+    // Still not reading: the ambassador gives up on the connection by itself.
+    let open = || {
+        outbound.metric(
+            "ambassador_open_connections",
+            &[("direction", "outbound"), ("route", "outbound")],
+        )
+    };
+    wait::until(
+        Duration::from_secs(90),
+        "the ambassador to close the connection that never reads",
+        || open() == Some(0.0),
+    );
+    assert!(limit(&outbound, "outbound", "idle_timeout") >= 1.0);
     drop(s);
     // Still serving.
     assert_eq!(
