@@ -23,6 +23,8 @@ pub struct Engine {
     pub(super) reads_ancestor_attributes: bool,
     /// A rule's records are leaves only (`[not(*)]`).
     pub(super) leaf_only: bool,
+    /// A path reads or tests `position()`: elements' positions are worked out.
+    pub(super) positions: bool,
     /// Per rule: its labels (record, const, state) sorted by name, so a sample's key is built
     /// without sorting; `None` when two labels share a name (then the general path sorts).
     pub(super) label_order: Vec<Option<Vec<Slot>>>,
@@ -115,6 +117,7 @@ impl Engine {
         }
         Engine {
             leaf_only: mapping.rules.iter().any(|r| r.leaf_only),
+            positions: mapping.rules.iter().any(uses_position),
             mapping,
             trie,
             kept_children,
@@ -229,4 +232,23 @@ fn label_order(rule: &Rule) -> Option<Vec<Slot>> {
         return None;
     }
     Some(slots.into_iter().map(|(_, s)| s).collect())
+}
+
+/// Does the rule read or test an element's `position()`?
+fn uses_position(rule: &Rule) -> bool {
+    let pred = |p: &Predicate| matches!(p.operand, Operand::Position);
+    rule.record
+        .steps
+        .iter()
+        .flat_map(|s| &s.predicates)
+        .chain(&rule.record_filter)
+        .any(pred)
+        || rule.paths().any(|p| match p {
+            RelPath::Down { steps, leaf } => {
+                matches!(leaf, Leaf::Position)
+                    || steps.iter().flat_map(|(_, preds)| preds).any(pred)
+            }
+            RelPath::Up { leaf, .. } => matches!(leaf, Leaf::Position),
+            RelPath::Concat(_) => false,
+        })
 }

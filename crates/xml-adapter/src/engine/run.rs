@@ -138,7 +138,12 @@ impl<'e, F: Format> Run<'e, F> {
                 qname
             },
             uri: uri.as_deref(),
-            position: s.stack.next_position(),
+            // Worked out only for a mapping that reads positions: it costs every element.
+            position: if engine.positions {
+                s.stack.next_position()
+            } else {
+                0
+            },
         };
         s.capture.new_tag();
 
