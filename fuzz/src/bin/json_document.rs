@@ -1,7 +1,7 @@
 //! JSON documents against real mappings (BIND's and HAProxy's JSON pages, and a small one with
-//! tight caps that reads keys, indexes and sibling predicates): the first byte picks the
-//! mapping and how the document is cut into reads; read whole and read in pieces, it must
-//! translate the same, and a document must never be read as anything but JSON.
+//! tight caps that reads keys, indexes, positions, leaves and sibling predicates): the first
+//! byte picks the mapping and how the document is cut into reads; read whole and read in
+//! pieces, it must translate the same, and a document must never be read as anything but JSON.
 use xml_adapter::engine::{Engine, Translator};
 use xml_adapter::mapping::Mapping;
 
@@ -14,8 +14,8 @@ limits: {max_depth: 8, max_records: 50, max_series: 50, max_record_bytes: 4096}
 rules:
   - name: fuzz_value
     type: gauge
-    path: //*
-    labels: {key: name(), parent: ../name()}
+    path: '//*[not(*)]'
+    labels: {key: name(), parent: ../name(), at: 'concat(../position(), ".", position())'}
     on_duplicate: sum
     transforms: [{nan_if: ["", "null"]}]
   - name: fuzz_item
