@@ -5,21 +5,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-test-deps.sh
+# Each phase says what it cost (wall and CPU time), so a slow run shows where its time went.
+phase() { local TIMEFORMAT="-- $1: %0R s wall, %0U s user + %0S s system CPU"; shift; time "$@"; }
+
+phase "installing the test dependencies" scripts/install-test-deps.sh
 
 # The cross-crate tests spawn the binaries; build them all first.
-cargo build --workspace --bins --examples
-cargo test --workspace "$@"
+phase "cargo build" cargo build --workspace --bins --examples
+phase "cargo test" cargo test --workspace "$@"
 
 # The tests that need a Docker engine are #[ignore = "needs a Docker engine"]: the run above
 # lists them as ignored. Run them where an engine answers, and always in CI, where a missing
 # engine fails them.
 if [ "${CI:-}" = "true" ] || docker info >/dev/null 2>&1; then
-  cargo test -p e2e --test containers -- --ignored
+  phase "container tests (images included)" cargo test -p e2e --test containers -- --ignored
 else
   echo "notice: the container tests did not run (no Docker engine is reachable); cargo test lists them as ignored"
 fi
 
 if [ -x scripts/validate-manifests.sh ]; then
-  scripts/validate-manifests.sh
+  phase "manifests" scripts/validate-manifests.sh
 fi
