@@ -149,10 +149,13 @@ pub struct Ambassador {
 }
 
 impl Ambassador {
-    /// Starts the binary with `args` (admin address added) and waits for /readyz.
+    /// Starts the binary with `args` (admin address added) and waits for /readyz. The binary
+    /// is this build's, or `AMBASSADOR_BIN` (a release build, for figures).
     pub fn start(args: &[String]) -> Self {
         let admin = addr(free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ambassador"));
+        let binary = std::env::var_os("AMBASSADOR_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_ambassador").into());
+        let mut cmd = Command::new(binary);
         // Two worker threads on any machine, so that every test also covers connections
         // handed to the second thread (a test's own --worker-threads wins).
         cmd.env("AMBASSADOR_WORKER_THREADS", "2")
