@@ -25,6 +25,10 @@ impl TryFailure for TransportError {
         self.is_caller_failure()
     }
 
+    fn endpoint_busy(&self) -> bool {
+        matches!(self, TransportError::Refused { .. })
+    }
+
     fn endpoint_is_wrong(&self) -> bool {
         matches!(
             self,

@@ -19,6 +19,10 @@ pub enum TransportError {
     /// The server's certificate is valid but names someone else.
     #[error("{addr}: {message}")]
     IdentityMismatch { addr: SocketAddr, message: String },
+    /// The server turned the request away unprocessed because it was busy (HTTP/2
+    /// REFUSED_STREAM at its concurrency limit): safe to retry, and no failure of the server.
+    #[error("{addr} refused the request unprocessed: {message}")]
+    Refused { addr: SocketAddr, message: String },
     /// The connection broke or the server spoke bad HTTP.
     #[error("{0}")]
     Http(String),
@@ -43,6 +47,7 @@ impl TransportError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Connect { .. } => "connect",
+            Self::Refused { .. } => "refused",
             Self::Tls { .. } => "tls",
             Self::IdentityMismatch { .. } => "identity_mismatch",
             Self::Http(_) => "http",

@@ -57,6 +57,13 @@ pub trait TryFailure: fmt::Display {
     fn caller_failed(&self) -> bool {
         false
     }
+
+    /// True when the endpoint turned the try away unprocessed because it was busy (an HTTP/2
+    /// stream refused at its concurrency limit): any method may be retried, and it does not
+    /// count against the endpoint, which is working.
+    fn endpoint_busy(&self) -> bool {
+        false
+    }
 }
 
 /// A ready-made [`TryFailure`] for senders without an error type of their own.
@@ -516,7 +523,7 @@ impl Route {
                     } else {
                         TryOutcome::Success
                     };
-                    (outcome, retry.then_some("status"), Ok(response))
+                    (Some(outcome), retry.then_some("status"), Ok(response))
                 }
                 Ok(Err(error)) if error.caller_failed() => {
                     // Neither a success nor a failure of the endpoint: the guard drops unscored.
@@ -527,6 +534,15 @@ impl Route {
                         error,
                     });
                 }
+                Ok(Err(error)) if error.endpoint_busy() => (
+                    None,
+                    Some("refused"),
+                    Err(RouteError::Failed {
+                        route: Arc::clone(&self.inner.name),
+                        endpoint: state.addr(),
+                        error,
+                    }),
+                ),
                 Ok(Err(error)) => {
                     let connect = error.is_connect_failure();
                     wrong_endpoint = error.endpoint_is_wrong();
@@ -536,13 +552,17 @@ impl Route {
                         error,
                     });
                     if connect {
-                        (TryOutcome::ConnectFailure, Some("connect"), failure)
+                        (Some(TryOutcome::ConnectFailure), Some("connect"), failure)
                     } else {
-                        (TryOutcome::Failure, idempotent.then_some("error"), failure)
+                        (
+                            Some(TryOutcome::Failure),
+                            idempotent.then_some("error"),
+                            failure,
+                        )
                     }
                 }
                 Err(_) => (
-                    TryOutcome::Failure,
+                    Some(TryOutcome::Failure),
                     idempotent.then_some("timeout"),
                     Err(self.local(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -556,7 +576,11 @@ impl Route {
                     )),
                 ),
             };
-            guard.finish(outcome, &config.circuit_breaker, &config.peak_ewma);
+            match outcome {
+                Some(outcome) => guard.finish(outcome, &config.circuit_breaker, &config.peak_ewma),
+                // Unscored, as a cancelled try is: a busy endpoint is not a failing one.
+                None => drop(guard),
+            }
             let Some(reason) = retry_reason else {
                 return failure;
             };

@@ -335,7 +335,7 @@ async fn respond(
             }))
         }
         // The remote refused the stream before processing it (RFC 9113 8.7): safe to retry.
-        Err(e) if e.reason() == Some(Reason::REFUSED_STREAM) => Err(TransportError::Connect {
+        Err(e) if e.reason() == Some(Reason::REFUSED_STREAM) => Err(TransportError::Refused {
             addr,
             message: format!("the remote refused the stream before processing it: {e}"),
         }),
