@@ -905,3 +905,57 @@ fn route_errors_render_as_plain_text_naming_the_route() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()[ERROR_HEADER], "all-ejected");
 }
+
+/// An endpoint that turns tries away unprocessed because it is busy (HTTP/2 REFUSED_STREAM).
+#[derive(Debug)]
+struct Busy;
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("refused unprocessed: busy")
+    }
+}
+
+impl ambassador::resilience::TryFailure for Busy {
+    fn is_connect_failure(&self) -> bool {
+        false
+    }
+
+    fn endpoint_busy(&self) -> bool {
+        true
+    }
+}
+
+/// Tries refused because the endpoint is busy are retried (a POST too: it was not processed)
+/// and never eject it: the only endpoint, refusing every other try 40 times in a row, keeps
+/// serving, where 5 connect failures in a row would have ejected it.
+#[tokio::test(flavor = "current_thread")]
+async fn busy_refusals_are_retried_and_never_eject_the_endpoint() {
+    let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let harness = Harness::fixed("busy", &[addr], RouteResilienceConfig::default());
+    let tries = AtomicU64::new(0);
+    for i in 0..40 {
+        let req = Request::post("/work")
+            .body(Full::new(Bytes::from_static(b"order")))
+            .expect("request");
+        let result = harness
+            .route
+            .call(req, |_endpoint, _req: Request<ReplayBody<Full<Bytes>>>| {
+                let n = tries.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n % 2 == 0 {
+                        Err(Busy)
+                    } else {
+                        Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                }
+            })
+            .await;
+        assert!(result.is_ok(), "request {i} failed after a busy refusal");
+    }
+    assert_eq!(tries.load(Ordering::SeqCst), 80, "each request tried twice");
+    assert_eq!(
+        harness.route.metrics().ejections_total(&addr.to_string()),
+        0
+    );
+}
