@@ -943,7 +943,7 @@ async fn busy_refusals_are_retried_and_never_eject_the_endpoint() {
             .call(req, |_endpoint, _req: Request<ReplayBody<Full<Bytes>>>| {
                 let n = tries.fetch_add(1, Ordering::SeqCst);
                 async move {
-                    if n % 2 == 0 {
+                    if n.is_multiple_of(2) {
                         Err(Busy)
                     } else {
                         Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
