@@ -17,7 +17,7 @@ SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
 OUT=${FUZZ_OUT:-$ROOT/fuzz/out}
 
 ALL=(ambassador_config git_sync_flags log_shipper_config secrets_agent_config xml_mapping
-  xml_path xml_transforms xml_document json_document spiffe_dns_patterns xfcc tls_pem git_sync_webhook
+  xml_path xml_transforms xml_document json_document xml_probe spiffe_dns_patterns xfcc tls_pem git_sync_webhook
   log_parsers log_container log_syslog secrets_template)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 
@@ -100,6 +100,12 @@ mkdir -p "$SEEDS/json_document"
 { printf '\1'; cat $XA/tests/fixtures/haproxy/live-2.6.json; } >"$SEEDS/json_document/haproxy.json"
 printf '\2{"items": [{"name": "a", "v": 1}, {"name": "b"}, null], "x": {"y": [true, 2.5e3]}}' |
   seed json_document small
+
+# Probe file, NUL, an allow-list entry, NUL, a target.
+seed_doc_yaml xml_probe docs/xml-adapter.md
+printf 'allowed_targets: [legacy.internal:8080]\nmodules:\n  m: {mapping: m.yaml, http: {timeout: 2s}}\n\0legacy.internal:8080\0http://LEGACY.internal:8080/status' | seed xml_probe host
+printf '\0http://10.0.0.1/app/\0http://10.0.0.1/app/../admin' | seed xml_probe prefix
+printf '\0https://[::1]:8443/\0https://user@[::1]:8443/%%2e%%2e/x#f' | seed xml_probe ipv6
 
 printf 'spiffe://td/ns/*/sa/web\0spiffe://td/ns/prod/sa/web' | seed spiffe_dns_patterns one
 printf 'spiffe://*/ns/prod/**\0spiffe://other.td/ns/prod/sa/a/b' | seed spiffe_dns_patterns rest
