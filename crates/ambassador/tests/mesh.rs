@@ -602,6 +602,69 @@ async fn a_100_mb_body_streams_through_both_ways_with_bounded_memory() {
     );
 }
 
+/// A proxy paused past its header read timeout (a loaded machine, a stopped VM) judges a
+/// client by what the client already sent: an oversized head is answered 431, never closed in
+/// silence by a timer that ran out while the proxy could not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_sent_while_the_proxy_was_paused_is_answered() {
+    let pki = Pki::new("test mesh CA");
+    let app = start_app().await;
+    let (_inbound, remote) = start_inbound(&pki, app, &[]);
+    let client = pki.secret("client", CLIENT_ID);
+    let (outbound, listen) = start_outbound(
+        &client,
+        remote,
+        SERVER_ID,
+        &["--header-read-timeout", "1s", "--max-header-bytes", "8192"],
+    );
+    let accepted = || {
+        outbound
+            .metric(
+                "ambassador_connections_total",
+                &[("direction", "outbound"), ("route", "outbound")],
+            )
+            .unwrap_or(0.0)
+    };
+    let before = accepted();
+    // Several connections: which of two ready events a woken task looks at first is up to
+    // the runtime, and each connection is one more draw.
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(TcpStream::connect(listen).await.unwrap());
+    }
+    Wait::new("the outbound to accept the connections")
+        .timeout(Duration::from_secs(20))
+        .until(|| accepted() >= before + 4.0);
+    let pid = outbound.pid().to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let filler = "a".repeat(20_000);
+    for c in &mut conns {
+        c.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {filler}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    // Paused past the header read timeout: the scenario, not a wait for something.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal("-CONT");
+    for (i, c) in conns.iter_mut().enumerate() {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 431"),
+            "connection {i}: {read:?} {answer:?}\n{}",
+            outbound.log_text()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_and_oversized_heads_are_refused_and_counted() {
     let pki = Pki::new("test mesh CA");

@@ -235,7 +235,7 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let tls = listener.tls.load_full();
     let handshake = tokio::select! {
-        handshake = tokio::time::timeout(
+        handshake = conn::within(
             listener.limits.header_read_timeout,
             tls.acceptor.accept(stream),
         ) => handshake,
@@ -243,8 +243,8 @@ async fn serve_connection(
         () = place.evicted.cancelled() => return,
     };
     let stream = match handshake {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
+        Some(Ok(stream)) => stream,
+        Some(Err(e)) => {
             let reason = refusal_reason(&e);
             listener.metrics.tls_failure(reason);
             if let Some(held) = listener.refusal_log.allow(reason) {
@@ -252,7 +252,7 @@ async fn serve_connection(
             }
             return;
         }
-        Err(_) => {
+        None => {
             listener.metrics.tls_failure("handshake_error");
             if let Some(held) = listener.refusal_log.allow("handshake_error") {
                 tracing::warn!(route = %listener.route.name, %peer, reason = "handshake_error", similar_lines_held_back = held, "TLS handshake timed out");

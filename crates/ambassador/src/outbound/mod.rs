@@ -259,10 +259,10 @@ async fn serve_http(
     let h2 = tokio::select! {
         () = listener.stop.cancelled() => return,
         () = place.evicted.cancelled() => return,
-        h2 = tokio::time::timeout(listener.limits.header_read_timeout, stream.starts_with(b"PRI")) => match h2 {
-            Ok(Ok(h2)) => h2,
-            Ok(Err(_)) => return,
-            Err(_) => {
+        h2 = conn::within(listener.limits.header_read_timeout, stream.starts_with(b"PRI")) => match h2 {
+            Some(Ok(h2)) => h2,
+            Some(Err(_)) => return,
+            None => {
                 // Nothing, or not three bytes, within the header read limit: not a client.
                 listener.metrics.limit_exceeded(Limit::HeaderReadTimeout);
                 return;

@@ -546,8 +546,13 @@ where
     let mut sleep = std::pin::pin!(sleep);
     let header_ms = millis(limits.header_read_timeout);
     let idle_ms = millis(limits.idle_timeout);
+    let mut second_look = false;
     loop {
         tokio::select! {
+            // The connection first: a task woken late (a loaded machine) judges the client by
+            // what it already sent (a complete request, an oversized head: 431) before a timer
+            // that ran out while the task waited.
+            biased;
             result = conn.as_mut() => return Ended::Done(result),
             () = activity.close.cancelled(), if !resets_closing => {
                 if activity.is_abusive() {
@@ -568,6 +573,15 @@ where
                 conn.as_mut().graceful();
             }
             () = sleep.as_mut() => {
+                // A timer that fired late (the process could not run: a loaded machine, a
+                // paused container) can be seen before the client's bytes that came in
+                // meanwhile are: the connection gets one more look before the clock judges it.
+                let late = Instant::now().saturating_duration_since(sleep.deadline());
+                if late > LATE_TIMER && !second_look {
+                    second_look = true;
+                    sleep.as_mut().reset(Instant::now() + SECOND_LOOK);
+                    continue;
+                }
                 let now = now_ms();
                 let head = activity.head_started.load(Ordering::Relaxed);
                 if head != 0 && now + 1 >= head + header_ms {
@@ -619,6 +633,26 @@ where
             }
         }
     }
+}
+
+/// How late a timer must fire to count as late, and how long the second look lasts.
+const LATE_TIMER: Duration = Duration::from_millis(50);
+const SECOND_LOOK: Duration = Duration::from_millis(100);
+
+/// `work` within `limit`, None past it. A deadline that fired late (the process could not
+/// run: a loaded machine, a paused container) may be seen before the client's bytes that came
+/// in meanwhile are, so `work` then gets a second look before the client is judged by the
+/// clock.
+pub async fn within<F: Future>(limit: Duration, work: F) -> Option<F::Output> {
+    let deadline = Instant::now() + limit;
+    let mut work = std::pin::pin!(work);
+    if let Ok(done) = tokio::time::timeout_at(deadline, work.as_mut()).await {
+        return Some(done);
+    }
+    if Instant::now().saturating_duration_since(deadline) <= LATE_TIMER {
+        return None;
+    }
+    tokio::time::timeout(SECOND_LOOK, work).await.ok()
 }
 
 fn millis(d: Duration) -> u64 {
