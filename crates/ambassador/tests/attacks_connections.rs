@@ -10,6 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::procfs::{fds, rss_kib};
 use common::*;
 use http::StatusCode;
 use test_support::wait;
@@ -18,27 +19,6 @@ use tokio::net::TcpStream;
 
 /// The memory limit of the shipped Kubernetes component (deploy/kubernetes/components/ambassador).
 const SHIPPED_LIMIT_KIB: u64 = 64 * 1024;
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
-}
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
 
 /// CPU seconds (user + system) the process used so far.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -49,18 +29,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     // USER_HZ is 100 on Linux.
     ticks / 100.0
-}
-
-fn limit(amb: &Ambassador, direction: &str, name: &str) -> f64 {
-    amb.metric(
-        "ambassador_limits_exceeded_total",
-        &[
-            ("direction", direction),
-            ("route", direction),
-            ("limit", name),
-        ],
-    )
-    .unwrap_or(0.0)
 }
 
 /// Opens `n` TCP connections to `to` that send nothing.

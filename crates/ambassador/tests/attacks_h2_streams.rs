@@ -13,21 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::h2raw::*;
+use common::procfs::rss_kib;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn limit(amb: &Ambassador, direction: &str, name: &str) -> f64 {
-    amb.metric(
-        "ambassador_limits_exceeded_total",
-        &[
-            ("direction", direction),
-            ("route", direction),
-            ("limit", name),
-        ],
-    )
-    .unwrap_or(0.0)
-}
 
 /// Polls `done` every 20 ms until it holds or `within` passes; whether it held.
 async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::procfs::{fds, rss_kib, status_kib};
 use common::*;
 use test_support::wait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,27 +26,6 @@ const SHIPPED_LIMIT_KIB: u64 = 64 * 1024;
 const RELEASE_START_KIB: u64 = 12 * 1024;
 /// The default `--max-connections`, per listener.
 const DEFAULT_MAX_CONNECTIONS: usize = 512;
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
-}
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
 
 /// The soft limit on open files of this process (the ambassadors it starts inherit it).
 fn nofile_soft_limit() -> usize {

@@ -10,33 +10,11 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::procfs::rss_kib;
 use common::*;
 use test_support::wait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-fn limit(amb: &Ambassador, direction: &str, name: &str) -> f64 {
-    amb.metric(
-        "ambassador_limits_exceeded_total",
-        &[
-            ("direction", direction),
-            ("route", direction),
-            ("limit", name),
-        ],
-    )
-    .unwrap_or(0.0)
-}
 
 /// One HTTP/1.1 response read off `s` (after whatever of it is in `buf` already): its status
 /// and body. Content-Length and chunked bodies.

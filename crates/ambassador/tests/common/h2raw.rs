@@ -12,6 +12,7 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::procfs::rss_kib;
 use super::{Ambassador, get, plain_request};
 
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -134,17 +135,6 @@ pub fn frames_of(mut bytes: &[u8]) -> Vec<(u8, u32)> {
         bytes = &bytes[9 + len..];
     }
     out
-}
-
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 pub fn protocol_errors(amb: &Ambassador, direction: &str, kind: &str) -> f64 {

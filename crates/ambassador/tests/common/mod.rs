@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub use test_support::ports::{free_port, loopback as addr};
 
 pub mod h2raw;
+pub mod procfs;
 
 // ---------- certificates ----------
 
@@ -187,19 +188,26 @@ impl Ambassador {
 
     /// Peak resident memory (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap()
-            .parse()
-            .unwrap()
+        procfs::status_kib(self.pid(), "VmHWM:")
     }
 
     pub fn signal_term(&self) {
         self.process.signal(Signal::SIGTERM);
     }
+}
+
+/// Connections or streams `amb` cut for exceeding the limit `name` on `direction` (the route
+/// named after its direction, as the flags make it); 0 while the series is not served.
+pub fn limit(amb: &Ambassador, direction: &str, name: &str) -> f64 {
+    amb.metric(
+        "ambassador_limits_exceeded_total",
+        &[
+            ("direction", direction),
+            ("route", direction),
+            ("limit", name),
+        ],
+    )
+    .unwrap_or(0.0)
 }
 
 // ---------- the app behind the inbound ambassador ----------
