@@ -60,6 +60,21 @@ fn start_outbound(
     (Ambassador::start(&args), listen)
 }
 
+/// A fresh app, an inbound ambassador in front of it (`inbound_extra`) and an outbound one (the
+/// `client` service account, `outbound_extra`) leading to it and expecting `SERVER_ID`:
+/// (inbound, its listener, outbound, its listener).
+async fn start_mesh(
+    pki: &Pki,
+    inbound_extra: &[&str],
+    outbound_extra: &[&str],
+) -> (Ambassador, SocketAddr, Ambassador, SocketAddr) {
+    let app = start_app().await;
+    let (inbound, remote) = start_inbound(pki, app, inbound_extra);
+    let client = pki.secret("client", CLIENT_ID);
+    let (outbound, listen) = start_outbound(&client, remote, SERVER_ID, outbound_extra);
+    (inbound, remote, outbound, listen)
+}
+
 /// Inbound handshakes refused for `reason` (route `inbound`, from the flags).
 fn refused(amb: &Ambassador, reason: &str) -> Option<f64> {
     amb.metric(
@@ -367,10 +382,7 @@ async fn websocket_echo_through_outbound_and_inbound() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let pki = Pki::new("test mesh CA");
-    let app = start_app().await;
-    let (_inbound, remote) = start_inbound(&pki, app, &[]);
-    let client = pki.secret("client", CLIENT_ID);
-    let (_outbound, listen) = start_outbound(&client, remote, SERVER_ID, &[]);
+    let (_inbound, _remote, _outbound, listen) = start_mesh(&pki, &[], &[]).await;
     let stream = TcpStream::connect(listen).await.unwrap();
     let (mut ws, response) = tokio_tungstenite::client_async(format!("ws://{listen}/ws"), stream)
         .await
@@ -488,10 +500,8 @@ fn cpu_ns_of(threads: &[(String, u64)], name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_spread_over_the_worker_threads() {
     let pki = Pki::new("test mesh CA");
-    let app = start_app().await;
-    let (inbound, remote) = start_inbound(&pki, app, &["--worker-threads", "2"]);
-    let client = pki.secret("client", CLIENT_ID);
-    let (outbound, listen) = start_outbound(&client, remote, SERVER_ID, &["--worker-threads", "2"]);
+    let threads = ["--worker-threads", "2"];
+    let (inbound, _remote, outbound, listen) = start_mesh(&pki, &threads, &threads).await;
     let before = [inbound.pid(), outbound.pid()].map(thread_cpu_ns);
 
     // Eight keep-alive app connections at once, 200 requests each.
@@ -538,10 +548,7 @@ async fn connections_are_spread_over_the_worker_threads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mb_body_streams_through_both_ways_with_bounded_memory() {
     let pki = Pki::new("test mesh CA");
-    let app = start_app().await;
-    let (inbound, remote) = start_inbound(&pki, app, &[]);
-    let client = pki.secret("client", CLIENT_ID);
-    let (outbound, listen) = start_outbound(&client, remote, SERVER_ID, &[]);
+    let (inbound, _remote, outbound, listen) = start_mesh(&pki, &[], &[]).await;
     let before = (inbound.peak_rss_kib(), outbound.peak_rss_kib());
     const TOTAL: u64 = 100 * 1024 * 1024;
 
@@ -608,15 +615,12 @@ async fn a_100_mb_body_streams_through_both_ways_with_bounded_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_sent_while_the_proxy_was_paused_is_answered() {
     let pki = Pki::new("test mesh CA");
-    let app = start_app().await;
-    let (_inbound, remote) = start_inbound(&pki, app, &[]);
-    let client = pki.secret("client", CLIENT_ID);
-    let (outbound, listen) = start_outbound(
-        &client,
-        remote,
-        SERVER_ID,
+    let (_inbound, _remote, outbound, listen) = start_mesh(
+        &pki,
+        &[],
         &["--header-read-timeout", "1s", "--max-header-bytes", "8192"],
-    );
+    )
+    .await;
     let accepted = || {
         outbound
             .metric(
@@ -668,15 +672,12 @@ async fn a_head_sent_while_the_proxy_was_paused_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_and_oversized_heads_are_refused_and_counted() {
     let pki = Pki::new("test mesh CA");
-    let app = start_app().await;
-    let (inbound, remote) = start_inbound(&pki, app, &["--header-read-timeout", "1s"]);
-    let client = pki.secret("client", CLIENT_ID);
-    let (outbound, listen) = start_outbound(
-        &client,
-        remote,
-        SERVER_ID,
+    let (inbound, remote, outbound, listen) = start_mesh(
+        &pki,
+        &["--header-read-timeout", "1s"],
         &["--header-read-timeout", "1s", "--max-header-bytes", "8192"],
-    );
+    )
+    .await;
 
     // Slowloris on the plain outbound listener: a head that never ends is answered 408 and
     // cut after ~1 s.
