@@ -414,3 +414,25 @@ fn guarded(
         }
     })
 }
+
+/// The time a scrape may take when Prometheus says how long it will wait
+/// (`X-Prometheus-Scrape-Timeout-Seconds`): `offset` before that, at least 50 ms, and never more
+/// than `timeout`, which is also the answer when the header is missing or unreadable.
+pub fn scrape_budget(
+    headers: &reqwest::header::HeaderMap,
+    offset: Duration,
+    timeout: Duration,
+) -> Duration {
+    headers
+        .get("x-prometheus-scrape-timeout-seconds")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(|s| {
+            Duration::from_secs_f64(s.min(1e9))
+                .saturating_sub(offset)
+                .max(Duration::from_millis(50))
+                .min(timeout)
+        })
+        .unwrap_or(timeout)
+}

@@ -181,18 +181,7 @@ impl Probes {
     /// Prometheus says how long it will wait: the probe answers (with probe_success 0 if need
     /// be) `timeout_offset` before that, and never later than the module's timeout.
     fn budget(&self, module_timeout: Duration, headers: &HeaderMap) -> Duration {
-        headers
-            .get("x-prometheus-scrape-timeout-seconds")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map(|s| {
-                Duration::from_secs_f64(s.min(1e9))
-                    .saturating_sub(self.timeout_offset)
-                    .max(Duration::from_millis(50))
-                    .min(module_timeout)
-            })
-            .unwrap_or(module_timeout)
+        crate::fetch::scrape_budget(headers, self.timeout_offset, module_timeout)
     }
 
     /// Serves one probe; `default_engine` is the adapter's current mapping.

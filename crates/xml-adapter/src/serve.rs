@@ -105,18 +105,7 @@ impl AppState {
 
     /// Prometheus says how long it will wait; answer (with up 0 if need be) before that.
     fn budget(&self, headers: &HeaderMap) -> Duration {
-        headers
-            .get("x-prometheus-scrape-timeout-seconds")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map(|s| {
-                Duration::from_secs_f64(s)
-                    .saturating_sub(self.timeout_offset)
-                    .max(Duration::from_millis(50))
-                    .min(self.timeout)
-            })
-            .unwrap_or(self.timeout)
+        crate::fetch::scrape_budget(headers, self.timeout_offset, self.timeout)
     }
 }
 

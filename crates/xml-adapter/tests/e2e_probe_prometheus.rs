@@ -7,110 +7,14 @@
 
 mod common;
 
-use std::cell::Cell;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::prometheus::start_prometheus;
 use common::*;
-use test_support::ports::free_port;
-use test_support::process::Process;
-use test_support::skip::require_program;
-use test_support::wait::Wait;
 
 const MAPPING: &str = "format: json\nrules:\n  - {name: app_requests_total, help: Requests., type: counter, path: /requests}\n  - name: app_last_backup_ok\n    help: Whether the last backup succeeded.\n    type: gauge\n    path: /backup\n    value: ok\n    timestamp: {path: finished_ms, format: milliseconds}\n";
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-struct Prometheus {
-    proc: Process,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_prometheus(config: &str) -> Prometheus {
-    require_program("prometheus", "prometheus");
-    for _ in 0..5 {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let cfg = dir.path().join("prometheus.yml");
-        std::fs::write(&cfg, config).unwrap();
-        let mut cmd = Command::new("prometheus");
-        cmd.arg(format!("--config.file={}", cfg.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
-        let mut proc = Process::spawn("prometheus", cmd);
-        let mut exited = false;
-        let up = Wait::new("prometheus")
-            .timeout(Duration::from_secs(30))
-            .every(Duration::from_millis(100))
-            .elapsed_async(async || {
-                exited = proc.try_exit().is_some();
-                let ready = http()
-                    .get(format!("http://127.0.0.1:{port}/-/ready"))
-                    .send()
-                    .await;
-                exited || ready.is_ok_and(|r| r.status() == 200)
-            })
-            .await;
-        if up.is_some() && !exited {
-            return Prometheus {
-                proc,
-                port,
-                _dir: dir,
-            };
-        }
-        eprintln!("prometheus did not come up, retrying:\n{}", proc.log());
-    }
-    panic!("prometheus did not start");
-}
-
-impl Prometheus {
-    /// Instant query; the single result's value, if there is exactly one series.
-    async fn query_one(&self, q: &str) -> Option<f64> {
-        let r = http()
-            .get(format!(
-                "http://127.0.0.1:{}/api/v1/query?query={}",
-                self.port,
-                percent_encode(q)
-            ))
-            .send()
-            .await
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_str(&r.text().await.ok()?).ok()?;
-        let result = v["data"]["result"].as_array()?;
-        if result.len() != 1 {
-            return None;
-        }
-        result[0]["value"][1].as_str()?.parse().ok()
-    }
-
-    async fn wait_for(&self, q: &str, want: f64) {
-        let last = Cell::new(None);
-        Wait::new(format_args!("Prometheus query `{q}` to give {want}"))
-            .timeout(Duration::from_secs(60))
-            .every(Duration::from_millis(250))
-            .context(|| format!("last: {:?}\n{}", last.get(), self.proc.log()))
-            .until_async(async || {
-                last.set(self.query_one(q).await);
-                last.get() == Some(want)
-            })
-            .await;
-    }
-}
 
 #[tokio::test]
 async fn prometheus_scrapes_allowed_targets_through_probe() {
@@ -150,11 +54,12 @@ async fn prometheus_scrapes_allowed_targets_through_probe() {
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}/status"))
         .collect();
-    let prom = start_prometheus(&format!(
+    let mut prom = start_prometheus(&format!(
         "global:\n  scrape_interval: 2s\n  scrape_timeout: 2s\nscrape_configs:\n  - job_name: app\n    metrics_path: /probe\n    params: {{module: [app]}}\n    static_configs: [{{targets: ['{}', '{}', '{}']}}]\n    relabel_configs:\n      - {{source_labels: [__address__], target_label: __param_target}}\n      - {{source_labels: [__param_target], target_label: instance}}\n      - {{target_label: __address__, replacement: '127.0.0.1:{}'}}\n",
         targets[0], targets[1], targets[2], adapter.listen
     ))
     .await;
+    prom.wait = Duration::from_secs(60);
 
     let q = |metric: &str, target: &str| format!("{metric}{{instance=\"{target}\"}}");
     prom.wait_for(&q("app_requests_total", &targets[0]), 1027.0)

@@ -431,7 +431,9 @@ async fn a_document_that_never_ends_is_cut_off() {
 
 /// Mappings for nested elements with huge attributes: records below them, the events allowed
 /// up to 8 MiB; the second also reads an attribute of an ancestor.
-const NESTED_MAPPING: &str = "\
+macro_rules! nested_mapping {
+    () => {
+        "\
 up_metric: hostile_up
 limits: {max_depth: 64, max_record_bytes: 8388608}
 rules:
@@ -440,24 +442,22 @@ rules:
     type: gauge
     path: //v
     value: \"@n\"
-";
+"
+    };
+}
 
-const NESTED_ANCESTOR_MAPPING: &str = "\
-up_metric: hostile_up
-limits: {max_depth: 64, max_record_bytes: 8388608}
-rules:
-  - name: hostile_value
-    help: The value of the document's v element.
-    type: gauge
-    path: //v
-    value: \"@n\"
-  - name: hostile_wrapped
+const NESTED_MAPPING: &str = nested_mapping!();
+
+const NESTED_ANCESTOR_MAPPING: &str = concat!(
+    nested_mapping!(),
+    "  - name: hostile_wrapped
     help: The value, labelled with its wrapper's id.
     type: gauge
     path: //v
     labels: {wrapper: \"ancestor::a/@id\"}
     value: \"@n\"
-";
+"
+);
 
 /// Five nested elements, each with a 4 MiB attribute, around the record.
 fn nested_huge_attributes() -> Doc {

@@ -5,7 +5,7 @@
 // Test helpers panic on purpose: a failed setup is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn adapter(args: &[&str], mapping: &Path) -> Output {
@@ -15,6 +15,13 @@ fn adapter(args: &[&str], mapping: &Path) -> Output {
         .arg(mapping)
         .output()
         .unwrap()
+}
+
+/// Writes `text` to `dir/name`; its path.
+fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 fn check(mapping: &Path, input: &Path) -> Output {
@@ -60,11 +67,9 @@ const BAD: &[(&str, &str, &str)] = &[
 #[test]
 fn check_names_line_column_and_field_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
-    let doc = dir.path().join("doc.xml");
-    std::fs::write(&doc, "<a>1</a>").unwrap();
+    let doc = write(dir.path(), "doc.xml", "<a>1</a>");
     for (i, (yaml, at, what)) in BAD.iter().enumerate() {
-        let m = dir.path().join(format!("m{i}.yaml"));
-        std::fs::write(&m, yaml).unwrap();
+        let m = write(dir.path(), &format!("m{i}.yaml"), yaml);
         let out = check(&m, &doc);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{yaml}\n{stderr}");
@@ -84,8 +89,7 @@ fn check_names_line_column_and_field_and_exits_64() {
 fn start_up_refuses_a_bad_mapping_with_exit_64() {
     let dir = tempfile::tempdir().unwrap();
     for (i, (yaml, at, what)) in BAD.iter().enumerate() {
-        let m = dir.path().join(format!("m{i}.yaml"));
-        std::fs::write(&m, yaml).unwrap();
+        let m = write(dir.path(), &format!("m{i}.yaml"), yaml);
         let out = adapter(&["--upstream", "http://127.0.0.1:9/status.xml"], &m);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{yaml}\n{stderr}");
@@ -100,12 +104,11 @@ fn start_up_refuses_a_bad_mapping_with_exit_64() {
 #[test]
 fn check_names_a_utf16_documents_encoding() {
     let dir = tempfile::tempdir().unwrap();
-    let m = dir.path().join("m.yaml");
-    std::fs::write(
-        &m,
+    let m = write(
+        dir.path(),
+        "m.yaml",
         "rules:\n  - {name: a, help: A., type: gauge, path: /a}\n",
-    )
-    .unwrap();
+    );
     let doc = dir.path().join("doc.xml");
     let utf16: Vec<u8> = "\u{FEFF}<?xml version=\"1.0\" encoding=\"UTF-16\"?><a>1</a>"
         .encode_utf16()
@@ -124,19 +127,17 @@ fn check_names_a_utf16_documents_encoding() {
 #[test]
 fn an_ancestors_child_printed_after_the_records_is_waited_for_or_noted() {
     let dir = tempfile::tempdir().unwrap();
-    let doc = dir.path().join("doc.xml");
-    std::fs::write(
-        &doc,
+    let doc = write(
+        dir.path(),
+        "doc.xml",
         "<pools><pool><member name='a' size='1'/><member name='b' size='2'/><id>p1</id></pool></pools>",
-    )
-    .unwrap();
+    );
     // The samples wait for the pool's id.
-    let m = dir.path().join("m.yaml");
-    std::fs::write(
-        &m,
+    let m = write(
+        dir.path(),
+        "m.yaml",
         "rules:\n  - {name: pool_size, help: Size., type: gauge, path: /pools/pool/member, labels: {pool: ancestor::pool/id, member: '@name'}, value: '@size'}\n",
-    )
-    .unwrap();
+    );
     let out = check(&m, &doc);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -147,12 +148,11 @@ fn an_ancestors_child_printed_after_the_records_is_waited_for_or_noted() {
     );
     assert!(!stderr.contains("late_child"), "{stderr}");
     // Split values are read at once: the empty labels are noted.
-    let m = dir.path().join("split.yaml");
-    std::fs::write(
-        &m,
+    let m = write(
+        dir.path(),
+        "split.yaml",
         "rules:\n  - {name: pool_size, help: Size., type: gauge, path: /pools/pool/member, split: true, labels: {pool: ancestor::pool/id, member: '@name'}, value: '@size'}\n",
-    )
-    .unwrap();
+    );
     let out = check(&m, &doc);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);

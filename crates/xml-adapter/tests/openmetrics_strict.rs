@@ -5,72 +5,28 @@
 // Test helpers panic on purpose: a failed setup is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use std::path::PathBuf;
+
+use common::openmetrics::{check, require_strict_parser, strict_parser};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The strict parser must be there: a missing one is a broken setup, said plainly.
-fn require_parser() {
-    let ok = Command::new("python3")
-        .args(["-c", "import prometheus_client.openmetrics.parser"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "this test needs Python's prometheus_client (PyPI prometheus-client): run scripts/install-test-deps.sh"
-    );
-}
-
-/// `xml-adapter check --format FORMAT`: (exit code, stdout, stderr).
-fn check(mapping: &Path, input: &Path, format: &str) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xml-adapter"))
-        .arg("check")
-        .arg("--config")
-        .arg(mapping)
-        .arg("--input")
-        .arg(input)
-        .args(["--format", format])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Parses `text` strictly; returns the parser's error.
+/// Parses `text` strictly: how many samples it read, or the parser's error.
 fn strict_parse(text: &str) -> Result<usize, String> {
-    let script = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\n\
-                  n = sum(len(f.samples) for f in p(sys.stdin.read()))\nprint(n)\n";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    let out = strict_parser(
+        "n = sum(len(f.samples) for f in p(sys.stdin.read()))\nprint(n)\n",
+        text,
+    )?;
+    Ok(out.trim().parse().unwrap())
 }
 
 #[test]
 fn shipped_and_test_mappings_pass_a_strict_openmetrics_parser() {
-    require_parser();
+    require_strict_parser();
     let pairs = [
         ("examples/mappings/bind9.yaml", "bind9/server.xml"),
         ("examples/mappings/bind9.yaml", "bind9/zones.xml"),
@@ -168,7 +124,7 @@ const DOC: &str = r#"<status>
 
 #[test]
 fn summaries_histogram_sums_and_units_in_every_format() {
-    require_parser();
+    require_strict_parser();
     let dir = tempfile::tempdir().unwrap();
     let mapping = dir.path().join("m.yaml");
     let input = dir.path().join("d.xml");

@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use common::tinyproxy::{Tinyproxy, available};
 use common::*;
-use test_support::ports::{free_port, loopback};
-use test_support::process::Process;
-use test_support::wait::Wait;
+use test_support::ports::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const JSON_MAPPING: &str = "format: json\nup_metric: app_up\nrules:\n  - {name: app_requests_total, help: Requests., type: counter, path: /requests}\n";
@@ -25,50 +23,6 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
-}
-
-/// Like `start_adapter`, with extra environment variables for the adapter.
-async fn start_with_env(
-    mapping: &Path,
-    upstream: &str,
-    extra: &[&str],
-    env: &[(&str, &str)],
-) -> Adapter {
-    for _ in 0..5 {
-        let (listen, admin) = (free_port(), free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xml-adapter"));
-        cmd.arg("--config")
-            .arg(mapping)
-            .args(["--upstream", upstream])
-            .args(["--listen", &format!("127.0.0.1:{listen}")])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-            .args(["--log-format", "text", "--shutdown-grace", "2s"])
-            .args(extra)
-            .envs(env.iter().copied());
-        let mut proc = Process::spawn("xml-adapter", cmd);
-        let mut exited = None;
-        let up = Wait::new("the adapter's listener")
-            .timeout(Duration::from_secs(15))
-            .every(Duration::from_millis(50))
-            .elapsed_async(async || {
-                exited = proc.try_exit();
-                exited.is_some() || test_support::http::get(loopback(listen), "/").is_ok()
-            })
-            .await;
-        match (exited, up) {
-            (None, Some(_)) => {
-                return Adapter {
-                    proc,
-                    listen,
-                    admin,
-                };
-            }
-            (Some(_), _) if proc.log().contains("in use") => {}
-            (Some(status), _) => panic!("adapter exited early ({status}):\n{}", proc.log()),
-            (None, None) => eprintln!("the adapter did not come up, retrying:\n{}", proc.log()),
-        }
-    }
-    panic!("the adapter did not come up");
 }
 
 #[tokio::test]
@@ -92,13 +46,13 @@ async fn fetches_through_an_http_proxy_only_when_told_to() {
     let up = start_upstream(Behaviour::Body(body.clone())).await;
     let env = [("HTTP_PROXY", proxy.url()), ("http_proxy", proxy.url())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let a = start_with_env(&bind, &up.url(), &[], &env).await;
+    let a = start_adapter_with_env(&bind, &up.url(), &[], &env).await;
     let page = scrape(&a.url("/metrics")).await;
     assert_eq!(page.value("bind_up"), Some(1.0));
     assert!(!proxy.carried(&up.url()), "{:?}", proxy.requests());
     drop(a);
     // ...and followed with it.
-    let a = start_with_env(&bind, &up.url(), &["--proxy-from-env"], &env).await;
+    let a = start_adapter_with_env(&bind, &up.url(), &["--proxy-from-env"], &env).await;
     let page = scrape(&a.url("/metrics")).await;
     assert_eq!(page.value("bind_up"), Some(1.0));
     assert!(proxy.carried(&up.url()), "{:?}", proxy.requests());
@@ -221,6 +175,27 @@ async fn post_only(
     (port, heads)
 }
 
+/// The adapter sending a POST with `body` (`--body-file FILE` or `--body TEXT`) and
+/// `content_type`, plus `extra` flags.
+async fn start_posting(
+    mapping: &Path,
+    url: &str,
+    body: [&str; 2],
+    content_type: &str,
+    extra: &[&str],
+) -> Adapter {
+    let mut args = vec![
+        "--method",
+        "POST",
+        body[0],
+        body[1],
+        "--content-type",
+        content_type,
+    ];
+    args.extend_from_slice(extra);
+    start_adapter(mapping, url, &args).await
+}
+
 #[tokio::test]
 async fn posts_the_configured_body_to_a_post_only_status_endpoint() {
     const BODY: &str = r#"{"command": "status", "verbose": true}"#;
@@ -243,19 +218,12 @@ async fn posts_the_configured_body_to_a_post_only_status_endpoint() {
     drop(a);
 
     // POST with the body from a file, its Content-Type and a header: served, on each scrape.
-    let a = start_adapter(
+    let a = start_posting(
         &mapping,
         &url,
-        &[
-            "--method",
-            "POST",
-            "--body-file",
-            body_file.to_str().unwrap(),
-            "--content-type",
-            "application/json",
-            "--header",
-            "X-Api-Key: k1",
-        ],
+        ["--body-file", body_file.to_str().unwrap()],
+        "application/json",
+        &["--header", "X-Api-Key: k1"],
     )
     .await;
     for _ in 0..3 {
@@ -269,19 +237,7 @@ async fn posts_the_configured_body_to_a_post_only_status_endpoint() {
     drop(a);
 
     // The body inline, with a wrong Content-Type: the endpoint refuses it (400).
-    let a = start_adapter(
-        &mapping,
-        &url,
-        &[
-            "--method",
-            "POST",
-            "--body",
-            BODY,
-            "--content-type",
-            "text/plain",
-        ],
-    )
-    .await;
+    let a = start_posting(&mapping, &url, ["--body", BODY], "text/plain", &[]).await;
     let page = scrape(&a.url("/metrics")).await;
     assert_eq!(page.value("app_up"), Some(0.0));
     a.proc

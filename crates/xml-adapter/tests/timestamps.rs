@@ -8,9 +8,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use common::openmetrics::{check, require_strict_parser, strict_parser};
 use common::*;
 
 const DOC: &str = r#"{"jobs": [
@@ -70,65 +70,18 @@ fn setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (mapping, input)
 }
 
-fn check(mapping: &Path, input: &Path, format: &str) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xml-adapter"))
-        .arg("check")
-        .arg("--config")
-        .arg(mapping)
-        .arg("--input")
-        .arg(input)
-        .args(["--format", format])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Every sample the strict OpenMetrics parser reads: `name{labels} value timestamp` (the
 /// timestamp as the parser's float, or `-`).
 fn strict_samples(text: &str) -> Result<Vec<String>, String> {
-    let script = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\n\
-        for f in p(sys.stdin.read()):\n\
+    let out = strict_parser(
+        "for f in p(sys.stdin.read()):\n\
         \x20   for s in f.samples:\n\
         \x20       ls = ','.join('%s=\"%s\"' % kv for kv in sorted(s.labels.items()))\n\
         \x20       ts = '-' if s.timestamp is None else repr(float(s.timestamp))\n\
-        \x20       print('%s{%s} %r %s' % (s.name, ls, s.value, ts))\n";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect())
-}
-
-fn require_strict_parser() {
-    let ok = Command::new("python3")
-        .args(["-c", "import prometheus_client.openmetrics.parser"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "this test needs Python's prometheus_client (PyPI prometheus-client): run scripts/install-test-deps.sh"
-    );
+        \x20       print('%s{%s} %r %s' % (s.name, ls, s.value, ts))\n",
+        text,
+    )?;
+    Ok(out.lines().map(str::to_owned).collect())
 }
 
 #[test]

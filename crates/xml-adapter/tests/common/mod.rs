@@ -2,6 +2,8 @@
 //! a tiny HTTP/1.1 upstream with scripted misbehaviour, and the adapter's pages parsed.
 #![allow(dead_code)]
 
+pub mod openmetrics;
+pub mod prometheus;
 pub mod tinyproxy;
 
 use std::path::Path;
@@ -51,6 +53,16 @@ impl Adapter {
 
 /// Starts the real binary and waits until its listener answers (retrying on a port race).
 pub async fn start_adapter(mapping: &Path, upstream: &str, extra: &[&str]) -> Adapter {
+    start_adapter_with_env(mapping, upstream, extra, &[]).await
+}
+
+/// Like `start_adapter`, with extra environment variables for the adapter.
+pub async fn start_adapter_with_env(
+    mapping: &Path,
+    upstream: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Adapter {
     for _ in 0..5 {
         let (listen, admin) = (free_port(), free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_xml-adapter"));
@@ -60,7 +72,8 @@ pub async fn start_adapter(mapping: &Path, upstream: &str, extra: &[&str]) -> Ad
             .args(["--listen", &format!("127.0.0.1:{listen}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--log-format", "text", "--shutdown-grace", "2s"])
-            .args(extra);
+            .args(extra)
+            .envs(env.iter().copied());
         let mut proc = Process::spawn("xml-adapter", cmd);
         let mut exited = None;
         // The index page needs no upstream: a blocking check cannot stall the test's servers.
