@@ -43,3 +43,49 @@ pub fn config_file(data: &[u8]) -> PathBuf {
 pub fn chunk_size(data: &[u8]) -> usize {
     data.first().map_or(1, |&b| usize::from(b % 64) + 1)
 }
+
+/// The xml-adapter's engines for these mappings (each must load).
+pub fn engines(mappings: &[&str]) -> Vec<xml_adapter::engine::Engine> {
+    mappings
+        .iter()
+        .map(|m| {
+            xml_adapter::engine::Engine::new(
+                xml_adapter::mapping::Mapping::parse(m, "fuzz").expect("the fuzz mappings load"),
+            )
+        })
+        .collect()
+}
+
+/// The input's first byte picks one of `engines`: (the engine, that byte, the document after
+/// it); `None` for an empty input.
+pub fn pick<'e, 'd>(
+    engines: &'e [xml_adapter::engine::Engine],
+    data: &'d [u8],
+) -> Option<(&'e xml_adapter::engine::Engine, u8, &'d [u8])> {
+    let (&first, doc) = data.split_first()?;
+    Some((&engines[usize::from(first) % engines.len()], first, doc))
+}
+
+/// Reads `doc` with the xml-adapter's `engine` in pieces (cut by `chunk_size(&[cut])`) and
+/// asserts it translates as `whole`, the same document read at once, did.
+pub fn assert_same_in_pieces(
+    engine: &xml_adapter::engine::Engine,
+    doc: &[u8],
+    cut: u8,
+    whole: &impl std::fmt::Debug,
+) {
+    let mut t = xml_adapter::engine::Translator::new(engine);
+    let mut pieces = Ok(());
+    for chunk in doc.chunks(chunk_size(&[cut])) {
+        pieces = t.feed(chunk);
+        if pieces.is_err() {
+            break;
+        }
+    }
+    let pieces = pieces.and_then(|()| t.finish());
+    assert_eq!(
+        format!("{whole:?}"),
+        format!("{pieces:?}"),
+        "read whole and in pieces"
+    );
+}

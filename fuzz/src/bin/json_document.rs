@@ -2,8 +2,6 @@
 //! tight caps that reads keys, indexes, positions, leaves and sibling predicates): the first
 //! byte picks the mapping and how the document is cut into reads; read whole and read in
 //! pieces, it must translate the same, and a document must never be read as anything but JSON.
-use xml_adapter::engine::{Engine, Translator};
-use xml_adapter::mapping::Mapping;
 
 const BIND: &str = include_str!("../../../crates/xml-adapter/examples/mappings/bind9-json.yaml");
 const HAPROXY: &str =
@@ -27,32 +25,15 @@ rules:
 "#;
 
 fn main() {
-    let engines: Vec<Engine> = [BIND, HAPROXY, SMALL]
-        .iter()
-        .map(|m| Engine::new(Mapping::parse(m, "fuzz").expect("the fuzz mappings load")))
-        .collect();
+    let engines = sidecars_fuzz::engines(&[BIND, HAPROXY, SMALL]);
     afl::fuzz!(|data: &[u8]| {
-        let Some((&first, doc)) = data.split_first() else {
+        let Some((engine, first, doc)) = sidecars_fuzz::pick(&engines, data) else {
             return;
         };
-        let engine = &engines[usize::from(first) % engines.len()];
         let whole = engine.translate(doc);
         if let Err(xml_adapter::engine::DocumentError::Malformed { format, .. }) = &whole {
             assert_eq!(*format, "JSON", "a JSON mapping's error names JSON");
         }
-        let mut t = Translator::new(engine);
-        let mut pieces = Ok(());
-        for chunk in doc.chunks(sidecars_fuzz::chunk_size(&[first / 4])) {
-            pieces = t.feed(chunk);
-            if pieces.is_err() {
-                break;
-            }
-        }
-        let pieces = pieces.and_then(|()| t.finish());
-        assert_eq!(
-            format!("{whole:?}"),
-            format!("{pieces:?}"),
-            "read whole and in pieces"
-        );
+        sidecars_fuzz::assert_same_in_pieces(engine, doc, first / 4, &whole);
     });
 }
