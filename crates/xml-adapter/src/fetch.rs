@@ -436,3 +436,34 @@ pub fn scrape_budget(
         })
         .unwrap_or(timeout)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::scrape_budget;
+
+    fn budget(header: Option<&str>) -> Duration {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(v) = header {
+            headers.insert("x-prometheus-scrape-timeout-seconds", v.parse().unwrap());
+        }
+        scrape_budget(
+            &headers,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+        )
+    }
+
+    #[test]
+    fn the_budget_follows_prometheus_within_its_bounds() {
+        assert_eq!(budget(None), Duration::from_secs(10));
+        assert_eq!(budget(Some("4")), Duration::from_millis(3500));
+        assert_eq!(budget(Some(" 30 ")), Duration::from_secs(10));
+        assert_eq!(budget(Some("0.1")), Duration::from_millis(50));
+        assert_eq!(budget(Some("1e30")), Duration::from_secs(10));
+        for bad in ["0", "-3", "NaN", "inf", "soon"] {
+            assert_eq!(budget(Some(bad)), Duration::from_secs(10), "{bad}");
+        }
+    }
+}
