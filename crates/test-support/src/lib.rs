@@ -24,4 +24,5 @@ pub mod net;
 pub mod ports;
 pub mod process;
 pub mod skip;
+pub mod tinyproxy;
 pub mod wait;

@@ -1,11 +1,8 @@
 //! A real HTTP proxy for the tests (tinyproxy on 127.0.0.1, its log read back), and how a test
 //! that needs a program says it was skipped.
 
-use std::process::Command;
-use std::time::Duration;
-
-use test_support::ports::{free_port, loopback};
-use test_support::process::Process;
+#[allow(unused_imports)] // not every test binary that includes common/ proxies
+pub use test_support::tinyproxy::Tinyproxy;
 
 /// A test that needs `program` says it was skipped when it is missing, except in CI, where a
 /// missing program fails it.
@@ -19,66 +16,4 @@ pub fn available(program: &str, package: &str) -> bool {
     );
     eprintln!("skipped: `{program}` is not installed (Debian package `{package}`)");
     false
-}
-
-/// A real HTTP proxy on 127.0.0.1 that logs the requests it carries.
-pub struct Tinyproxy {
-    pub port: u16,
-    dir: tempfile::TempDir,
-    _process: Process,
-}
-
-impl Tinyproxy {
-    pub fn start() -> Tinyproxy {
-        let dir = tempfile::tempdir().unwrap();
-        for _ in 0..5 {
-            let port = free_port();
-            let conf = format!(
-                "Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nLogFile \"{}/tinyproxy.log\"\nLogLevel Info\nMaxClients 20\nDisableViaHeader Yes\n",
-                dir.path().display()
-            );
-            let conf_path = dir.path().join("tinyproxy.conf");
-            std::fs::write(&conf_path, conf).unwrap();
-            let mut cmd = Command::new("tinyproxy");
-            cmd.arg("-d").arg("-c").arg(&conf_path);
-            let mut process = Process::spawn("tinyproxy", cmd);
-            match process.try_wait_listening(loopback(port), Duration::from_secs(10)) {
-                Ok(()) => {
-                    return Tinyproxy {
-                        port,
-                        dir,
-                        _process: process,
-                    };
-                }
-                Err(e) => eprintln!("tinyproxy on port {port}: {e}; retrying"),
-            }
-        }
-        panic!("tinyproxy did not start");
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The requests tinyproxy carried (`GET http://...`).
-    pub fn requests(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("tinyproxy.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_once("): ").map(|(_, r)| r.to_string()))
-            .filter(|r| r.contains(" HTTP/1."))
-            .collect()
-    }
-
-    /// Whether tinyproxy carried a plain request for `url`.
-    pub fn carried(&self, url: &str) -> bool {
-        let line = format!("GET {url} HTTP/1.");
-        self.requests().iter().any(|r| r.starts_with(&line))
-    }
-
-    /// Whether tinyproxy opened a CONNECT tunnel to `host_port`.
-    pub fn tunnelled(&self, host_port: &str) -> bool {
-        let line = format!("CONNECT {host_port} HTTP/1.");
-        self.requests().iter().any(|r| r.starts_with(&line))
-    }
 }
