@@ -18,7 +18,7 @@ pub struct Tinyproxy {
 impl Tinyproxy {
     pub fn start() -> Tinyproxy {
         crate::skip::require_program("tinyproxy", "tinyproxy");
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("a temporary directory for tinyproxy");
         for _ in 0..5 {
             let port = free_port();
             let conf = format!(
@@ -26,7 +26,7 @@ impl Tinyproxy {
                 dir.path().display()
             );
             let conf_path = dir.path().join("tinyproxy.conf");
-            std::fs::write(&conf_path, conf).unwrap();
+            std::fs::write(&conf_path, conf).expect("tinyproxy.conf written");
             let mut cmd = Command::new("tinyproxy");
             cmd.arg("-d").arg("-c").arg(&conf_path);
             let mut process = Process::spawn("tinyproxy", cmd);
