@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use common::{AgentSetup, Bao, bao_or_skip};
+use common::{AgentSetup, Bao, require_bao};
 use test_support::certs::Ca;
 use test_support::wait;
 
@@ -30,9 +30,7 @@ fn auth_count(agent: &common::Agent, method: &str, operation: &str) -> f64 {
 
 #[test]
 fn approle_renews_its_token_and_logs_in_again_at_the_max_ttl() {
-    let Some(bin) = bao_or_skip("approle_renews_its_token_and_logs_in_again_at_the_max_ttl") else {
-        return;
-    };
+    let bin = require_bao();
     let bao = Bao::dev(&bin);
     bao.kv_put("app/config", &[("api_key", "k1")]);
     let dir = tempfile::tempdir().unwrap();
@@ -71,9 +69,7 @@ fn approle_renews_its_token_and_logs_in_again_at_the_max_ttl() {
 
 #[test]
 fn a_token_file_is_renewed_and_read_again_when_it_changes() {
-    let Some(bin) = bao_or_skip("a_token_file_is_renewed_and_read_again_when_it_changes") else {
-        return;
-    };
+    let bin = require_bao();
     let bao = Bao::dev(&bin);
     bao.allow_all_policy();
     bao.kv_put("app/config", &[("api_key", "k1")]);
@@ -125,9 +121,7 @@ fn a_token_file_is_renewed_and_read_again_when_it_changes() {
 
 #[test]
 fn jwt_login_with_a_service_account_style_token() {
-    let Some(bin) = bao_or_skip("jwt_login_with_a_service_account_style_token") else {
-        return;
-    };
+    let bin = require_bao();
     let bao = Bao::dev(&bin);
     bao.allow_all_policy();
     bao.kv_put("app/config", &[("api_key", "k1")]);
@@ -193,9 +187,7 @@ fn jwt_login_with_a_service_account_style_token() {
 
 #[test]
 fn tls_certificate_login_against_a_tls_server() {
-    let Some(bin) = bao_or_skip("tls_certificate_login_against_a_tls_server") else {
-        return;
-    };
+    let bin = require_bao();
     let bao = Bao::configured(&bin);
     bao.allow_all_policy();
     bao.run(&["secrets", "enable", "-path=secret", "kv-v2"]);

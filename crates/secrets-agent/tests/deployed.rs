@@ -7,15 +7,12 @@ mod common;
 
 use std::path::Path;
 
-use common::{AgentSetup, Bao, bao_or_skip, root_token_args};
+use common::{AgentSetup, Bao, require_bao, root_token_args};
 use sidecar_kit::reload::{CredentialReloader, TlsFiles};
 
 #[test]
 fn the_kubernetes_config_renders_what_the_kits_reloader_loads() {
-    let Some(bin) = bao_or_skip("the_kubernetes_config_renders_what_the_kits_reloader_loads")
-    else {
-        return;
-    };
+    let bin = require_bao();
     let config = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../deploy/kubernetes/config/secrets-agent/secrets-agent.yaml"),

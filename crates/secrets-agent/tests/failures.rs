@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{AgentSetup, Bao, bao_or_skip, root_token_args};
+use common::{AgentSetup, Bao, require_bao, root_token_args};
 use test_support::wait::{self, Wait};
 
 fn fetch_failures(agent: &common::Agent, result: &str) -> f64 {
@@ -23,10 +23,7 @@ fn fetch_failures(agent: &common::Agent, result: &str) -> f64 {
 
 #[test]
 fn sealed_stopped_and_restarted_openbao_keep_the_last_good_files() {
-    let Some(bin) = bao_or_skip("sealed_stopped_and_restarted_openbao_keep_the_last_good_files")
-    else {
-        return;
-    };
+    let bin = require_bao();
     let mut bao = Bao::configured(&bin);
     bao.run(&["secrets", "enable", "-path=secret", "kv-v2"]);
     bao.kv_put("app/config", &[("api_key", "v1")]);
@@ -97,11 +94,7 @@ fn sealed_stopped_and_restarted_openbao_keep_the_last_good_files() {
 
 #[test]
 fn readiness_fails_only_when_a_certificate_would_expire_before_renewal() {
-    let Some(bin) =
-        bao_or_skip("readiness_fails_only_when_a_certificate_would_expire_before_renewal")
-    else {
-        return;
-    };
+    let bin = require_bao();
     let bao = Bao::configured(&bin);
     bao.enable_pki();
     bao.run(&[

@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{AgentSetup, Bao, bao_or_skip, root_token_args};
+use common::{AgentSetup, Bao, require_bao, root_token_args};
 use test_support::process::Signal;
 use test_support::wait;
 
@@ -52,9 +52,7 @@ fn stamps(out: &Path, files: &[&str]) -> Vec<(u64, i64)> {
 
 #[test]
 fn kv_secrets_render_in_every_format_and_follow_changes() {
-    let Some(bin) = bao_or_skip("kv_secrets_render_in_every_format_and_follow_changes") else {
-        return;
-    };
+    let bin = require_bao();
     let bao = kv_server(&bin);
     let dir = tempfile::tempdir().unwrap();
     let mut args = root_token_args(&bao, dir.path());
@@ -164,9 +162,7 @@ fn kv_secrets_render_in_every_format_and_follow_changes() {
 
 #[test]
 fn sighup_reads_kv_secrets_again_at_once() {
-    let Some(bin) = bao_or_skip("sighup_reads_kv_secrets_again_at_once") else {
-        return;
-    };
+    let bin = require_bao();
     let bao = kv_server(&bin);
     let dir = tempfile::tempdir().unwrap();
     let mut args = root_token_args(&bao, dir.path());
@@ -185,9 +181,7 @@ fn sighup_reads_kv_secrets_again_at_once() {
 
 #[test]
 fn one_time_renders_everything_and_exits_zero() {
-    let Some(bin) = bao_or_skip("one_time_renders_everything_and_exits_zero") else {
-        return;
-    };
+    let bin = require_bao();
     let bao = kv_server(&bin);
     let dir = tempfile::tempdir().unwrap();
     let mut args = root_token_args(&bao, dir.path());
@@ -213,9 +207,7 @@ fn one_time_renders_everything_and_exits_zero() {
 
 #[test]
 fn one_time_exits_non_zero_naming_the_secret_that_failed() {
-    let Some(bin) = bao_or_skip("one_time_exits_non_zero_naming_the_secret_that_failed") else {
-        return;
-    };
+    let bin = require_bao();
     let bao = kv_server(&bin);
     let dir = tempfile::tempdir().unwrap();
     let mut args = root_token_args(&bao, dir.path());
@@ -305,28 +297,40 @@ fn bad_configurations_exit_64_naming_the_fault() {
     );
 }
 
+/// The owner and group a non-root user can give: itself, and a supplementary group other than
+/// its primary one when it has one (chown(2) allows any group the caller is in).
+fn own_owner_and_group() -> (u32, u32) {
+    let egid = nix::unistd::getegid();
+    let group = nix::unistd::getgroups()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|g| *g != egid)
+        .unwrap_or(egid);
+    (nix::unistd::geteuid().as_raw(), group.as_raw())
+}
+
 #[test]
 fn files_get_the_configured_mode_owner_and_group() {
-    let Some(bin) = bao_or_skip("files_get_the_configured_mode_owner_and_group") else {
-        return;
-    };
+    let bin = require_bao();
     let root = nix::unistd::geteuid().is_root();
+    // Root gives any owner; anyone else, itself and one of its groups: either way the agent's
+    // chown runs and its result is checked.
+    let (owner, group) = if root {
+        (4321, 8765)
+    } else {
+        own_owner_and_group()
+    };
     let bao = kv_server(&bin);
     let dir = tempfile::tempdir().unwrap();
     let mut args = root_token_args(&bao, dir.path());
     args.push("--one-time".into());
-    let config = if root {
-        "secrets:\n  app: {kv: {mount: secret, path: app/config}}\nfiles:\n  - {path: default, secret: app, field: api_key}\n  - {path: shared, secret: app, field: api_key, mode: '0440', owner: 4321, group: 8765}\n"
-    } else {
-        eprintln!(
-            "notice: the owner/group part of files_get_the_configured_mode_owner_and_group is skipped: not root"
-        );
-        "secrets:\n  app: {kv: {mount: secret, path: app/config}}\nfiles:\n  - {path: default, secret: app, field: api_key}\n  - {path: shared, secret: app, field: api_key, mode: '0440'}\n"
-    };
+    let config = format!(
+        "secrets:\n  app: {{kv: {{mount: secret, path: app/config}}}}\nfiles:\n  - {{path: default, secret: app, field: api_key}}\n  - {{path: shared, secret: app, field: api_key, mode: '0440', owner: {owner}, group: {group}}}\n"
+    );
     let (status, log) = AgentSetup {
         bao: &bao,
         dir: dir.path(),
-        config,
+        config: &config,
         args,
     }
     .run_to_exit();
@@ -337,16 +341,32 @@ fn files_get_the_configured_mode_owner_and_group() {
     assert_eq!(default.uid(), nix::unistd::geteuid().as_raw());
     let shared = std::fs::metadata(out.join("shared")).unwrap();
     assert_eq!(shared.mode() & 0o7777, 0o440);
-    if root {
-        assert_eq!((shared.uid(), shared.gid()), (4321, 8765));
+    assert_eq!((shared.uid(), shared.gid()), (owner, group));
+
+    if !root {
+        // An owner only root could give: the chown is really asked for, and its refusal fails
+        // the run naming the file instead of publishing it with the wrong owner.
+        let other = tempfile::tempdir().unwrap();
+        let config = "secrets:\n  app: {kv: {mount: secret, path: app/config}}\nfiles:\n  - {path: shared, secret: app, field: api_key, owner: 4321}\n";
+        let (status, log) = AgentSetup {
+            bao: &bao,
+            dir: other.path(),
+            config,
+            args: root_token_args(&bao, other.path())
+                .into_iter()
+                .chain(["--one-time".to_owned()])
+                .collect(),
+        }
+        .run_to_exit();
+        assert_ne!(status.code(), Some(0), "{log}");
+        assert!(log.contains("setting the owner of"), "{log}");
+        assert!(!other.path().join("out/shared").exists());
     }
 }
 
 #[test]
 fn secret_values_stay_out_of_logs_and_metrics() {
-    let Some(bin) = bao_or_skip("secret_values_stay_out_of_logs_and_metrics") else {
-        return;
-    };
+    let bin = require_bao();
     const VALUE: &str = "hunter2-SECRET-VALUE";
     let bao = Bao::dev(&bin);
     bao.kv_put("app/config", &[("api_key", VALUE), ("port", "5432")]);
@@ -407,10 +427,7 @@ fn secret_values_stay_out_of_logs_and_metrics() {
 
 #[test]
 fn the_app_is_notified_of_changed_files_by_name_never_by_value() {
-    let Some(bin) = bao_or_skip("the_app_is_notified_of_changed_files_by_name_never_by_value")
-    else {
-        return;
-    };
+    let bin = require_bao();
     const VALUE: &str = "s3cret-in-the-files-only";
     let bao = Bao::dev(&bin);
     bao.kv_put("app/config", &[("api_key", VALUE), ("user", "svc")]);

