@@ -17,6 +17,14 @@ fn is_published(root: &Path, sha: &str) -> bool {
     published(root, "current").as_deref() == Some(sha)
 }
 
+/// Replaces a key file in one rename, as a Secret volume update does: git-sync re-reads it
+/// on every sync and must never see it half written.
+fn replace_file(path: &Path, content: impl AsRef<[u8]>) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 fn refusals(gs: &GitSync, reason: &str) -> Option<f64> {
     gs.metric(&format!(
         "gitsync_signature_refusals_total{{reason=\"{reason}\"}}"
@@ -470,4 +478,267 @@ fn a_tree_published_before_verification_was_turned_on_is_checked_at_start() {
         || is_published(&root, &c2),
     );
     wait::until(Duration::from_secs(5), "ready", || gs.ready());
+}
+
+/// `--one-time` with `--openpgp-keys-file`, for the GnuPG scenarios below.
+fn one_time_openpgp(
+    root: &Path,
+    url: &str,
+    reference: &str,
+    policy: &str,
+    keys: &Path,
+) -> (std::process::ExitStatus, String) {
+    one_time(
+        root,
+        &[
+            "--repo",
+            url,
+            "--ref",
+            reference,
+            "--verify-signatures",
+            policy,
+            "--openpgp-keys-file",
+            keys.to_str().unwrap(),
+        ],
+    )
+}
+
+#[test]
+fn gnupg_unsigned_commit_on_signed_history_tampered_commit_and_force_push_are_refused() {
+    let fx = Fixture::new("cfg.git");
+    let good = GpgKey::new("Good <good@example.invalid>", "never", None);
+    let c1 = fx.commit_signed("main", &[("a", "1")], "one", &good.signing());
+    let daemon = GitDaemon::start(&fx.base());
+    let url = daemon.url("cfg.git");
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.asc");
+    std::fs::write(&keys, good.export()).unwrap();
+    let root_all = dir.path().join("all");
+    let root_head = dir.path().join("head");
+    let run = |root: &Path, policy: &str| one_time_openpgp(root, &url, "main", policy, &keys);
+    for (root, policy) in [(&root_all, "all"), (&root_head, "head")] {
+        let (status, logs) = run(root, policy);
+        assert!(status.success(), "{logs}");
+        assert!(is_published(root, &c1));
+        assert!(logs.contains(&good.fingerprint), "{logs}");
+    }
+
+    // An unsigned commit pushed on top of the signed history: it is the tip, so both refuse.
+    let unsigned = fx.commit("main", &[("b", "x")], "slipped in unsigned");
+    for (root, policy) in [(&root_all, "all"), (&root_head, "head")] {
+        let (status, logs) = run(root, policy);
+        assert!(!status.success(), "{policy}: {logs}");
+        assert!(
+            logs.contains(&unsigned) && logs.contains("the commit is not signed"),
+            "{policy}: {logs}"
+        );
+        assert!(is_published(root, &c1), "{policy}");
+    }
+    // A signed commit on top of it: `all` still refuses the unsigned one on the way, `head`
+    // checks the tip only and publishes.
+    let c3 = fx.commit_signed("main", &[("a", "3")], "three", &good.signing());
+    let (status, logs) = run(&root_all, "all");
+    assert!(!status.success(), "{logs}");
+    assert!(
+        logs.contains(&format!("commit {unsigned} (on the way to {c3})"))
+            && logs.contains("the commit is not signed"),
+        "{logs}"
+    );
+    assert!(is_published(&root_all, &c1));
+    let (status, logs) = run(&root_head, "head");
+    assert!(status.success(), "{logs}");
+    assert!(is_published(&root_head, &c3));
+
+    // The GnuPG-signed tip changed after signing (its signature kept): refused by both (from
+    // c3, where the tampered copy is the only new commit).
+    let forged = fx.push_tampered_copy("main");
+    for policy in ["head", "all"] {
+        let root = &root_head;
+        let (status, logs) = run(root, policy);
+        assert!(!status.success(), "{policy}: {logs}");
+        assert!(
+            logs.lines().any(|l| l.contains(&forged)
+                && l.contains("bad_signature")
+                && l.contains(&format!("the OpenPGP signature by {}", good.fingerprint))
+                && l.contains("does not verify")),
+            "{policy}: {logs}"
+        );
+        assert!(is_published(root, &c3), "{policy}");
+    }
+
+    // A force-push replacing the signed tip with an unsigned commit.
+    git(&fx.work, &["reset", "-q", "--hard", &c3]);
+    let rewritten = fx.force_push_rewrite("main", &[("a", "rewritten")]);
+    let (status, logs) = run(&root_head, "head");
+    assert!(!status.success(), "{logs}");
+    assert!(
+        logs.contains(&rewritten) && logs.contains("the commit is not signed"),
+        "{logs}"
+    );
+    assert!(is_published(&root_head, &c3));
+    assert_eq!(
+        std::fs::read_to_string(root_head.join("current/a")).unwrap(),
+        "3"
+    );
+    // `all` after the force-push: the rewritten commit is new history, checked and refused.
+    let (status, logs) = run(&root_head, "all");
+    assert!(!status.success(), "{logs}");
+    assert!(
+        logs.contains(&rewritten) && logs.contains("the commit is not signed"),
+        "{logs}"
+    );
+    assert!(is_published(&root_head, &c3));
+}
+
+#[test]
+fn gnupg_signed_annotated_tags() {
+    let fx = Fixture::new("cfg.git");
+    let good = GpgKey::new("Good <good@example.invalid>", "never", None);
+    let stranger = GpgKey::new("Stranger <stranger@example.invalid>", "never", None);
+    let unsigned_commit = fx.commit("main", &[("a", "1")], "unsigned commit");
+    fx.tag("v1", "main", Some(&good.signing()));
+    fx.tag("v1-by-stranger", "main", Some(&stranger.signing()));
+    fx.tag("v1-unsigned", "main", None);
+    let signed_commit = fx.commit_signed("main", &[("a", "2")], "signed", &good.signing());
+    fx.tag("v2", "main", Some(&good.signing()));
+    let daemon = GitDaemon::start(&fx.base());
+    let url = daemon.url("cfg.git");
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.asc");
+    std::fs::write(&keys, good.export()).unwrap();
+    let run = |name: &str, reference: &str, policy: &str| {
+        let root = dir.path().join(name);
+        let (status, logs) = one_time_openpgp(&root, &url, reference, policy, &keys);
+        (status, logs, published(&root, "current"))
+    };
+    // the tag is GnuPG-signed: enough for `tag`, the commit under it is not checked
+    let (status, logs, got) = run("t1", "v1", "tag");
+    assert!(status.success(), "{logs}");
+    assert_eq!(got.as_deref(), Some(unsigned_commit.as_str()));
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("tag signature verified") && l.contains(&good.fingerprint)),
+        "{logs}"
+    );
+    let (status, logs, got) = run("t2", "v1-by-stranger", "tag");
+    assert!(!status.success() && got.is_none(), "{logs}");
+    assert!(
+        logs.contains("tag ")
+            && logs.contains("unknown_key")
+            && logs.contains("no trusted OpenPGP key"),
+        "{logs}"
+    );
+    let (status, logs, got) = run("t3", "v1-unsigned", "tag");
+    assert!(!status.success() && got.is_none(), "{logs}");
+    assert!(logs.contains("the tag is not signed"), "{logs}");
+    // head: the tag and the commit under it
+    let (status, logs, got) = run("t4", "v1", "head");
+    assert!(!status.success() && got.is_none(), "{logs}");
+    assert!(logs.contains("the commit is not signed"), "{logs}");
+    let (status, logs, got) = run("t5", "v2", "head");
+    assert!(status.success(), "{logs}");
+    assert_eq!(got.as_deref(), Some(signed_commit.as_str()));
+    assert!(
+        logs.contains("tag signature verified") && logs.contains("commit signature verified"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn gnupg_long_running_refusal_is_counted_goes_stale_and_a_new_key_publishes_it() {
+    let fx = Fixture::new("cfg.git");
+    let good = GpgKey::new("Good <good@example.invalid>", "never", None);
+    let newcomer = GpgKey::new("Newcomer <new@example.invalid>", "never", None);
+    let c1 = fx.commit_signed("main", &[("a", "1")], "one", &good.signing());
+    let daemon = GitDaemon::start(&fx.base());
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.asc");
+    std::fs::write(&keys, good.export()).unwrap();
+    let root = dir.path().join("root");
+    let gs = GitSync::start(
+        &root,
+        &[
+            "--repo",
+            &daemon.url("cfg.git"),
+            "--period",
+            "100ms",
+            "--stale-after",
+            "2s",
+            "--verify-signatures",
+            "head",
+            "--openpgp-keys-file",
+            keys.to_str().unwrap(),
+        ],
+    );
+    wait::until(
+        Duration::from_secs(10),
+        "the signed commit published",
+        || is_published(&root, &c1),
+    );
+    wait::until(Duration::from_secs(5), "ready", || gs.ready());
+
+    // Signed by a key the file does not hold yet: refused, counted once, the tree stays.
+    let c2 = fx.commit_signed(
+        "main",
+        &[("a", "2")],
+        "by the newcomer",
+        &newcomer.signing(),
+    );
+    wait::until(Duration::from_secs(10), "the unknown key refused", || {
+        refusals(&gs, "unknown_key") == Some(1.0)
+    });
+    assert!(is_published(&root, &c1));
+    let logs = gs.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("signature refused")
+            && l.contains(&c2)
+            && l.contains("unknown_key")
+            && l.contains("no trusted OpenPGP key")),
+        "{logs}"
+    );
+    let held = gs
+        .metric("gitsync_syncs_total{result=\"held_back\"}")
+        .unwrap_or(0.0);
+    wait::until(
+        Duration::from_secs(10),
+        "more polls on the refused revision",
+        || gs.metric("gitsync_syncs_total{result=\"held_back\"}") >= Some(held + 3.0),
+    );
+    assert_eq!(refusals(&gs, "unknown_key"), Some(1.0));
+    assert_eq!(
+        gs.metric("gitsync_syncs_total{result=\"signature_refused\"}"),
+        Some(1.0)
+    );
+    // No good sync for --stale-after: not ready, and /readyz says why; the tree stays.
+    wait::until(Duration::from_secs(10), "not ready once stale", || {
+        !gs.ready()
+    });
+    let (status, body) = http_get(gs.admin_port, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no successful sync"), "{body}");
+    assert!(is_published(&root, &c1));
+
+    // The newcomer's key added to the file: re-read, the held-back revision published.
+    replace_file(&keys, format!("{}{}", good.export(), newcomer.export()));
+    wait::Wait::new("published once the key is trusted")
+        .timeout(Duration::from_secs(10))
+        .context(|| gs.logs())
+        .until(|| is_published(&root, &c2));
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/a")).unwrap(),
+        "2"
+    );
+    assert_eq!(
+        gs.metric("gitsync_trusted_keys_reloads_total{result=\"success\"}"),
+        Some(1.0)
+    );
+    assert!(
+        gs.logs()
+            .lines()
+            .any(|l| l.contains("commit signature verified") && l.contains(&newcomer.fingerprint)),
+        "{}",
+        gs.logs()
+    );
+    wait::until(Duration::from_secs(5), "ready again", || gs.ready());
+    assert_eq!(refusals(&gs, "unknown_key"), Some(1.0));
 }
