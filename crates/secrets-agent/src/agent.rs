@@ -4,7 +4,11 @@
 //! Each secret has a slot: its last good data, when it is next renewed or read again, and how
 //! often in a row that failed. A failure keeps the last good data (the files do not change)
 //! and retries after a jittered backoff. Readiness fails only when a secret in the files will
-//! expire before the next attempt to renew it.
+//! expire before the next attempt to renew or replace it.
+//!
+//! The files, not the latest data, are what the app uses: a replaced lease is revoked only
+//! after the set holding its replacement is published ([`Agent::published`]), so a render or
+//! publish that fails leaves the app with credentials that still work.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,6 +36,18 @@ struct Slot {
     last_error: Option<Failure>,
     /// Leases of replaced secrets and when to revoke them.
     retired: Vec<(String, Instant)>,
+    /// Leases replaced by data not published yet (lease id, end): the files still hold them.
+    replaced: Vec<(String, Instant)>,
+    /// Counts the data changes; `in_files` says which one the files hold.
+    version: u64,
+    in_files: Option<InFiles>,
+}
+
+/// The data of a secret that the last published set holds.
+#[derive(Debug, Clone, Copy)]
+struct InFiles {
+    version: u64,
+    expires: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -67,6 +83,9 @@ impl Agent {
                 failures: 0,
                 last_error: None,
                 retired: Vec::new(),
+                replaced: Vec::new(),
+                version: 0,
+                in_files: None,
             })
             .collect();
         Ok(Self {
@@ -170,19 +189,60 @@ impl Agent {
         }
     }
 
-    /// Readiness: Ok while every secret in the files stays usable until its next renewal
-    /// attempt; the reason otherwise.
-    pub fn readiness(&self) -> Result<(), String> {
+    /// The set rendered from the current data is in the files: the leases it replaced are
+    /// revoked after the grace (unless they end by themselves first).
+    pub fn published(&mut self) {
+        let now = Instant::now();
+        let grace = self.revoke_grace;
+        for slot in &mut self.slots {
+            if let Some(current) = &slot.current {
+                slot.in_files = Some(InFiles {
+                    version: slot.version,
+                    expires: current.expires,
+                });
+            }
+            for (lease, expires) in slot.replaced.drain(..) {
+                let at = now + grace;
+                if at < expires {
+                    slot.retired.push((lease, at));
+                }
+            }
+        }
+    }
+
+    /// Readiness: Ok while every secret in the files stays usable until the next attempt to
+    /// renew or replace it; the reason otherwise. `publish_retry`: when a failed publish is
+    /// tried again.
+    pub fn readiness(&self, publish_retry: Option<Instant>) -> Result<(), String> {
         let now = Instant::now();
         for slot in &self.slots {
-            let Some(current) = &slot.current else {
+            if slot.current.is_none() {
                 return Err(format!("secret `{}` not fetched yet", slot.name));
+            }
+            let Some(files) = slot.in_files else {
+                return Err(format!("secret `{}` not in the files yet", slot.name));
             };
-            let Some(expires) = current.expires else {
+            let Some(expires) = files.expires else {
                 continue;
             };
             if expires <= now {
-                return Err(format!("secret `{}` has expired", slot.name));
+                return Err(format!("secret `{}` in the files has expired", slot.name));
+            }
+            if files.version != slot.version {
+                // Newer data could not be rendered or published. What the files hold is no
+                // longer renewed: it lasts until it ends, and is replaced at the publish retry
+                // or, after a render failure, with the next data at best.
+                let next = publish_retry.unwrap_or(slot.due);
+                if expires <= next {
+                    return Err(format!(
+                        "secret `{}` in the files expires in {}s and its replacement is not \
+                         published (render or publish failed); next attempt in {}s",
+                        slot.name,
+                        (expires - now).as_secs(),
+                        next.saturating_duration_since(now).as_secs(),
+                    ));
+                }
+                continue;
             }
             if expires <= slot.due {
                 let why = slot
@@ -393,13 +453,21 @@ impl Agent {
             && let Some(lease) = old.lease
             && fetched.lease.as_ref().is_none_or(|l| l.id != lease.id)
         {
-            // Revoke after the grace, unless it runs out by itself first.
-            let at = now + grace;
-            if at < lease.expires() {
-                slot.retired.push((lease.id, at));
+            let expires = lease.expires();
+            if changed {
+                // The files use it until the new data is published: revoked after that.
+                slot.replaced.push((lease.id, expires));
+            } else {
+                // Same data, nothing to publish: revoke after the grace, unless it runs out
+                // by itself first.
+                let at = now + grace;
+                if at < expires {
+                    slot.retired.push((lease.id, at));
+                }
             }
         }
         if changed {
+            slot.version += 1;
             tracing::info!(secret = %slot.name, source = %slot.source.describe(), "new data");
         }
         slot.due = fetched.due;
@@ -468,5 +536,129 @@ impl Agent {
                     .set(unix(at));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::Lease;
+
+    /// An agent with one dynamic secret `db` and no revoke grace; nothing is asked of a server.
+    fn agent(dir: &std::path::Path) -> Agent {
+        let config = dir.join("c.yaml");
+        std::fs::write(
+            &config,
+            "secrets:\n  db: {dynamic: {path: database/creds/app}}\nfiles:\n  - {path: db.json, secret: db, format: json}\n",
+        )
+        .unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "root").unwrap();
+        let args = [
+            "secrets-agent".to_owned(),
+            "--addr=http://127.0.0.1:8200".into(),
+            "--auth-method=token".into(),
+            format!("--token-file={}", token.display()),
+            format!("--output-dir={}", dir.join("out").display()),
+            format!("--config={}", config.display()),
+            "--revoke-grace=0s".into(),
+        ];
+        let cli = sidecar_kit::cli::try_parse_from(&crate::INFO, args).unwrap();
+        let config = Config::from_cli(&cli).unwrap();
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        Agent::new(&config, metrics).unwrap()
+    }
+
+    /// Credentials under a lease of `ttl`, next renewed after `due`.
+    fn creds(lease: &str, user: &str, ttl: Duration, due: Duration) -> Fetched {
+        let now = Instant::now();
+        Fetched {
+            data: SecretData::new(serde_json::json!({ "username": user })),
+            lease: Some(Lease {
+                id: lease.into(),
+                renewable: true,
+                since: now,
+                duration: ttl,
+                increment: ttl,
+                capped: false,
+            }),
+            expires: Some(now + ttl),
+            due: now + due,
+        }
+    }
+
+    fn retired(agent: &Agent) -> Vec<&str> {
+        agent.slots[0]
+            .retired
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_replaced_lease_is_retired_only_once_its_replacement_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = agent(dir.path());
+        let hour = Duration::from_secs(3600);
+        assert!(agent.slot_fetched(0, creds("lease/1", "u1", hour, hour / 2)));
+        assert!(agent.readiness(None).is_err(), "nothing in the files yet");
+        agent.published();
+        assert_eq!(agent.readiness(None), Ok(()));
+
+        // Re-issued, but the new set is not published (its render or publish failed): the
+        // files still use lease 1, so it is kept, and readiness judges lease 1.
+        assert!(agent.slot_fetched(0, creds("lease/2", "u2", hour, hour / 2)));
+        assert!(
+            retired(&agent).is_empty(),
+            "revoked before its replacement is published"
+        );
+        assert_eq!(agent.readiness(None), Ok(()));
+        // A third issue replaces lease 2, which never reached the files either.
+        assert!(agent.slot_fetched(0, creds("lease/3", "u3", hour, hour / 2)));
+        assert!(retired(&agent).is_empty());
+
+        agent.published();
+        assert_eq!(retired(&agent), ["lease/1", "lease/2"]);
+        assert_eq!(agent.readiness(None), Ok(()));
+    }
+
+    #[test]
+    fn readiness_judges_what_the_files_hold_when_newer_data_is_not_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = agent(dir.path());
+        let hour = Duration::from_secs(3600);
+        // In the files: a lease that ends in a minute.
+        agent.slot_fetched(0, creds("lease/1", "u1", Duration::from_secs(60), hour));
+        agent.slots[0].due = Instant::now() + Duration::from_secs(40);
+        agent.published();
+        assert_eq!(agent.readiness(None), Ok(()));
+
+        // A new one that lasts an hour but is not in the files; the next attempt (its renewal
+        // in half an hour) comes after the files' lease ends: not ready, though the agent's
+        // data is good.
+        agent.slot_fetched(0, creds("lease/2", "u2", hour, hour / 2));
+        let why = agent.readiness(None).unwrap_err();
+        assert!(why.contains("secret `db` in the files expires in"), "{why}");
+        assert!(why.contains("replacement is not published"), "{why}");
+        // A publish retried in a second is in time.
+        assert_eq!(
+            agent.readiness(Some(Instant::now() + Duration::from_secs(1))),
+            Ok(())
+        );
+        // Published at last: the new lease is judged, and ready.
+        agent.published();
+        assert_eq!(agent.readiness(None), Ok(()));
+        assert_eq!(retired(&agent), ["lease/1"]);
+    }
+
+    #[test]
+    fn a_new_lease_with_the_same_data_needs_no_publish_to_retire_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = agent(dir.path());
+        let hour = Duration::from_secs(3600);
+        agent.slot_fetched(0, creds("lease/1", "u1", hour, hour / 2));
+        agent.published();
+        assert!(!agent.slot_fetched(0, creds("lease/2", "u1", hour, hour / 2)));
+        assert_eq!(retired(&agent), ["lease/1"]);
     }
 }

@@ -75,12 +75,19 @@ pub async fn serve(config: Config, sidecar: Sidecar) -> anyhow::Result<()> {
         if agent.complete() && (changed || state.pending) {
             state.pending = false;
             match render_and_publish(&config, &agent, &output, &metrics).await {
-                Ok(_) => state.published = true,
+                Ok(_) => {
+                    state.published = true;
+                    state.last_error = None;
+                    // Only now may the leases the files used until this set be revoked.
+                    agent.published();
+                }
                 Err(Failed::Render(e)) => {
                     // The same data would fail again: wait for a change.
                     tracing::error!(error = %e, "cannot render; the files stay as they are");
+                    state.last_error = Some(format!("cannot render: {e}"));
                 }
                 Err(Failed::Publish(e)) => {
+                    state.last_error = Some(format!("cannot publish: {e}"));
                     state.failures += 1;
                     state.pending = true;
                     state.retry_at = Some(
@@ -170,6 +177,8 @@ struct PublishState {
     pending: bool,
     failures: u32,
     retry_at: Option<Instant>,
+    /// Why the latest data is not in the files, if it is not.
+    last_error: Option<String>,
 }
 
 fn update_readiness(ready: &ReadyCheck, agent: &Agent, state: &PublishState) {
@@ -181,9 +190,12 @@ fn update_readiness(ready: &ReadyCheck, agent: &Agent, state: &PublishState) {
         ready.set_not_ready(why);
         return;
     }
-    match agent.readiness() {
+    match agent.readiness(state.retry_at) {
         Ok(()) => ready.set_ready(),
-        Err(why) => ready.set_not_ready(why),
+        Err(why) => match &state.last_error {
+            Some(e) => ready.set_not_ready(format!("{why}; {e}")),
+            None => ready.set_not_ready(why),
+        },
     }
 }
 

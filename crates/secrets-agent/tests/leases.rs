@@ -16,7 +16,7 @@ use common::{AgentSetup, Bao, Postgres, require_bao, root_token_args};
 use sidecar_kit::reload::{CredentialReloader, TlsFiles};
 use sidecar_kit::tls::Identity;
 use sidecar_kit::watch::WatchOptions;
-use test_support::wait::Wait;
+use test_support::wait::{self, Wait};
 
 /// `KEY='value'` lines as the env format writes them (values without quotes inside).
 fn env_value(text: &str, key: &str) -> Option<String> {
@@ -127,6 +127,150 @@ fn database_credentials_are_renewed_then_rotated_and_the_old_ones_revoked() {
         "{m}"
     );
     assert_eq!(agent.readyz().0, 200);
+}
+
+/// Points `database/config/pg` at the cluster, user names made by `username_template`.
+fn configure_database(bao: &Bao, pg: &Postgres, username_template: &str) {
+    bao.run(&[
+        "write",
+        "database/config/pg",
+        "plugin_name=postgresql-database-plugin",
+        &format!(
+            "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable",
+            pg.port
+        ),
+        "allowed_roles=app",
+        "username=postgres",
+        &format!("password={}", pg.password),
+        &format!("username_template={username_template}"),
+    ]);
+}
+
+/// Writes `token` to the agent's token file at once (a rotated Secret), so it logs in again.
+fn replace_token(dir: &Path, token: &str) {
+    let tmp = dir.join("token.tmp");
+    std::fs::write(&tmp, token).unwrap();
+    std::fs::rename(&tmp, dir.join("token")).unwrap();
+}
+
+#[test]
+fn reissued_credentials_that_cannot_be_rendered_leave_the_old_ones_in_the_files_and_working() {
+    let bin = require_bao();
+    let pg = Postgres::start();
+    let bao = Bao::dev(&bin);
+    bao.run(&["secrets", "enable", "database"]);
+    configure_database(&bao, &pg, "good-{{random 10}}");
+    bao.run(&[
+        "write",
+        "database/roles/app",
+        "db_name=pg",
+        "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+        "default_ttl=45s",
+        "max_ttl=1h",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = root_token_args(&bao, dir.path());
+    args.push("--revoke-grace=1s".into());
+    // The template fails for the user names of the `bad-` template, set before the re-issue.
+    let config = "secrets:\n  db: {dynamic: {path: database/creds/app}}\nfiles:\n  - {path: db.env, secret: db, format: env}\n  - path: dsn\n    template: \"{% if 'bad-' in db.username %}{{ db.no_such_field }}{% endif %}postgresql://{{ db.username }}@127.0.0.1/postgres\"\n";
+    let agent = AgentSetup {
+        bao: &bao,
+        dir: dir.path(),
+        config,
+        args,
+    }
+    .start();
+    let first = agent.read("db.env").unwrap();
+    let (user1, pass1) = (
+        env_value(&first, "username").unwrap(),
+        env_value(&first, "password").unwrap(),
+    );
+    assert!(user1.starts_with("good-"), "{user1}");
+    assert_eq!(pg.query_as(&user1, &pass1, "SELECT 1"), Ok("1".into()));
+    let metric =
+        |name: &str, labels: &[(&str, &str)]| agent.metrics().get(name, labels).unwrap_or(0.0);
+    let revoked = || {
+        metric(
+            "secrets_agent_lease_revocations_total",
+            &[("secret", "db"), ("result", "ok")],
+        )
+    };
+
+    // A new token in the file: the agent logs in with it and issues the leased secret again
+    // (leases end with the token that made them), long before the old lease ends. The new
+    // credentials cannot be rendered.
+    configure_database(&bao, &pg, "bad-{{random 10}}");
+    let token = bao.json(&["token", "create"], &["-policy=root"])["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    replace_token(dir.path(), &token);
+    Wait::new("the re-issued credentials to fail to render")
+        .timeout(Duration::from_secs(30))
+        .context(|| agent.process.log())
+        .until(|| {
+            metric(
+                "secrets_agent_renders_total",
+                &[("result", "render_failed")],
+            ) >= 1.0
+        });
+    assert_eq!(
+        pg.query("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'bad-%'"),
+        "1",
+        "issued"
+    );
+    // The files keep the old credentials, and past the revoke grace they still work: the
+    // lease the app uses is not revoked under it.
+    assert_eq!(
+        env_value(&agent.read("db.env").unwrap(), "username"),
+        Some(user1.clone())
+    );
+    assert!(agent.read("dsn").unwrap().contains(&user1));
+    wait::holds_for(
+        Duration::from_secs(5),
+        "the old credentials working past the grace",
+        || pg.query_as(&user1, &pass1, "SELECT 1") == Ok("1".into()),
+    );
+    assert_eq!(revoked(), 0.0, "{}", agent.process.log());
+
+    // Readiness judges the files: the old lease is no longer renewed and ends before anything
+    // can replace it, so the agent says so (with the render error) before it ends.
+    let why = Wait::new("readiness to fail")
+        .timeout(Duration::from_secs(60))
+        .context(|| agent.process.log())
+        .value(|| {
+            let (status, body) = agent.readyz();
+            (status == 503).then_some(body)
+        });
+    assert!(why.contains("secret `db` in the files"), "{why}");
+    assert!(why.contains("cannot render"), "{why}");
+
+    // Fixed, and a new issue (another login): published, then the leases it replaces are
+    // revoked: the unrendered `bad-` role is dropped long before its lease would end.
+    configure_database(&bao, &pg, "good-{{random 10}}");
+    replace_token(dir.path(), &bao.token);
+    let (user3, pass3) = Wait::new("new credentials in the files")
+        .timeout(Duration::from_secs(30))
+        .context(|| agent.process.log())
+        .value(|| {
+            let text = agent.read("db.env")?;
+            let user = env_value(&text, "username")?;
+            (user != user1).then(|| (user, env_value(&text, "password").unwrap()))
+        });
+    assert!(user3.starts_with("good-"), "{user3}");
+    assert_eq!(pg.query_as(&user3, &pass3, "SELECT 1"), Ok("1".into()));
+    Wait::new("the replaced roles dropped")
+        .timeout(Duration::from_secs(20))
+        .context(|| agent.process.log())
+        .until(|| {
+            pg.query(&format!(
+                "SELECT count(*) FROM pg_roles WHERE rolname = '{user1}' OR rolname LIKE 'bad-%'"
+            )) == "0"
+        });
+    assert!(revoked() >= 1.0, "{}", agent.process.log());
+    wait::until(Duration::from_secs(10), "ready again", || {
+        agent.readyz().0 == 200
+    });
 }
 
 fn pki_server(bin: &Path, ttl_role: &str) -> Bao {
