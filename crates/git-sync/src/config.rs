@@ -244,6 +244,16 @@ pub struct Cli {
         help_heading = "Signatures"
     )]
     pub openpgp_keys_file: Vec<PathBuf>,
+    /// SSH public keys no longer trusted, one per line (git's gpg.ssh.revocationFile, without
+    /// binary KRLs): a signature by one is refused even when --allowed-signers-file lists it.
+    /// Re-read when it changes. Repeatable (comma-separated in the variable).
+    #[arg(
+        long,
+        env = "SSH_REVOKED_KEYS_FILE",
+        value_delimiter = ',',
+        help_heading = "Signatures"
+    )]
+    pub ssh_revoked_keys_file: Vec<PathBuf>,
 
     /// Telling the app after a publish: webhook, command, signal, touched file (the kit's flags).
     #[command(flatten)]
@@ -436,6 +446,9 @@ impl Config {
         let selection = Selection::parse(cli.subpath.as_deref(), &cli.sparse_path)
             .map_err(ConfigError::value)?;
         let has_keys = !cli.allowed_signers_file.is_empty() || !cli.openpgp_keys_file.is_empty();
+        if !cli.ssh_revoked_keys_file.is_empty() && cli.allowed_signers_file.is_empty() {
+            return err("--ssh-revoked-keys-file needs --allowed-signers-file");
+        }
         let trusted_keys = match (cli.verify_signatures, has_keys) {
             (Policy::Off, false) => TrustedKeys::default(),
             (Policy::Off, true) => {
@@ -448,8 +461,12 @@ impl Config {
                     "--verify-signatures needs trusted keys: --allowed-signers-file and/or --openpgp-keys-file",
                 );
             }
-            (_, true) => TrustedKeys::load(&cli.allowed_signers_file, &cli.openpgp_keys_file)
-                .map_err(ConfigError::value)?,
+            (_, true) => TrustedKeys::load(
+                &cli.allowed_signers_file,
+                &cli.openpgp_keys_file,
+                &cli.ssh_revoked_keys_file,
+            )
+            .map_err(ConfigError::value)?,
         };
         let error_file = cli.error_file.as_ref().map(|f| root.join(f));
         let mut notify = cli.notify.to_config()?;
@@ -616,6 +633,39 @@ mod tests {
         .unwrap_err();
         assert!(
             err.contains("--openpgp-keys-file /nonexistent.asc"),
+            "{err}"
+        );
+        assert!(
+            with(&[
+                "--verify-signatures",
+                "head",
+                "--openpgp-keys-file",
+                "/nonexistent.asc",
+                "--ssh-revoked-keys-file",
+                "/nonexistent.pub",
+            ])
+            .unwrap_err()
+            .contains("--ssh-revoked-keys-file needs --allowed-signers-file")
+        );
+        let krl = dir.path().join("revoked.krl");
+        std::fs::write(&krl, b"SSHKRL\n\0\0\0\0\x01").unwrap();
+        let good_signers = dir.path().join("good_signers");
+        std::fs::write(
+            &good_signers,
+            "a@b ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti\n",
+        )
+        .unwrap();
+        let err = with(&[
+            "--verify-signatures",
+            "head",
+            "--allowed-signers-file",
+            good_signers.to_str().unwrap(),
+            "--ssh-revoked-keys-file",
+            krl.to_str().unwrap(),
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("--ssh-revoked-keys-file") && err.contains("binary KRL"),
             "{err}"
         );
         assert!(

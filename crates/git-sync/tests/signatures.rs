@@ -742,3 +742,143 @@ fn gnupg_long_running_refusal_is_counted_goes_stale_and_a_new_key_publishes_it()
     wait::until(Duration::from_secs(5), "ready again", || gs.ready());
     assert_eq!(refusals(&gs, "unknown_key"), Some(1.0));
 }
+
+#[test]
+fn ssh_key_past_valid_before_is_expired_and_a_revoked_key_is_refused_until_unrevoked() {
+    let fx = Fixture::new("cfg.git");
+    let alice = SshSigningKey::new("alice");
+    let bob = SshSigningKey::new("bob");
+    let c1 = fx.commit_signed("main", &[("a", "1")], "by alice", &alice.signing());
+    let daemon = GitDaemon::start(&fx.base());
+    let dir = tempfile::tempdir().unwrap();
+    let signers = dir.path().join("allowed_signers");
+    // bob's entry ended before any commit of this test was made
+    std::fs::write(
+        &signers,
+        format!(
+            "{}{}",
+            alice.allowed_signers_line("alice@example.invalid", ""),
+            bob.allowed_signers_line("bob@example.invalid", "valid-before=\"20200101\"")
+        ),
+    )
+    .unwrap();
+    let revoked = dir.path().join("revoked_keys");
+    std::fs::write(&revoked, "# nothing revoked yet\n").unwrap();
+    let root = dir.path().join("root");
+    // the revoked-keys file from its environment variable, as a pod would set it
+    let gs = GitSync::start_env(
+        &root,
+        &[
+            "--repo",
+            &daemon.url("cfg.git"),
+            "--period",
+            "100ms",
+            "--verify-signatures",
+            "head",
+            "--allowed-signers-file",
+            signers.to_str().unwrap(),
+        ],
+        &[("GIT_SYNC_SSH_REVOKED_KEYS_FILE", revoked.to_str().unwrap())],
+    );
+    wait::until(Duration::from_secs(10), "alice's commit published", || {
+        is_published(&root, &c1)
+    });
+
+    // bob signed after his entry's valid-before: expired_key, not not_allowed.
+    let c2 = fx.commit_signed("main", &[("a", "2")], "by bob", &bob.signing());
+    wait::Wait::new("bob's expired key refused")
+        .timeout(Duration::from_secs(10))
+        .context(|| gs.logs())
+        .until(|| refusals(&gs, "expired_key") == Some(1.0));
+    let logs = gs.logs();
+    assert!(
+        logs.lines().any(|l| l.contains("signature refused")
+            && l.contains(&c2)
+            && l.contains("expired_key")
+            && l.contains("the key expired at 2020-01-01T00:00:00Z")),
+        "{logs}"
+    );
+    assert_eq!(refusals(&gs, "not_allowed"), None);
+    assert!(is_published(&root, &c1));
+
+    // alice's public key (as ssh-keygen wrote it, comment included) in the revoked-keys file:
+    // re-read, and her next commit is refused although the allowed-signers file lists her.
+    replace_file(
+        &revoked,
+        std::fs::read_to_string(alice.key.with_extension("pub")).unwrap(),
+    );
+    let c3 = fx.commit_signed("main", &[("a", "3")], "by alice, revoked", &alice.signing());
+    wait::Wait::new("alice's revoked key refused")
+        .timeout(Duration::from_secs(10))
+        .context(|| gs.logs())
+        .until(|| refusals(&gs, "revoked_key") == Some(1.0));
+    let logs = gs.logs();
+    assert!(
+        logs.lines().any(|l| l.contains(&c3)
+            && l.contains("revoked_key")
+            && l.contains(&format!("is revoked ({}:1)", revoked.display()))),
+        "{logs}"
+    );
+    assert!(is_published(&root, &c1));
+    assert_eq!(
+        std::fs::read_to_string(root.join("current/a")).unwrap(),
+        "1"
+    );
+    assert_eq!(
+        gs.metric("gitsync_trusted_keys_reloads_total{result=\"success\"}"),
+        Some(1.0)
+    );
+
+    // A binary KRL is not read: the reload fails and alice stays revoked.
+    replace_file(&revoked, b"SSHKRL\n\0\0\0\0\x01");
+    wait::until(Duration::from_secs(10), "the KRL reload refused", || {
+        gs.metric("gitsync_trusted_keys_reloads_total{result=\"failure\"}") == Some(1.0)
+    });
+    assert!(gs.logs().contains("binary KRL"), "{}", gs.logs());
+    assert!(is_published(&root, &c1));
+
+    // Revocation lifted: the held-back revision is tried again and published.
+    replace_file(&revoked, "");
+    wait::Wait::new("published once alice is no longer revoked")
+        .timeout(Duration::from_secs(10))
+        .context(|| gs.logs())
+        .until(|| is_published(&root, &c3));
+    assert_eq!(refusals(&gs, "revoked_key"), Some(1.0));
+}
+
+#[test]
+fn ssh_revoked_key_is_refused_in_one_time_mode() {
+    let fx = Fixture::new("cfg.git");
+    let alice = SshSigningKey::new("alice");
+    let c1 = fx.commit_signed("main", &[("a", "1")], "by alice", &alice.signing());
+    let daemon = GitDaemon::start(&fx.base());
+    let dir = tempfile::tempdir().unwrap();
+    let signers = dir.path().join("allowed_signers");
+    std::fs::write(
+        &signers,
+        alice.allowed_signers_line("alice@example.invalid", ""),
+    )
+    .unwrap();
+    let revoked = dir.path().join("revoked_keys");
+    std::fs::copy(alice.key.with_extension("pub"), &revoked).unwrap();
+    let root = dir.path().join("root");
+    let (status, logs) = one_time(
+        &root,
+        &[
+            "--repo",
+            &daemon.url("cfg.git"),
+            "--verify-signatures",
+            "all",
+            "--allowed-signers-file",
+            signers.to_str().unwrap(),
+            "--ssh-revoked-keys-file",
+            revoked.to_str().unwrap(),
+        ],
+    );
+    assert!(!status.success(), "{logs}");
+    assert!(
+        logs.contains(&c1) && logs.contains("revoked_key") && logs.contains("is revoked"),
+        "{logs}"
+    );
+    assert_eq!(published(&root, "current"), None);
+}

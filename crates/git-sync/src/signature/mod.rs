@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use self::openpgp::OpenPgpKeys;
 use self::payload::{Format, ObjectKind};
-use self::ssh::AllowedSigners;
+use self::ssh::{AllowedSigners, RevokedKeys};
 
 /// `--verify-signatures`: which signatures a revision needs before it is published.
 #[derive(
@@ -54,10 +54,12 @@ pub enum Reason {
     UnknownKey,
     /// The signature does not verify: the object was changed after signing, or it is garbage.
     BadSignature,
+    /// The key is revoked: an OpenPGP revocation, or an SSH key in --ssh-revoked-keys-file.
     RevokedKey,
-    /// The key, or the signature itself, has expired.
+    /// The key, or the signature itself, has expired (OpenPGP expiry; an SSH allowed-signers
+    /// entry's `valid-before` earlier than the commit or tag).
     ExpiredKey,
-    /// A trusted key, but its entry refuses this use (SSH namespaces or validity window,
+    /// A trusted key, but its entry refuses this use (SSH namespaces or `valid-after`,
     /// an OpenPGP key that may not sign or an unbound subkey).
     NotAllowed,
     /// `--verify-signatures=tag` and --ref is not an annotated tag.
@@ -111,6 +113,7 @@ pub struct Signer {
 enum KeyKind {
     AllowedSigners,
     OpenPgp,
+    SshRevoked,
 }
 
 impl KeyKind {
@@ -118,6 +121,7 @@ impl KeyKind {
         match self {
             KeyKind::AllowedSigners => "--allowed-signers-file",
             KeyKind::OpenPgp => "--openpgp-keys-file",
+            KeyKind::SshRevoked => "--ssh-revoked-keys-file",
         }
     }
 }
@@ -129,7 +133,8 @@ struct KeyFile {
     content: Vec<u8>,
 }
 
-/// The trusted keys, from `--allowed-signers-file` and `--openpgp-keys-file`.
+/// The trusted keys, from `--allowed-signers-file` and `--openpgp-keys-file`, less the SSH
+/// keys of `--ssh-revoked-keys-file`.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedKeys {
     files: Vec<KeyFile>,
@@ -141,11 +146,16 @@ pub struct TrustedKeys {
 
 impl TrustedKeys {
     /// Reads and parses every file; an error names the file (and the line, for SSH).
-    pub fn load(allowed_signers: &[PathBuf], openpgp: &[PathBuf]) -> Result<TrustedKeys, String> {
+    pub fn load(
+        allowed_signers: &[PathBuf],
+        openpgp: &[PathBuf],
+        ssh_revoked: &[PathBuf],
+    ) -> Result<TrustedKeys, String> {
         let files = allowed_signers
             .iter()
             .map(|p| (p, KeyKind::AllowedSigners))
             .chain(openpgp.iter().map(|p| (p, KeyKind::OpenPgp)))
+            .chain(ssh_revoked.iter().map(|p| (p, KeyKind::SshRevoked)))
             .map(|(path, kind)| {
                 Ok(KeyFile {
                     content: read(path, kind)?,
@@ -176,6 +186,10 @@ impl TrustedKeys {
                 }
                 KeyKind::OpenPgp => keys.openpgp.extend(
                     OpenPgpKeys::parse(&file.content, &origin)
+                        .map_err(|e| format!("{flag} {e}"))?,
+                ),
+                KeyKind::SshRevoked => keys.ssh.revoked.extend(
+                    RevokedKeys::parse(&file.content, &origin)
                         .map_err(|e| format!("{flag} {e}"))?,
                 ),
             }
@@ -223,6 +237,12 @@ impl TrustedKeys {
         let mut parts = Vec::new();
         if !self.ssh.is_empty() {
             parts.push(format!("{} allowed signer(s)", self.ssh.signers.len()));
+        }
+        if !self.ssh.revoked.is_empty() {
+            parts.push(format!(
+                "{} revoked SSH key(s)",
+                self.ssh.revoked.keys.len()
+            ));
         }
         if !self.openpgp.is_empty() {
             parts.push(format!(
@@ -340,8 +360,15 @@ mod tests {
             "signer@example.invalid valid-before=\"20231101\" {K1}"
         ));
         let refusal = window.verify(ObjectKind::Commit, &raw, now).unwrap_err();
-        assert_eq!(refusal.reason, Reason::NotAllowed, "{refusal}");
+        assert_eq!(refusal.reason, Reason::ExpiredKey, "{refusal}");
         assert!(refusal.detail.contains("expired"), "{refusal}");
+        // valid-after the commit's time: not yet valid, which is not an expiry
+        let window = ssh_keys(&format!(
+            "signer@example.invalid valid-after=\"20231201\" {K1}"
+        ));
+        let refusal = window.verify(ObjectKind::Commit, &raw, now).unwrap_err();
+        assert_eq!(refusal.reason, Reason::NotAllowed, "{refusal}");
+        assert!(refusal.detail.contains("only after"), "{refusal}");
         let window = ssh_keys(&format!(
             "signer@example.invalid valid-after=\"20231101Z\",namespaces=\"git\" {K1}"
         ));
@@ -351,6 +378,25 @@ mod tests {
             .verify(ObjectKind::Commit, &raw, now)
             .unwrap_err();
         assert_eq!(refusal.reason, Reason::NotAllowed, "{refusal}");
+    }
+
+    #[test]
+    fn ssh_revoked_key_is_refused_even_when_allowed() {
+        let raw = commit_with(SSH_SIG);
+        let mut keys = ssh_keys(&format!("signer@example.invalid {K1}"));
+        keys.ssh.revoked = RevokedKeys::parse(
+            format!("{}\n{}\n", K2.trim(), K1.trim()).as_bytes(),
+            "revoked",
+        )
+        .unwrap();
+        let refusal = keys
+            .verify(ObjectKind::Commit, &raw, SystemTime::now())
+            .unwrap_err();
+        assert_eq!(refusal.reason, Reason::RevokedKey, "{refusal}");
+        assert!(refusal.detail.contains("revoked:2"), "{refusal}");
+        keys.ssh.revoked = RevokedKeys::parse(K2.as_bytes(), "revoked").unwrap();
+        keys.verify(ObjectKind::Commit, &raw, SystemTime::now())
+            .unwrap();
     }
 
     #[test]
@@ -428,7 +474,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("allowed");
         std::fs::write(&file, format!("other@example.invalid {K2}")).unwrap();
-        let mut keys = TrustedKeys::load(std::slice::from_ref(&file), &[]).unwrap();
+        let mut keys = TrustedKeys::load(std::slice::from_ref(&file), &[], &[]).unwrap();
         let raw = commit_with(SSH_SIG);
         let now = SystemTime::now();
         assert_eq!(
@@ -451,7 +497,7 @@ mod tests {
         keys.verify(ObjectKind::Commit, &raw, now).unwrap();
         // reported once while the file stays bad
         assert!(!keys.refresh().unwrap());
-        let err = TrustedKeys::load(&[], &[dir.path().join("missing.asc")]).unwrap_err();
+        let err = TrustedKeys::load(&[], &[dir.path().join("missing.asc")], &[]).unwrap_err();
         assert!(err.contains("missing.asc"), "{err}");
     }
 }

@@ -2,7 +2,8 @@
 //! OpenSSH allowed-signers file, as `ssh-keygen -Y find-principals` and `-Y verify` check them
 //! for git: a signature is good when the signing key is on a line of the file whose
 //! `namespaces` (if any) admit `git` and whose `valid-after`/`valid-before` window (if any)
-//! holds the committer's (or tagger's) time.
+//! holds the committer's (or tagger's) time, and the key is not in a revoked-keys file
+//! (git's `gpg.ssh.revocationFile`, `ssh-keygen -Y verify -r`).
 //!
 //! File format (ssh-keygen(1), ALLOWED SIGNERS): `principals [options] keytype base64 [comment]`
 //! per line; `#` comments. Principals are informational here (git takes them from the file
@@ -31,10 +32,66 @@ pub struct AllowedSigner {
     pub origin: String,
 }
 
-/// The parsed lines of one or more allowed-signers files.
+/// The parsed lines of one or more allowed-signers files, and the revoked keys.
 #[derive(Debug, Clone, Default)]
 pub struct AllowedSigners {
     pub signers: Vec<AllowedSigner>,
+    pub revoked: RevokedKeys,
+}
+
+/// The start of OpenSSH's binary KRL format (`ssh-keygen -k`), which is not read.
+const KRL_MAGIC: &[u8] = b"SSHKRL\n\0";
+
+/// A revoked-keys file as `ssh-keygen -Y verify -r` reads it when it is not a KRL: public keys
+/// (`keytype base64 [comment]`), one per line, `#` comments and blank lines skipped.
+#[derive(Debug, Clone, Default)]
+pub struct RevokedKeys {
+    /// Each key with its `file:line`, for log lines.
+    pub keys: Vec<(ssh_key::public::KeyData, String)>,
+}
+
+impl RevokedKeys {
+    /// Parses a file's content; `origin` names the file in errors (`origin:line: ...`).
+    /// An empty file is fine (nothing revoked yet); a binary KRL is refused, not skipped, so
+    /// that revocations are never silently ignored.
+    pub fn parse(content: &[u8], origin: &str) -> Result<RevokedKeys, String> {
+        if content.starts_with(KRL_MAGIC) {
+            return Err(format!(
+                "{origin}: a binary KRL (ssh-keygen -k) is not supported; list the revoked public keys one per line"
+            ));
+        }
+        let text = std::str::from_utf8(content)
+            .map_err(|_| format!("{origin}: a revoked-keys file must be text"))?;
+        let mut keys = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let at = format!("{origin}:{}", index + 1);
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let key = PublicKey::from_openssh(line).map_err(|e| {
+                format!("{at}: cannot read the public key ({e}): expected `keytype base64-key`")
+            })?;
+            keys.push((key.key_data().clone(), at));
+        }
+        Ok(RevokedKeys { keys })
+    }
+
+    pub fn extend(&mut self, other: RevokedKeys) {
+        self.keys.extend(other.keys);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Where the key is revoked (`file:line`), if it is.
+    fn find(&self, key: &ssh_key::public::KeyData) -> Option<&str> {
+        self.keys
+            .iter()
+            .find(|(revoked, _)| revoked == key)
+            .map(|(_, origin)| origin.as_str())
+    }
 }
 
 impl AllowedSigners {
@@ -49,11 +106,15 @@ impl AllowedSigners {
             }
             signers.push(parse_line(line, &at).map_err(|e| format!("{at}: {e}"))?);
         }
-        Ok(AllowedSigners { signers })
+        Ok(AllowedSigners {
+            signers,
+            revoked: RevokedKeys::default(),
+        })
     }
 
     pub fn extend(&mut self, other: AllowedSigners) {
         self.signers.extend(other.signers);
+        self.revoked.extend(other.revoked);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -83,6 +144,13 @@ impl AllowedSigners {
                 ),
             ));
         }
+        // As ssh-keygen: a revoked key is refused whatever the allowed-signers file says.
+        if let Some(origin) = self.revoked.find(sig.public_key()) {
+            return Err(Refusal::new(
+                Reason::RevokedKey,
+                format!("the SSH key {fingerprint} is revoked ({origin})"),
+            ));
+        }
         let same_key: Vec<&AllowedSigner> = self
             .signers
             .iter()
@@ -104,6 +172,8 @@ impl AllowedSigners {
                 )
             })?;
         let mut why_not = Vec::new();
+        // expired_key only when every entry of the key refuses it for its valid-before
+        let mut all_expired = true;
         for signer in same_key {
             match signer.admits(time) {
                 Ok(()) => {
@@ -112,11 +182,18 @@ impl AllowedSigners {
                         identity: signer.principals.clone(),
                     });
                 }
-                Err(e) => why_not.push(format!("{}: {e}", signer.origin)),
+                Err((reason, e)) => {
+                    all_expired &= reason == Reason::ExpiredKey;
+                    why_not.push(format!("{}: {e}", signer.origin));
+                }
             }
         }
         Err(Refusal::new(
-            Reason::NotAllowed,
+            if all_expired {
+                Reason::ExpiredKey
+            } else {
+                Reason::NotAllowed
+            },
             format!(
                 "the SSH key {fingerprint} signed, but its allowed-signers entries refuse it: {}",
                 why_not.join("; ")
@@ -126,37 +203,46 @@ impl AllowedSigners {
 }
 
 impl AllowedSigner {
-    /// The line's options against a signature in namespace `git` made at `time`.
-    fn admits(&self, time: Option<i64>) -> Result<(), String> {
+    /// The line's options against a signature in namespace `git` made at `time`; a refusal
+    /// is `expired_key` past `valid-before`, `not_allowed` otherwise.
+    fn admits(&self, time: Option<i64>) -> Result<(), (Reason, String)> {
         if let Some(list) = &self.namespaces
             && match_pattern_list(GIT_NAMESPACE, list) != Some(true)
         {
-            return Err(format!(
-                "namespaces={list:?} does not admit {GIT_NAMESPACE:?}"
+            return Err((
+                Reason::NotAllowed,
+                format!("namespaces={list:?} does not admit {GIT_NAMESPACE:?}"),
             ));
         }
         if self.valid_after.is_some() || self.valid_before.is_some() {
             let Some(time) = time else {
-                return Err(
+                return Err((
+                    Reason::NotAllowed,
                     "the object has no timestamp to check valid-after/valid-before against".into(),
-                );
+                ));
             };
             if let Some(after) = self.valid_after
                 && time < after
             {
-                return Err(format!(
-                    "signed at {} but the key is valid only after {}",
-                    show(time),
-                    show(after)
+                return Err((
+                    Reason::NotAllowed,
+                    format!(
+                        "signed at {} but the key is valid only after {}",
+                        show(time),
+                        show(after)
+                    ),
                 ));
             }
             if let Some(before) = self.valid_before
                 && time > before
             {
-                return Err(format!(
-                    "signed at {} but the key expired at {}",
-                    show(time),
-                    show(before)
+                return Err((
+                    Reason::ExpiredKey,
+                    format!(
+                        "signed at {} but the key expired at {}",
+                        show(time),
+                        show(before)
+                    ),
                 ));
             }
         }
@@ -391,19 +477,33 @@ mod tests {
         assert!(line("namespaces=\"g?t\"").admits(Some(0)).is_ok());
         let windowed = line("valid-after=\"20240101\",valid-before=\"20240201\"");
         assert!(windowed.admits(Some(1_704_067_200)).is_ok());
-        assert!(
-            windowed
-                .admits(Some(1_704_067_199))
-                .unwrap_err()
-                .contains("only after")
-        );
-        assert!(
-            windowed
-                .admits(Some(1_706_745_601))
-                .unwrap_err()
-                .contains("expired")
-        );
+        let (reason, detail) = windowed.admits(Some(1_704_067_199)).unwrap_err();
+        assert_eq!(reason, Reason::NotAllowed);
+        assert!(detail.contains("only after"), "{detail}");
+        let (reason, detail) = windowed.admits(Some(1_706_745_601)).unwrap_err();
+        assert_eq!(reason, Reason::ExpiredKey);
+        assert!(detail.contains("expired"), "{detail}");
         assert!(windowed.admits(None).is_err());
+    }
+
+    #[test]
+    fn revoked_keys_files_are_lists_of_public_keys_not_krls() {
+        let text = format!("# revoked\n\n{KEY} laptop\n");
+        let revoked = RevokedKeys::parse(text.as_bytes(), "revoked").unwrap();
+        assert_eq!(revoked.keys.len(), 1);
+        let key = PublicKey::from_openssh(KEY).unwrap();
+        assert_eq!(revoked.find(key.key_data()), Some("revoked:3"));
+        assert!(RevokedKeys::parse(b"", "revoked").unwrap().is_empty());
+        let err = RevokedKeys::parse(b"SSHKRL\n\0\x01\x02", "krl").unwrap_err();
+        assert!(err.contains("binary KRL"), "{err}");
+        let err = RevokedKeys::parse(b"ssh-ed25519 notbase64\n", "revoked").unwrap_err();
+        assert!(
+            err.contains("revoked:1: cannot read the public key"),
+            "{err}"
+        );
+        // options, as in an allowed-signers line, are not part of this format
+        let err = RevokedKeys::parse(format!("a@b {KEY}").as_bytes(), "revoked").unwrap_err();
+        assert!(err.contains("revoked:1"), "{err}");
     }
 
     #[test]
