@@ -154,3 +154,62 @@ fn readiness_fails_only_when_a_certificate_would_expire_before_renewal() {
         .context(|| agent.process.log())
         .until(|| agent.read("tls.crt").is_some_and(|c| c != cert) && agent.readyz().0 == 200);
 }
+
+#[test]
+fn rate_limited_by_openbao_429_keeps_the_last_good_files_and_recovers() {
+    let bin = require_bao();
+    let bao = Bao::dev(&bin);
+    bao.kv_put("app/config", &[("api_key", "v1")]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = root_token_args(&bao, dir.path());
+    args.extend(["--poll-interval=1s".into(), "--backoff-max=2s".into()]);
+    let config = "secrets:\n  app: {kv: {mount: secret, path: app/config}}\nfiles:\n  - {path: key, secret: app, field: api_key}\n";
+    let agent = AgentSetup {
+        bao: &bao,
+        dir: dir.path(),
+        config,
+        args,
+    }
+    .start();
+    let data = || std::fs::read_link(agent.out.join("..data")).unwrap();
+    let published = data();
+
+    // OpenBao's rate-limit quota on the KV mount: one request an hour, then 429 for every read.
+    // Scoped to `secret/`, so the test can still remove it.
+    bao.run(&[
+        "write",
+        "sys/quotas/rate-limit/agent",
+        "path=secret/",
+        "rate=1",
+        "interval=1h",
+    ]);
+    Wait::new("reads refused with 429, counted as server errors")
+        .timeout(Duration::from_secs(20))
+        .context(|| agent.process.log())
+        .until(|| fetch_failures(&agent, "server_error") >= 2.0);
+    let log = agent.process.log();
+    assert!(log.contains("429"), "{log}");
+    assert!(log.contains("the files keep the last good data"), "{log}");
+    assert_eq!(agent.read("key").as_deref(), Some("v1"));
+    assert_eq!(data(), published);
+    assert!(
+        agent
+            .metrics()
+            .get("secrets_agent_consecutive_failures", &[])
+            .is_some_and(|n| n >= 1.0),
+        "{}",
+        agent.metrics()
+    );
+    // Retried, not given up on: a KV secret does not expire, so the pod stays ready.
+    assert_eq!(agent.readyz().0, 200, "{}", agent.readyz().1);
+
+    bao.run(&["delete", "sys/quotas/rate-limit/agent"]);
+    bao.kv_put("app/config", &[("api_key", "v2")]);
+    agent.wait_content("key", "v2", Duration::from_secs(20));
+    wait::until(Duration::from_secs(10), "no failures counted", || {
+        agent
+            .metrics()
+            .get("secrets_agent_consecutive_failures", &[])
+            == Some(0.0)
+    });
+}
