@@ -645,7 +645,8 @@ fn gnupg_signed_annotated_tags() {
 }
 
 #[test]
-fn gnupg_long_running_refusal_is_counted_goes_stale_and_a_new_key_publishes_it() {
+fn gnupg_long_running_refusal_is_counted_written_to_the_error_file_goes_stale_and_a_new_key_publishes_it()
+ {
     let fx = Fixture::new("cfg.git");
     let good = GpgKey::new("Good <good@example.invalid>", "never", None);
     let newcomer = GpgKey::new("Newcomer <new@example.invalid>", "never", None);
@@ -655,6 +656,7 @@ fn gnupg_long_running_refusal_is_counted_goes_stale_and_a_new_key_publishes_it()
     let keys = dir.path().join("keys.asc");
     std::fs::write(&keys, good.export()).unwrap();
     let root = dir.path().join("root");
+    let error_file = dir.path().join("termination-log");
     let gs = GitSync::start(
         &root,
         &[
@@ -668,6 +670,8 @@ fn gnupg_long_running_refusal_is_counted_goes_stale_and_a_new_key_publishes_it()
             "head",
             "--openpgp-keys-file",
             keys.to_str().unwrap(),
+            "--error-file",
+            error_file.to_str().unwrap(),
         ],
     );
     wait::until(
@@ -688,6 +692,13 @@ fn gnupg_long_running_refusal_is_counted_goes_stale_and_a_new_key_publishes_it()
         refusals(&gs, "unknown_key") == Some(1.0)
     });
     assert!(is_published(&root, &c1));
+    // The refusal is the pod's termination message: which commit, and why.
+    let refusal = format!("commit {c2} refused by --verify-signatures: no trusted OpenPGP key");
+    let error_text = || std::fs::read_to_string(&error_file).unwrap_or_default();
+    wait::Wait::new("the refusal in --error-file")
+        .timeout(Duration::from_secs(10))
+        .context(error_text)
+        .until(|| error_text().contains(&refusal));
     let logs = gs.logs();
     assert!(
         logs.lines().any(|l| l.contains("signature refused")
@@ -709,6 +720,8 @@ fn gnupg_long_running_refusal_is_counted_goes_stale_and_a_new_key_publishes_it()
         gs.metric("gitsync_syncs_total{result=\"signature_refused\"}"),
         Some(1.0)
     );
+    // held-back polls are not good syncs: the message stays
+    assert!(error_text().contains(&refusal), "{}", error_text());
     // No good sync for --stale-after: not ready, and /readyz says why; the tree stays.
     wait::until(Duration::from_secs(10), "not ready once stale", || {
         !gs.ready()
@@ -741,6 +754,10 @@ fn gnupg_long_running_refusal_is_counted_goes_stale_and_a_new_key_publishes_it()
     );
     wait::until(Duration::from_secs(5), "ready again", || gs.ready());
     assert_eq!(refusals(&gs, "unknown_key"), Some(1.0));
+    // a good sync empties the termination message
+    wait::until(Duration::from_secs(5), "--error-file emptied", || {
+        std::fs::metadata(&error_file).is_ok_and(|m| m.len() == 0)
+    });
 }
 
 #[test]
