@@ -292,7 +292,7 @@ impl SshSigningKey {
 
 /// A GnuPG key in its own throwaway GNUPGHOME (batch generation, no passphrase); its agent is
 /// stopped on drop. `faked_time` makes the key and every signature as of that time
-/// (`--faked-system-time`, e.g. `20200101T000000`), for an expired key.
+/// (`--faked-system-time`, e.g. `20200101T000000`, frozen), for an expired key.
 pub struct GpgKey {
     pub home: tempfile::TempDir,
     pub fingerprint: String,
@@ -303,10 +303,12 @@ impl GpgKey {
     pub fn new(user: &str, expires: &str, faked_time: Option<&str>) -> GpgKey {
         require_program("gpg", "gnupg");
         let home = tempfile::tempdir().unwrap();
-        // git calls gpg.program; a wrapper adds the faked time to every call.
+        // git calls gpg.program; a wrapper adds the faked time to every call. Frozen (`!`):
+        // a running clock restarts at `t` on every call, so on a slow machine the key would
+        // be made a second "after" a later signature, and gpg refuses to sign with it.
         let program = home.path().join("gpg-wrapper");
         let faked = faked_time
-            .map(|t| format!(" --faked-system-time {t}"))
+            .map(|t| format!(" --faked-system-time {t}!"))
             .unwrap_or_default();
         std::fs::write(&program, format!("#!/bin/sh\nexec gpg{faked} \"$@\"\n")).unwrap();
         std::fs::set_permissions(
