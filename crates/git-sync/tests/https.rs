@@ -1,7 +1,7 @@
 //! HTTPS remotes against a real TLS git server (git http-backend behind nginx): a private CA
 //! (`--ca-file`), client certificates, basic auth and bearer tokens from files, a moved
 //! repository's redirect, and HTTP proxies (tinyproxy) from `HTTPS_PROXY`, `--proxy` and
-//! `NO_PROXY`.
+//! `NO_PROXY`, one of them asking for a login (from the proxy URL in the environment).
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
@@ -18,6 +18,7 @@ use test_support::ports::free_port;
 
 const PASSWORD: &str = "tls-Pa55word-q9";
 const TOKEN: &str = "bearer-t0ken-x7";
+const PROXY_PASSWORD: &str = "pr0xy-Pa55-k3";
 
 fn is_published(root: &Path, sha: &str) -> bool {
     published(root, "current").as_deref() == Some(sha)
@@ -77,6 +78,13 @@ fn private_ca_client_certificate_and_basic_auth() {
     let (status, logs) = run("no-cert", &["--ca-file", ca]);
     assert!(!status.success(), "{logs}");
     assert!(logs.contains("400"), "{logs}");
+    assert!(
+        server
+            .logs()
+            .contains("client sent no required SSL certificate"),
+        "{}",
+        server.logs()
+    );
     let (status, logs) = run(
         "stranger",
         &[
@@ -89,6 +97,16 @@ fn private_ca_client_certificate_and_basic_auth() {
         ],
     );
     assert!(!status.success(), "{logs}");
+    // nginx takes the handshake, then refuses the request because the certificate does not
+    // verify against its client CA (logged there); git-sync sees the 400 it answers with.
+    assert!(logs.contains("400"), "{logs}");
+    assert!(
+        server
+            .logs()
+            .contains("client SSL certificate verify error"),
+        "{}",
+        server.logs()
+    );
 
     // Everything right: published, and the next commit too (long-running).
     let root = dir.path().join("root");
@@ -234,6 +252,30 @@ fn proxies_from_the_environment_and_the_flag_and_no_proxy() {
         proxy.requests()
     );
 
+    // --proxy alone (no variable): the same CONNECT tunnel, a new one in tinyproxy's log.
+    let tunnels = |p: &Tinyproxy| {
+        p.requests()
+            .iter()
+            .filter(|r| r.starts_with(&tunnel))
+            .count()
+    };
+    let before = tunnels(&proxy);
+    let root = dir.path().join("flag");
+    let (status, logs) = one_time(
+        &root,
+        &[
+            "--repo",
+            &https_url,
+            "--ca-file",
+            ca,
+            "--proxy",
+            &proxy.url(),
+        ],
+    );
+    assert!(status.success(), "{logs}\n{}", proxy.log());
+    assert!(is_published(&root, &c1));
+    assert!(tunnels(&proxy) > before, "{:?}", proxy.requests());
+
     // --proxy wins over the environment; a proxy that is down is named in the error.
     let (status, logs) = one_time_env(
         &dir.path().join("dead"),
@@ -265,7 +307,8 @@ fn proxies_from_the_environment_and_the_flag_and_no_proxy() {
     );
     assert!(status.success(), "{logs}");
     assert!(is_published(&root, &c1));
-    // --no-proxy replaces NO_PROXY
+    // --no-proxy replaces NO_PROXY: 127.0.0.1 is no longer exempt, so the (dead) proxy is
+    // used, and the error says so.
     let (status, logs) = one_time_env(
         &dir.path().join("no-proxy-flag"),
         &[
@@ -279,6 +322,39 @@ fn proxies_from_the_environment_and_the_flag_and_no_proxy() {
         &[("HTTPS_PROXY", &dead_proxy), ("NO_PROXY", "127.0.0.1")],
     );
     assert!(!status.success(), "{logs}");
+    assert!(
+        logs.contains(&format!("connecting to the proxy {dead_proxy}")),
+        "{logs}"
+    );
+    // --no-proxy naming the host: the direct path, even with a working --proxy. Against a
+    // port nobody listens on, the error names the direct connection, and tinyproxy never
+    // saw a request for it.
+    let dead_port = free_port();
+    let dead_server = format!("127.0.0.1:{dead_port}");
+    let (status, logs) = one_time(
+        &dir.path().join("no-proxy-direct"),
+        &[
+            "--repo",
+            &format!("https://{dead_server}/cfg.git"),
+            "--ca-file",
+            ca,
+            "--proxy",
+            &proxy.url(),
+            "--no-proxy",
+            "127.0.0.1",
+        ],
+    );
+    assert!(!status.success(), "{logs}");
+    assert!(
+        logs.contains(&format!("connecting to {dead_server}"))
+            && !logs.contains("connecting to the proxy"),
+        "{logs}"
+    );
+    assert!(
+        !proxy.log().contains(&dead_server),
+        "the proxy was asked: {}",
+        proxy.log()
+    );
 
     // Plain HTTP through the proxy (absolute-form requests), with --proxy.
     let before = proxy.requests().len();
@@ -305,6 +381,94 @@ fn proxies_from_the_environment_and_the_flag_and_no_proxy() {
     assert!(status.success(), "{logs}\n{}", server.access_log());
     assert!(is_published(&root, &c1));
     assert!(server.access_log().contains("GET /old.git/info/refs"));
+}
+
+#[test]
+fn a_proxy_that_asks_for_a_login_gets_it_from_the_proxy_url() {
+    let fx = Fixture::new("cfg.git");
+    let c1 = fx.commit("main", &[("a", "1")], "one");
+    let server = NginxGit::start(&fx.base(), NginxOptions::default());
+    let plain = GitHttp::start(&fx.base(), None);
+    let proxy = Tinyproxy::start_with_basic_auth("carol", PROXY_PASSWORD);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = server.ca_file.to_str().unwrap();
+    let https_url = server.url("cfg.git");
+    let with_login = |password: &str| format!("http://carol:{password}@127.0.0.1:{}", proxy.port);
+    let tunnel = format!("127.0.0.1:{}", server.port);
+
+    // No login (tinyproxy asks for one: 407), or a wrong one (it answers 401): the proxy's
+    // answer to CONNECT is the error.
+    for (name, proxy_url, answer) in [
+        (
+            "anonymous",
+            proxy.url(),
+            "407 Proxy Authentication Required",
+        ),
+        ("wrong", with_login("wrong-password"), "401 Unauthorized"),
+    ] {
+        let root = dir.path().join(name);
+        let (status, logs) = one_time_env(
+            &root,
+            &["--repo", &https_url, "--ca-file", ca],
+            &[("HTTPS_PROXY", &proxy_url)],
+        );
+        assert!(!status.success(), "{name}: {logs}");
+        assert!(
+            logs.contains(&format!("refused CONNECT {tunnel}: HTTP/1.0 {answer}")),
+            "{name}: {logs}"
+        );
+        assert_eq!(published(&root, "current"), None);
+        assert!(
+            !logs.contains("wrong-password"),
+            "the password reached the log"
+        );
+    }
+    assert!(
+        !server.access_log().contains("info/refs"),
+        "nothing reached the server: {}",
+        server.access_log()
+    );
+
+    // The login in the proxy URL, from the environment (a Secret in a pod, never a flag):
+    // sent as Proxy-Authorization on CONNECT; TLS end to end through the tunnel.
+    let root = dir.path().join("https");
+    let (status, logs) = one_time_env(
+        &root,
+        &["--repo", &https_url, "--ca-file", ca],
+        &[("HTTPS_PROXY", &with_login(PROXY_PASSWORD))],
+    );
+    assert!(status.success(), "{logs}\n{}", proxy.log());
+    assert!(is_published(&root, &c1));
+    assert!(proxy.tunnelled(&tunnel), "{:?}", proxy.requests());
+    assert!(server.access_log().contains("GET /cfg.git/info/refs"));
+    assert!(
+        !logs.contains(PROXY_PASSWORD),
+        "the password reached the log"
+    );
+
+    // Plain HTTP through the same proxy (GIT_SYNC_PROXY, --proxy's variable): the login goes
+    // with every absolute-form request.
+    let root = dir.path().join("plain");
+    let plain_url = plain.url("cfg.git");
+    let (status, logs) = one_time_env(
+        &root,
+        &["--repo", &plain_url],
+        &[("GIT_SYNC_PROXY", &with_login(PROXY_PASSWORD))],
+    );
+    assert!(status.success(), "{logs}\n{}", proxy.log());
+    assert!(is_published(&root, &c1));
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .any(|r| r.starts_with(&format!("GET {plain_url}/info/refs"))),
+        "{:?}",
+        proxy.requests()
+    );
+    assert!(
+        !logs.contains(PROXY_PASSWORD),
+        "the password reached the log"
+    );
 }
 
 /// The TCP ports a process listens on (its sockets' inodes looked up in /proc/net/tcp).

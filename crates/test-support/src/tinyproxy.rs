@@ -17,12 +17,23 @@ pub struct Tinyproxy {
 
 impl Tinyproxy {
     pub fn start() -> Tinyproxy {
+        Self::start_with("")
+    }
+
+    /// A proxy that asks for a login (`BasicAuth`), CONNECT included: 407 without one, 401
+    /// for a wrong one.
+    pub fn start_with_basic_auth(user: &str, password: &str) -> Tinyproxy {
+        Self::start_with(&format!("BasicAuth {user} {password}\n"))
+    }
+
+    /// `extra`: configuration lines added to the defaults.
+    fn start_with(extra: &str) -> Tinyproxy {
         crate::skip::require_program("tinyproxy", "tinyproxy");
         let dir = tempfile::tempdir().expect("a temporary directory for tinyproxy");
         for _ in 0..5 {
             let port = free_port();
             let conf = format!(
-                "Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nLogFile \"{}/tinyproxy.log\"\nLogLevel Info\nMaxClients 20\nDisableViaHeader Yes\n",
+                "Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nLogFile \"{}/tinyproxy.log\"\nLogLevel Info\nMaxClients 20\nDisableViaHeader Yes\n{extra}",
                 dir.path().display()
             );
             let conf_path = dir.path().join("tinyproxy.conf");
