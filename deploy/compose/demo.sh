@@ -5,14 +5,17 @@
 #   deploy/compose/demo.sh up [--no-build]   images, OpenBao and its setup, config repo, start
 #   deploy/compose/demo.sh commit [TEXT]     push a config commit; git-sync publishes it
 #   deploy/compose/demo.sh down              stop and remove containers and volumes
+#   deploy/compose/demo.sh setup-openbao     OpenBao's setup alone, for a stack started otherwise
+#                                            (the container test): DEMO_OPENBAO_ADDR,
+#                                            OPENBAO_ROOT_TOKEN and DEMO_APPROLE from the environment
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 COMPOSE=(docker-compose -f "$HERE/docker-compose.yml" -p sidecars-demo)
 WORK=$HERE/.work
 GIT_URL=git://127.0.0.1:9418/config.git
-OPENBAO=http://127.0.0.1:8200
-export DEMO_APPROLE=$WORK/approle
+OPENBAO=${DEMO_OPENBAO_ADDR:-http://127.0.0.1:8200}
+export DEMO_APPROLE=${DEMO_APPROLE:-$WORK/approle}
 
 die() { echo "demo.sh: $*" >&2; exit 1; }
 command -v docker-compose >/dev/null || die "docker-compose is needed (apt install docker-compose)"
@@ -154,12 +157,16 @@ commit)
     [[ -d $WORK/config/.git ]] || die "run '$0 up' first"
     commit "${2:-}"
     ;;
+setup-openbao)
+    [[ -n ${OPENBAO_ROOT_TOKEN:-} ]] || die "setup-openbao needs OPENBAO_ROOT_TOKEN (and DEMO_OPENBAO_ADDR, DEMO_APPROLE)"
+    setup_openbao
+    ;;
 down)
     "${COMPOSE[@]}" --profile tools down -v
     rm -rf "$WORK" "$HERE/.env"
     ;;
 *)
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
     exit 64
     ;;
 esac
