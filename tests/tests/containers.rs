@@ -22,7 +22,7 @@ use std::time::Duration;
 use test_support::certs::Ca;
 use test_support::metrics::Metrics;
 use test_support::ports::loopback;
-use test_support::skip::require_docker_engine;
+use test_support::skip::{require_docker_engine, require_program};
 use test_support::wait::Wait;
 
 const SIDECARS: [(&str, u16); 5] = [
@@ -1010,4 +1010,372 @@ fn refusals(admin_port: u16, reason: &str) -> Option<f64> {
             ("reason", reason),
         ],
     )
+}
+
+// ---- the compose stack (deploy/compose), driven as deploy/compose/demo.sh drives it ----------
+
+const DEMO_TRUST_DOMAIN: &str = "spiffe://demo.local/ns/demo/sa";
+
+/// deploy/compose/docker-compose.yml up under a project of its own, torn down with its volumes
+/// when dropped (pass or fail). The only difference from the demo's stack: its host ports are
+/// ephemeral (Docker picks them), so that a demo running on this machine, or another run of
+/// this test, does not collide with it.
+struct ComposeStack {
+    project: String,
+    dir: tempfile::TempDir,
+    root_token: String,
+}
+
+impl ComposeStack {
+    fn new() -> ComposeStack {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = repo_root().join("deploy/compose/docker-compose.yml");
+        let text = std::fs::read_to_string(&file).expect("read deploy/compose/docker-compose.yml");
+        let (text, published) = ephemeral_host_ports(&text);
+        assert!(
+            published >= 10,
+            "only {published} host ports rewritten in {}: has its ports: syntax changed?",
+            file.display()
+        );
+        std::fs::write(dir.path().join("docker-compose.yml"), text).expect("write compose file");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        ComposeStack {
+            project: format!(
+                "sidecars-e2e-compose-{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ),
+            // OpenBao's dev-mode root token: of this run only, on a port of 127.0.0.1.
+            root_token: format!("e2e{:x}{nanos:x}", std::process::id()),
+            dir,
+        }
+    }
+
+    /// The approle credentials demo.sh writes and the secrets-agent containers mount.
+    fn approle_dir(&self) -> PathBuf {
+        self.dir.path().join("approle")
+    }
+
+    fn compose(&self, args: &[&str]) -> Output {
+        Command::new("docker-compose")
+            .arg("-p")
+            .arg(&self.project)
+            .arg("-f")
+            .arg(self.dir.path().join("docker-compose.yml"))
+            // Relative paths (the configs beside the file) resolve from deploy/compose.
+            .arg("--project-directory")
+            .arg(repo_root().join("deploy/compose"))
+            .args(args)
+            .env("OPENBAO_ROOT_TOKEN", &self.root_token)
+            .env("DEMO_APPROLE", self.approle_dir())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run docker-compose {args:?}: {e}"))
+    }
+
+    /// Runs docker-compose and returns its trimmed stdout; panics with its stderr and the
+    /// stack's logs if it fails.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.compose(args);
+        assert!(
+            out.status.success(),
+            "docker-compose {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The host port (on 127.0.0.1) Docker published for a service's port.
+    fn port(&self, service: &str, port: u16) -> u16 {
+        let mapping = self.ok(&["port", service, &port.to_string()]);
+        mapping
+            .strip_prefix("127.0.0.1:")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("{service}:{port} is not published on 127.0.0.1: {mapping:?}")
+            })
+    }
+
+    /// The container id of a service (its one container).
+    fn container(&self, service: &str) -> String {
+        let id = self.ok(&["ps", "-q", service]);
+        assert!(!id.is_empty(), "{service} has no container");
+        id
+    }
+
+    /// The Docker network of the pods and OpenBao.
+    fn network(&self) -> String {
+        format!("{}_mesh", self.project)
+    }
+
+    fn logs(&self) -> String {
+        let out = self.compose(&["logs", "--no-color", "--tail", "30"]);
+        format!(
+            "---- docker-compose -p {} logs\n{}{}",
+            self.project,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn eventually(&self, what: &str, within: Duration) -> Wait<'_> {
+        Wait::new(what)
+            .timeout(within)
+            .every(Duration::from_millis(250))
+            .context(move || self.logs())
+    }
+}
+
+impl Drop for ComposeStack {
+    fn drop(&mut self) {
+        let out = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "5"]);
+        if !out.status.success() {
+            eprintln!(
+                "docker-compose -p {} down failed: {}",
+                self.project,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// The compose file with every `- "127.0.0.1:HOST:PORT"` as `- "127.0.0.1::PORT"`, and how many.
+fn ephemeral_host_ports(compose: &str) -> (String, usize) {
+    let mut rewritten = 0;
+    let mut out = String::with_capacity(compose.len());
+    for line in compose.lines() {
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        match body
+            .strip_prefix("- \"127.0.0.1:")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            Some((host, port)) if !host.is_empty() && host.bytes().all(|b| b.is_ascii_digit()) => {
+                rewritten += 1;
+                out.push_str(&format!("{indent}- \"127.0.0.1::{port}"));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    (out, rewritten)
+}
+
+/// The certificates an ambassador has in use, from its metrics: (role, subject, serial), role
+/// `identity` for its chain (the leaf it serves first) and `ca` for its trust bundle.
+fn certificates_in_use(admin_port: u16) -> Vec<(String, String, String)> {
+    test_support::metrics::scrape(loopback(admin_port))
+        .series("sidecar_certificate_expiry_timestamp_seconds")
+        .map(|s| {
+            let label = |name| s.label(name).unwrap_or_default().to_owned();
+            (label("role"), label("subject"), label("serial"))
+        })
+        .collect()
+}
+
+/// The serial of the leaf certificate an ambassador serves as `pod` (`CN=pod`).
+fn leaf_serial(admin_port: u16, pod: &str) -> Option<String> {
+    certificates_in_use(admin_port)
+        .into_iter()
+        .find(|(role, subject, _)| role == "identity" && *subject == format!("CN={pod}"))
+        .map(|(_, _, serial)| serial)
+}
+
+fn successful_reloads(admin_port: u16) -> f64 {
+    test_support::metrics::scrape(loopback(admin_port))
+        .get("sidecar_tls_reloads_total", &[("result", "ok")])
+        .unwrap_or(0.0)
+}
+
+/// deploy/compose as `demo.sh up` brings it up: OpenBao first, set up by demo.sh (PKI, a role
+/// and an AppRole per pod), then the whole stack, whose secrets-agents get both pods' SPIFFE
+/// certificates from OpenBao's PKI for their ambassadors. Checks a call from pod-a through both
+/// ambassadors, that what the ambassadors serve chains to OpenBao's CA, and that the 1-minute
+/// certificates are renewed and hot-reloaded with calls succeeding throughout.
+#[test]
+#[ignore = "needs a Docker engine"]
+fn compose_stack_serves_openbao_certificates_and_hot_reloads_their_rotation() {
+    require_docker_engine();
+    require_program("docker-compose", "docker-compose");
+    require_program("curl", "curl"); // demo.sh's OpenBao setup
+    build_images();
+    let started = std::time::Instant::now();
+    let stack = ComposeStack::new();
+
+    // OpenBao first, set up by the demo's own script before any secrets-agent logs in.
+    stack.ok(&["up", "-d", "openbao"]);
+    let bao = stack.port("openbao", 8200);
+    stack
+        .eventually("OpenBao's /v1/sys/health", Duration::from_secs(60))
+        .value(|| matches!(http("GET", bao, "/v1/sys/health"), Ok((200, _))).then_some(()));
+    let setup = Command::new(repo_root().join("deploy/compose/demo.sh"))
+        .arg("setup-openbao")
+        .env("DEMO_OPENBAO_ADDR", format!("http://127.0.0.1:{bao}"))
+        .env("OPENBAO_ROOT_TOKEN", &stack.root_token)
+        .env("DEMO_APPROLE", stack.approle_dir())
+        .output()
+        .expect("run deploy/compose/demo.sh");
+    assert!(
+        setup.status.success(),
+        "demo.sh setup-openbao failed: {}{}",
+        String::from_utf8_lossy(&setup.stdout),
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    // Everything else; `up` returns once both one-time agents have published a certificate.
+    stack.ok(&["up", "-d"]);
+
+    // The git server starts empty: the config commit demo.sh seeds it with.
+    let repo = ConfigRepo::new(stack.port("git-server", 9418));
+    repo.commit("greeting = hello\n");
+    stack
+        .eventually("the first push to the git server", Duration::from_secs(30))
+        .value(|| repo.push().ok());
+
+    // Both pods ready: every sidecar of pod-a, and pod-b's ambassador and secrets-agent.
+    for (service, admin) in [
+        ("pod-a", 9901),
+        ("pod-a", 9902),
+        ("pod-a", 9903),
+        ("pod-a", 9904),
+        ("pod-a", 9905),
+        ("pod-b", 9901),
+        ("pod-b", 9905),
+    ] {
+        let port = stack.port(service, admin);
+        stack
+            .eventually(
+                &format!("{service}'s /readyz on :{admin}"),
+                Duration::from_secs(60),
+            )
+            .value(|| matches!(http("GET", port, "/readyz"), Ok((200, _))).then_some(()));
+    }
+
+    // pod-a's app -> pod-a's ambassador (plain) -> mTLS -> pod-b's ambassador -> pod-b's app,
+    // which is told pod-a's SPIFFE ID (X-Forwarded-Client-Cert).
+    let in_a = format!("container:{}", stack.container("pod-a"));
+    let call = || {
+        let (ok, text) = demo_client(&in_a, &[], &["get", "http://127.0.0.1:15001/"]);
+        assert!(
+            ok && text.contains("hello from pod-b")
+                && text.contains(&format!("URI={DEMO_TRUST_DOMAIN}/pod-a")),
+            "pod-a's call through both ambassadors: {text}\n{}",
+            stack.logs()
+        );
+    };
+    call();
+
+    // OpenBao's CA, from OpenBao (unauthenticated, as any client may fetch it).
+    let (status, ca_pem) = http("GET", bao, "/v1/pki/ca/pem").expect("OpenBao's CA");
+    assert_eq!(status, 200, "GET /v1/pki/ca/pem: {ca_pem}");
+    let bundle =
+        sidecar_kit::tls::TrustBundle::from_pem(ca_pem.as_bytes(), Path::new("pki/ca/pem"))
+            .expect("OpenBao's CA is a PEM certificate");
+    let [ca_der] = bundle.certs() else {
+        panic!("OpenBao's pki/ca/pem is not one certificate: {ca_pem}");
+    };
+    let ca = sidecar_kit::tls::PeerIdentity::from_der(ca_der).expect("OpenBao's CA parses");
+    assert_eq!(ca.subject, "CN=sidecars demo CA (OpenBao)");
+
+    // What each ambassador has in use: its leaf (CN=<pod>) with OpenBao's CA behind it in the
+    // chain, and OpenBao's CA, alone, as its trust bundle (no test CA anywhere).
+    let pods = [
+        ("pod-a", stack.port("pod-a", 9901)),
+        ("pod-b", stack.port("pod-b", 9901)),
+    ];
+    let ca_entry = |role: &str| (role.to_owned(), ca.subject.clone(), ca.serial_hex.clone());
+    let mut first_leaves = Vec::new();
+    for (pod, admin) in pods {
+        let certs = certificates_in_use(admin);
+        let leaf = leaf_serial(admin, pod)
+            .unwrap_or_else(|| panic!("{pod}'s ambassador has no CN={pod} identity: {certs:?}"));
+        let mut expected = vec![
+            ("identity".to_owned(), format!("CN={pod}"), leaf.clone()),
+            ca_entry("identity"),
+            ca_entry("ca"),
+        ];
+        let mut certs_sorted = certs.clone();
+        certs_sorted.sort();
+        expected.sort();
+        assert_eq!(certs_sorted, expected, "{pod}'s ambassador's certificates");
+        first_leaves.push(leaf);
+    }
+
+    // The certificate each ambassador serves verifies against OpenBao's CA alone: a client
+    // trusting only that CA (and sending no certificate) gets through the server's side of the
+    // handshake, and is refused only for having no certificate of its own.
+    let ca_file = write_file(stack.dir.path(), "openbao-ca.crt", &ca_pem);
+    let ca_mount = format!("{}:/ca.crt:ro", ca_file.display());
+    for (pod, admin) in pods {
+        let refused_before = refusals(admin, "no_certificate");
+        let (ok, text) = demo_client(
+            &stack.network(),
+            &["-v", &ca_mount],
+            &["get", "--ca", "/ca.crt", &format!("https://{pod}:15443/")],
+        );
+        assert!(
+            !ok,
+            "a caller without a certificate got through to {pod}: {text}"
+        );
+        let refused_after = refusals(admin, "no_certificate");
+        assert!(
+            refused_after > refused_before,
+            "{pod}'s ambassador: no_certificate refusals {refused_before:?} -> {refused_after:?} \
+             (the client, trusting OpenBao's CA only, said: {text})"
+        );
+    }
+
+    // The rotation: the agents renew at 2/3 of the certificates' 65 s (about 38 s after issue);
+    // each ambassador then serves a new leaf, reloaded from its volume, while calls keep working.
+    let reloads_before: Vec<f64> = pods.iter().map(|&(_, a)| successful_reloads(a)).collect();
+    let mut calls = 0u32;
+    let new_leaves = stack
+        .eventually(
+            "both ambassadors serve a renewed certificate",
+            Duration::from_secs(120),
+        )
+        .every(Duration::from_secs(1))
+        .value(|| {
+            call();
+            calls += 1;
+            let now: Vec<Option<String>> = pods.iter().map(|&(p, a)| leaf_serial(a, p)).collect();
+            now.iter()
+                .zip(&first_leaves)
+                .all(|(now, first)| now.as_ref().is_some_and(|n| n != first))
+                .then(|| now.into_iter().flatten().collect::<Vec<_>>())
+        });
+    call();
+    for (((pod, admin), reloads_before), new_leaf) in
+        pods.iter().zip(&reloads_before).zip(&new_leaves)
+    {
+        let certs = certificates_in_use(*admin);
+        assert!(
+            certs.contains(&("identity".to_owned(), format!("CN={pod}"), new_leaf.clone()))
+                && certs.contains(&ca_entry("identity"))
+                && certs.contains(&ca_entry("ca")),
+            "{pod}'s renewed certificate is OpenBao's: {certs:?}"
+        );
+        let metrics = test_support::metrics::scrape(loopback(*admin));
+        let reloads = metrics.get("sidecar_tls_reloads_total", &[("result", "ok")]);
+        assert!(
+            reloads.is_some_and(|r| r > *reloads_before),
+            "{pod}'s ambassador: successful reloads {reloads_before} -> {reloads:?}"
+        );
+        // The agent swaps the whole directory at once: the ambassador never saw half of it.
+        let refused: Vec<_> = metrics
+            .series("sidecar_tls_reloads_total")
+            .filter(|s| s.label("result") != Some("ok") && s.value > 0.0)
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{pod}'s ambassador refused reloads: {refused:?}"
+        );
+    }
+    eprintln!(
+        "the compose stack: up, checked, one rotation with {calls} calls through it, in {:?}",
+        started.elapsed()
+    );
 }
