@@ -12,10 +12,23 @@ phase "installing the test dependencies" scripts/install-test-deps.sh
 
 # The cross-crate tests spawn the binaries; build them all first.
 phase "cargo build" cargo build --workspace --bins --examples
-phase "cargo test" cargo test --workspace "$@"
+
+# cargo-nextest (on the machines this project is developed on) runs the test binaries side by
+# side, each test in a process of its own, within the limits of .config/nextest.toml: the tests
+# mostly wait on the servers they start, and `cargo test` runs the binaries one after another,
+# each waiting for its slowest test. Arguments go to whichever runs (`-p git-sync` works for
+# both; `--no-capture` is nextest's `-- --nocapture`). SIDECARS_TEST_RUNNER=cargo chooses
+# `cargo test`.
+if [ "${SIDECARS_TEST_RUNNER:-nextest}" = nextest ] && cargo nextest --version >/dev/null 2>&1; then
+  phase "cargo nextest run" cargo nextest run --workspace "$@"
+  # nextest does not run documentation examples: a full run (no arguments) runs them here.
+  if [ $# -eq 0 ]; then phase "doctests" cargo test --workspace --doc; fi
+else
+  phase "cargo test" cargo test --workspace "$@"
+fi
 
 # The tests that need a Docker engine are #[ignore = "needs a Docker engine"]: the run above
-# lists them as ignored. Run them where an engine answers, and always in CI, where a missing
+# lists them as ignored (nextest: skipped). Run them where an engine answers, and always in CI, where a missing
 # engine fails them.
 if [ "${CI:-}" = "true" ] || docker info >/dev/null 2>&1; then
   phase "container tests (images included)" cargo test -p e2e --test containers -- --ignored
