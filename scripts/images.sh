@@ -2,6 +2,7 @@
 # Builds the container images, FROM scratch, with the machine's Docker engine.
 #
 #   scripts/images.sh [--profile PROFILE] [--no-build] [--list] [IMAGE...]
+#   scripts/images.sh --binaries DIR [SIDECAR...]   the images' binaries into DIR, no Docker
 #
 # IMAGE is any of: ambassador xml-adapter git-sync secrets-agent log-shipper (the sidecars) and demo-app git-server
 # prometheus openbao (the demo and the container tests). Default: all of them.
@@ -12,6 +13,9 @@
 #   ci                 the container tests' images: the same code and flags without the
 #                      whole-program optimisation or the profile, in a fraction of the time
 # No build stage runs in Docker because no base image (not even rust:*) can be pulled here.
+# --binaries DIR builds the sidecars' binaries as the published images have them (the release
+# profile, static, the ambassador profile-guided) and copies them to DIR: the fastest binaries
+# to run outside a container (no Docker engine needed).
 # --no-build reuses the binaries of the last build. Images are tagged
 # ${IMAGE_REPO:-ghcr.io/sidecars}/NAME:VERSION and :dev. A size table is printed at the end.
 set -euo pipefail
@@ -32,14 +36,17 @@ die() { echo "images.sh: $*" >&2; exit 1; }
 build=1
 profile=release
 images=()
+binaries=""
 while [[ $# -gt 0 ]]; do
     case $1 in
         --no-build) build=0 ;;
         --profile) [[ $# -ge 2 ]] || die "--profile needs a cargo profile (release or ci)"
                    profile=$2; shift ;;
         --profile=*) profile=${1#--profile=} ;;
+        --binaries) [[ $# -ge 2 ]] || die "--binaries needs a directory"
+                    binaries=$2; shift ;;
         --list) printf '%s\n' "${ALL[@]}"; exit 0 ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) die "unknown option $1" ;;
         *) [[ " ${ALL[*]} " == *" $1 "* ]] || die "unknown image $1 (one of: ${ALL[*]})"
            images+=("$1") ;;
@@ -50,10 +57,16 @@ case $profile in
     release|ci) ;;
     *) die "unknown profile $profile (release or ci)" ;;
 esac
-[[ ${#images[@]} -gt 0 ]] || images=("${ALL[@]}")
-
-command -v docker >/dev/null || die "docker is not installed"
-docker info >/dev/null 2>&1 || die "no Docker engine is reachable (docker info failed)"
+if [[ -n $binaries ]]; then
+    for name in "${images[@]}"; do
+        [[ " ${SIDECARS[*]} " == *" $name "* ]] || die "--binaries builds sidecars (${SIDECARS[*]}), not $name"
+    done
+    [[ ${#images[@]} -gt 0 ]] || images=("${SIDECARS[@]}")
+else
+    [[ ${#images[@]} -gt 0 ]] || images=("${ALL[@]}")
+    command -v docker >/dev/null || die "docker is not installed"
+    docker info >/dev/null 2>&1 || die "no Docker engine is reachable (docker info failed)"
+fi
 
 # Name -> "version<TAB>description" of the workspace's packages (python3 rather than jq: one
 # dependency fewer, and the manifest validation needs python3 anyway).
@@ -96,6 +109,18 @@ if [[ $build == 1 && ${#wanted_rust[@]} -gt 0 ]]; then
         echo "==> scripts/pgo.sh (the ambassador, static, profile-guided)"
         AMBASSADOR_BIN=$(SIDECARS_REVISION=$REVISION "$ROOT/scripts/pgo.sh")
     fi
+fi
+
+if [[ -n $binaries ]]; then
+    mkdir -p "$binaries"
+    for name in "${wanted_rust[@]}"; do
+        bin=$CARGO_TARGET_DIR/$TARGET/$profile/$name
+        [[ $name == ambassador ]] && bin=$AMBASSADOR_BIN
+        [[ -x $bin ]] || die "no binary at $bin (run without --no-build)"
+        install -m 0755 "$bin" "$binaries/$name"
+        echo "$binaries/$name"
+    done
+    exit 0
 fi
 
 STAGE="$ROOT/target/images"
