@@ -546,24 +546,11 @@ mod tests {
 
     /// An agent with one dynamic secret `db` and no revoke grace; nothing is asked of a server.
     fn agent(dir: &std::path::Path) -> Agent {
-        let config = dir.join("c.yaml");
-        std::fs::write(
-            &config,
+        let cli = crate::config::tests::cli(
+            dir,
             "secrets:\n  db: {dynamic: {path: database/creds/app}}\nfiles:\n  - {path: db.json, secret: db, format: json}\n",
-        )
-        .unwrap();
-        let token = dir.join("token");
-        std::fs::write(&token, "root").unwrap();
-        let args = [
-            "secrets-agent".to_owned(),
-            "--addr=http://127.0.0.1:8200".into(),
-            "--auth-method=token".into(),
-            format!("--token-file={}", token.display()),
-            format!("--output-dir={}", dir.join("out").display()),
-            format!("--config={}", config.display()),
-            "--revoke-grace=0s".into(),
-        ];
-        let cli = sidecar_kit::cli::try_parse_from(&crate::INFO, args).unwrap();
+            &["--revoke-grace=0s"],
+        );
         let config = Config::from_cli(&cli).unwrap();
         let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
         Agent::new(&config, metrics).unwrap()

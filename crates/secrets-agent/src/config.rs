@@ -422,10 +422,12 @@ fn file_content(entry: &FileEntry, secrets: &BTreeMap<String, Source>) -> Result
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn cli(dir: &Path, yaml: &str, extra: &[&str]) -> Cli {
+    /// The command line of an agent on config `yaml` (written in `dir`) with token auth and
+    /// `extra` flags; nothing is asked of a server.
+    pub(crate) fn cli(dir: &Path, yaml: &str, extra: &[&str]) -> Cli {
         let config = dir.join("c.yaml");
         std::fs::write(&config, yaml).unwrap();
         let token = dir.join("token");

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{AgentSetup, Bao, Postgres, require_bao, root_token_args};
+use common::{Agent, AgentSetup, Bao, Postgres, replace_file, require_bao};
 use sidecar_kit::reload::{CredentialReloader, TlsFiles};
 use sidecar_kit::tls::Identity;
 use sidecar_kit::watch::WatchOptions;
-use test_support::wait::{self, Wait};
+use test_support::wait;
 
 /// `KEY='value'` lines as the env format writes them (values without quotes inside).
 fn env_value(text: &str, key: &str) -> Option<String> {
@@ -25,51 +25,89 @@ fn env_value(text: &str, key: &str) -> Option<String> {
         .map(|v| v.trim_end_matches('\'').to_owned())
 }
 
-#[test]
-fn database_credentials_are_renewed_then_rotated_and_the_old_ones_revoked() {
-    let bin = require_bao();
-    let pg = Postgres::start();
-    let bao = Bao::dev(&bin);
+/// The database credentials in the agent's `db.env`, once it holds a user name (with its
+/// password).
+fn published_credentials(agent: &Agent) -> Option<(String, String)> {
+    let text = agent.read("db.env")?;
+    let user = env_value(&text, "username")?;
+    let password = env_value(&text, "password").expect("a password with the user name");
+    Some((user, password))
+}
+
+/// Waits until the files hold credentials for a user other than `old_user`.
+#[track_caller]
+fn wait_new_credentials(
+    agent: &Agent,
+    what: &str,
+    timeout: Duration,
+    old_user: &str,
+) -> (String, String) {
+    agent.wait_value(what, timeout, || {
+        published_credentials(agent).filter(|(user, _)| user != old_user)
+    })
+}
+
+/// The database engine at `database/`, `database/config/pg` pointing at the cluster (user
+/// names made by `username_template`, OpenBao's default without one).
+fn enable_database(bao: &Bao, pg: &Postgres, username_template: Option<&str>) {
     bao.run(&["secrets", "enable", "database"]);
-    bao.run(&[
+    configure_database(bao, pg, username_template);
+}
+
+/// Points `database/config/pg` at the cluster, user names made by `username_template`
+/// (OpenBao's default without one).
+fn configure_database(bao: &Bao, pg: &Postgres, username_template: Option<&str>) {
+    let url = format!(
+        "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable",
+        pg.port
+    );
+    let password = format!("password={}", pg.password);
+    let mut args = vec![
         "write",
         "database/config/pg",
         "plugin_name=postgresql-database-plugin",
-        &format!(
-            "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable",
-            pg.port
-        ),
+        &url,
         "allowed_roles=app",
         "username=postgres",
-        &format!("password={}", pg.password),
-    ]);
-    // A 6s lease that may live 12s: renewed at 2/3 of its TTL, capped at the max, then a new
-    // one is issued before the old one ends.
+        &password,
+    ];
+    let template = username_template.map(|t| format!("username_template={t}"));
+    args.extend(template.as_deref());
+    bao.run(&args);
+}
+
+/// The role `app`: a PostgreSQL login valid as long as its lease.
+fn database_role(bao: &Bao, default_ttl: &str, max_ttl: &str) {
     bao.run(&[
         "write",
         "database/roles/app",
         "db_name=pg",
         "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-        "default_ttl=6s",
-        "max_ttl=12s",
+        &format!("default_ttl={default_ttl}"),
+        &format!("max_ttl={max_ttl}"),
     ]);
+}
+
+/// How many PostgreSQL roles match `condition` (SQL on `rolname`).
+fn role_count(pg: &Postgres, condition: &str) -> String {
+    pg.query(&format!("SELECT count(*) FROM pg_roles WHERE {condition}"))
+}
+
+#[test]
+fn database_credentials_are_renewed_then_rotated_and_the_old_ones_revoked() {
+    let bin = require_bao();
+    let pg = Postgres::start();
+    let bao = Bao::dev(&bin);
+    enable_database(&bao, &pg, None);
+    // A 6s lease that may live 12s: renewed at 2/3 of its TTL, capped at the max, then a new
+    // one is issued before the old one ends.
+    database_role(&bao, "6s", "12s");
     let dir = tempfile::tempdir().unwrap();
-    let mut args = root_token_args(&bao, dir.path());
-    // The replaced lease has about a second left by then: revoke it at once to see the agent do it.
-    args.push("--revoke-grace=0s".into());
     let config = "secrets:\n  db: {dynamic: {path: database/creds/app}}\nfiles:\n  - {path: db.env, secret: db, format: env}\n  - path: dsn\n    template: \"postgresql://{{ db.username }}:{{ db.password|uri_component }}@127.0.0.1/postgres\"\n";
-    let agent = AgentSetup {
-        bao: &bao,
-        dir: dir.path(),
-        config,
-        args,
-    }
-    .start();
-    let first = agent.read("db.env").unwrap();
-    let (user1, pass1) = (
-        env_value(&first, "username").unwrap(),
-        env_value(&first, "password").unwrap(),
-    );
+    // The replaced lease has about a second left by then: revoke it at once to see the agent do it.
+    let agent =
+        AgentSetup::with_root_token(&bao, dir.path(), config, &["--revoke-grace=0s"]).start();
+    let (user1, pass1) = published_credentials(&agent).unwrap();
     assert_eq!(
         pg.query_as(&user1, &pass1, "SELECT 1"),
         Ok("1".into()),
@@ -77,46 +115,27 @@ fn database_credentials_are_renewed_then_rotated_and_the_old_ones_revoked() {
     );
     assert!(agent.read("dsn").unwrap().contains(&user1));
 
-    let renewals = || {
-        agent
-            .metrics()
-            .get(
-                "secrets_agent_lease_renewals_total",
-                &[("secret", "db"), ("result", "ok")],
-            )
-            .unwrap_or(0.0)
-    };
-    Wait::new("the lease renewed")
-        .timeout(Duration::from_secs(15))
-        .context(|| agent.process.log())
-        .until(|| renewals() >= 1.0);
+    agent.wait_until("the lease renewed", Duration::from_secs(15), || {
+        agent.count(
+            "secrets_agent_lease_renewals_total",
+            &[("secret", "db"), ("result", "ok")],
+        ) >= 1.0
+    });
     assert_eq!(
         env_value(&agent.read("db.env").unwrap(), "username").unwrap(),
         user1,
         "a renewal keeps the credentials"
     );
 
-    let second = Wait::new("new credentials")
-        .timeout(Duration::from_secs(20))
-        .context(|| agent.process.log())
-        .value(|| {
-            let text = agent.read("db.env")?;
-            let user = env_value(&text, "username")?;
-            (user != user1).then(|| (user, env_value(&text, "password").unwrap()))
-        });
+    let second = wait_new_credentials(&agent, "new credentials", Duration::from_secs(20), &user1);
     assert_eq!(
         pg.query_as(&second.0, &second.1, "SELECT 1"),
         Ok("1".into())
     );
     // The replaced lease is revoked after the grace: its role is dropped.
-    Wait::new("the old role dropped")
-        .timeout(Duration::from_secs(15))
-        .context(|| agent.process.log())
-        .until(|| {
-            pg.query(&format!(
-                "SELECT count(*) FROM pg_roles WHERE rolname = '{user1}'"
-            )) == "0"
-        });
+    agent.wait_until("the old role dropped", Duration::from_secs(15), || {
+        role_count(&pg, &format!("rolname = '{user1}'")) == "0"
+    });
     assert!(pg.query_as(&user1, &pass1, "SELECT 1").is_err());
     let m = agent.metrics();
     assert!(
@@ -129,28 +148,9 @@ fn database_credentials_are_renewed_then_rotated_and_the_old_ones_revoked() {
     assert_eq!(agent.readyz().0, 200);
 }
 
-/// Points `database/config/pg` at the cluster, user names made by `username_template`.
-fn configure_database(bao: &Bao, pg: &Postgres, username_template: &str) {
-    bao.run(&[
-        "write",
-        "database/config/pg",
-        "plugin_name=postgresql-database-plugin",
-        &format!(
-            "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable",
-            pg.port
-        ),
-        "allowed_roles=app",
-        "username=postgres",
-        &format!("password={}", pg.password),
-        &format!("username_template={username_template}"),
-    ]);
-}
-
 /// Writes `token` to the agent's token file at once (a rotated Secret), so it logs in again.
 fn replace_token(dir: &Path, token: &str) {
-    let tmp = dir.join("token.tmp");
-    std::fs::write(&tmp, token).unwrap();
-    std::fs::rename(&tmp, dir.join("token")).unwrap();
+    replace_file(&dir.join("token"), token);
 }
 
 #[test]
@@ -158,39 +158,18 @@ fn reissued_credentials_that_cannot_be_rendered_leave_the_old_ones_in_the_files_
     let bin = require_bao();
     let pg = Postgres::start();
     let bao = Bao::dev(&bin);
-    bao.run(&["secrets", "enable", "database"]);
-    configure_database(&bao, &pg, "good-{{random 10}}");
-    bao.run(&[
-        "write",
-        "database/roles/app",
-        "db_name=pg",
-        "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-        "default_ttl=45s",
-        "max_ttl=1h",
-    ]);
+    enable_database(&bao, &pg, Some("good-{{random 10}}"));
+    database_role(&bao, "45s", "1h");
     let dir = tempfile::tempdir().unwrap();
-    let mut args = root_token_args(&bao, dir.path());
-    args.push("--revoke-grace=1s".into());
     // The template fails for the user names of the `bad-` template, set before the re-issue.
     let config = "secrets:\n  db: {dynamic: {path: database/creds/app}}\nfiles:\n  - {path: db.env, secret: db, format: env}\n  - path: dsn\n    template: \"{% if 'bad-' in db.username %}{{ db.no_such_field }}{% endif %}postgresql://{{ db.username }}@127.0.0.1/postgres\"\n";
-    let agent = AgentSetup {
-        bao: &bao,
-        dir: dir.path(),
-        config,
-        args,
-    }
-    .start();
-    let first = agent.read("db.env").unwrap();
-    let (user1, pass1) = (
-        env_value(&first, "username").unwrap(),
-        env_value(&first, "password").unwrap(),
-    );
+    let agent =
+        AgentSetup::with_root_token(&bao, dir.path(), config, &["--revoke-grace=1s"]).start();
+    let (user1, pass1) = published_credentials(&agent).unwrap();
     assert!(user1.starts_with("good-"), "{user1}");
     assert_eq!(pg.query_as(&user1, &pass1, "SELECT 1"), Ok("1".into()));
-    let metric =
-        |name: &str, labels: &[(&str, &str)]| agent.metrics().get(name, labels).unwrap_or(0.0);
     let revoked = || {
-        metric(
+        agent.count(
             "secrets_agent_lease_revocations_total",
             &[("secret", "db"), ("result", "ok")],
         )
@@ -199,26 +178,19 @@ fn reissued_credentials_that_cannot_be_rendered_leave_the_old_ones_in_the_files_
     // A new token in the file: the agent logs in with it and issues the leased secret again
     // (leases end with the token that made them), long before the old lease ends. The new
     // credentials cannot be rendered.
-    configure_database(&bao, &pg, "bad-{{random 10}}");
-    let token = bao.json(&["token", "create"], &["-policy=root"])["auth"]["client_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    replace_token(dir.path(), &token);
-    Wait::new("the re-issued credentials to fail to render")
-        .timeout(Duration::from_secs(30))
-        .context(|| agent.process.log())
-        .until(|| {
-            metric(
+    configure_database(&bao, &pg, Some("bad-{{random 10}}"));
+    replace_token(dir.path(), &bao.create_token(&["-policy=root"]));
+    agent.wait_until(
+        "the re-issued credentials to fail to render",
+        Duration::from_secs(30),
+        || {
+            agent.count(
                 "secrets_agent_renders_total",
                 &[("result", "render_failed")],
             ) >= 1.0
-        });
-    assert_eq!(
-        pg.query("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'bad-%'"),
-        "1",
-        "issued"
+        },
     );
+    assert_eq!(role_count(&pg, "rolname LIKE 'bad-%'"), "1", "issued");
     // The files keep the old credentials, and past the revoke grace they still work: the
     // lease the app uses is not revoked under it.
     assert_eq!(
@@ -235,38 +207,30 @@ fn reissued_credentials_that_cannot_be_rendered_leave_the_old_ones_in_the_files_
 
     // Readiness judges the files: the old lease is no longer renewed and ends before anything
     // can replace it, so the agent says so (with the render error) before it ends.
-    let why = Wait::new("readiness to fail")
-        .timeout(Duration::from_secs(60))
-        .context(|| agent.process.log())
-        .value(|| {
-            let (status, body) = agent.readyz();
-            (status == 503).then_some(body)
-        });
+    let why = agent.wait_value("readiness to fail", Duration::from_secs(60), || {
+        let (status, body) = agent.readyz();
+        (status == 503).then_some(body)
+    });
     assert!(why.contains("secret `db` in the files"), "{why}");
     assert!(why.contains("cannot render"), "{why}");
 
     // Fixed, and a new issue (another login): published, then the leases it replaces are
     // revoked: the unrendered `bad-` role is dropped long before its lease would end.
-    configure_database(&bao, &pg, "good-{{random 10}}");
+    configure_database(&bao, &pg, Some("good-{{random 10}}"));
     replace_token(dir.path(), &bao.token);
-    let (user3, pass3) = Wait::new("new credentials in the files")
-        .timeout(Duration::from_secs(30))
-        .context(|| agent.process.log())
-        .value(|| {
-            let text = agent.read("db.env")?;
-            let user = env_value(&text, "username")?;
-            (user != user1).then(|| (user, env_value(&text, "password").unwrap()))
-        });
+    let (user3, pass3) = wait_new_credentials(
+        &agent,
+        "new credentials in the files",
+        Duration::from_secs(30),
+        &user1,
+    );
     assert!(user3.starts_with("good-"), "{user3}");
     assert_eq!(pg.query_as(&user3, &pass3, "SELECT 1"), Ok("1".into()));
-    Wait::new("the replaced roles dropped")
-        .timeout(Duration::from_secs(20))
-        .context(|| agent.process.log())
-        .until(|| {
-            pg.query(&format!(
-                "SELECT count(*) FROM pg_roles WHERE rolname = '{user1}' OR rolname LIKE 'bad-%'"
-            )) == "0"
-        });
+    agent.wait_until(
+        "the replaced roles dropped",
+        Duration::from_secs(20),
+        || role_count(&pg, &format!("rolname = '{user1}' OR rolname LIKE 'bad-%'")) == "0",
+    );
     assert!(revoked() >= 1.0, "{}", agent.process.log());
     wait::until(Duration::from_secs(10), "ready again", || {
         agent.readyz().0 == 200
@@ -276,17 +240,7 @@ fn reissued_credentials_that_cannot_be_rendered_leave_the_old_ones_in_the_files_
 fn pki_server(bin: &Path, ttl_role: &str) -> Bao {
     let bao = Bao::dev(bin);
     bao.enable_pki();
-    // Certificates valid from now (not backdated 30s), so 2/3 of the lifetime is 2/3 of the TTL.
-    bao.run(&[
-        "write",
-        ttl_role,
-        "allow_any_name=true",
-        "allowed_uri_sans=spiffe://*",
-        "key_type=ec",
-        "key_bits=256",
-        "not_before_duration=1s",
-        "max_ttl=1h",
-    ]);
+    bao.short_lived_pki_role(ttl_role);
     bao
 }
 
@@ -309,13 +263,7 @@ fn certificates_are_reissued_at_two_thirds_and_the_kits_reloader_sees_whole_sets
     let bin = require_bao();
     let bao = pki_server(&bin, "pki/roles/short");
     let dir = tempfile::tempdir().unwrap();
-    let agent = AgentSetup {
-        bao: &bao,
-        dir: dir.path(),
-        config: PKI_CONFIG,
-        args: root_token_args(&bao, dir.path()),
-    }
-    .start();
+    let agent = AgentSetup::with_root_token(&bao, dir.path(), PKI_CONFIG, &[]).start();
     let out = agent.out.clone();
 
     // A reader that takes each set as the kubelet's layout allows (resolve ..data once) and

@@ -16,6 +16,9 @@ use test_support::wait::Wait;
 
 pub const START: Duration = Duration::from_secs(30);
 
+/// The config most tests use: `secret/app/config`'s `api_key` in the file `key`.
+pub const KV_CONFIG: &str = "secrets:\n  app: {kv: {mount: secret, path: app/config}}\nfiles:\n  - {path: key, secret: app, field: api_key}\n";
+
 pub use test_support::skip::bao_binary;
 
 /// The bao binary. A missing one fails the test, naming what to install (the policy in
@@ -73,6 +76,14 @@ impl Bao {
             }
         }
         panic!("bao server -dev did not start");
+    }
+
+    /// A dev server ([`Bao::dev`]) with `api_key=value` at `secret/app/config`, what
+    /// [`KV_CONFIG`] reads.
+    pub fn dev_with_api_key(bin: &Path, value: &str) -> Bao {
+        let bao = Bao::dev(bin);
+        bao.kv_put("app/config", &[("api_key", value)]);
+        bao
     }
 
     /// A configured server: TLS listener (a test CA), storage on disk (raft: OpenBao 2 has no
@@ -213,6 +224,15 @@ cluster_addr = "https://127.0.0.1:{cluster}"
         self.run(&args);
     }
 
+    /// A new token: `bao token create ARGS`.
+    #[track_caller]
+    pub fn create_token(&self, args: &[&str]) -> String {
+        self.json(&["token", "create"], args)["auth"]["client_token"]
+            .as_str()
+            .expect("client_token")
+            .to_owned()
+    }
+
     /// A policy allowing everything (tests are about the agent, not policies).
     pub fn allow_all_policy(&self) {
         let policy = self.dir.path().join("all.hcl");
@@ -247,6 +267,43 @@ cluster_addr = "https://127.0.0.1:{cluster}"
         ]);
     }
 
+    /// A PKI role at `role` (a path like `pki/roles/short`) for any name and SPIFFE URI SANs,
+    /// certificates valid from now (not backdated 30s), so 2/3 of the lifetime is 2/3 of the TTL.
+    pub fn short_lived_pki_role(&self, role: &str) {
+        self.run(&[
+            "write",
+            role,
+            "allow_any_name=true",
+            "allowed_uri_sans=spiffe://*",
+            "key_type=ec",
+            "key_bits=256",
+            "not_before_duration=1s",
+            "max_ttl=1h",
+        ]);
+    }
+
+    /// Cert auth with role `agent`: clients with a certificate from `client_ca` get the
+    /// all-policy.
+    pub fn enable_cert_auth(&self, client_ca: &Path) {
+        self.run(&["auth", "enable", "cert"]);
+        self.run(&[
+            "write",
+            "auth/cert/certs/agent",
+            &format!("certificate=@{}", client_ca.display()),
+            "token_policies=all",
+            "token_ttl=1h",
+        ]);
+    }
+
+    /// A new secret_id for AppRole `agent`.
+    #[track_caller]
+    pub fn new_secret_id(&self) -> String {
+        self.json(&["write"], &["-f", "auth/approle/role/agent/secret-id"])["data"]["secret_id"]
+            .as_str()
+            .expect("secret_id")
+            .to_owned()
+    }
+
     /// AppRole `agent` with the all-policy; writes role_id and secret_id files in `dir`.
     pub fn approle(&self, dir: &Path, token_ttl: &str, token_max_ttl: &str) -> (PathBuf, PathBuf) {
         self.allow_all_policy();
@@ -262,11 +319,7 @@ cluster_addr = "https://127.0.0.1:{cluster}"
             .as_str()
             .expect("role_id")
             .to_owned();
-        let secret_id = self.json(&["write"], &["-f", "auth/approle/role/agent/secret-id"])["data"]
-            ["secret_id"]
-            .as_str()
-            .expect("secret_id")
-            .to_owned();
+        let secret_id = self.new_secret_id();
         let role_file = dir.join("role-id");
         let secret_file = dir.join("secret-id");
         std::fs::write(&role_file, role_id).expect("write role-id");
@@ -318,7 +371,19 @@ pub struct AgentSetup<'a> {
     pub args: Vec<String>,
 }
 
-impl AgentSetup<'_> {
+impl<'a> AgentSetup<'a> {
+    /// Token auth with the server's root token ([`root_token_args`]), then `extra` flags.
+    pub fn with_root_token(bao: &'a Bao, dir: &'a Path, config: &'a str, extra: &[&str]) -> Self {
+        let mut args = root_token_args(bao, dir);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        AgentSetup {
+            bao,
+            dir,
+            config,
+            args,
+        }
+    }
+
     /// The agent's command with the server, config file and output directory set.
     pub fn command(&self, admin: SocketAddr) -> Command {
         let config = self.dir.join("agent.yaml");
@@ -393,6 +458,35 @@ impl Agent {
             .until(|| self.read(path).as_deref() == Some(want));
     }
 
+    /// Waits until `done`, with the agent's log in the failure.
+    #[track_caller]
+    pub fn wait_until(&self, what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+        Wait::new(what)
+            .timeout(timeout)
+            .context(|| self.process.log())
+            .until(done);
+    }
+
+    /// Waits until `f` gives a value, with the agent's log in the failure.
+    #[track_caller]
+    pub fn wait_value<T>(&self, what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+        Wait::new(what)
+            .timeout(timeout)
+            .context(|| self.process.log())
+            .value(f)
+    }
+
+    /// A counter's value: 0 until it is first counted.
+    pub fn count(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.metrics().get(name, labels).unwrap_or(0.0)
+    }
+
+    /// The published set (where `..data` points).
+    #[track_caller]
+    pub fn published_set(&self) -> PathBuf {
+        std::fs::read_link(self.out.join("..data")).expect("the published ..data link")
+    }
+
     pub fn metrics(&self) -> test_support::metrics::Metrics {
         test_support::metrics::scrape(self.admin)
     }
@@ -403,6 +497,14 @@ impl Agent {
             Err(e) => (0, e.to_string()),
         }
     }
+}
+
+/// Puts `text` in `file` in one rename, as a rotated Secret arrives.
+pub fn replace_file(file: &Path, text: &str) {
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text).expect("write the replacement");
+    std::fs::rename(&tmp, file).expect("rename the replacement into place");
 }
 
 /// A throwaway PostgreSQL cluster on a free loopback port, password auth over TCP.
