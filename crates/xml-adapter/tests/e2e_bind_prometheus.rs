@@ -40,7 +40,9 @@ async fn start_named() -> Named {
                     .get(format!("http://127.0.0.1:{stats_port}/xml/v3/server"))
                     .send()
                     .await;
-                exited || (stats.is_ok_and(|r| r.status() == 200) && proc.log().contains("running"))
+                exited
+                    || (stats.is_ok_and(|r| r.status() == 200)
+                        && proc.log().contains("all zones loaded"))
             })
             .await;
         if up.is_some() && !exited {

@@ -27,10 +27,14 @@ struct Server {
 
 /// Starts a server whose config `conf(dir, port_a, port_b)` writes, until `ready` answers at
 /// `http://127.0.0.1:{port_b}{ready}` (retrying on a port race).
+/// Starts `name` and waits until `ready` answers 200 and, when given, its log shows
+/// `log_ready` (named serves its statistics before its zones are loaded, and answers SERVFAIL
+/// until then).
 async fn start(
     name: &str,
     conf: impl Fn(&std::path::Path, u16, u16) -> Command,
     ready: &str,
+    log_ready: Option<&str>,
 ) -> Server {
     for _ in 0..5 {
         let dir = tempfile::tempdir().unwrap();
@@ -45,7 +49,9 @@ async fn start(
             .elapsed_async(async || {
                 exited = proc.try_exit().is_some();
                 let r = http().get(&url).send().await;
-                exited || r.is_ok_and(|r| r.status() == 200)
+                exited
+                    || (r.is_ok_and(|r| r.status() == 200)
+                        && log_ready.is_none_or(|line| proc.log().contains(line)))
             })
             .await;
         if up.is_some() && !exited {
@@ -72,7 +78,13 @@ fn series(page: &Metrics, prefix: &str) -> BTreeMap<String, f64> {
 #[tokio::test]
 async fn bind9_json_channel_serves_what_its_xml_channel_serves() {
     require_program("named", "bind9");
-    let named = start("named", named_conf, "/json/v1/server").await;
+    let named = start(
+        "named",
+        named_conf,
+        "/json/v1/server",
+        Some("all zones loaded"),
+    )
+    .await;
     let (dns, stats) = named.ports;
     for i in 0..5 {
         assert_eq!(dns_query(dns, "www.example.test", i + 1), 0, "NOERROR");
@@ -190,7 +202,7 @@ fn haproxy_conf(dir: &std::path::Path, web: u16, stats: u16) -> Command {
 #[tokio::test]
 async fn haproxy_json_stats_page_matches_its_own_exporter() {
     require_program("haproxy", "haproxy");
-    let haproxy = start("haproxy", haproxy_conf, "/stats;json").await;
+    let haproxy = start("haproxy", haproxy_conf, "/stats;json", None).await;
     let (web, stats) = haproxy.ports;
     // Requests answered by the frontend itself, and some through the backend's server.
     let (direct, proxied) = (6u32, 4u32);
