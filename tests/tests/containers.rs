@@ -1091,13 +1091,7 @@ impl ComposeStack {
 
     /// The host port (on 127.0.0.1) Docker published for a service's port.
     fn port(&self, service: &str, port: u16) -> u16 {
-        let mapping = self.ok(&["port", service, &port.to_string()]);
-        mapping
-            .strip_prefix("127.0.0.1:")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| {
-                panic!("{service}:{port} is not published on 127.0.0.1: {mapping:?}")
-            })
+        host_port(&self.container(service), port)
     }
 
     /// The container id of a service (its one container).
