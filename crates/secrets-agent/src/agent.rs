@@ -456,6 +456,9 @@ impl Agent {
             let expires = lease.expires();
             if changed {
                 // The files use it until the new data is published: revoked after that.
+                // Those that ended meanwhile need no revocation (a render failing for days
+                // would otherwise keep every re-issued lease here).
+                slot.replaced.retain(|(_, end)| *end > now);
                 slot.replaced.push((lease.id, expires));
             } else {
                 // Same data, nothing to publish: revoke after the grace, unless it runs out
@@ -636,6 +639,26 @@ mod tests {
         agent.published();
         assert_eq!(agent.readiness(None), Ok(()));
         assert_eq!(retired(&agent), ["lease/1"]);
+    }
+
+    #[test]
+    fn replaced_leases_that_already_ended_are_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = agent(dir.path());
+        let hour = Duration::from_secs(3600);
+        agent.slot_fetched(0, creds("lease/1", "u1", hour, hour / 2));
+        agent.published();
+        // Re-issued while the render keeps failing: leases that ended are dropped, not kept
+        // for a revocation they no longer need.
+        agent.slot_fetched(0, creds("lease/2", "u2", Duration::ZERO, Duration::ZERO));
+        agent.slot_fetched(0, creds("lease/3", "u3", Duration::ZERO, Duration::ZERO));
+        agent.slot_fetched(0, creds("lease/4", "u4", hour, hour / 2));
+        let replaced: Vec<&str> = agent.slots[0]
+            .replaced
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect();
+        assert_eq!(replaced, ["lease/1", "lease/3"]);
     }
 
     #[test]
